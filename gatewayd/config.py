@@ -1,0 +1,295 @@
+"""Typed configuration, loaded from TOML.
+
+Two phases (as uvicorn does): ``load_config`` parses and validates the file into frozen
+``msgspec.Struct``s, cheap and side-effect free; the daemon resolves files (policies,
+state directory) later. Every error names the file, the key and what to do about it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from gatewayd.errors import ConfigError
+
+BindMode = Literal["transceiver", "transmitter", "receiver"]
+LongMessages = Literal["udh", "payload"]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class DaemonConfig(_Section):
+    state_dir: str = ".gatewayd"  # relative paths resolve against the config file's folder
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    consumer: str = ""  # consumer name in the group; default "<hostname>-<pid>"
+    shutdown_timeout_s: float = 10.0
+    housekeeping_interval_s: float = 1.0
+
+
+class RedisConfig(_Section):
+    url: str = ""  # empty: embedded redis-server (demo/development only). REDIS_URL wins.
+    prefix: str = "gw:"
+
+
+class QueueConfig(_Section):
+    # Priority classes, highest first; one stream each (<prefix>q:<class>).
+    classes: list[str] = msgspec.field(default_factory=lambda: ["otp", "transactional", "marketing"])
+    # Optional anti-starvation weights: class -> share of reads when all classes have work.
+    weights: dict[str, int] = msgspec.field(default_factory=dict)
+    # Per-class default time to live (seconds) when a message has no expires_at.
+    default_ttl_s: dict[str, float] = msgspec.field(default_factory=lambda: {"otp": 300.0})
+    read_batch: int = 256
+    block_ms: int = 50
+    reclaim_idle_s: float = 60.0
+    max_deliveries: int = 5  # reads of one entry before it goes to the dead-letter stream
+    max_attempts: int = 5  # retryable submit failures before a message ends as failed
+    retry_backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
+    events_maxlen: int = 1_000_000
+    dead_maxlen: int = 100_000
+    status_ttl_s: float = 7 * 86400.0
+    receipt_timeout_s: float = 72 * 3600.0
+    max_segments: int = 10
+    dispatch_workers: int = 4
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    listen: str = "127.0.0.1:8780"
+    # SHA-256 hex digests of accepted API keys (`gatewayd hash-key` prints one).
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    max_body_bytes: int = 2 * 1024 * 1024
+
+
+class PolicyConfig(_Section):
+    file: str = ""  # policy file (TOML); empty: no policies beyond the built-in checks
+
+
+class CarrierConfig(_Section):
+    name: str
+    host: str
+    port: int = 2775
+    system_id: str
+    password: str = ""
+    password_env: str = ""  # read the password from this environment variable instead
+    system_type: str = ""
+    bind_mode: BindMode = "transceiver"
+    binds: int = 1
+    window: int = 100
+    tps: float = 100.0
+    source_addr: str = ""
+    source_ton: int = 5
+    source_npi: int = 0
+    dest_ton: int = 1
+    dest_npi: int = 1
+    data_coding_default: Literal["gsm7", "latin1", "ascii"] = "gsm7"  # what data_coding 0 means
+    long_messages: LongMessages = "udh"
+    udh_ref_bits: Literal[8, 16] = 8  # 8: 153 septets/67 UCS-2 a part; 16: 152/66
+    registered_delivery: bool = True
+    enquire_link_s: float = 30.0
+    response_timeout_s: float = 10.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    auth_retry_s: float = 60.0  # wait after a refused bind (wrong password) before retrying
+    tls: bool = False
+    tls_verify: bool = True
+    tls_ca: str = ""
+
+
+class RoutingConfig(_Section):
+    # Failover order for numbers no prefix matches; empty: every carrier in file order.
+    default: list[str] = msgspec.field(default_factory=list)
+    # Destination prefix (digits, no "+") -> carriers in failover order. Longest prefix wins.
+    prefixes: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
+class SimulatorConfig(_Section):
+    """The built-in SMSC simulator, started in-process by `gatewayd run` (demo only)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 2775
+    system_id: str = "demo"
+    password: str = "demo"
+    receipt_delay_s: float = 0.2
+
+
+class Config(_Section):
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    carrier: list[CarrierConfig] = msgspec.field(default_factory=list)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
+    # Where this config came from; relative paths resolve against its folder.
+    source: str = ""
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def redis_url(self) -> str:
+        return os.environ.get("REDIS_URL", "") or self.redis.url
+
+    def carrier_password(self, carrier: CarrierConfig) -> str:
+        if carrier.password_env:
+            return os.environ.get(carrier.password_env, "")
+        return carrier.password
+
+
+_PATH_RE = re.compile(r"`\$\.?([^`]*)`")
+
+
+def _key_of(message: str) -> str:
+    """Turn msgspec's `$.carrier[0].port` into `carrier[0].port`."""
+    m = _PATH_RE.search(message)
+    return m.group(1) if m else ""
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file, raising ConfigError naming file, key and fix."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from e
+    try:
+        cfg = msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        key = _key_of(msg)
+        unknown = re.search(r"unknown field `([^`]*)`", msg)
+        missing = re.search(r"missing required field `([^`]*)`", msg)
+        if unknown:
+            full = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+            raise ConfigError(
+                f"{p}: {full}: unknown key (typo?); see config/gatewayd.example.toml "
+                "for the keys each section takes"
+            ) from e
+        if missing:
+            full = f"{key}.{missing.group(1)}" if key else missing.group(1)
+            raise ConfigError(f"{p}: {full}: required key is missing; add it") from e
+        detail = _PATH_RE.sub("", msg).replace(" - at ", "").strip()
+        raise ConfigError(f"{p}: {key or '(top level)'}: {detail}") from e
+    except msgspec.DecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    cfg = msgspec.structs.replace(cfg, source=str(p))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than one key (types are already checked by msgspec)."""
+    f = cfg.source or "<config>"
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{f}: {key}: {what}")
+
+    q = cfg.queue
+    if not q.classes:
+        raise bad("queue.classes", "needs at least one priority class, e.g. [\"otp\"]")
+    if len(set(q.classes)) != len(q.classes):
+        raise bad("queue.classes", "each class may appear once")
+    for name in q.classes:
+        if not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
+            raise bad("queue.classes", f"{name!r}: use 1-32 characters of a-z 0-9 _ -")
+    for key, table in (("queue.weights", q.weights), ("queue.default_ttl_s", q.default_ttl_s)):
+        for name, value in table.items():
+            if name not in q.classes:
+                raise bad(f"{key}.{name}", f"not a class in queue.classes {q.classes}")
+            if value <= 0:
+                raise bad(f"{key}.{name}", "must be greater than 0")
+    for key, ivalue in (
+        ("queue.read_batch", q.read_batch),
+        ("queue.max_deliveries", q.max_deliveries),
+        ("queue.max_attempts", q.max_attempts),
+        ("queue.dispatch_workers", q.dispatch_workers),
+        ("queue.max_segments", q.max_segments),
+        ("queue.events_maxlen", q.events_maxlen),
+    ):
+        if ivalue < 1:
+            raise bad(key, "must be at least 1")
+    if q.block_ms < 1:
+        raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
+    if not cfg.carrier:
+        raise bad("carrier", "at least one [[carrier]] is required")
+    names: set[str] = set()
+    for i, c in enumerate(cfg.carrier):
+        k = f"carrier[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", c.name):
+            raise bad(f"{k}.name", f"{c.name!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
+        if c.name in names:
+            raise bad(f"{k}.name", f"carrier {c.name!r} is defined twice")
+        names.add(c.name)
+        if not c.password and not c.password_env:
+            raise bad(f"{k}.password", "missing; set password or password_env (the SMPP secret)")
+        if c.password and c.password_env:
+            raise bad(f"{k}.password_env", "set password or password_env, not both")
+        if c.password_env and c.password_env not in os.environ:
+            raise bad(f"{k}.password_env", f"environment variable {c.password_env} is not set")
+        if len(cfg.carrier_password(c)) > 8:
+            raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")
+        if len(c.system_id) > 15 or not c.system_id:
+            raise bad(f"{k}.system_id", "must be 1-15 characters (SMPP 3.4)")
+        if len(c.system_type) > 12:
+            raise bad(f"{k}.system_type", "at most 12 characters (SMPP 3.4)")
+        if not 0 < c.port < 65536:
+            raise bad(f"{k}.port", "must be 1-65535")
+        if c.binds < 1:
+            raise bad(f"{k}.binds", "must be at least 1")
+        if c.window < 1:
+            raise bad(f"{k}.window", "must be at least 1 (1 = stop-and-wait)")
+        if c.tps <= 0:
+            raise bad(f"{k}.tps", "must be greater than 0 (messages per second for the account)")
+        for key, fvalue in (
+            ("enquire_link_s", c.enquire_link_s),
+            ("response_timeout_s", c.response_timeout_s),
+            ("reconnect_min_s", c.reconnect_min_s),
+            ("reconnect_max_s", c.reconnect_max_s),
+            ("auth_retry_s", c.auth_retry_s),
+        ):
+            if fvalue <= 0:
+                raise bad(f"{k}.{key}", "must be greater than 0")
+        if c.reconnect_max_s < c.reconnect_min_s:
+            raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
+    r = cfg.routing
+    for name in r.default:
+        if name not in names:
+            raise bad("routing.default", f"unknown carrier {name!r}; carriers: {sorted(names)}")
+    for prefix, chain in r.prefixes.items():
+        if not prefix.isdigit():
+            raise bad(f"routing.prefixes.{prefix}", "prefixes are digits only, no '+'")
+        if not chain:
+            raise bad(f"routing.prefixes.{prefix}", "needs at least one carrier")
+        for name in chain:
+            if name not in names:
+                raise bad(f"routing.prefixes.{prefix}", f"unknown carrier {name!r}")
+    listen = cfg.http.listen
+    if cfg.http.enabled and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", listen):
+        raise bad("http.listen", f"{listen!r}: use host:port, e.g. \"127.0.0.1:8780\"")
+    for i, key in enumerate(cfg.http.api_keys):
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
+
+
+def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:
+    """A config holding secrets should not be readable by everyone."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if mode & stat.S_IROTH:
+        return f"{path}: readable by all users but may hold secrets; chmod o-r {path}"
+    return None

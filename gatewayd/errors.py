@@ -1,0 +1,37 @@
+"""Exception hierarchy: every error the gateway raises on purpose is a GatewayError."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error gatewayd raises deliberately."""
+
+
+class ConfigError(GatewayError, ValueError):
+    """A configuration (or policy) file is wrong; the message names file, key and fix."""
+
+
+class MessageError(GatewayError, ValueError):
+    """A queued message is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class StoreError(GatewayError):
+    """Redis could not be reached or answered with an error."""
+
+
+class SmppError(GatewayError):
+    """An SMPP session failed (bind refused, connection lost, protocol violation)."""
+
+
+class BindRefused(SmppError):
+    """The carrier refused our bind (wrong credentials, too many binds)."""
+
+    def __init__(self, status: int, status_name: str) -> None:
+        super().__init__(f"bind refused: {status_name} (0x{status:08x})")
+        self.status = status
+        self.status_name = status_name

@@ -1,0 +1,87 @@
+"""Every Redis key name gatewayd uses, in one place (arq's constants.py habit).
+
+Keys that one Lua script touches together share a hash tag ``{...}`` so the same code
+runs on Redis Cluster; per-message and per-recipient keys spread over the slots.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "gatewayd"  # consumer group on every priority stream
+
+
+class Keys:
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "gw:") -> None:
+        self.prefix = prefix
+
+    # Queues -------------------------------------------------------------------------
+    def queue(self, klass: str) -> str:
+        """Priority stream of one class (consumer group GROUP)."""
+        return f"{self.prefix}q:{klass}"
+
+    @property
+    def delayed(self) -> str:
+        """ZSET: encoded message -> due time (Unix s); not_before, deferrals, retries."""
+        return f"{self.prefix}delayed"
+
+    @property
+    def dead(self) -> str:
+        """Stream of entries that could not be processed: raw fields + reason."""
+        return f"{self.prefix}dead"
+
+    @property
+    def events(self) -> str:
+        """Stream of every state change, for upstream apps (capped)."""
+        return f"{self.prefix}events"
+
+    @property
+    def inbound(self) -> str:
+        """Stream of mobile-originated messages, for upstream apps (capped)."""
+        return f"{self.prefix}mo"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"
+
+    # Message state ------------------------------------------------------------------
+    def status(self, msg_id: str) -> str:
+        """HASH: the message's status record (state, reason, carrier, parts...)."""
+        return f"{self.prefix}msg:{{{msg_id}}}"
+
+    def correlation(self, carrier: str, smsc_id: str) -> str:
+        """STRING: carrier message id -> "<our id> <part index>" (TTL: receipt timeout)."""
+        return f"{self.prefix}smsc:{carrier}:{smsc_id}"
+
+    @property
+    def early_receipts(self) -> str:
+        """ZSET of receipts that arrived before their submit_sm_resp was recorded."""
+        return f"{self.prefix}early"
+
+    @property
+    def awaiting_receipt(self) -> str:
+        """ZSET: message id -> receipt deadline; expired entries end as `expired`."""
+        return f"{self.prefix}awaiting"
+
+    # Policies -----------------------------------------------------------------------
+    def optout(self, number: str) -> str:
+        """HASH: scope ("*" or a signature/sender) -> opted-out-at (Unix s)."""
+        return f"{self.prefix}optout:{{{number}}}"
+
+    @property
+    def optout_audit(self) -> str:
+        """Stream: every opt-out and opt-in with time, source and scope (kept 2 years+)."""
+        return f"{self.prefix}optout:audit"
+
+    def freq(self, number: str, bucket: str) -> str:
+        """Frequency-cap counter for one recipient (hash tag: one slot per recipient)."""
+        return f"{self.prefix}fc:{{{number}}}:{bucket}"
+
+    def token_bucket(self, name: str) -> str:
+        """HASH: tokens + last refill time of a shared token bucket."""
+        return f"{self.prefix}tb:{{{name}}}"
+
+    # Operations ---------------------------------------------------------------------
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.prefix}alive:{consumer}"

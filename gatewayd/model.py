@@ -1,0 +1,101 @@
+"""Wire types shared by every layer: what upstream pushes, what we report back.
+
+Queue entries and events are *flat* Redis stream entries (field -> string value) so
+that any language, or redis-cli, can produce and read them without a JSON library.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import msgspec
+
+# Final states: a message that reaches one of these never changes state again
+# (a late receipt for an already final message is counted, not applied).
+FINAL_STATES: Final = frozenset(
+    {"delivered", "undeliverable", "expired", "rejected", "failed"}
+)
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    SUBMITTED = "submitted"
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One SMS job as upstream enqueues it (one stream entry, flat fields).
+
+    ``id`` is ours; upstream may set it (unique, <= 64 chars) or leave it empty, in
+    which case the gateway assigns one on first read. Times are Unix seconds (float).
+    """
+
+    id: str = ""
+    to: str
+    text: str
+    category: str = "transactional"
+    # Source address override (SMPP source_addr); wire name "from".
+    sender: str = msgspec.field(default="", name="from")
+    tenant: str = ""
+    ref: str = ""  # upstream's own reference, echoed in every event
+    idempotency_key: str = ""
+    carrier: str = ""  # force a carrier by name (skips prefix routing)
+    not_before: float = 0.0
+    expires_at: float = 0.0
+    enqueued_at: float = 0.0
+    attempts: int = 0  # submit attempts that ended in a retryable failure
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One state change, as written to the events stream (flat fields)."""
+
+    id: str
+    state: str
+    at: float
+    category: str = ""
+    reason: str = ""
+    carrier: str = ""
+    carrier_id: str = ""  # the SMSC's message id (first part for multipart)
+    segments: int = 0
+    ref: str = ""
+    tenant: str = ""
+    to: str = ""  # masked (138****8000): events are read by many systems
+    until: float = 0.0  # for deferred: when the message becomes due again
+    err: str = ""  # carrier error code from a receipt or a failing submit_sm_resp
+
+
+class Receipt(msgspec.Struct, kw_only=True):
+    """A delivery receipt as the carrier layer parsed it (not yet correlated)."""
+
+    carrier: str
+    smsc_id: str  # normalised (see carrier.receipts.normalise_id)
+    stat: str  # DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD, ENROUTE
+    state: str  # our state: delivered | undeliverable | expired | "" (not final yet)
+    err: str = ""
+    submit_date: float = 0.0
+    done_date: float = 0.0
+    received_at: float = 0.0
+
+
+class InboundMessage(msgspec.Struct, kw_only=True):
+    """A mobile-originated message (reassembled when it came in parts)."""
+
+    carrier: str
+    source: str  # the subscriber
+    destination: str  # our short code / long number
+    text: str
+    received_at: float
+    parts: int = 1
+
+
+def mask_number(number: str) -> str:
+    """Mask a phone number for logs and events: +8613800138000 -> +86138****8000."""
+    if len(number) <= 7:
+        return "*" * len(number)
+    return number[:-8] + "****" + number[-4:] if len(number) > 8 else number[:3] + "****"

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real Redis server for the session (or REDIS_URL), flushed per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gatewayd.embedded import EmbeddedRedis, free_port
+from gatewayd.keys import Keys
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """REDIS_URL when given (a throwaway database!), else a private redis-server."""
+    url = os.environ.get("GATEWAYD_TEST_REDIS_URL", "")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="gw-test-redis-") as d:
+        server = EmbeddedRedis(d, port=free_port())
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=False)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("gw:")
