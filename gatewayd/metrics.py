@@ -1,0 +1,116 @@
+"""Every Prometheus collector gatewayd exports, in one place.
+
+Labels are bounded: carrier names, bind indexes, classes, states, reasons from a fixed
+vocabulary, SMPP status names. Never phone numbers, message ids or free text.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+
+BUILD_INFO = Info("gatewayd_build", "Version of the running gatewayd", registry=REGISTRY)
+
+# Messages ------------------------------------------------------------------------------
+MESSAGES_ENQUEUED = Counter(
+    "gatewayd_messages_enqueued_total", "Messages accepted into a priority queue",
+    ["klass", "source"], registry=REGISTRY,
+)
+MESSAGES_STATE = Counter(
+    "gatewayd_messages_state_total",
+    "State transitions recorded (final and intermediate), by state and reason",
+    ["state", "reason"], registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "gatewayd_dead_letters_total", "Queue entries moved to the dead-letter stream",
+    ["reason"], registry=REGISTRY,
+)
+DUPLICATES = Counter(
+    "gatewayd_redeliveries_total",
+    "Entries read again after a reclaim (a crash or timeout): the at-least-once window",
+    ["klass"], registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "gatewayd_queue_depth", "Entries in a priority stream", ["klass"], registry=REGISTRY
+)
+QUEUE_PENDING = Gauge(
+    "gatewayd_queue_pending", "Entries read but not yet acknowledged", ["klass"],
+    registry=REGISTRY,
+)
+DELAYED = Gauge("gatewayd_delayed", "Messages waiting in the delayed set", registry=REGISTRY)
+QUEUE_WAIT = Histogram(
+    "gatewayd_queue_wait_seconds", "Time from enqueue to submit_sm", ["klass"],
+    buckets=_LAT_BUCKETS, registry=REGISTRY,
+)
+
+# Policies ------------------------------------------------------------------------------
+POLICY_VERDICTS = Counter(
+    "gatewayd_policy_verdicts_total", "Verdicts by check", ["check", "verdict"],
+    registry=REGISTRY,
+)
+POLICY_RELOADS = Counter(
+    "gatewayd_policy_reloads_total", "Policy reloads by result", ["result"], registry=REGISTRY
+)
+POLICY_RELOAD_FAILED = Gauge(
+    "gatewayd_policy_reload_failed",
+    "1 while the last policy reload failed (the previous policy is still in force)",
+    registry=REGISTRY,
+)
+
+# SMPP ----------------------------------------------------------------------------------
+BIND_UP = Gauge(
+    "gatewayd_bind_up", "1 when the bind is bound", ["carrier", "bind"], registry=REGISTRY
+)
+BIND_RECONNECTS = Counter(
+    "gatewayd_bind_reconnects_total", "Connection attempts after the first",
+    ["carrier", "bind"], registry=REGISTRY,
+)
+WINDOW_IN_USE = Gauge(
+    "gatewayd_bind_window_in_use", "submit_sm awaiting a response", ["carrier", "bind"],
+    registry=REGISTRY,
+)
+BIND_TPS = Gauge(
+    "gatewayd_bind_tps_limit", "Current send-rate limit (lowered while throttled)",
+    ["carrier", "bind"], registry=REGISTRY,
+)
+SUBMITS = Counter(
+    "gatewayd_submit_sm_total", "submit_sm PDUs sent", ["carrier"], registry=REGISTRY
+)
+COMMAND_STATUS = Counter(
+    "gatewayd_smpp_command_status_total", "Responses received by command and status",
+    ["carrier", "command", "status"], registry=REGISTRY,
+)
+SUBMIT_LATENCY = Histogram(
+    "gatewayd_submit_latency_seconds", "submit_sm -> submit_sm_resp", ["carrier"],
+    buckets=_LAT_BUCKETS, registry=REGISTRY,
+)
+RECEIPT_LATENCY = Histogram(
+    "gatewayd_receipt_latency_seconds", "submit_sm_resp -> delivery receipt", ["carrier"],
+    buckets=_RECEIPT_BUCKETS, registry=REGISTRY,
+)
+RECEIPTS = Counter(
+    "gatewayd_receipts_total", "Delivery receipts by correlation result",
+    ["carrier", "result"], registry=REGISTRY,
+)
+INBOUND = Counter(
+    "gatewayd_inbound_total", "Mobile-originated messages received", ["carrier"],
+    registry=REGISTRY,
+)
+OPTOUTS = Counter(
+    "gatewayd_optouts_total", "Opt-outs and opt-ins recorded", ["action", "source"],
+    registry=REGISTRY,
+)
+PDU_ERRORS = Counter(
+    "gatewayd_pdu_errors_total", "Malformed or unexpected PDUs from carriers",
+    ["carrier", "kind"], registry=REGISTRY,
+)
+
+# Process -------------------------------------------------------------------------------
+REDIS_ERRORS = Counter(
+    "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY
+)
+REDIS_UP = Gauge("gatewayd_redis_up", "1 when Redis answered the last ping", registry=REGISTRY)
