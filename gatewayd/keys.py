@@ -19,13 +19,15 @@ class Keys:
 
     # Queues -------------------------------------------------------------------------
     def queue(self, klass: str) -> str:
-        """Priority stream of one class (consumer group GROUP)."""
-        return f"{self.prefix}q:{klass}"
+        """Priority stream of one class (consumer group GROUP), e.g. ``gw:q:{otp}``."""
+        return f"{self.prefix}q:{{{klass}}}"
 
-    @property
-    def delayed(self) -> str:
-        """ZSET: encoded message -> due time (Unix s); not_before, deferrals, retries."""
-        return f"{self.prefix}delayed"
+    def delayed(self, klass: str) -> str:
+        """ZSET: encoded message -> due time (Unix s): not_before, deferrals, retries.
+
+        Shares the class's hash tag with its stream so the mover's script is one slot.
+        """
+        return f"{self.prefix}delayed:{{{klass}}}"
 
     @property
     def dead(self) -> str:
@@ -42,8 +44,10 @@ class Keys:
         """Stream of mobile-originated messages, for upstream apps (capped)."""
         return f"{self.prefix}mo"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}idem:{key}"
+    def idempotency(self, klass: str, key: str) -> str:
+        """STRING: idempotency key -> first message id (24 h); scoped per class so the
+        enqueue script touches one slot."""
+        return f"{self.prefix}idem:{{{klass}}}:{key}"
 
     # Message state ------------------------------------------------------------------
     def status(self, msg_id: str) -> str:

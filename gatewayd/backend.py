@@ -1,0 +1,69 @@
+"""The daemon's side of the HTTP API (gatewayd.http.backend.Backend)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from gatewayd.errors import MessageError
+from gatewayd.http.backend import EnqueueResult, FieldError
+from gatewayd.intake import parse_message
+from gatewayd.model import OutboundMessage
+from gatewayd.policy.optout import opt_in, opt_out, optout_status
+from gatewayd.status import read_status
+
+if TYPE_CHECKING:
+    from gatewayd.daemon import Daemon
+
+
+class DaemonBackend:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
+        q = self.d.cfg.queue
+        now = time.time()
+        results: list[EnqueueResult] = []
+        valid: list[tuple[int, OutboundMessage]] = []
+        for i, item in enumerate(items):
+            try:
+                msg = parse_message(item, classes=q.classes, max_segments=q.max_segments,
+                                    now=now)
+            except MessageError as e:
+                results.append(EnqueueResult(index=i, errors=[FieldError(e.field, e.reason)]))
+                continue
+            valid.append((i, msg))
+        if valid:
+            assert self.d.queue is not None
+            ids = await self.d.queue.enqueue([m for _, m in valid], source=source, now=now)
+            for (i, _), (msg_id, dup) in zip(valid, ids, strict=True):
+                results.append(EnqueueResult(index=i, id=msg_id, duplicate=dup))
+        results.sort(key=lambda r: r.index)
+        return results
+
+    async def status(self, msg_id: str) -> dict[str, Any] | None:
+        return await read_status(self.d.store.client, self.d.keys, msg_id)
+
+    async def optout(
+        self, action: Literal["add", "remove", "check"], number: str, scope: str
+    ) -> dict[str, Any]:
+        redis, keys, now = self.d.store.client, self.d.keys, time.time()
+        if action == "add":
+            await opt_out(redis, keys, number, scope=scope, source="api", at=now)
+        elif action == "remove":
+            await opt_in(redis, keys, number, scope=scope, source="api", at=now)
+        scopes = await optout_status(redis, keys, number)
+        return {"number": number, "opted_out": scopes}
+
+    async def reload(self) -> tuple[bool, str]:
+        return self.d.reload()
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.d.readiness()
+
+    def liveness(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "uptime_s": round(time.time() - self.d.started_at, 1),
+            "consumer": self.d.consumer,
+        }

@@ -1,0 +1,269 @@
+"""Command line: `gatewayd run | check-config | enqueue | status | events | demo | ...`.
+
+Exit codes: 0 success; 1 the command ran and found a problem (a message not delivered,
+a status not found); 2 usage or configuration error; 3 the daemon failed to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gatewayd import __version__
+from gatewayd.config import Config, load_config
+from gatewayd.errors import ConfigError, GatewayError, MessageError
+
+EXIT_PROBLEM, EXIT_CONFIG, EXIT_STARTUP = 1, 2, 3
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required, metavar="FILE",
+                   help="gatewayd TOML config (e.g. config/demo.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatewayd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gatewayd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon")
+    _add_config(p)
+    p.add_argument("--burst", action="store_true",
+                   help="exit once every queue is drained and every receipt is in")
+    p.add_argument("--burst-timeout", type=float, default=0.0, metavar="S",
+                   help="with --burst: stop after S seconds even if work is left")
+
+    p = sub.add_parser("check-config", help="validate a config file and its policy file")
+    _add_config(p)
+
+    p = sub.add_parser("enqueue", help="queue one message (flags) or many (JSON lines)")
+    _add_config(p)
+    p.add_argument("--to", help="E.164 number, e.g. +8613800138000")
+    p.add_argument("--text")
+    p.add_argument("--category", default="transactional")
+    p.add_argument("--from", dest="sender", default="")
+    p.add_argument("--id", default="")
+    p.add_argument("--ref", default="")
+    p.add_argument("--tenant", default="")
+    p.add_argument("--idempotency-key", default="")
+    p.add_argument("--not-before", default="", help="Unix seconds or ISO 8601 with offset")
+    p.add_argument("--expires-at", default="", help="Unix seconds or ISO 8601 with offset")
+    p.add_argument("--file", help="JSON lines, one message object a line ('-' = stdin)")
+
+    p = sub.add_parser("status", help="print a message's status record as JSON")
+    _add_config(p)
+    p.add_argument("id")
+
+    p = sub.add_parser("events", help="print the events stream as JSON lines")
+    _add_config(p)
+    p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument("--count", type=int, default=100, help="last N events (default 100)")
+
+    p = sub.add_parser("demo", help="embedded Redis + simulator + daemon + sample messages")
+    _add_config(p, required=False)
+    p.add_argument("--keep-running", action="store_true")
+    p.add_argument("--timeout", type=float, default=60.0)
+
+    p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for http.api_keys")
+    p.add_argument("key")
+
+    from gatewayd.sim import cli as sim_cli
+
+    p = sub.add_parser("smsc-sim", help="run the built-in SMSC simulator")
+    sim_cli.add_arguments(p)
+
+    from gatewayd.policy import cli as policy_cli
+
+    p = sub.add_parser("policy", help="policy tools (explain)")
+    policy_cli.add_policy_arguments(p)
+    p = sub.add_parser("optout", help="opt-out list: add | remove | check")
+    policy_cli.add_optout_arguments(p)
+
+    from gatewayd import top
+
+    p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
+    top.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"gatewayd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "smsc-sim":
+        from gatewayd.sim import cli as sim_cli
+
+        return sim_cli.run(args)
+    if cmd == "policy":
+        from gatewayd.policy import cli as policy_cli
+
+        return policy_cli.run_policy(args)
+    if cmd == "optout":
+        from gatewayd.policy import cli as policy_cli
+
+        return policy_cli.run_optout(args)
+    if cmd == "top":
+        from gatewayd import top
+
+        return top.run(args)
+    if cmd == "hash-key":
+        print(hashlib.sha256(args.key.encode()).hexdigest())
+        return 0
+    if cmd == "demo":
+        from gatewayd.demo import run_demo
+
+        path = args.config or str(Path(__file__).resolve().parent.parent / "config" / "demo.toml")
+        return run_demo(load_config(path), keep_running=args.keep_running,
+                        timeout_s=args.timeout)
+    cfg = load_config(args.config)
+    if cmd == "check-config":
+        return _check_config(cfg)
+    if cmd == "run":
+        return _run(cfg, args)
+    return _run_async(cmd, cfg, args)
+
+
+def _check_config(cfg: Config) -> int:
+    from gatewayd.policy.engine import PolicyEngine
+
+    if cfg.policy.file:
+        PolicyEngine.load(cfg.resolve(cfg.policy.file), classes=list(cfg.queue.classes))
+    from gatewayd.config import warn_if_world_readable
+
+    warning = warn_if_world_readable(cfg.source)
+    if warning and any(c.password for c in cfg.carrier):
+        print(f"gatewayd: warning: {warning}", file=sys.stderr)
+    print(f"{cfg.source}: ok ({len(cfg.carrier)} carrier(s), classes {cfg.queue.classes})")
+    return 0
+
+
+def _run(cfg: Config, args: argparse.Namespace) -> int:
+    from gatewayd.daemon import Daemon
+    from gatewayd.logs import setup_logging
+
+    setup_logging(cfg.daemon.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    daemon = Daemon(cfg, burst=args.burst, burst_timeout_s=args.burst_timeout)
+    try:
+        return asyncio.run(daemon.run())
+    except ConfigError:
+        raise
+    except (GatewayError, OSError) as e:
+        logging.getLogger("gatewayd").error("startup failed: %s", e)
+        return EXIT_STARTUP
+
+
+def client_url(cfg: Config) -> str:
+    """Redis URL for CLI commands: configured, or the running demo daemon's socket."""
+    url = cfg.redis_url()
+    if url:
+        return url
+    sock = cfg.resolve(cfg.daemon.state_dir) / "redis" / "redis.sock"
+    if sock.exists():
+        return f"unix://{sock}?db=0"
+    raise ConfigError(
+        f"{cfg.source}: redis.url: empty (embedded Redis) and no running daemon at {sock}; "
+        "start `gatewayd run` first or set REDIS_URL"
+    )
+
+
+def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
+    return asyncio.run(_async_commands(cmd, cfg, args))
+
+
+async def _async_commands(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
+    from gatewayd.client import Client
+
+    async with Client.from_config(cfg, client_url(cfg)) as client:
+        if cmd == "enqueue":
+            return await _enqueue(client, args)
+        if cmd == "status":
+            record = await client.status(args.id)
+            if record is None:
+                print(f"gatewayd: no status for {args.id!r} (unknown or expired)",
+                      file=sys.stderr)
+                return EXIT_PROBLEM
+            print(json.dumps(record, ensure_ascii=False))
+            return 0
+        if cmd == "events":
+            return await _events(client, args)
+    return EXIT_CONFIG
+
+
+async def _enqueue(client: Any, args: argparse.Namespace) -> int:
+    items: list[dict[str, Any]] = []
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            for n, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    print(f"gatewayd: {args.file}:{n}: not JSON: {e}", file=sys.stderr)
+                    return EXIT_CONFIG
+    else:
+        if not args.to or not args.text:
+            print("gatewayd: enqueue needs --to and --text, or --file", file=sys.stderr)
+            return EXIT_CONFIG
+        item: dict[str, Any] = {"to": args.to, "text": args.text, "category": args.category}
+        for key, value in (("from", args.sender), ("id", args.id), ("ref", args.ref),
+                           ("tenant", args.tenant), ("idempotency_key", args.idempotency_key),
+                           ("not_before", args.not_before), ("expires_at", args.expires_at)):
+            if value:
+                item[key] = value
+        items.append(item)
+    try:
+        results = await client.send(items, source="cli")
+    except MessageError as e:
+        print(f"gatewayd: invalid message: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    for msg_id, dup in results:
+        print(json.dumps({"id": msg_id, "duplicate": dup}))
+    return 0
+
+
+async def _events(client: Any, args: argparse.Namespace) -> int:
+    redis = client.redis
+    key = client.keys.events
+    rows = await redis.xrevrange(key, count=args.count)
+    last = "0-0"
+    for sid, fields in reversed(rows):
+        print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False))
+        last = sid
+    if not args.follow:
+        return 0
+    if not rows:
+        last = "$"
+    while True:
+        reply = await redis.xread({key: last}, block=5000, count=1000)
+        for _stream, items in reply or []:
+            for sid, fields in items:
+                print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False), flush=True)
+                last = sid
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""A small Python client for upstream apps: enqueue messages, read status and events.
+
+Any language can do the same with plain Redis commands (see README "Wire format");
+this client adds validation, ids, idempotency and the initial `queued` record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gatewayd.config import Config, QueueConfig
+from gatewayd.keys import Keys
+from gatewayd.queue import QueueStore
+from gatewayd.status import read_status
+from gatewayd.intake import parse_message
+
+
+class Client:
+    """``async with Client(url) as c: ids = await c.send([{"to": ..., "text": ...}])``"""
+
+    def __init__(self, url: str, *, prefix: str = "gw:", queue: QueueConfig | None = None,
+                 consumer: str = "client") -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self.qcfg = queue or QueueConfig()
+        self._redis: aioredis.Redis | None = None
+        self._queue: QueueStore | None = None
+        self._consumer = consumer
+
+    @classmethod
+    def from_config(cls, cfg: Config, url: str | None = None) -> Client:
+        return cls(url or cfg.redis_url(), prefix=cfg.redis.prefix, queue=cfg.queue)
+
+    async def __aenter__(self) -> Client:
+        self._redis = aioredis.from_url(self.url, decode_responses=True)
+        cfg = Config(queue=self.qcfg)
+        self._queue = QueueStore(self._redis, self.keys, cfg, self._consumer)
+        await self._queue.ensure_groups()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "use `async with Client(...)`"
+        return self._redis
+
+    async def send(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
+                   chunk: int = 1000) -> list[tuple[str, bool]]:
+        """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError."""
+        assert self._queue is not None, "use `async with Client(...)`"
+        now = time.time()
+        msgs = [parse_message(dict(i), classes=self.qcfg.classes,
+                              max_segments=self.qcfg.max_segments, now=now) for i in items]
+        out: list[tuple[str, bool]] = []
+        for start in range(0, len(msgs), chunk):
+            out += await self._queue.enqueue(msgs[start:start + chunk], source=source, now=now)
+        return out
+
+    async def status(self, msg_id: str) -> dict[str, Any] | None:
+        return await read_status(self.redis, self.keys, msg_id)
+
+    async def events(self, start: str = "-", count: int = 1000) -> list[dict[str, str]]:
+        rows = await self.redis.xrange(self.keys.events, min=start, count=count)
+        return [dict(fields, stream_id=sid) for sid, fields in rows]

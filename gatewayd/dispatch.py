@@ -1,0 +1,301 @@
+"""The outbound pump: queue -> validation -> policies -> carrier -> recorded outcome.
+
+One batch at a time per worker, every Redis step batched: a read, one pipeline for
+the reclaim/idempotency look-ups, the policy engine's batched calls, one submit_batch,
+one pipeline that records every outcome and acknowledges every entry. An entry is
+acknowledged only in that last pipeline, so a crash anywhere before it leaves the
+entry pending and it is reclaimed (at-least-once; see README "Guarantees").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio.client import Pipeline
+
+from gatewayd import metrics
+from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
+from gatewayd.carrier.receipts import id_candidates
+from gatewayd.config import Config
+from gatewayd.errors import MessageError
+from gatewayd.events import Ledger
+from gatewayd.intake import _ID_RE, parse_message
+from gatewayd.keys import Keys
+from gatewayd.model import FINAL_STATES, OutboundMessage
+from gatewayd.policy.engine import PolicyEngine, Verdict
+from gatewayd.queue import Entry, QueueStore
+from gatewayd.store import Redis
+
+log = logging.getLogger("gatewayd.dispatch")
+
+# Carrier back-pressure, not a failure of the message: retried without using an attempt.
+_BACKPRESSURE = frozenset({"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_ROUTE_BOUND"})
+
+
+class Submitter(Protocol):
+    """What the dispatcher needs of the carrier pool (CarrierPool satisfies it)."""
+
+    async def submit_batch(self, reqs: list[SubmitRequest]) -> list[SubmitOutcome]: ...
+
+    def ready(self) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Item:
+    entry: Entry
+    msg: OutboundMessage
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        cfg: Config,
+        queue: QueueStore,
+        pool: Submitter,
+        policy: Callable[[], PolicyEngine | None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.queue = queue
+        self.pool = pool
+        self.policy = policy
+        self.clock = clock
+        self.ledger: Ledger = queue.ledger
+        self.receipts_by_carrier = {c.name: c.registered_delivery for c in cfg.carrier}
+        self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
+        self.processed = 0
+        self.idle = asyncio.Event()
+
+    # The loop -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        workers = [
+            asyncio.create_task(self._worker(stop, i), name=f"dispatch-{i}")
+            for i in range(self.cfg.queue.dispatch_workers)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+
+    async def _worker(self, stop: asyncio.Event, index: int) -> None:
+        q = self.cfg.queue
+        backoff = 0.1
+        while not stop.is_set():
+            if not self.pool.ready():
+                # No bound carrier: leave messages queued instead of reading and
+                # requeueing them (the "requeue storm" of other gateways).
+                self.idle.set()
+                await _sleep_or_stop(stop, 0.2)
+                continue
+            try:
+                entries = await self.queue.read(q.read_batch, block_ms=q.block_ms)
+                if not entries:
+                    self.idle.set()
+                    continue
+                self.idle.clear()
+                await self.process(entries)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis down, a bug: log, back off, carry on
+                metrics.REDIS_ERRORS.labels("dispatch").inc()
+                log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # One batch ----------------------------------------------------------------------
+    async def process(self, entries: list[Entry]) -> None:
+        now = self.clock()
+        q = self.cfg.queue
+        items: list[_Item] = []
+        pipe = self.redis.pipeline(transaction=False)
+        for e in entries:
+            if e.fields is None:
+                self.queue.ack(pipe, e)
+                continue
+            if e.deliveries > q.max_deliveries:
+                self._invalid(pipe, e, f"too_many_deliveries: read {e.deliveries} times", now)
+                continue
+            fields = dict(e.fields)
+            # Deterministic id for entries pushed without one, so a redelivered entry
+            # is recognised as the same message.
+            fields.setdefault("id", f"{e.klass}-{e.entry_id}")
+            fields.setdefault("category", e.klass)
+            try:
+                msg = parse_message(
+                    fields, classes=q.classes, max_segments=q.max_segments, now=now
+                )
+                if msg.category != e.klass:
+                    raise MessageError(
+                        "category", f"{msg.category!r} does not match stream class {e.klass!r}"
+                    )
+            except MessageError as err:
+                self._invalid(pipe, e, f"invalid:{err.field}: {err.reason}", now)
+                continue
+            items.append(_Item(e, msg))
+        items = await self._drop_already_done(pipe, items)
+        items = await self._check_idempotency(pipe, items, now)
+        sendable: list[_Item] = []
+        for it in items:
+            m = it.msg
+            ttl = q.default_ttl_s.get(m.category, 0.0)
+            expires = m.expires_at or (m.enqueued_at + ttl if ttl else 0.0)
+            if expires and now >= expires:
+                self.ledger.record(pipe, m, "expired", now, reason="ttl")
+                self.queue.ack(pipe, it.entry)
+            elif m.not_before > now:
+                self.queue.delay(pipe, m, m.not_before)
+                self.ledger.record(pipe, m, "deferred", now, reason="scheduled", until=m.not_before)
+                self.queue.ack(pipe, it.entry)
+            else:
+                sendable.append(it)
+        reqs, to_submit = await self._apply_policies(pipe, sendable, now)
+        if reqs:
+            outcomes = await self.pool.submit_batch(reqs)
+            done = self.clock()
+            for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
+                self._record_outcome(pipe, it, req, out, done)
+        await pipe.execute()
+        self.processed += len(entries)
+
+    def _invalid(self, pipe: Pipeline, e: Entry, reason: str, now: float) -> None:
+        self.queue.dead_letter(pipe, e, reason)
+        msg_id = (e.fields or {}).get("id", "")
+        if msg_id and _ID_RE.fullmatch(msg_id):
+            # Upstream named the message: tell it why it will never be sent.
+            stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", ""), text="",
+                                   category=e.klass)
+            self.ledger.record(pipe, stub, "rejected", now, reason=reason)
+
+    async def _drop_already_done(self, pipe: Pipeline, items: list[_Item]) -> list[_Item]:
+        """A reclaimed entry whose message was already submitted or ended is only acked."""
+        again = [it for it in items if it.entry.deliveries > 1]
+        if not again:
+            return items
+        async with self.redis.pipeline(transaction=False) as p:
+            for it in again:
+                p.hget(self.keys.status(it.msg.id), "state")
+            states = await p.execute()
+        done: set[int] = set()
+        for it, state in zip(again, states, strict=True):
+            if state == "submitted" or state in FINAL_STATES:
+                self.queue.ack(pipe, it.entry)
+                done.add(id(it))
+        return [it for it in items if id(it) not in done]
+
+    async def _check_idempotency(
+        self, pipe: Pipeline, items: list[_Item], now: float
+    ) -> list[_Item]:
+        """Entries XADDed directly with an idempotency_key: the first one wins."""
+        keyed = [it for it in items if it.msg.idempotency_key]
+        if not keyed:
+            return items
+        async with self.redis.pipeline(transaction=False) as p:
+            for it in keyed:
+                k = self.keys.idempotency(it.msg.category, it.msg.idempotency_key)
+                pipe.set(k, it.msg.id, nx=True, ex=24 * 3600)
+                p.get(k)
+            replies = await p.execute()
+        dup: set[int] = set()
+        for i, it in enumerate(keyed):
+            owner = replies[2 * i + 1]
+            if owner is not None and owner != it.msg.id:
+                self.ledger.record(pipe, it.msg, "rejected", now,
+                                   reason=f"duplicate:idempotency_key of {owner}")
+                self.queue.ack(pipe, it.entry)
+                dup.add(id(it))
+        return [it for it in items if id(it) not in dup]
+
+    async def _apply_policies(
+        self, pipe: Pipeline, items: list[_Item], now: float
+    ) -> tuple[list[SubmitRequest], list[_Item]]:
+        reqs: list[SubmitRequest] = []
+        chosen: list[_Item] = []
+        if not items:
+            return reqs, chosen
+        engine = self.policy()
+        if engine is None:
+            verdicts: list[Verdict | None] = [None] * len(items)
+        else:
+            verdicts = list(await engine.evaluate(
+                self.redis, self.keys, [it.msg for it in items], now
+            ))
+        for it, v in zip(items, verdicts, strict=True):
+            m = it.msg
+            if v is not None:
+                metrics.POLICY_VERDICTS.labels(v.check or "all", v.action).inc()
+                if v.action == "reject":
+                    self.ledger.record(pipe, m, "rejected", now, reason=v.reason)
+                    self.queue.ack(pipe, it.entry)
+                    continue
+                if v.action == "defer":
+                    self.queue.delay(pipe, m, v.until)
+                    self.ledger.record(pipe, m, "deferred", now,
+                                       reason=v.reason, until=v.until)
+                    self.queue.ack(pipe, it.entry)
+                    continue
+                if v.text is not None:
+                    m.text = v.text
+            reqs.append(SubmitRequest(msg_id=m.id, destination=m.to, text=m.text,
+                                      source=m.sender, carrier=m.carrier))
+            chosen.append(it)
+        return reqs, chosen
+
+    def _record_outcome(
+        self, pipe: Pipeline, it: _Item, req: SubmitRequest, out: SubmitOutcome, now: float
+    ) -> None:
+        m = it.msg
+        if out.ok:
+            self.ledger.record(
+                pipe, m, "submitted", now,
+                carrier=out.carrier,
+                carrier_id=out.smsc_ids[0] if out.smsc_ids else "",
+                segments=out.segments or len(out.smsc_ids),
+            )
+            if self.receipts_by_carrier.get(out.carrier, False):
+                for part, smsc_id in enumerate(out.smsc_ids):
+                    for cand in id_candidates(smsc_id):
+                        pipe.set(self.keys.correlation(out.carrier, cand),
+                              f"{m.id} {part}", ex=self.receipt_ttl)
+                pipe.zadd(self.keys.awaiting_receipt,
+                       {m.id: now + self.receipt_ttl})
+            if m.enqueued_at:
+                metrics.QUEUE_WAIT.labels(m.category).observe(max(0.0, now - m.enqueued_at))
+        elif out.kind == "retry":
+            backpressure = out.status_name in _BACKPRESSURE
+            if not backpressure:
+                m.attempts += 1
+            if m.attempts >= self.cfg.queue.max_attempts:
+                self.ledger.record(pipe, m, "failed", now,
+                                   reason=f"{out.status_name or 'retry'}: attempts exhausted",
+                                   carrier=out.carrier)
+            else:
+                steps = self.cfg.queue.retry_backoff_s
+                delay = 1.0 if backpressure else steps[min(m.attempts - 1, len(steps) - 1)]
+                self.queue.delay(pipe, m, now + delay)
+                self.ledger.record(pipe, m, "deferred", now,
+                                   reason=f"retry:{out.status_name or out.reason}",
+                                   until=now + delay, carrier=out.carrier)
+        else:
+            self.ledger.record(pipe, m, "failed", now,
+                               reason=out.status_name or out.reason, carrier=out.carrier,
+                               err=f"0x{out.status:08x}" if out.status else "")
+        self.queue.ack(pipe, it.entry)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

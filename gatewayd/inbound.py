@@ -1,0 +1,203 @@
+"""Inbound traffic from carriers: delivery-receipt correlation and MO replies.
+
+Receipts are correlated through ``<prefix>smsc:<carrier>:<id>`` keys written when the
+submit_sm_resp was recorded, under every candidate form of the SMSC id (hex/decimal,
+leading zeros, case: carrier.receipts.id_candidates), so a receipt matches whichever
+form the SMSC uses. A receipt that arrives before its submit_sm_resp was recorded is
+parked in a sorted set and retried by the housekeeping tick for ``EARLY_HOLD_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from gatewayd import metrics
+from gatewayd.carrier.receipts import id_candidates
+from gatewayd.config import Config
+from gatewayd.keys import Keys
+from gatewayd.model import InboundMessage, Receipt, mask_number
+from gatewayd.policy.engine import PolicyEngine
+from gatewayd.policy.optout import opt_out
+from gatewayd.store import Redis, load_script
+
+log = logging.getLogger("gatewayd.inbound")
+
+EARLY_HOLD_S = 120.0
+_receipt_enc = msgspec.json.Encoder()
+_receipt_dec = msgspec.json.Decoder(Receipt)
+
+
+class InboundHandler:
+    """Implements carrier.api.DeliveryHandler; returns only once Redis has the data."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        cfg: Config,
+        policy: Callable[[], PolicyEngine | None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.policy = policy
+        self.clock = clock
+        self._receipt = load_script(redis, "receipt")
+        self._expire = load_script(redis, "expire_submitted")
+        self.events_maxlen = cfg.queue.events_maxlen
+
+    # Receipts -----------------------------------------------------------------------
+    async def on_receipts(self, receipts: list[Receipt]) -> None:
+        now = self.clock()
+        unmatched = await self._apply(receipts, now)
+        if unmatched:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in unmatched:
+                    if not r.received_at:
+                        r.received_at = now
+                    pipe.zadd(self.keys.early_receipts, {_receipt_enc.encode(r): now})
+                await pipe.execute()
+
+    async def _apply(self, receipts: list[Receipt], now: float) -> list[Receipt]:
+        """Apply what can be correlated; return the receipts that could not (yet)."""
+        interim = [r for r in receipts if not r.state]
+        for r in interim:
+            metrics.RECEIPTS.labels(r.carrier, "interim").inc()
+        final = [r for r in receipts if r.state]
+        if not final:
+            return []
+        cands = [id_candidates(r.smsc_id) for r in final]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r, cs in zip(final, cands, strict=True):
+                for c in cs:
+                    pipe.get(self.keys.correlation(r.carrier, c))
+            found = await pipe.execute()
+        matched: list[tuple[Receipt, str, str]] = []
+        unmatched: list[Receipt] = []
+        i = 0
+        for r, cs in zip(final, cands, strict=True):
+            hit = next((v for v in found[i : i + len(cs)] if v), None)
+            i += len(cs)
+            if hit is None:
+                unmatched.append(r)
+                continue
+            msg_id, _, part = str(hit).partition(" ")
+            matched.append((r, msg_id, part or "0"))
+        if not matched:
+            return unmatched
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r, msg_id, part in matched:
+                await self._receipt(
+                    keys=[self.keys.status(msg_id)],
+                    args=[part, r.state, now, r.err],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (r, msg_id, _part), res in zip(matched, results, strict=True):
+                kind = res[0]
+                if kind == "early":
+                    unmatched.append(r)
+                    continue
+                metrics.RECEIPTS.labels(r.carrier, kind).inc()
+                if kind != "final":
+                    continue
+                (state, category, carrier, carrier_id, segments, ref, tenant, to,
+                 submitted_at, err) = res[1:11]
+                event: dict[str, Any] = {"id": msg_id, "state": state, "at": now}
+                for k, v in (("category", category), ("carrier", carrier),
+                             ("carrier_id", carrier_id), ("segments", segments),
+                             ("ref", ref), ("tenant", tenant), ("to", to), ("err", err)):
+                    if v:
+                        event[k] = v
+                pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
+                pipe.zrem(self.keys.awaiting_receipt, msg_id)
+                metrics.MESSAGES_STATE.labels(state, "receipt").inc()
+                if submitted_at:
+                    metrics.RECEIPT_LATENCY.labels(carrier or r.carrier).observe(
+                        max(0.0, now - float(submitted_at))
+                    )
+            await pipe.execute()
+        return unmatched
+
+    async def retry_early(self, limit: int = 1000) -> int:
+        """Housekeeping: match parked receipts again; give up on old ones (counted)."""
+        now = self.clock()
+        members = await self.redis.zrange(self.keys.early_receipts, 0, limit - 1, withscores=True)
+        if not members:
+            return 0
+        parked: list[tuple[str, Receipt, float]] = []
+        for raw, score in members:
+            try:
+                parked.append((raw, _receipt_dec.decode(raw), float(score)))
+            except msgspec.DecodeError:
+                parked.append((raw, Receipt(carrier="?", smsc_id="", stat="", state=""), 0.0))
+        still = await self._apply([r for _, r, _ in parked if r.smsc_id], now)
+        still_ids = {id(r) for r in still}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw, r, since in parked:
+                if id(r) in still_ids and now - since < EARLY_HOLD_S:
+                    continue
+                if id(r) in still_ids or not r.smsc_id:
+                    metrics.RECEIPTS.labels(r.carrier, "unmatched").inc()
+                    log.warning("receipt matched no message; dropped after %.0fs",
+                                now - since, extra={"carrier": r.carrier, "smsc_id": r.smsc_id})
+                pipe.zrem(self.keys.early_receipts, raw)
+            await pipe.execute()
+        return len(parked)
+
+    async def expire_awaiting(self, limit: int = 1000) -> int:
+        """Housekeeping: a message whose receipt never came ends as expired."""
+        now = self.clock()
+        ids = await self.redis.zrangebyscore(
+            self.keys.awaiting_receipt, "-inf", now, start=0, num=limit
+        )
+        if not ids:
+            return 0
+        # Parts that never reported: the message as a whole ends as expired.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg_id in ids:
+                await self._expire(keys=[self.keys.status(msg_id)],
+                                   args=[now, "receipt_timeout"], client=pipe)
+                pipe.zrem(self.keys.awaiting_receipt, msg_id)
+            replies = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg_id, changed in zip(ids, replies[::2], strict=True):
+                if int(changed):
+                    pipe.xadd(self.keys.events, {
+                        "id": msg_id, "state": "expired", "at": now,
+                        "reason": "receipt_timeout",
+                    }, maxlen=self.events_maxlen, approximate=True)
+                    metrics.MESSAGES_STATE.labels("expired", "receipt_timeout").inc()
+            await pipe.execute()
+        return len(ids)
+
+    # Mobile-originated --------------------------------------------------------------
+    async def on_inbound(self, messages: list[InboundMessage]) -> None:
+        engine = self.policy()
+        now = self.clock()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in messages:
+                metrics.INBOUND.labels(m.carrier).inc()
+                pipe.xadd(self.keys.inbound, {
+                    "from": m.source, "to": m.destination, "text": m.text,
+                    "carrier": m.carrier, "at": m.received_at or now, "parts": m.parts,
+                }, maxlen=self.events_maxlen, approximate=True)
+            await pipe.execute()
+        for m in messages:
+            if engine is not None and engine.is_optout_reply(m.text):
+                await opt_out(self.redis, self.keys, m.source, scope="*",
+                              source=f"mo:{m.carrier}", at=now)
+                await self.redis.xadd(self.keys.events, {
+                    "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
+                    "carrier": m.carrier, "reason": "mo_keyword",
+                }, maxlen=self.events_maxlen, approximate=True)
+                metrics.OPTOUTS.labels("optout", "mo").inc()
+                log.info("opt-out by MO reply", extra={"number": mask_number(m.source)})

@@ -1,0 +1,119 @@
+"""Validation of incoming messages: one set of rules for the stream, HTTP and CLI paths.
+
+Stream entries arrive as flat string fields; HTTP items as JSON objects. Both go
+through ``parse_message``, which either returns a clean OutboundMessage or raises
+MessageError naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from gatewayd import smstext
+from gatewayd.errors import MessageError
+from gatewayd.model import OutboundMessage
+
+_NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_FIELDS: Final = frozenset(
+    f.encode_name for f in msgspec.structs.fields(OutboundMessage)
+)
+_TIME_FIELDS: Final = ("not_before", "expires_at", "enqueued_at")
+MAX_TEXT_CHARS: Final = 2000
+
+
+def new_id() -> str:
+    """Time-ordered, unique, URL-safe: sorts by creation like a stream id."""
+    return f"{time.time_ns() // 1_000_000:x}-{uuid.uuid4().hex[:12]}"
+
+
+def _to_time(field: str, value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if not v:
+            return 0.0
+        try:
+            return float(v)
+        except ValueError:
+            pass
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise MessageError(field, "use Unix seconds or ISO 8601 with a UTC offset") from None
+        if dt.tzinfo is None:
+            raise MessageError(field, "ISO 8601 time needs a UTC offset (e.g. +08:00 or Z)")
+        return dt.timestamp()
+    raise MessageError(field, "use Unix seconds or ISO 8601 with a UTC offset")
+
+
+def parse_message(
+    raw: Mapping[str, Any] | Any,
+    *,
+    classes: list[str],
+    max_segments: int,
+    now: float | None = None,
+) -> OutboundMessage:
+    """Validate one message; raise MessageError(field, reason) at the first problem."""
+    if not isinstance(raw, Mapping):
+        raise MessageError("$", "expected an object with at least 'to' and 'text'")
+    unknown = sorted(k for k in raw if k not in _FIELDS)
+    if unknown:
+        raise MessageError(unknown[0], f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
+    data = dict(raw)
+    for f in _TIME_FIELDS:
+        if f in data:
+            data[f] = _to_time(f, data[f])
+    try:
+        msg = msgspec.convert(data, OutboundMessage, strict=False)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = re.search(r"`\$\.([^`]*)`", text)
+        field = m.group(1) if m else ("to" if "`to`" in text else "text" if "`text`" in text else "$")
+        reason = re.sub(r" - at `[^`]*`", "", text)
+        raise MessageError(field, reason) from None
+    if not _NUMBER_RE.fullmatch(msg.to):
+        raise MessageError("to", "not an E.164 number (+ and 6-15 digits, e.g. +8613800138000)")
+    if not msg.text:
+        raise MessageError("text", "empty")
+    if len(msg.text) > MAX_TEXT_CHARS:
+        raise MessageError("text", f"longer than {MAX_TEXT_CHARS} characters")
+    parts = smstext.segments(msg.text).parts
+    if parts > max_segments:
+        raise MessageError("text", f"needs {parts} SMS parts; the limit is {max_segments}")
+    if msg.category not in classes:
+        raise MessageError("category", f"unknown class {msg.category!r}; one of {classes}")
+    if msg.id and not _ID_RE.fullmatch(msg.id):
+        raise MessageError("id", "1-64 characters of A-Z a-z 0-9 . _ : -")
+    if len(msg.sender) > 20:
+        raise MessageError("from", "at most 20 characters (SMPP source_addr)")
+    if len(msg.idempotency_key) > 128:
+        raise MessageError("idempotency_key", "at most 128 characters")
+    if len(msg.ref) > 128 or len(msg.tenant) > 64:
+        raise MessageError("ref" if len(msg.ref) > 128 else "tenant", "too long")
+    if msg.attempts < 0:
+        raise MessageError("attempts", "must not be negative")
+    if not msg.id:
+        msg.id = new_id()
+    if not msg.enqueued_at:
+        msg.enqueued_at = time.time() if now is None else now
+    return msg
+
+
+def to_fields(msg: OutboundMessage) -> dict[str, str]:
+    """Flat stream fields for XADD (defaults omitted)."""
+    out: dict[str, str] = {}
+    for name, value in msgspec.structs.asdict(msg).items():
+        field = "from" if name == "sender" else name
+        if value in ("", 0, 0.0):
+            continue
+        out[field] = repr(value) if isinstance(value, float) else str(value)
+    return out

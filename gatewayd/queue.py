@@ -1,0 +1,220 @@
+"""Priority streams, the consumer group, delayed set and dead letters.
+
+Claim, then acknowledge: an entry stays in its consumer's pending list from XREADGROUP
+until the dispatcher has recorded its disposition; only then is it XACKed and XDELed
+(so XLEN is the backlog). Entries pending on a dead consumer are reclaimed with XCLAIM
+after ``reclaim_idle_s``; one read too often goes to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from gatewayd import metrics
+from gatewayd.config import Config
+from gatewayd.events import Ledger
+from gatewayd.intake import to_fields
+from gatewayd.keys import GROUP, Keys
+from gatewayd.model import OutboundMessage
+from gatewayd.store import Redis, load_script
+
+log = logging.getLogger("gatewayd.queue")
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+@dataclass(slots=True)
+class Entry:
+    klass: str
+    entry_id: str
+    fields: dict[str, str] | None  # None: the entry was deleted while pending
+    deliveries: int = 1
+
+
+class QueueStore:
+    def __init__(self, redis: Redis, keys: Keys, cfg: Config, consumer: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.q = cfg.queue
+        self.consumer = consumer
+        self.classes = list(cfg.queue.classes)
+        self.streams = {k: keys.queue(k) for k in self.classes}
+        self._by_stream = {v: k for k, v in self.streams.items()}
+        self._enqueue = load_script(redis, "enqueue")
+        self._move_due = load_script(redis, "move_due")
+        self.ledger = Ledger(keys, cfg)
+        total = sum(cfg.queue.weights.values())
+        self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams.values():
+            try:
+                # "0": entries XADDed before the group existed are read too
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # Intake -------------------------------------------------------------------------
+    async def enqueue(
+        self, msgs: list[OutboundMessage], *, source: str, now: float | None = None
+    ) -> list[tuple[str, bool]]:
+        """Queue validated messages; returns (id, duplicate) for each, in order.
+
+        A repeat of an idempotency_key within 24 h returns the first message's id and
+        queues nothing.
+        """
+        now = time.time() if now is None else now
+        results: list[tuple[str, bool]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in msgs:
+                fields = to_fields(m)
+                stream = self.streams[m.category]
+                if m.idempotency_key:
+                    flat = [x for kv in fields.items() for x in kv]
+                    await self._enqueue(
+                        keys=[stream, self.keys.idempotency(m.category, m.idempotency_key)],
+                        args=[m.id, IDEMPOTENCY_TTL_S, *flat],
+                        client=pipe,
+                    )
+                else:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m, reply in zip(msgs, replies, strict=True):
+                if m.idempotency_key and int(reply[0]) == 0:
+                    results.append((str(reply[1]), True))
+                    continue
+                results.append((m.id, False))
+                self.ledger.record(pipe, m, "queued", now)
+                metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
+            await pipe.execute()
+        return results
+
+    # Reading ------------------------------------------------------------------------
+    async def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
+        """Read up to count new entries, highest class first (strict priority).
+
+        A lower class is read only when the higher ones had nothing at that moment,
+        except for the share configured in queue.weights (anti-starvation).
+        """
+        out: list[Entry] = []
+        remaining = count
+        if self._weights:
+            for klass in self.classes:
+                share = int(count * self._weights.get(klass, 0))
+                if share:
+                    got = await self._read_one(klass, share)
+                    out.extend(got)
+                    remaining -= len(got)
+        for klass in self.classes:
+            if remaining <= 0:
+                break
+            got = await self._read_one(klass, remaining)
+            out.extend(got)
+            remaining -= len(got)
+        if out or block_ms is None:
+            return out
+        # Nothing anywhere: block on every stream for new work.
+        reply = await self.redis.xreadgroup(
+            GROUP, self.consumer, {s: ">" for s in self.streams.values()},
+            count=count, block=block_ms,
+        )
+        return self._entries(reply)
+
+    async def _read_one(self, klass: str, count: int) -> list[Entry]:
+        reply = await self.redis.xreadgroup(
+            GROUP, self.consumer, {self.streams[klass]: ">"}, count=count
+        )
+        return self._entries(reply)
+
+    def _entries(self, reply: Any) -> list[Entry]:
+        out: list[Entry] = []
+        for stream, items in reply or []:
+            klass = self._by_stream[stream]
+            for entry_id, fields in items:
+                out.append(Entry(klass, entry_id, fields or None))
+        return out
+
+    async def reclaim(self, count: int) -> list[Entry]:
+        """Take over entries idle on any consumer for reclaim_idle_s (a crashed daemon)."""
+        idle_ms = int(self.q.reclaim_idle_s * 1000)
+        out: list[Entry] = []
+        for klass, stream in self.streams.items():
+            pending = await self.redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=count, idle=idle_ms
+            )
+            if not pending:
+                continue
+            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+            # XCLAIM re-checks idleness, so two daemons never both take an entry.
+            claimed = await self.redis.xclaim(
+                stream, GROUP, self.consumer, idle_ms, list(counts)
+            )
+            for entry_id, fields in claimed:
+                deliveries = counts.get(entry_id, 1) + 1
+                out.append(Entry(klass, entry_id, fields or None, deliveries))
+                metrics.DUPLICATES.labels(klass).inc()
+            missing = set(counts) - {e for e, _ in claimed}
+            if missing:
+                # deleted while pending (already dispositioned): just clear them
+                await self.redis.xack(stream, GROUP, *missing)
+        return out
+
+    # Dispositions (into the caller's pipeline) --------------------------------------
+    def ack(self, pipe: Pipeline, entry: Entry) -> None:
+        stream = self.streams[entry.klass]
+        pipe.xack(stream, GROUP, entry.entry_id)
+        pipe.xdel(stream, entry.entry_id)
+
+    def dead_letter(self, pipe: Pipeline, entry: Entry, reason: str) -> None:
+        record: dict[str, str] = {
+            "reason": reason,
+            "class": entry.klass,
+            "entry_id": entry.entry_id,
+            "consumer": self.consumer,
+            "at": repr(time.time()),
+            "raw": json.dumps(entry.fields or {}, ensure_ascii=False),
+        }
+        pipe.xadd(self.keys.dead, record, maxlen=self.q.dead_maxlen, approximate=True)  # type: ignore[arg-type]
+        self.ack(pipe, entry)
+        metrics.DEAD_LETTERS.labels(reason.split(":", 1)[0][:40]).inc()
+
+    def delay(self, pipe: Pipeline, msg: OutboundMessage, due: float) -> None:
+        member = json.dumps(to_fields(msg), ensure_ascii=False, sort_keys=True)
+        pipe.zadd(self.keys.delayed(msg.category), {member: due})
+
+    # Housekeeping -------------------------------------------------------------------
+    async def move_due(self, now: float, limit: int = 1000) -> int:
+        moved = 0
+        for klass, stream in self.streams.items():
+            n = await self._move_due(keys=[self.keys.delayed(klass), stream], args=[now, limit])
+            moved += int(n)
+        return moved
+
+    async def depths(self) -> dict[str, dict[str, int]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for klass, stream in self.streams.items():
+                pipe.xlen(stream)
+                pipe.xpending(stream, GROUP)
+                pipe.zcard(self.keys.delayed(klass))
+            replies = await pipe.execute(raise_on_error=False)
+        out: dict[str, dict[str, int]] = {}
+        for i, klass in enumerate(self.classes):
+            xlen, pend, delayed = replies[3 * i : 3 * i + 3]
+            pending = int(pend["pending"]) if isinstance(pend, dict) else 0
+            xlen = int(xlen) if isinstance(xlen, int) else 0
+            out[klass] = {
+                "ready": max(0, xlen - pending),
+                "pending": pending,
+                "delayed": int(delayed) if isinstance(delayed, int) else 0,
+            }
+        return out

@@ -1,0 +1,31 @@
+"""Reading a message's status record (shared by the CLI and the HTTP API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatewayd.keys import Keys
+from gatewayd.store import Redis
+
+_NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until"}
+_INT = {"segments", "attempts"}
+
+
+async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] | None:
+    raw: dict[str, str] = await redis.hgetall(keys.status(msg_id))
+    if not raw:
+        return None
+    out: dict[str, Any] = {"id": msg_id}
+    parts: dict[str, str] = {}
+    for k, v in raw.items():
+        if k in _NUMERIC:
+            out[k] = float(v)
+        elif k in _INT:
+            out[k] = int(v)
+        elif k.startswith("p") and k[1:].isdigit():
+            parts[k[1:]] = v
+        else:
+            out[k] = v
+    if parts:
+        out["parts"] = [parts.get(str(i), "") for i in range(int(out.get("segments", 0)))]
+    return out
