@@ -31,7 +31,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=False)
+    # decode_responses=True: the daemon uses str replies everywhere, so tests do too.
+    client = aioredis.from_url(redis_url, decode_responses=True)
     await client.flushdb()
     try:
         yield client

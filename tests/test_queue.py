@@ -1,0 +1,141 @@
+"""Queue layer against a real Redis: priority, claim/ack, reclaim, delayed set, idempotency."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from gatewayd.config import Config, QueueConfig
+from gatewayd.errors import MessageError
+from gatewayd.intake import parse_message, to_fields
+from gatewayd.keys import GROUP, Keys
+from gatewayd.queue import QueueStore
+
+CLASSES = ["otp", "transactional", "marketing"]
+
+
+def make_queue(redis: aioredis.Redis, keys: Keys, consumer: str = "c1", **q: object) -> QueueStore:
+    return QueueStore(redis, keys, Config(queue=QueueConfig(**q)), consumer)  # type: ignore[arg-type]
+
+
+def msg(to: str = "+8613800138000", text: str = "hello", category: str = "otp", **kw: object):  # type: ignore[no-untyped-def]
+    return parse_message({"to": to, "text": text, "category": category, **kw},
+                         classes=CLASSES, max_segments=10, now=1000.0)
+
+
+async def test_strict_priority_reads_higher_class_first(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    await q.enqueue([msg(category="marketing", text=f"m{i}") for i in range(50)], source="t")
+    await q.enqueue([msg(category="otp", text="code 1234")], source="t")
+    batch = await q.read(10)
+    assert batch[0].klass == "otp"
+    assert [e.klass for e in batch[1:]] == ["marketing"] * 9
+
+
+async def test_weights_give_lower_class_a_share(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys, weights={"otp": 9, "marketing": 1})
+    await q.ensure_groups()
+    await q.enqueue([msg(category="otp", text=f"o{i}") for i in range(100)], source="t")
+    await q.enqueue([msg(category="marketing", text=f"m{i}") for i in range(100)], source="t")
+    batch = await q.read(100)
+    kinds = [e.klass for e in batch]
+    assert kinds.count("marketing") == 10 and kinds.count("otp") == 90
+
+
+async def test_unacked_entries_are_reclaimed_by_another_consumer(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    crashed = make_queue(redis, keys, consumer="dead", reclaim_idle_s=0.001)
+    await crashed.ensure_groups()
+    await crashed.enqueue([msg(text=f"t{i}") for i in range(5)], source="t")
+    taken = await crashed.read(5)
+    assert len(taken) == 5
+    survivor = make_queue(redis, keys, consumer="alive", reclaim_idle_s=0.001)
+    again = await survivor.reclaim(100)
+    assert sorted(e.entry_id for e in again) == sorted(e.entry_id for e in taken)
+    assert all(e.deliveries == 2 for e in again)
+    async with redis.pipeline(transaction=False) as pipe:
+        for e in again:
+            survivor.ack(pipe, e)
+        await pipe.execute()
+    assert await redis.xlen(keys.queue("otp")) == 0
+    assert (await redis.xpending(keys.queue("otp"), GROUP))["pending"] == 0
+
+
+async def test_delayed_messages_move_back_when_due(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    m = msg(category="marketing", text="later")
+    async with redis.pipeline(transaction=False) as pipe:
+        q.delay(pipe, m, due=2000.0)
+        await pipe.execute()
+    assert await q.move_due(1999.0) == 0
+    assert await q.move_due(2000.0) == 1
+    [entry] = await q.read(10)
+    assert entry.fields is not None and entry.fields["id"] == m.id
+    assert entry.fields["text"] == "later"
+
+
+async def test_idempotency_key_queues_one_copy(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    first = await q.enqueue([msg(idempotency_key="order-1")], source="t")
+    second = await q.enqueue([msg(idempotency_key="order-1")], source="t")
+    assert second == [(first[0][0], True)]
+    assert await redis.xlen(keys.queue("otp")) == 1
+
+
+async def test_enqueue_records_queued_state_and_event(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    [(mid, _)] = await q.enqueue([msg(ref="r-9")], source="t")
+    assert await redis.hget(keys.status(mid), "state") == "queued"
+    [(_sid, ev)] = await redis.xrange(keys.events)
+    assert ev["id"] == mid and ev["state"] == "queued" and ev["ref"] == "r-9"
+    assert ev["to"] == "+86138****8000"  # masked
+
+
+async def test_dead_letter_keeps_raw_payload_and_reason(redis: aioredis.Redis, keys: Keys) -> None:
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    await redis.xadd(keys.queue("otp"), {"to": "nope", "text": "x"})
+    [entry] = await q.read(10)
+    async with redis.pipeline(transaction=False) as pipe:
+        q.dead_letter(pipe, entry, "invalid:to: not an E.164 number")
+        await pipe.execute()
+    [(_sid, dead)] = await redis.xrange(keys.dead)
+    assert dead["reason"].startswith("invalid:to")
+    assert json.loads(dead["raw"]) == {"to": "nope", "text": "x"}
+    assert await redis.xlen(keys.queue("otp")) == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"text": "x"}, "to"),
+        ({"to": "+86138", "text": "x"}, "to"),
+        ({"to": "+8613800138000"}, "text"),
+        ({"to": "+8613800138000", "text": ""}, "text"),
+        ({"to": "+8613800138000", "text": "x", "category": "bulk"}, "category"),
+        ({"to": "+8613800138000", "text": "x", "colour": "red"}, "colour"),
+        ({"to": "+8613800138000", "text": "x", "not_before": "tomorrow"}, "not_before"),
+        ({"to": "+8613800138000", "text": "x", "not_before": "2026-01-01T00:00:00"}, "not_before"),
+        ({"to": "+8613800138000", "text": "x", "attempts": "many"}, "attempts"),
+        ({"to": "+8613800138000", "text": "长" * 800}, "text"),
+        ({"to": "+8613800138000", "text": "x", "id": "has space"}, "id"),
+    ],
+)
+def test_bad_messages_name_the_field(fields: dict[str, str], field: str) -> None:
+    with pytest.raises(MessageError) as exc:
+        parse_message(fields, classes=CLASSES, max_segments=10)
+    assert exc.value.field == field
+
+
+def test_stream_fields_roundtrip() -> None:
+    m = msg(text="【京东】您的验证码是 1234", not_before="2026-11-24T10:00:00+08:00", **{"from": "10690"})
+    back = parse_message(to_fields(m), classes=CLASSES, max_segments=10)
+    assert back == m
+    assert to_fields(m)["from"] == "10690"
