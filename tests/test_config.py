@@ -1,0 +1,101 @@
+"""Config validation: every refusal is one line naming the file, the key and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gatewayd.cli import main
+from gatewayd.config import load_config
+from gatewayd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """
+[[carrier]]
+name = "a"
+host = "127.0.0.1"
+system_id = "acme"
+password = "secret"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gw.toml"
+    p.write_text(text, encoding="utf-8")
+    p.chmod(0o600)
+    return p
+
+
+def refuse(tmp_path: Path, text: str) -> str:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{p}: ")
+    return msg
+
+
+def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
+    monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    for name in ("demo.toml", "gatewayd.example.toml"):
+        cfg = load_config(ROOT / "config" / name)
+        assert cfg.carrier
+
+
+def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.queue.classes == ["otp", "transactional", "marketing"]
+    assert cfg.carrier[0].window == 100 and cfg.http.listen.startswith("127.0.0.1:")
+
+
+def test_typo_key_is_refused(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + "windwo = 10\n")
+    assert "carrier[0].windwo: unknown key" in msg
+
+
+def test_typo_section_is_refused(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + "[queeu]\nread_batch = 1\n")
+    assert "queeu: unknown key" in msg
+
+
+def test_wrong_type_is_refused(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + 'window = "lots"\n')
+    assert "carrier[0].window" in msg and "int" in msg
+
+
+def test_missing_password_is_refused(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD.replace('password = "secret"\n', ""))
+    assert "carrier[0].password: missing" in msg
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD.replace('system_id = "acme"\n', ""))
+    assert "carrier[0].system_id: required key is missing" in msg
+
+
+def test_zero_tps_is_refused(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + "tps = 0\n")
+    assert "carrier[0].tps: must be greater than 0" in msg
+
+
+def test_routing_to_unknown_carrier(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + '[routing.prefixes]\n"86138" = ["b"]\n')
+    assert "routing.prefixes.86138: unknown carrier 'b'" in msg
+
+
+def test_bad_toml(tmp_path: Path) -> None:
+    msg = refuse(tmp_path, GOOD + "[[carrier\n")
+    assert "not valid TOML" in msg
+
+
+def test_check_config_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, GOOD + "windwo = 1\n")
+    assert main(["check-config", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "carrier[0].windwo" in err
+    good = write(tmp_path, GOOD)
+    assert main(["check-config", "-c", str(good)]) == 0
