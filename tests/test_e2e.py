@@ -1,0 +1,159 @@
+"""End to end through the real daemon: Redis stream -> policies -> SMPP over TCP -> receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from gatewayd.client import Client
+from gatewayd.keys import Keys
+from gatewayd.model import FINAL_STATES
+from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from tests.e2e_helpers import (
+    events_by_id,
+    load,
+    running_daemon,
+    sim_texts,
+    wait_final,
+    write_config,
+)
+
+LONG_GSM = "Dear customer, your parcel {n} is out for delivery today between 14:00 and 18:00. " * 4
+LONG_UCS2 = "【京东】尊敬的客户，您的包裹{n}今天由京东物流配送，配送员会在送达前与您电话联系，请保持电话畅通。" * 3
+
+
+async def test_messages_reach_the_smsc_intact_and_receipts_come_back(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.05))
+    port = await sim.start()
+    try:
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+        items = []
+        for n in range(60):
+            kind = n % 4
+            text = {
+                0: f"Your code is {1000 + n} {{ok}} [€5]",
+                1: f"【京东】您的验证码是 {1000 + n}，5分钟内有效。",
+                2: LONG_GSM.format(n=n),
+                3: LONG_UCS2.format(n=n),
+            }[kind]
+            items.append({"to": f"+86138{n:08d}", "text": text,
+                          "category": ["otp", "transactional"][n % 2], "ref": f"r{n}"})
+        async with Client(redis_url, queue=cfg.queue) as client:
+            ids = [i for i, _ in await client.send(items)]
+        async with running_daemon(cfg):
+            records = await wait_final(redis, keys, ids, timeout_s=60)
+        assert {r["state"] for r in records.values()} == {"delivered"}
+        texts = sim_texts(sim)
+        for item in items:
+            assert texts[item["to"].lstrip("+")] == [item["text"]], item["to"]
+        for mid, rec in records.items():
+            expected = 1 if len(items[ids.index(mid)]["text"]) < 70 else None
+            if expected:
+                assert rec["segments"] == "1"
+        events = await events_by_id(redis, keys)
+        for mid in ids:
+            states = [e["state"] for e in events[mid]]
+            assert states == ["queued", "submitted", "delivered"], (mid, states)
+            submitted = events[mid][1]
+            assert submitted["carrier"] == "sim" and submitted["carrier_id"]
+            assert events[mid][2]["ref"] == submitted["ref"]
+    finally:
+        await sim.stop()
+
+
+async def test_raw_xadd_with_bad_entries_goes_to_dead_letters(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
+    port = await sim.start()
+    try:
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+        q = keys.queue("otp")
+        await redis.xadd(q, {"to": "+8613800138000", "text": "good one", "id": "good-1"})
+        await redis.xadd(q, {"to": "12", "text": "bad number", "id": "bad-1"})
+        await redis.xadd(q, {"text": "no recipient"})
+        await redis.xadd(q, {"to": "+8613800138000", "text": "x", "category": "marketing"})
+        await redis.xadd(q, {"to": "+8613800138000", "text": "x", "not_before": "soon"})
+        async with running_daemon(cfg):
+            records = await wait_final(redis, keys, ["good-1", "bad-1"], timeout_s=30)
+            for _ in range(100):
+                if await redis.xlen(keys.dead) >= 4:
+                    break
+                await asyncio.sleep(0.05)
+        assert records["good-1"]["state"] == "delivered"
+        assert records["bad-1"]["state"] == "rejected"
+        assert records["bad-1"]["reason"].startswith("invalid:to")
+        dead = [f for _, f in await redis.xrange(keys.dead)]
+        reasons = sorted(d["reason"].split(":")[1] for d in dead)
+        assert reasons == ["category", "not_before", "to", "to"]
+        assert await redis.xlen(q) == 0  # nothing left behind, nothing lost
+    finally:
+        await sim.stop()
+
+
+async def test_permanent_and_temporary_errors(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, error_fraction=1.0,
+                                    error_status=0x0B))  # ESME_RINVDSTADR: permanent
+    port = await sim.start()
+    try:
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+        async with Client(redis_url, queue=cfg.queue) as client:
+            [(mid, _)] = await client.send([{"to": "+8613800138000", "text": "hi"}])
+        async with running_daemon(cfg):
+            rec = (await wait_final(redis, keys, [mid], timeout_s=30))[mid]
+        assert rec["state"] == "failed"
+        assert rec["reason"] == "ESME_RINVDSTADR"
+    finally:
+        await sim.stop()
+
+
+async def test_throttling_delays_but_loses_nothing(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, throttle_fraction=0.3,
+                                    seed=7))
+    port = await sim.start()
+    try:
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+        async with Client(redis_url, queue=cfg.queue) as client:
+            ids = [i for i, _ in await client.send(
+                [{"to": f"+86139{n:08d}", "text": f"notice {n}"} for n in range(300)])]
+        async with running_daemon(cfg):
+            records = await wait_final(redis, keys, ids, timeout_s=90)
+        states = collections.Counter(r.get("state") for r in records.values())
+        assert states == {"delivered": 300}
+        assert sim.stats["throttled"] > 0  # type: ignore[index]
+    finally:
+        await sim.stop()
+
+
+async def test_every_message_ends_in_exactly_one_final_event(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, undeliverable_fraction=0.2,
+                                    seed=3))
+    port = await sim.start()
+    try:
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+        async with Client(redis_url, queue=cfg.queue) as client:
+            ids = [i for i, _ in await client.send(
+                [{"to": f"+86137{n:08d}", "text": f"n{n}"} for n in range(500)])]
+        async with running_daemon(cfg, burst=True) as daemon:
+            await asyncio.wait_for(daemon.stop_event.wait(), 60)
+        events = await events_by_id(redis, keys)
+        finals = collections.Counter()
+        for mid in ids:
+            f = [e["state"] for e in events[mid] if e["state"] in FINAL_STATES]
+            assert len(f) == 1, (mid, f)
+            finals[f[0]] += 1
+        assert set(finals) == {"delivered", "undeliverable"}
+        assert finals["undeliverable"] > 0
+    finally:
+        await sim.stop()
