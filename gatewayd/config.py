@@ -55,6 +55,9 @@ class QueueConfig(_Section, kw_only=True):
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
     receipt_timeout_s: float = 72 * 3600.0
+    # A receipt that matches no message yet (it beat its submit_sm_resp, or belongs to a
+    # submission never recorded) is retried this long, then counted as unmatched.
+    early_receipt_hold_s: float = 120.0
     max_segments: int = 10
     dispatch_workers: int = 4
 

@@ -4,7 +4,8 @@ Receipts are correlated through ``<prefix>smsc:<carrier>:<id>`` keys written whe
 submit_sm_resp was recorded, under every candidate form of the SMSC id (hex/decimal,
 leading zeros, case: carrier.receipts.id_candidates), so a receipt matches whichever
 form the SMSC uses. A receipt that arrives before its submit_sm_resp was recorded is
-parked in a sorted set and retried by the housekeeping tick for ``EARLY_HOLD_S``.
+parked in a sorted set and retried by the housekeeping tick for
+``queue.early_receipt_hold_s``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from gatewayd.store import Redis, load_script
 
 log = logging.getLogger("gatewayd.inbound")
 
-EARLY_HOLD_S = 120.0
 _receipt_enc = msgspec.json.Encoder()
 _receipt_dec = msgspec.json.Decoder(Receipt)
 
@@ -52,6 +52,7 @@ class InboundHandler:
         self._receipt = load_script(redis, "receipt")
         self._expire = load_script(redis, "expire_submitted")
         self.events_maxlen = cfg.queue.events_maxlen
+        self.early_hold_s = cfg.queue.early_receipt_hold_s
 
     # Receipts -----------------------------------------------------------------------
     async def on_receipts(self, receipts: list[Receipt]) -> None:
@@ -143,7 +144,7 @@ class InboundHandler:
         still_ids = {id(r) for r in still}
         async with self.redis.pipeline(transaction=False) as pipe:
             for raw, r, since in parked:
-                if id(r) in still_ids and now - since < EARLY_HOLD_S:
+                if id(r) in still_ids and now - since < self.early_hold_s:
                     continue
                 if id(r) in still_ids or not r.smsc_id:
                     metrics.RECEIPTS.labels(r.carrier, "unmatched").inc()

@@ -129,15 +129,16 @@ def sim_texts(sim: SmscSimulator) -> dict[str, list[str]]:
     parts: dict[tuple[str, Any], dict[int, str]] = defaultdict(dict)
     texts: dict[str, list[str]] = defaultdict(list)
     for s in sim.submissions:
+        dest = s.destination.lstrip("+")
         if s.udh is not None:
             ref, total, seq = s.udh
-            parts[(s.destination, ref, total)][seq] = s.text
-            got = parts[(s.destination, ref, total)]
+            parts[(dest, ref, total)][seq] = s.text
+            got = parts[(dest, ref, total)]
             if len(got) == total:
-                texts[s.destination].append("".join(got[i] for i in range(1, total + 1)))
-                del parts[(s.destination, ref, total)]
+                texts[dest].append("".join(got[i] for i in range(1, total + 1)))
+                del parts[(dest, ref, total)]
         else:
-            texts[s.destination].append(s.text)
+            texts[dest].append(s.text)
     return texts
 
 
