@@ -1,0 +1,165 @@
+"""Delivery receipts: id normalisation and lenient parsing of the receipt text and TLVs.
+
+Ids. The SMSC may answer submit_sm_resp with "0A1B" and send the receipt for it as
+"2587" (or the other way round), with or without leading zeros, in any case. A single
+canonical form cannot be right for both ("10" is ten in decimal and sixteen in hex), so:
+
+* ``normalise_id(raw)``: the *primary* form: stripped, lower-case, leading zeros removed
+  ("0" stays "0"). SubmitOutcome.smsc_ids and Receipt.smsc_id hold this form.
+* ``id_candidates(raw)``: every key the id may match under: the primary form, the
+  integer value as decimal when the id is all decimal digits, and the integer value of
+  the id read as hex (as decimal) when it is all hex digits. The correlator stores the
+  submit-side id under all its candidates and looks a receipt up by each of its own:
+  "0A1B" -> ["a1b", "2587"]; "2587" -> ["2587", "9607"]: they meet on "2587".
+  Non-numeric ids ("msg-7f3a") have one candidate, the primary form. A false match needs
+  two live ids of one carrier whose values collide across bases: counted by the
+  correlator, accepted as the price of matching carriers that mix bases.
+
+Receipt text. ``id:.. sub:.. dlvrd:.. submit date:.. done date:.. stat:.. err:.. text:..``
+with any key case and order, dates YYMMDDhhmm or YYMMDDhhmmss (taken as UTC: SMPP gives
+no zone), missing fields tolerated. The first occurrence of a key wins and a key seen
+before is read as part of the previous value, so ``text:your id: 5`` cannot override
+the id. TLVs receipted_message_id (0x001E) and message_state (0x0427) win over the text.
+
+States. DELIVRD -> delivered; EXPIRED -> expired; UNDELIV, REJECTD, DELETED and UNKNOWN
+-> undeliverable (UNKNOWN is a final state in SMPP 3.4: no other receipt will follow, and
+``stat`` keeps the distinction for whoever needs it); ENROUTE, ACCEPTD and anything
+unrecognised -> "" (not final: the message stays submitted until a final receipt or
+queue.receipt_timeout_s).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from typing import Final
+
+from gatewayd.carrier import pdu as P
+from gatewayd.model import Receipt
+
+_HEX: Final = frozenset("0123456789abcdef")
+_DEC: Final = frozenset("0123456789")
+
+
+def normalise_id(raw: str) -> str:
+    s = raw.strip().strip("\x00").lower()
+    if not s:
+        return ""
+    t = s.lstrip("0")
+    return t or "0"
+
+
+def id_candidates(raw: str) -> list[str]:
+    primary = normalise_id(raw)
+    if not primary:
+        return []
+    out = [primary]
+    chars = set(primary)
+    if chars <= _DEC and len(primary) <= 40:
+        dec = str(int(primary, 10))
+        if dec not in out:
+            out.append(dec)
+    if chars <= _HEX and len(primary) <= 32:
+        from_hex = str(int(primary, 16))
+        if from_hex not in out:
+            out.append(from_hex)
+    return out
+
+
+# message_state TLV values (SMPP 3.4 5.3.2.35) -> the receipt text's stat names.
+MESSAGE_STATES: Final = {
+    1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED",
+    5: "UNDELIV", 6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD",
+}
+# Leniency: carriers spell stat differently (DELIVERED, UNDELIVERABLE, REJECTED...).
+_STAT_PREFIXES: Final = (
+    ("DELIV", "DELIVRD"), ("UNDEL", "UNDELIV"), ("EXPIR", "EXPIRED"), ("DELET", "DELETED"),
+    ("REJEC", "REJECTD"), ("ACCEP", "ACCEPTD"), ("ENROU", "ENROUTE"), ("UNKNO", "UNKNOWN"),
+    ("FAIL", "UNDELIV"),
+)
+STATE_OF_STAT: Final = {
+    "DELIVRD": "delivered", "EXPIRED": "expired", "UNDELIV": "undeliverable",
+    "REJECTD": "undeliverable", "DELETED": "undeliverable", "UNKNOWN": "undeliverable",
+    "ACCEPTD": "", "ENROUTE": "",
+}
+
+_KEY_RE: Final = re.compile(
+    r"(?:^|(?<=\s))(id|sub|dlvrd|submit[ _]?date|done[ _]?date|stat|err|text)\s*:",
+    re.IGNORECASE,
+)
+
+
+def canonical_stat(raw: str) -> str:
+    s = raw.strip().upper()
+    for prefix, name in _STAT_PREFIXES:
+        if s.startswith(prefix):
+            return name
+    return s
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """Key -> value of a receipt text ("submit date" keys normalised to "submit_date")."""
+    out: dict[str, str] = {}
+    last_key = ""
+    last_start = 0
+    for m in _KEY_RE.finditer(text):
+        key = m.group(1).lower().replace(" ", "_")
+        if key in ("submitdate", "donedate"):
+            key = key[:-4] + "_date"
+        if key in out or key == last_key:
+            continue  # a key seen before belongs to the previous value (e.g. inside text)
+        if last_key:
+            out[last_key] = text[last_start : m.start()].strip()
+        last_key, last_start = key, m.end()
+        out[key] = ""
+    if last_key:
+        out[last_key] = text[last_start:].strip()
+    return out
+
+
+def parse_date(value: str) -> float:
+    """YYMMDDhhmm or YYMMDDhhmmss (UTC) -> Unix time; 0.0 when missing or invalid."""
+    digits = value.strip()[:12]
+    if len(digits) not in (10, 12) or not digits.isdigit():
+        return 0.0
+    try:
+        year = 2000 + int(digits[0:2])
+        month, day = int(digits[2:4]), int(digits[4:6])
+        hour, minute = int(digits[6:8]), int(digits[8:10])
+        second = int(digits[10:12]) if len(digits) == 12 else 0
+        if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60
+                and second < 61):
+            return 0.0
+        return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return 0.0
+
+
+def parse_receipt(
+    carrier: str, text: str, tlvs: dict[int, bytes], received_at: float
+) -> Receipt | None:
+    """A Receipt from a deliver_sm's text and TLVs, or None when it carries no id."""
+    fields = parse_fields(text)
+    raw_id = P.tlv_str(tlvs.get(P.TAG_RECEIPTED_MESSAGE_ID)) or fields.get("id", "")
+    smsc_id = normalise_id(raw_id.split()[0] if raw_id.split() else "")
+    if not smsc_id:
+        return None
+    state_value = P.tlv_int(tlvs.get(P.TAG_MESSAGE_STATE))
+    stat = MESSAGE_STATES.get(state_value, "") if state_value is not None else ""
+    if not stat:
+        stat = canonical_stat(fields.get("stat", "").split(" ", 1)[0])
+    err = fields.get("err", "").split(" ", 1)[0]
+    if not err:
+        nec = tlvs.get(P.TAG_NETWORK_ERROR_CODE)
+        if nec and len(nec) == 3:
+            err = str(int.from_bytes(nec[1:], "big"))
+    return Receipt(
+        carrier=carrier,
+        smsc_id=smsc_id,
+        stat=stat,
+        state=STATE_OF_STAT.get(stat, ""),
+        err=err,
+        submit_date=parse_date(fields.get("submit_date", "")),
+        done_date=parse_date(fields.get("done_date", "")),
+        received_at=received_at,
+    )

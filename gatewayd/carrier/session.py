@@ -1,0 +1,235 @@
+"""One SMPP connection: framing, sequence numbers, the window of outstanding submit_sm.
+
+An ``asyncio.Protocol`` (no stream reader, no task per message): ``data_received`` parses
+every complete PDU in the buffer in one loop, resolves submit_sm_resp by sequence number
+from a dict, and hands the chunk's deliver_sm PDUs to the bind in one call. Outgoing
+PDUs go straight to ``transport.write``; the window bounds what can be buffered.
+A new Session is made for every connection, so callbacks of a dead connection cannot
+touch the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from gatewayd.carrier import pdu as P
+from gatewayd.carrier import status as S
+
+if TYPE_CHECKING:
+    from gatewayd.carrier.bind import Bind
+
+log = logging.getLogger("gatewayd.carrier")
+
+_unpack_header = P.HEADER.unpack_from
+_SUBMIT_SM_RESP: Final = P.SUBMIT_SM_RESP
+_DELIVER_SM: Final = P.DELIVER_SM
+_THROTTLE: Final = frozenset(
+    code for code, (_, kind) in S.STATUS.items() if kind == "throttle"
+)
+
+
+class Waiter:
+    """The parts of one submit_batch: results by slot and one future for all of them."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = n
+        self.results: list[tuple[int, str] | None] = [None] * n
+        if n == 0:
+            self.future.set_result(None)
+
+    def resolve(self, slot: int, status: int, message_id: str) -> None:
+        if self.results[slot] is not None:
+            return
+        self.results[slot] = (status, message_id)
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+
+# seq -> (waiter, slot, deadline, sent_at): a tuple, the cheapest record to build.
+Pending = tuple[Waiter, int, float, float]
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, bind: Bind) -> None:
+        self.bind = bind
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.pending: dict[int, Pending] = {}
+        self.control: dict[int, asyncio.Future[tuple[int, int, bytes]]] = {}
+        self.seq = 0
+        self.bound = False
+        self.closed: asyncio.Future[str] = self.loop.create_future()
+        self.close_reason = ""
+        self.enquire_seq = 0  # outstanding enquire_link, 0 = none
+        self.enquire_deadline = 0.0
+
+    # -- connection -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bound = False
+        reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
+        self.close_reason = reason
+        pending, self.pending = self.pending, {}
+        for waiter, slot, _, _ in pending.values():
+            waiter.resolve(slot, S.BIND_LOST, "")
+        for fut in self.control.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(reason))
+        self.control.clear()
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        self.bind.on_session_closed(self, len(pending))
+
+    def close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+        self.bound = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop at once, without flushing (protocol violation, dead link)."""
+        if not self.close_reason:
+            self.close_reason = reason
+        self.bound = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def next_seq(self) -> int:
+        self.seq = self.seq % 0x7FFFFFFF + 1
+        return self.seq
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def request(self, data_for_seq: bytes, seq: int) -> asyncio.Future[tuple[int, int, bytes]]:
+        """Send a control request (bind, unbind) and get a future for its response."""
+        fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()
+        self.control[seq] = fut
+        self.write(data_for_seq)
+        return fut
+
+    # -- outstanding submit_sm ------------------------------------------------------
+    def expire(self, now: float) -> int:
+        """Resolve submit_sm whose response is overdue; pending is in send order."""
+        expired: list[int] = []
+        for seq, entry in self.pending.items():
+            if entry[2] > now:
+                break
+            expired.append(seq)
+        for seq in expired:
+            waiter, slot, _, _ = self.pending.pop(seq)
+            waiter.resolve(slot, S.TIMEOUT, "")
+        return len(expired)
+
+    # -- input ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        pending = self.pending
+        bind = self.bind
+        out: list[bytes] = []
+        delivers: list[tuple[int, bytes]] | None = None
+        statuses: dict[int, int] | None = None
+        latency: float | None = None  # one sample a chunk: cheap, still representative
+        ok = 0
+        throttled = 0
+        now = self.loop.time()
+        while n - pos >= 16:
+            length, cmd, status, seq = _unpack_header(buf, pos)
+            if length < 16 or length > P.MAX_PDU_LEN:
+                bind.on_pdu_error("command_length", f"command_length {length} (cmd 0x{cmd:08x})")
+                self.buf = bytearray()
+                self.abort(f"bad command_length {length}")
+                return
+            end = pos + length
+            if end > n:
+                break
+            if cmd == _SUBMIT_SM_RESP:
+                entry = pending.pop(seq, None)
+                if status == 0:
+                    ok += 1
+                    if entry is not None:
+                        nul = buf.find(0, pos + 16, end)
+                        mid = buf[pos + 16 : end if nul < 0 else nul].decode("latin-1")
+                        entry[0].resolve(entry[1], 0, mid)
+                else:
+                    if statuses is None:
+                        statuses = {}
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if status in _THROTTLE:
+                        throttled += 1
+                    if entry is not None:
+                        entry[0].resolve(entry[1], status, "")
+                if entry is None:
+                    bind.on_late_response()
+                elif latency is None:
+                    latency = now - entry[3]
+            elif cmd == _DELIVER_SM:
+                if delivers is None:
+                    delivers = []
+                delivers.append((seq, bytes(buf[pos + 16 : end])))
+            elif cmd == P.ENQUIRE_LINK:
+                out.append(P.resp_pdu(P.ENQUIRE_LINK, seq))
+            elif cmd == P.ENQUIRE_LINK_RESP:
+                if seq == self.enquire_seq:
+                    self.enquire_seq = 0
+            elif cmd == P.GENERIC_NACK:
+                self._on_nack(seq, status)
+            elif cmd in P.BIND_RESPS or cmd == P.UNBIND_RESP:
+                fut = self.control.pop(seq, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((cmd, status, bytes(buf[pos + 16 : end])))
+            elif cmd == P.UNBIND:
+                out.append(P.resp_pdu(P.UNBIND, seq))
+                self.bound = False
+                self.close_reason = "unbound by the SMSC"
+            elif cmd == P.ALERT_NOTIFICATION:
+                pass  # no response defined; nothing for us to do with it
+            elif cmd & P.RESPONSE_BIT:
+                bind.on_pdu_error("unexpected_response", f"unexpected response 0x{cmd:08x}")
+            else:
+                bind.on_pdu_error("unknown_command", f"unknown command_id 0x{cmd:08x}")
+                out.append(P.generic_nack_pdu(seq, P.ESME_RINVCMDID))
+            pos = end
+        if pos:
+            del buf[:pos]
+        if out:
+            self.write(b"".join(out))
+        if ok or statuses:
+            bind.on_submit_resps(ok, statuses, throttled, latency, len(pending))
+        if delivers:
+            bind.on_deliver(self, delivers)
+        if self.close_reason == "unbound by the SMSC":
+            self.close(self.close_reason)
+
+    def _on_nack(self, seq: int, status: int) -> None:
+        self.bind.on_pdu_error("generic_nack", f"generic_nack 0x{status:08x} for seq {seq}")
+        entry = self.pending.pop(seq, None)
+        if entry is not None:
+            # A nack with ESME_ROK makes no sense: report it as an unknown error.
+            code = status or 0xFF
+            entry[0].resolve(entry[1], code, "")
+            self.bind.on_submit_resps(0, {code: 1}, 1 if code in _THROTTLE else 0, None,
+                                      len(self.pending))
+            return
+        fut = self.control.pop(seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result((P.GENERIC_NACK, status or 0xFF, b""))
