@@ -114,3 +114,13 @@ REDIS_ERRORS = Counter(
     "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY
 )
 REDIS_UP = Gauge("gatewayd_redis_up", "1 when Redis answered the last ping", registry=REGISTRY)
+
+# HTTP API ------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
+    ["route", "method", "status"], registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "gatewayd_http_request_duration_seconds", "HTTP API request handling time",
+    ["route"], buckets=_LAT_BUCKETS, registry=REGISTRY,
+)

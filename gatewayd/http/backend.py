@@ -1,0 +1,56 @@
+"""What the HTTP API needs from the daemon: the Backend protocol and its result types.
+
+The HTTP layer knows nothing of Redis or SMPP; the daemon implements this protocol
+(gatewayd.backend.DaemonBackend) and tests implement small ones of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+
+class FieldError(msgspec.Struct):
+    """One validation problem: which field (``$`` for the item itself) and why."""
+
+    field: str
+    reason: str
+
+
+class EnqueueResult(msgspec.Struct, omit_defaults=True):
+    """Outcome of one submitted item, in request order (``index`` into the request)."""
+
+    index: int
+    id: str = ""
+    duplicate: bool = False
+    errors: list[FieldError] = []
+
+
+OptoutAction = Literal["add", "remove", "check"]
+
+
+class Backend(Protocol):
+    async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
+        """Validate each item exactly like the stream path and queue the valid ones."""
+        ...
+
+    async def status(self, msg_id: str) -> dict[str, Any] | None:
+        """The message's status record, or None when unknown or expired."""
+        ...
+
+    async def optout(self, action: OptoutAction, number: str, scope: str) -> dict[str, Any]:
+        """Add, remove or check an opt-out; answers the number's opt-out record."""
+        ...
+
+    async def reload(self) -> tuple[bool, str]:
+        """Reload policies: (ok, message). A failed reload keeps the previous policy."""
+        ...
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, why): Redis reachable and at least one bind per carrier."""
+        ...
+
+    def liveness(self) -> dict[str, Any]:
+        """Cheap, no I/O: the process and its loop answer."""
+        ...

@@ -1,0 +1,289 @@
+"""OpenAPI 3.0 description of the HTTP API, written by hand to match server.py.
+
+Kept as plain data (no framework generating it) so it reads like documentation;
+tests check it against the live routes and run schemathesis over it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatewayd import __version__
+
+_E164 = "^\\+?[1-9][0-9]{5,14}$"
+_ID = "^[A-Za-z0-9._:\\-]{1,64}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json_body(_ref("Error"), description)
+
+
+_TIME = {
+    "description": "Unix seconds, or ISO 8601 with a UTC offset (e.g. 2024-05-01T09:00:00+08:00)",
+    "oneOf": [{"type": "number"}, {"type": "string"}],
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Message": {
+        "type": "object",
+        "description": "One SMS job; the same fields as a stream entry. Unknown fields are "
+                       "rejected. Validation beyond this schema (known category, segment "
+                       "count, ...) answers 422 with the field and reason.",
+        "required": ["to", "text"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": _ID,
+                   "description": "Your unique id; the gateway assigns one when empty"},
+            "to": {"type": "string", "pattern": _E164, "example": "+8613800138000"},
+            "text": {"type": "string", "minLength": 1, "maxLength": 2000},
+            "category": {"type": "string", "default": "transactional",
+                         "description": "Priority class (queue.classes), e.g. otp, "
+                                        "transactional, marketing"},
+            "from": {"type": "string", "maxLength": 20, "description": "SMPP source_addr"},
+            "tenant": {"type": "string", "maxLength": 64},
+            "ref": {"type": "string", "maxLength": 128,
+                    "description": "Your reference, echoed in every event"},
+            "idempotency_key": {"type": "string", "maxLength": 128,
+                                "description": "A repeat within 24 h answers the first id "
+                                               "with duplicate=true"},
+            "carrier": {"type": "string", "description": "Force a carrier by name"},
+            "not_before": _TIME,
+            "expires_at": _TIME,
+            "enqueued_at": _TIME,
+            "attempts": {"type": "integer", "minimum": 0},
+        },
+    },
+    "FieldError": {
+        "type": "object",
+        "required": ["field", "reason"],
+        "properties": {
+            "field": {"type": "string", "description": "Field name, or $ for the item itself"},
+            "reason": {"type": "string"},
+        },
+    },
+    "ItemResult": {
+        "type": "object",
+        "description": "Queued items carry id and duplicate; invalid items carry errors.",
+        "required": ["index"],
+        "properties": {
+            "index": {"type": "integer", "minimum": 0,
+                      "description": "Position in the request (0 for a single object)"},
+            "id": {"type": "string"},
+            "duplicate": {"type": "boolean",
+                          "description": "true: an earlier message with the same "
+                                         "idempotency_key or id was found; nothing new queued"},
+            "errors": {"type": "array", "items": _ref("FieldError")},
+        },
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": _ref("ItemResult")}},
+    },
+    "Partial": {
+        "type": "object",
+        "description": "At least one item is invalid. The valid items WERE queued.",
+        "required": ["error", "results", "accepted", "rejected"],
+        "properties": {
+            "error": _ref("ErrorDetail"),
+            "accepted": {"type": "integer", "minimum": 0},
+            "rejected": {"type": "integer", "minimum": 1},
+            "results": {"type": "array", "items": _ref("ItemResult")},
+        },
+    },
+    "ErrorDetail": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": _ref("ErrorDetail"),
+            "errors": {"type": "array", "items": _ref("FieldError")},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "description": "The message's status record (kept queue.status_ttl_s, default 7 days)",
+        "required": ["id"],
+        "additionalProperties": True,
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "deferred", "submitted", "delivered",
+                                                 "undeliverable", "expired", "rejected",
+                                                 "failed"]},
+            "reason": {"type": "string"},
+            "category": {"type": "string"},
+            "carrier": {"type": "string"},
+            "segments": {"type": "integer"},
+            "attempts": {"type": "integer"},
+            "parts": {"type": "array", "items": {"type": "string"},
+                      "description": "SMSC message id of each part"},
+            "enqueued_at": {"type": "number"},
+            "submitted_at": {"type": "number"},
+            "done_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+            "until": {"type": "number"},
+        },
+    },
+    "Optout": {
+        "type": "object",
+        "description": "The number's opt-out record after the action",
+        "required": ["number", "opted_out"],
+        "additionalProperties": True,
+        "properties": {
+            "number": {"type": "string"},
+            "opted_out": {"description": "Scopes the number is opted out of "
+                                         "(\"*\" = everything) with the time of the opt-out"},
+        },
+    },
+    "Reload": {
+        "type": "object",
+        "required": ["ok", "message"],
+        "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"},
+                       "error": _ref("ErrorDetail")},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": True,
+        "properties": {"status": {"type": "string", "enum": ["ok"]},
+                       "uptime_s": {"type": "number"}, "consumer": {"type": "string"}},
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["ready"],
+        "additionalProperties": True,
+        "properties": {
+            "ready": {"type": "boolean"},
+            "draining": {"type": "boolean"},
+            "redis": {"type": "string", "example": "ok"},
+            "carriers": {"type": "object", "additionalProperties": {"type": "string"},
+                         "example": {"cmcc": "bound", "unicom": "no bind up"}},
+            "error": {"type": "string"},
+        },
+    },
+}
+
+
+def openapi_spec(max_items: int, max_body_bytes: int) -> dict[str, Any]:
+    """The spec, with the live limits filled in."""
+    auth_errors = {"401": _err("Missing or wrong API key")}
+    number = {"name": "number", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": _E164},
+              "description": "E.164 number, e.g. +8613800138000"}
+    scope = {"name": "scope", "in": "query", "required": False,
+             "schema": {"type": "string", "default": "*", "minLength": 1, "maxLength": 64},
+             "description": "\"*\" (everything, the default) or a signature/sender"}
+    invalid_number = {"422": _err("Not an E.164 number, or a bad scope")}
+    optout_ok = {"200": _json_body(_ref("Optout"), "The number's opt-out record")}
+    schemas = dict(_SCHEMAS)
+    schemas["Submit"] = {
+        "oneOf": [_ref("Message"),
+                  {"type": "array", "items": _ref("Message"), "minItems": 1,
+                   "maxItems": max_items}],
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "gatewayd HTTP API",
+            "version": __version__,
+            "description": "Submit SMS jobs into gatewayd's priority queues, read their "
+                           "status, manage opt-outs; health, readiness and Prometheus "
+                           f"metrics. Request bodies are limited to {max_body_bytes} bytes "
+                           f"and {max_items} messages.",
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/messages": {"post": {
+                "operationId": "submitMessages",
+                "summary": "Queue one message or a batch",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("Submit")}}},
+                "responses": {
+                    "202": _json_body(_ref("Accepted"), "Every message was queued"),
+                    "400": _err("Not JSON, an empty array, or neither object nor array"),
+                    **auth_errors,
+                    "413": _err(f"Body over {max_body_bytes} bytes or over {max_items} items"),
+                    "422": _json_body(_ref("Partial"),
+                                      "Some items are invalid; the valid ones were queued"),
+                    "503": _err("The gateway is draining (shutting down)"),
+                },
+            }},
+            "/v1/messages/{id}": {"get": {
+                "operationId": "getMessage",
+                "summary": "A message's status record",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {
+                    "200": _json_body(_ref("Status"), "The status record"),
+                    **auth_errors,
+                    "404": _err("Unknown id, or its record expired"),
+                },
+            }},
+            "/v1/optouts/{number}": {
+                "parameters": [number, scope],
+                "post": {"operationId": "addOptout", "summary": "Opt a number out",
+                         "responses": {**optout_ok, **auth_errors, **invalid_number}},
+                "delete": {"operationId": "removeOptout",
+                           "summary": "Opt a number back in",
+                           "responses": {**optout_ok, **auth_errors, **invalid_number}},
+                "get": {"operationId": "checkOptout", "summary": "Is this number opted out?",
+                        "responses": {**optout_ok, **auth_errors, **invalid_number}},
+            },
+            "/admin/reload": {"post": {
+                "operationId": "reloadPolicies",
+                "summary": "Reload the policy files (like SIGHUP)",
+                "responses": {
+                    "200": _json_body(_ref("Reload"), "Reloaded"),
+                    **auth_errors,
+                    "500": _json_body(_ref("Reload"),
+                                      "The new files are invalid; the previous policy stays"),
+                },
+            }},
+            "/metrics": {"get": {
+                "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
+                "responses": {"200": {"description": "Prometheus text format 0.0.4",
+                                      "content": {"text/plain": {
+                                          "schema": {"type": "string"}}}}},
+            }},
+            "/healthz": {"get": {
+                "operationId": "healthz", "summary": "Liveness: the process answers",
+                "security": [],
+                "responses": {"200": _json_body(_ref("Health"), "Alive")},
+            }},
+            "/readyz": {"get": {
+                "operationId": "readyz",
+                "summary": "Readiness: Redis reachable and a bind up per carrier",
+                "security": [],
+                "responses": {
+                    "200": _json_body(_ref("Ready"), "Ready"),
+                    "503": _json_body(_ref("Ready"), "Not ready; the body says why"),
+                },
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.0 document",
+                                      "content": {"application/json": {
+                                          "schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key; the config stores its SHA-256 digest "
+                               "(gatewayd hash-key KEY)",
+            }},
+            "schemas": schemas,
+        },
+    }

@@ -1,0 +1,358 @@
+"""The HTTP API: message intake, status, opt-out admin, reload, health and /metrics.
+
+Embedded with ``aiohttp.web.AppRunner`` + ``TCPSite`` (not ``run_app``) so the daemon owns
+the loop, the signals and the shutdown order.
+
+Decisions (also in the README's operations section):
+
+* Auth: ``Authorization: Bearer <key>``; the config holds SHA-256 hex digests of the keys.
+  The presented key is hashed and compared with ``hmac.compare_digest`` against *every*
+  configured digest (no early exit), so timing says nothing about which digest matched.
+  /v1/* and /admin/* need a key; /metrics, /healthz, /readyz and /openapi.json do not
+  (Prometheus, systemd and load-balancer probes carry no secrets and read nothing personal).
+* No keys configured: the API is open only when the listener is loopback (a warning is
+  logged at start). On any other address without keys the server still starts, so
+  metrics and probes keep working, but every authenticated route answers 401 (fail
+  closed) and an error is logged at start.
+* A batch with invalid items: the valid items ARE queued (Backend.enqueue validates and
+  queues in one pass, exactly like the stream path) and the answer is 422 with one
+  result per item: ``id``/``duplicate`` for queued items, ``errors`` for the others. A
+  client fixes and resends only the items with errors; ``idempotency_key`` makes even a
+  blind resend of the whole batch safe.
+* Every error body is JSON: ``{"error": {"code": ..., "message": ...}}``, including
+  aiohttp's own 404/405/413 and unexpected 500s.
+* ``drain()`` (called by the daemon on SIGTERM before it stops reading the queues) makes
+  intake answer 503 and /readyz report "draining", so a load balancer moves traffic away
+  while the server still answers status, probes and /metrics until ``stop()``.
+* Requests are not access-logged at INFO (high volume, and paths carry phone numbers);
+  ``gatewayd_http_requests_total`` counts them and DEBUG logs each one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gatewayd import metrics
+from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
+from gatewayd.http.openapi import openapi_spec
+
+log = logging.getLogger("gatewayd.http")
+
+MAX_ITEMS: Final = 1000
+_NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
+_SCOPE_RE: Final = re.compile(r"[^\x00-\x1f]{1,64}")
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/openapi.json"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``; an empty host means every interface."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"http.listen {listen!r}: use host:port, e.g. 127.0.0.1:8780")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def hash_key(key: str) -> str:
+    """The digest stored in http.api_keys (what `gatewayd hash-key KEY` prints)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=msgspec.json.encode(body), content_type="application/json",
+        headers=headers,
+    )
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="gatewayd"'} if status == 401 else None
+    return _json(status, {"error": {"code": code, "message": message}, **extra}, headers)
+
+
+_AIOHTTP_CODES: Final = {
+    404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request",
+}
+
+
+class HttpServer:
+    def __init__(
+        self,
+        listen: str,
+        backend: Backend,
+        *,
+        api_key_hashes: list[str],
+        max_body_bytes: int,
+        registry: CollectorRegistry = metrics.REGISTRY,
+    ) -> None:
+        self.host, self._port = parse_listen(listen)
+        self.backend = backend
+        self.registry = registry
+        self.max_body_bytes = max_body_bytes
+        self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self._loopback = is_loopback(self.host)
+        self.draining = False
+        self._runner: web.AppRunner | None = None
+        self.app = self._build_app()
+
+    # Lifecycle ----------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when listen asked for port 0)."""
+        if self._runner is not None:
+            for addr in self._runner.addresses:
+                if isinstance(addr, tuple):
+                    return int(addr[1])
+        return self._port
+
+    async def start(self) -> None:
+        if not self._hashes:
+            if self._loopback:
+                log.warning("http: no api_keys configured; the API is open to local users",
+                            extra={"listen": f"{self.host}:{self._port}"})
+            else:
+                log.error("http: no api_keys configured on a non-loopback listener: "
+                          "every /v1 and /admin request is refused (add http.api_keys)",
+                          extra={"listen": f"{self.host}:{self._port}"})
+        # access_log=None: our middleware counts requests; see the module docstring.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host or None, self._port, backlog=1024)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("http: listening", extra={"listen": f"{self.host}:{self.port}"})
+
+    def drain(self) -> None:
+        """Stop intake (503) and fail /readyz; everything else keeps answering."""
+        self.draining = True
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # Application --------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.max_body_bytes,
+            middlewares=[self._observe, self._errors, self._auth],
+        )
+        r = app.router
+        r.add_post("/v1/messages", self.post_messages)
+        r.add_get("/v1/messages/{id}", self.get_message, allow_head=False)
+        r.add_post("/v1/optouts/{number}", self.optout_add)
+        r.add_delete("/v1/optouts/{number}", self.optout_remove)
+        r.add_get("/v1/optouts/{number}", self.optout_check, allow_head=False)
+        r.add_post("/admin/reload", self.admin_reload)
+        r.add_get("/metrics", self.get_metrics)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        r.add_get("/openapi.json", self.openapi)
+        return app
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = _route_of(request)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("http request", extra={
+                    "method": request.method, "path": request.path, "status": status,
+                    "remote": request.remote or "",
+                })
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.content_type == "application/json":
+                raise
+            return error(e.status, _AIOHTTP_CODES.get(e.status, "http_error"), e.reason)
+        except Exception:
+            log.exception("http: unhandled error", extra={"path": request.path})
+            return error(500, "internal", "internal error; see the gateway's log")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _PUBLIC or request.match_info.http_exception is not None:
+            return await handler(request)
+        if not self._authorized(request.headers.get("Authorization", "")):
+            log.info("http: unauthorized request",
+                     extra={"path": request.path, "remote": request.remote or ""})
+            return error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <key>'")
+        return await handler(request)
+
+    def _authorized(self, header: str) -> bool:
+        if not self._hashes:
+            return self._loopback
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        presented = hash_key(key.strip()).encode("ascii")
+        ok = False
+        for h in self._hashes:  # all of them, always: no early exit
+            ok |= hmac.compare_digest(presented, h)
+        return ok
+
+    # Intake -------------------------------------------------------------------------
+    async def post_messages(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return error(503, "draining",
+                         "the gateway is shutting down; retry on another instance")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return _too_large(self.max_body_bytes)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(self.max_body_bytes)
+        if not body.strip():
+            return error(400, "bad_json", "empty body; send a JSON object or array")
+        try:
+            doc = msgspec.json.decode(body)
+        except msgspec.DecodeError as e:
+            return error(400, "bad_json", f"body is not valid JSON: {e}")
+        if isinstance(doc, dict):
+            items: list[Any] = [doc]
+        elif isinstance(doc, list):
+            items = doc
+        else:
+            return error(400, "bad_json", "send one message object or an array of them")
+        if not items:
+            return error(400, "empty", "the array holds no messages")
+        if len(items) > MAX_ITEMS:
+            return error(413, "too_many_items",
+                         f"{len(items)} messages in one request; the limit is {MAX_ITEMS}")
+        results = await self.backend.enqueue(items, source="http")
+        return _enqueue_answer(results, len(items))
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        msg_id = request.match_info["id"]
+        if not _ID_RE.fullmatch(msg_id):
+            return error(404, "not_found", "no such message")
+        record = await self.backend.status(msg_id)
+        if record is None:
+            return error(404, "not_found", "no status for this id (unknown or expired)")
+        return _json(200, record)
+
+    # Opt-outs -----------------------------------------------------------------------
+    async def optout_add(self, request: web.Request) -> web.Response:
+        return await self._optout(request, "add")
+
+    async def optout_remove(self, request: web.Request) -> web.Response:
+        return await self._optout(request, "remove")
+
+    async def optout_check(self, request: web.Request) -> web.Response:
+        return await self._optout(request, "check")
+
+    async def _optout(self, request: web.Request, action: OptoutAction) -> web.Response:
+        number = request.match_info["number"].strip()
+        if not _NUMBER_RE.fullmatch(number):
+            return error(422, "invalid", "not an E.164 number (+ and 6-15 digits)",
+                         errors=[{"field": "number", "reason": "not an E.164 number"}])
+        scope = request.query.get("scope", "*")
+        if not _SCOPE_RE.fullmatch(scope):
+            return error(422, "invalid", "scope: 1-64 printable characters",
+                         errors=[{"field": "scope", "reason": "1-64 printable characters"}])
+        return _json(200, await self.backend.optout(action, number, scope))
+
+    # Admin and operations -----------------------------------------------------------
+    async def admin_reload(self, request: web.Request) -> web.Response:
+        ok, message = await self.backend.reload()
+        if ok:
+            return _json(200, {"ok": True, "message": message})
+        return _json(500, {"ok": False, "message": message,
+                           "error": {"code": "reload_failed", "message": message}})
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(self.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json(200, {**self.backend.liveness(), "status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return _json(503, {"ready": False, "draining": True})
+        try:
+            ready, why = await self.backend.readiness()
+        except Exception as e:  # a probe answers, it does not crash
+            log.warning("readiness check failed: %s: %s", type(e).__name__, e)
+            return _json(503, {"ready": False, "error": f"{type(e).__name__}: {e}"})
+        return _json(200 if ready else 503, {**why, "ready": ready})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(200, openapi_spec(MAX_ITEMS, self.max_body_bytes))
+
+
+def _route_of(request: web.Request) -> str:
+    """The route template (bounded label values), never the raw path."""
+    if request.match_info.http_exception is not None:
+        return "unmatched"
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _too_large(limit: int) -> web.Response:
+    return error(413, "too_large", f"request body larger than {limit} bytes")
+
+
+def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
+    by_index = {r.index: r for r in results}
+    out: list[dict[str, Any]] = []
+    bad = 0
+    for i in range(count):
+        r = by_index.get(i)
+        if r is None:  # a backend that skipped an item must not make it look accepted
+            bad += 1
+            out.append({"index": i, "errors": [{"field": "$", "reason": "not processed"}]})
+        elif r.errors:
+            bad += 1
+            out.append({"index": i,
+                        "errors": [{"field": e.field, "reason": e.reason} for e in r.errors]})
+        else:
+            out.append({"index": i, "id": r.id, "duplicate": r.duplicate})
+    if not bad:
+        return _json(202, {"results": out})
+    queued = count - bad
+    return _json(422, {
+        "error": {"code": "invalid_items",
+                  "message": f"{bad} of {count} messages are invalid; "
+                             f"the {queued} valid ones were queued"},
+        "accepted": queued, "rejected": bad, "results": out,
+    })
