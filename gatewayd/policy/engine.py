@@ -1,0 +1,296 @@
+"""The policy engine: every outbound message's checks, in a fixed order, a batch at a time.
+
+Order (the first check that does not SEND decides; later checks do not run):
+
+1. ``content`` (pure): 【signature】, forbidden characters, opt-out hint (appended or
+   required), segment count.                                     gatewayd.policy.content
+2. ``keywords`` (pure): one Aho-Corasick automaton over all lists, on normalised text;
+   ``block`` lists reject, ``review`` lists add flags.            gatewayd.policy.keywords
+3. ``optout`` (Redis): marketing (or any category with ``suppress_optout``) to an
+   opted-out number is rejected.                                  gatewayd.policy.optout
+4. ``quiet_hours`` (pure): outside the category's recipient-local window, defer to the
+   next opening plus a deterministic spread.                      gatewayd.policy.quiet
+5. ``duplicate`` (Redis): same text, same number, within the window: reject.
+6. ``freq_cap`` (Redis): per-recipient sliding windows; reject or defer.
+7. ``tenant_rate`` (Redis): per-tenant token bucket; an empty bucket defers.
+                                                                  gatewayd.policy.redischecks
+
+The pure checks run in-process; the Redis checks of a whole batch are ONE Lua call
+(none at all when no message of the batch needs one). Counters are consumed only by
+messages that pass every check. Time is the ``now`` passed in.
+
+An engine is immutable once loaded: a reload builds a new one with ``PolicyEngine.load``
+(which raises ConfigError and builds nothing when any file is wrong) and the daemon
+swaps the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gatewayd.keys import Keys
+from gatewayd.model import OutboundMessage
+from gatewayd.policy.content import ContentRules, signature_of
+from gatewayd.policy.keywords import KeywordMatcher
+from gatewayd.policy.normalize import for_matching, number_key, reply_word
+from gatewayd.policy.quiet import QuietHours, ZoneTable
+from gatewayd.policy.redischecks import REDIS_CHECKS, Outcome, RedisBatch, caps_spec
+from gatewayd.policy.settings import CategorySettings, Policy, SendWindow, load_policy
+from gatewayd.policy.verdict import CHECK_ORDER, Verdict, defer, reject
+
+__all__ = ["CHECK_ORDER", "PolicyEngine", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Category:
+    name: str
+    settings: CategorySettings
+    content: ContentRules
+    window: SendWindow | None
+    caps: str  # Lua caps spec, "" = none
+    duplicate_ms: int
+
+
+@dataclass(slots=True)
+class _Local:
+    """A message that passed content and keywords, waiting for the Redis checks."""
+
+    index: int
+    cat: _Category
+    text: str | None
+    flags: list[str]
+    quiet: Verdict | None
+    tenant: str
+
+
+class PolicyEngine:
+    """Load with ``PolicyEngine.load(path, classes=...)``; see the module docstring."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.source = policy.source
+        self.optout_words: frozenset[str] = policy.optout_words
+        self.optout_scope = policy.optout_scope
+        self._keywords = KeywordMatcher(policy.keyword_lists)
+        self._zones = ZoneTable(policy.zones, policy.default_zones)
+        self._tenants = {name: f"{rate:.9f}:{burst:.9f}"
+                         for name, (rate, burst) in policy.tenants.items()}
+        self._cats: dict[str, _Category] = {}
+        for name, cs in policy.categories.items():
+            self._cats[name] = _Category(
+                name=name,
+                settings=cs,
+                content=ContentRules(cs, policy.content),
+                window=policy.windows[name],
+                caps=caps_spec([(c.limit, c.window_s) for c in cs.caps]),
+                duplicate_ms=round(cs.duplicate_window_s * 1000),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path | None, *, classes: list[str]) -> PolicyEngine:
+        """Build an engine from a policy file (None/"" = built-in defaults).
+
+        Raises gatewayd.errors.ConfigError naming the file, line/key and the fix.
+        """
+        return cls(load_policy(path, classes))
+
+    @property
+    def keyword_terms(self) -> int:
+        return self._keywords.terms
+
+    # MO replies -------------------------------------------------------------------------
+    def is_optout_reply(self, text: str) -> bool:
+        """True when the whole reply is an opt-out word.
+
+        Rule: NFKC (full-width -> half-width), casefold, trim whitespace, punctuation and
+        symbols at both ends, collapse inner whitespace; the result must equal one of
+        ``optout_words`` (normalised the same way). So "TD", " td ", "ＴＤ", "退订。",
+        "Stop!" opt out; "TD is great" or "不要退订" do not.
+        """
+        return reply_word(text) in self.optout_words
+
+    # Checks -----------------------------------------------------------------------------
+    def _scope_value(self, msg: OutboundMessage, scope: str, sig: str | None) -> str:
+        if scope == "signature":
+            return sig if sig is not None else signature_of(msg.text)
+        if scope == "sender":
+            return msg.sender
+        return ""
+
+    def _pure(
+        self, msg: OutboundMessage, cat: _Category, quiet: QuietHours, digits: str
+    ) -> tuple[Verdict | None, _Local | None]:
+        """Content and keywords decide, or the message goes on (with its quiet verdict)."""
+        normalised = for_matching(msg.text)
+        v, rewritten = cat.content.check(msg.text, normalised)
+        if v is not None:
+            return v, None
+        v, flags = self._keywords.check(normalised, cat.name)
+        if v is not None:
+            return v, None
+        qv = None
+        if cat.window is not None:
+            qv = quiet.check(cat.window, cat.settings.spread_s, digits, msg.id or msg.to)
+        return None, _Local(0, cat, rewritten, flags, qv, msg.tenant)
+
+    def _tenant_spec(self, tenant: str) -> str:
+        if not tenant or not self._tenants:
+            return ""
+        return self._tenants.get(tenant) or self._tenants.get("*", "")
+
+    def _add_redis(self, batch: RedisBatch, msg: OutboundMessage, loc: _Local, digits: str,
+                   *, optout_only: bool) -> bool:
+        """Queue the message's Redis checks; False when it needs none."""
+        cs = loc.cat.settings
+        tenant_spec = self._tenant_spec(loc.tenant)
+        if not (cs.suppress_optout or (not optout_only and (
+                loc.cat.caps or loc.cat.duplicate_ms or tenant_spec))):
+            return False
+        sig: str | None = None
+        optout_scope: str | None = None
+        if cs.suppress_optout:
+            if self.optout_scope != "global":
+                sig = signature_of(msg.text) if self.optout_scope == "signature" else None
+            optout_scope = self._scope_value(msg, self.optout_scope, sig)
+        caps_key = ""
+        if loc.cat.caps:
+            caps_key = "cap:" + loc.cat.name
+            if cs.cap_scope != "recipient":
+                caps_key += ":" + self._scope_value(msg, cs.cap_scope, sig)
+        batch.add(
+            digits=digits, optout_only=optout_only, optout_scope=optout_scope,
+            duplicate_ms=loc.cat.duplicate_ms, text_body=msg.text, member=msg.id,
+            caps_key=caps_key, caps=loc.cat.caps, tenant=loc.tenant, tenant_spec=tenant_spec,
+        )
+        return True
+
+    def _redis_verdict(self, o: Outcome, loc: _Local) -> Verdict | None:
+        c = o.check
+        if c == "send":
+            return None
+        if c == "optout":
+            return reject("optout", "optout" if o.detail == "*" else f"optout:{o.detail}")
+        if c == "duplicate":
+            return reject("duplicate", "duplicate")
+        if c == "freq_cap":
+            reason = f"freq_cap:{loc.cat.name}:{o.detail}"
+            if loc.cat.settings.on_cap == "defer":
+                return defer("freq_cap", reason, o.until)
+            return reject("freq_cap", reason)
+        if c == "tenant_rate":
+            return defer("tenant_rate", f"tenant_rate:{loc.tenant}", o.until)
+        raise RuntimeError(f"policy_batch.lua: unknown check {c!r}")
+
+    @staticmethod
+    def _unknown(msg: OutboundMessage) -> Verdict:
+        return reject("content", f"content:unknown_category:{msg.category}")
+
+    async def evaluate(self, redis: aioredis.Redis, keys: Keys, msgs: list[OutboundMessage],
+                       now: float) -> list[Verdict]:
+        """One verdict per message, same order. One Redis call at most."""
+        out: list[Verdict | None] = [None] * len(msgs)
+        quiet = QuietHours(self._zones, now)
+        batch = RedisBatch(keys, now)
+        waiting: list[_Local] = []
+        for i, msg in enumerate(msgs):
+            cat = self._cats.get(msg.category)
+            if cat is None:
+                out[i] = self._unknown(msg)
+                continue
+            digits = number_key(msg.to)
+            v, loc = self._pure(msg, cat, quiet, digits)
+            if loc is None:
+                out[i] = v
+                continue
+            loc.index = i
+            if self._add_redis(batch, msg, loc, digits, optout_only=loc.quiet is not None):
+                waiting.append(loc)
+            else:
+                out[i] = loc.quiet or Verdict(action="send", text=loc.text, flags=loc.flags)
+        if waiting:
+            results = await batch.run(redis)
+            for loc, outcomes in zip(waiting, results, strict=True):
+                v = self._redis_verdict(outcomes[0], loc) or loc.quiet
+                if v is None:
+                    v = Verdict(action="send", text=loc.text, flags=loc.flags)
+                else:
+                    v.flags = loc.flags
+                out[loc.index] = v
+        return [v if v is not None else Verdict(action="send") for v in out]
+
+    def evaluate_local(self, msg: OutboundMessage, now: float) -> list[tuple[str, Verdict]]:
+        """Each pure check's own verdict (all of them, not stopping at the first)."""
+        cat = self._cats.get(msg.category)
+        if cat is None:
+            return [("content", self._unknown(msg))]
+        normalised = for_matching(msg.text)
+        v, rewritten = cat.content.check(msg.text, normalised)
+        content = v or Verdict(action="send", check="content", text=rewritten)
+        kv, flags = self._keywords.check(normalised, cat.name)
+        keywords = kv or Verdict(action="send", check="keywords", flags=flags)
+        qv = None
+        if cat.window is not None:
+            qv = QuietHours(self._zones, now).check(
+                cat.window, cat.settings.spread_s, number_key(msg.to), msg.id or msg.to)
+        quiet = qv or Verdict(action="send", check="quiet_hours")
+        return [("content", content), ("keywords", keywords), ("quiet_hours", quiet)]
+
+    async def explain(self, redis: aioredis.Redis | None, keys: Keys, msg: OutboundMessage,
+                      now: float) -> dict[str, Any]:
+        """Every check's verdict and the final one, without consuming any counter.
+
+        ``redis`` None: the Redis checks are reported as ``skipped``.
+        """
+        checks: dict[str, Verdict | None] = dict(self.evaluate_local(msg, now))
+        cat = self._cats.get(msg.category)
+        if cat is not None and redis is not None:
+            loc = _Local(0, cat, None, [], None, msg.tenant)
+            batch = RedisBatch(keys, now)
+            if self._add_redis(batch, msg, loc, number_key(msg.to), optout_only=False):
+                outcomes = (await batch.run(redis, dry=True))[0]
+                for name, o in zip(REDIS_CHECKS, outcomes, strict=True):
+                    checks[name] = self._redis_verdict(o, loc) or Verdict(
+                        action="send", check=name)
+            else:
+                for name in REDIS_CHECKS:
+                    checks[name] = Verdict(action="send", check=name, reason="not configured")
+        final: Verdict | None = None
+        rows: list[dict[str, Any]] = []
+        for name in CHECK_ORDER:
+            if name not in checks:
+                if cat is None:
+                    continue
+                rows.append({"check": name, "verdict": "skipped",
+                             "reason": "needs Redis"})
+                continue
+            v = checks[name]
+            assert v is not None
+            row: dict[str, Any] = {"check": name, "verdict": v.action, "reason": v.reason}
+            if v.action == "defer":
+                row["until"] = v.until
+            if v.flags:
+                row["flags"] = v.flags
+            if v.text is not None:
+                row["text"] = v.text
+            rows.append(row)
+            if final is None and v.action != "send":
+                final = v
+        content, kw = checks.get("content"), checks.get("keywords")
+        result: dict[str, Any] = {
+            "verdict": final.action if final else "send",
+            "check": final.check if final else "",
+            "reason": final.reason if final else "",
+            "until": final.until if final else 0.0,
+            "text": content.text if content is not None and content.text is not None
+            else msg.text,
+            "flags": kw.flags if kw is not None else [],
+            "checks": rows,
+        }
+        if any(r["verdict"] == "skipped" for r in rows):
+            result["note"] = "Redis checks (optout, duplicate, freq_cap, tenant_rate) were " \
+                             "not evaluated: no Redis"
+        return result

@@ -1,0 +1,42 @@
+"""Lua scripts shipped in gatewayd/lua/, called by EVALSHA on whichever client is given.
+
+The store's ``load_script`` binds a script to one client; policies receive the client
+per call (the daemon's, a CLI's, a test's), so they keep the source and its SHA and
+load it on NOSCRIPT (after a Redis restart or on a fresh server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+
+class LuaScript:
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files("gatewayd").joinpath("lua", f"{name}.lua").read_text(
+            "utf-8"
+        )
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(
+        self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[str | int | float]
+    ) -> Any:
+        r = cast(Any, client)
+        try:
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await r.script_load(self.source)
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def text(value: bytes | str) -> str:
+    """A reply element as str, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else value
