@@ -158,6 +158,7 @@ class PySmsc:
         self.deliver_resps: list[tuple[int, int]] = []  # (seq, status), every connection
         self.generic_nacks: list[tuple[int, int]] = []  # (status, seq)
         self.enquire_links = 0
+        self.responses: list[tuple[int, int, int]] = []  # other responses: (cmd, status, seq)
         self.unbinds = 0
         # knobs
         self.resp_delay_s = 0.0
@@ -248,7 +249,7 @@ class PySmsc:
             self.generic_nacks.append((status, seq))
             self.events.put_nowait("nack")
         elif cmd & 0x80000000:
-            pass
+            self.responses.append((cmd, status, seq))
         else:
             conn.send(0x80000000, 0x03, seq)
 
