@@ -1,0 +1,26 @@
+-- Take up to ARGV[4] tokens from a shared token bucket (gatewayd.policy.ratelimit).
+-- KEYS[1] bucket HASH {t = tokens, ts = last refill (Unix s)}; an absent bucket is full.
+-- ARGV[1] rate (tokens/s, > 0), ARGV[2] burst (>= 1), ARGV[3] now (Unix s), ARGV[4] wanted.
+-- Returns {granted, seconds until the next whole token (string; "0" when granted all)}.
+-- A caller whose clock is behind the last writer's does not refill backwards.
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now, want = tonumber(ARGV[3]), tonumber(ARGV[4])
+local s = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens, ts = tonumber(s[1]), tonumber(s[2])
+if tokens == nil or ts == nil then
+  tokens, ts = burst, now
+elseif now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local got = math.floor(math.min(want, tokens))
+if got < 0 then got = 0 end
+tokens = tokens - got
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+local wait = 0
+if got < want then
+  wait = (1 - tokens) / rate
+  if wait < 0 then wait = 0 end
+end
+return {got, string.format('%.6f', wait)}
