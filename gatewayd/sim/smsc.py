@@ -249,7 +249,7 @@ class SmscSimulator:
         pdus: list[bytes] = []
         if parts == 1:
             data = smstext.encode(text, encoding)
-            if len(data) <= 254:
+            if _units(text, encoding) <= smstext.SINGLE[encoding]:
                 pdus.append(_mo(src, dst, 0, dc, data))
             else:
                 pdus.append(_mo(src, dst, 0, dc, b"", pdu.tlv(pdu.TLV_MESSAGE_PAYLOAD, data)))
@@ -261,7 +261,11 @@ class SmscSimulator:
             if not chunks[-1]:
                 raise ValueError(f"{parts} parts of {size} characters leave an empty part")
             ref = self.rng.randrange(1, 256 if (udh_bits == 8 and not use_sar) else 65536)
+            # A part must fit one SMS: beside a UDH, 153/152 septets or 67/66 UCS-2 units.
+            room = smstext.SINGLE[encoding] if use_sar else smstext.PER_PART[(encoding, udh_bits)]
             for i, chunk in enumerate(chunks, start=1):
+                if _units(chunk, encoding) > room:
+                    raise ValueError(f"part {i} does not fit one SMS ({room} max); use more parts")
                 data = smstext.encode(chunk, encoding)
                 if use_sar:
                     tlvs = (
@@ -274,8 +278,6 @@ class SmscSimulator:
                     data = smstext.udh(ref, parts, i, udh_bits) + data
                     tlvs = b""
                     esm = pdu.ESM_UDHI
-                if len(data) > 254:
-                    raise ValueError(f"part {i} takes {len(data)} octets; use more parts")
                 pdus.append(_mo(src, dst, esm, dc, data, tlvs))
             if shuffle:
                 in_order = list(pdus)
@@ -522,6 +524,12 @@ class SmscSimulator:
         if again:
             log.info("re-sending %d unanswered deliver_sm", len(again))
             self._deliver(again, now)
+
+
+def _units(text: str, encoding: smstext.Encoding) -> int:
+    if encoding == "ucs2":
+        return smstext.ucs2_units(text)
+    return smstext.gsm7_septets(text) or 0
 
 
 def _mo(
