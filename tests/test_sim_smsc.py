@@ -497,3 +497,16 @@ async def test_stop_unbinds_clients(make_sim: Factory, connect: Connect) -> None
     await c.send(UNBIND | R, seq=unbind.sequence)
     await stopping
     await c.wait_closed()
+
+
+async def test_registered_delivery_failure_only(make_sim: Factory, connect: Connect) -> None:
+    sim = await make_sim()
+    c = await connect(sim)
+    await c.submit("8613800138000", "delivered, no receipt wanted", registered_delivery=2)
+    await c.next(SUBMIT | R)
+    sim.set(undeliverable_fraction=1.0)
+    await c.submit("8613800138001", "failed, receipt wanted", registered_delivery=2)
+    await c.next(SUBMIT | R)
+    (d,) = await c.delivers(1)
+    assert d.source == "8613800138001" and b"stat:UNDELIV" in d.short_message
+    assert sim.stats.receipts_sent == 1

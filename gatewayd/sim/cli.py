@@ -82,15 +82,15 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad options, 3 if it cannot start."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-    )
     try:
         settings = settings_from(args)
     except ValueError as e:
         print(f"smsc-sim: {e}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
     if not args.no_uvloop:
         try:
             import uvloop

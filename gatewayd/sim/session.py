@@ -189,8 +189,9 @@ class Session(asyncio.Protocol):
             status=status,
         )
         sim._record(sub)
-        if status == 0 and st.receipts and sm.registered_delivery & 1:
-            stat = sim._receipt_stat()
+        rd = sm.registered_delivery & 0x03
+        # registered_delivery 1: a receipt on any final state; 2: only on failure.
+        if status == 0 and st.receipts and rd and (stat := sim._receipt_stat(rd)):
             if st.early_receipt_fraction and sim.rng.random() < st.early_receipt_fraction:
                 o = sim._build_receipt(self, sub, sm, sim.ids_format, stat, wall)
                 target = sim._pick(o.system_id, self)

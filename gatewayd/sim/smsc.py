@@ -365,10 +365,14 @@ class SmscSimulator:
             # Trim in chunks: deleting from the head of a list is O(n).
             del subs[: len(subs) - keep + keep // 10]
 
-    def _receipt_stat(self) -> str:
+    def _receipt_stat(self, registered_delivery: int) -> str:
+        """The receipt's stat, or "" when registered_delivery 2 (failures only) and the
+        message was delivered."""
         st = self.settings
         if st.undeliverable_fraction and self.rng.random() < st.undeliverable_fraction:
             return "UNDELIV"
+        if registered_delivery == 2 and st.receipt_stat == "DELIVRD":
+            return ""
         return st.receipt_stat
 
     def _build_receipt(
