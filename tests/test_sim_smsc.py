@@ -510,3 +510,14 @@ async def test_registered_delivery_failure_only(make_sim: Factory, connect: Conn
     (d,) = await c.delivers(1)
     assert d.source == "8613800138001" and b"stat:UNDELIV" in d.short_message
     assert sim.stats.receipts_sent == 1
+
+
+async def test_stats_read_as_attributes_or_keys(make_sim: Factory, connect: Connect) -> None:
+    sim = await make_sim(throttle_fraction=0.5, receipts=False)
+    c = await connect(sim)
+    answers = await submit_and_answer(c, 100)
+    throttled = sum(1 for s, _ in answers if s == 0x58)
+    assert sim.stats.throttled == sim.stats["throttled"] == throttled > 0
+    assert sim.stats["ok"] == 100 - throttled and sim.stats["failed"] == 0
+    assert sim.stats.as_dict()["submit_sm"] == 100
+    assert f"throttled={throttled}" in sim.stats.summary()

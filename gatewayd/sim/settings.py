@@ -109,11 +109,33 @@ class SimStats:
     drops: int = 0  # connections closed by drop_after
     max_outstanding: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def ok(self) -> int:
+        return self.responses.get("ESME_ROK", 0)
+
+    @property
+    def throttled(self) -> int:
+        return self.responses.get("ESME_RTHROTTLED", 0)
+
+    @property
+    def failed(self) -> int:
+        """submit_sm refused with anything but ESME_ROK and ESME_RTHROTTLED."""
+        return sum(self.responses.values()) - self.ok - self.throttled
+
+    def as_dict(self) -> dict[str, int]:
+        """Flat snapshot: every integer counter plus ok / throttled / failed."""
+        out = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        out.update(ok=self.ok, throttled=self.throttled, failed=self.failed)
+        return out
+
+    def __getitem__(self, name: str) -> int:
+        # stats["throttled"] reads like the dict other code may expect.
+        return self.as_dict()[name]
+
     def summary(self) -> str:
-        ok = self.responses.get("ESME_ROK", 0)
-        refused = sum(self.responses.values()) - ok
         return (
-            f"binds={self.binds} submit_sm={self.submit_sm} ok={ok} refused={refused} "
+            f"binds={self.binds} submit_sm={self.submit_sm} ok={self.ok} "
+            f"throttled={self.throttled} failed={self.failed} "
             f"receipts={self.receipts_sent}(+{self.receipts_resent} resent, "
             f"{self.receipts_acked} acked) mo={self.mo_sent} unacked={self.unacked} "
             f"held={self.held} enquire_links={self.enquire_links} drops={self.drops}"
