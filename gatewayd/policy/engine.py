@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 
@@ -101,6 +102,10 @@ class PolicyEngine:
     @property
     def keyword_terms(self) -> int:
         return self._keywords.terms
+
+    def recipient_zones(self, number: str) -> tuple[ZoneInfo, ...]:
+        """The time zones quiet hours use for this number (first = the main one)."""
+        return self._zones.lookup(number_key(number))
 
     # MO replies -------------------------------------------------------------------------
     def is_optout_reply(self, text: str) -> bool:
