@@ -279,3 +279,24 @@ async def test_routing_prefixes_and_failover(smsc: PySmsc) -> None:
         assert pool.ready()
     finally:
         await pool.stop(1.0)
+
+
+def test_runs_on_uvloop() -> None:
+    """The daemon runs on uvloop, whose transports differ from asyncio's."""
+    import uvloop
+
+    async def scenario() -> None:
+        smsc = PySmsc()
+        await smsc.start()
+        pool = CarrierPool(config(carrier("a", smsc.port, window=5)), Recorder())
+        try:
+            await pool.start()
+            assert await pool.wait_bound(5.0)
+            out = await pool.submit_batch(reqs(50, text="x" * 200))
+            assert all(o.ok and o.segments == 2 for o in out)
+            assert smsc.max_outstanding <= 5
+        finally:
+            await pool.stop(1.0)
+            await smsc.stop()
+
+    uvloop.run(scenario())
