@@ -27,8 +27,9 @@ def _err(description: str) -> dict[str, Any]:
 
 
 _TIME = {
-    "description": "Unix seconds, or ISO 8601 with a UTC offset (e.g. 2024-05-01T09:00:00+08:00)",
-    "oneOf": [{"type": "number"}, {"type": "string"}],
+    "description": "Unix seconds, or an RFC 3339 time with a UTC offset "
+                   "(e.g. 2024-05-01T09:00:00+08:00)",
+    "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -43,7 +44,9 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string", "pattern": _ID,
                    "description": "Your unique id; the gateway assigns one when empty"},
             "to": {"type": "string", "pattern": _E164, "example": "+8613800138000"},
-            "text": {"type": "string", "minLength": 1, "maxLength": 2000},
+            "text": {"type": "string", "minLength": 1, "maxLength": 2000,
+                     "description": "At most queue.max_segments SMS parts (default 10: "
+                                    "1530 GSM-7 or 670 UCS-2 characters); longer: 422"},
             "category": {"type": "string", "default": "transactional",
                          "description": "Priority class (queue.classes), e.g. otp, "
                                         "transactional, marketing"},
@@ -176,18 +179,27 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_spec(max_items: int, max_body_bytes: int) -> dict[str, Any]:
-    """The spec, with the live limits filled in."""
+def openapi_spec(
+    max_items: int, max_body_bytes: int, classes: list[str] | None = None
+) -> dict[str, Any]:
+    """The spec, with the live limits (and, when given, the configured classes) filled in."""
     auth_errors = {"401": _err("Missing or wrong API key")}
     number = {"name": "number", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": _E164},
               "description": "E.164 number, e.g. +8613800138000"}
     scope = {"name": "scope", "in": "query", "required": False,
-             "schema": {"type": "string", "default": "*", "minLength": 1, "maxLength": 64},
+             "schema": {"type": "string", "default": "*", "minLength": 1, "maxLength": 64,
+                        "pattern": "^[^\\x00-\\x1f]{1,64}$"},
              "description": "\"*\" (everything, the default) or a signature/sender"}
     invalid_number = {"422": _err("Not an E.164 number, or a bad scope")}
     optout_ok = {"200": _json_body(_ref("Optout"), "The number's opt-out record")}
     schemas = dict(_SCHEMAS)
+    if classes:
+        message = dict(schemas["Message"])
+        props = dict(message["properties"])
+        props["category"] = {**props["category"], "enum": list(classes)}
+        message["properties"] = props
+        schemas["Message"] = message
     schemas["Submit"] = {
         "oneOf": [_ref("Message"),
                   {"type": "array", "items": _ref("Message"), "minItems": 1,

@@ -106,11 +106,13 @@ class HttpServer:
         api_key_hashes: list[str],
         max_body_bytes: int,
         registry: CollectorRegistry = metrics.REGISTRY,
+        classes: list[str] | None = None,
     ) -> None:
         self.host, self._port = parse_listen(listen)
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
+        self.classes = list(classes) if classes else None  # for /openapi.json only
         self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
         self._loopback = is_loopback(self.host)
         self.draining = False
@@ -317,7 +319,7 @@ class HttpServer:
         return _json(200 if ready else 503, {**why, "ready": ready})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(200, openapi_spec(MAX_ITEMS, self.max_body_bytes))
+        return _json(200, openapi_spec(MAX_ITEMS, self.max_body_bytes, self.classes))
 
 
 def _route_of(request: web.Request) -> str:
