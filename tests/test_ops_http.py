@@ -295,7 +295,7 @@ def test_listen_parsing_and_loopback() -> None:
     assert parse_listen("[::1]:0") == ("::1", 0)
     assert parse_listen(":8780") == ("", 8780)
     for bad in ("8780", "host:", "h:99999"):
-        with pytest.raises(ValueError, match="http.listen"):
+        with pytest.raises(ValueError, match=r"http\.listen"):
             parse_listen(bad)
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("") and not is_loopback("10.0.0.1")
