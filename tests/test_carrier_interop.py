@@ -24,6 +24,7 @@ from tests.interop.pysmsc import Recorder, carrier, config, wait_until
 SCRIPT = Path(__file__).parent / "interop" / "node_smsc.js"
 
 
+@pytest.fixture(scope="session")
 def node_modules() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
@@ -60,9 +61,8 @@ class NodeSmsc:
 
 
 @pytest.fixture
-async def node_smsc() -> AsyncIterator[NodeSmsc]:
-    modules = node_modules()
-    env = dict(os.environ, NODE_PATH=str(modules))
+async def node_smsc(node_modules: Path) -> AsyncIterator[NodeSmsc]:
+    env = dict(os.environ, NODE_PATH=str(node_modules))
     proc = await asyncio.create_subprocess_exec(
         "node", str(SCRIPT), "gw", "secret", env=env, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

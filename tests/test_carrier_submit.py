@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -112,8 +116,9 @@ async def test_throttling_slows_the_bind_and_loses_nothing(smsc: PySmsc) -> None
             if not todo:
                 break
         assert saw_retry and not todo and len(done) == 60
-        status = pool.snapshot()[0]
-        assert status.tps_limit < 2000.0  # lowered, recovering gradually
+        lowered = pool.snapshot()[0].tps_limit
+        assert lowered < 2000.0
+        await wait_until(lambda: pool.snapshot()[0].tps_limit > lowered, 5.0)  # recovering
     finally:
         await pool.stop(2.0)
 
@@ -300,3 +305,58 @@ def test_runs_on_uvloop() -> None:
             await smsc.stop()
 
     uvloop.run(scenario())
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_bind_verifies_the_smsc_certificate(tls_cert: tuple[Path, Path]) -> None:
+    cert, key = tls_cert
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    smsc = PySmsc()
+    await smsc.start(ssl=server_ctx)
+    cfg = config(
+        carrier("trusted", smsc.port, tls=True, tls_ca=str(cert)),
+        carrier("untrusted", smsc.port, tls=True),  # system CAs: must refuse the self-signed
+    )
+    pool = CarrierPool(cfg, Recorder())
+    await pool.start()
+    try:
+        await wait_until(lambda: pool.snapshot()[0].state == "bound")
+        await wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in pool.snapshot()[1].last_error)
+        out = await pool.submit_batch([SubmitRequest(msg_id="t", destination="1", text="hi")])
+        assert out[0].ok and out[0].carrier == "trusted"
+        assert smsc.binds_ok == 1
+    finally:
+        await pool.stop(1.0)
+        await smsc.stop()
+
+
+async def test_rate_gate_is_asked_for_every_part(smsc: PySmsc) -> None:
+    class Gate:
+        def __init__(self) -> None:
+            self.parts: dict[str, int] = {}
+
+        async def acquire(self, carrier: str, n: int) -> None:
+            self.parts[carrier] = self.parts.get(carrier, 0) + n
+
+    gate = Gate()
+    pool = await started(CarrierPool(config(carrier("a", smsc.port)), Recorder(), rate_gate=gate))
+    try:
+        out = await pool.submit_batch(reqs(10) + reqs(5, text="y" * 200))
+        assert all(o.ok for o in out)
+        assert gate.parts == {"a": 20} == {"a": len(smsc.submitted)}
+    finally:
+        await pool.stop(1.0)

@@ -171,8 +171,10 @@ class PySmsc:
         self._tasks: set[asyncio.Task[None]] = set()
         self.events: asyncio.Queue[str] = asyncio.Queue()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, ssl: object = None) -> int:
+        self.server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, ssl=ssl  # type: ignore[arg-type]
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
