@@ -1,0 +1,115 @@
+"""`gatewayd top`: parsing, rates from counter deltas, and one frame from a live /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import generate_latest
+
+from gatewayd import metrics, top
+from gatewayd.http.server import HttpServer
+from gatewayd.keys import Keys
+from tests.test_ops_http import RedisBackend
+
+
+def args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    top.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def scrape_registry() -> top.Samples:
+    return top.parse(generate_latest(metrics.REGISTRY).decode())
+
+
+def test_rates_binds_receipts_and_errors_from_deltas() -> None:
+    c = "toptest"  # a carrier of its own: the registry is shared by the whole test run
+    metrics.BIND_UP.labels(c, "0").set(1)
+    metrics.BIND_UP.labels(c, "1").set(0)
+    metrics.WINDOW_IN_USE.labels(c, "0").set(37)
+    metrics.BIND_TPS.labels(c, "0").set(200)
+    metrics.QUEUE_DEPTH.labels("toptest-otp").set(12)
+    metrics.QUEUE_PENDING.labels("toptest-otp").set(3)
+    view = top.View(url="http://x/metrics")
+    view.update(scrape_registry(), 1000.0)
+    assert view.rate("gatewayd_submit_sm_total", carrier=c) is None  # one scrape: no rate yet
+    metrics.SUBMITS.labels(c).inc(50)
+    metrics.MESSAGES_ENQUEUED.labels("toptest-otp", "http").inc(20)
+    metrics.RECEIPTS.labels(c, "final").inc(8)
+    metrics.RECEIPTS.labels(c, "unmatched").inc(2)
+    metrics.COMMAND_STATUS.labels(c, "submit_sm", "ESME_RTHROTTLED").inc(4)
+    metrics.COMMAND_STATUS.labels(c, "submit_sm", "ESME_ROK").inc(46)
+    metrics.PDU_ERRORS.labels(c, "bad_length").inc()
+    view.update(scrape_registry(), 1002.0)
+    assert view.rate("gatewayd_submit_sm_total", carrier=c) == 25.0
+    assert view.rate("gatewayd_messages_enqueued_total", klass="toptest-otp") == 10.0
+    frame = top.render(view)
+    bind_rows = [line.split() for line in frame.splitlines() if line.startswith(f"{c} ")]
+    assert bind_rows == [[c, "0", "up", "37", "200", "25.0"], [c, "1", "DOWN", "0", "0"]]
+    klass = next(line.split() for line in frame.splitlines() if line.startswith("toptest-otp"))
+    assert klass == ["toptest-otp", "12", "3", "10.0"]
+    assert "\x1b[" not in frame  # no colour unless asked
+    errors = frame.split("RECENT ERRORS", 1)[1]
+    assert f"smpp {c} submit_sm ESME_RTHROTTLED +4" in errors
+    assert f"pdu error {c} bad_length +1" in errors
+    assert "ESME_ROK" not in errors
+    assert "unmatched" in frame.split("RECEIPTS", 1)[1]
+
+
+def test_counter_reset_counts_from_zero() -> None:
+    name = "gatewayd_submit_sm_total"
+    view = top.View(url="u")
+    view.update({(name, (("carrier", "a"),)): 500.0}, 10.0)
+    view.update({(name, (("carrier", "a"),)): 30.0}, 11.0)  # the daemon restarted
+    assert view.rate(name) == 30.0
+
+
+def test_delivery_rate_line() -> None:
+    s: top.Samples = {
+        ("gatewayd_messages_state_total", (("reason", "receipt"), ("state", "delivered"))): 98,
+        ("gatewayd_messages_state_total", (("reason", "receipt"), ("state", "undeliverable"))): 2,
+    }
+    view = top.View(url="u")
+    view.update(s, 1.0)
+    assert "delivery rate         98.00%" in top.render(view)
+
+
+def test_url_from_listen() -> None:
+    assert top.url_from_listen("127.0.0.1:8780") == "http://127.0.0.1:8780/metrics"
+    assert top.url_from_listen("0.0.0.0:9000") == "http://127.0.0.1:9000/metrics"
+    assert top.url_from_listen("[::]:9000") == "http://[::1]:9000/metrics"
+    assert top.url_from_listen("[::1]:9000") == "http://[::1]:9000/metrics"
+
+
+async def test_once_against_a_live_server(
+    redis: aioredis.Redis, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics.BIND_UP.labels("toplive", "0").set(1)
+    server = HttpServer("127.0.0.1:0", RedisBackend(redis, keys), api_key_hashes=[],
+                        max_body_bytes=1024)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        # top is synchronous (urllib): run it off the loop that serves /metrics.
+        code = await asyncio.to_thread(top.run, args("--url", url, "--once",
+                                                     "--interval", "0.05", "--no-color"))
+    finally:
+        await server.stop()
+    frame = capsys.readouterr().out
+    assert code == 0
+    assert frame.startswith("gatewayd ") and url in frame
+    assert any(line.split()[:3] == ["toplive", "0", "up"] for line in frame.splitlines())
+    for section in ("BINDS", "QUEUES", "MESSAGES", "RECEIPTS", "RECENT ERRORS"):
+        assert section in frame
+
+
+async def test_once_unreachable_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from gatewayd.embedded import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    code = await asyncio.to_thread(top.run, args("--url", url, "--once", "--interval", "0.05"))
+    assert code == 1
+    assert "cannot read" in capsys.readouterr().err
