@@ -259,8 +259,13 @@ class CarrierPool:
                 tlvs=P.tlv(P.TAG_MESSAGE_PAYLOAD, self._transcode(c, data, seg.encoding)),
             )
             return [body], seg.parts
-        ref = self._next_ref(req.destination, c.udh_ref_bits) if seg.parts > 1 else 0
-        enc = smstext.encode_parts(req.text, ref=ref, ref_bits=c.udh_ref_bits)
+        if seg.parts == 1:
+            # The common case; encode_parts would count the segments a second time.
+            enc = smstext.Encoded(seg.encoding, 8 if seg.encoding == "ucs2" else 0,
+                                  [smstext.encode(req.text, seg.encoding)], False)
+        else:
+            ref = self._next_ref(req.destination, c.udh_ref_bits)
+            enc = smstext.encode_parts(req.text, ref=ref, ref_bits=c.udh_ref_bits)
         esm = 0x40 if enc.udhi else 0
         bodies = []
         for part in enc.parts:
