@@ -15,7 +15,7 @@ time for the same message.
 from __future__ import annotations
 
 import zlib
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gatewayd.policy.settings import SendWindow
@@ -50,12 +50,33 @@ def is_open(window: SendWindow, zone: ZoneInfo, t: float) -> bool:
     return m >= window.start_min or m < window.end_min
 
 
+def _wall_start(day: date, start: time, zone: ZoneInfo) -> float:
+    """The instant the local clock reaches ``start`` on ``day``.
+
+    In a DST gap (02:30 on a spring-forward night does not exist) that is the moment
+    of the jump, found by bisection between the two readings of the wall time.
+    """
+    naive = datetime.combine(day, start)
+    a = naive.replace(tzinfo=zone).timestamp()
+    b = naive.replace(tzinfo=zone, fold=1).timestamp()
+    if a == b or datetime.fromtimestamp(a, zone).replace(tzinfo=None) == naive:
+        return min(a, b)
+    lo, hi = min(a, b), max(a, b)
+    while hi - lo > 0.5:
+        mid = (lo + hi) / 2
+        if datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= naive:
+            hi = mid
+        else:
+            lo = mid
+    return float(round(hi))
+
+
 def _next_start(window: SendWindow, zone: ZoneInfo, t: float) -> float:
-    """First local window start strictly after t in one zone (DST gaps resolve forward)."""
+    """First local window start strictly after t in one zone."""
     day = datetime.fromtimestamp(t, zone).date()
     start = time(window.start_min // 60, window.start_min % 60)
     for add in range(3):
-        cand = datetime.combine(day + timedelta(days=add), start, tzinfo=zone).timestamp()
+        cand = _wall_start(day + timedelta(days=add), start, zone)
         if cand > t:
             return cand
     raise AssertionError("a window start is always within two days")  # pragma: no cover
