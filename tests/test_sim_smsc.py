@@ -521,3 +521,36 @@ async def test_stats_read_as_attributes_or_keys(make_sim: Factory, connect: Conn
     assert sim.stats["ok"] == 100 - throttled and sim.stats["failed"] == 0
     assert sim.stats.as_dict()["submit_sm"] == 100
     assert f"throttled={throttled}" in sim.stats.summary()
+
+
+async def test_random_pdus_never_break_the_simulator(
+    make_sim: Factory, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Well-framed PDUs with random ids and bodies: answered or ignored, never a crash."""
+    import random
+
+    sim = await make_sim()
+    rng = random.Random(11)
+    # Every kind but unbind (0x06), which rightly ends the session.
+    commands = [0x01, 0x02, 0x03, 0x04, 0x05, 0x09, 0x15, 0x21, 0x103,
+                0x80000000, 0x80000004, 0x80000005, 0x80000015, 0x7FFFFFFF]
+    c = await connect(sim)  # bound, so the submit_sm bodies get parsed
+    stream = bytearray()
+    for i in range(400):
+        body = rng.randbytes(rng.randrange(0, 80))
+        if rng.random() < 0.3:  # a submit_sm that is nearly right
+            good = submit_body("8613800138000", b"fuzz")
+            cut = rng.randrange(len(good))
+            body = good[:cut] + rng.randbytes(rng.randrange(0, 4)) + good[cut:]
+        cmd = 0x04 if i % 3 == 0 else rng.choice(commands)
+        stream += struct.pack(">IIII", 16 + len(body), cmd, 0, i + 1) + body
+    await c.write_raw(bytes(stream))
+    seq = await c.send(ENQUIRE)
+    while (p := await c.next()).command_id != ENQUIRE | R or p.sequence != seq:
+        pass
+    assert not c.closed
+    assert sim.stats.submit_sm >= 133 and sim.stats.generic_nacks > 0
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    # The simulator still serves fresh connections.
+    fresh = await connect(sim)
+    assert all(s == 0 for s, _ in await submit_and_answer(fresh, 3))

@@ -108,16 +108,21 @@ class Session(asyncio.Protocol):
                 break
             body = data[pos + 16 : end]
             pos = end
-            if cmd == pdu.SUBMIT_SM:
-                if self._submit(seq, body, out, now, wall):
-                    self._drop(out)
-                    return
-            elif cmd == pdu.DELIVER_SM_RESP:
-                sim._answered(self, seq, status, now)
-            else:
-                self._command(cmd, status, seq, body, out, now)
-                if self._stopped():
-                    break
+            try:
+                if cmd == pdu.SUBMIT_SM:
+                    if self._submit(seq, body, out, now, wall):
+                        self._drop(out)
+                        return
+                elif cmd == pdu.DELIVER_SM_RESP:
+                    sim._answered(self, seq, status, now)
+                else:
+                    self._command(cmd, status, seq, body, out, now)
+                    if self._stopped():
+                        break
+            except Exception:
+                # A bug must cost one PDU, not the connection (or every connection).
+                log.exception("%s: failed on 0x%08x seq=%d", self.name or self.peer, cmd, seq)
+                out.append(pdu.pack(pdu.GENERIC_NACK, pdu.ESME_RSYSERR, seq))
         self.buf = data[pos:] if pos < n else b""
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
