@@ -470,3 +470,16 @@ async def test_port_in_use_raises(start: Start, backend: RedisBackend) -> None:
                         max_body_bytes=1024)
     with pytest.raises(OSError):
         await second.start()
+
+
+async def test_optout_backend_rejection_is_422(start: Start, http: aiohttp.ClientSession) -> None:
+    class Picky(RedisBackend):
+        async def optout(self, action: Literal["add", "remove", "check"], number: str,
+                         scope: str) -> dict[str, Any]:
+            raise ValueError(f"{number!r}: not an E.164 number")
+
+    server = await start(backend=Picky(None, Keys()))  # type: ignore[arg-type]
+    async with http.post(url(server, "/v1/optouts/+8613800138000")) as r:
+        assert r.status == 422
+        body = await r.json()
+    assert body["error"]["code"] == "invalid" and "E.164" in body["error"]["message"]

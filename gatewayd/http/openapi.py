@@ -146,8 +146,11 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": True,
         "properties": {
             "number": {"type": "string"},
-            "opted_out": {"description": "Scopes the number is opted out of "
-                                         "(\"*\" = everything) with the time of the opt-out"},
+            "opted_out": {"type": "object", "additionalProperties": {"type": "number"},
+                          "description": "scope -> opted-out-at (Unix s) for every scope "
+                                         "the number is opted out of (\"*\" = everything; "
+                                         "{} = none)",
+                          "example": {"*": 1714550000.0}},
         },
     },
     "Reload": {

@@ -290,7 +290,11 @@ class HttpServer:
         if not _SCOPE_RE.fullmatch(scope):
             return error(422, "invalid", "scope: 1-64 printable characters",
                          errors=[{"field": "scope", "reason": "1-64 printable characters"}])
-        return _json(200, await self.backend.optout(action, number, scope))
+        try:
+            record = await self.backend.optout(action, number, scope)
+        except ValueError as e:  # the backend's own checks (gatewayd.policy.optout)
+            return error(422, "invalid", str(e), errors=[{"field": "number", "reason": str(e)}])
+        return _json(200, record)
 
     # Admin and operations -----------------------------------------------------------
     async def admin_reload(self, request: web.Request) -> web.Response:
