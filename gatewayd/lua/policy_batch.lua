@@ -85,8 +85,16 @@ for i = 0, n - 1 do
     -- duplicate
     check, detail, untl = 'send', '', 0
     if dkey > 0 then
+      -- "<time> <message id>": the time, not the key's TTL, decides (explicit clock);
+      -- the TTL only collects the key. The same id again is a redelivery, not a duplicate.
       local prev = redis.call('GET', KEYS[dkey])
-      if prev and prev ~= member then check = 'duplicate' end
+      if prev then
+        local sp = string.find(prev, ' ', 1, true)
+        local at = tonumber(string.sub(prev, 1, sp - 1))
+        if string.sub(prev, sp + 1) ~= member and now - at < tonumber(dwin) / 1000 then
+          check = 'duplicate'
+        end
+      end
     end
     if check ~= 'send' then failed = true end
     if dry or check ~= 'send' then emit(check, detail, untl) end
@@ -126,8 +134,10 @@ for i = 0, n - 1 do
     check, detail, untl = 'send', '', 0
     if tkey > 0 then
       b = bucket(tkey, tspec)
-      if b.tokens >= 1 and b.short == 0 then
-        if not dry then b.tokens = b.tokens - 1 end
+      -- 1e-6: a message deferred to exactly when its token is due must get it, whatever
+      -- the float rounding of (now - ts) * rate.
+      if b.tokens >= 1 - 1e-6 and b.short == 0 then
+        if not dry then b.tokens = math.max(0, b.tokens - 1) end
       else
         b.short = b.short + 1
         check, detail = 'tenant_rate', ''
@@ -142,7 +152,7 @@ for i = 0, n - 1 do
   if mode == 'f' and not failed then
     if not dry then
       if dkey > 0 then
-        redis.call('SET', KEYS[dkey], member, 'PX', dwin)
+        redis.call('SET', KEYS[dkey], string.format('%.3f', now) .. ' ' .. member, 'PX', dwin)
       end
       if caps then
         local key = KEYS[fkey]

@@ -13,9 +13,11 @@ elseif now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate)
   ts = now
 end
-local got = math.floor(math.min(want, tokens))
+-- 1e-6: a caller that slept exactly the advertised wait must get its token despite
+-- the float rounding of (now - ts) * rate.
+local got = math.floor(math.min(want, tokens + 1e-6))
 if got < 0 then got = 0 end
-tokens = tokens - got
+tokens = math.max(0, tokens - got)
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 local wait = 0

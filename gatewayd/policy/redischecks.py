@@ -10,9 +10,10 @@ Keys (gatewayd.keys.Keys), all tagged with the recipient's digits so one recipie
 keys share a hash slot:
 
 - opt-out: ``optout:{digits}`` HASH scope -> since (gatewayd.policy.optout)
-- duplicate: ``fc:{digits}:dup:<blake2b-64 of the text>`` STRING = first message id,
-  PX = the category's duplicate window. Same text to the same number, whatever the
-  category. A re-read of the same message id (redelivery) is not a duplicate.
+- duplicate: ``fc:{digits}:dup:<blake2b-64 of the text>`` STRING = "<time> <message
+  id>", PX = the category's duplicate window. Same text to the same number, whatever
+  the category, within the window as measured by the ``now`` passed in (the TTL only
+  collects the key). A re-read of the same message id (redelivery) is not a duplicate.
 - frequency caps: ``fc:{digits}:cap:<category>[:<scope>]`` ZSET member = message id,
   score = time. Sliding windows (exact, unlike fixed buckets that let 2x the cap
   through across a bucket edge); one ZSET serves all of a category's windows,

@@ -71,7 +71,9 @@ class OptoutSettings(_Strict, frozen=True):
 
 class TimezoneSettings(_Strict, frozen=True):
     default: str | list[str] = "Asia/Shanghai"
-    prefixes: dict[str, str | list[str]] = msgspec.field(default_factory=dict)
+    # Values are a zone name or a list of them; checked entry by entry (error messages
+    # then name the prefix).
+    prefixes: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class KeywordListSettings(_Strict, frozen=True):
@@ -92,7 +94,7 @@ class PolicyFile(_Strict, frozen=True):
     timezones: TimezoneSettings = msgspec.field(default_factory=TimezoneSettings)
     category: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     keywords: list[KeywordListSettings] = msgspec.field(default_factory=list)
-    tenants: dict[str, TenantRate] = msgspec.field(default_factory=dict)
+    tenants: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 # Built-in defaults --------------------------------------------------------------------
@@ -304,9 +306,10 @@ def _read_list(path: Path, errs: _Errors, key: list[str | int]) -> list[tuple[in
     return out
 
 
-def _zones(value: str | list[str], errs: _Errors,
-           key: list[str | int]) -> tuple[zoneinfo.ZoneInfo, ...]:
+def _zones(value: Any, errs: _Errors, key: list[str | int]) -> tuple[zoneinfo.ZoneInfo, ...]:
     names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise errs.at(key, "use a zone name or a list of them, e.g. \"Asia/Shanghai\"")
     if not names:
         raise errs.at(key, "needs at least one zone name, e.g. \"Asia/Shanghai\"")
     out = []
@@ -438,8 +441,9 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         zones[prefix] = _zones(value, errs, ["timezones", "prefixes", prefix])
 
     tenants: dict[str, tuple[float, float]] = {}
-    for name, tr in pf.tenants.items():
+    for name, raw_rate in pf.tenants.items():
         key = ["tenants", name]
+        tr: TenantRate = _convert(raw_rate, TenantRate, errs, key)
         if not tr.rate > 0:
             raise errs.at([*key, "rate"], "must be greater than 0 (messages a second)")
         burst = tr.burst or max(1.0, tr.rate)
