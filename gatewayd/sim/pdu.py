@@ -215,8 +215,8 @@ def parse_sm(body: bytes) -> ShortMessage:
     )
 
 
-_SM_MID: Final = struct.Struct("!BBB")
-_SM_TAIL: Final = struct.Struct("!BBBBB")
+_ESM_TO_SMLEN: Final = struct.Struct("!BBB2sBBBBB")  # esm_class .. sm_length
+_RECEIPT_TLVS: Final = struct.Struct("!HH")
 
 
 def deliver_sm(
@@ -236,12 +236,20 @@ def deliver_sm(
     """A complete deliver_sm PDU (receipt or MO)."""
     body = b"".join((
         b"\0",  # service_type
-        _SM_MID.pack(source_ton, source_npi, 0)[:2], source, b"\0",
-        _SM_MID.pack(dest_ton, dest_npi, 0)[:2], destination, b"\0",
-        _SM_MID.pack(esm_class, 0, 0),  # esm_class, protocol_id, priority_flag
-        b"\0\0",  # schedule_delivery_time, validity_period
-        _SM_TAIL.pack(0, 0, data_coding, 0, len(short_message)),
+        bytes((source_ton, source_npi)), source, b"\0",
+        bytes((dest_ton, dest_npi)), destination, b"\0",
+        # esm_class, protocol_id, priority_flag, two empty times, registered_delivery,
+        # replace_if_present, data_coding, sm_default_msg_id, sm_length
+        _ESM_TO_SMLEN.pack(esm_class, 0, 0, b"\0\0", 0, 0, data_coding, 0, len(short_message)),
         short_message,
         tlvs,
     ))
     return HEADER.pack(HEADER_LEN + len(body), DELIVER_SM, 0, sequence) + body
+
+
+def receipt_tlvs(receipted_id: bytes, state: int) -> bytes:
+    """receipted_message_id (C-string) and message_state TLVs."""
+    return b"".join((
+        _RECEIPT_TLVS.pack(TLV_RECEIPTED_MESSAGE_ID, len(receipted_id) + 1), receipted_id,
+        b"\0", _RECEIPT_TLVS.pack(TLV_MESSAGE_STATE, 1), bytes((state,)),
+    ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from typing import Final, Literal
@@ -24,9 +25,7 @@ STATS: Final = {
 
 # Characters that encode identically in ASCII and unpacked GSM-7: the receipt's "text:"
 # field is limited to them so a parser reading the receipt as either gets the same text.
-_SAME_IN_GSM_AND_ASCII: Final = frozenset(
-    " !\"#%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
+_NOT_SAME_IN_GSM_AND_ASCII: Final = re.compile(r"[^ !\"#%&'()*+,\-./0-9:;<=>?A-Za-z]")
 
 
 class IdGenerator:
@@ -85,7 +84,7 @@ def receipt_text(
 ) -> bytes:
     """The standard receipt body (Appendix B of SMPP 3.4), ASCII."""
     _state, dlvrd, err = STATS.get(stat, STATS["UNKNOWN"])
-    short = "".join(ch if ch in _SAME_IN_GSM_AND_ASCII else "?" for ch in text[:20])
+    short = _NOT_SAME_IN_GSM_AND_ASCII.sub("?", text[:20])
     return (
         f"id:{rid} sub:001 dlvrd:{dlvrd} submit date:{submit_date} done date:{done_date} "
         f"stat:{stat} err:{err} text:{short}"

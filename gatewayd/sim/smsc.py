@@ -386,10 +386,7 @@ class SmscSimulator:
         body = receipt_text(
             rid, stat, dates.stamp(sub.received_at, secs), dates.stamp(wall, secs), sub.text
         )
-        tlvs = (
-            pdu.tlv(pdu.TLV_RECEIPTED_MESSAGE_ID, rid.encode() + b"\0")
-            + pdu.tlv(pdu.TLV_MESSAGE_STATE, bytes((message_state(stat),)))
-        )
+        tlvs = pdu.receipt_tlvs(rid.encode(), message_state(stat))
         data = pdu.deliver_sm(
             0, source=sm.destination.encode("latin-1"), source_ton=sm.dest_ton,
             source_npi=sm.dest_npi, destination=sm.source.encode("latin-1"),
