@@ -192,6 +192,6 @@ async def _optout(cfg: Config, args: argparse.Namespace) -> int:
         print(f"{args.number}: not opted out")
     for scope, since in sorted(status.items()):
         when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-        print(f"{args.number}: opted out of {'everything' if scope == '*' else scope!r} "
-              f"since {when}")
+        what = "everything" if scope == "*" else repr(scope)
+        print(f"{args.number}: opted out of {what} since {when}")
     return 0

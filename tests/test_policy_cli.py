@@ -1,0 +1,105 @@
+"""`gatewayd policy explain` and `gatewayd optout add|remove|check` against a real Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gatewayd.cli import main
+from gatewayd.keys import Keys
+
+ROOT = Path(__file__).resolve().parent.parent
+AT_NIGHT = "2024-06-10T23:30:00+08:00"
+AT_NOON = "2024-06-10T12:00:00+08:00"
+
+
+def config(tmp_path: Path, redis_url: str = "") -> Path:
+    p = tmp_path / "gw.toml"
+    p.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+                 f'[redis]\nurl = "{redis_url}"\n'
+                 f'[policy]\nfile = "{ROOT / "policies" / "policy.toml"}"\n'
+                 '[[carrier]]\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 'password = "b"\n', encoding="utf-8")
+    return p
+
+
+def explain(cfg: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
+    rc = main(["policy", "explain", "-c", str(cfg), "--to", "+8613800138000", *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """The CLI runs its own event loop, so these tests are synchronous."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_explain_json_reports_every_check(tmp_path: Path, redis_url: str,
+                                          sync_redis: redis.Redis,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cfg = config(tmp_path, redis_url)
+    rc, out, _ = explain(cfg, capsys, "--text", "【京东】夏季大促", "--category", "marketing",
+                      "--at", AT_NIGHT, "--json")
+    assert rc == 0
+    report = json.loads(out)
+    assert (report["verdict"], report["check"], report["reason"]) == (
+        "defer", "quiet_hours", "quiet_hours")
+    assert report["until"] > 0
+    assert report["text"] == "【京东】夏季大促 回TD退订"
+    assert [c["check"] for c in report["checks"]] == [
+        "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap", "tenant_rate"]
+    assert sync_redis.dbsize() == 0  # nothing consumed
+
+
+def test_explain_after_optout_via_cli(tmp_path: Path, redis_url: str,
+                                      sync_redis: redis.Redis,
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    cfg = config(tmp_path)
+    assert main(["optout", "add", "+8613800138000", "-c", str(cfg)]) == 0
+    assert "opted out of everything" in capsys.readouterr().out
+    rc, out, _ = explain(cfg, capsys, "--text", "【京东】夏季大促 回TD退订", "--category",
+                      "marketing", "--at", AT_NOON)
+    assert rc == 0
+    assert "final    reject  by optout: optout" in out
+    assert main(["optout", "check", "8613800138000", "--json", "-c", str(cfg)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert list(status["opted_out"]) == ["*"]
+    assert main(["optout", "remove", "+8613800138000", "-c", str(cfg)]) == 0
+    assert "not opted out" in capsys.readouterr().out
+    audit = sync_redis.xrange(Keys("gw:").optout_audit)
+    assert [f[b"action"] for _, f in audit] == [b"out", b"in"]
+    assert {f[b"source"] for _, f in audit} == {b"cli"}
+
+
+def test_explain_without_redis_reports_local_checks_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cfg = config(tmp_path)
+    rc, out, err = explain(cfg, capsys, "--text", "【京东】代 开 发 票", "--at", AT_NOON)
+    assert rc == 2
+    assert "keywords     reject   keyword:invoices:代开发票" in out
+    assert "optout       skipped" in out
+    assert "Redis checks skipped" in err
+
+
+def test_optout_rejects_a_bad_number(tmp_path: Path, redis_url: str, sync_redis: redis.Redis,
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["optout", "add", "123", "-c", str(config(tmp_path))]) == 2
+    assert "not an E.164 number" in capsys.readouterr().err
