@@ -554,3 +554,28 @@ async def test_random_pdus_never_break_the_simulator(
     # The simulator still serves fresh connections.
     fresh = await connect(sim)
     assert all(s == 0 for s, _ in await submit_and_answer(fresh, 3))
+
+
+async def test_keep_submissions_bounds_memory_and_set_rejects_unknown_knobs(
+    make_sim: Factory, connect: Connect
+) -> None:
+    sim = await make_sim(keep_submissions=50, receipts=False)
+    c = await connect(sim)
+    answers = await submit_and_answer(c, 200)
+    assert 40 <= len(sim.submissions) <= 50
+    assert sim.submissions[-1].message_id == answers[-1][1]  # the newest are kept
+    assert sim.stats.submit_sm == 200
+    with pytest.raises(TypeError):
+        sim.set(no_such_knob=1)
+    with pytest.raises(ValueError, match="max_tps"):
+        sim.set(max_tps=-1)
+    assert sim.settings.max_tps == 0  # a refused change leaves the settings alone
+
+
+async def test_simulator_probes_with_enquire_link(make_sim: Factory, connect: Connect) -> None:
+    sim = await make_sim(enquire_link_s=0.05)
+    c = await connect(sim)
+    probe = await c.next(ENQUIRE)
+    await c.send(ENQUIRE | R, seq=probe.sequence)
+    await c.next(ENQUIRE)  # and again
+    assert sim.stats.enquire_links_sent >= 2 and sim.stats.enquire_link_resps >= 1

@@ -53,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-binds", type=int, default=0, help="refuse binds beyond this many (0 = unlimited)")
     a("--receipt-resend", type=float, default=d.receipt_resend_s, metavar="S",
       help="re-send a deliver_sm unanswered for this long (default %(default)s)")
+    a("--enquire-link", type=float, default=0.0, metavar="S",
+      help="send enquire_link to bound ESMEs this often (0 = never)")
     a("--tls-cert", default="", help="serve SMPP over TLS with this certificate (PEM)")
     a("--tls-key", default="", help="private key for --tls-cert (PEM)")
     a("--seed", type=int, default=None, help="seed the fault dice (reproducible runs)")
@@ -76,6 +78,7 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         response_delay_s=args.response_delay, drop_after=args.drop_after,
         max_binds=args.max_binds, tls_cert=args.tls_cert, tls_key=args.tls_key,
         seed=args.seed, receipt_resend_s=args.receipt_resend,
+        enquire_link_s=args.enquire_link,
         keep_submissions=args.keep_submissions,
     )
 

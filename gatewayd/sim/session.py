@@ -235,6 +235,8 @@ class Session(asyncio.Protocol):
             self.closing = True
         elif cmd == pdu.UNBIND_RESP:
             self.closing = True
+        elif cmd == pdu.ENQUIRE_LINK_RESP:
+            sim.stats.enquire_link_resps += 1
         elif cmd == pdu.GENERIC_NACK:
             # A generic_nack for one of our deliver_sm is a refusal like a failed resp.
             sim._answered(self, seq, status or pdu.ESME_RSYSERR, now)

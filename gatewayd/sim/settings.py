@@ -14,7 +14,7 @@ _FRACTIONS = (
 )
 _NON_NEGATIVE = (
     "receipt_delay_s", "max_tps", "response_delay_s", "receipt_resend_s", "drop_after",
-    "max_binds", "receipt_max_attempts", "held_limit",
+    "max_binds", "receipt_max_attempts", "held_limit", "enquire_link_s",
 )
 
 
@@ -58,6 +58,7 @@ class SimSettings(msgspec.Struct, kw_only=True):
     tls_key: str = ""
     seed: int | None = None
     receipt_resend_s: float = 10.0
+    enquire_link_s: float = 0.0  # > 0: send enquire_link to every bound ESME this often
     receipt_max_attempts: int = 3
     held_limit: int = 100_000
     keep_submissions: int = 100_000
@@ -103,7 +104,9 @@ class SimStats:
     unacked: int = 0  # deliver_sm (receipts and MO) written, not yet answered
     held: int = 0  # deliver_sm waiting for a receiver to bind
     held_dropped: int = 0
-    enquire_links: int = 0
+    enquire_links: int = 0  # enquire_link received (and answered)
+    enquire_links_sent: int = 0  # by the simulator (enquire_link_s > 0)
+    enquire_link_resps: int = 0  # answers to those
     generic_nacks: int = 0  # generic_nack sent (unknown command, malformed body)
     garbage_closes: int = 0  # connections closed for an impossible command_length
     drops: int = 0  # connections closed by drop_after

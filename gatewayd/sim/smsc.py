@@ -496,13 +496,26 @@ class SmscSimulator:
         self._deliver(deliveries, now)
 
     async def _housekeep(self) -> None:
-        """Re-send deliver_sm that stayed unanswered for receipt_resend_s."""
+        """Re-send deliver_sm unanswered for receipt_resend_s; probe ESMEs with
+        enquire_link every enquire_link_s."""
+        last_probe = self.loop.time()
         while True:
             await asyncio.sleep(_HOUSEKEEPING_S)
             try:
                 self._resend_overdue()
+                every = self.settings.enquire_link_s
+                if every and self.loop.time() - last_probe >= every:
+                    last_probe = self.loop.time()
+                    self._probe()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def _probe(self) -> None:
+        for s in list(self._sessions):
+            if s.mode and s.open and not s.closing:
+                s.seq = s.seq % 0x7FFFFFFF + 1
+                s.write([pdu.pack(pdu.ENQUIRE_LINK, 0, s.seq)])
+                self.stats.enquire_links_sent += 1
 
     def _resend_overdue(self) -> None:
         now = self.loop.time()
