@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from gatewayd import metrics
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
@@ -108,9 +109,14 @@ class Dispatcher:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # Redis down, a bug: log, back off, carry on
+            except RedisError as e:  # Redis down: back off; entries stay pending
                 metrics.REDIS_ERRORS.labels("dispatch").inc()
                 log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:  # a bug: the batch stays pending, is reclaimed, and after
+                # max_deliveries reads goes to the dead-letter stream instead of looping.
+                log.exception("dispatch worker %d: batch failed", index)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -204,7 +210,7 @@ class Dispatcher:
         async with self.redis.pipeline(transaction=False) as p:
             for it in keyed:
                 k = self.keys.idempotency(it.msg.category, it.msg.idempotency_key)
-                pipe.set(k, it.msg.id, nx=True, ex=24 * 3600)
+                p.set(k, it.msg.id, nx=True, ex=24 * 3600)
                 p.get(k)
             replies = await p.execute()
         dup: set[int] = set()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from redis.asyncio.client import Pipeline
 
 from gatewayd import metrics
 from gatewayd.carrier.receipts import id_candidates
@@ -101,32 +102,55 @@ class InboundHandler:
                     client=pipe,
                 )
             results = await pipe.execute()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (r, msg_id, _part), res in zip(matched, results, strict=True):
-                kind = res[0]
-                if kind == "early":
-                    unmatched.append(r)
-                    continue
-                metrics.RECEIPTS.labels(r.carrier, kind).inc()
-                if kind != "final":
-                    continue
-                (state, category, carrier, carrier_id, segments, ref, tenant, to,
-                 submitted_at, err) = res[1:11]
-                event: dict[str, Any] = {"id": msg_id, "state": state, "at": now}
-                for k, v in (("category", category), ("carrier", carrier),
-                             ("carrier_id", carrier_id), ("segments", segments),
-                             ("ref", ref), ("tenant", tenant), ("to", to), ("err", err)):
-                    if v:
-                        event[k] = v
-                pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
-                pipe.zrem(self.keys.awaiting_receipt, msg_id)
-                metrics.MESSAGES_STATE.labels(state, "receipt").inc()
-                if submitted_at:
-                    metrics.RECEIPT_LATENCY.labels(carrier or r.carrier).observe(
-                        max(0.0, now - float(submitted_at))
-                    )
-            await pipe.execute()
+        finals: list[tuple[Receipt, str, list[str]]] = []
+        late: list[tuple[Receipt, str, list[str]]] = []
+        for (r, msg_id, _part), res in zip(matched, results, strict=True):
+            kind = res[0]
+            if kind == "early":
+                unmatched.append(r)
+                continue
+            metrics.RECEIPTS.labels(r.carrier, kind).inc()
+            if kind == "final":
+                finals.append((r, msg_id, res))
+            elif kind == "late":
+                late.append((r, msg_id, res))
+        if late:
+            # Final already, but was its event published? Only if it left `awaiting`.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _r, msg_id, _res in late:
+                    pipe.zscore(self.keys.awaiting_receipt, msg_id)
+                scores = await pipe.execute()
+            finals += [item for item, score in zip(late, scores, strict=True)
+                       if score is not None]
+        if finals:
+            published: set[str] = set()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r, msg_id, res in finals:
+                    if msg_id not in published:  # two copies of one receipt in a batch
+                        published.add(msg_id)
+                        self._publish_final(pipe, msg_id, res, now, r.carrier)
+                await pipe.execute()
         return unmatched
+
+    def _publish_final(
+        self, pipe: Pipeline, msg_id: str, res: list[str], now: float, carrier: str
+    ) -> None:
+        """The final event, and the message leaves `awaiting` in the same pipeline."""
+        (state, category, rcarrier, carrier_id, segments, ref, tenant, to,
+         submitted_at, err) = res[1:11]
+        event: dict[str, Any] = {"id": msg_id, "state": state, "at": now}
+        for k, v in (("category", category), ("carrier", rcarrier),
+                     ("carrier_id", carrier_id), ("segments", segments),
+                     ("ref", ref), ("tenant", tenant), ("to", to), ("err", err)):
+            if v:
+                event[k] = v
+        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
+        pipe.zrem(self.keys.awaiting_receipt, msg_id)
+        metrics.MESSAGES_STATE.labels(state, "receipt").inc()
+        if submitted_at:
+            metrics.RECEIPT_LATENCY.labels(rcarrier or carrier).observe(
+                max(0.0, now - float(submitted_at))
+            )
 
     async def retry_early(self, limit: int = 1000) -> int:
         """Housekeeping: match parked receipts again; give up on old ones (counted)."""
@@ -167,16 +191,20 @@ class InboundHandler:
             for msg_id in ids:
                 await self._expire(keys=[self.keys.status(msg_id)],
                                    args=[now, "receipt_timeout"], client=pipe)
-                pipe.zrem(self.keys.awaiting_receipt, msg_id)
-            replies = await pipe.execute()
+            await pipe.execute()
+        # Either it was still waiting (now expired), or it is already final and its
+        # final event may never have been published (crash): publish it now.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for msg_id, changed in zip(ids, replies[::2], strict=True):
-                if int(changed):
-                    pipe.xadd(self.keys.events, {
-                        "id": msg_id, "state": "expired", "at": now,
-                        "reason": "receipt_timeout",
-                    }, maxlen=self.events_maxlen, approximate=True)
-                    metrics.MESSAGES_STATE.labels("expired", "receipt_timeout").inc()
+            for msg_id in ids:
+                await self._receipt(keys=[self.keys.status(msg_id)],
+                                    args=["-", "expired", now, ""], client=pipe)
+            summaries = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg_id, res in zip(ids, summaries, strict=True):
+                if res[0] == "late":
+                    self._publish_final(pipe, msg_id, res, now, res[3])
+                else:
+                    pipe.zrem(self.keys.awaiting_receipt, msg_id)
             await pipe.execute()
         return len(ids)
 

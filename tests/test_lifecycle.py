@@ -64,7 +64,7 @@ async def test_kill_9_mid_run_loses_nothing(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
 ) -> None:
     """SIGKILL the daemon under load, start it again: every message ends exactly once."""
-    total, batch, workers = 20_000, 128, 2
+    total, batch, workers = int(os.environ.get("GW_K9_TOTAL", "20000")), 128, 2
     sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02))
     port = await sim.start()
     try:
@@ -76,9 +76,10 @@ async def test_kill_9_mid_run_loses_nothing(
                 [{"to": f"+86136{n:08d}", "text": f"parcel {n} is on its way",
                   "category": "transactional"} for n in range(total)])]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = (tmp_path / "daemon.log").open("ab")
         cmd = [sys.executable, "-m", "gatewayd", "run", "-c", str(path)]
         first = await asyncio.create_subprocess_exec(*cmd, env=env,
-                                                     stdout=asyncio.subprocess.DEVNULL)
+                                                     stdout=log)
         deadline = time.monotonic() + 60
         while len(sim.submissions) < total // 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -88,9 +89,10 @@ async def test_kill_9_mid_run_loses_nothing(
         killed_at = len(sim.submissions)
         assert 0 < killed_at < total
         second = await asyncio.create_subprocess_exec(
-            *cmd, "--burst", "--burst-timeout", "150", env=env,
-            stdout=asyncio.subprocess.DEVNULL)
+            *cmd, "--burst", "--burst-timeout", "100", env=env,
+            stdout=log)
         assert await asyncio.wait_for(second.wait(), 180) == 0
+        log.close()
         events = await events_by_id(redis, keys)
         finals: collections.Counter[str] = collections.Counter()
         for mid in ids:
