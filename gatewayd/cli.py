@@ -189,15 +189,18 @@ def client_url(cfg: Config) -> str:
 
 
 def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
-    return asyncio.run(_async_commands(cmd, cfg, args))
+    items = _read_items(args) if cmd == "enqueue" else []
+    return asyncio.run(_async_commands(cmd, cfg, args, items))
 
 
-async def _async_commands(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
+async def _async_commands(
+    cmd: str, cfg: Config, args: argparse.Namespace, items: list[dict[str, Any]]
+) -> int:
     from gatewayd.client import Client
 
     async with Client.from_config(cfg, client_url(cfg)) as client:
         if cmd == "enqueue":
-            return await _enqueue(client, args)
+            return await _enqueue(client, items)
         if cmd == "status":
             record = await client.status(args.id)
             if record is None:
@@ -211,10 +214,11 @@ async def _async_commands(cmd: str, cfg: Config, args: argparse.Namespace) -> in
     return EXIT_CONFIG
 
 
-async def _enqueue(client: Any, args: argparse.Namespace) -> int:
+def _read_items(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Messages from --file (JSON lines) or from the flags; ConfigError when unusable."""
     items: list[dict[str, Any]] = []
     if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
             for n, line in enumerate(stream, 1):
                 if not line.strip():
@@ -222,19 +226,20 @@ async def _enqueue(client: Any, args: argparse.Namespace) -> int:
                 try:
                     items.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    print(f"gatewayd: {args.file}:{n}: not JSON: {e}", file=sys.stderr)
-                    return EXIT_CONFIG
-    else:
-        if not args.to or not args.text:
-            print("gatewayd: enqueue needs --to and --text, or --file", file=sys.stderr)
-            return EXIT_CONFIG
-        item: dict[str, Any] = {"to": args.to, "text": args.text, "category": args.category}
-        for key, value in (("from", args.sender), ("id", args.id), ("ref", args.ref),
-                           ("tenant", args.tenant), ("idempotency_key", args.idempotency_key),
-                           ("not_before", args.not_before), ("expires_at", args.expires_at)):
-            if value:
-                item[key] = value
-        items.append(item)
+                    raise ConfigError(f"{args.file}:{n}: not JSON: {e}") from e
+        return items
+    if not args.to or not args.text:
+        raise ConfigError("enqueue needs --to and --text, or --file")
+    item: dict[str, Any] = {"to": args.to, "text": args.text, "category": args.category}
+    for key, value in (("from", args.sender), ("id", args.id), ("ref", args.ref),
+                       ("tenant", args.tenant), ("idempotency_key", args.idempotency_key),
+                       ("not_before", args.not_before), ("expires_at", args.expires_at)):
+        if value:
+            item[key] = value
+    return [item]
+
+
+async def _enqueue(client: Any, items: list[dict[str, Any]]) -> int:
     try:
         results = await client.send(items, source="cli")
     except MessageError as e:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from gatewayd.config import Config, QueueConfig
+from gatewayd.intake import parse_message
 from gatewayd.keys import Keys
 from gatewayd.queue import QueueStore
 from gatewayd.status import read_status
-from gatewayd.intake import parse_message
 
 
 class Client:
@@ -67,5 +67,6 @@ class Client:
         return await read_status(self.redis, self.keys, msg_id)
 
     async def events(self, start: str = "-", count: int = 1000) -> list[dict[str, str]]:
-        rows = await self.redis.xrange(self.keys.events, min=start, count=count)
+        rows: list[tuple[str, dict[str, str]]] = cast(
+            Any, await self.redis.xrange(self.keys.events, min=start, count=count))
         return [dict(fields, stream_id=sid) for sid, fields in rows]

@@ -25,7 +25,7 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     pass
 
 
-class DaemonConfig(_Section, kw_only=True):
+class DaemonConfig(_Section, kw_only=True, frozen=True):
     state_dir: str = ".gatewayd"  # relative paths resolve against the config file's folder
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     consumer: str = ""  # consumer name in the group; default "<hostname>-<pid>"
@@ -33,14 +33,16 @@ class DaemonConfig(_Section, kw_only=True):
     housekeeping_interval_s: float = 1.0
 
 
-class RedisConfig(_Section, kw_only=True):
+class RedisConfig(_Section, kw_only=True, frozen=True):
     url: str = ""  # empty: embedded redis-server (demo/development only). REDIS_URL wins.
     prefix: str = "gw:"
 
 
-class QueueConfig(_Section, kw_only=True):
+class QueueConfig(_Section, kw_only=True, frozen=True):
     # Priority classes, highest first; one stream each (<prefix>q:<class>).
-    classes: list[str] = msgspec.field(default_factory=lambda: ["otp", "transactional", "marketing"])
+    classes: list[str] = msgspec.field(
+        default_factory=lambda: ["otp", "transactional", "marketing"]
+    )
     # Optional anti-starvation weights: class -> share of reads when all classes have work.
     weights: dict[str, int] = msgspec.field(default_factory=dict)
     # Per-class default time to live (seconds) when a message has no expires_at.
@@ -62,7 +64,7 @@ class QueueConfig(_Section, kw_only=True):
     dispatch_workers: int = 4
 
 
-class HttpConfig(_Section, kw_only=True):
+class HttpConfig(_Section, kw_only=True, frozen=True):
     enabled: bool = True
     listen: str = "127.0.0.1:8780"
     # SHA-256 hex digests of accepted API keys (`gatewayd hash-key` prints one).
@@ -70,11 +72,11 @@ class HttpConfig(_Section, kw_only=True):
     max_body_bytes: int = 2 * 1024 * 1024
 
 
-class PolicyConfig(_Section, kw_only=True):
+class PolicyConfig(_Section, kw_only=True, frozen=True):
     file: str = ""  # policy file (TOML); empty: no policies beyond the built-in checks
 
 
-class CarrierConfig(_Section, kw_only=True):
+class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
     host: str
     port: int = 2775
@@ -105,14 +107,14 @@ class CarrierConfig(_Section, kw_only=True):
     tls_ca: str = ""
 
 
-class RoutingConfig(_Section, kw_only=True):
+class RoutingConfig(_Section, kw_only=True, frozen=True):
     # Failover order for numbers no prefix matches; empty: every carrier in file order.
     default: list[str] = msgspec.field(default_factory=list)
     # Destination prefix (digits, no "+") -> carriers in failover order. Longest prefix wins.
     prefixes: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
-class SimulatorConfig(_Section, kw_only=True):
+class SimulatorConfig(_Section, kw_only=True, frozen=True):
     """The built-in SMSC simulator, started in-process by `gatewayd run` (demo only)."""
 
     enabled: bool = False
@@ -123,7 +125,7 @@ class SimulatorConfig(_Section, kw_only=True):
     receipt_delay_s: float = 0.2
 
 
-class Config(_Section, kw_only=True):
+class Config(_Section, kw_only=True, frozen=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)

@@ -144,7 +144,7 @@ class Daemon:
             for t in (pump, tick):
                 try:
                     await t
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                except (asyncio.CancelledError, Exception):
                     pass
 
     async def _shutdown(self) -> None:
@@ -213,7 +213,7 @@ class Daemon:
                     return
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - keep ticking through Redis outages
+            except Exception as e:
                 if self.redis_ok:
                     log.error("housekeeping: %s: %s", type(e).__name__, e)
                 self.redis_ok = False

@@ -100,7 +100,7 @@ class EmbeddedRedis:
                 return self.url
             time.sleep(0.02)
         self.stop()
-        raise StoreError("embedded redis-server did not start within %.0fs" % timeout_s)
+        raise StoreError(f"embedded redis-server did not start within {timeout_s:.0f}s")
 
     def _ping(self) -> bool:
         try:

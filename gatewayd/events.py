@@ -55,14 +55,14 @@ class Ledger:
     ) -> None:
         key = self.keys.status(msg.id)
         masked = mask_number(msg.to)
-        status: dict[str, str | int | float] = {
+        status: dict[Any, Any] = {
             "state": state,
             "updated_at": now,
             "category": msg.category,
             "to": masked,
             "attempts": msg.attempts,
         }
-        event: dict[str, str | int | float] = {
+        event: dict[Any, Any] = {
             "id": msg.id,
             "state": state,
             "at": now,
@@ -95,5 +95,5 @@ class Ledger:
         pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
         count_state(state, reason)
 
-    def event_only(self, pipe: Pipeline, event: dict[str, str | int | float]) -> None:
+    def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:
         pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -144,7 +144,8 @@ class InboundHandler:
                      ("ref", ref), ("tenant", tenant), ("to", to), ("err", err)):
             if v:
                 event[k] = v
-        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
+        pipe.xadd(self.keys.events, cast(Any, event), maxlen=self.events_maxlen,
+                  approximate=True)
         pipe.zrem(self.keys.awaiting_receipt, msg_id)
         metrics.MESSAGES_STATE.labels(state, "receipt").inc()
         if submitted_at:
@@ -155,7 +156,8 @@ class InboundHandler:
     async def retry_early(self, limit: int = 1000) -> int:
         """Housekeeping: match parked receipts again; give up on old ones (counted)."""
         now = self.clock()
-        members = await self.redis.zrange(self.keys.early_receipts, 0, limit - 1, withscores=True)
+        members: list[tuple[str, float]] = cast(Any, await self.redis.zrange(
+            self.keys.early_receipts, 0, limit - 1, withscores=True))
         if not members:
             return 0
         parked: list[tuple[str, Receipt, float]] = []
@@ -181,9 +183,9 @@ class InboundHandler:
     async def expire_awaiting(self, limit: int = 1000) -> int:
         """Housekeeping: a message whose receipt never came ends as expired."""
         now = self.clock()
-        ids = await self.redis.zrangebyscore(
+        ids: list[str] = cast(Any, await self.redis.zrangebyscore(
             self.keys.awaiting_receipt, "-inf", now, start=0, num=limit
-        )
+        ))
         if not ids:
             return 0
         # Parts that never reported: the message as a whole ends as expired.

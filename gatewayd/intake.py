@@ -77,7 +77,11 @@ def parse_message(
     except msgspec.ValidationError as e:
         text = str(e)
         m = re.search(r"`\$\.([^`]*)`", text)
-        field = m.group(1) if m else ("to" if "`to`" in text else "text" if "`text`" in text else "$")
+        if m:
+            field = m.group(1)
+        else:
+            named = re.search(r"`(\w+)`", text)
+            field = named.group(1) if named else "$"
         reason = re.sub(r" - at `[^`]*`", "", text)
         raise MessageError(field, reason) from None
     if not _NUMBER_RE.fullmatch(msg.to):

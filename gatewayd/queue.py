@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
@@ -138,6 +138,7 @@ class QueueStore:
 
     def _entries(self, reply: Any) -> list[Entry]:
         out: list[Entry] = []
+        stream: str
         for stream, items in reply or []:
             klass = self._by_stream[stream]
             for entry_id, fields in items:
@@ -156,9 +157,9 @@ class QueueStore:
                 continue
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
             # XCLAIM re-checks idleness, so two daemons never both take an entry.
-            claimed = await self.redis.xclaim(
+            claimed: list[tuple[str, dict[str, str] | None]] = cast(Any, await self.redis.xclaim(
                 stream, GROUP, self.consumer, idle_ms, list(counts)
-            )
+            ))
             for entry_id, fields in claimed:
                 deliveries = counts.get(entry_id, 1) + 1
                 out.append(Entry(klass, entry_id, fields or None, deliveries))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from gatewayd.keys import Keys
 from gatewayd.store import Redis
@@ -12,7 +12,7 @@ _INT = {"segments", "attempts"}
 
 
 async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] | None:
-    raw: dict[str, str] = await redis.hgetall(keys.status(msg_id))
+    raw: dict[str, str] = cast(dict[str, str], await redis.hgetall(keys.status(msg_id)))
     if not raw:
         return None
     out: dict[str, Any] = {"id": msg_id}

@@ -119,7 +119,7 @@ async def events_by_id(redis: aioredis.Redis, keys: Keys) -> dict[str, list[dict
             rows = rows[1:]
         if not rows:
             return out
-        for sid, fields in rows:
+        for _sid, fields in rows:
             out[fields.get("id", "")].append(fields)
         last = rows[-1][0]
 

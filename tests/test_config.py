@@ -92,7 +92,9 @@ def test_bad_toml(tmp_path: Path) -> None:
     assert "not valid TOML" in msg
 
 
-def test_check_config_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = write(tmp_path, GOOD + "windwo = 1\n")
     assert main(["check-config", "-c", str(bad)]) == 2
     err = capsys.readouterr().err

@@ -22,7 +22,10 @@ from tests.e2e_helpers import (
 )
 
 LONG_GSM = "Dear customer, your parcel {n} is out for delivery today between 14:00 and 18:00. " * 4
-LONG_UCS2 = "【京东】尊敬的客户，您的包裹{n}今天由京东物流配送，配送员会在送达前与您电话联系，请保持电话畅通。" * 3
+LONG_UCS2 = (
+    "【京东】尊敬的客户，您的包裹{n}今天由京东物流配送，"
+    "配送员会在送达前与您电话联系，请保持电话畅通。"
+) * 3
 
 
 async def test_messages_reach_the_smsc_intact_and_receipts_come_back(

@@ -135,7 +135,8 @@ def test_bad_messages_name_the_field(fields: dict[str, str], field: str) -> None
 
 
 def test_stream_fields_roundtrip() -> None:
-    m = msg(text="【京东】您的验证码是 1234", not_before="2026-11-24T10:00:00+08:00", **{"from": "10690"})
+    m = msg(text="【京东】您的验证码是 1234", not_before="2026-11-24T10:00:00+08:00",
+            **{"from": "10690"})
     back = parse_message(to_fields(m), classes=CLASSES, max_segments=10)
     assert back == m
     assert to_fields(m)["from"] == "10690"
