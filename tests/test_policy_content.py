@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatewayd.model import OutboundMessage
-from gatewayd.policy.content import signature_of
+from gatewayd.policy.content import parts_of, signature_of
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.verdict import Verdict
+from gatewayd.smstext import segments
 
 CLASSES = ["otp", "transactional", "marketing"]
 NOON_SHANGHAI = 1_718_000_000.0  # 2024-06-10 14:13 in Shanghai
@@ -130,3 +132,23 @@ def test_content_is_total_and_pure(text: str) -> None:
     if first.action == "send":
         final = first.text if first.text is not None else text
         assert "回TD退订" in final or "回T退订" in final
+
+
+_ALPHABETS = ["abc 1", "abc€[]^", "京东的订单", "京😀东", "aΔΦ{}é", "a\x1b€"]
+
+
+@given(st.sampled_from(_ALPHABETS).flatmap(
+    lambda a: st.text(alphabet=a, max_size=400)), st.sampled_from([8, 16]))
+def test_property_fast_part_count_matches_the_splitter(text: str, ref_bits: int) -> None:
+    assert parts_of(text, ref_bits) == segments(text, ref_bits).parts
+
+
+_REF_START = re.compile(r"^【([^【】]{1,20})】")
+_REF_END = re.compile(r"【([^【】]{1,20})】$")
+
+
+@given(st.text(alphabet="【】京东ab ", max_size=50))
+def test_property_signature_matches_the_regex_definition(text: str) -> None:
+    t = text.strip()
+    m = _REF_START.match(t) or _REF_END.search(t)
+    assert signature_of(text) == (m.group(1) if m else "")

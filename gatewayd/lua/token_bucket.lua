@@ -18,7 +18,7 @@ end
 local got = math.floor(math.min(want, tokens + 1e-6))
 if got < 0 then got = 0 end
 tokens = math.max(0, tokens - got)
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 'ts', tostring(ts))
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 local wait = 0
 if got < want then

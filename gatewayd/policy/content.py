@@ -24,17 +24,55 @@ from typing import Final
 from gatewayd.policy.normalize import for_matching
 from gatewayd.policy.settings import CategorySettings, ContentSettings
 from gatewayd.policy.verdict import Verdict, reject
-from gatewayd.smstext import segments
+from gatewayd.smstext import GSM7_BASIC, GSM7_EXT, PER_PART, SINGLE, segments
 
-_SIG_START: Final = re.compile(r"^【([^【】]{1,20})】")
-_SIG_END: Final = re.compile(r"【([^【】]{1,20})】$")
+_GSM7: Final = frozenset(GSM7_BASIC) - {"\x1b"} | frozenset(GSM7_EXT)
+
+
+def parts_of(text: str, ref_bits: int = 8) -> int:
+    """gatewayd.smstext.segments(text, ref_bits).parts, computed in C for the common cases.
+
+    Exact: whenever a part boundary could fall on an escape pair (GSM-7 extension
+    character) or a surrogate pair (UCS-2 outside the BMP), the full splitter decides.
+    """
+    if _GSM7.issuperset(text):
+        ext = sum(text.count(c) for c in GSM7_EXT) if not text.isalnum() else 0
+        units, enc = len(text) + ext, "gsm7"
+    else:
+        ext = len(text.encode("utf-16-le")) // 2 - len(text)  # astral characters
+        units, enc = len(text) + ext, "ucs2"
+    if units <= SINGLE[enc]:
+        return 1
+    if ext:
+        return segments(text, ref_bits).parts
+    per = PER_PART[(enc, ref_bits)]
+    return -(-units // per)
+
+_SIG_MAX: Final = 20  # characters inside 【】
+
+
+def _sig_start(t: str) -> str:
+    """The signature opening t (already stripped), or ""."""
+    if not t.startswith("【"):
+        return ""
+    j = t.find("】", 1)
+    sig = t[1:j] if 1 < j <= _SIG_MAX + 1 else ""
+    return sig if "【" not in sig else ""
+
+
+def _sig_end(t: str) -> str:
+    """The signature closing t (already stripped), or ""."""
+    if not t.endswith("】"):
+        return ""
+    i = t.rfind("【", max(0, len(t) - _SIG_MAX - 2), len(t) - 1)
+    sig = t[i + 1 : -1] if i >= 0 else ""
+    return sig if "】" not in sig else ""
 
 
 def signature_of(text: str) -> str:
-    """The 【…】 signature at the start (preferred) or end of the text, or ""."""
+    """The 【…】 signature (1-20 characters) at the start (preferred) or end, or ""."""
     t = text.strip()
-    m = _SIG_START.match(t) or _SIG_END.search(t)
-    return m.group(1) if m else ""
+    return _sig_start(t) or _sig_end(t)
 
 
 class ContentRules:
@@ -45,7 +83,10 @@ class ContentRules:
 
     def __init__(self, cat: CategorySettings, content: ContentSettings) -> None:
         chars = cat.forbidden_chars if cat.forbidden_chars is not None else content.forbidden_chars
-        self.forbidden = frozenset(chars) - frozenset(" \t\r\n")
+        symbols = sorted(set(chars) - set(" \t\r\n"))
+        # A character class scans in C; a set test hashes every character of the text.
+        self.forbidden = re.compile("[" + "".join(re.escape(c) for c in symbols) + "]") \
+            if symbols else None
         self.signature = cat.signature
         self.hint_mode = cat.optout_hint
         self.hints = tuple(for_matching(h) for h in content.optout_hints)
@@ -58,13 +99,14 @@ class ContentRules:
         stripped = text.strip()
         if not stripped:
             return reject("content", "content:empty"), None
-        if self.forbidden and not self.forbidden.isdisjoint(text):
-            bad = next(ch for ch in text if ch in self.forbidden)
-            return reject("content", f"content:forbidden_char:{bad}"), None
+        if self.forbidden is not None:
+            m = self.forbidden.search(text)
+            if m is not None:
+                return reject("content", f"content:forbidden_char:{m.group()}"), None
         sig = self.signature
         if sig != "off":
-            at_start = stripped[0] == "【" and _SIG_START.match(stripped) is not None
-            at_end = stripped[-1] == "】" and _SIG_END.search(stripped) is not None
+            at_start = bool(_sig_start(stripped))
+            at_end = bool(_sig_end(stripped))
             if sig == "start" and not at_start:
                 return reject("content", "content:signature:start"), None
             if sig == "end" and not at_end:
@@ -77,13 +119,14 @@ class ContentRules:
                 return reject("content", "content:optout_hint:missing"), None
             rewritten = self._append(stripped)
         final = rewritten if rewritten is not None else text
-        parts = segments(final, self.ref_bits).parts
+        parts = parts_of(final, self.ref_bits)
         if parts > self.max_segments:
             return reject("content", f"content:segments:{parts}>{self.max_segments}"), None
         return None, rewritten
 
     def _append(self, text: str) -> str:
-        m = _SIG_END.search(text)
-        if m and not _SIG_START.match(text):
-            return text[: m.start()].rstrip() + self.append_hint + text[m.start():]
+        sig = _sig_end(text)
+        if sig and not _sig_start(text):
+            cut = len(text) - len(sig) - 2
+            return text[:cut].rstrip() + self.append_hint + text[cut:]
         return text + self.append_hint

@@ -55,32 +55,40 @@ def text_digest(body: str) -> str:
     return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     check: str  # "send" or the failing check
     detail: str
     until: float
 
 
-class RedisBatch:
-    """Collects the per-message arguments, then runs the script once."""
+SENT: Final = Outcome("send", "", 0.0)
 
-    __slots__ = ("_index", "args", "keys", "n", "now", "ns")
+
+_SEPARATORS: Final = str.maketrans({"\x1e": "?", "\x1f": "?"})
+
+
+def _clean(value: str) -> str:
+    """Free text (ids, signatures, senders) must not contain the blob's separators."""
+    if "\x1e" in value or "\x1f" in value:
+        return value.translate(_SEPARATORS)
+    return value
+
+
+class RedisBatch:
+    """Collects the per-message records, then runs the script once.
+
+    The batch is one argument (records joined by \\x1e, fields by \\x1f): redis-py
+    packs each argument in Python, and ten arguments a message cost more than the checks.
+    """
+
+    __slots__ = ("n", "now", "ns", "records")
 
     def __init__(self, ns: Keys, now: float) -> None:
         self.ns = ns
         self.now = now
-        self.keys: list[str] = []
-        self._index: dict[str, int] = {}
-        self.args: list[str] = [repr(now), "0"]
+        self.records: list[str] = []
         self.n = 0
-
-    def _key(self, key: str) -> str:
-        idx = self._index.get(key)
-        if idx is None:
-            self.keys.append(key)
-            idx = self._index[key] = len(self.keys)
-        return str(idx)
 
     def add(
         self,
@@ -97,33 +105,39 @@ class RedisBatch:
         tenant_spec: str,
     ) -> None:
         ns = self.ns
-        self.args += (
+        full = not optout_only
+        self.records.append("\x1f".join((
             "o" if optout_only else "f",
-            self._key(ns.optout(digits)) if optout_scope is not None else "0",
-            optout_scope or "",
-            self._key(ns.freq(digits, "dup:" + text_digest(text_body)))
-            if duplicate_ms > 0 and not optout_only else "0",
+            ns.optout(digits) if optout_scope is not None else "",
+            _clean(optout_scope or ""),
+            ns.freq(digits, "dup:" + text_digest(text_body)) if duplicate_ms > 0 and full
+            else "",
             str(duplicate_ms),
-            member or "~" + uuid.uuid4().hex,
-            self._key(ns.freq(digits, caps_key)) if caps and not optout_only else "0",
+            _clean(member) if member else "~" + uuid.uuid4().hex,
+            _clean(ns.freq(digits, caps_key)) if caps and full else "",
             caps,
-            self._key(ns.token_bucket("tenant:" + tenant))
-            if tenant_spec and not optout_only else "0",
+            _clean(ns.token_bucket("tenant:" + tenant)) if tenant_spec and full else "",
             tenant_spec,
-        )
+        )))
         self.n += 1
 
     async def run(self, redis: aioredis.Redis, *, dry: bool = False) -> list[list[Outcome]]:
         """One list of outcomes per message: one (the decision) or, dry, one per check."""
         if not self.n:
             return []
-        self.args[1] = "1" if dry else "0"
-        reply = await SCRIPT(redis, self.keys, self.args)
-        flat = [text(x) for x in reply]
-        outcomes = [Outcome(flat[i], flat[i + 1], float(flat[i + 2]))
-                    for i in range(0, len(flat), 3)]
+        reply = await SCRIPT(redis, [], [repr(self.now), "1" if dry else "0",
+                                         "\x1e".join(self.records)])
+        outcomes: list[Outcome] = []
+        for entry in text(reply).split("\x1e"):
+            if entry == "s":
+                outcomes.append(SENT)
+            else:
+                check, detail, until = entry.split("\x1f")
+                outcomes.append(Outcome(check, detail, float(until)))
         per = len(REDIS_CHECKS) if dry else 1
         if len(outcomes) != self.n * per:
             raise RuntimeError(f"policy_batch.lua returned {len(outcomes)} outcomes "
                                f"for {self.n} messages")
+        if per == 1:
+            return [[o] for o in outcomes]
         return [outcomes[i : i + per] for i in range(0, len(outcomes), per)]
