@@ -124,17 +124,27 @@ class QueueStore:
         if out or block_ms is None:
             return out
         # Nothing anywhere: block on every stream for new work.
-        reply = await self.redis.xreadgroup(
-            GROUP, self.consumer, {s: ">" for s in self.streams.values()},
-            count=count, block=block_ms,
+        reply = await self._xreadgroup(
+            {s: ">" for s in self.streams.values()}, count, block_ms
         )
         return self._entries(reply)
 
     async def _read_one(self, klass: str, count: int) -> list[Entry]:
-        reply = await self.redis.xreadgroup(
-            GROUP, self.consumer, {self.streams[klass]: ">"}, count=count
-        )
+        reply = await self._xreadgroup({self.streams[klass]: ">"}, count, None)
         return self._entries(reply)
+
+    async def _xreadgroup(self, streams: dict[str, str], count: int, block: int | None) -> Any:
+        try:
+            return await self.redis.xreadgroup(
+                GROUP, self.consumer, streams, count=count, block=block  # type: ignore[arg-type]
+            )
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis restarted empty (or was flushed): recreate the groups, read next time.
+            log.warning("consumer groups missing (Redis restarted empty?): recreating")
+            await self.ensure_groups()
+            return []
 
     def _entries(self, reply: Any) -> list[Entry]:
         out: list[Entry] = []
@@ -150,9 +160,15 @@ class QueueStore:
         idle_ms = int(self.q.reclaim_idle_s * 1000)
         out: list[Entry] = []
         for klass, stream in self.streams.items():
-            pending = await self.redis.xpending_range(
-                stream, GROUP, min="-", max="+", count=count, idle=idle_ms
-            )
+            try:
+                pending = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=count, idle=idle_ms
+                )
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                await self.ensure_groups()
+                continue
             if not pending:
                 continue
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}

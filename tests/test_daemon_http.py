@@ -79,7 +79,7 @@ async def test_http_intake_status_and_metrics_add_up(
         last = events[ids[0]][-1]
         assert status["state"] == last["state"] == "delivered"
         assert status["carrier_id"] == last["carrier_id"]
-        assert cli_main(["status", "-c", str(path), ids[0]]) == 0
+        assert await asyncio.to_thread(cli_main, ["status", "-c", str(path), ids[0]]) == 0
         cli = json.loads(capsys.readouterr().out)
         assert cli["state"] == "delivered" and cli["carrier_id"] == status["carrier_id"]
         # The counters add up to what was sent.
