@@ -119,7 +119,7 @@ class Daemon:
         if cfg.http.enabled:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
-                max_body_bytes=cfg.http.max_body_bytes,
+                max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
             )
             await self.http.start()
         if not await self.pool.wait_bound(10.0):
@@ -169,6 +169,8 @@ class Daemon:
             log.warning("second stop signal: exiting now")
             os._exit(1)
         log.info("stop signal: draining")
+        if self.http is not None:
+            self.http.drain()  # intake and /readyz answer 503 from now on
         self.stop_event.set()
 
     def _on_hup(self) -> None:

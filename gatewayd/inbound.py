@@ -230,5 +230,4 @@ class InboundHandler:
                     "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
                     "carrier": m.carrier, "reason": "mo_keyword",
                 }, maxlen=self.events_maxlen, approximate=True)
-                metrics.OPTOUTS.labels("optout", "mo").inc()
                 log.info("opt-out by MO reply", extra={"number": mask_number(m.source)})

@@ -44,12 +44,19 @@ class Store:
                 "no Redis URL configured: started an embedded redis-server (demo/dev only)",
                 extra={"url": self.url},
             )
+        options: dict[str, object] = {}
+        if not self.url.startswith("unix:"):
+            options["socket_keepalive"] = True  # TCP only: unix sockets refuse the option
         self._client = aioredis.from_url(
             self.url,
             decode_responses=True,
             health_check_interval=15,
-            socket_keepalive=True,
+            # A hung Redis must not stall the housekeeping tick (and so the watchdog)
+            # for ever; every command we send is short (blocking reads are 50 ms).
+            socket_timeout=10,
+            socket_connect_timeout=5,
             retry_on_timeout=True,
+            **options,
         )
         return self._client
 
