@@ -74,13 +74,12 @@ local function emit(check, detail, untl)
   end
 end
 
+local FIELDS = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31' ..
+               '([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$'
 for _, rec in ipairs(split(blob, '\30')) do
-  local f = split(rec, '\31')
-  local mode = f[1]
-  local okey, scope = f[2], f[3]
-  local dkey, dwin, member = f[4], f[5], f[6]
-  local fkey, capspec = f[7], f[8]
-  local tkey, tspec = f[9], f[10]
+  local mode, okey, scope, dkey, dwin, member, fkey, capspec, tkey, tspec =
+    string.match(rec, FIELDS)
+  if not mode then return redis.error_reply('policy_batch: malformed record') end
   local failed = false
 
   -- optout

@@ -10,7 +10,7 @@ Keys (gatewayd.keys.Keys), all tagged with the recipient's digits so one recipie
 keys share a hash slot:
 
 - opt-out: ``optout:{digits}`` HASH scope -> since (gatewayd.policy.optout)
-- duplicate: ``fc:{digits}:dup:<blake2b-64 of the text>`` STRING = "<time> <message
+- duplicate: ``fc:{digits}:dup:<crc32+length of the text>`` STRING = "<time> <message
   id>", PX = the category's duplicate window. Same text to the same number, whatever
   the category, within the window as measured by the ``now`` passed in (the TTL only
   collects the key). A re-read of the same message id (redelivery) is not a duplicate.
@@ -29,8 +29,8 @@ group a batch by slot (tenant buckets in a second phase). Redis >= 6.2 commands 
 
 from __future__ import annotations
 
-import hashlib
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -52,7 +52,13 @@ def caps_spec(caps: list[tuple[int, float]]) -> str:
 
 
 def text_digest(body: str) -> str:
-    return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+    """CRC-32 and length of the text: stable across processes (unlike hash()) and cheap.
+
+    Only texts to the same number within the duplicate window are compared, so a 32-bit
+    collision (a false duplicate) is a one in four billion event for such a pair.
+    """
+    b = body.encode()
+    return f"{zlib.crc32(b):08x}{len(b):x}"
 
 
 @dataclass(frozen=True, slots=True)
