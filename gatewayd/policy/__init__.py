@@ -1,0 +1,5 @@
+"""Hot-path policies: content, keywords, opt-out, quiet hours, duplicates, caps, rates.
+
+Start at gatewayd.policy.engine (the order of the checks and the API); the operator's
+side is policies/README.md.
+"""

@@ -379,7 +379,7 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
             raise errs.at([*base, "send_window"], str(e)) from e
         categories[name] = cs
 
-    if not 0 < len(pf.content.append_hint.strip()):
+    if not pf.content.append_hint.strip():
         for name, cs in categories.items():
             if cs.optout_hint == "append":
                 raise errs.at(["content", "append_hint"],
