@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -54,6 +55,7 @@ async def test_unacked_entries_are_reclaimed_by_another_consumer(
     taken = await crashed.read(5)
     assert len(taken) == 5
     survivor = make_queue(redis, keys, consumer="alive", reclaim_idle_s=0.001)
+    await asyncio.sleep(0.01)  # idle for longer than reclaim_idle_s
     again = await survivor.reclaim(100)
     assert sorted(e.entry_id for e in again) == sorted(e.entry_id for e in taken)
     assert all(e.deliveries == 2 for e in again)
