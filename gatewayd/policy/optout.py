@@ -59,7 +59,8 @@ async def _record(redis: aioredis.Redis, keys: Keys, number: str, *, action: str
             "at": repr(at),
         })
         await pipe.execute()
-    label = source if source in _SOURCES else "other"
+    kind = source.split(":", 1)[0]  # "mo:cmcc" counts as "mo"
+    label = kind if kind in _SOURCES else "other"
     metrics.OPTOUTS.labels("opt_out" if action == "out" else "opt_in", label).inc()
 
 
