@@ -105,6 +105,7 @@ class Daemon:
         metrics.REDIS_UP.set(1)
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
         await self.queue.ensure_groups()
+        await self._heartbeat()
         if cfg.simulator.enabled:
             s = cfg.simulator
             self.sim = SmscSimulator(SimSettings(
@@ -191,7 +192,9 @@ class Daemon:
                 await self.queue.move_due(now)
                 if now - last_reclaim >= max(1.0, self.cfg.queue.reclaim_idle_s / 4):
                     last_reclaim = now
-                    reclaimed = await self.queue.reclaim(self.cfg.queue.read_batch)
+                    reclaimed = await self.queue.reclaim(
+                        self.cfg.queue.read_batch, self.dispatcher.in_flight
+                    )
                     if reclaimed:
                         log.info("reclaimed %d pending entries", len(reclaimed))
                         await self.dispatcher.process(reclaimed)
@@ -202,7 +205,7 @@ class Daemon:
                     metrics.QUEUE_DEPTH.labels(klass).set(d["ready"])
                     metrics.QUEUE_PENDING.labels(klass).set(d["pending"])
                 metrics.DELAYED.set(sum(d["delayed"] for d in depths.values()))
-                await redis.set(self.keys.heartbeat(self.consumer), int(now), ex=60)
+                await self._heartbeat()
                 if not self.redis_ok:
                     log.info("Redis reachable again")
                 self.redis_ok = True
@@ -231,6 +234,13 @@ class Daemon:
                 await asyncio.wait_for(self.stop_event.wait(), interval)
             except TimeoutError:
                 pass
+
+    async def _heartbeat(self) -> None:
+        """While this key lives, other daemons leave our pending entries alone."""
+        ttl_ms = int(max(2.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
+        await self.store.client.set(
+            self.keys.heartbeat(self.consumer), int(time.time()), px=ttl_ms
+        )
 
     async def _drained(self, depths: dict[str, dict[str, int]]) -> bool:
         if any(sum(d.values()) for d in depths.values()):

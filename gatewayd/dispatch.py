@@ -76,6 +76,8 @@ class Dispatcher:
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
         self.processed = 0
         self.idle = asyncio.Event()
+        # Entry ids held by a batch of ours right now: never reclaimed from under it.
+        self.in_flight: set[str] = set()
 
     # The loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -122,6 +124,14 @@ class Dispatcher:
 
     # One batch ----------------------------------------------------------------------
     async def process(self, entries: list[Entry]) -> None:
+        ids = [e.entry_id for e in entries]
+        self.in_flight.update(ids)
+        try:
+            await self._process(entries)
+        finally:
+            self.in_flight.difference_update(ids)
+
+    async def _process(self, entries: list[Entry]) -> None:
         now = self.clock()
         q = self.cfg.queue
         items: list[_Item] = []

@@ -155,10 +155,18 @@ class QueueStore:
                 out.append(Entry(klass, entry_id, fields or None))
         return out
 
-    async def reclaim(self, count: int) -> list[Entry]:
-        """Take over entries idle on any consumer for reclaim_idle_s (a crashed daemon)."""
+    async def reclaim(self, count: int, in_flight: set[str] | None = None) -> list[Entry]:
+        """Take over entries idle for reclaim_idle_s on a consumer that is gone.
+
+        A consumer is alive while its heartbeat key exists (the daemon's housekeeping
+        tick refreshes it); a live consumer's entries may just be waiting in a slow
+        batch, and taking them would send them twice. Our own entries are taken back
+        only when no batch of ours still holds them (``in_flight``): a batch that failed.
+        """
         idle_ms = int(self.q.reclaim_idle_s * 1000)
         out: list[Entry] = []
+        in_flight = in_flight or set()
+        alive: dict[str, bool] = {}
         for klass, stream in self.streams.items():
             try:
                 pending = await self.redis.xpending_range(
@@ -169,6 +177,18 @@ class QueueStore:
                     raise
                 await self.ensure_groups()
                 continue
+            owners = {str(p["consumer"]) for p in pending} - set(alive) - {self.consumer}
+            if owners:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for owner in sorted(owners):
+                        pipe.exists(self.keys.heartbeat(owner))
+                    for owner, n in zip(sorted(owners), await pipe.execute(), strict=True):
+                        alive[owner] = bool(n)
+            pending = [
+                p for p in pending
+                if (p["consumer"] == self.consumer and p["message_id"] not in in_flight)
+                or (p["consumer"] != self.consumer and not alive.get(str(p["consumer"])))
+            ]
             if not pending:
                 continue
             counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
