@@ -105,6 +105,9 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     tls: bool = False
     tls_verify: bool = True
     tls_ca: str = ""
+    # Country code for MO senders the carrier gives in national form (13800138000):
+    # "86" makes them +8613800138000, so an MO opt-out matches later messages.
+    mo_country_code: str = ""
 
 
 class RoutingConfig(_Section, kw_only=True, frozen=True):
@@ -267,6 +270,8 @@ def validate(cfg: Config) -> None:
         ):
             if fvalue <= 0:
                 raise bad(f"{k}.{key}", "must be greater than 0")
+        if c.mo_country_code and not re.fullmatch(r"[1-9][0-9]{0,2}", c.mo_country_code):
+            raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
     r = cfg.routing

@@ -6,12 +6,20 @@ leading zeros, case: carrier.receipts.id_candidates), so a receipt matches which
 form the SMSC uses. A receipt that arrives before its submit_sm_resp was recorded is
 parked in a sorted set and retried by the housekeeping tick for
 ``queue.early_receipt_hold_s``.
+
+Several daemons: the parked receipts and the awaiting-receipt set are shared, so the
+two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting``) run
+in one daemon at a time, the holder of a short Redis lease (``Keys.lease("receipts")``,
+renewed every tick, taken over by another daemon when its holder stops renewing).
+Two daemons applying one parked receipt at once would both see it final and both
+publish its final event.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -52,7 +60,11 @@ class InboundHandler:
         self.clock = clock
         self._receipt = load_script(redis, "receipt")
         self._expire = load_script(redis, "expire_submitted")
+        self._lease = load_script(redis, "lease")
+        self._lease_token = uuid.uuid4().hex
+        self._lease_ms = int(max(2.0, 3 * cfg.daemon.housekeeping_interval_s) * 1000)
         self.events_maxlen = cfg.queue.events_maxlen
+        self.mo_cc = {c.name: c.mo_country_code for c in cfg.carrier}
         self.early_hold_s = cfg.queue.early_receipt_hold_s
 
     # Receipts -----------------------------------------------------------------------
@@ -153,8 +165,15 @@ class InboundHandler:
                 max(0.0, now - float(submitted_at))
             )
 
+    async def _hold_lease(self) -> bool:
+        """True while this handler is the one daemon running the receipt housekeeping."""
+        return bool(await self._lease(keys=[self.keys.lease("receipts")],
+                                      args=[self._lease_token, self._lease_ms]))
+
     async def retry_early(self, limit: int = 1000) -> int:
         """Housekeeping: match parked receipts again; give up on old ones (counted)."""
+        if not await self._hold_lease():
+            return 0
         now = self.clock()
         members: list[tuple[str, float]] = cast(Any, await self.redis.zrange(
             self.keys.early_receipts, 0, limit - 1, withscores=True))
@@ -182,6 +201,8 @@ class InboundHandler:
 
     async def expire_awaiting(self, limit: int = 1000) -> int:
         """Housekeeping: a message whose receipt never came ends as expired."""
+        if not await self._hold_lease():
+            return 0
         now = self.clock()
         ids: list[str] = cast(Any, await self.redis.zrangebyscore(
             self.keys.awaiting_receipt, "-inf", now, start=0, num=limit
@@ -214,6 +235,8 @@ class InboundHandler:
     async def on_inbound(self, messages: list[InboundMessage]) -> None:
         engine = self.policy()
         now = self.clock()
+        for m in messages:
+            m.source = e164(m.source, self.mo_cc.get(m.carrier, ""))
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 metrics.INBOUND.labels(m.carrier).inc()
@@ -231,3 +254,20 @@ class InboundHandler:
                     "carrier": m.carrier, "reason": "mo_keyword",
                 }, maxlen=self.events_maxlen, approximate=True)
                 log.info("opt-out by MO reply", extra={"number": mask_number(m.source)})
+
+
+def e164(number: str, country_code: str) -> str:
+    """+E.164 form of an MO sender: "0086138..." and "86138..." -> "+86138...";
+    a national number gets ``country_code`` (when configured) in front."""
+    n = number.strip().replace(" ", "").replace("-", "")
+    if n.startswith("+"):
+        return n
+    if n.startswith("00"):
+        return "+" + n[2:]
+    if not n.isdigit():
+        return number  # alphanumeric sender: leave it alone
+    if country_code and not n.startswith(country_code):
+        return "+" + country_code + n.lstrip("0")
+    if country_code or len(n) > 11:
+        return "+" + n
+    return n
