@@ -185,7 +185,6 @@ class Daemon:
         interval = self.cfg.daemon.housekeeping_interval_s
         last_reclaim = 0.0
         burst_deadline = time.monotonic() + self.burst_timeout_s if self.burst_timeout_s else 0.0
-        redis = self.store.client
         while not self.stop_event.is_set():
             try:
                 now = time.time()

@@ -86,7 +86,7 @@ async def test_redis_restarted_mid_run(tmp_path: Path) -> None:
             assert daemon.readiness()[0]
         states = collections.Counter(r.get("state") for r in records.values())
         assert states == {"delivered": 3000}, states
-        finals, duplicates = await accounting(client, keys, ids, [sim])
+        _finals, duplicates = await accounting(client, keys, ids, [sim])
         print(f"redis restart: {duplicates} duplicates")
         assert duplicates <= IN_FLIGHT
     finally:
@@ -145,7 +145,7 @@ async def test_throttle_storm(
         states = collections.Counter(r.get("state") for r in records.values())
         assert states == {"delivered": 1000}, states
         assert sim.stats.throttled >= 500
-        finals, duplicates = await accounting(redis, keys, ids, [sim])
+        _finals, duplicates = await accounting(redis, keys, ids, [sim])
         assert duplicates == 0
     finally:
         await sim.stop()
@@ -166,7 +166,7 @@ async def test_slow_smsc_with_a_full_window(
         states = collections.Counter(r.get("state") for r in records.values())
         assert states == {"delivered": 300}, states
         assert max(sim.stats.max_outstanding.values()) == 50  # full, never over
-        finals, duplicates = await accounting(redis, keys, ids, [sim])
+        _finals, duplicates = await accounting(redis, keys, ids, [sim])
         assert duplicates == 0
     finally:
         await sim.stop()
@@ -185,7 +185,7 @@ async def test_receipt_flood(
             records = await wait_final(redis, keys, ids, timeout_s=90)
         states = collections.Counter(r.get("state") for r in records.values())
         assert states == {"delivered": 5000}, states
-        finals, duplicates = await accounting(redis, keys, ids, [sim])
+        _finals, duplicates = await accounting(redis, keys, ids, [sim])
         assert duplicates == 0
         assert await redis.zcard(keys.awaiting_receipt) == 0
     finally:
