@@ -7,6 +7,7 @@ MessageError naming the field and the reason.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -65,6 +66,16 @@ def parse_message(
     """Validate one message; raise MessageError(field, reason) at the first problem."""
     if not isinstance(raw, Mapping):
         raise MessageError("$", "expected an object with at least 'to' and 'text'")
+    if "json" in raw:
+        # The other wire form: one field holding the whole message as a JSON object
+        # (flat fields beside it, such as the dispatcher's defaults, come second).
+        try:
+            decoded = json.loads(raw["json"])
+        except (TypeError, ValueError) as e:
+            raise MessageError("json", f"not valid JSON: {e}") from None
+        if not isinstance(decoded, Mapping):
+            raise MessageError("json", "must hold a JSON object")
+        raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
     unknown = sorted(k for k in raw if k not in _FIELDS)
     if unknown:
         raise MessageError(unknown[0], f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")

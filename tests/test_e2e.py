@@ -82,18 +82,21 @@ async def test_raw_xadd_with_bad_entries_goes_to_dead_letters(
         await redis.xadd(q, {"text": "no recipient"})
         await redis.xadd(q, {"to": "+8613800138000", "text": "x", "category": "marketing"})
         await redis.xadd(q, {"to": "+8613800138000", "text": "x", "not_before": "soon"})
+        await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": "as JSON", "id": "j-1"}'})
+        await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": '})
         async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ["good-1", "bad-1"], timeout_s=30)
+            records = await wait_final(redis, keys, ["good-1", "bad-1", "j-1"], timeout_s=30)
             for _ in range(100):
-                if await redis.xlen(keys.dead) >= 4:
+                if await redis.xlen(keys.dead) >= 5:
                     break
                 await asyncio.sleep(0.05)
         assert records["good-1"]["state"] == "delivered"
+        assert records["j-1"]["state"] == "delivered"
         assert records["bad-1"]["state"] == "rejected"
         assert records["bad-1"]["reason"].startswith("invalid:to")
         dead = [f for _, f in await redis.xrange(keys.dead)]
         reasons = sorted(d["reason"].split(":")[1] for d in dead)
-        assert reasons == ["category", "not_before", "to", "to"]
+        assert reasons == ["category", "json", "not_before", "to", "to"]
         assert await redis.xlen(q) == 0  # nothing left behind, nothing lost
     finally:
         await sim.stop()

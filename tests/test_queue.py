@@ -128,12 +128,22 @@ async def test_dead_letter_keeps_raw_payload_and_reason(redis: aioredis.Redis, k
         ({"to": "+8613800138000", "text": "x", "attempts": "many"}, "attempts"),
         ({"to": "+8613800138000", "text": "长" * 800}, "text"),
         ({"to": "+8613800138000", "text": "x", "id": "has space"}, "id"),
+        ({"json": "{\"to\": \"+8613800138000\", \"text\": "}, "json"),
+        ({"json": "[1, 2]"}, "json"),
+        ({"json": "{\"to\": \"+8613800138000\"}"}, "text"),
     ],
 )
 def test_bad_messages_name_the_field(fields: dict[str, str], field: str) -> None:
     with pytest.raises(MessageError) as exc:
         parse_message(fields, classes=CLASSES, max_segments=10)
     assert exc.value.field == field
+
+
+def test_json_field_wire_form() -> None:
+    m = parse_message({"json": '{"to": "+8613800138000", "text": "【京东】验证码 1234", '
+                               '"category": "otp", "not_before": 1700000000}'},
+                      classes=CLASSES, max_segments=10)
+    assert m.to == "+8613800138000" and m.category == "otp" and m.not_before == 1700000000.0
 
 
 def test_stream_fields_roundtrip() -> None:
