@@ -34,8 +34,11 @@ from gatewayd.store import Redis
 
 log = logging.getLogger("gatewayd.dispatch")
 
-# Carrier back-pressure, not a failure of the message: retried without using an attempt.
-_BACKPRESSURE = frozenset({"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_ROUTE_BOUND"})
+# Carrier back-pressure or our own shutdown, not a failure of the message: retried
+# without using an attempt (names from carrier/status.py and carrier/pool.py).
+_BACKPRESSURE = frozenset(
+    {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
+)
 
 
 class Submitter(Protocol):
