@@ -89,3 +89,7 @@ class Keys:
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}alive:{consumer}"
+
+    def lease(self, job: str) -> str:
+        """STRING: holder token of a housekeeping job only one daemon runs at a time."""
+        return f"{self.prefix}lease:{job}"
