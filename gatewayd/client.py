@@ -17,14 +17,18 @@ from gatewayd.intake import parse_message
 from gatewayd.keys import Keys
 from gatewayd.queue import QueueStore
 from gatewayd.status import read_status
+from gatewayd.store import connect, connect_config
 
 
 class Client:
     """``async with Client(url) as c: ids = await c.send([{"to": ..., "text": ...}])``"""
 
     def __init__(self, url: str, *, prefix: str = "gw:", queue: QueueConfig | None = None,
-                 consumer: str = "client") -> None:
+                 consumer: str = "client", config: Config | None = None) -> None:
+        """``url`` may be redis+cluster:// (Redis Cluster); ``config`` supplies the
+        [redis] section's cluster and TLS settings (see from_config)."""
         self.url = url
+        self._config = config
         self.keys = Keys(prefix)
         self.qcfg = queue or QueueConfig()
         self._redis: aioredis.Redis | None = None
@@ -33,10 +37,12 @@ class Client:
 
     @classmethod
     def from_config(cls, cfg: Config, url: str | None = None) -> Client:
-        return cls(url or cfg.redis_url(), prefix=cfg.redis.prefix, queue=cfg.queue)
+        return cls(url or cfg.redis_url(), prefix=cfg.redis.prefix, queue=cfg.queue,
+                   config=cfg)
 
     async def __aenter__(self) -> Client:
-        self._redis = aioredis.from_url(self.url, decode_responses=True)
+        self._redis = (connect_config(self._config, self.url) if self._config is not None
+                       else connect(self.url))
         cfg = Config(queue=self.qcfg)
         self._queue = QueueStore(self._redis, self.keys, cfg, self._consumer)
         await self._queue.ensure_groups()

@@ -36,6 +36,13 @@ class DaemonConfig(_Section, kw_only=True, frozen=True):
 class RedisConfig(_Section, kw_only=True, frozen=True):
     url: str = ""  # empty: embedded redis-server (demo/development only). REDIS_URL wins.
     prefix: str = "gw:"
+    # Redis Cluster (also selected by a redis+cluster:// or rediss+cluster:// URL).
+    cluster: bool = False
+    # TLS (rediss:// URLs): CA bundle to verify the server, client certificate and key
+    # for mutual TLS. Relative paths resolve against the config file's folder.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 class QueueConfig(_Section, kw_only=True, frozen=True):
@@ -205,6 +212,8 @@ def validate(cfg: Config) -> None:
     def bad(key: str, what: str) -> ConfigError:
         return ConfigError(f"{f}: {key}: {what}")
 
+    if bool(cfg.redis.tls_cert) != bool(cfg.redis.tls_key):
+        raise bad("redis.tls_cert", "set tls_cert and tls_key together (mutual TLS)")
     q = cfg.queue
     if not q.classes:
         raise bad("queue.classes", "needs at least one priority class, e.g. [\"otp\"]")

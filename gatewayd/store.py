@@ -2,28 +2,114 @@
 
 Also loads the Lua scripts shipped in gatewayd/lua/ (EVALSHA, loaded once; redis-py's
 Script objects reload them transparently after a Redis restart).
+
+URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; ``redis.tls_ca``,
+``tls_cert``, ``tls_key`` name the CA and the client certificate), ``unix://path``.
+Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` (any one node; the client
+discovers the rest) or ``[redis] cluster = true``; the client is then redis-py's
+``RedisCluster``, which speaks the same command API. Two things differ on a cluster
+and every caller goes through the helpers here for them: redis-py refuses Script
+objects inside a cluster pipeline (``pipe_script`` queues a plain EVAL, routed by its
+first key, instead), and commands over several keys must keep them in one slot
+(``is_cluster`` lets callers split such calls; see keys.py for the hash tags).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 
 from gatewayd.config import Config
 from gatewayd.embedded import EmbeddedRedis
+from gatewayd.errors import ConfigError
 
 log = logging.getLogger("gatewayd.store")
 
 Redis = aioredis.Redis
 
+_CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
 
 def load_script(client: Redis, name: str) -> AsyncScript:
     source = resources.files("gatewayd").joinpath("lua", f"{name}.lua").read_text("utf-8")
     return client.register_script(source)
+
+
+def is_cluster(client: object) -> bool:
+    """True for a Redis Cluster client (or one of its pipelines)."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+async def pipe_script(
+    pipe: Any, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float]
+) -> None:
+    """Queue a Lua script call on a pipeline, on a single Redis or a cluster.
+
+    A cluster pipeline takes no Script objects; EVAL with the source (cached by each
+    node after its first run) needs no per-node SCRIPT LOAD and cannot fail with
+    NOSCRIPT after a node restart, unlike a pipelined EVALSHA.
+    """
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
+
+
+def split_cluster_url(url: str) -> tuple[str, bool]:
+    """("redis://host:port/0", True) for "redis+cluster://host:port/0"."""
+    for scheme in _CLUSTER_SCHEMES:
+        if url.startswith(scheme):
+            return scheme.replace("+cluster", "") + url[len(scheme):], True
+    return url, False
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
+    **options: Any,
+) -> Redis:
+    """A str-decoding client for a URL: single Redis, or RedisCluster (typed as Redis:
+    it implements every command gatewayd sends)."""
+    url, from_scheme = split_cluster_url(url)
+    cluster = cluster or from_scheme
+    if any((tls_ca, tls_cert, tls_key)):
+        if not url.startswith("rediss://"):
+            raise ConfigError("redis.tls_ca/tls_cert/tls_key are set but the Redis URL is "
+                              "not rediss:// (TLS); use rediss://host:port")
+        if bool(tls_cert) != bool(tls_key):
+            raise ConfigError("redis.tls_cert and redis.tls_key go together (mutual TLS)")
+        if tls_ca:
+            options["ssl_ca_certs"] = tls_ca
+        if tls_cert:
+            options["ssl_certfile"] = tls_cert
+            options["ssl_keyfile"] = tls_key
+    if cluster:
+        options.pop("retry_on_timeout", None)  # the cluster client retries on its own
+        return cast(Redis, RedisCluster.from_url(url, decode_responses=True, **options))
+    return aioredis.from_url(url, decode_responses=True, **options)
+
+
+def connect_config(cfg: Config, url: str | None = None, **options: Any) -> Redis:
+    """``connect`` with the [redis] section's cluster and TLS settings."""
+    r = cfg.redis
+
+    def path(p: str) -> str:
+        return str(cfg.resolve(p)) if p else ""
+
+    return connect(url if url is not None else cfg.redis_url(), cluster=r.cluster,
+                   tls_ca=path(r.tls_ca), tls_cert=path(r.tls_cert),
+                   tls_key=path(r.tls_key), **options)
 
 
 class Store:
@@ -44,12 +130,12 @@ class Store:
                 "no Redis URL configured: started an embedded redis-server (demo/dev only)",
                 extra={"url": self.url},
             )
-        options: dict[str, object] = {}
+        options: dict[str, Any] = {}
         if not self.url.startswith("unix:"):
             options["socket_keepalive"] = True  # TCP only: unix sockets refuse the option
-        self._client = aioredis.from_url(
+        self._client = connect_config(
+            self.cfg,
             self.url,
-            decode_responses=True,
             health_check_interval=15,
             # A hung Redis must not stall the housekeeping tick (and so the watchdog)
             # for ever; every command we send is short (blocking reads are 50 ms).
