@@ -33,7 +33,7 @@ from gatewayd.keys import Keys
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out
-from gatewayd.store import Redis, load_script
+from gatewayd.store import Redis, load_script, pipe_script
 
 log = logging.getLogger("gatewayd.inbound")
 
@@ -108,11 +108,8 @@ class InboundHandler:
             return unmatched
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, msg_id, part in matched:
-                await self._receipt(
-                    keys=[self.keys.status(msg_id)],
-                    args=[part, r.state, now, r.err],
-                    client=pipe,
-                )
+                await pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
+                                  [part, r.state, now, r.err])
             results = await pipe.execute()
         finals: list[tuple[Receipt, str, list[str]]] = []
         late: list[tuple[Receipt, str, list[str]]] = []
@@ -212,15 +209,15 @@ class InboundHandler:
         # Parts that never reported: the message as a whole ends as expired.
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id in ids:
-                await self._expire(keys=[self.keys.status(msg_id)],
-                                   args=[now, "receipt_timeout"], client=pipe)
+                await pipe_script(pipe, self._expire, [self.keys.status(msg_id)],
+                                  [now, "receipt_timeout"])
             await pipe.execute()
         # Either it was still waiting (now expired), or it is already final and its
         # final event may never have been published (crash): publish it now.
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id in ids:
-                await self._receipt(keys=[self.keys.status(msg_id)],
-                                    args=["-", "expired", now, ""], client=pipe)
+                await pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
+                                  ["-", "expired", now, ""])
             summaries = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id, res in zip(ids, summaries, strict=True):

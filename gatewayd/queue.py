@@ -23,7 +23,7 @@ from gatewayd.events import Ledger
 from gatewayd.intake import to_fields
 from gatewayd.keys import GROUP, Keys
 from gatewayd.model import OutboundMessage
-from gatewayd.store import Redis, load_script
+from gatewayd.store import Redis, is_cluster, load_script, pipe_script
 
 log = logging.getLogger("gatewayd.queue")
 
@@ -50,6 +50,7 @@ class QueueStore:
         self._by_stream = {v: k for k, v in self.streams.items()}
         self._enqueue = load_script(redis, "enqueue")
         self._move_due = load_script(redis, "move_due")
+        self.cluster = is_cluster(redis)
         self.ledger = Ledger(keys, cfg)
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
@@ -80,10 +81,10 @@ class QueueStore:
                 stream = self.streams[m.category]
                 if m.idempotency_key:
                     flat = [x for kv in fields.items() for x in kv]
-                    await self._enqueue(
-                        keys=[stream, self.keys.idempotency(m.category, m.idempotency_key)],
-                        args=[m.id, IDEMPOTENCY_TTL_S, *flat],
-                        client=pipe,
+                    await pipe_script(
+                        pipe, self._enqueue,
+                        [stream, self.keys.idempotency(m.category, m.idempotency_key)],
+                        [m.id, IDEMPOTENCY_TTL_S, *flat],
                     )
                 else:
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
@@ -123,10 +124,11 @@ class QueueStore:
             remaining -= len(got)
         if out or block_ms is None:
             return out
-        # Nothing anywhere: block on every stream for new work.
-        reply = await self._xreadgroup(
-            {s: ">" for s in self.streams.values()}, count, block_ms
-        )
+        # Nothing anywhere: block on every stream for new work. On a cluster the
+        # streams live in different slots and one XREADGROUP cannot span them: block
+        # on the highest class only; the others are polled again within block_ms.
+        blocking = [self.streams[self.classes[0]]] if self.cluster else self.streams.values()
+        reply = await self._xreadgroup({s: ">" for s in blocking}, count, block_ms)
         return self._entries(reply)
 
     async def _read_one(self, klass: str, count: int) -> list[Entry]:

@@ -25,6 +25,7 @@ from gatewayd import metrics
 from gatewayd.keys import Keys
 from gatewayd.policy.lua import text
 from gatewayd.policy.normalize import number_key
+from gatewayd.store import is_cluster
 
 # Metric label vocabulary (labels stay bounded whatever callers pass as source).
 _SOURCES: Final = frozenset({"mo", "api", "cli", "admin", "import"})
@@ -49,7 +50,9 @@ async def _record(redis: aioredis.Redis, keys: Keys, number: str, *, action: str
     digits = _check_number(number)
     scope = _check_scope(scope)
     r = cast(Any, redis)
-    async with r.pipeline(transaction=True) as pipe:
+    # MULTI keeps record and audit together; on Redis Cluster they live in different
+    # slots and no transaction can span them: there they are one pipeline, in order.
+    async with r.pipeline(transaction=not is_cluster(r)) as pipe:
         if action == "out":
             pipe.hset(keys.optout(digits), scope, repr(at))
         else:

@@ -23,24 +23,35 @@ keys share a hash slot:
 - tenant buckets: ``tb:{tenant:<name>}`` HASH (tokens, ts), shared with
   gatewayd.policy.ratelimit's format.
 
-Redis Cluster: a batch touches many recipients' slots; a cluster deployment would
-group a batch by slot (tenant buckets in a second phase). Redis >= 6.2 commands only.
+Redis Cluster: a batch touches many recipients' slots, so on a cluster (``run`` sees
+a RedisCluster client) it runs as one script call per slot, concurrently, each routed
+by one key of its slot (a script may touch only its node's keys). Tenant buckets live
+in their own slots: a second phase checks them, per tenant slot and in batch order,
+for the messages that passed the recipient checks. So on a cluster a message deferred
+by tenant_rate has already written its duplicate marker and frequency-cap entry; both
+are keyed by its id, so when it comes back it is neither a duplicate of itself nor
+counted twice (its cap slot stays reserved meanwhile). Redis >= 6.2 commands only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from gatewayd.keys import Keys
 from gatewayd.policy.lua import LuaScript, text
+from gatewayd.store import is_cluster
 
 SCRIPT: Final = LuaScript("policy_batch")
 REDIS_CHECKS: Final = ("optout", "duplicate", "freq_cap", "tenant_rate")
+_CLUSTER_CONCURRENCY: Final = 32
 
 
 def window_text(seconds: float) -> str:
@@ -131,19 +142,81 @@ class RedisBatch:
         """One list of outcomes per message: one (the decision) or, dry, one per check."""
         if not self.n:
             return []
+        if is_cluster(redis):
+            return await self._run_cluster(redis, dry)
         reply = await SCRIPT(redis, [], [repr(self.now), "1" if dry else "0",
                                          "\x1e".join(self.records)])
-        outcomes: list[Outcome] = []
-        for entry in text(reply).split("\x1e"):
-            if entry == "s":
-                outcomes.append(SENT)
+        return _parse(reply, self.n, dry)
+
+    async def _run_cluster(self, redis: aioredis.Redis, dry: bool) -> list[list[Outcome]]:
+        """Recipient checks per slot, then tenant buckets per slot (see the docstring)."""
+        fields = [r.split("\x1f") for r in self.records]
+        # Phase 1: every record without its tenant part, grouped by its recipient's slot
+        # (a record with no key at all goes anywhere: the script touches nothing for it).
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, f in enumerate(fields):
+            route = f[1] or f[3] or f[6] or self.ns.lease("policy")
+            groups[route].append(i)
+        slots: dict[int, tuple[str, list[int]]] = {}
+        for route, idx in groups.items():
+            slot = key_slot(route.encode())
+            if slot in slots:
+                slots[slot][1].extend(idx)
             else:
-                check, detail, until = entry.split("\x1f")
-                outcomes.append(Outcome(check, detail, float(until)))
-        per = len(REDIS_CHECKS) if dry else 1
-        if len(outcomes) != self.n * per:
-            raise RuntimeError(f"policy_batch.lua returned {len(outcomes)} outcomes "
-                               f"for {self.n} messages")
-        if per == 1:
-            return [[o] for o in outcomes]
-        return [outcomes[i : i + per] for i in range(0, len(outcomes), per)]
+                slots[slot] = (route, idx)
+        out: list[list[Outcome]] = [[] for _ in fields]
+        calls = [(route, sorted(idx), [
+            "\x1f".join((*fields[i][:8], "", "")) for i in sorted(idx)
+        ]) for route, idx in slots.values()]
+        for (_route, idx, _recs), res in zip(calls, await self._gather(redis, calls, dry),
+                                             strict=True):
+            for i, o in zip(idx, res, strict=True):
+                out[i] = o
+        # Phase 2: tenant buckets, one call per tenant slot, in batch order.
+        tenant: dict[int, tuple[str, list[int]]] = {}
+        for i, f in enumerate(fields):
+            if f[8] and (dry or out[i][0] is SENT):
+                slot = key_slot(f[8].encode())
+                tenant.setdefault(slot, (f[8], []))[1].append(i)
+        calls = [(route, idx, [
+            "\x1f".join(("f", "", "", "", "0", fields[i][5], "", "", fields[i][8],
+                          fields[i][9])) for i in idx
+        ]) for route, idx in tenant.values()]
+        for (_route, idx, _recs), res in zip(calls, await self._gather(redis, calls, dry),
+                                             strict=True):
+            for i, o in zip(idx, res, strict=True):
+                if dry:
+                    out[i] = [*out[i][:3], o[3]]
+                else:
+                    out[i] = o
+        return out
+
+    async def _gather(self, redis: aioredis.Redis, calls: list[tuple[str, list[int], list[str]]],
+                      dry: bool) -> list[list[list[Outcome]]]:
+        replies: list[Any] = []
+        # Bounded concurrency: each call in flight holds a connection to its node.
+        for start in range(0, len(calls), _CLUSTER_CONCURRENCY):
+            replies += await asyncio.gather(*(
+                SCRIPT(redis, [route], [repr(self.now), "1" if dry else "0",
+                                        "\x1e".join(recs)])
+                for route, _idx, recs in calls[start : start + _CLUSTER_CONCURRENCY]
+            ))
+        return [_parse(reply, len(recs), dry)
+                for reply, (_r, _i, recs) in zip(replies, calls, strict=True)]
+
+
+def _parse(reply: Any, n: int, dry: bool) -> list[list[Outcome]]:
+    outcomes: list[Outcome] = []
+    for entry in text(reply).split("\x1e"):
+        if entry == "s":
+            outcomes.append(SENT)
+        else:
+            check, detail, until = entry.split("\x1f")
+            outcomes.append(Outcome(check, detail, float(until)))
+    per = len(REDIS_CHECKS) if dry else 1
+    if len(outcomes) != n * per:
+        raise RuntimeError(f"policy_batch.lua returned {len(outcomes)} outcomes "
+                           f"for {n} messages")
+    if per == 1:
+        return [[o] for o in outcomes]
+    return [outcomes[i : i + per] for i in range(0, len(outcomes), per)]
