@@ -75,6 +75,7 @@ class QueueStore:
         """
         now = time.time() if now is None else now
         results: list[tuple[str, bool]] = []
+        at: list[int] = []  # index of each message's XADD/script reply
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in msgs:
                 fields = to_fields(m)
@@ -87,15 +88,21 @@ class QueueStore:
                         [m.id, IDEMPOTENCY_TTL_S, *flat],
                     )
                 else:
+                    # Status first: a running daemon may read, submit and record the
+                    # entry before a later "queued" write would land on top of it.
+                    self.ledger.record(pipe, m, "queued", now)
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                at.append(len(pipe) - 1)
             replies = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for m, reply in zip(msgs, replies, strict=True):
+            for m, i in zip(msgs, at, strict=True):
+                reply = replies[i]
                 if m.idempotency_key and int(reply[0]) == 0:
                     results.append((str(reply[1]), True))
                     continue
                 results.append((m.id, False))
-                self.ledger.record(pipe, m, "queued", now)
+                if m.idempotency_key:
+                    self.ledger.record(pipe, m, "queued", now)
                 metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
             await pipe.execute()
         return results
