@@ -27,7 +27,7 @@ def daemon_config(
     tmp_path: Path, name: str, *, redis_url: str, sim_port: int, tps: float,
     read_batch: int = 128, workers: int = 2, window: int = 200,
     reclaim_idle_s: float = 1.0, extra_redis: str = "", extra_carrier: str = "",
-    log_level: str = "warning", source_addr: str = "10690001",
+    log_level: str = "warning", source_addr: str = "10690001", policy: Path = NO_POLICY,
 ) -> Path:
     text = f"""
 [daemon]
@@ -45,7 +45,7 @@ url = "{redis_url}"
 enabled = false
 
 [policy]
-file = "{NO_POLICY}"
+file = "{policy}"
 
 [queue]
 read_batch = {read_batch}
