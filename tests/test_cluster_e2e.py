@@ -28,6 +28,7 @@ from gatewayd.sim.smsc import SimSettings, SmscSimulator
 from gatewayd.store import connect, is_cluster
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
+from tests.scale_helpers import daemon_config, shares, spawn, stop_all, tally
 
 try:
     redis_cli_binary()
@@ -227,4 +228,34 @@ async def test_end_to_end_on_a_cluster(
         assert len(sent_to) == 300 + 2 + 1 + 4 + 1 + 1 + 20 + 1
         assert len(set(sent_to)) == len(sent_to) - 1
     finally:
+        await sim.stop()
+
+
+async def test_two_daemons_share_the_queues_on_a_cluster(
+    tmp_path: Path, cluster_url: str, cluster: aioredis.Redis
+) -> None:
+    total = 3000
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02, keep_submissions=-1))
+    port = await sim.start()
+    procs = []
+    try:
+        async with Client(cluster_url) as client:
+            ids = [i for i, _ in await client.send(
+                [{"to": f"+86133{n:08d}", "text": f"n {n}",
+                  "category": ("otp", "transactional", "marketing")[n % 3]}
+                 for n in range(total)])]
+        for i, name in enumerate(("gw-a", "gw-b"), 1):
+            cfg = daemon_config(tmp_path, name, redis_url=cluster_url, sim_port=port,
+                                tps=100_000, source_addr=f"106900{i}")
+            procs.append(await spawn(cfg, name, tmp_path, burst=True, burst_timeout_s=50))
+        for p in procs:
+            assert await p.wait(60) == 0, p.log_text()[-2000:]
+        t = await tally(cluster, Keys(), ids, sim)
+        assert not t.not_one_final[:5], t.not_one_final[:5]
+        assert t.finals == {"delivered": total} and t.duplicates == 0
+        assert min(shares(sim).values()) > total // 10, shares(sim)
+        ts = sorted(s.received_at for s in sim.submissions)
+        print(f"cluster, 2 daemons: {total} in {ts[-1] - ts[0]:.1f}s of submissions")
+    finally:
+        await stop_all(procs)
         await sim.stop()
