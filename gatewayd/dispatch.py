@@ -19,7 +19,7 @@ from typing import Protocol
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from gatewayd import metrics
+from gatewayd import fastpipe, metrics
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
 from gatewayd.carrier.receipts import id_candidates
 from gatewayd.config import Config
@@ -185,7 +185,7 @@ class Dispatcher:
             done = self.clock()
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
                 self._record_outcome(pipe, it, req, out, done)
-        await pipe.execute()
+        await fastpipe.execute(pipe)
         self.processed += len(entries)
 
     def _invalid(self, pipe: Pipeline, e: Entry, reason: str, now: float) -> None:

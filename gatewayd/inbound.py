@@ -26,7 +26,7 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio.client import Pipeline
 
-from gatewayd import metrics
+from gatewayd import fastpipe, metrics
 from gatewayd.carrier.receipts import id_candidates
 from gatewayd.config import Config
 from gatewayd.keys import Keys
@@ -92,7 +92,7 @@ class InboundHandler:
             for r, cs in zip(final, cands, strict=True):
                 for c in cs:
                     pipe.get(self.keys.correlation(r.carrier, c))
-            found = await pipe.execute()
+            found = await fastpipe.execute(pipe)
         matched: list[tuple[Receipt, str, str]] = []
         unmatched: list[Receipt] = []
         i = 0
@@ -110,7 +110,7 @@ class InboundHandler:
             for r, msg_id, part in matched:
                 await pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
                                   [part, r.state, now, r.err])
-            results = await pipe.execute()
+            results = await fastpipe.execute(pipe)
         finals: list[tuple[Receipt, str, list[str]]] = []
         late: list[tuple[Receipt, str, list[str]]] = []
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
@@ -138,7 +138,7 @@ class InboundHandler:
                     if msg_id not in published:  # two copies of one receipt in a batch
                         published.add(msg_id)
                         self._publish_final(pipe, msg_id, res, now, r.carrier)
-                await pipe.execute()
+                await fastpipe.execute(pipe)
         return unmatched
 
     def _publish_final(
