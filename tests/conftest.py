@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.embedded import EmbeddedRedis, free_port
 from gatewayd.keys import Keys
+from gatewayd.sim.smsc import SimSettings, SmscSimulator
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +45,21 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def keys() -> Keys:
     return Keys("gw:")
+
+
+@pytest.fixture
+async def smsc() -> AsyncIterator[Callable[..., Awaitable[SmscSimulator]]]:
+    """Start SMSC simulators on free ports (``await smsc(receipt_delay_s=0.05)``);
+    every one is stopped when the test ends."""
+    started: list[SmscSimulator] = []
+
+    async def start(**settings: Any) -> SmscSimulator:
+        settings.setdefault("port", 0)
+        sim = SmscSimulator(SimSettings(**settings))
+        await sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ from gatewayd.daemon import Daemon
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
 from gatewayd.sim.smsc import SmscSimulator
+
+# The `smsc` fixture (tests/conftest.py): await smsc(**SimSettings fields) -> started simulator.
+Smsc = Callable[..., Awaitable[SmscSimulator]]
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_POLICY = ROOT / "tests" / "data" / "no_policy.toml"

@@ -16,7 +16,7 @@ from gatewayd.cli import main as cli_main
 from gatewayd.embedded import EmbeddedRedis, free_port
 from gatewayd.keys import Keys
 from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
+from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
 
 KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -42,53 +42,50 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 async def test_http_intake_status_and_metrics_add_up(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], smsc: Smsc,
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02))
-    port = await sim.start()
-    try:
-        path = http_config(tmp_path, redis_url, port)
-        cfg = load(path)
-        async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as http:
-            assert daemon.http is not None
-            base = f"http://127.0.0.1:{daemon.http.port}"
-            items = [{"to": f"+86138{n:08d}", "text": f"【京东】订单 {n} 已发货",
-                      "category": "transactional", "ref": f"o{n}"} for n in range(40)]
-            items.append({"to": "not-a-number", "text": "x"})
-            async with http.post(f"{base}/v1/messages", json=items, headers=AUTH) as r:
-                assert r.status == 422
-                body = await r.json()
-            results = body["results"]
-            bad = [x for x in results if x.get("errors")]
-            assert len(bad) == 1 and bad[0]["index"] == 40
-            assert bad[0]["errors"][0]["field"] == "to"
-            ids = [x["id"] for x in results if x.get("id")]
-            assert len(ids) == 40
-            async with http.post(f"{base}/v1/messages", json=items[0]) as r:
-                assert r.status == 401
-            records = await wait_final(redis, keys, ids, timeout_s=30)
-            assert {r["state"] for r in records.values()} == {"delivered"}
-            async with http.get(f"{base}/v1/messages/{ids[0]}", headers=AUTH) as r:
-                assert r.status == 200
-                status = await r.json()
-            async with http.get(f"{base}/metrics") as r:
-                text = await r.text()
-            async with http.get(f"{base}/readyz") as r:
-                assert r.status == 200
-        events = await events_by_id(redis, keys)
-        last = events[ids[0]][-1]
-        assert status["state"] == last["state"] == "delivered"
-        assert status["carrier_id"] == last["carrier_id"]
-        assert await asyncio.to_thread(cli_main, ["status", "-c", str(path), ids[0]]) == 0
-        cli = json.loads(capsys.readouterr().out)
-        assert cli["state"] == "delivered" and cli["carrier_id"] == status["carrier_id"]
-        # The counters add up to what was sent.
-        assert metric(text, "gatewayd_messages_state_total", state="submitted") >= 40
-        assert metric(text, "gatewayd_submit_sm_total", carrier="sim") >= 40
-        assert metric(text, "gatewayd_receipts_total", result="final") >= 40
-        assert re.search(r'gatewayd_bind_up\{.*carrier="sim".*\} 1\.0', text)
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.02)
+    port = sim.port
+    path = http_config(tmp_path, redis_url, port)
+    cfg = load(path)
+    async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as http:
+        assert daemon.http is not None
+        base = f"http://127.0.0.1:{daemon.http.port}"
+        items = [{"to": f"+86138{n:08d}", "text": f"【京东】订单 {n} 已发货",
+                  "category": "transactional", "ref": f"o{n}"} for n in range(40)]
+        items.append({"to": "not-a-number", "text": "x"})
+        async with http.post(f"{base}/v1/messages", json=items, headers=AUTH) as r:
+            assert r.status == 422
+            body = await r.json()
+        results = body["results"]
+        bad = [x for x in results if x.get("errors")]
+        assert len(bad) == 1 and bad[0]["index"] == 40
+        assert bad[0]["errors"][0]["field"] == "to"
+        ids = [x["id"] for x in results if x.get("id")]
+        assert len(ids) == 40
+        async with http.post(f"{base}/v1/messages", json=items[0]) as r:
+            assert r.status == 401
+        records = await wait_final(redis, keys, ids, timeout_s=30)
+        assert {r["state"] for r in records.values()} == {"delivered"}
+        async with http.get(f"{base}/v1/messages/{ids[0]}", headers=AUTH) as r:
+            assert r.status == 200
+            status = await r.json()
+        async with http.get(f"{base}/metrics") as r:
+            text = await r.text()
+        async with http.get(f"{base}/readyz") as r:
+            assert r.status == 200
+    events = await events_by_id(redis, keys)
+    last = events[ids[0]][-1]
+    assert status["state"] == last["state"] == "delivered"
+    assert status["carrier_id"] == last["carrier_id"]
+    assert await asyncio.to_thread(cli_main, ["status", "-c", str(path), ids[0]]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["state"] == "delivered" and cli["carrier_id"] == status["carrier_id"]
+    # The counters add up to what was sent.
+    assert metric(text, "gatewayd_messages_state_total", state="submitted") >= 40
+    assert metric(text, "gatewayd_submit_sm_total", carrier="sim") >= 40
+    assert metric(text, "gatewayd_receipts_total", result="final") >= 40
+    assert re.search(r'gatewayd_bind_up\{.*carrier="sim".*\} 1\.0', text)
 
 
 async def test_readyz_follows_redis_down_and_back(tmp_path: Path) -> None:

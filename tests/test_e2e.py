@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from gatewayd.client import Client
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
 from tests.e2e_helpers import (
+    Smsc,
     events_by_id,
     load,
     running_daemon,
@@ -29,137 +29,120 @@ LONG_UCS2 = (
 
 
 async def test_messages_reach_the_smsc_intact_and_receipts_come_back(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.05))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
-        items = []
-        for n in range(60):
-            kind = n % 4
-            text = {
-                0: f"Your code is {1000 + n} {{ok}} [€5]",
-                1: f"【京东】您的验证码是 {1000 + n}，5分钟内有效。",
-                2: LONG_GSM.format(n=n),
-                3: LONG_UCS2.format(n=n),
-            }[kind]
-            items.append({"to": f"+86138{n:08d}", "text": text,
-                          "category": ["otp", "transactional"][n % 2], "ref": f"r{n}"})
-        async with Client(redis_url, queue=cfg.queue) as client:
-            ids = [i for i, _ in await client.send(items)]
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ids, timeout_s=60)
-        assert {r["state"] for r in records.values()} == {"delivered"}
-        texts = sim_texts(sim)
-        for item in items:
-            assert texts[item["to"].lstrip("+")] == [item["text"]], item["to"]
-        for mid, rec in records.items():
-            expected = 1 if len(items[ids.index(mid)]["text"]) < 70 else None
-            if expected:
-                assert rec["segments"] == "1"
-        events = await events_by_id(redis, keys)
-        for mid in ids:
-            states = [e["state"] for e in events[mid]]
-            assert states == ["queued", "submitted", "delivered"], (mid, states)
-            submitted = events[mid][1]
-            assert submitted["carrier"] == "sim" and submitted["carrier_id"]
-            assert events[mid][2]["ref"] == submitted["ref"]
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.05)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+    items = []
+    for n in range(60):
+        kind = n % 4
+        text = {
+            0: f"Your code is {1000 + n} {{ok}} [€5]",
+            1: f"【京东】您的验证码是 {1000 + n}，5分钟内有效。",
+            2: LONG_GSM.format(n=n),
+            3: LONG_UCS2.format(n=n),
+        }[kind]
+        items.append({"to": f"+86138{n:08d}", "text": text,
+                      "category": ["otp", "transactional"][n % 2], "ref": f"r{n}"})
+    async with Client(redis_url, queue=cfg.queue) as client:
+        ids = [i for i, _ in await client.send(items)]
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=60)
+    assert {r["state"] for r in records.values()} == {"delivered"}
+    texts = sim_texts(sim)
+    for item in items:
+        assert texts[item["to"].lstrip("+")] == [item["text"]], item["to"]
+    for mid, rec in records.items():
+        expected = 1 if len(items[ids.index(mid)]["text"]) < 70 else None
+        if expected:
+            assert rec["segments"] == "1"
+    events = await events_by_id(redis, keys)
+    for mid in ids:
+        states = [e["state"] for e in events[mid]]
+        assert states == ["queued", "submitted", "delivered"], (mid, states)
+        submitted = events[mid][1]
+        assert submitted["carrier"] == "sim" and submitted["carrier_id"]
+        assert events[mid][2]["ref"] == submitted["ref"]
 
 
 async def test_raw_xadd_with_bad_entries_goes_to_dead_letters(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
-        q = keys.queue("otp")
-        await redis.xadd(q, {"to": "+8613800138000", "text": "good one", "id": "good-1"})
-        await redis.xadd(q, {"to": "12", "text": "bad number", "id": "bad-1"})
-        await redis.xadd(q, {"text": "no recipient"})
-        await redis.xadd(q, {"to": "+8613800138000", "text": "x", "category": "marketing"})
-        await redis.xadd(q, {"to": "+8613800138000", "text": "x", "not_before": "soon"})
-        await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": "as JSON", "id": "j-1"}'})
-        await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": '})
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ["good-1", "bad-1", "j-1"], timeout_s=30)
-            for _ in range(100):
-                if await redis.xlen(keys.dead) >= 5:
-                    break
-                await asyncio.sleep(0.05)
-        assert records["good-1"]["state"] == "delivered"
-        assert records["j-1"]["state"] == "delivered"
-        assert records["bad-1"]["state"] == "rejected"
-        assert records["bad-1"]["reason"].startswith("invalid:to")
-        dead = [f for _, f in await redis.xrange(keys.dead)]
-        reasons = sorted(d["reason"].split(":")[1] for d in dead)
-        assert reasons == ["category", "json", "not_before", "to", "to"]
-        assert await redis.xlen(q) == 0  # nothing left behind, nothing lost
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+    q = keys.queue("otp")
+    await redis.xadd(q, {"to": "+8613800138000", "text": "good one", "id": "good-1"})
+    await redis.xadd(q, {"to": "12", "text": "bad number", "id": "bad-1"})
+    await redis.xadd(q, {"text": "no recipient"})
+    await redis.xadd(q, {"to": "+8613800138000", "text": "x", "category": "marketing"})
+    await redis.xadd(q, {"to": "+8613800138000", "text": "x", "not_before": "soon"})
+    await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": "as JSON", "id": "j-1"}'})
+    await redis.xadd(q, {"json": '{"to": "+8613800138001", "text": '})
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ["good-1", "bad-1", "j-1"], timeout_s=30)
+        for _ in range(100):
+            if await redis.xlen(keys.dead) >= 5:
+                break
+            await asyncio.sleep(0.05)
+    assert records["good-1"]["state"] == "delivered"
+    assert records["j-1"]["state"] == "delivered"
+    assert records["bad-1"]["state"] == "rejected"
+    assert records["bad-1"]["reason"].startswith("invalid:to")
+    dead = [f for _, f in await redis.xrange(keys.dead)]
+    reasons = sorted(d["reason"].split(":")[1] for d in dead)
+    assert reasons == ["category", "json", "not_before", "to", "to"]
+    assert await redis.xlen(q) == 0  # nothing left behind, nothing lost
 
 
 async def test_permanent_and_temporary_errors(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, error_fraction=1.0,
-                                    error_status=0x0B))  # ESME_RINVDSTADR: permanent
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
-        async with Client(redis_url, queue=cfg.queue) as client:
-            [(mid, _)] = await client.send([{"to": "+8613800138000", "text": "hi"}])
-        async with running_daemon(cfg):
-            rec = (await wait_final(redis, keys, [mid], timeout_s=30))[mid]
-        assert rec["state"] == "failed"
-        assert rec["reason"] == "ESME_RINVDSTADR"
-    finally:
-        await sim.stop()
+    # ESME_RINVDSTADR: a permanent error
+    sim = await smsc(receipt_delay_s=0.01, error_fraction=1.0, error_status=0x0B)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+    async with Client(redis_url, queue=cfg.queue) as client:
+        [(mid, _)] = await client.send([{"to": "+8613800138000", "text": "hi"}])
+    async with running_daemon(cfg):
+        rec = (await wait_final(redis, keys, [mid], timeout_s=30))[mid]
+    assert rec["state"] == "failed"
+    assert rec["reason"] == "ESME_RINVDSTADR"
 
 
 async def test_throttling_delays_but_loses_nothing(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, throttle_fraction=0.3,
-                                    seed=7))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
-        async with Client(redis_url, queue=cfg.queue) as client:
-            ids = [i for i, _ in await client.send(
-                [{"to": f"+86139{n:08d}", "text": f"notice {n}"} for n in range(300)])]
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ids, timeout_s=90)
-        states = collections.Counter(r.get("state") for r in records.values())
-        assert states == {"delivered": 300}
-        assert sim.stats["throttled"] > 0  # type: ignore[index]
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01, throttle_fraction=0.3, seed=7)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+    async with Client(redis_url, queue=cfg.queue) as client:
+        ids = [i for i, _ in await client.send(
+            [{"to": f"+86139{n:08d}", "text": f"notice {n}"} for n in range(300)])]
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=90)
+    states = collections.Counter(r.get("state") for r in records.values())
+    assert states == {"delivered": 300}
+    assert sim.stats["throttled"] > 0  # type: ignore[index]
 
 
 async def test_every_message_ends_in_exactly_one_final_event(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, undeliverable_fraction=0.2,
-                                    seed=3))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
-        async with Client(redis_url, queue=cfg.queue) as client:
-            ids = [i for i, _ in await client.send(
-                [{"to": f"+86137{n:08d}", "text": f"n{n}"} for n in range(500)])]
-        async with running_daemon(cfg, burst=True) as daemon:
-            await asyncio.wait_for(daemon.stop_event.wait(), 60)
-        events = await events_by_id(redis, keys)
-        finals = collections.Counter()
-        for mid in ids:
-            f = [e["state"] for e in events[mid] if e["state"] in FINAL_STATES]
-            assert len(f) == 1, (mid, f)
-            finals[f[0]] += 1
-        assert set(finals) == {"delivered", "undeliverable"}
-        assert finals["undeliverable"] > 0
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01, undeliverable_fraction=0.2, seed=3)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
+    async with Client(redis_url, queue=cfg.queue) as client:
+        ids = [i for i, _ in await client.send(
+            [{"to": f"+86137{n:08d}", "text": f"n{n}"} for n in range(500)])]
+    async with running_daemon(cfg, burst=True) as daemon:
+        await asyncio.wait_for(daemon.stop_event.wait(), 60)
+    events = await events_by_id(redis, keys)
+    finals = collections.Counter()
+    for mid in ids:
+        f = [e["state"] for e in events[mid] if e["state"] in FINAL_STATES]
+        assert len(f) == 1, (mid, f)
+        finals[f[0]] += 1
+    assert set(finals) == {"delivered", "undeliverable"}
+    assert finals["undeliverable"] > 0

@@ -14,7 +14,7 @@ from gatewayd.embedded import EmbeddedRedis, free_port
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
 from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
+from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
 
 FAST = """
 [queue]
@@ -131,62 +131,52 @@ async def test_smsc_killed_and_restarted(
 
 
 async def test_throttle_storm(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
     """Half of all submits answered ESME_RTHROTTLED: slower, nothing failed or lost."""
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02, throttle_fraction=0.5,
-                                    seed=11))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast()))
-        ids = await send(redis_url, cfg.queue, 1000, "86133")
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ids, timeout_s=90)
-        states = collections.Counter(r.get("state") for r in records.values())
-        assert states == {"delivered": 1000}, states
-        assert sim.stats.throttled >= 500
-        _finals, duplicates = await accounting(redis, keys, ids, [sim])
-        assert duplicates == 0
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.02, throttle_fraction=0.5, seed=11)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast()))
+    ids = await send(redis_url, cfg.queue, 1000, "86133")
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=90)
+    states = collections.Counter(r.get("state") for r in records.values())
+    assert states == {"delivered": 1000}, states
+    assert sim.stats.throttled >= 500
+    _finals, duplicates = await accounting(redis, keys, ids, [sim])
+    assert duplicates == 0
 
 
 async def test_slow_smsc_with_a_full_window(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
     """Two-second responses: the window fills and stays full; nothing times out or is lost."""
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01, response_delay_s=2.0))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast(),
-                                window=50))
-        ids = await send(redis_url, cfg.queue, 300, "86134")
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ids, timeout_s=90)
-        states = collections.Counter(r.get("state") for r in records.values())
-        assert states == {"delivered": 300}, states
-        assert max(sim.stats.max_outstanding.values()) == 50  # full, never over
-        _finals, duplicates = await accounting(redis, keys, ids, [sim])
-        assert duplicates == 0
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01, response_delay_s=2.0)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast(),
+                            window=50))
+    ids = await send(redis_url, cfg.queue, 300, "86134")
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=90)
+    states = collections.Counter(r.get("state") for r in records.values())
+    assert states == {"delivered": 300}, states
+    assert max(sim.stats.max_outstanding.values()) == 50  # full, never over
+    _finals, duplicates = await accounting(redis, keys, ids, [sim])
+    assert duplicates == 0
 
 
 async def test_receipt_flood(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
     """Every receipt held back, then all at once: all correlated, none lost."""
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=2.0))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast()))
-        ids = await send(redis_url, cfg.queue, 5000, "86135")
-        async with running_daemon(cfg):
-            records = await wait_final(redis, keys, ids, timeout_s=90)
-        states = collections.Counter(r.get("state") for r in records.values())
-        assert states == {"delivered": 5000}, states
-        _finals, duplicates = await accounting(redis, keys, ids, [sim])
-        assert duplicates == 0
-        assert await redis.zcard(keys.awaiting_receipt) == 0
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=2.0)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port, extra=fast()))
+    ids = await send(redis_url, cfg.queue, 5000, "86135")
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=90)
+    states = collections.Counter(r.get("state") for r in records.values())
+    assert states == {"delivered": 5000}, states
+    _finals, duplicates = await accounting(redis, keys, ids, [sim])
+    assert duplicates == 0
+    assert await redis.zcard(keys.awaiting_receipt) == 0

@@ -11,65 +11,58 @@ import redis.asyncio as aioredis
 from gatewayd.client import Client
 from gatewayd.inbound import e164
 from gatewayd.keys import Keys
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from tests.e2e_helpers import ROOT, load, running_daemon, wait_final, write_config
+from tests.e2e_helpers import ROOT, Smsc, load, running_daemon, wait_final, write_config
 
 DEMO_POLICY = ROOT / "policies" / "demo.toml"
 
 
 @pytest.mark.parametrize("reply", ["TD", " td ", "ＴＤ", "退订", "STOP"])
 async def test_td_reply_blocks_the_next_marketing_message(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, reply: str
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, reply: str, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
-                                policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
-        async with running_daemon(cfg):
-            # The carrier gives the sender in national form; the opt-out must still match.
-            await sim.inject_mo("13800138000", "10690001", reply, wait=True)
-            for _ in range(100):
-                if await redis.exists(keys.optout("8613800138000")):
-                    break
-                await asyncio.sleep(0.05)
-            async with Client(redis_url, queue=cfg.queue) as client:
-                [(promo, _), (code, _)] = await client.send([
-                    {"to": "+8613800138000", "category": "marketing",
-                     "text": "【京东】双11全场满300减50 回TD退订"},
-                    {"to": "+8613800138000", "category": "otp",
-                     "text": "【京东】您的验证码是 4821"},
-                ])
-            records = await wait_final(redis, keys, [promo, code], timeout_s=20)
-        assert records[promo]["state"] == "rejected"
-        assert records[promo]["reason"].startswith("optout")
-        assert records[code]["state"] == "delivered"  # codes still reach the number
-        mo = [f for _, f in await redis.xrange(keys.inbound)]
-        assert mo[0]["from"] == "+8613800138000" and mo[0]["text"] == reply
-        events = [f for _, f in await redis.xrange(keys.events) if f["state"] == "optout"]
-        assert events and events[0]["to"] == "+86138****8000"
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
+                            policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
+    async with running_daemon(cfg):
+        # The carrier gives the sender in national form; the opt-out must still match.
+        await sim.inject_mo("13800138000", "10690001", reply, wait=True)
+        for _ in range(100):
+            if await redis.exists(keys.optout("8613800138000")):
+                break
+            await asyncio.sleep(0.05)
+        async with Client(redis_url, queue=cfg.queue) as client:
+            [(promo, _), (code, _)] = await client.send([
+                {"to": "+8613800138000", "category": "marketing",
+                 "text": "【京东】双11全场满300减50 回TD退订"},
+                {"to": "+8613800138000", "category": "otp",
+                 "text": "【京东】您的验证码是 4821"},
+            ])
+        records = await wait_final(redis, keys, [promo, code], timeout_s=20)
+    assert records[promo]["state"] == "rejected"
+    assert records[promo]["reason"].startswith("optout")
+    assert records[code]["state"] == "delivered"  # codes still reach the number
+    mo = [f for _, f in await redis.xrange(keys.inbound)]
+    assert mo[0]["from"] == "+8613800138000" and mo[0]["text"] == reply
+    events = [f for _, f in await redis.xrange(keys.events) if f["state"] == "optout"]
+    assert events and events[0]["to"] == "+86138****8000"
 
 
 async def test_a_chatty_reply_is_not_an_opt_out(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
-    port = await sim.start()
-    try:
-        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
-                                policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
-        async with running_daemon(cfg):
-            await sim.inject_mo("8613800138000", "10690001", "TD is my favourite shop",
-                                wait=True)
-            for _ in range(100):
-                if await redis.xlen(keys.inbound):
-                    break
-                await asyncio.sleep(0.05)
-        assert not await redis.exists(keys.optout("8613800138000"))
-    finally:
-        await sim.stop()
+    sim = await smsc(receipt_delay_s=0.01)
+    port = sim.port
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
+                            policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
+    async with running_daemon(cfg):
+        await sim.inject_mo("8613800138000", "10690001", "TD is my favourite shop",
+                            wait=True)
+        for _ in range(100):
+            if await redis.xlen(keys.inbound):
+                break
+            await asyncio.sleep(0.05)
+    assert not await redis.exists(keys.optout("8613800138000"))
 
 
 def test_e164_normalisation() -> None:
