@@ -144,10 +144,10 @@ def _check_config(cfg: Config) -> int:
 
     if cfg.policy.file:
         PolicyEngine.load(cfg.resolve(cfg.policy.file), classes=list(cfg.queue.classes))
-    from gatewayd.config import warn_if_world_readable
+    from gatewayd.config import holds_secrets, warn_if_world_readable
 
     warning = warn_if_world_readable(cfg.source)
-    if warning and any(c.password for c in cfg.carrier):
+    if warning and holds_secrets(cfg):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
     print(f"{cfg.source}: ok ({len(cfg.carrier)} carrier(s), classes {cfg.queue.classes})")
     return 0

@@ -12,6 +12,7 @@ import re
 import stat
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -301,6 +302,11 @@ def validate(cfg: Config) -> None:
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
+
+
+def holds_secrets(cfg: Config) -> bool:
+    """A carrier password or a Redis password written in the file itself."""
+    return any(c.password for c in cfg.carrier) or bool(urlsplit(cfg.redis.url).password)
 
 
 def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 from gatewayd import __version__, metrics
 from gatewayd.backend import DaemonBackend
 from gatewayd.carrier import CarrierPool
-from gatewayd.config import Config, warn_if_world_readable
+from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.dispatch import Dispatcher
 from gatewayd.errors import ConfigError
 from gatewayd.http.server import HttpServer
@@ -85,7 +85,7 @@ class Daemon:
         metrics.BUILD_INFO.info({"version": __version__})
         if self.cfg.source:
             warning = warn_if_world_readable(self.cfg.source)
-            if warning and any(c.password for c in self.cfg.carrier):
+            if warning and holds_secrets(self.cfg):
                 log.warning(warning)
         self._engine = self.load_policy()
         self._install_signals()

@@ -101,3 +101,16 @@ def test_check_config_command_exit_codes(
     assert err.count("\n") == 1 and "carrier[0].windwo" in err
     good = write(tmp_path, GOOD)
     assert main(["check-config", "-c", str(good)]) == 0
+
+
+def test_a_redis_password_in_a_world_readable_file_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD.replace('password = "secret"', 'password_env = "HOME"')
+    p = write(tmp_path, '[redis]\nurl = "redis://gw:s3cret@127.0.0.1:6379/0"\n' + text)
+    p.chmod(0o644)
+    assert main(["check-config", "-c", str(p)]) == 0
+    assert "readable by all users" in capsys.readouterr().err
+    p.write_text(text)
+    assert main(["check-config", "-c", str(p)]) == 0
+    assert "readable by all users" not in capsys.readouterr().err

@@ -20,7 +20,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -31,6 +30,7 @@ from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
 from gatewayd.policy.optout import opt_in, opt_out, optout_status
+from gatewayd.store import connect_config
 
 EXIT_CONFIG = 2
 
@@ -120,7 +120,8 @@ async def _explain(cfg: Config, engine: PolicyEngine, msg: OutboundMessage,
     except ConfigError as e:
         problem = f"Redis checks skipped: {e}"
         return await engine.explain(None, keys, msg, now), problem
-    client = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    # The daemon's own connection rules: cluster, TLS files, ACL user in the URL.
+    client = connect_config(cfg, url, socket_connect_timeout=2, socket_timeout=5)
     try:
         return await engine.explain(client, keys, msg, now), ""
     except (RedisConnectionError, RedisTimeoutError, OSError) as e:
@@ -172,7 +173,7 @@ def run_optout(args: argparse.Namespace) -> int:
 
 async def _optout(cfg: Config, args: argparse.Namespace) -> int:
     keys = Keys(cfg.redis.prefix)
-    client = aioredis.from_url(_redis_url(cfg), socket_connect_timeout=2)
+    client = connect_config(cfg, _redis_url(cfg), socket_connect_timeout=2, socket_timeout=5)
     try:
         now = time.time()
         if args.action == "add":
