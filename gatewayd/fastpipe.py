@@ -44,8 +44,8 @@ def _packed(stack: Any) -> bytes:
     for args, _ in stack:
         if " " in args[0]:  # "SCRIPT LOAD"-style names go as separate words
             args = (*args[0].split(), *args[1:])
-        # repr like redis-py's encoder (hiredis would format floats its own way)
-        out.append(pack(tuple(repr(a) if type(a) is float else a for a in args)))
+        # hiredis writes floats with repr(), as redis-py's encoder does (checked)
+        out.append(pack(args))
     return b"".join(out)
 
 
