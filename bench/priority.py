@@ -56,11 +56,12 @@ async def _feed_otp(url: str, rate: float, stop_when_empty: str, run: int
     return ids
 
 
-def one_run(rig: harness.Rig, n: int, rate: float, run: int) -> dict[str, Any]:
+def one_run(rig: harness.Rig, n: int, rate: float, run: int,
+            opts: harness.GatewaydOptions) -> dict[str, Any]:
     rig.flush()
     flood = harness.make_messages(n, run=run, mix=(0.0, 0.0, 1.0))
     flood_ids = rig.enqueue(flood)
-    cfg = rig.config(harness.GatewaydOptions())
+    cfg = rig.config(opts)
     proc = rig.gatewayd(cfg, timeout_s=max(120.0, n / 300))
     try:
         otp_ids = asyncio.run(_feed_otp(rig.redis_url, rate,
@@ -92,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--otp-rate", type=float, default=200.0, help="codes a second")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="-n 5000 --runs 1 unless given")
+    ap.add_argument("--read-batch", type=int, default=0, help="0: gatewayd's default")
+    ap.add_argument("--workers", type=int, default=0, help="dispatch_workers; 0: default")
     args = ap.parse_args(argv)
+    opts = harness.GatewaydOptions(read_batch=args.read_batch, dispatch_workers=args.workers)
     if args.quick:
         args.n = 5000 if args.n == 100_000 else args.n
         args.runs = 1 if args.runs == 3 else args.runs
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"priority: {args.n:,} marketing + OTP at {args.otp_rate:.0f}/s x {args.runs} "
               f"runs; recipients in {rig.zone} (local {rig.zone_local})", flush=True)
         for i in range(args.runs):
-            r = one_run(rig, args.n, args.otp_rate, i)
+            r = one_run(rig, args.n, args.otp_rate, i, opts)
             runs.append(r)
             print(f"run {i + 1}: OTP p50 {r['otp_p50_ms']:.1f} ms, p99 {r['otp_p99_ms']:.1f} ms "
                   f"({r['otp_submitted']}/{r['otp_sent']} codes); marketing "
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     def s(key: str) -> dict[str, float]:
         return summary([float(r[key]) for r in runs])
 
-    result = {"n": args.n, "otp_rate": args.otp_rate, "otp_p50_ms": s("otp_p50_ms"),
+    result = {"n": args.n, "otp_rate": args.otp_rate, "read_batch": args.read_batch,
+              "workers": args.workers, "otp_p50_ms": s("otp_p50_ms"),
               "otp_p99_ms": s("otp_p99_ms"), "otp_max_ms": s("otp_max_ms"),
               "marketing_final_per_s": s("marketing_final_per_s"), "runs": runs}
     path = write_result("priority", result)
