@@ -70,6 +70,9 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     early_receipt_hold_s: float = 120.0
     max_segments: int = 10
     dispatch_workers: int = 4
+    # An extra worker that reads only the highest class, this many at a time, so a
+    # code does not wait behind the other workers' big batches (0 turns it off).
+    express_batch: int = 32
 
 
 class HttpConfig(_Section, kw_only=True, frozen=True):
@@ -239,6 +242,8 @@ def validate(cfg: Config) -> None:
     ):
         if ivalue < 1:
             raise bad(key, "must be at least 1")
+    if q.express_batch < 0:
+        raise bad("queue.express_batch", "must be 0 (off) or more")
     if q.block_ms < 1:
         raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
     if not cfg.carrier:

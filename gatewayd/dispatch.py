@@ -88,13 +88,18 @@ class Dispatcher:
             asyncio.create_task(self._worker(stop, i), name=f"dispatch-{i}")
             for i in range(self.cfg.queue.dispatch_workers)
         ]
+        if self.cfg.queue.express_batch and len(self.cfg.queue.classes) > 1:
+            workers.append(asyncio.create_task(
+                self._worker(stop, -1, express=self.cfg.queue.classes[0]),
+                name="dispatch-express",
+            ))
         try:
             await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
 
-    async def _worker(self, stop: asyncio.Event, index: int) -> None:
+    async def _worker(self, stop: asyncio.Event, index: int, express: str = "") -> None:
         q = self.cfg.queue
         backoff = 0.1
         while not stop.is_set():
@@ -105,7 +110,10 @@ class Dispatcher:
                 await _sleep_or_stop(stop, 0.2)
                 continue
             try:
-                entries = await self.queue.read(q.read_batch, block_ms=q.block_ms)
+                if express:
+                    entries = await self.queue.read_class(express, q.express_batch, q.block_ms)
+                else:
+                    entries = await self.queue.read(q.read_batch, block_ms=q.block_ms)
                 if not entries:
                     self.idle.set()
                     continue

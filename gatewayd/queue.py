@@ -138,6 +138,14 @@ class QueueStore:
         reply = await self._xreadgroup({s: ">" for s in blocking}, count, block_ms)
         return self._entries(reply)
 
+    async def read_class(self, klass: str, count: int, block_ms: int) -> list[Entry]:
+        """Read only one class (the express lane for the highest class)."""
+        got = await self._read_one(klass, count)
+        if got:
+            return got
+        reply = await self._xreadgroup({self.streams[klass]: ">"}, count, block_ms)
+        return self._entries(reply)
+
     async def _read_one(self, klass: str, count: int) -> list[Entry]:
         reply = await self._xreadgroup({self.streams[klass]: ">"}, count, None)
         return self._entries(reply)

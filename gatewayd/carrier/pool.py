@@ -49,7 +49,10 @@ from gatewayd.config import CarrierConfig, Config
 log = logging.getLogger("gatewayd.carrier")
 
 MO_REASSEMBLY_TIMEOUT_S = 60.0
-_MAX_REF_DESTINATIONS = 200_000
+# Destinations whose last concatenation reference we remember. A forgotten one restarts
+# at a random reference, which only matters for two long messages to one number within
+# moments; 20,000 bounds memory (bench/soak: 200,000 let RSS grow 11 % over 1M messages).
+_MAX_REF_DESTINATIONS = 20_000
 
 
 @dataclass(slots=True)
