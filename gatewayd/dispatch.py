@@ -29,7 +29,7 @@ from gatewayd.intake import _ID_RE, parse_message
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.policy.engine import PolicyEngine, Verdict
-from gatewayd.queue import Entry, QueueStore
+from gatewayd.queue import AckBatch, Entry, QueueStore
 from gatewayd.store import Redis
 
 log = logging.getLogger("gatewayd.dispatch")
@@ -147,12 +147,14 @@ class Dispatcher:
         q = self.cfg.queue
         items: list[_Item] = []
         pipe = self.redis.pipeline(transaction=False)
+        acks = AckBatch()
         for e in entries:
             if e.fields is None:
-                self.queue.ack(pipe, e)
+                self.queue.ack(pipe, e, acks)
                 continue
             if e.deliveries > q.max_deliveries:
-                self._invalid(pipe, e, f"too_many_deliveries: read {e.deliveries} times", now)
+                self._invalid(pipe, acks, e,
+                              f"too_many_deliveries: read {e.deliveries} times", now)
                 continue
             fields = dict(e.fields)
             # Deterministic id for entries pushed without one, so a redelivered entry
@@ -168,11 +170,11 @@ class Dispatcher:
                         "category", f"{msg.category!r} does not match stream class {e.klass!r}"
                     )
             except MessageError as err:
-                self._invalid(pipe, e, f"invalid:{err.field}: {err.reason}", now)
+                self._invalid(pipe, acks, e, f"invalid:{err.field}: {err.reason}", now)
                 continue
             items.append(_Item(e, msg))
-        items = await self._drop_already_done(pipe, items)
-        items = await self._check_idempotency(pipe, items, now)
+        items = await self._drop_already_done(pipe, acks, items)
+        items = await self._check_idempotency(pipe, acks, items, now)
         sendable: list[_Item] = []
         for it in items:
             m = it.msg
@@ -180,24 +182,28 @@ class Dispatcher:
             expires = m.expires_at or (m.enqueued_at + ttl if ttl else 0.0)
             if expires and now >= expires:
                 self.ledger.record(pipe, m, "expired", now, reason="ttl")
-                self.queue.ack(pipe, it.entry)
+                self.queue.ack(pipe, it.entry, acks)
             elif m.not_before > now:
                 self.queue.delay(pipe, m, m.not_before)
                 self.ledger.record(pipe, m, "deferred", now, reason="scheduled", until=m.not_before)
-                self.queue.ack(pipe, it.entry)
+                self.queue.ack(pipe, it.entry, acks)
             else:
                 sendable.append(it)
-        reqs, to_submit = await self._apply_policies(pipe, sendable, now)
+        reqs, to_submit = await self._apply_policies(pipe, acks, sendable, now)
         if reqs:
             outcomes = await self.pool.submit_batch(reqs)
             done = self.clock()
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
-                self._record_outcome(pipe, it, req, out, done)
+                self._record_outcome(pipe, acks, it, req, out, done)
+        # After every outcome record, in the same pipeline (at-least-once).
+        acks.flush(pipe)
         await fastpipe.execute(pipe)
         self.processed += len(entries)
 
-    def _invalid(self, pipe: Pipeline, e: Entry, reason: str, now: float) -> None:
-        self.queue.dead_letter(pipe, e, reason)
+    def _invalid(
+        self, pipe: Pipeline, acks: AckBatch, e: Entry, reason: str, now: float
+    ) -> None:
+        self.queue.dead_letter(pipe, e, reason, acks)
         msg_id = (e.fields or {}).get("id", "")
         if msg_id and _ID_RE.fullmatch(msg_id):
             # Upstream named the message: tell it why it will never be sent.
@@ -205,7 +211,9 @@ class Dispatcher:
                                    category=e.klass)
             self.ledger.record(pipe, stub, "rejected", now, reason=reason)
 
-    async def _drop_already_done(self, pipe: Pipeline, items: list[_Item]) -> list[_Item]:
+    async def _drop_already_done(
+        self, pipe: Pipeline, acks: AckBatch, items: list[_Item]
+    ) -> list[_Item]:
         """A reclaimed entry whose message was already submitted or ended is only acked."""
         again = [it for it in items if it.entry.deliveries > 1]
         if not again:
@@ -217,12 +225,12 @@ class Dispatcher:
         done: set[int] = set()
         for it, state in zip(again, states, strict=True):
             if state == "submitted" or state in FINAL_STATES:
-                self.queue.ack(pipe, it.entry)
+                self.queue.ack(pipe, it.entry, acks)
                 done.add(id(it))
         return [it for it in items if id(it) not in done]
 
     async def _check_idempotency(
-        self, pipe: Pipeline, items: list[_Item], now: float
+        self, pipe: Pipeline, acks: AckBatch, items: list[_Item], now: float
     ) -> list[_Item]:
         """Entries XADDed directly with an idempotency_key: the first one wins."""
         keyed = [it for it in items if it.msg.idempotency_key]
@@ -240,12 +248,12 @@ class Dispatcher:
             if owner is not None and owner != it.msg.id:
                 self.ledger.record(pipe, it.msg, "rejected", now,
                                    reason=f"duplicate:idempotency_key of {owner}")
-                self.queue.ack(pipe, it.entry)
+                self.queue.ack(pipe, it.entry, acks)
                 dup.add(id(it))
         return [it for it in items if id(it) not in dup]
 
     async def _apply_policies(
-        self, pipe: Pipeline, items: list[_Item], now: float
+        self, pipe: Pipeline, acks: AckBatch, items: list[_Item], now: float
     ) -> tuple[list[SubmitRequest], list[_Item]]:
         reqs: list[SubmitRequest] = []
         chosen: list[_Item] = []
@@ -264,13 +272,13 @@ class Dispatcher:
                 metrics.POLICY_VERDICTS.labels(v.check or "all", v.action).inc()
                 if v.action == "reject":
                     self.ledger.record(pipe, m, "rejected", now, reason=v.reason)
-                    self.queue.ack(pipe, it.entry)
+                    self.queue.ack(pipe, it.entry, acks)
                     continue
                 if v.action == "defer":
                     self.queue.delay(pipe, m, v.until)
                     self.ledger.record(pipe, m, "deferred", now,
                                        reason=v.reason, until=v.until)
-                    self.queue.ack(pipe, it.entry)
+                    self.queue.ack(pipe, it.entry, acks)
                     continue
                 if v.text is not None:
                     m.text = v.text
@@ -280,7 +288,8 @@ class Dispatcher:
         return reqs, chosen
 
     def _record_outcome(
-        self, pipe: Pipeline, it: _Item, req: SubmitRequest, out: SubmitOutcome, now: float
+        self, pipe: Pipeline, acks: AckBatch, it: _Item, req: SubmitRequest,
+        out: SubmitOutcome, now: float,
     ) -> None:
         m = it.msg
         if out.ok:
@@ -318,7 +327,7 @@ class Dispatcher:
             self.ledger.record(pipe, m, "failed", now,
                                reason=out.status_name or out.reason, carrier=out.carrier,
                                err=f"0x{out.status:08x}" if out.status else "")
-        self.queue.ack(pipe, it.entry)
+        self.queue.ack(pipe, it.entry, acks)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
