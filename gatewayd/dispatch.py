@@ -193,8 +193,11 @@ class Dispatcher:
         if reqs:
             outcomes = await self.pool.submit_batch(reqs)
             done = self.clock()
+            awaiting: dict[str, float] = {}
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
-                self._record_outcome(pipe, acks, it, req, out, done)
+                self._record_outcome(pipe, acks, awaiting, it, req, out, done)
+            if awaiting:  # one ZADD for the batch
+                pipe.zadd(self.keys.awaiting_receipt, awaiting)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
         await fastpipe.execute(pipe)
@@ -288,8 +291,8 @@ class Dispatcher:
         return reqs, chosen
 
     def _record_outcome(
-        self, pipe: Pipeline, acks: AckBatch, it: _Item, req: SubmitRequest,
-        out: SubmitOutcome, now: float,
+        self, pipe: Pipeline, acks: AckBatch, awaiting: dict[str, float], it: _Item,
+        req: SubmitRequest, out: SubmitOutcome, now: float,
     ) -> None:
         m = it.msg
         if out.ok:
@@ -304,8 +307,7 @@ class Dispatcher:
                     for cand in id_candidates(smsc_id):
                         pipe.set(self.keys.correlation(out.carrier, cand),
                               f"{m.id} {part}", ex=self.receipt_ttl)
-                pipe.zadd(self.keys.awaiting_receipt,
-                       {m.id: now + self.receipt_ttl})
+                awaiting[m.id] = now + self.receipt_ttl
             if m.enqueued_at:
                 metrics.QUEUE_WAIT.labels(m.category).observe(max(0.0, now - m.enqueued_at))
         elif out.kind == "retry":

@@ -132,19 +132,22 @@ class InboundHandler:
             finals += [item for item, score in zip(late, scores, strict=True)
                        if score is not None]
         if finals:
-            published: set[str] = set()
+            published: dict[str, None] = {}  # ordered set
             async with self.redis.pipeline(transaction=False) as pipe:
                 for r, msg_id, res in finals:
                     if msg_id not in published:  # two copies of one receipt in a batch
-                        published.add(msg_id)
+                        published[msg_id] = None
                         self._publish_final(pipe, msg_id, res, now, r.carrier)
+                # They leave `awaiting` in the same pipeline as their final events.
+                pipe.zrem(self.keys.awaiting_receipt, *published)
                 await fastpipe.execute(pipe)
         return unmatched
 
     def _publish_final(
         self, pipe: Pipeline, msg_id: str, res: list[str], now: float, carrier: str
     ) -> None:
-        """The final event, and the message leaves `awaiting` in the same pipeline."""
+        """The final event; the caller removes the message from `awaiting` in the same
+        pipeline (one ZREM for the batch)."""
         (state, category, rcarrier, carrier_id, segments, ref, tenant, to,
          submitted_at, err) = res[1:11]
         event: dict[str, Any] = {"id": msg_id, "state": state, "at": now}
@@ -155,7 +158,6 @@ class InboundHandler:
                 event[k] = v
         pipe.xadd(self.keys.events, cast(Any, event), maxlen=self.events_maxlen,
                   approximate=True)
-        pipe.zrem(self.keys.awaiting_receipt, msg_id)
         metrics.MESSAGES_STATE.labels(state, "receipt").inc()
         if submitted_at:
             metrics.RECEIPT_LATENCY.labels(rcarrier or carrier).observe(
@@ -223,8 +225,7 @@ class InboundHandler:
             for msg_id, res in zip(ids, summaries, strict=True):
                 if res[0] == "late":
                     self._publish_final(pipe, msg_id, res, now, res[3])
-                else:
-                    pipe.zrem(self.keys.awaiting_receipt, msg_id)
+            pipe.zrem(self.keys.awaiting_receipt, *ids)
             await pipe.execute()
         return len(ids)
 
