@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -67,8 +68,30 @@ class EmbeddedRedis:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"unix://{self.socket_path}?db=0"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "redis.pid"
+
+    def _stop_stale(self) -> None:
+        """A server left over in this directory (its owner was killed) is stopped first:
+        two servers on one append-only file and one socket would corrupt both."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"redis-server" not in f.read():
+                    return
+        except (OSError, ValueError):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+
     def start(self, timeout_s: float = 10.0) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
         if self.port is None and len(str(self.socket_path)) > 100:
             # unix socket paths are limited to ~107 bytes; fall back to loopback TCP
             self.port = free_port()
@@ -79,6 +102,7 @@ class EmbeddedRedis:
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
+            "--pidfile", str(self.pidfile),
             "--save", "",
         ]
         if self.port is None:
