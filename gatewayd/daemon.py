@@ -168,6 +168,9 @@ class Daemon:
         self._signals += 1
         if self._signals > 1:
             log.warning("second stop signal: exiting now")
+            embedded = self.store.embedded
+            if embedded is not None and embedded.proc is not None:
+                embedded.proc.terminate()  # it flushes its append-only file and exits
             os._exit(1)
         log.info("stop signal: draining")
         if self.http is not None:
