@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from gatewayd import fastpipe, metrics
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
-from gatewayd.carrier.receipts import id_candidates
+from gatewayd.carrier.receipts import normalise_id
 from gatewayd.config import Config
 from gatewayd.errors import MessageError
 from gatewayd.events import Ledger
@@ -303,10 +303,11 @@ class Dispatcher:
                 segments=out.segments or len(out.smsc_ids),
             )
             if self.receipts_by_carrier.get(out.carrier, False):
+                # One key per part; the receipt side tries the other base
+                # (carrier.receipts.receipt_candidates).
                 for part, smsc_id in enumerate(out.smsc_ids):
-                    for cand in id_candidates(smsc_id):
-                        pipe.set(self.keys.correlation(out.carrier, cand),
-                              f"{m.id} {part}", ex=self.receipt_ttl)
+                    pipe.set(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
+                             f"{m.id} {part}", ex=self.receipt_ttl)
                 awaiting[m.id] = now + self.receipt_ttl
             if m.enqueued_at:
                 metrics.QUEUE_WAIT.labels(m.category).observe(max(0.0, now - m.enqueued_at))

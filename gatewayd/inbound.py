@@ -1,11 +1,12 @@
 """Inbound traffic from carriers: delivery-receipt correlation and MO replies.
 
 Receipts are correlated through ``<prefix>smsc:<carrier>:<id>`` keys written when the
-submit_sm_resp was recorded, under every candidate form of the SMSC id (hex/decimal,
-leading zeros, case: carrier.receipts.id_candidates), so a receipt matches whichever
-form the SMSC uses. A receipt that arrives before its submit_sm_resp was recorded is
-parked in a sorted set and retried by the housekeeping tick for
-``queue.early_receipt_hold_s``.
+submit_sm_resp was recorded, one per part under the normalised SMSC id; a receipt is
+looked up under every form its id may have had at submit (hex/decimal, leading zeros,
+case: carrier.receipts.receipt_candidates), so it matches whichever form the SMSC uses.
+Keys written by an older gatewayd under every candidate form are still found. A receipt
+that arrives before its submit_sm_resp was recorded is parked in a sorted set and
+retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
 
 Several daemons: the parked receipts and the awaiting-receipt set are shared, so the
 two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting``) run
@@ -27,7 +28,7 @@ import msgspec
 from redis.asyncio.client import Pipeline
 
 from gatewayd import fastpipe, metrics
-from gatewayd.carrier.receipts import id_candidates
+from gatewayd.carrier.receipts import receipt_candidates
 from gatewayd.config import Config
 from gatewayd.keys import Keys
 from gatewayd.model import InboundMessage, Receipt, mask_number
@@ -87,7 +88,7 @@ class InboundHandler:
         final = [r for r in receipts if r.state]
         if not final:
             return []
-        cands = [id_candidates(r.smsc_id) for r in final]
+        cands = [receipt_candidates(r.smsc_id) for r in final]
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, cs in zip(final, cands, strict=True):
                 for c in cs:

@@ -14,6 +14,13 @@ canonical form cannot be right for both ("10" is ten in decimal and sixteen in h
   Non-numeric ids ("msg-7f3a") have one candidate, the primary form. A false match needs
   two live ids of one carrier whose values collide across bases: counted by the
   correlator, accepted as the price of matching carriers that mix bases.
+* ``receipt_candidates(raw)``: what the correlator looks a receipt up by, the submit
+  side storing ONE key per part, under ``normalise_id`` (one SET instead of two or
+  three). The receipt side therefore tries both directions: ``id_candidates`` plus the
+  hex form (lower case, no leading zeros) of an all-decimal id. Submit "0A1B" is stored
+  as "a1b"; receipt "2587" -> ["2587", "9607", "a1b"]. Submit "2587" is stored as
+  "2587"; receipt "0A1B" -> ["a1b", "2587"]. Any value written in hex on one side and
+  decimal on the other meets (tests/test_carrier_receipts_ids.py).
 
 Receipt text. ``id:.. sub:.. dlvrd:.. submit date:.. done date:.. stat:.. err:.. text:..``
 with any key case and order, dates YYMMDDhhmm or YYMMDDhhmmss (taken as UTC: SMPP gives
@@ -63,6 +70,15 @@ def id_candidates(raw: str) -> list[str]:
         from_hex = str(int(primary, 16))
         if from_hex not in out:
             out.append(from_hex)
+    return out
+
+
+def receipt_candidates(raw: str) -> list[str]:
+    out = id_candidates(raw)
+    if out and len(out[0]) <= 40 and set(out[0]) <= _DEC:
+        as_hex = format(int(out[0], 10), "x")
+        if as_hex not in out:
+            out.append(as_hex)
     return out
 
 
