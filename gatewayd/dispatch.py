@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
@@ -39,6 +39,20 @@ log = logging.getLogger("gatewayd.dispatch")
 _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
+
+
+# Prometheus children by label values: labels() costs a lock and a dict build per call,
+# and these are hit once a message.
+_queue_wait: dict[str, Any] = {}
+_verdicts: dict[tuple[str, str], Any] = {}
+
+
+def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
+    key = values[0] if len(values) == 1 else values
+    c = cache.get(key)
+    if c is None:
+        c = cache[key] = metric.labels(*values)
+    return c
 
 
 class Submitter(Protocol):
@@ -272,7 +286,7 @@ class Dispatcher:
         for it, v in zip(items, verdicts, strict=True):
             m = it.msg
             if v is not None:
-                metrics.POLICY_VERDICTS.labels(v.check or "all", v.action).inc()
+                _child(_verdicts, metrics.POLICY_VERDICTS, v.check or "all", v.action).inc()
                 if v.action == "reject":
                     self.ledger.record(pipe, m, "rejected", now, reason=v.reason)
                     self.queue.ack(pipe, it.entry, acks)
@@ -310,7 +324,8 @@ class Dispatcher:
                              f"{m.id} {part}", ex=self.receipt_ttl)
                 awaiting[m.id] = now + self.receipt_ttl
             if m.enqueued_at:
-                metrics.QUEUE_WAIT.labels(m.category).observe(max(0.0, now - m.enqueued_at))
+                _child(_queue_wait, metrics.QUEUE_WAIT, m.category).observe(
+                    max(0.0, now - m.enqueued_at))
         elif out.kind == "retry":
             backpressure = out.status_name in _BACKPRESSURE
             if not backpressure:
