@@ -145,5 +145,14 @@ def sim_texts(sim: SmscSimulator) -> dict[str, list[str]]:
     return texts
 
 
+def in_flight_bound(cfg: Config) -> int:
+    """Entries a process can hold submitted-but-unrecorded when it dies: one batch per
+    dispatch worker, the housekeeping's reclaim batch, and the express worker's batch.
+    This is the at-least-once duplicate window the README documents."""
+    q = cfg.queue
+    express = q.express_batch if len(q.classes) > 1 else 0
+    return (q.dispatch_workers + 1) * q.read_batch + express
+
+
 def load(path: Path) -> Config:
     return load_config(path)

@@ -14,7 +14,15 @@ from gatewayd.embedded import EmbeddedRedis, free_port
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
 from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
+from tests.e2e_helpers import (
+    Smsc,
+    events_by_id,
+    in_flight_bound,
+    load,
+    running_daemon,
+    wait_final,
+    write_config,
+)
 
 FAST = """
 [queue]
@@ -26,7 +34,6 @@ receipt_timeout_s = {receipt_timeout}
 retry_backoff_s = [0.2, 0.5, 1.0]
 max_attempts = 8
 """
-IN_FLIGHT = 2 * 64  # dispatch_workers x read_batch: submitted, outcome not yet recorded
 
 
 def fast(receipt_timeout: float = 600.0) -> str:
@@ -88,7 +95,7 @@ async def test_redis_restarted_mid_run(tmp_path: Path) -> None:
         assert states == {"delivered": 3000}, states
         _finals, duplicates = await accounting(client, keys, ids, [sim])
         print(f"redis restart: {duplicates} duplicates")
-        assert duplicates <= IN_FLIGHT
+        assert duplicates <= in_flight_bound(cfg)
     finally:
         await client.aclose()
         await sim.stop()
@@ -123,7 +130,7 @@ async def test_smsc_killed_and_restarted(
         assert states["delivered"] >= 2000 - 500 - 100
         finals, duplicates = await accounting(redis, keys, ids, [sim, sim2])
         print(f"smsc restart: {dict(finals)}, {duplicates} duplicates")
-        assert duplicates <= cfg.carrier[0].window + IN_FLIGHT
+        assert duplicates <= cfg.carrier[0].window + in_flight_bound(cfg)
     finally:
         await sim.stop()
         if sim2 is not None:

@@ -15,7 +15,15 @@ import redis.asyncio as aioredis
 from gatewayd.client import Client
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
-from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
+from tests.e2e_helpers import (
+    Smsc,
+    events_by_id,
+    in_flight_bound,
+    load,
+    running_daemon,
+    wait_final,
+    write_config,
+)
 
 QUEUE_SMALL = """
 [queue]
@@ -99,7 +107,7 @@ async def test_kill_9_mid_run_loses_nothing(
     assert len(per_dest) == total  # the SMSC saw every message at least once
     duplicates = sum(per_dest.values()) - total
     print(f"kill -9 after {killed_at} submissions: {duplicates} duplicates")
-    assert duplicates <= workers * batch
+    assert duplicates <= in_flight_bound(cfg)
     assert await redis.xlen(keys.queue("transactional")) == 0
 
 
