@@ -128,10 +128,12 @@ async def events_by_id(redis: aioredis.Redis, keys: Keys) -> dict[str, list[dict
 
 
 def sim_texts(sim: SmscSimulator) -> dict[str, list[str]]:
-    """Full texts the SMSC received, per destination (multipart reassembled)."""
+    """Full texts the SMSC accepted, per destination (multipart reassembled)."""
     parts: dict[tuple[str, Any], dict[int, str]] = defaultdict(dict)
     texts: dict[str, list[str]] = defaultdict(list)
     for s in sim.submissions:
+        if s.status != 0:  # refused (throttled, error): the handset never sees it
+            continue
         dest = s.destination.lstrip("+")
         if s.udh is not None:
             ref, total, seq = s.udh

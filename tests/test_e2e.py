@@ -146,3 +146,26 @@ async def test_every_message_ends_in_exactly_one_final_event(
         finals[f[0]] += 1
     assert set(finals) == {"delivered", "undeliverable"}
     assert finals["undeliverable"] > 0
+
+
+async def test_throttled_parts_of_a_long_message_are_resent_alone(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """Part 2 of 3 throttled: only part 2 goes again, the handset gets each part once."""
+    sim = await smsc(receipt_delay_s=0.01, throttle_fraction=0.3, seed=5)
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port))
+    items = [{"to": f"+86150{n:08d}", "text": LONG_GSM.format(n=n)} for n in range(100)]
+    async with Client(redis_url, queue=cfg.queue) as client:
+        ids = [i for i, _ in await client.send(items)]
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=60)
+    assert {r["state"] for r in records.values()} == {"delivered"}
+    accepted = collections.Counter(
+        s.destination.lstrip("+") for s in sim.submissions if s.status == 0)
+    parts = {r["segments"] for r in records.values()}
+    assert parts == {"3"}
+    assert set(accepted.values()) == {3}  # every part accepted exactly once
+    assert sim.stats.throttled > 0
+    texts = sim_texts(sim)
+    for item in items:
+        assert texts[item["to"].lstrip("+")] == [item["text"]]

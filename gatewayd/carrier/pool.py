@@ -197,6 +197,8 @@ class CarrierPool:
             )
         await waiter.future
         results = waiter.results
+        if any(p.parts > 1 for p in planned):
+            await self._resend_throttled_parts(planned, groups, results)
         for p in planned:
             outcomes[p.index] = self._outcome(reqs[p.index], p, results)
         return [o for o in outcomes if o is not None]
@@ -294,6 +296,44 @@ class CarrierPool:
             return cls._transcode(c, part, "gsm7")
         n = part[0] + 1
         return part[:n] + cls._transcode(c, part[n:], "gsm7")
+
+    async def _resend_throttled_parts(
+        self,
+        planned: list[_Planned],
+        groups: dict[Bind, list[tuple[int, bytes]]],
+        results: list[tuple[int, str] | None],
+    ) -> None:
+        """Some parts of a long message accepted, others throttled: send only the
+        throttled parts again (same bodies, so the same UDH reference), with back-off,
+        for up to the carrier's response timeout, so the handset never gets the accepted
+        parts twice. A message throttled as a whole is left to the dispatcher's retry."""
+        where = {slot: (bind, body) for bind, items in groups.items() for slot, body in items}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self._carriers[p.carrier].response_timeout_s
+                                     for p in planned)
+        attempt = 0
+        while loop.time() < deadline:
+            attempt += 1
+            again: dict[Bind, list[tuple[int, bytes]]] = {}
+            originals: list[int] = []
+            for p in planned:
+                rs = results[p.first_slot : p.first_slot + p.parts]
+                if p.parts < 2 or not any(r is not None and r[0] == 0 for r in rs):
+                    continue
+                for k, r in enumerate(rs):
+                    if r is not None and S.status_kind(r[0]) == "throttle":
+                        bind, body = where[p.first_slot + k]
+                        again.setdefault(bind, []).append((len(originals), body))
+                        originals.append(p.first_slot + k)
+            if not again:
+                return
+            await asyncio.sleep(min(1.0, 0.1 * attempt))  # the bind has lowered its rate too
+            waiter = Waiter(loop, len(originals))
+            await asyncio.gather(*(self._send_group(b, items, waiter)
+                                   for b, items in again.items()))
+            await waiter.future
+            for local, slot in enumerate(originals):
+                results[slot] = waiter.results[local]
 
     async def _send_group(self, bind: Bind, items: list[tuple[int, bytes]], waiter: Waiter) -> None:
         gate = self._rate_gate
