@@ -8,6 +8,7 @@ MessageError naming the field and the reason.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -35,17 +36,27 @@ def new_id() -> str:
     return f"{time.time_ns() // 1_000_000:x}-{uuid.uuid4().hex[:12]}"
 
 
+def _finite(field: str, t: float) -> float:
+    # NaN/inf would compare false against every deadline: a message that never expires
+    # and never becomes due. Reject it at the door instead.
+    if not math.isfinite(t):
+        raise MessageError(field, "must be a finite time (Unix seconds or ISO 8601)")
+    return t
+
+
 def _to_time(field: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(field, float(value))
     if isinstance(value, str):
         v = value.strip()
         if not v:
             return 0.0
         try:
-            return float(v)
+            t = float(v)
         except ValueError:
             pass
+        else:
+            return _finite(field, t)
         try:
             dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
