@@ -10,6 +10,7 @@ HUP reloads the policy files atomically (a broken file keeps the old policy).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -125,6 +126,7 @@ class Daemon:
             await self.http.start()
         if not await self.pool.wait_bound(10.0):
             log.warning("not every carrier is bound yet; messages wait in their queues")
+        _tune_gc()
         self.notifier.ready()
         log.info("gatewayd started", extra={"consumer": self.consumer, "version": __version__})
 
@@ -270,3 +272,13 @@ class Daemon:
         why["carriers"] = carriers
         ok = self.redis_ok and bool(carriers) and any(v == "bound" for v in carriers.values())
         return ok, why
+
+
+def _tune_gc() -> None:
+    """Startup objects (config, policy tables, metrics, modules) live for ever: freeze
+    them out of every collection. The hot path allocates short-lived containers by the
+    thousand a second, so collect gen0 less often. Collections were ~6 % of the CPU of a
+    bench/e2e run (py-spy --native); almost nothing we allocate later forms cycles."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
