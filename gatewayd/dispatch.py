@@ -24,7 +24,7 @@ from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
 from gatewayd.carrier.receipts import normalise_id
 from gatewayd.config import Config
 from gatewayd.errors import MessageError
-from gatewayd.events import Ledger
+from gatewayd.events import Book, Ledger
 from gatewayd.intake import _ID_RE, parse_message
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES, OutboundMessage
@@ -161,13 +161,14 @@ class Dispatcher:
         q = self.cfg.queue
         items: list[_Item] = []
         pipe = self.redis.pipeline(transaction=False)
+        book = self.ledger.book()
         acks = AckBatch()
         for e in entries:
             if e.fields is None:
                 self.queue.ack(pipe, e, acks)
                 continue
             if e.deliveries > q.max_deliveries:
-                self._invalid(pipe, acks, e,
+                self._invalid(pipe, book, acks, e,
                               f"too_many_deliveries: read {e.deliveries} times", now)
                 continue
             fields = dict(e.fields)
@@ -184,41 +185,42 @@ class Dispatcher:
                         "category", f"{msg.category!r} does not match stream class {e.klass!r}"
                     )
             except MessageError as err:
-                self._invalid(pipe, acks, e, f"invalid:{err.field}: {err.reason}", now)
+                self._invalid(pipe, book, acks, e, f"invalid:{err.field}: {err.reason}", now)
                 continue
             items.append(_Item(e, msg))
         items = await self._drop_already_done(pipe, acks, items)
-        items = await self._check_idempotency(pipe, acks, items, now)
+        items = await self._check_idempotency(pipe, book, acks, items, now)
         sendable: list[_Item] = []
         for it in items:
             m = it.msg
             ttl = q.default_ttl_s.get(m.category, 0.0)
             expires = m.expires_at or (m.enqueued_at + ttl if ttl else 0.0)
             if expires and now >= expires:
-                self.ledger.record(pipe, m, "expired", now, reason="ttl")
+                self.ledger.record(book, m, "expired", now, reason="ttl")
                 self.queue.ack(pipe, it.entry, acks)
             elif m.not_before > now:
                 self.queue.delay(pipe, m, m.not_before)
-                self.ledger.record(pipe, m, "deferred", now, reason="scheduled", until=m.not_before)
+                self.ledger.record(book, m, "deferred", now, reason="scheduled", until=m.not_before)
                 self.queue.ack(pipe, it.entry, acks)
             else:
                 sendable.append(it)
-        reqs, to_submit = await self._apply_policies(pipe, acks, sendable, now)
+        reqs, to_submit = await self._apply_policies(pipe, book, acks, sendable, now)
         if reqs:
             outcomes = await self.pool.submit_batch(reqs)
             done = self.clock()
             awaiting: dict[str, float] = {}
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
-                self._record_outcome(pipe, acks, awaiting, it, req, out, done)
+                self._record_outcome(pipe, book, acks, awaiting, it, req, out, done)
             if awaiting:  # one ZADD for the batch
                 pipe.zadd(self.keys.awaiting_receipt, awaiting)
+        await book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
         await fastpipe.execute(pipe)
         self.processed += len(entries)
 
     def _invalid(
-        self, pipe: Pipeline, acks: AckBatch, e: Entry, reason: str, now: float
+        self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float
     ) -> None:
         self.queue.dead_letter(pipe, e, reason, acks)
         msg_id = (e.fields or {}).get("id", "")
@@ -226,7 +228,7 @@ class Dispatcher:
             # Upstream named the message: tell it why it will never be sent.
             stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", ""), text="",
                                    category=e.klass)
-            self.ledger.record(pipe, stub, "rejected", now, reason=reason)
+            self.ledger.record(book, stub, "rejected", now, reason=reason)
 
     async def _drop_already_done(
         self, pipe: Pipeline, acks: AckBatch, items: list[_Item]
@@ -247,7 +249,7 @@ class Dispatcher:
         return [it for it in items if id(it) not in done]
 
     async def _check_idempotency(
-        self, pipe: Pipeline, acks: AckBatch, items: list[_Item], now: float
+        self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
     ) -> list[_Item]:
         """Entries XADDed directly with an idempotency_key: the first one wins."""
         keyed = [it for it in items if it.msg.idempotency_key]
@@ -263,14 +265,14 @@ class Dispatcher:
         for i, it in enumerate(keyed):
             owner = replies[2 * i + 1]
             if owner is not None and owner != it.msg.id:
-                self.ledger.record(pipe, it.msg, "rejected", now,
+                self.ledger.record(book, it.msg, "rejected", now,
                                    reason=f"duplicate:idempotency_key of {owner}")
                 self.queue.ack(pipe, it.entry, acks)
                 dup.add(id(it))
         return [it for it in items if id(it) not in dup]
 
     async def _apply_policies(
-        self, pipe: Pipeline, acks: AckBatch, items: list[_Item], now: float
+        self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
     ) -> tuple[list[SubmitRequest], list[_Item]]:
         reqs: list[SubmitRequest] = []
         chosen: list[_Item] = []
@@ -288,12 +290,12 @@ class Dispatcher:
             if v is not None:
                 _child(_verdicts, metrics.POLICY_VERDICTS, v.check or "all", v.action).inc()
                 if v.action == "reject":
-                    self.ledger.record(pipe, m, "rejected", now, reason=v.reason)
+                    self.ledger.record(book, m, "rejected", now, reason=v.reason)
                     self.queue.ack(pipe, it.entry, acks)
                     continue
                 if v.action == "defer":
                     self.queue.delay(pipe, m, v.until)
-                    self.ledger.record(pipe, m, "deferred", now,
+                    self.ledger.record(book, m, "deferred", now,
                                        reason=v.reason, until=v.until)
                     self.queue.ack(pipe, it.entry, acks)
                     continue
@@ -305,13 +307,13 @@ class Dispatcher:
         return reqs, chosen
 
     def _record_outcome(
-        self, pipe: Pipeline, acks: AckBatch, awaiting: dict[str, float], it: _Item,
-        req: SubmitRequest, out: SubmitOutcome, now: float,
+        self, pipe: Pipeline, book: Book, acks: AckBatch, awaiting: dict[str, float],
+        it: _Item, req: SubmitRequest, out: SubmitOutcome, now: float,
     ) -> None:
         m = it.msg
         if out.ok:
             self.ledger.record(
-                pipe, m, "submitted", now,
+                book, m, "submitted", now,
                 carrier=out.carrier,
                 carrier_id=out.smsc_ids[0] if out.smsc_ids else "",
                 segments=out.segments or len(out.smsc_ids),
@@ -320,8 +322,8 @@ class Dispatcher:
                 # One key per part; the receipt side tries the other base
                 # (carrier.receipts.receipt_candidates).
                 for part, smsc_id in enumerate(out.smsc_ids):
-                    pipe.set(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
-                             f"{m.id} {part}", ex=self.receipt_ttl)
+                    book.correlate(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
+                                   f"{m.id} {part}")
                 awaiting[m.id] = now + self.receipt_ttl
             if m.enqueued_at:
                 _child(_queue_wait, metrics.QUEUE_WAIT, m.category).observe(
@@ -331,18 +333,18 @@ class Dispatcher:
             if not backpressure:
                 m.attempts += 1
             if m.attempts >= self.cfg.queue.max_attempts:
-                self.ledger.record(pipe, m, "failed", now,
+                self.ledger.record(book, m, "failed", now,
                                    reason=f"{out.status_name or 'retry'}: attempts exhausted",
                                    carrier=out.carrier)
             else:
                 steps = self.cfg.queue.retry_backoff_s
                 delay = 1.0 if backpressure else steps[min(m.attempts - 1, len(steps) - 1)]
                 self.queue.delay(pipe, m, now + delay)
-                self.ledger.record(pipe, m, "deferred", now,
+                self.ledger.record(book, m, "deferred", now,
                                    reason=f"retry:{out.status_name or out.reason}",
                                    until=now + delay, carrier=out.carrier)
         else:
-            self.ledger.record(pipe, m, "failed", now,
+            self.ledger.record(book, m, "failed", now,
                                reason=out.status_name or out.reason, carrier=out.carrier,
                                err=f"0x{out.status:08x}" if out.status else "")
         self.queue.ack(pipe, it.entry, acks)

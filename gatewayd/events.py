@@ -1,7 +1,12 @@
 """Recording state changes: the per-message status record and the events stream.
 
 Every transition is written into the caller's pipeline (batched with the rest of the
-batch's work), so recording costs no round trip of its own.
+batch's work), so recording costs no round trip of its own. The dispatcher's batches
+go through a ``Book``: on a single Redis it writes the whole batch's status records,
+events and correlation keys with ONE script call (lua/record.lua) instead of four
+commands a message, which redis-py packs, and whose replies it reads and parses, one
+by one (the largest client-side cost in the bench/e2e profile). On a cluster those
+keys live in different slots, so the Book queues the same writes as commands.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from gatewayd import metrics
 from gatewayd.config import Config
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES, OutboundMessage, mask_number
+from gatewayd.store import Redis, is_cluster, load_script, pipe_script
 
 _state_counters: dict[tuple[str, str], Any] = {}
 
@@ -32,15 +38,71 @@ def count_state(state: str, reason: str) -> None:
     c.inc()
 
 
+class Book:
+    """One batch's state changes, written by ``flush`` into the batch's pipeline."""
+
+    __slots__ = ("correlations", "ledger", "records")
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.records: list[tuple[str, dict[Any, Any], dict[Any, Any]]] = []
+        self.correlations: list[tuple[str, str]] = []
+
+    def correlate(self, key: str, value: str) -> None:
+        """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
+        self.correlations.append((key, value))
+
+    async def flush(self, pipe: Pipeline) -> None:
+        led = self.ledger
+        if not self.records and not self.correlations:
+            return
+        if led.script is None or is_cluster(pipe):
+            for key, status, event in self.records:
+                led.write(pipe, key, status, event)
+            for key, value in self.correlations:
+                pipe.set(key, value, ex=led.receipt_ttl)
+        else:
+            keys: list[str] = [led.keys.events]
+            args: list[Any] = [led.status_ttl, led.events_maxlen, led.receipt_ttl,
+                               len(self.records)]
+            for key, status, event in self.records:
+                keys.append(key)
+                args.append(2 * len(status))
+                for kv in status.items():
+                    args.extend(kv)
+                args.append(2 * len(event))
+                for kv in event.items():
+                    args.extend(kv)
+            for key, value in self.correlations:
+                keys.append(key)
+                args.append(value)
+            await pipe_script(pipe, led.script, keys, args)
+        self.records.clear()
+        self.correlations.clear()
+
+
 class Ledger:
-    def __init__(self, keys: Keys, cfg: Config) -> None:
+    def __init__(self, keys: Keys, cfg: Config, redis: Redis | None = None) -> None:
         self.keys = keys
         self.status_ttl = int(cfg.queue.status_ttl_s)
         self.events_maxlen = cfg.queue.events_maxlen
+        self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
+        # The batch script, on a single Redis only (see Book).
+        self.script = (load_script(redis, "record")
+                       if redis is not None and not is_cluster(redis) else None)
+
+    def book(self) -> Book:
+        return Book(self)
+
+    def write(self, pipe: Pipeline, key: str, status: dict[Any, Any],
+              event: dict[Any, Any]) -> None:
+        pipe.hset(key, mapping=status)
+        pipe.expire(key, self.status_ttl)
+        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
 
     def record(
         self,
-        pipe: Pipeline,
+        target: Pipeline | Book,
         msg: OutboundMessage,
         state: str,
         now: float,
@@ -90,9 +152,10 @@ class Ledger:
             status["done_at"] = now
         if extra:
             status.update(extra)
-        pipe.hset(key, mapping=status)
-        pipe.expire(key, self.status_ttl)
-        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
+        if isinstance(target, Book):
+            target.records.append((key, status, event))
+        else:
+            self.write(target, key, status, event)
         count_state(state, reason)
 
     def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:

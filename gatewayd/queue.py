@@ -82,7 +82,7 @@ class QueueStore:
         self._enqueue = load_script(redis, "enqueue")
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
-        self.ledger = Ledger(keys, cfg)
+        self.ledger = Ledger(keys, cfg, redis)
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
 

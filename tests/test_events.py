@@ -1,0 +1,74 @@
+"""events.Book: the one-script batch write leaves Redis exactly as the command path does."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from gatewayd import fastpipe
+from gatewayd.config import Config, QueueConfig
+from gatewayd.events import Book, Ledger
+from gatewayd.intake import parse_message
+from gatewayd.keys import Keys
+
+CLASSES = ["otp", "transactional", "marketing"]
+
+
+def _batch(ledger: Ledger, book: Book, prefix: str) -> None:
+    a = parse_message({"id": f"{prefix}-a", "to": "+8613800138000", "text": "code 1",
+                       "category": "otp", "ref": "order-7"}, classes=CLASSES,
+                      max_segments=10, now=1000.0)
+    b = parse_message({"id": f"{prefix}-b", "to": "+8613900139000", "text": "sale",
+                       "category": "marketing", "tenant": "shop"}, classes=CLASSES,
+                      max_segments=10, now=1000.0)
+    ledger.record(book, a, "submitted", 1001.5, carrier="cmcc",
+                  carrier_id="0a1b", segments=2)
+    ledger.record(book, b, "deferred", 1001.25, reason="quiet_hours",
+                  until=2000.0)
+    ledger.record(book, b, "rejected", 1002.0,
+                  reason="keyword:block:x")
+
+
+async def _written(redis: aioredis.Redis, keys: Keys, prefix: str) -> tuple[object, ...]:
+    statuses = [await redis.hgetall(keys.status(f"{prefix}-{x}")) for x in "ab"]
+    ttls = [await redis.ttl(keys.status(f"{prefix}-{x}")) for x in "ab"]
+    events = [{k: v for k, v in f.items() if k != "id"} | {"id": f["id"][len(prefix):]}
+              for _, f in await redis.xrange(keys.events)
+              if f["id"].startswith(prefix)]
+    corr = [(await redis.get(keys.correlation("cmcc", f"{prefix}{i}")),
+             await redis.ttl(keys.correlation("cmcc", f"{prefix}{i}"))) for i in range(2)]
+    return statuses, ttls, events, [(v and v[len(prefix):], t) for v, t in corr]
+
+
+async def test_book_script_writes_what_the_command_path_writes(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    cfg = Config(queue=QueueConfig(status_ttl_s=3600, receipt_timeout_s=600))
+    scripted = Ledger(keys, cfg, redis)
+    plain = Ledger(keys, cfg)  # no client: the per-command path
+    assert scripted.script is not None and plain.script is None
+    for ledger, prefix in ((scripted, "s"), (plain, "p")):
+        book = ledger.book()
+        _batch(ledger, book, prefix)
+        for i in range(2):
+            book.correlate(keys.correlation("cmcc", f"{prefix}{i}"), f"{prefix}-a {i}")
+        pipe = redis.pipeline(transaction=False)
+        await book.flush(pipe)
+        await fastpipe.execute(pipe)
+        assert not book.records and not book.correlations
+    s, p = await _written(redis, keys, "s"), await _written(redis, keys, "p")
+    statuses, ttls, events, corr = s
+    assert statuses[0]["state"] == "submitted" and statuses[0]["segments"] == "2"
+    assert statuses[1]["state"] == "rejected" and statuses[1]["until"] == "2000.0"
+    assert all(3590 < t <= 3600 for t in ttls)
+    assert [e["state"] for e in events] == ["submitted", "deferred", "rejected"]
+    assert all(v == f"-a {i}" and 590 < t <= 600 for i, (v, t) in enumerate(corr))
+    # Same fields, values and TTLs whichever path wrote them (ids differ by prefix).
+    assert statuses == p[0] and events == p[2] and corr == p[3]
+    assert all(abs(x - y) <= 1 for x, y in zip(p[1], ttls, strict=True))
+
+
+async def test_an_empty_book_writes_nothing(redis: aioredis.Redis, keys: Keys) -> None:
+    ledger = Ledger(keys, Config(), redis)
+    pipe = redis.pipeline(transaction=False)
+    await ledger.book().flush(pipe)
+    assert await fastpipe.execute(pipe) == []
