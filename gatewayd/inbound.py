@@ -35,7 +35,7 @@ from gatewayd.keys import Keys
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out
-from gatewayd.store import Redis, load_script, pipe_script
+from gatewayd.store import Redis, is_cluster, load_script, pipe_script
 
 log = logging.getLogger("gatewayd.inbound")
 
@@ -57,6 +57,9 @@ def _latency(carrier: str) -> Any:
         h = _latency_by[carrier] = metrics.RECEIPT_LATENCY.labels(carrier)
     return h
 
+
+# Receipts per script call: bounds how long one call holds Redis (~10 commands each).
+_SCRIPT_CHUNK = 256
 
 _receipt_enc = msgspec.json.Encoder()
 _receipt_dec = msgspec.json.Decoder(Receipt)
@@ -80,6 +83,9 @@ class InboundHandler:
         self.policy = policy
         self.clock = clock
         self._receipt = load_script(redis, "receipt")
+        # One call for a chunk of receipts, on a single Redis (see lua/receipts.lua).
+        self._receipts = None if is_cluster(redis) else load_script(redis, "receipts")
+        self._status_affix = tuple(keys.status("\x00").split("\x00"))
         self._expire = load_script(redis, "expire_submitted")
         self._lease = load_script(redis, "lease")
         self._lease_token = uuid.uuid4().hex
@@ -108,6 +114,35 @@ class InboundHandler:
         final = [r for r in receipts if r.state]
         if not final:
             return []
+        if self._receipts is not None:
+            unmatched: list[Receipt] = []
+            for i in range(0, len(final), _SCRIPT_CHUNK):
+                unmatched += await self._apply_in_script(final[i:i + _SCRIPT_CHUNK], now)
+            return unmatched
+        return await self._apply_in_steps(final, now)
+
+    async def _apply_in_script(self, final: list[Receipt], now: float) -> list[Receipt]:
+        assert self._receipts is not None
+        keys: list[str] = [self.keys.events, self.keys.awaiting_receipt]
+        args: list[Any] = [now, self.events_maxlen, *self._status_affix, len(final)]
+        for r in final:
+            cs = receipt_candidates(r.smsc_id)
+            keys += [self.keys.correlation(r.carrier, c) for c in cs]
+            args += [r.state, r.err, len(cs)]
+        res = await self._receipts(keys=keys, args=args)
+        unmatched: list[Receipt] = []
+        for i, r in enumerate(final):
+            kind, _id, state, carrier, submitted_at, published = res[6 * i : 6 * i + 6]
+            if kind in ("unmatched", "early"):
+                unmatched.append(r)
+                continue
+            _count_receipt(r.carrier, kind)
+            if published:
+                self._count_final(state, carrier or r.carrier, submitted_at, now)
+        return unmatched
+
+    async def _apply_in_steps(self, final: list[Receipt], now: float) -> list[Receipt]:
+        """The cluster path: correlation look-ups, receipt scripts, final events."""
         cands = [receipt_candidates(r.smsc_id) for r in final]
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, cs in zip(final, cands, strict=True):
@@ -179,11 +214,13 @@ class InboundHandler:
                 event[k] = v
         pipe.xadd(self.keys.events, cast(Any, event), maxlen=self.events_maxlen,
                   approximate=True)
+        self._count_final(state, rcarrier or carrier, submitted_at, now)
+
+    @staticmethod
+    def _count_final(state: str, carrier: str, submitted_at: str, now: float) -> None:
         count_state(state, "receipt")
         if submitted_at:
-            _latency(rcarrier or carrier).observe(
-                max(0.0, now - float(submitted_at))
-            )
+            _latency(carrier).observe(max(0.0, now - float(submitted_at)))
 
     async def _hold_lease(self) -> bool:
         """True while this handler is the one daemon running the receipt housekeeping."""

@@ -37,9 +37,18 @@ Redis = aioredis.Redis
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 
-def load_script(client: Redis, name: str) -> AsyncScript:
+def script_source(name: str) -> str:
+    """A script's source, with ``--#include NAME`` lines replaced by lua/NAME.lua (Redis
+    has no includes; two scripts share the receipt logic this way)."""
     source = resources.files("gatewayd").joinpath("lua", f"{name}.lua").read_text("utf-8")
-    return client.register_script(source)
+    return "".join(
+        script_source(line.split()[1]) if line.startswith("--#include ") else line
+        for line in source.splitlines(keepends=True)
+    )
+
+
+def load_script(client: Redis, name: str) -> AsyncScript:
+    return client.register_script(script_source(name))
 
 
 def is_cluster(client: object) -> bool:

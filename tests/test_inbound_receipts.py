@@ -1,0 +1,125 @@
+"""Receipt correlation against a real Redis, on both paths of InboundHandler._apply:
+the one-script batch (single Redis) and the step-by-step path a cluster takes. Both
+must leave the same states and publish each final event exactly once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gatewayd import fastpipe
+from gatewayd.config import Config, QueueConfig
+from gatewayd.events import Ledger
+from gatewayd.inbound import InboundHandler
+from gatewayd.intake import parse_message
+from gatewayd.keys import Keys
+from gatewayd.model import Receipt
+
+CLASSES = ["otp", "transactional", "marketing"]
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["script", "steps"])
+def handler(request: pytest.FixtureRequest, redis: aioredis.Redis, keys: Keys) -> InboundHandler:
+    cfg = Config(queue=QueueConfig(early_receipt_hold_s=60))
+    h = InboundHandler(redis, keys, cfg, lambda: None, clock=lambda: NOW + 5)
+    if request.param == "steps":
+        h._receipts = None  # what a cluster client gets
+    else:
+        assert h._receipts is not None
+    return h
+
+
+async def submitted(redis: aioredis.Redis, keys: Keys, msg_id: str, smsc_ids: list[str]) -> None:
+    ledger = Ledger(keys, Config(), redis)
+    m = parse_message({"id": msg_id, "to": "+8613800138000", "text": "x", "ref": "r-1"},
+                      classes=CLASSES, max_segments=10, now=NOW)
+    book = ledger.book()
+    ledger.record(book, m, "submitted", NOW, carrier="cm", carrier_id=smsc_ids[0],
+                  segments=len(smsc_ids))
+    for part, sid in enumerate(smsc_ids):
+        book.correlate(keys.correlation("cm", sid), f"{msg_id} {part}")
+    pipe = redis.pipeline(transaction=False)
+    await book.flush(pipe)
+    pipe.zadd(keys.awaiting_receipt, {msg_id: NOW + 3600})
+    await fastpipe.execute(pipe)
+
+
+def rcpt(smsc_id: str, state: str = "delivered", err: str = "000") -> Receipt:
+    stat = {"delivered": "DELIVRD", "undeliverable": "UNDELIV", "expired": "EXPIRED"}[state]
+    return Receipt(carrier="cm", smsc_id=smsc_id, stat=stat, state=state, err=err)
+
+
+async def finals(redis: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    return [f for _, f in await redis.xrange(keys.events)
+            if f["state"] in ("delivered", "undeliverable", "expired")]
+
+
+async def test_single_part_receipt_ends_the_message(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m1", ["a1"])
+    await handler.on_receipts([rcpt("a1")])
+    assert await redis.hget(keys.status("m1"), "state") == "delivered"
+    [ev] = await finals(redis, keys)
+    assert ev["id"] == "m1" and ev["carrier"] == "cm" and ev["ref"] == "r-1"
+    assert ev["carrier_id"] == "a1" and ev["to"] == "+86138****8000" and float(ev["at"]) == NOW + 5
+    assert await redis.zscore(keys.awaiting_receipt, "m1") is None
+
+
+async def test_multipart_is_final_at_the_last_part_with_the_worst_state(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m2", ["b1", "b2", "b3"])
+    await handler.on_receipts([rcpt("b1"), rcpt("b3", "undeliverable", "011")])
+    assert await redis.hget(keys.status("m2"), "state") == "submitted"
+    assert await finals(redis, keys) == []
+    await handler.on_receipts([rcpt("b2", "expired")])
+    status = await redis.hgetall(keys.status("m2"))
+    assert status["state"] == "undeliverable" and status["err"] == "011"
+    [ev] = await finals(redis, keys)
+    assert ev["state"] == "undeliverable" and ev["err"] == "011" and ev["segments"] == "3"
+
+
+async def test_a_duplicate_in_one_batch_publishes_once(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m3", ["c1"])
+    await handler.on_receipts([rcpt("c1"), rcpt("c1")])
+    assert len(await finals(redis, keys)) == 1
+
+
+async def test_early_and_unknown_receipts_are_parked_then_matched(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await handler.on_receipts([rcpt("d1"), rcpt("zz")])  # before its submit was recorded
+    assert await redis.zcard(keys.early_receipts) == 2
+    await submitted(redis, keys, "m4", ["d1"])
+    assert await handler.retry_early() == 2
+    assert await redis.hget(keys.status("m4"), "state") == "delivered"
+    assert [e["id"] for e in await finals(redis, keys)] == ["m4"]
+    assert await redis.zcard(keys.early_receipts) == 1  # "zz": held until early_receipt_hold_s
+
+
+async def test_a_late_receipt_republishes_only_an_unpublished_final(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m5", ["e1"])
+    # Final recorded, but the daemon died before publishing: still in `awaiting`.
+    await redis.hset(keys.status("m5"), mapping={"state": "delivered", "p0": "delivered"})
+    await handler.on_receipts([rcpt("e1")])
+    assert [e["id"] for e in await finals(redis, keys)] == ["m5"]
+    assert await redis.zscore(keys.awaiting_receipt, "m5") is None
+    await handler.on_receipts([rcpt("e1")])  # the SMSC resends it once more
+    assert len(await finals(redis, keys)) == 1
+
+
+async def test_interim_receipts_change_nothing(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m6", ["f1"])
+    await handler.on_receipts([Receipt(carrier="cm", smsc_id="f1", stat="ENROUTE", state="")])
+    assert await redis.hget(keys.status("m6"), "state") == "submitted"
+    assert await redis.zcard(keys.early_receipts) == 0
