@@ -1,11 +1,18 @@
 """One SMPP connection: framing, sequence numbers, the window of outstanding submit_sm.
 
 An ``asyncio.Protocol`` (no stream reader, no task per message): ``data_received`` parses
-every complete PDU in the buffer in one loop, resolves submit_sm_resp by sequence number
-from a dict, and hands the chunk's deliver_sm PDUs to the bind in one call. Outgoing
+the complete PDUs in the buffer in one loop, resolves submit_sm_resp by sequence number
+from a dict, and hands the turn's deliver_sm PDUs to the bind in one call. Outgoing
 PDUs go straight to ``transport.write``; the window bounds what can be buffered.
 A new Session is made for every connection, so callbacks of a dead connection cannot
 touch the next one.
+
+One turn of the event loop handles at most MAX_PDUS_PER_TURN PDUs: one read can hold
+thousands of receipts (uvloop reads a backlog in one go), and parsing them all at once
+kept every other task (the OTP dispatcher) waiting for hundreds of milliseconds. The
+rest waits in the buffer for the next turn (``call_soon``), in order, with reading
+paused meanwhile, so the backlog stays in the kernel and in the SMSC, not in memory.
+A connection lost with a backlog still parses it first, as a single read used to.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatewayd.carrier")
 
 _unpack_header = P.HEADER.unpack_from
+MAX_PDUS_PER_TURN: Final = 256
 _SUBMIT_SM_RESP: Final = P.SUBMIT_SM_RESP
 _DELIVER_SM: Final = P.DELIVER_SM
 _THROTTLE: Final = frozenset(
@@ -69,6 +77,8 @@ class Session(asyncio.Protocol):
         self.close_reason = ""
         self.enquire_seq = 0  # outstanding enquire_link, 0 = none
         self.enquire_deadline = 0.0
+        self._more: asyncio.Handle | None = None  # the next turn's parse, while a backlog
+        self._paused = False  # reading paused by us (the backlog), not by anyone else
 
     # -- connection -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,6 +86,11 @@ class Session(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
+        if len(self.buf) >= 16:
+            self._parse(1 << 62)
         self.bound = False
         reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
         self.close_reason = reason
@@ -139,8 +154,17 @@ class Session(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self._more is None:  # else a backlog is queued before this data: it goes first
+            self._parse(MAX_PDUS_PER_TURN)
+
+    def _continue(self) -> None:
+        self._more = None
+        self._parse(MAX_PDUS_PER_TURN)
+
+    def _parse(self, limit: int) -> None:
+        """Handle up to ``limit`` complete PDUs; leave the rest to the next turn."""
         buf = self.buf
-        buf += data
         n = len(buf)
         pos = 0
         pending = self.pending
@@ -209,8 +233,21 @@ class Session(asyncio.Protocol):
                 bind.on_pdu_error("unknown_command", f"unknown command_id 0x{cmd:08x}")
                 out.append(P.generic_nack_pdu(seq, P.ESME_RINVCMDID))
             pos = end
+            limit -= 1
+            if not limit:
+                break
         if pos:
             del buf[:pos]
+        transport = self.transport
+        if not limit and n - pos >= 16:
+            self._more = self.loop.call_soon(self._continue)
+            if not self._paused and transport is not None and not transport.is_closing():
+                self._paused = True
+                transport.pause_reading()
+        elif self._paused:
+            self._paused = False
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
         if out:
             self.write(b"".join(out))
         if ok or statuses:
