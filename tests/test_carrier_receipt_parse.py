@@ -1,9 +1,11 @@
-"""The fast receipt parsers give exactly what the regular-expression parser gave.
+"""The fast receipt-path parsers give exactly what the parsers they replaced gave.
 
 ``parse_receipt`` matches the standard layout in one call, ``parse_fields`` splits ASCII
-texts at their colons, ``parse_date`` caches. The oracle below is the parser they
-replaced (commit fb878f7), kept verbatim; hypothesis feeds both texts made of receipt
-keys in every spelling, case and separator, values that look like keys, and noise.
+texts at their colons, ``parse_date`` caches, ``parse_deliver_sm`` has no helper per
+C-string, ``id_candidates`` / ``receipt_candidates`` skip a form that cannot differ. The
+oracles below are the previous implementations (commit fb878f7), kept verbatim;
+hypothesis feeds both receipt texts made of keys in every spelling, case and separator,
+values that look like keys, noise, ids in both bases, and hostile deliver_sm bodies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import calendar
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,12 +23,15 @@ from gatewayd.carrier.receipts import (
     MESSAGE_STATES,
     STATE_OF_STAT,
     canonical_stat,
+    id_candidates,
     normalise_id,
     parse_date,
     parse_fields,
     parse_receipt,
+    receipt_candidates,
 )
 from gatewayd.model import Receipt
+from tests.test_fuzz_inbound import mangled, wellformed
 
 # -- the oracle: the previous implementation --------------------------------------------------
 
@@ -181,3 +187,124 @@ def test_date_cache_is_bounded() -> None:
     assert len(R._DATE_CACHE) <= R._DATE_CACHE_MAX
     parse_date("2" * 10_000)
     assert "2" * 10_000 not in R._DATE_CACHE
+
+
+# -- ids --------------------------------------------------------------------------------------
+
+_HEX = frozenset("0123456789abcdef")
+_DEC = frozenset("0123456789")
+
+
+def oracle_id_candidates(raw: str) -> list[str]:
+    primary = normalise_id(raw)
+    if not primary:
+        return []
+    out = [primary]
+    chars = set(primary)
+    if chars <= _DEC and len(primary) <= 40:
+        dec = str(int(primary, 10))
+        if dec not in out:
+            out.append(dec)
+    if chars <= _HEX and len(primary) <= 32:
+        from_hex = str(int(primary, 16))
+        if from_hex not in out:
+            out.append(from_hex)
+    return out
+
+
+def oracle_receipt_candidates(raw: str) -> list[str]:
+    out = oracle_id_candidates(raw)
+    if out and len(out[0]) <= 40 and set(out[0]) <= _DEC:
+        as_hex = format(int(out[0], 10), "x")
+        if as_hex not in out:
+            out.append(as_hex)
+    return out
+
+
+IDS = st.one_of(
+    st.text(max_size=45),
+    st.text("0123456789", max_size=45),
+    st.text("0123456789abcdefABCDEF \x00", max_size=40),
+    st.integers(0, 2**160).map(str),
+    st.integers(0, 2**140).map(lambda v: f"{v:X}"),
+    st.sampled_from(["\u00b2", "\u0663", "\uff11", "0x1f", "1_000", "+7", " 0 ", "\x000"]),
+)
+
+
+@MANY
+@given(IDS)
+def test_id_candidates_are_the_previous_ones(raw: str) -> None:
+    assert id_candidates(raw) == oracle_id_candidates(raw)
+    assert receipt_candidates(raw) == oracle_receipt_candidates(raw)
+
+
+# -- deliver_sm bodies ------------------------------------------------------------------------
+
+
+def _oracle_c_string(body: bytes, pos: int, maxlen: int, name: str) -> tuple[str, int]:
+    end = body.find(b"\x00", pos, pos + maxlen + 1)
+    if end < 0:
+        raise P.PduError("body", f"{name} is not NUL-terminated within {maxlen} octets")
+    return body[pos:end].decode("latin-1"), end + 1
+
+
+def oracle_deliver_sm(seq: int, body: bytes) -> P.DeliverSm:
+    try:
+        _, pos = _oracle_c_string(body, 0, 5, "service_type")
+        pos += 2
+        source, pos = _oracle_c_string(body, pos, 64, "source_addr")
+        pos += 2
+        destination, pos = _oracle_c_string(body, pos, 64, "destination_addr")
+        esm_class = body[pos]
+        pos += 3
+        _, pos = _oracle_c_string(body, pos, 16, "schedule_delivery_time")
+        _, pos = _oracle_c_string(body, pos, 16, "validity_period")
+        pos += 2
+        data_coding = body[pos]
+        sm_length = body[pos + 2]
+        pos += 3
+    except IndexError as e:
+        raise P.PduError("body", "deliver_sm body ends inside the mandatory fields") from e
+    if pos + sm_length > len(body):
+        raise P.PduError("body", "short_message too long")
+    short_message = body[pos : pos + sm_length]
+    tlvs = P.parse_tlvs(body, pos + sm_length)
+    return P.DeliverSm(seq, source, destination, esm_class, data_coding, short_message, tlvs)
+
+
+def outcome(parse: object, body: bytes) -> object:
+    try:
+        return parse(7, body)  # type: ignore[operator]
+    except P.PduError as e:
+        return ("PduError", e.kind)
+
+
+@MANY
+@given(st.one_of(wellformed(), mangled(), st.binary(max_size=300)))
+def test_parse_deliver_sm_is_the_previous_parser(body: bytes) -> None:
+    assert outcome(P.parse_deliver_sm, body) == outcome(oracle_deliver_sm, body)
+
+
+def test_deliver_sm_resp_bytes() -> None:
+    assert P.deliver_sm_resp_pdu(0x01020304, 0x64) == (
+        b"\x00\x00\x00\x11\x80\x00\x00\x05\x00\x00\x00\x64\x01\x02\x03\x04\x00")
+
+
+def body_with(service_type: bytes = b"", source: bytes = b"1", destination: bytes = b"2",
+              schedule: bytes = b"", validity: bytes = b"") -> bytes:
+    return (service_type + b"\x00\x01\x01" + source + b"\x00\x01\x01" + destination
+            + b"\x00\x04\x00\x00" + schedule + b"\x00" + validity + b"\x00"
+            + bytes((0, 0, 0, 0, 2)) + b"hi")
+
+
+@pytest.mark.parametrize(("field", "limit"), [
+    ("service_type", 5), ("source", 64), ("destination", 64), ("schedule", 16),
+    ("validity", 16),
+])
+def test_c_string_limits(field: str, limit: int) -> None:
+    fits = body_with(**{field: b"7" * limit})
+    too_long = body_with(**{field: b"7" * (limit + 1)})
+    assert P.parse_deliver_sm(7, fits).short_message == b"hi"
+    assert outcome(P.parse_deliver_sm, too_long) == ("PduError", "body")
+    for body in (fits, too_long):
+        assert outcome(P.parse_deliver_sm, body) == outcome(oracle_deliver_sm, body)

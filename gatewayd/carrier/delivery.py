@@ -72,13 +72,15 @@ class Deliveries:
 
     def process(self, session: Session, items: list[tuple[int, bytes]]) -> None:
         now = self.clock()
+        carrier = self.carrier
         immediate: list[bytes] = []
         receipts: list[Receipt] = []
         receipt_seqs: list[int] = []
         completes: list[_Complete] = []
+        parse = P.parse_deliver_sm
         for seq, body in items:
             try:
-                dsm = P.parse_deliver_sm(seq, body)
+                dsm = parse(seq, body)
             except P.PduError as e:
                 self._m_errors[e.kind].inc()
                 log.warning("%s: malformed deliver_sm seq %d: %s", self.carrier, seq, e)
@@ -88,7 +90,7 @@ class Deliveries:
                 )
                 continue
             if is_receipt(dsm):
-                receipt = parse_receipt(self.carrier, receipt_text(dsm), dsm.tlvs, now)
+                receipt = parse_receipt(carrier, receipt_text(dsm), dsm.tlvs, now)
                 if receipt is None:
                     self._m_unparseable.inc()
                     log.warning("%s: receipt without a message id (seq %d) ignored",

@@ -105,9 +105,12 @@ def resp_pdu(command_id: int, seq: int, status: int = 0) -> bytes:
     return _pack_header(HEADER_LEN, command_id | RESPONSE_BIT, status, seq)
 
 
+_pack_deliver_sm_resp = struct.Struct(">IIIIB").pack
+
+
 def deliver_sm_resp_pdu(seq: int, status: int = 0) -> bytes:
     # message_id is unused in deliver_sm_resp and must be a single NUL.
-    return _pack_header(HEADER_LEN + 1, DELIVER_SM_RESP, status, seq) + b"\x00"
+    return _pack_deliver_sm_resp(HEADER_LEN + 1, DELIVER_SM_RESP, status, seq, 0)
 
 
 def tlv(tag: int, value: bytes) -> bytes:
@@ -176,11 +179,11 @@ class DeliverSm:
     tlvs: dict[int, bytes] = field(default_factory=dict)
 
 
-def _c_string(body: bytes, pos: int, maxlen: int, name: str) -> tuple[str, int]:
-    end = body.find(b"\x00", pos, pos + maxlen + 1)
-    if end < 0:
-        raise PduError("body", f"{name} is not NUL-terminated within {maxlen} octets")
-    return body[pos:end].decode("latin-1"), end + 1
+def _unterminated(name: str, maxlen: int) -> PduError:
+    return PduError("body", f"{name} is not NUL-terminated within {maxlen} octets")
+
+
+_unpack_tlv_head = struct.Struct(">HH").unpack_from
 
 
 def parse_tlvs(body: bytes, pos: int) -> dict[int, bytes]:
@@ -189,7 +192,7 @@ def parse_tlvs(body: bytes, pos: int) -> dict[int, bytes]:
     while pos < n:
         if pos + 4 > n:
             raise PduError("tlv", f"{n - pos} stray octets where a TLV header was expected")
-        tag, length = struct.unpack_from(">HH", body, pos)
+        tag, length = _unpack_tlv_head(body, pos)
         pos += 4
         if pos + length > n:
             raise PduError("tlv", f"TLV 0x{tag:04x} claims {length} octets, {n - pos} left")
@@ -200,26 +203,43 @@ def parse_tlvs(body: bytes, pos: int) -> dict[int, bytes]:
 
 def parse_deliver_sm(seq: int, body: bytes) -> DeliverSm:
     """Parse a deliver_sm body (after the header); PduError when truncated or garbled."""
+    # One function, no helper per C-string: this runs for every receipt.
+    find = body.find
+    end = find(0, 0, 6)
+    if end < 0:
+        raise _unterminated("service_type", 5)
+    pos = end + 3  # NUL, source_addr_ton, source_addr_npi
+    end = find(0, pos, pos + 65)
+    if end < 0:
+        raise _unterminated("source_addr", 64)
+    source = body[pos:end].decode("latin-1")
+    pos = end + 3  # NUL, dest_addr_ton, dest_addr_npi
+    end = find(0, pos, pos + 65)
+    if end < 0:
+        raise _unterminated("destination_addr", 64)
+    destination = body[pos:end].decode("latin-1")
+    pos = end + 1
     try:
-        _, pos = _c_string(body, 0, 5, "service_type")
-        pos += 2
-        source, pos = _c_string(body, pos, 64, "source_addr")
-        pos += 2
-        destination, pos = _c_string(body, pos, 64, "destination_addr")
         esm_class = body[pos]
         pos += 3  # esm_class, protocol_id, priority_flag
-        _, pos = _c_string(body, pos, 16, "schedule_delivery_time")
-        _, pos = _c_string(body, pos, 16, "validity_period")
-        pos += 2  # registered_delivery, replace_if_present_flag
+        end = find(0, pos, pos + 17)
+        if end < 0:
+            raise _unterminated("schedule_delivery_time", 16)
+        pos = end + 1
+        end = find(0, pos, pos + 17)
+        if end < 0:
+            raise _unterminated("validity_period", 16)
+        pos = end + 3  # NUL, registered_delivery, replace_if_present_flag
         data_coding = body[pos]
         sm_length = body[pos + 2]
         pos += 3
     except IndexError as e:
         raise PduError("body", "deliver_sm body ends inside the mandatory fields") from e
-    if pos + sm_length > len(body):
-        raise PduError("body", f"short_message claims {sm_length} octets, {len(body) - pos} left")
+    n = len(body)
+    if pos + sm_length > n:
+        raise PduError("body", f"short_message claims {sm_length} octets, {n - pos} left")
     short_message = body[pos : pos + sm_length]
-    tlvs = parse_tlvs(body, pos + sm_length)
+    tlvs = parse_tlvs(body, pos + sm_length) if pos + sm_length < n else {}
     return DeliverSm(seq, source, destination, esm_class, data_coding, short_message, tlvs)
 
 

@@ -44,8 +44,7 @@ from typing import Final
 from gatewayd.carrier import pdu as P
 from gatewayd.model import Receipt
 
-_HEX: Final = frozenset("0123456789abcdef")
-_DEC: Final = frozenset("0123456789")
+_HEX_DIGITS: Final = "0123456789abcdef"
 
 
 def normalise_id(raw: str) -> str:
@@ -60,25 +59,23 @@ def id_candidates(raw: str) -> list[str]:
     primary = normalise_id(raw)
     if not primary:
         return []
-    out = [primary]
-    chars = set(primary)
-    if chars <= _DEC and len(primary) <= 40:
-        dec = str(int(primary, 10))
-        if dec not in out:
-            out.append(dec)
-    if chars <= _HEX and len(primary) <= 32:
+    # An all-decimal primary has no leading zeros: its decimal value is itself. So only
+    # the hex reading can add a form. (strip(_HEX_DIGITS) is empty: all hex digits.)
+    if len(primary) <= 32 and not primary.strip(_HEX_DIGITS):
         from_hex = str(int(primary, 16))
-        if from_hex not in out:
-            out.append(from_hex)
-    return out
+        if from_hex != primary:
+            return [primary, from_hex]
+    return [primary]
 
 
 def receipt_candidates(raw: str) -> list[str]:
     out = id_candidates(raw)
-    if out and len(out[0]) <= 40 and set(out[0]) <= _DEC:
-        as_hex = format(int(out[0], 10), "x")
-        if as_hex not in out:
-            out.append(as_hex)
+    if out:
+        primary = out[0]
+        if len(primary) <= 40 and primary.isascii() and primary.isdigit():
+            as_hex = format(int(primary), "x")
+            if as_hex not in out:
+                out.append(as_hex)
     return out
 
 
