@@ -115,6 +115,32 @@ class Ledger:
         err: str = "",
         extra: dict[str, str | int | float] | None = None,
     ) -> None:
+        """Write a transition: the status record (kept status_ttl) and its event."""
+        key, status, event = self.build(
+            msg, state, now, reason=reason, carrier=carrier, carrier_id=carrier_id,
+            segments=segments, until=until, err=err, extra=extra,
+        )
+        count_state(state, reason)
+        if isinstance(target, Book):
+            target.records.append((key, status, event))
+        else:
+            self.write(target, key, status, event)
+
+    def build(
+        self,
+        msg: OutboundMessage,
+        state: str,
+        now: float,
+        *,
+        reason: str = "",
+        carrier: str = "",
+        carrier_id: str = "",
+        segments: int = 0,
+        until: float = 0.0,
+        err: str = "",
+        extra: dict[str, str | int | float] | None = None,
+    ) -> tuple[str, dict[Any, Any], dict[Any, Any]]:
+        """The status key, status fields and event of a transition (not yet counted)."""
         key = self.keys.status(msg.id)
         masked = mask_number(msg.to)
         status: dict[Any, Any] = {
@@ -152,11 +178,7 @@ class Ledger:
             status["done_at"] = now
         if extra:
             status.update(extra)
-        if isinstance(target, Book):
-            target.records.append((key, status, event))
-        else:
-            self.write(target, key, status, event)
-        count_state(state, reason)
+        return key, status, event
 
     def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:
         pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)

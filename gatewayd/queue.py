@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from gatewayd import metrics
 from gatewayd.config import Config
-from gatewayd.events import Ledger
+from gatewayd.events import Ledger, count_state
 from gatewayd.intake import to_fields
 from gatewayd.keys import GROUP, Keys
 from gatewayd.model import OutboundMessage
@@ -80,6 +80,7 @@ class QueueStore:
         self.streams = {k: keys.queue(k) for k in self.classes}
         self._by_stream = {v: k for k, v in self.streams.items()}
         self._enqueue = load_script(redis, "enqueue")
+        self._queued = load_script(redis, "queued")
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
         self.ledger = Ledger(keys, cfg, redis)
@@ -107,11 +108,20 @@ class QueueStore:
         now = time.time() if now is None else now
         results: list[tuple[str, bool]] = []
         at: list[int] = []  # index of each message's XADD/script reply
+        # Status first, entry second: a running daemon may read, submit and record the
+        # entry before a later "queued" write would land on top of it. A keyed message's
+        # event waits for the dedup verdict (a duplicate is never announced as queued).
+        keyed: dict[int, tuple[str, dict[Any, Any]]] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for m in msgs:
+            for n, m in enumerate(msgs):
                 fields = to_fields(m)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
+                    key, status, event = self.ledger.build(m, "queued", now)
+                    keyed[n] = (key, event)
+                    await pipe_script(pipe, self._queued, [key],
+                                      [self.ledger.status_ttl,
+                                       *(x for kv in status.items() for x in kv)])
                     flat = [x for kv in fields.items() for x in kv]
                     await pipe_script(
                         pipe, self._enqueue,
@@ -119,23 +129,27 @@ class QueueStore:
                         [m.id, IDEMPOTENCY_TTL_S, *flat],
                     )
                 else:
-                    # Status first: a running daemon may read, submit and record the
-                    # entry before a later "queued" write would land on top of it.
                     self.ledger.record(pipe, m, "queued", now)
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
                 at.append(len(pipe) - 1)
             replies = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for m, i in zip(msgs, at, strict=True):
+            for n, (m, i) in enumerate(zip(msgs, at, strict=True)):
                 reply = replies[i]
-                if m.idempotency_key and int(reply[0]) == 0:
-                    results.append((str(reply[1]), True))
-                    continue
+                if n in keyed:
+                    key, event = keyed[n]
+                    created = int(replies[i - 1]) == 1
+                    if int(reply[0]) == 0:
+                        results.append((str(reply[1]), True))
+                        if created:  # the duplicate's own record: it was never queued
+                            pipe.delete(key)
+                        continue
+                    self.ledger.event_only(pipe, event)
+                    count_state("queued", "")
                 results.append((m.id, False))
-                if m.idempotency_key:
-                    self.ledger.record(pipe, m, "queued", now)
                 metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
-            await pipe.execute()
+            if len(pipe):
+                await pipe.execute()
         return results
 
     # Reading ------------------------------------------------------------------------

@@ -88,6 +88,32 @@ async def test_idempotency_key_queues_one_copy(redis: aioredis.Redis, keys: Keys
     second = await q.enqueue([msg(idempotency_key="order-1")], source="t")
     assert second == [(first[0][0], True)]
     assert await redis.xlen(keys.queue("otp")) == 1
+    # The duplicate left no record of its own id and no "queued" event.
+    assert await redis.exists(keys.status(first[0][0])) == 1
+    [dup] = await q.enqueue([msg(idempotency_key="order-1", id="dup-1")], source="t")
+    assert dup == (first[0][0], True)
+    assert await redis.exists(keys.status("dup-1")) == 0
+    assert [f["id"] for _, f in await redis.xrange(keys.events)] == [first[0][0]]
+
+
+async def test_keyed_enqueue_never_overwrites_a_later_state(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """The record is written before the entry becomes readable, and never over an
+    existing record of the same id: a daemon's "submitted" (or a delivered first copy)
+    is never turned back into "queued" by the enqueue that created the entry."""
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    [(mid, _)] = await q.enqueue([msg(idempotency_key="k-2", id="same-1")], source="t")
+    assert await redis.hget(keys.status(mid), "state") == "queued"
+    await redis.hset(keys.status(mid), "state", "delivered")
+    # Same id, same key again (an upstream retry): a duplicate, the record untouched.
+    [(again, dup)] = await q.enqueue([msg(idempotency_key="k-2", id="same-1")], source="t")
+    assert (again, dup) == (mid, True)
+    assert await redis.hget(keys.status(mid), "state") == "delivered"
+    # Same id, a new key: queued, but the existing record is still not overwritten.
+    await q.enqueue([msg(idempotency_key="k-3", id="same-1")], source="t")
+    assert await redis.hget(keys.status(mid), "state") == "delivered"
 
 
 async def test_enqueue_records_queued_state_and_event(redis: aioredis.Redis, keys: Keys) -> None:

@@ -1,0 +1,12 @@
+-- The "queued" status record of a message enqueued with an idempotency key, written
+-- BEFORE its entry (enqueue.lua) so a daemon that reads the entry at once never has its
+-- "submitted" overwritten by a late "queued"; and never over an existing record of the
+-- same id (a repeat whose first copy may be long delivered).
+-- KEYS[1] status hash; ARGV[1] TTL (s); ARGV[2..] field/value pairs
+-- Returns 1 when written, 0 when a record existed.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
