@@ -111,3 +111,34 @@ async def test_unbind_inside_a_backlog_keeps_the_order(where: int) -> None:
         assert all(st == 0 for _, st in smsc.deliver_resps)
 
     await with_pool(scenario)
+
+
+async def test_a_failing_later_turn_drops_the_connection_not_the_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in a later turn must not leave the bind paused for good: it reconnects."""
+    from gatewayd.carrier.delivery import Deliveries
+
+    real = Deliveries.process
+    calls = [0]
+
+    def second_call_fails(self: Deliveries, session: Any, items: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("injected fault in the second turn")
+        real(self, session, items)
+
+    monkeypatch.setattr(Deliveries, "process", second_call_fails)
+
+    async def scenario(smsc: PySmsc, handler: TurnRecorder) -> None:
+        conn = smsc.bound_conns()[0]
+        conn.writer.write(b"".join(receipt_pdu(1 + i, i) for i in range(2 * MAX_PDUS_PER_TURN)))
+        await wait_until(lambda: smsc.binds_ok == 2, 10.0)  # dropped and bound again
+        assert len(handler.receipts) == MAX_PDUS_PER_TURN  # the first turn's
+        new = smsc.bound_conns()[-1]
+        seq = new.deliver(deliver_sm_body(source="1", destination="2", esm_class=0x04,
+                                          short_message=b"id:77 stat:DELIVRD"))
+        await wait_until(lambda: (seq, 0) in smsc.deliver_resps)
+        assert handler.receipts[-1].smsc_id == "77"
+
+    await with_pool(scenario)

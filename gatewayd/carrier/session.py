@@ -160,7 +160,14 @@ class Session(asyncio.Protocol):
 
     def _continue(self) -> None:
         self._more = None
-        self._parse(MAX_PDUS_PER_TURN)
+        try:
+            self._parse(MAX_PDUS_PER_TURN)
+        except Exception:
+            # Raised in data_received, this would make the transport drop the connection;
+            # in a callback of ours it would leave reading paused for good. Drop it too.
+            log.exception("%s[%d]: error handling PDUs; reconnecting", self.bind.carrier,
+                          self.bind.index)
+            self.abort("error handling PDUs")
 
     def _parse(self, limit: int) -> None:
         """Handle up to ``limit`` complete PDUs; leave the rest to the next turn."""
