@@ -213,7 +213,7 @@ class Dispatcher:
                 self._record_outcome(pipe, book, acks, awaiting, it, req, out, done)
             if awaiting:  # one ZADD for the batch
                 pipe.zadd(self.keys.awaiting_receipt, awaiting)
-        await book.flush(pipe)
+        book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
         await fastpipe.execute(pipe)

@@ -52,7 +52,7 @@ class Book:
         """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
         self.correlations.append((key, value))
 
-    async def flush(self, pipe: Pipeline) -> None:
+    def flush(self, pipe: Pipeline) -> None:
         led = self.ledger
         if not self.records and not self.correlations:
             return
@@ -76,7 +76,7 @@ class Book:
             for key, value in self.correlations:
                 keys.append(key)
                 args.append(value)
-            await pipe_script(pipe, led.script, keys, args)
+            pipe_script(pipe, led.script, keys, args)
         self.records.clear()
         self.correlations.clear()
 

@@ -164,7 +164,7 @@ class InboundHandler:
             return unmatched
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, msg_id, part in matched:
-                await pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
+                pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
                                   [part, r.state, now, r.err])
             results = await fastpipe.execute(pipe)
         finals: list[tuple[Receipt, str, list[str]]] = []
@@ -269,14 +269,14 @@ class InboundHandler:
         # Parts that never reported: the message as a whole ends as expired.
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id in ids:
-                await pipe_script(pipe, self._expire, [self.keys.status(msg_id)],
+                pipe_script(pipe, self._expire, [self.keys.status(msg_id)],
                                   [now, "receipt_timeout"])
             await pipe.execute()
         # Either it was still waiting (now expired), or it is already final and its
         # final event may never have been published (crash): publish it now.
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id in ids:
-                await pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
+                pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
                                   ["-", "expired", now, ""])
             summaries = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -119,11 +119,11 @@ class QueueStore:
                 if m.idempotency_key:
                     key, status, event = self.ledger.build(m, "queued", now)
                     keyed[n] = (key, event)
-                    await pipe_script(pipe, self._queued, [key],
+                    pipe_script(pipe, self._queued, [key],
                                       [self.ledger.status_ttl,
                                        *(x for kv in status.items() for x in kv)])
                     flat = [x for kv in fields.items() for x in kv]
-                    await pipe_script(
+                    pipe_script(
                         pipe, self._enqueue,
                         [stream, self.keys.idempotency(m.category, m.idempotency_key)],
                         [m.id, IDEMPOTENCY_TTL_S, *flat],

@@ -52,7 +52,7 @@ async def test_book_script_writes_what_the_command_path_writes(
         for i in range(2):
             book.correlate(keys.correlation("cmcc", f"{prefix}{i}"), f"{prefix}-a {i}")
         pipe = redis.pipeline(transaction=False)
-        await book.flush(pipe)
+        book.flush(pipe)
         await fastpipe.execute(pipe)
         assert not book.records and not book.correlations
     s, p = await _written(redis, keys, "s"), await _written(redis, keys, "p")
@@ -70,5 +70,5 @@ async def test_book_script_writes_what_the_command_path_writes(
 async def test_an_empty_book_writes_nothing(redis: aioredis.Redis, keys: Keys) -> None:
     ledger = Ledger(keys, Config(), redis)
     pipe = redis.pipeline(transaction=False)
-    await ledger.book().flush(pipe)
+    ledger.book().flush(pipe)
     assert await fastpipe.execute(pipe) == []

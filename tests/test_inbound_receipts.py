@@ -42,7 +42,7 @@ async def submitted(redis: aioredis.Redis, keys: Keys, msg_id: str, smsc_ids: li
     for part, sid in enumerate(smsc_ids):
         book.correlate(keys.correlation("cm", sid), f"{msg_id} {part}")
     pipe = redis.pipeline(transaction=False)
-    await book.flush(pipe)
+    book.flush(pipe)
     pipe.zadd(keys.awaiting_receipt, {msg_id: NOW + 3600})
     await fastpipe.execute(pipe)
 
