@@ -129,7 +129,11 @@ class InboundHandler:
             cs = receipt_candidates(r.smsc_id)
             keys += [self.keys.correlation(r.carrier, c) for c in cs]
             args += [r.state, r.err, len(cs)]
-        res = await self._receipts(keys=keys, args=args)
+        # Through a pipeline so hiredis packs the few thousand arguments (redis-py's
+        # own packer showed in the profile).
+        pipe = self.redis.pipeline(transaction=False)
+        pipe_script(pipe, self._receipts, keys, args)
+        [res] = await fastpipe.execute(pipe)
         unmatched: list[Receipt] = []
         for i, r in enumerate(final):
             kind, _id, state, carrier, submitted_at, published = res[6 * i : 6 * i + 6]

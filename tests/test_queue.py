@@ -182,3 +182,21 @@ def test_stream_fields_roundtrip() -> None:
     back = parse_message(to_fields(m), classes=CLASSES, max_segments=10)
     assert back == m
     assert to_fields(m)["from"] == "10690"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_read_parses_either_protocol(redis_url: str, keys: Keys, protocol: int) -> None:
+    """The dispatcher reads raw XREADGROUP replies: a map under RESP3, lists under RESP2."""
+    client = aioredis.from_url(redis_url, decode_responses=True, protocol=protocol)
+    try:
+        await client.flushdb()
+        q = make_queue(client, keys)
+        await q.ensure_groups()
+        await q.enqueue([msg(text="a1"), msg(category="marketing", text="m1")], source="t")
+        got = await q.read(10)
+        assert [(e.klass, e.fields and e.fields["text"]) for e in got] == [
+            ("otp", "a1"), ("marketing", "m1")]
+        assert await q.read(10, block_ms=10) == []
+        assert await q.read_class("otp", 10, block_ms=10) == []
+    finally:
+        await client.aclose()
