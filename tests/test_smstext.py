@@ -48,3 +48,35 @@ def test_parts_match_count(text: str, bits: int) -> None:
     enc = smstext.encode_parts(text, ref=1234, ref_bits=bits)
     assert len(enc.parts) == seg.parts
     assert all(len(p) <= 140 or enc.encoding == "gsm7" for p in enc.parts)
+
+
+def _chunks_by_unit(text: str, encoding: str, per_part: int) -> list[str]:
+    """The character-by-character splitter (the reference for smstext._chunks)."""
+    chunks: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for ch in text:
+        if encoding == "gsm7":
+            w = 2 if ch in smstext.GSM7_EXT else 1
+        else:
+            w = 2 if ord(ch) > 0xFFFF else 1
+        if size + w > per_part:
+            chunks.append("".join(cur))
+            cur, size = [], 0
+        cur.append(ch)
+        size += w
+    if cur or not chunks:
+        chunks.append("".join(cur))
+    return chunks
+
+
+_GSM7_TEXT = st.text(alphabet=smstext.GSM7_BASIC.replace("\x1b", "") + "".join(smstext.GSM7_EXT),
+                     max_size=500)
+
+
+@given(st.one_of(_GSM7_TEXT.map(lambda t: (t, "gsm7")),
+                 st.text(max_size=400).map(lambda t: (t, "ucs2"))),
+       st.sampled_from([67, 70, 134, 153, 152, 160]))
+def test_chunks_split_exactly_as_unit_by_unit(case: tuple[str, str], per: int) -> None:
+    text, enc = case
+    assert smstext._chunks(text, enc, per) == _chunks_by_unit(text, enc, per)  # type: ignore[arg-type]
