@@ -11,7 +11,7 @@ keys live in different slots, so the Book queues the same writes as commands.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
 
@@ -38,6 +38,21 @@ def count_state(state: str, reason: str) -> None:
     c.inc()
 
 
+# A transition's event is its status fields, renamed "updated_at" -> "at", without these
+# (the same rule in lua/record.lua, which derives the event from the status it writes).
+NOT_IN_EVENT: Final = frozenset({"attempts", "enqueued_at", "submitted_at", "done_at"})
+
+
+def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
+    event: dict[Any, Any] = {"id": msg_id}
+    for name, value in status.items():
+        if name == "updated_at":
+            event["at"] = value
+        elif name not in NOT_IN_EVENT:
+            event[name] = value
+    return event
+
+
 class Book:
     """One batch's state changes, written by ``flush`` into the batch's pipeline."""
 
@@ -45,7 +60,7 @@ class Book:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.records: list[tuple[str, dict[Any, Any], dict[Any, Any]]] = []
+        self.records: list[tuple[str, str, dict[Any, Any]]] = []  # (id, key, status)
         self.correlations: list[tuple[str, str]] = []
 
     def correlate(self, key: str, value: str) -> None:
@@ -57,21 +72,19 @@ class Book:
         if not self.records and not self.correlations:
             return
         if led.script is None or is_cluster(pipe):
-            for key, status, event in self.records:
-                led.write(pipe, key, status, event)
+            for msg_id, key, status in self.records:
+                led.write(pipe, key, status, event_of(msg_id, status))
             for key, value in self.correlations:
                 pipe.set(key, value, ex=led.receipt_ttl)
         else:
             keys: list[str] = [led.keys.events]
             args: list[Any] = [led.status_ttl, led.events_maxlen, led.receipt_ttl,
                                len(self.records)]
-            for key, status, event in self.records:
+            for msg_id, key, status in self.records:
                 keys.append(key)
+                args.append(msg_id)
                 args.append(2 * len(status))
                 for kv in status.items():
-                    args.extend(kv)
-                args.append(2 * len(event))
-                for kv in event.items():
                     args.extend(kv)
             for key, value in self.correlations:
                 keys.append(key)
@@ -98,7 +111,8 @@ class Ledger:
               event: dict[Any, Any]) -> None:
         pipe.hset(key, mapping=status)
         pipe.expire(key, self.status_ttl)
-        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)
+        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen,
+                  approximate=True)
 
     def record(
         self,
@@ -113,18 +127,16 @@ class Ledger:
         segments: int = 0,
         until: float = 0.0,
         err: str = "",
-        extra: dict[str, str | int | float] | None = None,
     ) -> None:
         """Write a transition: the status record (kept status_ttl) and its event."""
-        key, status, event = self.build(
-            msg, state, now, reason=reason, carrier=carrier, carrier_id=carrier_id,
-            segments=segments, until=until, err=err, extra=extra,
-        )
+        key, status = self.build(msg, state, now, reason=reason, carrier=carrier,
+                                 carrier_id=carrier_id, segments=segments, until=until,
+                                 err=err)
         count_state(state, reason)
         if isinstance(target, Book):
-            target.records.append((key, status, event))
+            target.records.append((msg.id, key, status))
         else:
-            self.write(target, key, status, event)
+            self.write(target, key, status, event_of(msg.id, status))
 
     def build(
         self,
@@ -138,24 +150,15 @@ class Ledger:
         segments: int = 0,
         until: float = 0.0,
         err: str = "",
-        extra: dict[str, str | int | float] | None = None,
-    ) -> tuple[str, dict[Any, Any], dict[Any, Any]]:
-        """The status key, status fields and event of a transition (not yet counted)."""
-        key = self.keys.status(msg.id)
-        masked = mask_number(msg.to)
+    ) -> tuple[str, dict[Any, Any]]:
+        """The status key and fields of a transition (not yet counted; its event is
+        ``event_of(msg.id, status)``)."""
         status: dict[Any, Any] = {
             "state": state,
             "updated_at": now,
             "category": msg.category,
-            "to": masked,
+            "to": mask_number(msg.to),
             "attempts": msg.attempts,
-        }
-        event: dict[Any, Any] = {
-            "id": msg.id,
-            "state": state,
-            "at": now,
-            "category": msg.category,
-            "to": masked,
         }
         for name, value in (
             ("reason", reason),
@@ -169,16 +172,13 @@ class Ledger:
         ):
             if value:
                 status[name] = value
-                event[name] = value
         if state == "queued":
             status["enqueued_at"] = msg.enqueued_at or now
         elif state == "submitted":
             status["submitted_at"] = now
         elif state in FINAL_STATES:
             status["done_at"] = now
-        if extra:
-            status.update(extra)
-        return key, status, event
+        return self.keys.status(msg.id), status
 
     def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:
         pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)

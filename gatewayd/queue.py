@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from gatewayd import fastpipe, metrics
 from gatewayd.config import Config
-from gatewayd.events import Ledger, count_state
+from gatewayd.events import Ledger, count_state, event_of
 from gatewayd.intake import to_fields
 from gatewayd.keys import GROUP, Keys
 from gatewayd.model import OutboundMessage
@@ -117,8 +117,8 @@ class QueueStore:
                 fields = to_fields(m)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
-                    key, status, event = self.ledger.build(m, "queued", now)
-                    keyed[n] = (key, event)
+                    key, status = self.ledger.build(m, "queued", now)
+                    keyed[n] = (key, event_of(m.id, status))
                     pipe_script(pipe, self._queued, [key],
                                       [self.ledger.status_ttl,
                                        *(x for kv in status.items() for x in kv)])
