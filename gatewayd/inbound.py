@@ -8,6 +8,11 @@ Keys written by an older gatewayd under every candidate form are still found. A 
 that arrives before its submit_sm_resp was recorded is parked in a sorted set and
 retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
 
+On a single Redis a chunk of receipts is correlated, applied and its final events
+published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
+different slots, the same work takes three pipelined steps (``_apply_in_steps``). Both
+paths are tested to leave the same states and events (tests/test_inbound_receipts.py).
+
 Several daemons: the parked receipts and the awaiting-receipt set are shared, so the
 two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting``) run
 in one daemon at a time, the holder of a short Redis lease (``Keys.lease("receipts")``,
