@@ -157,7 +157,10 @@ class QueueStore:
         """Read up to count new entries, highest class first (strict priority).
 
         A lower class is read only when the higher ones had nothing at that moment,
-        except for the share configured in queue.weights (anti-starvation).
+        except for the share configured in queue.weights (anti-starvation). Without
+        weights a batch holds one class only: codes found are processed on their own,
+        not topped up with campaign messages whose policy checks and submits they would
+        wait for (bench/priority: OTP p99 ~50 -> ~30 ms, marketing throughput unchanged).
         """
         out: list[Entry] = []
         remaining = count
@@ -174,6 +177,8 @@ class QueueStore:
             got = await self._read_one(klass, remaining)
             out.extend(got)
             remaining -= len(got)
+            if got and not self._weights:
+                break
         if out or block_ms is None:
             return out
         # Nothing anywhere: block on every stream for new work. On a cluster the
