@@ -202,3 +202,19 @@ async def test_read_parses_either_protocol(redis_url: str, keys: Keys, protocol:
         assert await q.read_class("otp", 10, block_ms=10) == []
     finally:
         await client.aclose()
+
+
+async def test_read_after_redis_lost_its_groups_recreates_them(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Redis restarted empty (or flushed): the read answers nothing and recreates the
+    consumer groups, so the next read sees new work, on both read paths."""
+    for weights in ({}, {"otp": 1, "marketing": 1}):
+        q = make_queue(redis, keys, weights=weights)
+        await q.ensure_groups()
+        await redis.flushdb()
+        assert await q.read(10) == []
+        await q.enqueue([msg(text="after")], source="t")
+        [e] = await q.read(10)
+        assert e.klass == "otp" and e.fields is not None and e.fields["text"] == "after"
+        await redis.flushdb()
