@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gatewayd import fastpipe, metrics
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
@@ -116,23 +116,28 @@ class Dispatcher:
     async def _worker(self, stop: asyncio.Event, index: int, express: str = "") -> None:
         q = self.cfg.queue
         backoff = 0.1
-        while not stop.is_set():
+        ahead: list[Entry] = []  # read in the previous batch's last pipeline
+        while not stop.is_set() or ahead:
             if not self.pool.ready():
+                if stop.is_set():
+                    break
                 # No bound carrier: leave messages queued instead of reading and
                 # requeueing them (the "requeue storm" of other gateways).
                 self.idle.set()
                 await _sleep_or_stop(stop, 0.2)
                 continue
             try:
-                if express:
+                entries, ahead = ahead, []
+                if not entries and express:
                     entries = await self.queue.read_class(express, q.express_batch, q.block_ms)
-                else:
+                elif not entries:
                     entries = await self.queue.read(q.read_batch, block_ms=q.block_ms)
                 if not entries:
                     self.idle.set()
                     continue
                 self.idle.clear()
-                await self.process(entries)
+                ahead = await self.process(entries, read_ahead=not stop.is_set(),
+                                           express=express)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -146,17 +151,26 @@ class Dispatcher:
                 log.exception("dispatch worker %d: batch failed", index)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
+        # Stopping with no bound carrier: what was read ahead stays pending (reclaimed).
+        self.in_flight.difference_update(e.entry_id for e in ahead)
 
     # One batch ----------------------------------------------------------------------
-    async def process(self, entries: list[Entry]) -> None:
+    async def process(self, entries: list[Entry], *, read_ahead: bool = False,
+                      express: str = "") -> list[Entry]:
+        """Process one batch; with ``read_ahead`` the pipeline that records its outcome
+        also reads the worker's next batch (one round trip less a batch: the workers
+        wait on round trips more than on the CPU), which is returned."""
         ids = [e.entry_id for e in entries]
         self.in_flight.update(ids)
         try:
-            await self._process(entries)
+            ahead = await self._process(entries, read_ahead, express)
+            self.in_flight.update(e.entry_id for e in ahead)
+            return ahead
         finally:
             self.in_flight.difference_update(ids)
 
-    async def _process(self, entries: list[Entry]) -> None:
+    async def _process(self, entries: list[Entry], read_ahead: bool = False,
+                       express: str = "") -> list[Entry]:
         now = self.clock()
         q = self.cfg.queue
         items: list[_Item] = []
@@ -216,8 +230,20 @@ class Dispatcher:
         book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
-        await fastpipe.execute(pipe)
+        read_ahead = read_ahead and self.queue.can_read_ahead(express)
+        if read_ahead:
+            self.queue.queue_read(pipe, q.express_batch if express else q.read_batch, express)
+        try:
+            replies = await fastpipe.execute(pipe, raw=read_ahead)
+        except ResponseError as e:
+            # Only the read can fail with NOGROUP; everything before it was applied.
+            if not read_ahead or "NOGROUP" not in str(e):
+                raise
+            self.processed += len(entries)
+            await self.queue.on_read_error(e)
+            return []
         self.processed += len(entries)
+        return self.queue.parse_read(replies[-1], express) if read_ahead else []
 
     def _invalid(
         self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float

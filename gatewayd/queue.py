@@ -64,8 +64,12 @@ class AckBatch:
 
     def flush(self, pipe: Pipeline) -> None:
         for stream, ids in self._ids.items():
-            pipe.xack(stream, GROUP, *ids)
+            # XDEL first: a process killed in the middle of writing a big pipeline
+            # leaves at worst deleted-but-pending entries, which reclaim clears. The
+            # other order left acked-but-undeleted entries that no read ever returns
+            # and that look "ready" for ever (a kill -9 test saw 128 of them).
             pipe.xdel(stream, *ids)
+            pipe.xack(stream, GROUP, *ids)
         self._ids.clear()
 
 
@@ -200,21 +204,39 @@ class QueueStore:
     async def _read_first(self, count: int) -> list[Entry]:
         """The strict-priority read of ``read`` in one script call (lua/read.lua)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe_script(pipe, self._read, [self.streams[k] for k in self.classes],
-                    [GROUP, self.consumer, count])
+        self.queue_read(pipe, count)
         try:
             [reply] = await fastpipe.execute(pipe, raw=True)
         except ResponseError as e:
-            if "NOGROUP" not in str(e):
-                raise
-            log.warning("consumer groups missing (Redis restarted empty?): recreating")
-            await self.ensure_groups()
+            await self.on_read_error(e)
             return []
+        return self.parse_read(reply)
+
+    def can_read_ahead(self, klass: str = "") -> bool:
+        """Whether ``queue_read`` can ride in another pipeline: a single Redis, and (for
+        the strict-priority read) no weights."""
+        return not self.cluster and (bool(klass) or not self._weights)
+
+    def queue_read(self, pipe: Pipeline, count: int, klass: str = "") -> None:
+        """Queue a non-blocking read on ``pipe`` (raw replies): the strict-priority one,
+        or of one class; ``parse_read`` turns its reply into entries."""
+        classes = [klass] if klass else self.classes
+        pipe_script(pipe, self._read, [self.streams[k] for k in classes],
+                    [GROUP, self.consumer, count])
+
+    def parse_read(self, reply: Any, klass: str = "") -> list[Entry]:
         if not reply:
             return []
-        klass = self.classes[int(reply[0]) - 1]
+        klass = klass or self.classes[int(reply[0]) - 1]
         return [Entry(klass, entry_id, dict(zip(kv[::2], kv[1::2], strict=True)) or None)
                 for entry_id, kv in reply[1]]
+
+    async def on_read_error(self, e: ResponseError) -> None:
+        """NOGROUP: Redis restarted empty (or was flushed): recreate the groups."""
+        if "NOGROUP" not in str(e):
+            raise e
+        log.warning("consumer groups missing (Redis restarted empty?): recreating")
+        await self.ensure_groups()
 
     async def read_class(self, klass: str, count: int, block_ms: int) -> list[Entry]:
         """Read only one class (the express lane for the highest class)."""
@@ -323,8 +345,8 @@ class QueueStore:
         if acks is not None:
             acks.add(stream, entry.entry_id)
             return
+        pipe.xdel(stream, entry.entry_id)  # before XACK: see AckBatch.flush
         pipe.xack(stream, GROUP, entry.entry_id)
-        pipe.xdel(stream, entry.entry_id)
 
     def dead_letter(
         self, pipe: Pipeline, entry: Entry, reason: str, acks: AckBatch | None = None
