@@ -46,7 +46,9 @@ GATEWAYD_ACL = (
     "+get", "+set", "+exists", "+expire", "+pexpire", "+hset", "+hget", "+hmget",
     "+hgetall", "+hdel", "+zadd", "+zrem", "+zrange", "+zrangebyscore",
     "+zremrangebyscore", "+zcard", "+zscore",
-    # Lua scripts (loaded once, then EVALSHA) and the opt-out MULTI
+    # the record an idempotency-key duplicate wrote for itself before the dedup
+    "+del",
+    # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
     "+evalsha", "+eval", "+script|load", "+script|exists", "+multi", "+exec", "+discard",
 )
 POLICY = """
