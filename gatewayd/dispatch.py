@@ -311,10 +311,12 @@ class Dispatcher:
             verdicts = list(await engine.evaluate(
                 self.redis, self.keys, [it.msg for it in items], now
             ))
+        tally: dict[tuple[str, str], int] = {}  # verdict counts: one update a batch
         for it, v in zip(items, verdicts, strict=True):
             m = it.msg
             if v is not None:
-                _child(_verdicts, metrics.POLICY_VERDICTS, v.check or "all", v.action).inc()
+                k = (v.check or "all", v.action)
+                tally[k] = tally.get(k, 0) + 1
                 if v.action == "reject":
                     self.ledger.record(book, m, "rejected", now, reason=v.reason)
                     self.queue.ack(pipe, it.entry, acks)
@@ -330,6 +332,8 @@ class Dispatcher:
             reqs.append(SubmitRequest(msg_id=m.id, destination=m.to, text=m.text,
                                       source=m.sender, carrier=m.carrier))
             chosen.append(it)
+        for (check, action), n in tally.items():
+            _child(_verdicts, metrics.POLICY_VERDICTS, check, action).inc(n)
         return reqs, chosen
 
     def _record_outcome(

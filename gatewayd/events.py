@@ -30,12 +30,12 @@ def reason_label(reason: str) -> str:
     return head[:40]
 
 
-def count_state(state: str, reason: str) -> None:
+def count_state(state: str, reason: str, n: int = 1) -> None:
     key = (state, reason_label(reason))
     c = _state_counters.get(key)
     if c is None:
         c = _state_counters[key] = metrics.MESSAGES_STATE.labels(*key)
-    c.inc()
+    c.inc(n)
 
 
 # A transition's event is its status fields, renamed "updated_at" -> "at", without these
@@ -56,12 +56,14 @@ def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
 class Book:
     """One batch's state changes, written by ``flush`` into the batch's pipeline."""
 
-    __slots__ = ("correlations", "ledger", "records")
+    __slots__ = ("correlations", "counts", "ledger", "records")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.records: list[tuple[str, str, dict[Any, Any]]] = []  # (id, key, status)
         self.correlations: list[tuple[str, str]] = []
+        # (state, reason) -> transitions: one counter update a batch, not a message
+        self.counts: dict[tuple[str, str], int] = {}
 
     def correlate(self, key: str, value: str) -> None:
         """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
@@ -69,6 +71,9 @@ class Book:
 
     def flush(self, pipe: Pipeline) -> None:
         led = self.ledger
+        for (state, reason), n in self.counts.items():
+            count_state(state, reason, n)
+        self.counts.clear()
         if not self.records and not self.correlations:
             return
         if led.script is None or is_cluster(pipe):
@@ -132,10 +137,12 @@ class Ledger:
         key, status = self.build(msg, state, now, reason=reason, carrier=carrier,
                                  carrier_id=carrier_id, segments=segments, until=until,
                                  err=err)
-        count_state(state, reason)
         if isinstance(target, Book):
             target.records.append((msg.id, key, status))
+            k = (state, reason)
+            target.counts[k] = target.counts.get(k, 0) + 1
         else:
+            count_state(state, reason)
             self.write(target, key, status, event_of(msg.id, status))
 
     def build(

@@ -49,11 +49,11 @@ _receipts_by: dict[tuple[str, str], Any] = {}
 _latency_by: dict[str, Any] = {}
 
 
-def _count_receipt(carrier: str, kind: str) -> None:
+def _count_receipt(carrier: str, kind: str, n: int = 1) -> None:
     c = _receipts_by.get((carrier, kind))
     if c is None:
         c = _receipts_by[(carrier, kind)] = metrics.RECEIPTS.labels(carrier, kind)
-    c.inc()
+    c.inc(n)
 
 
 def _latency(carrier: str) -> Any:
@@ -140,14 +140,22 @@ class InboundHandler:
         pipe_script(pipe, self._receipts, keys, args)
         [res] = await fastpipe.execute(pipe)
         unmatched: list[Receipt] = []
+        kinds: dict[tuple[str, str], int] = {}  # counter updates once a chunk
+        states: dict[str, int] = {}
         for i, r in enumerate(final):
             kind, _id, state, carrier, submitted_at, published = res[6 * i : 6 * i + 6]
             if kind in ("unmatched", "early"):
                 unmatched.append(r)
                 continue
-            _count_receipt(r.carrier, kind)
+            kinds[(r.carrier, kind)] = kinds.get((r.carrier, kind), 0) + 1
             if published:
-                self._count_final(state, carrier or r.carrier, submitted_at, now)
+                states[state] = states.get(state, 0) + 1
+                if submitted_at:
+                    _latency(carrier or r.carrier).observe(max(0.0, now - float(submitted_at)))
+        for (carrier, kind), n in kinds.items():
+            _count_receipt(carrier, kind, n)
+        for state, n in states.items():
+            count_state(state, "receipt", n)
         return unmatched
 
     async def _apply_in_steps(self, final: list[Receipt], now: float) -> list[Receipt]:
