@@ -134,3 +134,27 @@ def test_property_normalisation_is_idempotent(text: str) -> None:
     once = for_matching(text)
     assert for_matching(once) == once
     assert all(ch.isalnum() for ch in once)
+
+
+async def test_repeated_texts_get_the_same_verdicts_from_the_text_cache(
+    redis: object, keys: object
+) -> None:
+    """Content and keyword verdicts are remembered per (category, text): a campaign's
+    one text to many recipients. Every message still gets its own verdict object."""
+    engine = PolicyEngine.load(ROOT / "policies" / "policy.toml", classes=CLASSES)
+    texts = [("marketing", "【京东】新品上市加微信领券 回TD退订"),
+             ("marketing", "【京东】博彩优惠 回TD退订"),
+             ("marketing", "【京东】新品上市"),  # the hint gets appended
+             ("transactional", "Your parcel is out for delivery")]
+    rounds = []
+    for r in range(3):
+        msgs = [OutboundMessage(id=f"m{r}-{i}", to=f"+86138{r}{i:06d}", text=t, category=c)
+                for i, (c, t) in enumerate(texts)]
+        rounds.append(await engine.evaluate(redis, keys, msgs, NOW))  # type: ignore[arg-type]
+    first = [(v.action, v.reason, v.flags, v.text) for v in rounds[0]]
+    assert first[0][0] == "send" and first[0][2] == ["review:lures:加微信"]
+    assert first[1][:2] == ("reject", "keyword:gambling:博彩")
+    assert first[2][3] is not None and first[2][3].endswith("回TD退订")
+    for later in rounds[1:]:
+        assert [(v.action, v.reason, v.flags, v.text) for v in later] == first
+    assert rounds[1][1] is not rounds[2][1] and rounds[1][0].flags is not rounds[2][0].flags

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import redis.asyncio as aioredis
 
 from gatewayd.keys import Keys
@@ -42,6 +43,8 @@ from gatewayd.policy.quiet import QuietHours, ZoneTable
 from gatewayd.policy.redischecks import REDIS_CHECKS, Outcome, RedisBatch, caps_spec
 from gatewayd.policy.settings import CategorySettings, Policy, SendWindow, load_policy
 from gatewayd.policy.verdict import CHECK_ORDER, Verdict, defer, reject
+
+_TEXT_CACHE = 4096  # distinct (category, text) pairs remembered by an engine
 
 __all__ = ["CHECK_ORDER", "PolicyEngine", "Verdict"]
 
@@ -90,6 +93,11 @@ class PolicyEngine:
                 caps=caps_spec([(c.limit, c.window_s) for c in cs.caps]),
                 duplicate_ms=round(cs.duplicate_window_s * 1000),
             )
+        # (category, text) -> what content and keywords say of it: both depend on
+        # nothing else, and a campaign sends one text to many recipients. Bounded;
+        # a reloaded policy is a new engine with an empty cache.
+        self._by_text: dict[tuple[str, str], tuple[Verdict | None, str | None,
+                                                    tuple[str, ...]]] = {}
 
     @classmethod
     def load(cls, path: str | Path | None, *, classes: list[str]) -> PolicyEngine:
@@ -130,17 +138,24 @@ class PolicyEngine:
         self, msg: OutboundMessage, cat: _Category, quiet: QuietHours, digits: str
     ) -> tuple[Verdict | None, _Local | None]:
         """Content and keywords decide, or the message goes on (with its quiet verdict)."""
-        normalised = for_matching(msg.text)
-        v, rewritten = cat.content.check(msg.text, normalised)
+        key = (cat.name, msg.text)
+        known = self._by_text.get(key)
+        if known is None:
+            normalised = for_matching(msg.text)
+            v, rewritten = cat.content.check(msg.text, normalised)
+            flags: list[str] = []
+            if v is None:
+                v, flags = self._keywords.check(normalised, cat.name)
+            if len(self._by_text) >= _TEXT_CACHE:
+                self._by_text.clear()
+            known = self._by_text[key] = (v, rewritten, tuple(flags))
+        v, rewritten, cached_flags = known
         if v is not None:
-            return v, None
-        v, flags = self._keywords.check(normalised, cat.name)
-        if v is not None:
-            return v, None
+            return msgspec.structs.replace(v), None  # each message its own verdict
         qv = None
         if cat.window is not None:
             qv = quiet.check(cat.window, cat.settings.spread_s, digits, msg.id or msg.to)
-        return None, _Local(0, cat, rewritten, flags, qv, msg.tenant)
+        return None, _Local(0, cat, rewritten, list(cached_flags), qv, msg.tenant)
 
     def _tenant_spec(self, tenant: str) -> str:
         if not tenant or not self._tenants:
