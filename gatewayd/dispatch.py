@@ -116,11 +116,12 @@ class Dispatcher:
     async def _worker(self, stop: asyncio.Event, index: int, express: str = "") -> None:
         q = self.cfg.queue
         backoff = 0.1
-        ahead: list[Entry] = []  # read in the previous batch's last pipeline
+        # Read in the previous batch's last pipeline; always processed (when the carrier
+        # is gone meanwhile, they are deferred like the rest of a batch in flight, so
+        # another daemon can take them), never held.
+        ahead: list[Entry] = []
         while not stop.is_set() or ahead:
-            if not self.pool.ready():
-                if stop.is_set():
-                    break
+            if not ahead and not self.pool.ready():
                 # No bound carrier: leave messages queued instead of reading and
                 # requeueing them (the "requeue storm" of other gateways).
                 self.idle.set()
@@ -136,8 +137,9 @@ class Dispatcher:
                     self.idle.set()
                     continue
                 self.idle.clear()
-                ahead = await self.process(entries, read_ahead=not stop.is_set(),
-                                           express=express)
+                ahead = await self.process(
+                    entries, read_ahead=not stop.is_set() and self.pool.ready(),
+                    express=express)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -151,8 +153,6 @@ class Dispatcher:
                 log.exception("dispatch worker %d: batch failed", index)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
-        # Stopping with no bound carrier: what was read ahead stays pending (reclaimed).
-        self.in_flight.difference_update(e.entry_id for e in ahead)
 
     # One batch ----------------------------------------------------------------------
     async def process(self, entries: list[Entry], *, read_ahead: bool = False,
