@@ -56,8 +56,9 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     # Per-class default time to live (seconds) when a message has no expires_at.
     default_ttl_s: dict[str, float] = msgspec.field(default_factory=lambda: {"otp": 300.0})
     # Small batches keep the event loop's turns short, so a code read by the express
-    # worker is not stuck behind a long batch (bench/priority: OTP p99 ~330 ms at 256,
-    # ~100 ms at 64, for about 5 % less marketing throughput).
+    # worker is not stuck behind a long batch (bench/priority, before batches held one
+    # class: OTP p99 ~330 ms at 256, ~100 ms at 64, for about 5 % less marketing
+    # throughput; now ~36 ms at 64, README "Performance").
     read_batch: int = 64
     block_ms: int = 50
     reclaim_idle_s: float = 60.0
