@@ -123,3 +123,16 @@ async def test_interim_receipts_change_nothing(
     await handler.on_receipts([Receipt(carrier="cm", smsc_id="f1", stat="ENROUTE", state="")])
     assert await redis.hget(keys.status("m6"), "state") == "submitted"
     assert await redis.zcard(keys.early_receipts) == 0
+
+
+async def test_single_part_failure_keeps_its_error_code(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    await submitted(redis, keys, "m7", ["g1"])
+    await handler.on_receipts([rcpt("g1", "undeliverable", "0x0b")])
+    status = await redis.hgetall(keys.status("m7"))
+    assert (status["state"], status["err"], status["p0"]) == (
+        "undeliverable", "0x0b", "undeliverable")
+    assert float(status["done_at"]) == NOW + 5
+    [ev] = await finals(redis, keys)
+    assert (ev["state"], ev["err"]) == ("undeliverable", "0x0b")
