@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -76,6 +77,9 @@ class ProcSampler:
         self._t0 = 0.0
         self.cpu_s = 0.0
         self.wall_s = 0.0
+        # (wall clock, CPU s since start): CPU over a stretch of the run (the steady
+        # part between first submit and last final state, without start-up).
+        self.samples: list[tuple[float, float]] = []
 
     def __enter__(self) -> ProcSampler:
         self._cpu0 = cpu_seconds(self.pid)
@@ -89,6 +93,7 @@ class ProcSampler:
                 self.peak_rss = max(self.peak_rss, rss_bytes(self.pid))
                 self.cpu_s = cpu_seconds(self.pid) - self._cpu0
                 self.wall_s = time.monotonic() - self._t0
+                self.samples.append((time.time(), self.cpu_s))
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 return
             self._stop.wait(self.interval_s)
@@ -96,6 +101,21 @@ class ProcSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_between(self, t0: float, t1: float) -> float:
+        """CPU seconds spent between two wall-clock times (linear between samples)."""
+        return self._cpu_at(t1) - self._cpu_at(t0)
+
+    def _cpu_at(self, t: float) -> float:
+        s = self.samples
+        if not s:
+            return 0.0
+        if t <= s[0][0]:
+            return s[0][1]
+        for (ta, ca), (tb, cb) in itertools.pairwise(s):
+            if ta <= t <= tb:
+                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+        return s[-1][1]
 
     @property
     def cpu_percent(self) -> float:

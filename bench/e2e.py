@@ -100,12 +100,28 @@ def one_run(rig: harness.Rig, n: int, run: int, opts: harness.GatewaydOptions
     ids = rig.enqueue(items)
     enqueue_s = time.time() - t
     cfg = rig.config(opts)
+    rig.reset_commandstats()
     started = time.time()
     out = harness.run_gatewayd(rig, cfg, timeout_s=max(120.0, n / 500))
     if out.code != 0:
         raise SystemExit(f"gatewayd exited {out.code}: {out.stderr}")
+    # Redis's own account of the run (scripts count once, as eval, plus each command
+    # they call): where Redis's CPU goes, per message.
+    cmds = rig.commandstats()
+    cmds.pop("config|resetstat", None)
+    cmds.pop("config", None)
+    cmds.pop("info", None)
     gw, sim = out.gw, out.sim
     res = analyse(rig.statuses(ids))
+    # The steady part (first submit .. last final state), without start-up and drain.
+    t0, t1 = res["first_submit_at"], res["last_final_at"]
+    steady = max(1, res["final"])
+    res.update({
+        "gw_steady_us_per_msg": 1e6 * gw.cpu_between(t0, t1) / steady,
+        "redis_steady_us_per_msg": (1e6 * out.redis.cpu_between(t0, t1) / steady
+                                    if out.redis else 0.0),
+        "sim_steady_us_per_msg": 1e6 * sim.cpu_between(t0, t1) / steady,
+    })
     res.update({
         "n": n, "enqueue_s": enqueue_s,
         "wall_per_s": res["final"] / (res["last_final_at"] - started),
@@ -115,6 +131,10 @@ def one_run(rig: harness.Rig, n: int, run: int, opts: harness.GatewaydOptions
         "gw_peak_rss_mb": gw.peak_rss / 1e6,
         "sim_cpu_pct": sim.cpu_percent,
         "redis_cpu_pct": out.redis.cpu_percent if out.redis else 0.0,
+        "redis_cpu_us_per_msg": 1e6 * out.redis.cpu_s / n if out.redis else 0.0,
+        "redis_commands_per_msg": sum(c for c, _ in cmds.values()) / n,
+        "redis_commands": {k: {"calls": c, "usec": u} for k, (c, u) in sorted(
+            cmds.items(), key=lambda kv: -kv[1][1])},
     })
     if res["final"] != n:
         res["warning"] = f"only {res['final']} of {n} messages reached a final state"
@@ -152,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             line = (f"run {i + 1}: {r['final_per_s']:,.0f} final/s, submit "
                     f"{r['submit_per_s']:,.0f}/s, gatewayd CPU {r['gw_cpu_pct']:.0f} % "
-                    f"({r['gw_cpu_us_per_msg']:.0f} us/msg), "
-                    f"RSS {r['gw_peak_rss_mb']:.0f} MB, Redis CPU {r['redis_cpu_pct']:.0f} %, "
+                    f"({r['gw_cpu_us_per_msg']:.0f} us/msg; "
+                    f"steady {r['gw_steady_us_per_msg']:.1f}), "
+                    f"RSS {r['gw_peak_rss_mb']:.0f} MB, Redis CPU {r['redis_cpu_pct']:.0f} % "
+                    f"({r['redis_cpu_us_per_msg']:.0f} us/msg; steady "
+                    f"{r['redis_steady_us_per_msg']:.1f}, "
+                    f"{r['redis_commands_per_msg']:.1f} commands/msg), "
                     f"states {r['states']}")
             if not args.no_baseline:
                 b = baseline(rig, args.n, 1000)
@@ -179,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "gw_cpu_pct": s("gw_cpu_pct"), "gw_cpu_us_per_msg": s("gw_cpu_us_per_msg"),
         "gw_peak_rss_mb": s("gw_peak_rss_mb"),
         "sim_cpu_pct": s("sim_cpu_pct"), "redis_cpu_pct": s("redis_cpu_pct"),
+        "redis_cpu_us_per_msg": s("redis_cpu_us_per_msg"),
+        "gw_steady_us_per_msg": s("gw_steady_us_per_msg"),
+        "redis_steady_us_per_msg": s("redis_steady_us_per_msg"),
+        "sim_steady_us_per_msg": s("sim_steady_us_per_msg"),
+        "redis_version": rig.redis_version(),
+        "redis_commands_per_msg": s("redis_commands_per_msg"),
         "runs": runs,
     }
     rows = [
@@ -191,9 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         ("submit->receipt p99", _fmt(result["submit_final_p99_ms"], " ms")),
         ("gatewayd CPU", _fmt(result["gw_cpu_pct"], " %")),
         ("gatewayd CPU per message", _fmt(result["gw_cpu_us_per_msg"], " us")),
+        ("  steady (first submit..last final)", _fmt(result["gw_steady_us_per_msg"], " us",
+                                                     digits=1)),
         ("gatewayd peak RSS", _fmt(result["gw_peak_rss_mb"], " MB")),
         ("simulator CPU", _fmt(result["sim_cpu_pct"], " %")),
         ("redis-server CPU", _fmt(result["redis_cpu_pct"], " %")),
+        ("redis-server CPU per message", _fmt(result["redis_cpu_us_per_msg"], " us")),
+        ("  steady", _fmt(result["redis_steady_us_per_msg"], " us", digits=1)),
+        ("simulator CPU per message, steady", _fmt(result["sim_steady_us_per_msg"], " us",
+                                                   digits=1)),
+        ("Redis commands per message", _fmt(result["redis_commands_per_msg"], digits=1)),
     ]
     if bases:
         result["baseline"] = {
@@ -209,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
     path = write_result(args.name, result)
     print(table(rows))
+    last = runs[-1]["redis_commands"]
+    print("Redis time by command, last run (us a message, calls a message): " + ", ".join(
+        f"{k} {v['usec'] / args.n:.1f}/{v['calls'] / args.n:.2f}"
+        for k, v in list(last.items())[:12]))
     print(f"-> {path}")
     return 0
 

@@ -233,6 +233,7 @@ class Rig:
         self.dir = Path(self._tmp.name)
         self._redis: EmbeddedRedis | None = None
         self.redis_url = os.environ.get("REDIS_URL", "")
+        self._external_pid: int | None = None
         self.sim: subprocess.Popen[str] | None = None
         self.sim_port = 0
         self.zone, self.zone_local = daytime_zone()
@@ -267,7 +268,32 @@ class Rig:
 
     @property
     def redis_pid(self) -> int:
-        return self._redis.proc.pid if self._redis is not None and self._redis.proc else 0
+        """The redis-server's pid: ours, or a REDIS_URL server's when it runs here."""
+        if self._redis is not None and self._redis.proc:
+            return self._redis.proc.pid
+        if self._external_pid is None:
+            self._external_pid = 0
+
+            async def go() -> dict[str, Any]:
+                r = aioredis.from_url(self.redis_url, decode_responses=True)
+                info = await r.info("server")
+                await r.aclose()
+                return dict(info)
+            info = asyncio.run(go())
+            pid = int(info.get("process_id", 0))
+            host = self.redis_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+            local = host.startswith(("127.", "localhost", "[::1]")) or "unix" in self.redis_url
+            if local and pid and os.path.exists(f"/proc/{pid}/stat"):
+                self._external_pid = pid
+        return self._external_pid
+
+    def redis_version(self) -> str:
+        async def go() -> str:
+            r = aioredis.from_url(self.redis_url, decode_responses=True)
+            info = await r.info("server")
+            await r.aclose()
+            return str(info.get("redis_version", "?"))
+        return asyncio.run(go())
 
     def config(self, opts: GatewaydOptions) -> Path:
         return write_config(self.dir, self.redis_url, self.sim_port, self.policy, opts)
@@ -279,6 +305,23 @@ class Rig:
             await r.flushdb()
             await r.aclose()
         asyncio.run(go())
+
+    def reset_commandstats(self) -> None:
+        async def go() -> None:
+            r = aioredis.from_url(self.redis_url, decode_responses=True)
+            await r.config_resetstat()
+            await r.aclose()
+        asyncio.run(go())
+
+    def commandstats(self) -> dict[str, tuple[int, int]]:
+        """Redis's own per-command totals since the last reset: name -> (calls, usec)."""
+        async def go() -> dict[str, tuple[int, int]]:
+            r = aioredis.from_url(self.redis_url, decode_responses=True)
+            info = await r.info("commandstats")
+            await r.aclose()
+            return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+                    for k, v in info.items()}
+        return asyncio.run(go())
 
     def enqueue(self, items: list[dict[str, str]]) -> list[str]:
         """Through gatewayd.client (validation, ids, the `queued` record), chunked."""
@@ -324,7 +367,8 @@ class Rig:
         if profile:
             # py-spy (pip install py-spy): collapsed stacks, idle frames too when asked.
             idle = ["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []
-            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200",
+            rate = os.environ.get("BENCH_PROFILE_RATE", "200")  # samples a second
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", rate,
                    "-f", "raw", "-o", profile, *idle, "--", *cmd]
         return subprocess.Popen(
             cmd,
