@@ -223,10 +223,13 @@ class Dispatcher:
             outcomes = await self.pool.submit_batch(reqs)
             done = self.clock()
             awaiting: dict[str, float] = {}
+            waits: dict[str, list[float]] = {}
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
-                self._record_outcome(pipe, book, acks, awaiting, it, req, out, done)
+                self._record_outcome(pipe, book, acks, awaiting, waits, it, req, out, done)
             if awaiting:  # one ZADD for the batch
                 pipe.zadd(self.keys.awaiting_receipt, awaiting)
+            for klass, values in waits.items():
+                metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
         book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
@@ -338,7 +341,8 @@ class Dispatcher:
 
     def _record_outcome(
         self, pipe: Pipeline, book: Book, acks: AckBatch, awaiting: dict[str, float],
-        it: _Item, req: SubmitRequest, out: SubmitOutcome, now: float,
+        waits: dict[str, list[float]], it: _Item, req: SubmitRequest, out: SubmitOutcome,
+        now: float,
     ) -> None:
         m = it.msg
         if out.ok:
@@ -356,8 +360,10 @@ class Dispatcher:
                                    f"{m.id} {part}")
                 awaiting[m.id] = now + self.receipt_ttl
             if m.enqueued_at:
-                _child(_queue_wait, metrics.QUEUE_WAIT, m.category).observe(
-                    max(0.0, now - m.enqueued_at))
+                w = waits.get(m.category)
+                if w is None:
+                    w = waits[m.category] = []
+                w.append(max(0.0, now - m.enqueued_at))
         elif out.kind == "retry":
             backpressure = out.status_name in _BACKPRESSURE
             if not backpressure:

@@ -142,6 +142,7 @@ class InboundHandler:
         unmatched: list[Receipt] = []
         kinds: dict[tuple[str, str], int] = {}  # counter updates once a chunk
         states: dict[str, int] = {}
+        latencies: dict[str, list[float]] = {}
         for i, r in enumerate(final):
             kind, _id, state, carrier, submitted_at, published = res[6 * i : 6 * i + 6]
             if kind in ("unmatched", "early"):
@@ -151,7 +152,13 @@ class InboundHandler:
             if published:
                 states[state] = states.get(state, 0) + 1
                 if submitted_at:
-                    _latency(carrier or r.carrier).observe(max(0.0, now - float(submitted_at)))
+                    c = carrier or r.carrier
+                    lat = latencies.get(c)
+                    if lat is None:
+                        lat = latencies[c] = []
+                    lat.append(max(0.0, now - float(submitted_at)))
+        for c, values in latencies.items():
+            metrics.observe_many(_latency(c), values)
         for (carrier, kind), n in kinds.items():
             _count_receipt(carrier, kind, n)
         for state, n in states.items():

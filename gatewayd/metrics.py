@@ -6,6 +6,10 @@ vocabulary, SMPP status names. Never phone numbers, message ids or free text.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -124,3 +128,22 @@ HTTP_LATENCY = Histogram(
     "gatewayd_http_request_duration_seconds", "HTTP API request handling time",
     ["route"], buckets=_LAT_BUCKETS, registry=REGISTRY,
 )
+
+
+def observe_many(child: Any, values: Iterable[float]) -> None:
+    """``child.observe(v)`` for every value, with one update a bucket instead of one a
+    value (a batch's observations; per-message observe() showed in the bench profile).
+    Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum), the
+    same arithmetic as its observe(): tests/test_metrics.py pins the equivalence."""
+    bounds = child._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for v in values:
+        total += v
+        counts[bisect_left(bounds, v)] += 1  # the first bound >= v; the last is +Inf
+    if not any(counts):
+        return
+    child._sum.inc(total)
+    for bucket, n in zip(child._buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)

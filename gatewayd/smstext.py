@@ -64,8 +64,24 @@ def ucs2_units(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
+# A message's text is segmented at intake, by content rules and again when encoded:
+# remembered per text (a str caches its hash, so a hit costs one dict look-up).
+_SEGMENTS: dict[tuple[str, int], Segmentation] = {}
+_SEGMENTS_MAX: Final = 4096
+
+
 def segments(text: str, ref_bits: int = 8) -> Segmentation:
     """How text would be sent: alphabet, size in units, number of parts."""
+    key = (text, ref_bits)
+    seg = _SEGMENTS.get(key)
+    if seg is None:
+        if len(_SEGMENTS) >= _SEGMENTS_MAX:
+            _SEGMENTS.clear()
+        seg = _SEGMENTS[key] = _segments(text, ref_bits)
+    return seg
+
+
+def _segments(text: str, ref_bits: int) -> Segmentation:
     septets = gsm7_septets(text)
     if septets is not None:
         enc: Encoding = "gsm7"

@@ -80,3 +80,14 @@ _GSM7_TEXT = st.text(alphabet=smstext.GSM7_BASIC.replace("\x1b", "") + "".join(s
 def test_chunks_split_exactly_as_unit_by_unit(case: tuple[str, str], per: int) -> None:
     text, enc = case
     assert smstext._chunks(text, enc, per) == _chunks_by_unit(text, enc, per)  # type: ignore[arg-type]
+
+
+def test_segments_remembered_per_text_and_bounded() -> None:
+    smstext._SEGMENTS.clear()
+    text = "【店】您的订单已发货" * 10
+    first = smstext.segments(text)
+    assert smstext.segments(text) is first  # the second call is a look-up
+    assert smstext.segments(text, 16) == smstext._segments(text, 16)
+    for i in range(smstext._SEGMENTS_MAX + 10):
+        assert smstext.segments(f"code {i}") == smstext._segments(f"code {i}", 8)
+    assert len(smstext._SEGMENTS) <= smstext._SEGMENTS_MAX
