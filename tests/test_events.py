@@ -72,3 +72,28 @@ async def test_an_empty_book_writes_nothing(redis: aioredis.Redis, keys: Keys) -
     pipe = redis.pipeline(transaction=False)
     ledger.book().flush(pipe)
     assert await fastpipe.execute(pipe) == []
+
+
+async def test_a_big_book_is_one_script_call_and_writes_everything(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    ledger = Ledger(keys, Config(), redis)
+    n = 300  # more than read_batch is ever set to in the benches
+    book = ledger.book()
+    for i in range(n):
+        m = parse_message({"id": f"big-{i}", "to": "+8613800138000", "text": "t"},
+                          classes=CLASSES, max_segments=10, now=1000.0)
+        ledger.record(book, m, "submitted", 1001.0 + i, carrier="cmcc", carrier_id=f"{i:x}")
+    for i in range(n + 5):  # more correlation keys than records (multipart messages)
+        book.correlate(keys.correlation("cmcc", f"c{i}"), f"big-{i % n} {i // n}")
+    pipe = redis.pipeline(transaction=False)
+    book.flush(pipe)
+    assert len(pipe.command_stack) == 1
+    await fastpipe.execute(pipe)
+    events = [f for _, f in await redis.xrange(keys.events)]
+    assert [e["id"] for e in events] == [f"big-{i}" for i in range(n)]  # batch order kept
+    for i in (0, 63, 64, n - 1):
+        st = await redis.hgetall(keys.status(f"big-{i}"))
+        assert st["state"] == "submitted" and st["carrier_id"] == f"{i:x}"
+    assert [await redis.get(keys.correlation("cmcc", f"c{i}")) for i in (0, n, n + 4)] == [
+        "big-0 0", "big-0 1", "big-4 1"]

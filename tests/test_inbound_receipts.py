@@ -136,3 +136,17 @@ async def test_single_part_failure_keeps_its_error_code(
     assert float(status["done_at"]) == NOW + 5
     [ev] = await finals(redis, keys)
     assert (ev["state"], ev["err"]) == ("undeliverable", "0x0b")
+
+
+async def test_more_receipts_than_one_script_call_takes(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    n = 600  # > the 256 receipts a script call takes
+    for i in range(n):
+        await submitted(redis, keys, f"many-{i}", [f"a{i:x}"])
+    batch = [rcpt(f"a{i:x}") for i in range(n)] + [rcpt("ffffff")]  # one unknown
+    await handler.on_receipts(batch)
+    got = await finals(redis, keys)
+    assert sorted(f["id"] for f in got) == sorted(f"many-{i}" for i in range(n))
+    assert await redis.zcard(keys.awaiting_receipt) == 0
+    assert await redis.zcard(keys.early_receipts) == 1  # the unknown one, parked

@@ -214,3 +214,23 @@ async def test_caps_hold_under_concurrent_batches_from_two_engines(
     for times in passes.values():
         # 1 a minute: at T0, T0+60 and T0+120 would be allowed; we stop at T0+110.
         assert times == [T0, T0 + 60]
+
+
+async def test_a_big_batch_decides_as_one_message_at_a_time(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """A recipient's messages spread over a big batch see each other's counts, in order."""
+    e = load()
+    n = 192
+    people = [f"+86139{i:08d}" for i in range(32)]
+
+    def batch() -> list[OutboundMessage]:
+        # Six codes a person, spread over the batch: the 1-a-minute OTP cap must let
+        # exactly the first through.
+        return [otp(to=people[i % len(people)], msg_id=f"big-{i}") for i in range(n)]
+
+    together = await e.evaluate(redis, keys, batch(), T0)
+    one_by_one = [(await e.evaluate(redis, Keys("solo:"), [m], T0))[0] for m in batch()]
+    assert [v.action for v in together] == [v.action for v in one_by_one]
+    assert [v.action for v in together].count("send") == len(people)
+    assert [v.reason for v in together] == [v.reason for v in one_by_one]
