@@ -222,12 +222,13 @@ class Dispatcher:
         if reqs:
             outcomes = await self.pool.submit_batch(reqs)
             done = self.clock()
-            awaiting: dict[str, float] = {}
+            awaiting: list[str] = []
             waits: dict[str, list[float]] = {}
             for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
                 self._record_outcome(pipe, book, acks, awaiting, waits, it, req, out, done)
-            if awaiting:  # one ZADD for the batch
-                pipe.zadd(self.keys.awaiting_receipt, awaiting)
+            if awaiting:  # one ZADD for the batch; the score's text made once
+                deadline = repr(done + self.receipt_ttl)
+                pipe.zadd(self.keys.awaiting_receipt, dict.fromkeys(awaiting, deadline))
             for klass, values in waits.items():
                 metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
         book.flush(pipe)
@@ -340,7 +341,7 @@ class Dispatcher:
         return reqs, chosen
 
     def _record_outcome(
-        self, pipe: Pipeline, book: Book, acks: AckBatch, awaiting: dict[str, float],
+        self, pipe: Pipeline, book: Book, acks: AckBatch, awaiting: list[str],
         waits: dict[str, list[float]], it: _Item, req: SubmitRequest, out: SubmitOutcome,
         now: float,
     ) -> None:
@@ -358,7 +359,7 @@ class Dispatcher:
                 for part, smsc_id in enumerate(out.smsc_ids):
                     book.correlate(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
                                    f"{m.id} {part}")
-                awaiting[m.id] = now + self.receipt_ttl
+                awaiting.append(m.id)
             if m.enqueued_at:
                 w = waits.get(m.category)
                 if w is None:

@@ -105,6 +105,7 @@ class Ledger:
         self.status_ttl = int(cfg.queue.status_ttl_s)
         self.events_maxlen = cfg.queue.events_maxlen
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
+        self._now, self._now_text = 0.0, "0.0"
         # The batch script, on a single Redis only (see Book).
         self.script = (load_script(redis, "record")
                        if redis is not None and not is_cluster(redis) else None)
@@ -160,9 +161,14 @@ class Ledger:
     ) -> tuple[str, dict[Any, Any]]:
         """The status key and fields of a transition (not yet counted; its event is
         ``event_of(msg.id, status)``)."""
+        # A batch's transitions share one `now`: its text is made once, not by hiredis
+        # for every record (repr() of a float costs more than packing a str).
+        if now != self._now:
+            self._now, self._now_text = now, repr(now)
+        at = self._now_text
         status: dict[Any, Any] = {
             "state": state,
-            "updated_at": now,
+            "updated_at": at,
             "category": msg.category,
             "to": mask_number(msg.to),
             "attempts": msg.attempts,
@@ -180,11 +186,11 @@ class Ledger:
             if value:
                 status[name] = value
         if state == "queued":
-            status["enqueued_at"] = msg.enqueued_at or now
+            status["enqueued_at"] = msg.enqueued_at or at
         elif state == "submitted":
-            status["submitted_at"] = now
+            status["submitted_at"] = at
         elif state in FINAL_STATES:
-            status["done_at"] = now
+            status["done_at"] = at
         return self.keys.status(msg.id), status
 
     def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:
