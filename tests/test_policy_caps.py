@@ -234,3 +234,13 @@ async def test_a_big_batch_decides_as_one_message_at_a_time(
     assert [v.action for v in together] == [v.action for v in one_by_one]
     assert [v.action for v in together].count("send") == len(people)
     assert [v.reason for v in together] == [v.reason for v in one_by_one]
+
+
+async def test_checks_survive_a_script_cache_flush(redis: aioredis.Redis, keys: Keys) -> None:
+    """After a Redis restart (or SCRIPT FLUSH) the batch script is loaded again."""
+    e = load()
+    assert (await one(e, redis, keys, otp(), T0))[0] == "send"
+    await redis.script_flush()
+    assert (await one(e, redis, keys, otp(to="+8613900000001"), T0))[0] == "send"
+    # ...and the flushed-then-reloaded script still counts what came before.
+    assert (await one(e, redis, keys, otp(), T0 + 1))[:2] == ("reject", "freq_cap:otp:1/60s")
