@@ -87,8 +87,8 @@ def parse_message(
         if not isinstance(decoded, Mapping):
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
-    unknown = sorted(k for k in raw if k not in _FIELDS)
-    if unknown:
+    if not _FIELDS.issuperset(raw):
+        unknown = sorted(k for k in raw if k not in _FIELDS)
         raise MessageError(unknown[0], f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
     data = dict(raw)
     for f in _TIME_FIELDS:
