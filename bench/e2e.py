@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     bases: list[dict[str, float]] = []
     with harness.Rig(args.receipt_delay) as rig:
+        print(f"e2e: Redis {rig.redis_version()} at {rig.redis_url}", flush=True)
         print(f"e2e: {args.n:,} messages x {args.runs} runs; quiet hours ON, recipients in "
               f"{rig.zone} (local time {rig.zone_local}: marketing inside 08:00-21:00)",
               flush=True)

@@ -51,8 +51,10 @@ class EmbeddedRedis:
         port: int | None = None,
         extra_args: list[str] | None = None,
         persist: bool = False,
+        binary: str = "",
     ) -> None:
         self.dir = Path(directory)
+        self.binary = binary  # "" = redis_server_binary()
         self.port = port
         self.extra_args = extra_args or []
         self.persist = persist
@@ -96,7 +98,7 @@ class EmbeddedRedis:
             # unix socket paths are limited to ~107 bytes; fall back to loopback TCP
             self.port = free_port()
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port", str(self.port or 0),
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
