@@ -158,3 +158,22 @@ async def test_repeated_texts_get_the_same_verdicts_from_the_text_cache(
     for later in rounds[1:]:
         assert [(v.action, v.reason, v.flags, v.text) for v in later] == first
     assert rounds[1][1] is not rounds[2][1] and rounds[1][0].flags is not rounds[2][0].flags
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_path_equals_the_unicode_rule(text: str) -> None:
+    import re
+    import unicodedata
+    rule = re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).casefold())
+    assert for_matching(text) == rule
+
+
+@given(st.from_regex(r"\A(\+|00)?[0-9 \-]{0,18}\Z"))
+def test_number_key_fast_path_equals_the_general_rule(number: str) -> None:
+    import re
+
+    from gatewayd.policy.normalize import number_key
+    digits = re.sub(r"\D+", "", number)
+    if number.lstrip().startswith("00"):
+        digits = digits[2:]
+    assert number_key(number) == digits

@@ -24,29 +24,13 @@ from typing import Final
 from gatewayd.policy.normalize import for_matching
 from gatewayd.policy.settings import CategorySettings, ContentSettings
 from gatewayd.policy.verdict import Verdict, reject
-from gatewayd.smstext import GSM7_BASIC, GSM7_EXT, PER_PART, SINGLE, segments
-
-_GSM7: Final = frozenset(GSM7_BASIC) - {"\x1b"} | frozenset(GSM7_EXT)
+from gatewayd.smstext import segments
 
 
 def parts_of(text: str, ref_bits: int = 8) -> int:
-    """gatewayd.smstext.segments(text, ref_bits).parts, computed in C for the common cases.
-
-    Exact: whenever a part boundary could fall on an escape pair (GSM-7 extension
-    character) or a surrogate pair (UCS-2 outside the BMP), the full splitter decides.
-    """
-    if _GSM7.issuperset(text):
-        ext = sum(text.count(c) for c in GSM7_EXT) if not text.isalnum() else 0
-        units, enc = len(text) + ext, "gsm7"
-    else:
-        ext = len(text.encode("utf-16-le")) // 2 - len(text)  # astral characters
-        units, enc = len(text) + ext, "ucs2"
-    if units <= SINGLE[enc]:
-        return 1
-    if ext:
-        return segments(text, ref_bits).parts
-    per = PER_PART[(enc, ref_bits)]
-    return -(-units // per)
+    """gatewayd.smstext.segments(text, ref_bits).parts: remembered per text, and intake
+    has already counted an unchanged text, so this is usually one look-up."""
+    return segments(text, ref_bits).parts
 
 _SIG_MAX: Final = 20  # characters inside 【】
 
