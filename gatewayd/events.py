@@ -173,18 +173,23 @@ class Ledger:
             "to": mask_number(msg.to),
             "attempts": msg.attempts,
         }
-        for name, value in (
-            ("reason", reason),
-            ("carrier", carrier),
-            ("carrier_id", carrier_id),
-            ("segments", segments),
-            ("until", until),
-            ("err", err),
-            ("ref", msg.ref),
-            ("tenant", msg.tenant),
-        ):
-            if value:
-                status[name] = value
+        # Only the fields that have a value (written out: this runs for every transition).
+        if reason:
+            status["reason"] = reason
+        if carrier:
+            status["carrier"] = carrier
+        if carrier_id:
+            status["carrier_id"] = carrier_id
+        if segments:
+            status["segments"] = segments
+        if until:
+            status["until"] = until
+        if err:
+            status["err"] = err
+        if msg.ref:
+            status["ref"] = msg.ref
+        if msg.tenant:
+            status["tenant"] = msg.tenant
         if state == "queued":
             status["enqueued_at"] = msg.enqueued_at or at
         elif state == "submitted":
