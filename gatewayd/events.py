@@ -11,6 +11,7 @@ keys live in different slots, so the Book queues the same writes as commands.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
@@ -22,6 +23,7 @@ from gatewayd.model import FINAL_STATES, OutboundMessage, mask_number
 from gatewayd.store import Redis, is_cluster, load_script, pipe_script
 
 _state_counters: dict[tuple[str, str], Any] = {}
+_flat = itertools.chain.from_iterable
 
 
 def reason_label(reason: str) -> str:
@@ -89,8 +91,7 @@ class Book:
                 keys.append(key)
                 args.append(msg_id)
                 args.append(2 * len(status))
-                for kv in status.items():
-                    args.extend(kv)
+                args.extend(_flat(status.items()))
             for key, value in self.correlations:
                 keys.append(key)
                 args.append(value)
