@@ -3,4 +3,4 @@
 -- Returns {kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
 -- submitted_at, err} for 'final' and 'late'; {'early', state}, {'partial'}, {'missing'}.
 --#include receipt_lib
-return apply_receipt(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return {apply_receipt(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
