@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     bases: list[dict[str, float]] = []
     with harness.Rig(args.receipt_delay) as rig:
-        print(f"e2e: Redis {rig.redis_version()} at {rig.redis_url}", flush=True)
+        redis_version = rig.redis_version()
+        print(f"e2e: Redis {redis_version} at {rig.redis_url}", flush=True)
         print(f"e2e: {args.n:,} messages x {args.runs} runs; quiet hours ON, recipients in "
               f"{rig.zone} (local time {rig.zone_local}: marketing inside 08:00-21:00)",
               flush=True)
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "gw_steady_us_per_msg": s("gw_steady_us_per_msg"),
         "redis_steady_us_per_msg": s("redis_steady_us_per_msg"),
         "sim_steady_us_per_msg": s("sim_steady_us_per_msg"),
-        "redis_version": rig.redis_version(),
+        "redis_version": redis_version,
         "redis_commands_per_msg": s("redis_commands_per_msg"),
         "runs": runs,
     }
