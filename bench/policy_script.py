@@ -9,7 +9,7 @@ per message, median of --runs with min and max. "commands" runs the same Redis c
 from a minimal script (no parsing, no decisions): the floor the checks cannot go under.
 Extra --script files (variants of the Lua) are measured interleaved with the shipped one.
 
-    python -m bench.policy_script --port 6395 [-n 64000] [--runs 5] [--script x.lua]
+    python -m bench.policy_script [--port P] [-n 64000] [--runs 5] [--script x.lua]
 
 The server must be a throwaway one on this host: the bench writes keys to it.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 
 from bench.common import cpu_seconds, summary
+from bench.harness import private_redis
 from gatewayd.keys import Keys
 from gatewayd.policy.lua import LuaScript
 from gatewayd.policy.redischecks import RedisBatch
@@ -92,7 +93,8 @@ def measure(r: redis.Redis, pid: int, sha: str, batches: list[list[str]], flat: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--port", type=int, default=6395)
+    ap.add_argument("--port", type=int, default=0,
+                    help="a throwaway redis-server's port (0: start a private one)")
     ap.add_argument("-n", type=int, default=64_000, help="messages per run")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
@@ -101,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="another version of policy_batch.lua to measure too")
     ap.add_argument("--no-commands", action="store_true", help="skip the commands-only floor")
     a = ap.parse_args(argv)
-    r = redis.Redis(port=a.port)
+    with private_redis(a.port) as port:
+        return _main(a, port)
+
+
+def _main(a: argparse.Namespace, port: int) -> int:
+    r = redis.Redis(port=port)
     pid = int(r.info("server")["process_id"])
     keys = Keys("bench:")
     if r.dbsize() < a.prefill:

@@ -18,7 +18,7 @@ receipts.lua's Redis calls and reply and none of its logic. Extra --record / --r
 files (variants of the Lua; --#include is resolved beside the file first) are measured
 interleaved with the shipped ones.
 
-    python -m bench.record_script --port 6396 [-n 64000] [--runs 5] [--record x.lua]
+    python -m bench.record_script [--port P] [-n 64000] [--runs 5] [--record x.lua]
         [--receipts y.lua] [--only record|receipts]
 
 The server must be a throwaway one on this host: the bench writes keys to it.
@@ -35,6 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.common import cpu_seconds, summary
+from bench.harness import private_redis
 from gatewayd import fastpipe
 from gatewayd.config import Config
 from gatewayd.events import Ledger
@@ -216,7 +217,8 @@ async def forget(r: aioredis.Redis, keys: Keys, msgs: list[Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--port", type=int, default=6396)
+    ap.add_argument("--port", type=int, default=0,
+                    help="a throwaway redis-server's port (0: start a private one)")
     ap.add_argument("-n", type=int, default=64_000, help="messages per run")
     ap.add_argument("--batch", type=int, default=64, help="records a Book (read_batch)")
     ap.add_argument("--runs", type=int, default=5)
@@ -226,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--receipts", action="append", default=[], type=Path,
                     help="another version of receipts.lua to measure too")
     ap.add_argument("--only", choices=("record", "receipts"), help="measure one script")
-    return asyncio.run(main_async(ap.parse_args(argv)))
+    a = ap.parse_args(argv)
+    with private_redis(a.port) as port:
+        a.port = port
+        return asyncio.run(main_async(a))
 
 
 if __name__ == "__main__":
