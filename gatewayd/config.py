@@ -55,10 +55,10 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     weights: dict[str, int] = msgspec.field(default_factory=dict)
     # Per-class default time to live (seconds) when a message has no expires_at.
     default_ttl_s: dict[str, float] = msgspec.field(default_factory=lambda: {"otp": 300.0})
-    # Small batches keep the event loop's turns short, so a code read by the express
-    # worker is not stuck behind a long batch (bench/priority, before batches held one
-    # class: OTP p99 ~330 ms at 256, ~100 ms at 64, for about 5 % less marketing
-    # throughput; now ~36 ms at 64, README "Performance").
+    # Small batches keep the event loop's turns and Redis's queue short, so a code read
+    # by the express worker is not stuck behind campaign batches (bench/priority, while
+    # 100k marketing drain: OTP p99 24-33 ms at 64, 42-46 ms at 128, 58-80 ms at 256;
+    # marketing +8 % at 128, +15-20 % at 256; README "Performance").
     read_batch: int = 64
     block_ms: int = 50
     reclaim_idle_s: float = 60.0
