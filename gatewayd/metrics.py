@@ -134,8 +134,15 @@ def observe_many(child: Any, values: Iterable[float]) -> None:
     """``child.observe(v)`` for every value, with one update a bucket instead of one a
     value (a batch's observations; per-message observe() showed in the bench profile).
     Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum), the
-    same arithmetic as its observe(): tests/test_metrics.py pins the equivalence."""
-    bounds = child._upper_bounds
+    same arithmetic as its observe(): tests/test_metrics.py pins the equivalence. A
+    child without them (a later prometheus_client) gets one observe() a value."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    if bounds is None or buckets is None or len(bounds) != len(buckets) \
+            or not hasattr(child, "_sum"):
+        for v in values:  # another prometheus_client inside: the public way
+            child.observe(v)
+        return
     counts = [0] * len(bounds)
     total = 0.0
     for v in values:
@@ -144,6 +151,6 @@ def observe_many(child: Any, values: Iterable[float]) -> None:
     if not any(counts):
         return
     child._sum.inc(total)
-    for bucket, n in zip(child._buckets, counts, strict=True):
+    for bucket, n in zip(buckets, counts, strict=True):
         if n:
             bucket.inc(n)

@@ -57,3 +57,16 @@ def test_observe_many_on_gatewayd_histograms() -> None:
     before = child._sum.get()
     metrics.observe_many(child, [0.2, 0.3])
     assert abs(child._sum.get() - before - 0.5) < 1e-9
+
+
+def test_observe_many_falls_back_to_observe_without_the_internals() -> None:
+    class Plain:  # what a prometheus_client with other internals would look like
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, v: float) -> None:
+            self.seen.append(v)
+
+    p = Plain()
+    metrics.observe_many(p, [0.5, 2.0])
+    assert p.seen == [0.5, 2.0]
