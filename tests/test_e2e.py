@@ -8,6 +8,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from gatewayd import metrics
 from gatewayd.client import Client
 from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
@@ -47,9 +48,21 @@ async def test_messages_reach_the_smsc_intact_and_receipts_come_back(
                       "category": ["otp", "transactional"][n % 2], "ref": f"r{n}"})
     async with Client(redis_url, queue=cfg.queue) as client:
         ids = [i for i, _ in await client.send(items)]
+
+    def histogram_counts() -> tuple[float, ...]:
+        get = metrics.REGISTRY.get_sample_value
+        return tuple(get(name, labels) or 0.0 for name, labels in (
+            ("gatewayd_queue_wait_seconds_count", {"klass": "otp"}),
+            ("gatewayd_queue_wait_seconds_count", {"klass": "transactional"}),
+            ("gatewayd_receipt_latency_seconds_count", {"carrier": "sim"}),
+        ))
+
+    before = histogram_counts()
     async with running_daemon(cfg):
         records = await wait_final(redis, keys, ids, timeout_s=60)
     assert {r["state"] for r in records.values()} == {"delivered"}
+    # Observed a batch at a time (metrics.observe_many): one observation a message.
+    assert [b - a for a, b in zip(before, histogram_counts(), strict=True)] == [30, 30, 60]
     texts = sim_texts(sim)
     for item in items:
         assert texts[item["to"].lstrip("+")] == [item["text"]], item["to"]
