@@ -15,9 +15,10 @@ from gatewayd.carrier import CarrierPool
 from gatewayd.carrier.session import MAX_PDUS_PER_TURN
 from gatewayd.model import Receipt
 from tests.interop.pysmsc import PySmsc, Recorder, carrier, config, deliver_sm_body, wait_until
+from tests.test_carrier_unbind import DELIVER_SM_RESP, UNBIND_RESP, LoggingSmsc
 
 HDR = struct.Struct(">IIII")
-DELIVER_SM, UNBIND = 0x00000005, 0x00000006
+DELIVER_SM, UNBIND, BIND_TRANSCEIVER = 0x00000005, 0x00000006, 0x00000009
 
 
 class TurnRecorder(Recorder):
@@ -46,9 +47,9 @@ def receipt_pdu(seq: int, smsc_id: int) -> bytes:
     return HDR.pack(16 + len(body), DELIVER_SM, 0, seq) + body
 
 
-async def with_pool(scenario: Callable[[PySmsc, TurnRecorder], Coroutine[Any, Any, None]]
-                    ) -> None:
-    smsc = PySmsc()
+async def with_pool(scenario: Callable[[PySmsc, TurnRecorder], Coroutine[Any, Any, None]],
+                    smsc_type: type[PySmsc] = PySmsc) -> None:
+    smsc = smsc_type()
     await smsc.start()
     handler = TurnRecorder()
     ticker = asyncio.create_task(handler.tick())
@@ -91,26 +92,38 @@ def test_burst_larger_than_a_turn_on_uvloop() -> None:
     uvloop.run(with_pool(burst_in_one_write))
 
 
-@pytest.mark.parametrize("where", [1, MAX_PDUS_PER_TURN, MAX_PDUS_PER_TURN + 3])
-async def test_unbind_inside_a_backlog_keeps_the_order(where: int) -> None:
-    """PDUs before and after an unbind in the same read are all handled, as before."""
-
+def unbind_in_a_backlog(where: int) -> Callable[[PySmsc, TurnRecorder],
+                                                Coroutine[Any, Any, None]]:
     async def scenario(smsc: PySmsc, handler: TurnRecorder) -> None:
+        assert isinstance(smsc, LoggingSmsc)
         n = 2 * MAX_PDUS_PER_TURN
         conn = smsc.bound_conns()[0]
         pdus = [receipt_pdu(10 + i, 0xB000 + i) for i in range(n)]
         pdus.insert(where, HDR.pack(16, UNBIND, 0, 7))
         conn.writer.write(b"".join(pdus))
-        await wait_until(lambda: len(handler.receipts) == n, 20.0)
+        await wait_until(lambda: smsc.binds_ok == 2, 20.0)  # answered, closed, bound again
         assert [r.smsc_id for r in handler.receipts] == [f"{0xB000 + i:x}" for i in range(n)]
-        await wait_until(lambda: (0x80000006, 0, 7) in smsc.responses)
-        await wait_until(lambda: smsc.binds_ok == 2)  # the bind came back
-        # Answers written before the close are ESME_ROK. (Receipts of the unbind's turn are
-        # answered by their handler task after the close, so not at all: the SMSC sends
-        # them again, as it did before the per-turn limit.)
-        assert all(st == 0 for _, st in smsc.deliver_resps)
+        # Every deliver_sm of the read, before the unbind and after it (which an SMSC
+        # should not send, but answering them spares it a redelivery), is answered
+        # ESME_ROK, in order, before the unbind_resp; nothing is sent after it.
+        assert smsc.answers(conn) == (
+            [(DELIVER_SM_RESP, 0, 10 + i) for i in range(n)] + [(UNBIND_RESP, 0, 7)]
+        )
+        assert smsc.requests(conn) == [BIND_TRANSCEIVER]
 
-    await with_pool(scenario)
+    return scenario
+
+
+@pytest.mark.parametrize("where", [1, MAX_PDUS_PER_TURN, MAX_PDUS_PER_TURN + 3])
+async def test_unbind_inside_a_backlog_keeps_the_order(where: int) -> None:
+    """PDUs before and after an unbind in the same read are all handled in order, and
+    the unbind_resp waits for the deliver_sm_resp of all of them, this turn's and later
+    turns'."""
+    await with_pool(unbind_in_a_backlog(where), LoggingSmsc)
+
+
+def test_unbind_inside_a_backlog_on_uvloop() -> None:
+    uvloop.run(with_pool(unbind_in_a_backlog(1), LoggingSmsc))
 
 
 async def test_a_failing_later_turn_drops_the_connection_not_the_reading(

@@ -4,7 +4,8 @@ Per read chunk of one bind: parse every deliver_sm, answer at once the ones need
 handler (malformed, unparseable receipts, MO parts held for reassembly), and run ONE task
 that calls ``handler.on_receipts`` / ``handler.on_inbound`` with the chunk's lists and then
 writes the deliver_sm_resp of those PDUs: ESME_ROK when the handler returned, ESME_RX_T_APPN
-when it raised (the SMSC delivers again).
+when it raised (the SMSC delivers again). The session tracks that task: an unbind from the
+SMSC is answered only after it (bounded).
 
 Malformed deliver_sm: mandatory fields truncated -> generic_nack ESME_RINVCMDLEN; TLV stream
 garbled -> deliver_sm_resp ESME_RINVOPTPARSTREAM. Both counted in gatewayd_pdu_errors_total;
@@ -113,6 +114,7 @@ class Deliveries:
             task = asyncio.create_task(self._deliver(session, receipts, receipt_seqs, completes))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+            session.track_answers(task)
 
     def _message(self, assembled: Assembled, now: float) -> InboundMessage:
         return InboundMessage(

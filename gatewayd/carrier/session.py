@@ -13,6 +13,16 @@ kept every other task (the OTP dispatcher) waiting for hundreds of milliseconds.
 rest waits in the buffer for the next turn (``call_soon``), in order, with reading
 paused meanwhile, so the backlog stays in the kernel and in the SMSC, not in memory.
 A connection lost with a backlog still parses it first, as a single read used to.
+
+An unbind from the SMSC is answered last (SMPP 3.4: outstanding operations complete
+before the unbind_resp). From the moment it is read no submit_sm or enquire_link goes
+out (``bound`` is False); what was read with it or arrives after it is still handled as
+usual (responses resolve our submit_sm, deliver_sm are stored and answered, though an
+SMSC should send no request after its unbind); the unbind_resp and the close wait until
+the backlog is parsed and every handler task of the session has written its
+deliver_sm_resp. The wait is bounded (UNBIND_WAIT_MAX_S, at most the carrier's response
+timeout): a stalled receipt store must not hold the unbind; what is unanswered when it
+is answered anyway, the SMSC delivers again.
 """
 
 from __future__ import annotations
@@ -31,6 +41,10 @@ log = logging.getLogger("gatewayd.carrier")
 
 _unpack_header = P.HEADER.unpack_from
 MAX_PDUS_PER_TURN: Final = 256
+# At most this long (and no longer than the carrier's response timeout, which the SMSC's
+# own timer for our unbind_resp is likely to resemble) between reading an unbind and
+# answering it.
+UNBIND_WAIT_MAX_S: Final = 5.0
 _SUBMIT_SM_RESP: Final = P.SUBMIT_SM_RESP
 _DELIVER_SM: Final = P.DELIVER_SM
 _THROTTLE: Final = frozenset(
@@ -79,6 +93,9 @@ class Session(asyncio.Protocol):
         self.enquire_deadline = 0.0
         self._more: asyncio.Handle | None = None  # the next turn's parse, while a backlog
         self._paused = False  # reading paused by us (the backlog), not by anyone else
+        self.answering = 0  # handler tasks that will write deliver_sm_resp on this session
+        self._unbinds: list[int] | None = None  # the SMSC's unbind seqs, not answered yet
+        self._unbind_timer: asyncio.TimerHandle | None = None
 
     # -- connection -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +108,10 @@ class Session(asyncio.Protocol):
             self._more = None
         if len(self.buf) >= 16:
             self._parse(1 << 62)
+        self._unbinds = None  # nobody left to answer
+        if self._unbind_timer is not None:
+            self._unbind_timer.cancel()
+            self._unbind_timer = None
         self.bound = False
         reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")
         self.close_reason = reason
@@ -138,6 +159,49 @@ class Session(asyncio.Protocol):
         self.control[seq] = fut
         self.write(data_for_seq)
         return fut
+
+    def track_answers(self, task: asyncio.Task[None]) -> None:
+        """``task`` writes deliver_sm_resp on this session: an unbind is answered after it."""
+        self.answering += 1
+        task.add_done_callback(self._answered)
+
+    def _answered(self, _: asyncio.Task[None]) -> None:
+        self.answering -= 1
+        if self._unbinds is not None:
+            self._answer_unbind()
+
+    # -- unbind from the SMSC -----------------------------------------------------------
+    def _on_unbind(self, seq: int) -> None:
+        self.bound = False  # Bind.send and reserve check it: no submit_sm from now on
+        self.close_reason = "unbound by the SMSC"
+        if self._unbinds is not None:
+            self._unbinds.append(seq)  # a repeated unbind gets its answer with the first
+            return
+        self._unbinds = [seq]
+        wait = min(UNBIND_WAIT_MAX_S, self.bind.cfg.response_timeout_s)
+        self._unbind_timer = self.loop.call_later(wait, self._unbind_overdue, wait)
+
+    def _answer_unbind(self, overdue: bool = False) -> None:
+        """Answer the unbind and close, once no deliver_sm read is left unanswered."""
+        if not overdue and (self.answering or self._more is not None):
+            return
+        seqs, self._unbinds = self._unbinds, None
+        if self._unbind_timer is not None:
+            self._unbind_timer.cancel()
+            self._unbind_timer = None
+        if seqs:
+            self.write(b"".join(P.resp_pdu(P.UNBIND, seq) for seq in seqs))
+        self.close("unbound by the SMSC")
+
+    def _unbind_overdue(self, wait: float) -> None:
+        self._unbind_timer = None
+        if self._unbinds is None:
+            return
+        log.warning("%s[%d]: deliver_sm still unanswered %.1f s after the SMSC's unbind "
+                    "(%d handler tasks%s); unbinding anyway, the SMSC will deliver them again",
+                    self.bind.carrier, self.bind.index, wait, self.answering,
+                    ", a backlog unparsed" if self._more is not None else "")
+        self._answer_unbind(overdue=True)
 
     # -- outstanding submit_sm ------------------------------------------------------
     def expire(self, now: float) -> int:
@@ -229,9 +293,7 @@ class Session(asyncio.Protocol):
                 if fut is not None and not fut.done():
                     fut.set_result((cmd, status, bytes(buf[pos + 16 : end])))
             elif cmd == P.UNBIND:
-                out.append(P.resp_pdu(P.UNBIND, seq))
-                self.bound = False
-                self.close_reason = "unbound by the SMSC"
+                self._on_unbind(seq)
             elif cmd == P.ALERT_NOTIFICATION:
                 pass  # no response defined; nothing for us to do with it
             elif cmd & P.RESPONSE_BIT:
@@ -261,8 +323,8 @@ class Session(asyncio.Protocol):
             bind.on_submit_resps(ok, statuses, throttled, latency, len(pending))
         if delivers:
             bind.on_deliver(self, delivers)
-        if self.close_reason == "unbound by the SMSC":
-            self.close(self.close_reason)
+        if self._unbinds is not None:
+            self._answer_unbind()
 
     def _on_nack(self, seq: int, status: int) -> None:
         self.bind.on_pdu_error("generic_nack", f"generic_nack 0x{status:08x} for seq {seq}")
