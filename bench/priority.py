@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="-n 5000 --runs 1 unless given")
     ap.add_argument("--read-batch", type=int, default=0, help="0: gatewayd's default")
     ap.add_argument("--workers", type=int, default=0, help="dispatch_workers; 0: default")
+    ap.add_argument("--window", type=int, default=1000, help="gatewayd's window per bind")
+    ap.add_argument("--name", default="priority", help="result file name")
     args = ap.parse_args(argv)
-    opts = harness.GatewaydOptions(read_batch=args.read_batch, dispatch_workers=args.workers)
+    opts = harness.GatewaydOptions(read_batch=args.read_batch, dispatch_workers=args.workers,
+                                   window=args.window)
     if args.quick:
         args.n = 5000 if args.n == 100_000 else args.n
         args.runs = 1 if args.runs == 3 else args.runs
@@ -115,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         return summary([float(r[key]) for r in runs])
 
     result = {"n": args.n, "otp_rate": args.otp_rate, "read_batch": args.read_batch,
-              "workers": args.workers, "otp_p50_ms": s("otp_p50_ms"),
+              "workers": args.workers, "window": args.window, "otp_p50_ms": s("otp_p50_ms"),
               "otp_p99_ms": s("otp_p99_ms"), "otp_max_ms": s("otp_max_ms"),
               "marketing_final_per_s": s("marketing_final_per_s"), "runs": runs}
-    path = write_result("priority", result)
+    path = write_result(args.name, result)
     print(table([
         ("OTP queue->submit p50", _fmt(result["otp_p50_ms"], " ms", digits=1)),
         ("OTP queue->submit p99", _fmt(result["otp_p99_ms"], " ms", digits=1)),
