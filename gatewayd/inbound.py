@@ -10,27 +10,33 @@ retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
 
 On a single Redis a chunk of receipts is correlated, applied and its final events
 published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
-different slots, the same work takes three pipelined steps (``_apply_in_steps``). Both
+different slots, the same work takes several pipelined steps (``_apply_in_steps``). Both
 paths are tested to leave the same states and events (tests/test_inbound_receipts.py).
 
 Several daemons: the parked receipts and the awaiting-receipt set are shared, so the
 two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting``) run
 in one daemon at a time, the holder of a short Redis lease (``Keys.lease("receipts")``,
 renewed every tick, taken over by another daemon when its holder stops renewing).
-Two daemons applying one parked receipt at once would both see it final and both
-publish its final event.
+
+A final event is published once. On a single Redis the script decides and publishes it
+in one step. On a cluster that takes separate round trips, through which daemons, resent
+copies of a receipt and the expiry sweep race; so publishing is claimed in the status
+hash (``event_claim``, lua/receipt.lua), atomically with applying the receipt: only the
+claim holder publishes, then removes the message from `awaiting`. A holder that dies
+before publishing leaves the message awaiting under a claim that goes stale after
+``claim_lease_s``; a resent receipt or the sweep then claims it and publishes.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from gatewayd import fastpipe, metrics
 from gatewayd.carrier.receipts import receipt_candidates
@@ -65,6 +71,13 @@ def _latency(carrier: str) -> Any:
 
 # Receipts per script call: bounds how long one call holds Redis (~10 commands each).
 _SCRIPT_CHUNK = 256
+# How long a claim on publishing a final event (cluster path) keeps others off: far
+# longer than its holder's event write takes, even retried through a failover; a dead
+# holder's event waits this long for a resent receipt or the sweep to publish it.
+_CLAIM_LEASE_S = 30.0
+
+# A final event to publish: message id, receipt.lua's reply, the receipt's carrier.
+_FinalEvent = tuple[str, list[str], str]
 
 _receipt_enc = msgspec.json.Encoder()
 _receipt_dec = msgspec.json.Decoder(Receipt)
@@ -92,9 +105,13 @@ class InboundHandler:
         self._receipts = None if is_cluster(redis) else load_script(redis, "receipts")
         self._status_affix = tuple(keys.status("\x00").split("\x00"))
         self._expire = load_script(redis, "expire_submitted")
+        # The sweep's final events in one step, on a single Redis (see expire_awaiting).
+        self._publish_awaiting = (None if is_cluster(redis)
+                                  else load_script(redis, "publish_awaiting"))
         self._lease = load_script(redis, "lease")
         self._lease_token = uuid.uuid4().hex
         self._lease_ms = int(max(2.0, 3 * cfg.daemon.housekeeping_interval_s) * 1000)
+        self.claim_lease_s = _CLAIM_LEASE_S
         self.events_maxlen = cfg.queue.events_maxlen
         self.mo_cc = {c.name: c.mo_country_code for c in cfg.carrier}
         self.early_hold_s = cfg.queue.early_receipt_hold_s
@@ -186,59 +203,85 @@ class InboundHandler:
             matched.append((r, msg_id, part or "0"))
         if not matched:
             return unmatched
+        lease = self.claim_lease_s
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, msg_id, part in matched:
                 pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
-                                  [part, r.state, now, r.err])
+                                  [part, r.state, now, r.err, lease])
             results = await fastpipe.execute(pipe)
-        finals: list[tuple[Receipt, str, list[str]]] = []
-        late: list[tuple[Receipt, str, list[str]]] = []
+        finals: list[_FinalEvent] = []  # claimed by this call, which publishes them
+        late: list[_FinalEvent] = []  # claimed, final before: published if still awaiting
+        held: list[str] = []  # claimed by another call, less than a lease ago
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
             kind = res[0]
             if kind == "early":
                 unmatched.append(r)
                 continue
             _count_receipt(r.carrier, kind)
-            if kind == "final":
-                finals.append((r, msg_id, res))
-            elif kind == "late":
-                late.append((r, msg_id, res))
-        if late:
-            # Final already, but was its event published? Only if it left `awaiting`.
+            if kind not in ("final", "late"):
+                continue
+            if not res[11]:
+                held.append(msg_id)
+            elif kind == "final":
+                finals.append((msg_id, res, r.carrier))
+            else:
+                late.append((msg_id, res, r.carrier))
+        ours = {msg_id for msg_id, _, _ in (*finals, *late)}
+        held = [msg_id for msg_id in dict.fromkeys(held) if msg_id not in ours]
+        if late or held:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _r, msg_id, _res in late:
+                # Final already, but was its event published? Only if it left `awaiting`.
+                for msg_id, _res, _c in late:
                     pipe.zscore(self.keys.awaiting_receipt, msg_id)
-                scores = await pipe.execute()
+                # Claimed by another publisher, which may have died before publishing:
+                # the sweep takes the message over when that claim goes stale, not at
+                # its receipt deadline (hours away). XX: never puts back one that left.
+                for msg_id in held:
+                    pipe.zadd(self.keys.awaiting_receipt, {msg_id: now + lease},
+                              xx=True, lt=True)
+                scores = (await pipe.execute())[:len(late)]
             finals += [item for item, score in zip(late, scores, strict=True)
                        if score is not None]
         if finals:
-            published: dict[str, None] = {}  # ordered set
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for r, msg_id, res in finals:
-                    if msg_id not in published:  # two copies of one receipt in a batch
-                        published[msg_id] = None
-                        self._publish_final(pipe, msg_id, res, now, r.carrier)
-                # They leave `awaiting` in the same pipeline as their final events.
-                pipe.zrem(self.keys.awaiting_receipt, *published)
-                await fastpipe.execute(pipe)
+            await self._publish_finals(finals, now)
         return unmatched
 
-    def _publish_final(
-        self, pipe: Pipeline, msg_id: str, res: list[str], now: float, carrier: str
+    async def _publish_finals(
+        self, finals: list[_FinalEvent], now: float, done: Sequence[str] = ()
     ) -> None:
-        """The final event; the caller removes the message from `awaiting` in the same
-        pipeline (one ZREM for the batch)."""
+        """Publish claimed final events, then take their messages (and ``done``, with
+        nothing to publish) out of `awaiting`.
+
+        Two round trips, not one pipeline: on a cluster the stream and the set are on
+        different nodes, which a pipeline writes side by side. A removal that landed
+        beside a failed event write would lose the event (a message no longer awaiting
+        is never published again); a failed write leaves it awaiting instead, under a
+        claim that goes stale, for a resent receipt or the sweep to publish."""
+        remove = list(done)
+        if finals:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for msg_id, res, _carrier in finals:
+                    pipe.xadd(self.keys.events, cast(Any, self._event(msg_id, res, now)),
+                              maxlen=self.events_maxlen, approximate=True)
+                await fastpipe.execute(pipe)
+            for msg_id, res, carrier in finals:
+                self._count_final(res[1], res[3] or carrier, res[9], now)
+                remove.append(msg_id)
+        if remove:
+            await self.redis.zrem(self.keys.awaiting_receipt, *remove)
+
+    @staticmethod
+    def _event(msg_id: str, res: list[str], now: float) -> dict[str, Any]:
+        """The final event of a receipt.lua reply."""
         (state, category, rcarrier, carrier_id, segments, ref, tenant, to,
-         submitted_at, err) = res[1:11]
+         _submitted_at, err) = res[1:11]
         event: dict[str, Any] = {"id": msg_id, "state": state, "at": now}
         for k, v in (("category", category), ("carrier", rcarrier),
                      ("carrier_id", carrier_id), ("segments", segments),
                      ("ref", ref), ("tenant", tenant), ("to", to), ("err", err)):
             if v:
                 event[k] = v
-        pipe.xadd(self.keys.events, cast(Any, event), maxlen=self.events_maxlen,
-                  approximate=True)
-        self._count_final(state, rcarrier or carrier, submitted_at, now)
+        return event
 
     @staticmethod
     def _count_final(state: str, carrier: str, submitted_at: str, now: float) -> None:
@@ -297,18 +340,38 @@ class InboundHandler:
                                   [now, "receipt_timeout"])
             await pipe.execute()
         # Either it was still waiting (now expired), or it is already final and its
-        # final event may never have been published (crash): publish it now.
+        # final event may never have been published (crash): publish it now, if this
+        # call takes the claim. A claim held elsewhere is a receipt handler publishing
+        # (or one that died: the claim goes stale): the message stays, already due.
         async with self.redis.pipeline(transaction=False) as pipe:
             for msg_id in ids:
                 pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
-                                  ["-", "expired", now, ""])
+                                  ["-", "expired", now, "", self.claim_lease_s])
             summaries = await pipe.execute()
+        claimed = [(msg_id, res, res[3]) for msg_id, res in zip(ids, summaries, strict=True)
+                   if res[0] == "late" and res[11]]
+        done = [msg_id for msg_id, res in zip(ids, summaries, strict=True)
+                if res[0] != "late"]
+        if self._publish_awaiting is None:
+            # Every cluster publisher claims: one that removed a message since `ids` was
+            # read holds a live claim, so what this call claimed is unpublished.
+            await self._publish_finals(claimed, now, done)
+            return len(ids)
+        # A single Redis's receipts.lua publishes without a claim, while the message is
+        # awaiting: the same check and the event, in one step here.
+        args: list[Any] = [self.events_maxlen, len(claimed)]
+        for msg_id, res, _carrier in claimed:
+            event = self._event(msg_id, res, now)
+            args += [msg_id, 2 * len(event), *itertools.chain.from_iterable(event.items())]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for msg_id, res in zip(ids, summaries, strict=True):
-                if res[0] == "late":
-                    self._publish_final(pipe, msg_id, res, now, res[3])
-            pipe.zrem(self.keys.awaiting_receipt, *ids)
-            await pipe.execute()
+            pipe_script(pipe, self._publish_awaiting,
+                        [self.keys.events, self.keys.awaiting_receipt], args)
+            if done:
+                pipe.zrem(self.keys.awaiting_receipt, *done)
+            published = (await pipe.execute())[0]
+        for (_id, res, carrier), ok in zip(claimed, published, strict=True):
+            if ok:
+                self._count_final(res[1], carrier, res[9], now)
         return len(ids)
 
     # Mobile-originated --------------------------------------------------------------

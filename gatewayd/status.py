@@ -9,6 +9,9 @@ from gatewayd.store import Redis
 
 _NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until"}
 _INT = {"segments", "attempts"}
+# Bookkeeping kept with the status, not part of it: the claim on publishing the final
+# event (lua/receipt.lua).
+_INTERNAL = {"event_claim"}
 
 
 async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] | None:
@@ -18,6 +21,8 @@ async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] |
     out: dict[str, Any] = {"id": msg_id}
     parts: dict[str, str] = {}
     for k, v in raw.items():
+        if k in _INTERNAL:
+            continue
         if k in _NUMERIC:
             out[k] = float(v)
         elif k in _INT:

@@ -4,6 +4,8 @@ must leave the same states and publish each final event exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -150,3 +152,33 @@ async def test_more_receipts_than_one_script_call_takes(
     assert sorted(f["id"] for f in got) == sorted(f"many-{i}" for i in range(n))
     assert await redis.zcard(keys.awaiting_receipt) == 0
     assert await redis.zcard(keys.early_receipts) == 1  # the unknown one, parked
+
+
+async def test_the_expiry_sweep_racing_receipts_publishes_each_message_once(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    """At the receipt deadline the sweep ends messages as expired while their receipts
+    arrive, either a little ahead of the other: one final event a message, telling the
+    state it kept."""
+    sweeper = InboundHandler(redis, keys, handler.cfg, lambda: None,
+                             clock=lambda: NOW + 3600 + 1)  # past `submitted`'s deadline
+    sweeper._receipts = handler._receipts
+    races = [(d / 4000, 0.0) for d in range(17)] + [(0.0, d / 4000) for d in range(1, 9)]
+    for rnd, (receipt_delay, sweep_delay) in enumerate(races):
+        ids = [f"s{rnd}-{i}" for i in range(20)]
+        for i, msg_id in enumerate(ids):
+            await submitted(redis, keys, msg_id, [f"5{rnd:02x}{i:03x}"])
+        batch = [rcpt(f"5{rnd:02x}{i:03x}") for i in range(20)]
+
+        async def later(delay: float, call: Awaitable[object]) -> None:
+            await asyncio.sleep(delay)
+            await call
+
+        await asyncio.gather(later(sweep_delay, sweeper.expire_awaiting()),
+                             later(receipt_delay, handler.on_receipts(batch)))
+        await sweeper.expire_awaiting()  # nothing left behind to publish again
+        events = [e for e in await finals(redis, keys) if e["id"] in ids]
+        assert sorted(e["id"] for e in events) == sorted(ids), (receipt_delay, sweep_delay)
+        for e in events:
+            assert await redis.hget(keys.status(e["id"]), "state") == e["state"]
+        assert await redis.zcard(keys.awaiting_receipt) == 0
