@@ -212,6 +212,7 @@ class InboundHandler:
         finals: list[_FinalEvent] = []  # claimed by this call, which publishes them
         late: list[_FinalEvent] = []  # claimed, final before: published if still awaiting
         held: list[str] = []  # claimed by another call, less than a lease ago
+        gone: list[str] = []  # published already: only out of `awaiting`, if still there
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
             kind = res[0]
             if kind == "early":
@@ -220,7 +221,9 @@ class InboundHandler:
             _count_receipt(r.carrier, kind)
             if kind not in ("final", "late"):
                 continue
-            if not res[11]:
+            if res[11] == 2:
+                gone.append(msg_id)
+            elif not res[11]:
                 held.append(msg_id)
             elif kind == "final":
                 finals.append((msg_id, res, r.carrier))
@@ -242,8 +245,8 @@ class InboundHandler:
                 scores = (await pipe.execute())[:len(late)]
             finals += [item for item, score in zip(late, scores, strict=True)
                        if score is not None]
-        if finals:
-            await self._publish_finals(finals, now)
+        if finals or gone:
+            await self._publish_finals(finals, now, gone)
         return unmatched
 
     async def _publish_finals(
@@ -256,8 +259,12 @@ class InboundHandler:
         different nodes, which a pipeline writes side by side. A removal that landed
         beside a failed event write would lose the event (a message no longer awaiting
         is never published again); a failed write leaves it awaiting instead, under a
-        claim that goes stale, for a resent receipt or the sweep to publish."""
+        claim that goes stale, for a resent receipt or the sweep to publish. With the
+        removal each claim is marked 'published': the dispatcher's ZADD to `awaiting`,
+        written beside the status on another node, can land after the receipt was
+        handled, and the sweep must then only remove the message, not publish again."""
         remove = list(done)
+        published: list[str] = []
         if finals:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for msg_id, res, _carrier in finals:
@@ -267,8 +274,13 @@ class InboundHandler:
             for msg_id, res, carrier in finals:
                 self._count_final(res[1], res[3] or carrier, res[9], now)
                 remove.append(msg_id)
+                published.append(msg_id)
         if remove:
-            await self.redis.zrem(self.keys.awaiting_receipt, *remove)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.awaiting_receipt, *remove)
+                for msg_id in published:
+                    pipe.hset(self.keys.status(msg_id), "event_claim", "published")
+                await fastpipe.execute(pipe)
 
     @staticmethod
     def _event(msg_id: str, res: list[str], now: float) -> dict[str, Any]:
@@ -349,9 +361,9 @@ class InboundHandler:
                                   ["-", "expired", now, "", self.claim_lease_s])
             summaries = await pipe.execute()
         claimed = [(msg_id, res, res[3]) for msg_id, res in zip(ids, summaries, strict=True)
-                   if res[0] == "late" and res[11]]
+                   if res[0] == "late" and res[11] == 1]
         done = [msg_id for msg_id, res in zip(ids, summaries, strict=True)
-                if res[0] != "late"]
+                if res[0] != "late" or res[11] == 2]
         if self._publish_awaiting is None:
             # Every cluster publisher claims: one that removed a message since `ids` was
             # read holds a live claim, so what this call claimed is unpublished.

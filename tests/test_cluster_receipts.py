@@ -266,3 +266,31 @@ async def test_the_claim_stays_out_of_the_status_api_and_the_events(
     assert record is not None and not hidden & set(record)  # ... but not shown
     [ev] = await finals(clients[0], keys)
     assert not hidden & set(ev)
+
+
+async def test_an_awaiting_entry_landing_after_the_receipt_is_not_published_again(
+    clients: list[aioredis.Redis], keys: Keys
+) -> None:
+    """The dispatcher writes the status, the correlation key and the awaiting entry side
+    by side to different nodes; a receipt handled between the status write and the
+    ZADD's arrival leaves the message back in `awaiting` after its event went out. At
+    its deadline the sweep (and a resent receipt before that) must only remove it."""
+    clock = Clock()
+    a, sweeper = (daemon(c, keys, clock) for c in clients)
+    for h in (a, sweeper):
+        h.claim_lease_s = LEASE_S
+    await submitted(clients[0], keys, "m5", ["b5"])
+    await a.on_receipts([rcpt("b5")])
+    await assert_published_once(clients[0], keys, ["m5"])
+    assert await clients[0].hget(keys.status("m5"), "event_claim") == "published"
+    # The dispatcher's ZADD, landing late on its node.
+    await clients[0].zadd(keys.awaiting_receipt, {"m5": NOW + 3600})
+    await asyncio.sleep(LEASE_S + 0.05)  # the claim's time alone would let it publish
+    await a.on_receipts([rcpt("b5")])  # resent
+    await assert_published_once(clients[0], keys, ["m5"])
+    await clients[0].zadd(keys.awaiting_receipt, {"m5": NOW + 3600})
+    clock.t = NOW + 3600 + 1  # the receipt deadline
+    assert await sweeper.expire_awaiting() == 1
+    await assert_published_once(clients[0], keys, ["m5"])
+    [ev] = await finals(clients[0], keys)
+    assert ev["state"] == "delivered"

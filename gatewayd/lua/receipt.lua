@@ -2,7 +2,8 @@
 -- KEYS[1] status hash; ARGV[1] part index, ARGV[2] part state, ARGV[3] now, ARGV[4] err;
 -- ARGV[5] (the cluster path) claim lease, s: the final event's publishing is claimed too.
 -- Returns {kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
--- submitted_at, err} for 'final' and 'late', with ARGV[5] then claimed (1 or 0);
+-- submitted_at, err} for 'final' and 'late', with ARGV[5] then claimed: 1, 0 (another
+-- call holds a live claim) or 2 (its event was published: nothing to do);
 -- {'early', state}, {'partial'}, {'missing'}.
 --
 -- The claim: on a cluster the event and the awaiting-receipt set are in other slots, so
@@ -10,15 +11,20 @@
 -- race to. Only the one whose call took the claim publishes: the call that made the
 -- message final, or a 'late' one when no claim is younger than the lease (the holder
 -- died before publishing; the message is still awaiting then). Redis's clock, not the
--- daemons': one clock for every claim on the key.
+-- daemons': one clock for every claim on the key. The publisher marks the claim
+-- 'published' after its event write: the dispatcher's ZADD to the awaiting set can land
+-- on its node after the receipt was handled, and must not make the sweep publish again.
 --#include receipt_lib
 local r = {apply_receipt(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 local lease = tonumber(ARGV[5])
 if lease and (r[1] == 'final' or r[1] == 'late') then
   local t = redis.call('TIME')
   local now = t[1] + t[2] / 1000000
-  local held = tonumber(redis.call('HGET', KEYS[1], 'event_claim'))
-  if r[1] == 'final' or not held or now - held >= lease then
+  local claim = redis.call('HGET', KEYS[1], 'event_claim')
+  local held = tonumber(claim)
+  if r[1] == 'late' and claim == 'published' then
+    r[12] = 2
+  elseif r[1] == 'final' or not held or now - held >= lease then
     redis.call('HSET', KEYS[1], 'event_claim', string.format('%.6f', now))
     r[12] = 1
   else
