@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gatewayd import metrics
 from gatewayd.carrier import CarrierPool, SubmitRequest
 from gatewayd.model import InboundMessage, Receipt
 from tests.interop.pysmsc import (
@@ -111,8 +112,13 @@ async def test_deliver_sm_of_earlier_turns_are_answered_before_the_unbind_resp(
         await asyncio.sleep(0.2)
         assert smsc.answers(conn) == [] and smsc.binds_ok == 1
         assert not conn.writer.is_closing()
+        # What an SRE sees meanwhile: the bind is on its way out, not up.
+        assert pool.snapshot()[0].state == "unbinding"
+        assert metrics.REGISTRY.get_sample_value(
+            "gatewayd_bind_up", {"carrier": "a", "bind": "0"}) == 0
         handler.release.set()
         await wait_until(lambda: smsc.binds_ok == 2)
+        await wait_until(lambda: pool.snapshot()[0].state == "bound")
         answers = smsc.answers(conn)
         assert sorted(answers[:2]) == sorted([(DELIVER_SM_RESP, 0, r), (DELIVER_SM_RESP, 0, m)])
         assert answers[2:] == [(UNBIND_RESP, 0, 77)]

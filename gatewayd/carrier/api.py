@@ -37,7 +37,8 @@ class SubmitOutcome:
 class BindStatus:
     carrier: str
     index: int
-    state: str  # "connecting" | "bound" | "throttled" | "refused" | "closed"
+    # "connecting" | "bound" | "throttled" | "unbinding" | "refused" | "closed"
+    state: str
     mode: str
     window: int
     in_flight: int

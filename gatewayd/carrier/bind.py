@@ -342,6 +342,11 @@ class Bind:
             log.warning("%s[%d]: %d submit_sm outstanding when the bind closed (%s)",
                         self.carrier, self.index, lost, session.close_reason)
 
+    def on_unbind_requested(self) -> None:
+        """The SMSC unbound this bind: it sends nothing more (the session answers what it
+        already read, then closes, and the connection loop reconnects)."""
+        self._set_state("unbinding")
+
     def on_late_response(self) -> None:
         self.on_pdu_error("late_response", "")
 
@@ -372,7 +377,8 @@ class Bind:
         self.rate = max(self.min_rate, self.rate / 2)
         self.tokens = 0.0
         self._t_tokens = now
-        self._set_state("throttled")
+        if self.state == "bound":  # not over "unbinding" while the SMSC's unbind waits
+            self._set_state("throttled")
         self._m_tps.set(self.rate)
         log.info("%s[%d]: throttled by the SMSC; rate now %.1f/s", self.carrier, self.index,
                  self.rate)

@@ -178,6 +178,7 @@ class Session(asyncio.Protocol):
             self._unbinds.append(seq)  # a repeated unbind gets its answer with the first
             return
         self._unbinds = [seq]
+        self.bind.on_unbind_requested()
         wait = min(UNBIND_WAIT_MAX_S, self.bind.cfg.response_timeout_s)
         self._unbind_timer = self.loop.call_later(wait, self._unbind_overdue, wait)
 
