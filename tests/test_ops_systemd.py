@@ -106,7 +106,10 @@ def test_main_and_template_paths() -> None:
         "/usr/bin/env gatewayd run -c /etc/gatewayd/gatewayd.toml")
     assert one(tpl, "Service", "ExecStart") == "/usr/bin/env gatewayd run -c /etc/gatewayd/%i.toml"
     assert one(main, "Service", "StateDirectory") == "gatewayd"
-    assert one(tpl, "Service", "StateDirectory") == "gatewayd/%i"
+    # Not nested under the main unit's /var/lib/gatewayd (a DynamicUser link): both
+    # units on one host must start in either order (checked live under systemd 252).
+    assert one(tpl, "Service", "StateDirectory") == "gatewayd-%i"
+    assert one(tpl, "Service", "WorkingDirectory") == "/var/lib/gatewayd-%i"
     assert values(tpl, "Service", "EnvironmentFile") == [
         "-/etc/gatewayd/gatewayd.env", "-/etc/gatewayd/%i.env"]
     assert "%i" in one(tpl, "Service", "SyslogIdentifier")
