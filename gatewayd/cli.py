@@ -131,7 +131,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = args.config or str(Path(__file__).resolve().parent.parent / "config" / "demo.toml")
         return run_demo(load_config(path), keep_running=args.keep_running,
                         timeout_s=args.timeout)
-    cfg = load_config(args.config)
+    # Only `run` talks SMPP: the others work without the carriers' secrets.
+    cfg = load_config(args.config, need_secrets=cmd == "run")
     if cmd == "check-config":
         return _check_config(cfg)
     if cmd == "run":
@@ -144,11 +145,15 @@ def _check_config(cfg: Config) -> int:
 
     if cfg.policy.file:
         PolicyEngine.load(cfg.resolve(cfg.policy.file), classes=list(cfg.queue.classes))
-    from gatewayd.config import holds_secrets, warn_if_world_readable
+    from gatewayd.config import holds_secrets, missing_secrets, warn_if_world_readable
 
     warning = warn_if_world_readable(cfg.source)
     if warning and holds_secrets(cfg):
         print(f"gatewayd: warning: {warning}", file=sys.stderr)
+    for key, var in missing_secrets(cfg):
+        print(f"gatewayd: note: {cfg.source}: {key}: {var} is not "
+              "set in this environment; `gatewayd run` needs it (under systemd it comes "
+              "from EnvironmentFile=/etc/gatewayd/gatewayd.env)", file=sys.stderr)
     print(f"{cfg.source}: ok ({len(cfg.carrier)} carrier(s), classes {cfg.queue.classes})")
     return 0
 
@@ -218,7 +223,10 @@ def _read_items(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Messages from --file (JSON lines) or from the flags; ConfigError when unusable."""
     items: list[dict[str, Any]] = []
     if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{args.file}: cannot read messages: {e.strerror}") from e
         with stream:
             for n, line in enumerate(stream, 1):
                 if not line.strip():

@@ -181,8 +181,12 @@ def _key_of(message: str) -> str:
     return m.group(1) if m else ""
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file, raising ConfigError naming file, key and fix."""
+def load_config(path: str | os.PathLike[str], *, need_secrets: bool = True) -> Config:
+    """Read and validate a config file, raising ConfigError naming file, key and fix.
+
+    ``need_secrets=False`` (commands that only talk to Redis, and check-config) does not
+    require the carriers' ``password_env`` variables: under systemd they come from the
+    unit's EnvironmentFile, which an operator's shell does not have."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -209,11 +213,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except msgspec.DecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
     cfg = msgspec.structs.replace(cfg, source=str(p))
-    validate(cfg)
+    validate(cfg, need_secrets=need_secrets)
     return cfg
 
 
-def validate(cfg: Config) -> None:
+def missing_secrets(cfg: Config) -> list[tuple[str, str]]:
+    """(key, variable) of each ``carrier[i].password_env`` whose variable is not set."""
+    return [(f"carrier[{i}].password_env", c.password_env) for i, c in enumerate(cfg.carrier)
+            if c.password_env and c.password_env not in os.environ]
+
+
+def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     """Checks that need more than one key (types are already checked by msgspec)."""
     f = cfg.source or "<config>"
 
@@ -264,7 +274,7 @@ def validate(cfg: Config) -> None:
             raise bad(f"{k}.password", "missing; set password or password_env (the SMPP secret)")
         if c.password and c.password_env:
             raise bad(f"{k}.password_env", "set password or password_env, not both")
-        if c.password_env and c.password_env not in os.environ:
+        if need_secrets and c.password_env and c.password_env not in os.environ:
             raise bad(f"{k}.password_env", f"environment variable {c.password_env} is not set")
         if len(cfg.carrier_password(c)) > 8:
             raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")

@@ -234,7 +234,7 @@ def _resolve_url(args: argparse.Namespace) -> str:
     if args.config:
         from gatewayd.config import load_config
 
-        return url_from_listen(load_config(args.config).http.listen)
+        return url_from_listen(load_config(args.config, need_secrets=False).http.listen)
     return "http://127.0.0.1:8780/metrics"
 
 

@@ -114,3 +114,24 @@ def test_a_redis_password_in_a_world_readable_file_warns(
     p.write_text(text)
     assert main(["check-config", "-c", str(p)]) == 0
     assert "readable by all users" not in capsys.readouterr().err
+
+
+def test_only_run_needs_the_smpp_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under systemd the secret comes from EnvironmentFile, which an operator's shell
+    lacks: check-config notes it, commands that only talk to Redis do not need it."""
+    monkeypatch.delenv("GW_TEST_SMPP_SECRET", raising=False)
+    p = write(tmp_path, GOOD.replace('password = "secret"',
+                                     'password_env = "GW_TEST_SMPP_SECRET"'))
+    with pytest.raises(ConfigError, match=r"carrier\[0\]\.password_env: environment "
+                                          r"variable GW_TEST_SMPP_SECRET is not set"):
+        load_config(p)
+    assert load_config(p, need_secrets=False).carrier[0].password_env == "GW_TEST_SMPP_SECRET"
+    assert main(["check-config", "-c", str(p)]) == 0
+    err = capsys.readouterr().err
+    assert "carrier[0].password_env: GW_TEST_SMPP_SECRET is not set" in err
+    assert "gatewayd run` needs it" in err
+    monkeypatch.setenv("GW_TEST_SMPP_SECRET", "pw")
+    assert main(["check-config", "-c", str(p)]) == 0
+    assert "not set" not in capsys.readouterr().err

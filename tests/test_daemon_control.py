@@ -48,8 +48,21 @@ async def test_cli_enqueue_flags_and_jsonl_then_events(
     assert await asyncio.to_thread(cli, "enqueue", "-c", str(path), "--to", "12",
                                    "--text", "x") == 2
     assert "to:" in capsys.readouterr().err
+    missing = tmp_path / "absent.jsonl"
+    assert await asyncio.to_thread(cli, "enqueue", "-c", str(path), "--file",
+                                   str(missing)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gatewayd: {missing}: cannot read messages: No such file or directory")
     async with running_daemon(load(path)):
         await wait_final(redis, keys, ["f-1", "f-2", "f-3"], timeout_s=20)
+    # Commands that only talk to Redis work without the carriers' SMPP secrets (an
+    # operator's shell lacks the unit's EnvironmentFile).
+    secret_cfg = tmp_path / "secret_env.toml"
+    secret_cfg.write_text(path.read_text(encoding="utf-8").replace(
+        'password = "demo"', 'password_env = "GW_TEST_UNSET_SMPP_SECRET"'), encoding="utf-8")
+    assert "GW_TEST_UNSET_SMPP_SECRET" in secret_cfg.read_text(encoding="utf-8")
+    assert await asyncio.to_thread(cli, "status", "-c", str(secret_cfg), "f-1") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "delivered"
     assert await asyncio.to_thread(cli, "events", "-c", str(path), "--count", "100") == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {(e["id"], e["state"]) for e in events} >= {

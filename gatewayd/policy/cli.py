@@ -92,7 +92,7 @@ def _engine(cfg: Config) -> PolicyEngine:
 def run_policy(args: argparse.Namespace) -> int:
     if args.policy_command != "explain":  # pragma: no cover - argparse enforces choices
         return EXIT_CONFIG
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, need_secrets=False)
     engine = _engine(cfg)
     try:
         now = parse_time(args.at) if args.at else time.time()
@@ -160,7 +160,7 @@ def _print_explain(engine: PolicyEngine, msg: OutboundMessage, now: float,
 
 
 def run_optout(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, need_secrets=False)
     try:
         number_ok = 6 <= len(number_key(args.number)) <= 15
         if not number_ok:
