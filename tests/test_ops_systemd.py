@@ -6,6 +6,7 @@ tests skip with the reason; the directive checks always run.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -206,3 +207,12 @@ def test_python_stack_runs_with_memory_deny_write_execute(redis_url: str) -> Non
     if out[:1] in (["unsupported"], ["not-enforced"]):
         pytest.skip(f"kernel without PR_SET_MDWE ({r.stdout.strip()})")
     assert r.returncode == 0 and out[:1] == ["ok"], r.stdout + r.stderr
+
+
+def test_the_live_check_script_parses() -> None:
+    """systemd/live-check.sh (run by hand: root, network) at least stays valid bash."""
+    script = UNITS / "live-check.sh"
+    assert os.access(script, os.X_OK)
+    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
