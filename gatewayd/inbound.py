@@ -108,6 +108,7 @@ class InboundHandler:
         # The sweep's final events in one step, on a single Redis (see expire_awaiting).
         self._publish_awaiting = (None if is_cluster(redis)
                                   else load_script(redis, "publish_awaiting"))
+        self._mark_published = load_script(redis, "mark_published")
         self._lease = load_script(redis, "lease")
         self._lease_token = uuid.uuid4().hex
         self._lease_ms = int(max(2.0, 3 * cfg.daemon.housekeeping_interval_s) * 1000)
@@ -279,7 +280,7 @@ class InboundHandler:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.keys.awaiting_receipt, *remove)
                 for msg_id in published:
-                    pipe.hset(self.keys.status(msg_id), "event_claim", "published")
+                    pipe_script(pipe, self._mark_published, [self.keys.status(msg_id)], [])
                 await fastpipe.execute(pipe)
 
     @staticmethod

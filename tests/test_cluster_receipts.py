@@ -294,3 +294,20 @@ async def test_an_awaiting_entry_landing_after_the_receipt_is_not_published_agai
     await assert_published_once(clients[0], keys, ["m5"])
     [ev] = await finals(clients[0], keys)
     assert ev["state"] == "delivered"
+
+
+async def test_the_published_mark_never_recreates_an_expired_record(
+    clients: list[aioredis.Redis], keys: Keys
+) -> None:
+    """The status record expired between the claim and the mark: no TTL-less stub."""
+    clock = Clock()
+    a = daemon(clients[0], keys, clock)
+    await submitted(clients[0], keys, "m6", ["b6"])
+    res = await a._receipt(keys=[keys.status("m6")], args=["0", "delivered", clock(), "000", 30])
+    assert res[0] == "final" and res[11] == 1
+    await clients[0].delete(keys.status("m6"))
+    await a._publish_finals([("m6", res, "cm")], clock())
+    assert await clients[0].exists(keys.status("m6")) == 0
+    [ev] = await finals(clients[0], keys)
+    assert ev["id"] == "m6" and ev["state"] == "delivered"
+    assert await clients[0].zscore(keys.awaiting_receipt, "m6") is None
