@@ -1,6 +1,6 @@
 """The rig the end-to-end benchmarks share: Redis, the SMSC simulator, gatewayd, data.
 
-Redis is a private redis-server (gatewayd.embedded, loopback TCP on a free port) unless
+Redis is a private redis-server (gatewayd.store.embedded, loopback TCP on a free port) unless
 REDIS_URL is set (then that database is FLUSHED between runs: point it at a throwaway
 database). The SMSC simulator runs in its own process (``python -m gatewayd.sim --port
 0``); each gatewayd run is its own process too (``python -m gatewayd run -c <generated
@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from bench.common import ProcSampler
 from gatewayd.client import Client
 from gatewayd.config import QueueConfig
-from gatewayd.embedded import EmbeddedRedis, free_port
+from gatewayd.store.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "gw:"

@@ -4,7 +4,7 @@ Builds a realistic policy: a 10,000-term keyword list generated deterministicall
 the shipped example lists), the default caps, quiet hours, opt-out suppression (5 % of
 recipients opted out) and a tenant bucket; messages are 40-120 character Chinese texts
 with a 【signature】, 20 % codes, 50 % transactional, 30 % marketing, to 100,000
-recipients. Redis is a private redis-server (gatewayd.embedded) unless REDIS_URL is set
+recipients. Redis is a private redis-server (gatewayd.store.embedded) unless REDIS_URL is set
 (then a throwaway database: it is flushed).
 
 Figures (median of --runs, with min and max):
@@ -39,11 +39,11 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
 import redis.asyncio as aioredis  # noqa: E402
 
 from bench.common import summary, table, write_result  # noqa: E402
-from gatewayd.embedded import EmbeddedRedis, free_port  # noqa: E402
-from gatewayd.keys import Keys  # noqa: E402
 from gatewayd.model import OutboundMessage  # noqa: E402
 from gatewayd.policy.engine import PolicyEngine  # noqa: E402
 from gatewayd.policy.optout import opt_out  # noqa: E402
+from gatewayd.store.embedded import EmbeddedRedis, free_port  # noqa: E402
+from gatewayd.store.keys import Keys  # noqa: E402
 
 CLASSES = ["otp", "transactional", "marketing"]
 # 10:00 on a weekday in Shanghai: marketing inside its window.

@@ -1,4 +1,4 @@
-"""Redis CPU per message of gatewayd/lua/policy_batch.lua (the batch's Redis checks).
+"""Redis CPU per message of gatewayd/store/lua/policy_batch.lua (the batch's Redis checks).
 
 Records are built by the real RedisBatch.add, with the shipped policy's categories:
 20 % otp, 50 % transactional, 30 % marketing (opt-out checked, 1 in 30 opted out), all
@@ -25,9 +25,9 @@ import redis
 
 from bench.common import cpu_seconds, summary
 from bench.harness import private_redis
-from gatewayd.keys import Keys
 from gatewayd.policy.lua import LuaScript
 from gatewayd.policy.redischecks import RedisBatch
+from gatewayd.store.keys import Keys
 
 # (share %, caps key, caps, optout checked): the shipped policies/policy.toml.
 CATEGORIES = [

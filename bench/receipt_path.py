@@ -42,8 +42,8 @@ from bench.common import summary, table, write_result  # noqa: E402
 from gatewayd.carrier import CarrierPool  # noqa: E402
 from gatewayd.config import CarrierConfig, Config  # noqa: E402
 from gatewayd.model import InboundMessage, Receipt  # noqa: E402
-from gatewayd.sim import pdu as simpdu  # noqa: E402
-from gatewayd.sim.receipts import DateCache, message_state, receipt_text  # noqa: E402
+from gatewayd.sim.smpp import pdu as simpdu  # noqa: E402
+from gatewayd.sim.smpp.receipts import DateCache, message_state, receipt_text  # noqa: E402
 
 HDR = struct.Struct(">IIII")
 DELIVER_SM_RESP = 0x80000005

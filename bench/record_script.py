@@ -1,4 +1,4 @@
-"""Redis CPU per message of gatewayd/lua/record.lua and receipts.lua (the batch writes).
+"""Redis CPU per message of gatewayd/store/lua/record.lua and receipts.lua (the batch writes).
 
 record.lua: batches of --batch "submitted" records, one correlation key each, built by
 the real Ledger.record / Book.correlate and written by Book.flush into a pipeline run
@@ -36,14 +36,14 @@ import redis.asyncio as aioredis
 
 from bench.common import cpu_seconds, summary
 from bench.harness import private_redis
-from gatewayd import fastpipe
 from gatewayd.config import Config
-from gatewayd.events import Ledger
-from gatewayd.inbound import InboundHandler
-from gatewayd.intake import parse_message
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage, Receipt
-from gatewayd.store import script_source
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import script_source
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 CARRIER = "cmcc"
@@ -74,7 +74,7 @@ return out
 
 
 def variant_source(path: Path) -> str:
-    """A script file's source with --#include resolved beside it, else in gatewayd/lua."""
+    """A script file's source with --#include resolved beside it, else in gatewayd/store/lua."""
     out = []
     for line in path.read_text("utf-8").splitlines(keepends=True):
         if line.startswith("--#include "):

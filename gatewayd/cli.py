@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optout", help="opt-out list: add | remove | check")
     policy_cli.add_optout_arguments(p)
 
-    from gatewayd import top
+    from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
     top.add_arguments(p)
@@ -119,7 +119,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return policy_cli.run_optout(args)
     if cmd == "top":
-        from gatewayd import top
+        from gatewayd.ops import top
 
         return top.run(args)
     if cmd == "hash-key":
@@ -160,7 +160,7 @@ def _check_config(cfg: Config) -> int:
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
     from gatewayd.daemon import Daemon
-    from gatewayd.logs import setup_logging
+    from gatewayd.ops.logs import setup_logging
 
     setup_logging(cfg.daemon.log_level)
     try:
@@ -179,20 +179,6 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_STARTUP
 
 
-def client_url(cfg: Config) -> str:
-    """Redis URL for CLI commands: configured, or the running demo daemon's socket."""
-    url = cfg.redis_url()
-    if url:
-        return url
-    sock = cfg.resolve(cfg.daemon.state_dir) / "redis" / "redis.sock"
-    if sock.exists():
-        return f"unix://{sock}?db=0"
-    raise ConfigError(
-        f"{cfg.source}: redis.url: empty (embedded Redis) and no running daemon at {sock}; "
-        "start `gatewayd run` first or set REDIS_URL"
-    )
-
-
 def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
     items = _read_items(args) if cmd == "enqueue" else []
     return asyncio.run(_async_commands(cmd, cfg, args, items))
@@ -202,6 +188,7 @@ async def _async_commands(
     cmd: str, cfg: Config, args: argparse.Namespace, items: list[dict[str, Any]]
 ) -> int:
     from gatewayd.client import Client
+    from gatewayd.store.connection import client_url
 
     async with Client.from_config(cfg, client_url(cfg)) as client:
         if cmd == "enqueue":

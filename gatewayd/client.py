@@ -13,11 +13,11 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from gatewayd.config import Config, QueueConfig
-from gatewayd.intake import parse_message
-from gatewayd.keys import Keys
-from gatewayd.queue import QueueStore
-from gatewayd.status import read_status
-from gatewayd.store import connect, connect_config
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.status import read_status
+from gatewayd.store.connection import connect, connect_config
+from gatewayd.store.keys import Keys
 
 
 class Client:

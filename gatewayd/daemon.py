@@ -18,21 +18,22 @@ import socket
 import time
 from typing import Any
 
-from gatewayd import __version__, metrics
-from gatewayd.backend import DaemonBackend
+from gatewayd import __version__
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
-from gatewayd.dispatch import Dispatcher
 from gatewayd.errors import ConfigError
 from gatewayd.http.server import HttpServer
-from gatewayd.inbound import InboundHandler
-from gatewayd.keys import Keys
+from gatewayd.http.service import DaemonBackend
+from gatewayd.ops import metrics
+from gatewayd.ops.sdnotify import Notifier
+from gatewayd.pipeline.dispatch import Dispatcher
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
-from gatewayd.queue import QueueStore
-from gatewayd.sdnotify import Notifier
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from gatewayd.store import Store
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.connection import Store
+from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.daemon")
 

@@ -74,7 +74,7 @@ class Receipt(msgspec.Struct, kw_only=True):
     """A delivery receipt as the carrier layer parsed it (not yet correlated)."""
 
     carrier: str
-    smsc_id: str  # normalised (see carrier.receipts.normalise_id)
+    smsc_id: str  # normalised (see carrier.ids.normalise_id)
     stat: str  # DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD, ENROUTE
     state: str  # our state: delivered | undeliverable | expired | "" (not final yet)
     err: str = ""

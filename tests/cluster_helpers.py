@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gatewayd.embedded import EmbeddedRedis, redis_server_binary
+from gatewayd.store.embedded import EmbeddedRedis, redis_server_binary
 
 
 def redis_cli_binary() -> str:

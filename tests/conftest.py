@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd.embedded import EmbeddedRedis, free_port
-from gatewayd.keys import Keys
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
 
 
 @pytest.fixture(scope="session")

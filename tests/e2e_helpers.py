@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from gatewayd.config import Config, load_config
 from gatewayd.daemon import Daemon
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
-from gatewayd.sim.smsc import SmscSimulator
+from gatewayd.sim.smpp.smsc import SmscSimulator
+from gatewayd.store.keys import Keys
 
 # The `smsc` fixture (tests/conftest.py): await smsc(**SimSettings fields) -> started simulator.
 Smsc = Callable[..., Awaitable[SmscSimulator]]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
-from gatewayd.sim.smsc import SmscSimulator
+from gatewayd.sim.smpp.smsc import SmscSimulator
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import NO_POLICY, events_by_id
 
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatewayd.embedded import redis_server_binary
+from gatewayd.store.embedded import redis_server_binary
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 import uvloop
 
 from gatewayd.carrier import CarrierPool
-from gatewayd.carrier.session import MAX_PDUS_PER_TURN
+from gatewayd.carrier.smpp.session import MAX_PDUS_PER_TURN
 from gatewayd.model import Receipt
 from tests.interop.pysmsc import PySmsc, Recorder, carrier, config, deliver_sm_body, wait_until
 from tests.test_carrier_unbind import DELIVER_SM_RESP, UNBIND_RESP, LoggingSmsc
@@ -130,7 +130,7 @@ async def test_a_failing_later_turn_drops_the_connection_not_the_reading(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bug in a later turn must not leave the bind paused for good: it reconnects."""
-    from gatewayd.carrier.delivery import Deliveries
+    from gatewayd.carrier.smpp.delivery import Deliveries
 
     real = Deliveries.process
     calls = [0]

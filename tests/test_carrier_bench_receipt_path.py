@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gatewayd.carrier.session import MAX_PDUS_PER_TURN
+from gatewayd.carrier.smpp.session import MAX_PDUS_PER_TURN
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd import metrics as M
 from gatewayd import smstext
 from gatewayd.carrier import CarrierPool, SubmitRequest, id_candidates, normalise_id
-from gatewayd.carrier.receipts import parse_receipt
+from gatewayd.carrier.smpp.receipts import parse_receipt
+from gatewayd.ops import metrics as M
 from tests.interop.pysmsc import PySmsc, Recorder, carrier, config, deliver_sm_body, wait_until
 
 # -- ids --------------------------------------------------------------------------------------

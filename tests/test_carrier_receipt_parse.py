@@ -17,18 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.carrier import pdu as P
-from gatewayd.carrier import receipts as R
-from gatewayd.carrier.receipts import (
+from gatewayd.carrier.ids import id_candidates, normalise_id, receipt_candidates
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp import receipts as R
+from gatewayd.carrier.smpp.receipts import (
     MESSAGE_STATES,
     STATE_OF_STAT,
     canonical_stat,
-    id_candidates,
-    normalise_id,
     parse_date,
     parse_fields,
     parse_receipt,
-    receipt_candidates,
 )
 from gatewayd.model import Receipt
 from tests.test_fuzz_inbound import mangled, wellformed

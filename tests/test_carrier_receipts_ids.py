@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.carrier.receipts import id_candidates, normalise_id, receipt_candidates
+from gatewayd.carrier.ids import id_candidates, normalise_id, receipt_candidates
 from gatewayd.client import Client
-from gatewayd.keys import Keys
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gatewayd.carrier import CarrierPool, SubmitRequest, id_candidates
-from gatewayd.sim.settings import SimSettings
-from gatewayd.sim.smsc import SmscSimulator
+from gatewayd.sim.smpp.settings import SimSettings
+from gatewayd.sim.smpp.smsc import SmscSimulator
 from tests.interop.pysmsc import Recorder, carrier, config, wait_until
 
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gatewayd import metrics
 from gatewayd.carrier import CarrierPool, SubmitRequest
 from gatewayd.model import InboundMessage, Receipt
+from gatewayd.ops import metrics
 from tests.interop.pysmsc import (
     Conn,
     PySmsc,

@@ -22,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
-from gatewayd.keys import GROUP, Keys
 from gatewayd.policy.redischecks import RedisBatch
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from gatewayd.store import connect, is_cluster
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.connection import connect, is_cluster
+from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
 from tests.scale_helpers import daemon_config, shares, spawn, stop_all, tally

@@ -22,10 +22,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from gatewayd.config import Config, QueueConfig
-from gatewayd.inbound import InboundHandler
-from gatewayd.keys import Keys
-from gatewayd.status import read_status
-from gatewayd.store import connect, is_cluster
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.status import read_status
+from gatewayd.store.connection import connect, is_cluster
+from gatewayd.store.keys import Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.test_inbound_receipts import NOW, finals, rcpt, submitted
 

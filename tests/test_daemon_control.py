@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.cli import main as cli_main
-from gatewayd.keys import GROUP, Keys
-from gatewayd.metrics import REGISTRY
+from gatewayd.ops.metrics import REGISTRY
+from gatewayd.store.keys import GROUP, Keys
 from tests.e2e_helpers import ROOT, Smsc, load, running_daemon, wait_final, write_config
 
 

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.cli import main as cli_main
-from gatewayd.embedded import EmbeddedRedis, free_port
-from gatewayd.keys import Keys
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, events_by_id, load, running_daemon, wait_final, write_config
 
 KEY = "test-api-key"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from gatewayd import metrics
 from gatewayd.client import Client
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
+from gatewayd.ops import metrics
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import (
     Smsc,
     events_by_id,

@@ -1,14 +1,14 @@
-"""events.Book: the one-script batch write leaves Redis exactly as the command path does."""
+"""pipeline.events.Book: the one-script batch write leaves Redis as the command path does."""
 
 from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from gatewayd import fastpipe
 from gatewayd.config import Config, QueueConfig
-from gatewayd.events import Book, Ledger
-from gatewayd.intake import parse_message
-from gatewayd.keys import Keys
+from gatewayd.pipeline.events import Book, Ledger
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.store import fastpipe
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 

@@ -1,4 +1,4 @@
-"""gatewayd.fastpipe against redis-py's own Pipeline.execute, on a real Redis.
+"""gatewayd.store.fastpipe against redis-py's own Pipeline.execute, on a real Redis.
 
 fastpipe reaches into redis-py's pipeline (command stack, connection, response
 callbacks, script loading): these tests are what lets a new redis-py release in
@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gatewayd import fastpipe
-from gatewayd.store import pipe_script
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import pipe_script
 
 Fill = Callable[[Any], Any]  # queues commands; may be async (a Script call on a pipeline)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
-from gatewayd.embedded import EmbeddedRedis, free_port
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import (
     Smsc,
     events_by_id,

@@ -19,10 +19,11 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.carrier import pdu as P
-from gatewayd.carrier.delivery import is_receipt, receipt_text
-from gatewayd.carrier.mo import Reassembler, decode_text, split_part
-from gatewayd.carrier.receipts import id_candidates, parse_receipt
+from gatewayd.carrier.ids import id_candidates
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp.delivery import is_receipt, receipt_text
+from gatewayd.carrier.smpp.mo import Reassembler, decode_text, split_part
+from gatewayd.carrier.smpp.receipts import parse_receipt
 from gatewayd.model import Receipt
 
 FUZZ = settings(max_examples=400, deadline=None,
@@ -176,7 +177,7 @@ def test_reassembler_bounded_whatever_the_parts(
     parts: list[tuple[int, int, int, bytes]],
 ) -> None:
     """Hostile references, totals and sequence numbers never grow memory past the bound."""
-    from gatewayd.carrier.mo import Part
+    from gatewayd.carrier.smpp.mo import Part
 
     r = Reassembler(timeout_s=5.0, max_groups=3)
     for i, (ref, total, seq, payload) in enumerate(parts):

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatewayd.errors import MessageError
-from gatewayd.intake import parse_message, to_fields
 from gatewayd.model import OutboundMessage
+from gatewayd.pipeline.intake import parse_message, to_fields
 
 CLASSES = ["otp", "transactional", "marketing"]
 FUZZ = settings(max_examples=300, deadline=None,

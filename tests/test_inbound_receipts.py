@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd import fastpipe
 from gatewayd.config import Config, QueueConfig
-from gatewayd.events import Ledger
-from gatewayd.inbound import InboundHandler
-from gatewayd.intake import parse_message
-from gatewayd.keys import Keys
 from gatewayd.model import Receipt
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.store import fastpipe
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 NOW = 1_800_000_000.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import (
     Smsc,
     events_by_id,

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from gatewayd import metrics
+from gatewayd.ops import metrics
 
 _BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 

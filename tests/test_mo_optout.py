@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
-from gatewayd.inbound import e164
-from gatewayd.keys import Keys
+from gatewayd.pipeline.inbound import e164
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import ROOT, Smsc, load, running_daemon, wait_final, write_config
 
 DEMO_POLICY = ROOT / "policies" / "demo.toml"

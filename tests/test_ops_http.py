@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import Backend, EnqueueResult, FieldError
 from gatewayd.http.server import MAX_ITEMS, HttpServer, hash_key, is_loopback, parse_listen
-from gatewayd.intake import parse_message, to_fields
-from gatewayd.keys import Keys
-from gatewayd.status import read_status
+from gatewayd.pipeline.intake import parse_message, to_fields
+from gatewayd.pipeline.status import read_status
+from gatewayd.store.keys import Keys
 
 KEY = "s3cret-key"
 CLASSES = ["otp", "transactional", "marketing"]
@@ -396,7 +396,7 @@ async def test_healthz_and_readyz(
 async def test_readyz_when_redis_is_unreachable(start: Start, http: aiohttp.ClientSession,
                                                 keys: Keys) -> None:
     # A client to a port nobody listens on: the real "Redis is down" answer.
-    from gatewayd.embedded import free_port
+    from gatewayd.store.embedded import free_port
 
     dead = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True,
                              socket_connect_timeout=1)
@@ -431,7 +431,7 @@ async def test_metrics_exposition(start: Start, http: aiohttp.ClientSession) -> 
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=")
         text = await r.text()
-    from gatewayd.top import parse
+    from gatewayd.ops.top import parse
 
     samples = parse(text)
     ok = ("gatewayd_http_requests_total",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gatewayd.logs import mask_numbers, setup_logging
+from gatewayd.ops.logs import mask_numbers, setup_logging
 
 
 @pytest.fixture

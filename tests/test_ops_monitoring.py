@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gatewayd import metrics
+from gatewayd.ops import metrics
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 RULES = CONFIG / "prometheus-rules.yml"

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.http.server import MAX_ITEMS, HttpServer, hash_key
-from gatewayd.keys import Keys
+from gatewayd.store.keys import Keys
 from tests.test_ops_http import CLASSES, KEY, RedisBackend
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gatewayd.sdnotify import Notifier, watchdog_interval_s
+from gatewayd.ops.sdnotify import Notifier, watchdog_interval_s
 
 
 @pytest.fixture

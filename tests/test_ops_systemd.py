@@ -163,8 +163,10 @@ _MDWE_PROBE = textwrap.dedent("""
     import asyncio, uvloop, msgspec, ahocorasick, aiohttp, redis.asyncio as aioredis
     from redis.utils import HIREDIS_AVAILABLE
     from gatewayd.http.server import HttpServer
-    from gatewayd.logs import setup_logging
-    from gatewayd import metrics, sdnotify, top
+    from gatewayd.ops.logs import setup_logging
+    from gatewayd.ops import metrics
+    from gatewayd.ops import sdnotify
+    from gatewayd.ops import top
 
     class Backend:
         async def enqueue(self, items, *, source): return []

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 
-from gatewayd import metrics, top
 from gatewayd.http.server import HttpServer
-from gatewayd.keys import Keys
+from gatewayd.ops import metrics, top
+from gatewayd.store.keys import Keys
 from tests.test_ops_http import RedisBackend
 
 
@@ -107,7 +107,7 @@ async def test_once_against_a_live_server(
 
 
 async def test_once_unreachable_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    from gatewayd.embedded import free_port
+    from gatewayd.store.embedded import free_port
 
     url = f"http://127.0.0.1:{free_port()}/metrics"
     code = await asyncio.to_thread(top.run, args("--url", url, "--once", "--interval", "0.05"))

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 SH = ZoneInfo("Asia/Shanghai")

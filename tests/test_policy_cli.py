@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from gatewayd.cli import main
-from gatewayd.keys import Keys
+from gatewayd.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 AT_NIGHT = "2024-06-10T23:30:00+08:00"

@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_in, opt_out, optout_history, optout_status
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 T0 = datetime(2024, 6, 10, 10, 0, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()

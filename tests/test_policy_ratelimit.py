@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 
 from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate, SharedTokenBucket
+from gatewayd.store.keys import Keys
 
 T0 = 1_718_000_000.0
 

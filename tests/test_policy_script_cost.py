@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gatewayd.keys import Keys
 from gatewayd.policy.redischecks import SCRIPT, SENT, RedisBatch
+from gatewayd.store.keys import Keys
 
 NOW = 1718000000.123456789  # many decimals: the ZSET score must be this double exactly
 

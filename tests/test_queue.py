@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 
 from gatewayd.config import Config, QueueConfig
 from gatewayd.errors import MessageError
-from gatewayd.intake import parse_message, to_fields
-from gatewayd.keys import GROUP, Keys
-from gatewayd.queue import QueueStore
+from gatewayd.pipeline.intake import parse_message, to_fields
+from gatewayd.pipeline.queue import QueueStore
+from gatewayd.store.keys import GROUP, Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 

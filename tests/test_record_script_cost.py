@@ -13,13 +13,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gatewayd import fastpipe
 from gatewayd.config import Config, QueueConfig
-from gatewayd.events import Ledger
-from gatewayd.intake import parse_message
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
-from gatewayd.store import load_script
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import load_script
+from gatewayd.store.keys import Keys
 
 CLASSES = ["otp", "transactional", "marketing"]
 TO = "+86138****8000"

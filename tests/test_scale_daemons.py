@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 
 from gatewayd.client import Client
 from gatewayd.config import QueueConfig
-from gatewayd.keys import Keys
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.keys import Keys
 from tests.scale_helpers import daemon_config, shares, spawn, steady_rate, stop_all, tally
 
 TOTAL = int(os.environ.get("GW_SCALE_TOTAL", "50000"))

@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from gatewayd.carrier import CarrierPool
 from gatewayd.client import Client
 from gatewayd.config import load_config
-from gatewayd.embedded import EmbeddedRedis, free_port
-from gatewayd.inbound import InboundHandler
-from gatewayd.keys import Keys
+from gatewayd.pipeline.inbound import InboundHandler
 from gatewayd.policy.ratelimit import CarrierRateGate
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import running_daemon, wait_final
 from tests.scale_helpers import daemon_config, spawn
 from tests.security_helpers import make_pki

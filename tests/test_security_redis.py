@@ -27,10 +27,10 @@ from redis.exceptions import NoPermissionError
 
 from gatewayd.client import Client
 from gatewayd.config import load_config
-from gatewayd.embedded import EmbeddedRedis, free_port
-from gatewayd.keys import Keys
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
-from gatewayd.store import Store, connect
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.connection import Store, connect
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
 from tests.e2e_helpers import running_daemon, wait_final
 from tests.scale_helpers import daemon_config
 from tests.security_helpers import Pki, make_pki, tls_redis_server

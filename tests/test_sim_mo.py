@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gatewayd.sim.rawclient import DELIVER, Deliver, R, RawClient
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.rawclient import DELIVER, Deliver, R, RawClient
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 
 LONG_ZH = "退订TD。感谢您的支持，我们会尽快处理您的请求，祝您生活愉快！" * 3
 LONG_GSM = "Please STOP sending me these marketing messages, I never signed up. " * 4

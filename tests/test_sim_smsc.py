@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gatewayd import smstext
-from gatewayd.sim.rawclient import (
+from gatewayd.sim.smpp.rawclient import (
     BIND_TRX,
     DELIVER,
     ENQUIRE,
@@ -23,7 +23,7 @@ from gatewayd.sim.rawclient import (
     submit_body,
     tlv,
 )
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 
 Factory = Callable[..., Awaitable[SmscSimulator]]
 Connect = Callable[..., Awaitable[RawClient]]

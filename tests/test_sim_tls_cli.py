@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gatewayd.sim import cli
-from gatewayd.sim.rawclient import SUBMIT, R, RawClient
-from gatewayd.sim.smsc import SimSettings, SmscSimulator
+from gatewayd.sim.smpp.rawclient import SUBMIT, R, RawClient
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 
 
 def _self_signed(d: Path) -> tuple[Path, Path]:

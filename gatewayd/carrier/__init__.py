@@ -1,4 +1,7 @@
-"""SMPP carrier layer: binds, routing, submission, receipts and MO (knows nothing of Redis)."""
+"""Protocol-neutral carrier layer: pool, routing, ids, api (what pipeline/ sees); smpp/ below.
+
+May import: ops, config, model, errors, smstext; never store, policy or pipeline.
+"""
 
 from gatewayd.carrier.api import (
     BindStatus,
@@ -8,8 +11,8 @@ from gatewayd.carrier.api import (
     SubmitOutcome,
     SubmitRequest,
 )
+from gatewayd.carrier.ids import id_candidates, normalise_id
 from gatewayd.carrier.pool import CarrierPool
-from gatewayd.carrier.receipts import id_candidates, normalise_id
 
 __all__ = [
     "BindStatus",

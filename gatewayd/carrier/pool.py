@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gatewayd import smstext
-from gatewayd.carrier import pdu as P
-from gatewayd.carrier import status as S
 from gatewayd.carrier.api import (
     BindStatus,
     DeliveryHandler,
@@ -38,12 +36,14 @@ from gatewayd.carrier.api import (
     SubmitOutcome,
     SubmitRequest,
 )
-from gatewayd.carrier.bind import Bind
-from gatewayd.carrier.delivery import Deliveries
-from gatewayd.carrier.mo import Reassembler
-from gatewayd.carrier.receipts import normalise_id
+from gatewayd.carrier.ids import normalise_id
 from gatewayd.carrier.routing import Router
-from gatewayd.carrier.session import Waiter
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp import status as S
+from gatewayd.carrier.smpp.bind import Bind
+from gatewayd.carrier.smpp.delivery import Deliveries
+from gatewayd.carrier.smpp.mo import Reassembler
+from gatewayd.carrier.smpp.session import Waiter
 from gatewayd.config import CarrierConfig, Config
 
 log = logging.getLogger("gatewayd.carrier")

@@ -1,7 +1,7 @@
 """What the HTTP API needs from the daemon: the Backend protocol and its result types.
 
 The HTTP layer knows nothing of Redis or SMPP; the daemon implements this protocol
-(gatewayd.backend.DaemonBackend) and tests implement small ones of their own.
+(gatewayd.http.service.DaemonBackend) and tests implement small ones of their own.
 """
 
 from __future__ import annotations

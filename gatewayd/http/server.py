@@ -43,9 +43,9 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gatewayd import metrics
 from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
 from gatewayd.http.openapi import openapi_spec
+from gatewayd.ops import metrics
 
 log = logging.getLogger("gatewayd.http")
 

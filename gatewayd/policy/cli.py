@@ -25,12 +25,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
 from gatewayd.policy.optout import opt_in, opt_out, optout_status
-from gatewayd.store import connect_config
+from gatewayd.store.connection import client_url, connect_config
+from gatewayd.store.keys import Keys
 
 EXIT_CONFIG = 2
 
@@ -79,9 +79,7 @@ def parse_time(value: str) -> float:
 
 
 def _redis_url(cfg: Config) -> str:
-    from gatewayd.cli import client_url  # the CLI's own rule (URL or running daemon)
-
-    return client_url(cfg)
+    return client_url(cfg)  # the CLI's own rule (URL or running daemon)
 
 
 def _engine(cfg: Config) -> PolicyEngine:

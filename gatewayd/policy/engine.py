@@ -34,7 +34,6 @@ from zoneinfo import ZoneInfo
 import msgspec
 import redis.asyncio as aioredis
 
-from gatewayd.keys import Keys
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.content import ContentRules, signature_of
 from gatewayd.policy.keywords import KeywordMatcher
@@ -43,6 +42,7 @@ from gatewayd.policy.quiet import QuietHours, ZoneTable
 from gatewayd.policy.redischecks import REDIS_CHECKS, Outcome, RedisBatch, caps_spec
 from gatewayd.policy.settings import CategorySettings, Policy, SendWindow, load_policy
 from gatewayd.policy.verdict import CHECK_ORDER, Verdict, defer, reject
+from gatewayd.store.keys import Keys
 
 _TEXT_CACHE = 4096  # distinct (category, text) pairs remembered by an engine
 

@@ -1,4 +1,4 @@
-"""Lua scripts shipped in gatewayd/lua/, called by EVALSHA on whichever client is given.
+"""Lua scripts shipped in gatewayd/store/lua/, called by EVALSHA on whichever client is given.
 
 The store's ``load_script`` binds a script to one client; policies receive the client
 per call (the daemon's, a CLI's, a test's), so they keep the source and its SHA and
@@ -15,8 +15,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from gatewayd import fastpipe
-from gatewayd.store import is_cluster
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import is_cluster
 
 
 class LuaScript:
@@ -24,7 +24,7 @@ class LuaScript:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = resources.files("gatewayd").joinpath("lua", f"{name}.lua").read_text(
+        self.source = resources.files("gatewayd.store").joinpath("lua", f"{name}.lua").read_text(
             "utf-8"
         )
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()

@@ -21,11 +21,11 @@ from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
-from gatewayd import metrics
-from gatewayd.keys import Keys
+from gatewayd.ops import metrics
 from gatewayd.policy.lua import text
 from gatewayd.policy.normalize import number_key
-from gatewayd.store import is_cluster
+from gatewayd.store.connection import is_cluster
+from gatewayd.store.keys import Keys
 
 # Metric label vocabulary (labels stay bounded whatever callers pass as source).
 _SOURCES: Final = frozenset({"mo", "api", "cli", "admin", "import"})

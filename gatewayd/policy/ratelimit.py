@@ -1,6 +1,6 @@
 """Token buckets shared by every gatewayd process through Redis.
 
-``SharedTokenBucket`` keeps the bucket in Redis (gatewayd/lua/token_bucket.lua, atomic)
+``SharedTokenBucket`` keeps the bucket in Redis (gatewayd/store/lua/token_bucket.lua, atomic)
 and takes tokens in small chunks (``max(1, rate/20)``, 50 ms worth) into a local
 reserve, so the hot path does one round trip per chunk rather than per message. Tokens
 taken are spent, wherever they sit, so the account-wide rate holds across processes;
@@ -24,8 +24,8 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from gatewayd.config import Config
-from gatewayd.keys import Keys
 from gatewayd.policy.lua import LuaScript, text
+from gatewayd.store.keys import Keys
 
 SCRIPT: Final = LuaScript("token_bucket")
 

@@ -1,12 +1,12 @@
 """Checks 3, 5, 6, 7 (optout, duplicate, freq_cap, tenant_rate): one Lua call a batch.
 
-All four run in gatewayd/lua/policy_batch.lua, message by message, atomically, and
+All four run in gatewayd/store/lua/policy_batch.lua, message by message, atomically, and
 write their counters only for a message that passes them all (see the script). That
 keeps the rule "a message rejected or deferred by an earlier check consumes nothing"
 inside one round trip, and makes caps hold across concurrent batches of several
 gatewayd processes.
 
-Keys (gatewayd.keys.Keys), all tagged with the recipient's digits so one recipient's
+Keys (gatewayd.store.keys.Keys), all tagged with the recipient's digits so one recipient's
 keys share a hash slot:
 
 - opt-out: ``optout:{digits}`` HASH scope -> since (gatewayd.policy.optout)
@@ -45,9 +45,9 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from gatewayd.keys import Keys
 from gatewayd.policy.lua import LuaScript, text
-from gatewayd.store import is_cluster
+from gatewayd.store.connection import is_cluster
+from gatewayd.store.keys import Keys
 
 SCRIPT: Final = LuaScript("policy_batch")
 REDIS_CHECKS: Final = ("optout", "duplicate", "freq_cap", "tenant_rate")

@@ -1,1 +1,4 @@
-"""SMPP 3.4 SMSC simulator used by the demo, the tests and the benchmarks (see smsc.py)."""
+"""Carrier simulators for the demo, tests and benchmarks: smpp/, shared helpers here.
+
+May import: smstext.
+"""

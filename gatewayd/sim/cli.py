@@ -13,8 +13,8 @@ import logging
 import signal
 import sys
 
-from gatewayd.sim.settings import SimSettings
-from gatewayd.sim.smsc import SmscSimulator
+from gatewayd.sim.smpp.settings import SimSettings
+from gatewayd.sim.smpp.smsc import SmscSimulator
 
 log = logging.getLogger("gatewayd.sim")
 

@@ -1,6 +1,6 @@
 """A small, deliberately independent SMSC for the carrier tests' protocol edges.
 
-Written from the SMPP 3.4 text, not from gatewayd.carrier.pdu, so that a shared
+Written from the SMPP 3.4 text, not from gatewayd.carrier.smpp.pdu, so that a shared
 misreading of the spec cannot make both sides agree. It records every submit_sm, counts
 the most submit_sm ever outstanding, and has knobs for the faults the tests need.
 """

@@ -30,9 +30,9 @@ from typing import Any, Final
 import msgspec
 
 from gatewayd import smstext
-from gatewayd.sim import pdu
-from gatewayd.sim.messages import Message, Submission, reassemble
-from gatewayd.sim.receipts import (
+from gatewayd.sim.smpp import pdu
+from gatewayd.sim.smpp.messages import Message, Submission, reassemble
+from gatewayd.sim.smpp.receipts import (
     DateCache,
     IdFormat,
     IdGenerator,
@@ -40,7 +40,7 @@ from gatewayd.sim.receipts import (
     receipt_id,
     receipt_text,
 )
-from gatewayd.sim.session import (
+from gatewayd.sim.smpp.session import (
     KIND_MO,
     KIND_RECEIPT,
     RECEIPT,
@@ -49,7 +49,7 @@ from gatewayd.sim.session import (
     Outgoing,
     Session,
 )
-from gatewayd.sim.settings import SimSettings, SimStats
+from gatewayd.sim.smpp.settings import SimSettings, SimStats
 from gatewayd.sim.wheel import TimerWheel
 
 __all__ = ["Message", "SimSettings", "SimStats", "SmscSimulator", "Submission"]

@@ -1,6 +1,6 @@
 """A bare-bones SMPP ESME over asyncio streams, for tests and smoke checks.
 
-Deliberately independent of the simulator's own codec (sim/pdu.py): it packs and parses
+Deliberately independent of the simulator's own codec (sim/smpp/pdu.py): it packs and parses
 with its own struct calls, so a test driving the simulator with it checks the wire
 format rather than one piece of code against itself.
 """

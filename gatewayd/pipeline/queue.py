@@ -17,13 +17,14 @@ from typing import Any, cast
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from gatewayd import fastpipe, metrics
 from gatewayd.config import Config
-from gatewayd.events import Ledger, count_state, event_of
-from gatewayd.intake import to_fields
-from gatewayd.keys import GROUP, Keys
 from gatewayd.model import OutboundMessage
-from gatewayd.store import Redis, is_cluster, load_script, pipe_script
+from gatewayd.ops import metrics
+from gatewayd.pipeline.events import Ledger, count_state, event_of
+from gatewayd.pipeline.intake import to_fields
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.keys import GROUP, Keys
 
 log = logging.getLogger("gatewayd.queue")
 

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
+from gatewayd.config import Config
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import EnqueueResult, FieldError
-from gatewayd.intake import parse_message
 from gatewayd.model import OutboundMessage
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.status import read_status
 from gatewayd.policy.optout import opt_in, opt_out, optout_status
-from gatewayd.status import read_status
+from gatewayd.store.connection import Store
+from gatewayd.store.keys import Keys
 
-if TYPE_CHECKING:
-    from gatewayd.daemon import Daemon
+
+class Host(Protocol):
+    """What the service needs of the process it runs in (gatewayd.daemon.Daemon): passed
+    in rather than imported, so http/ never imports the daemon that starts it."""
+
+    cfg: Config
+    store: Store
+    keys: Keys
+    queue: QueueStore | None
+    started_at: float
+    consumer: str
+
+    def reload(self) -> tuple[bool, str]: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
 class DaemonBackend:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.d = daemon
 
     async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:

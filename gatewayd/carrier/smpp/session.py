@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from gatewayd.carrier import pdu as P
-from gatewayd.carrier import status as S
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp import status as S
 
 if TYPE_CHECKING:
-    from gatewayd.carrier.bind import Bind
+    from gatewayd.config import CarrierConfig
 
 log = logging.getLogger("gatewayd.carrier")
 
@@ -77,8 +77,32 @@ class Waiter:
 Pending = tuple[Waiter, int, float, float]
 
 
+class SessionOwner(Protocol):
+    """What a session reports to (bind.Bind): defined here so the session never imports
+    its bind; the bind passes itself in."""
+
+    cfg: CarrierConfig
+    carrier: str
+    index: int
+
+    def on_submit_resps(
+        self, ok: int, statuses: dict[int, int] | None, throttled: int,
+        latency: float | None, in_flight: int,
+    ) -> None: ...
+
+    def on_deliver(self, session: Session, items: list[tuple[int, bytes]]) -> None: ...
+
+    def on_session_closed(self, session: Session, lost: int) -> None: ...
+
+    def on_unbind_requested(self) -> None: ...
+
+    def on_late_response(self) -> None: ...
+
+    def on_pdu_error(self, kind: str, detail: str) -> None: ...
+
+
 class Session(asyncio.Protocol):
-    def __init__(self, bind: Bind) -> None:
+    def __init__(self, bind: SessionOwner) -> None:
         self.bind = bind
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None

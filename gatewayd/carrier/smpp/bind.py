@@ -22,16 +22,16 @@ import random
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from gatewayd import metrics as M
-from gatewayd.carrier import pdu as P
-from gatewayd.carrier import status as S
 from gatewayd.carrier.api import BindStatus
-from gatewayd.carrier.session import Session, Waiter
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp import status as S
+from gatewayd.carrier.smpp.session import Session, Waiter
 from gatewayd.config import CarrierConfig
 from gatewayd.errors import BindRefused, SmppError
+from gatewayd.ops import metrics as M
 
 if TYPE_CHECKING:
-    from gatewayd.carrier.delivery import Deliveries
+    from gatewayd.carrier.smpp.delivery import Deliveries
 
 log = logging.getLogger("gatewayd.carrier")
 

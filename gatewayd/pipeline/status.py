@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from gatewayd.keys import Keys
-from gatewayd.store import Redis
+from gatewayd.store.connection import Redis
+from gatewayd.store.keys import Keys
 
 _NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until"}
 _INT = {"segments", "attempts"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gatewayd import smstext
-from gatewayd.carrier import pdu as P
+from gatewayd.carrier.smpp import pdu as P
 
 MISSING: Final = "\ufffd"
 

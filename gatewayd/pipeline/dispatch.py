@@ -19,23 +19,24 @@ from typing import Any, Protocol
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
-from gatewayd import fastpipe, metrics
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
-from gatewayd.carrier.receipts import normalise_id
+from gatewayd.carrier.ids import normalise_id
 from gatewayd.config import Config
 from gatewayd.errors import MessageError
-from gatewayd.events import Book, Ledger
-from gatewayd.intake import _ID_RE, parse_message
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES, OutboundMessage
+from gatewayd.ops import metrics
+from gatewayd.pipeline.events import Book, Ledger
+from gatewayd.pipeline.intake import _ID_RE, parse_message
+from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
 from gatewayd.policy.engine import PolicyEngine, Verdict
-from gatewayd.queue import AckBatch, Entry, QueueStore
-from gatewayd.store import Redis
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import Redis
+from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.dispatch")
 
 # Carrier back-pressure or our own shutdown, not a failure of the message: retried
-# without using an attempt (names from carrier/status.py and carrier/pool.py).
+# without using an attempt (names from carrier/smpp/status.py and carrier/pool.py).
 _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
@@ -355,7 +356,7 @@ class Dispatcher:
             )
             if self.receipts_by_carrier.get(out.carrier, False):
                 # One key per part; the receipt side tries the other base
-                # (carrier.receipts.receipt_candidates).
+                # (carrier.ids.receipt_candidates).
                 for part, smsc_id in enumerate(out.smsc_ids):
                     book.correlate(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
                                    f"{m.id} {part}")

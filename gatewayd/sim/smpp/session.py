@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import struct
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable
+from typing import Final, Protocol, cast
 
-from gatewayd.sim import pdu
-from gatewayd.sim.messages import submission_from
-
-if TYPE_CHECKING:
-    from gatewayd.sim.smsc import SmscSimulator
+from gatewayd.sim.smpp import pdu
+from gatewayd.sim.smpp.messages import Submission, submission_from
+from gatewayd.sim.smpp.receipts import IdFormat, IdGenerator
+from gatewayd.sim.smpp.settings import SimSettings, SimStats
+from gatewayd.sim.wheel import TimerWheel
 
 log = logging.getLogger("gatewayd.sim")
 
@@ -45,8 +47,51 @@ class Outgoing:
         self.sent_at = 0.0
 
 
+class SmscCore(Protocol):
+    """What a connection needs of its simulator (smsc.SmscSimulator): defined here and
+    passed in, so this module never imports the simulator that creates its sessions."""
+
+    settings: SimSettings
+    stats: SimStats
+    rng: random.Random
+    ids_format: IdFormat
+    wall: Callable[[], float]
+    wheel: TimerWheel
+    _ids: IdGenerator
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def bound_count(self) -> int: ...
+
+    def _connected(self, s: Session) -> None: ...
+
+    def _disconnected(self, s: Session) -> None: ...
+
+    def _bound(self, s: Session, out: list[bytes], now: float) -> None: ...
+
+    def _admit(self, now: float) -> int: ...
+
+    def _answered(self, s: Session, seq: int, status: int, now: float) -> None: ...
+
+    def _count_response(self, status: int) -> None: ...
+
+    def _record(self, sub: Submission) -> None: ...
+
+    def _receipt_stat(self, registered_delivery: int) -> str: ...
+
+    def _build_receipt(
+        self, s: Session, sub: Submission, sm: pdu.ShortMessage, fmt: IdFormat, stat: str,
+        wall: float,
+    ) -> Outgoing: ...
+
+    def _pick(self, system_id: str, prefer: Session | None) -> Session | None: ...
+
+    def _deliver(self, items: list[Outgoing], now: float) -> None: ...
+
+
 class Session(asyncio.Protocol):
-    def __init__(self, sim: SmscSimulator) -> None:
+    def __init__(self, sim: SmscCore) -> None:
         self.sim = sim
         self.transport: asyncio.Transport | None = None
         self.buf = b""

@@ -7,7 +7,7 @@ from typing import Literal
 
 import msgspec
 
-from gatewayd.sim.receipts import STATS
+from gatewayd.sim.smpp.receipts import STATS
 
 _FRACTIONS = (
     "undeliverable_fraction", "early_receipt_fraction", "throttle_fraction", "error_fraction",

@@ -1,6 +1,6 @@
 """The Redis connection: a configured URL, or a private embedded server for demos.
 
-Also loads the Lua scripts shipped in gatewayd/lua/ (EVALSHA, loaded once; redis-py's
+Also loads the Lua scripts shipped in gatewayd/store/lua/ (EVALSHA, loaded once; redis-py's
 Script objects reload them transparently after a Redis restart).
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; ``redis.tls_ca``,
@@ -27,8 +27,8 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 
 from gatewayd.config import Config
-from gatewayd.embedded import EmbeddedRedis
 from gatewayd.errors import ConfigError
+from gatewayd.store.embedded import EmbeddedRedis
 
 log = logging.getLogger("gatewayd.store")
 
@@ -40,7 +40,7 @@ _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 def script_source(name: str) -> str:
     """A script's source, with ``--#include NAME`` lines replaced by lua/NAME.lua (Redis
     has no includes; two scripts share the receipt logic this way)."""
-    source = resources.files("gatewayd").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    source = resources.files("gatewayd.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
     return "".join(
         script_source(line.split()[1]) if line.startswith("--#include ") else line
         for line in source.splitlines(keepends=True)
@@ -169,3 +169,17 @@ class Store:
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
+
+
+def client_url(cfg: Config) -> str:
+    """Redis URL for CLI commands: configured, or the running demo daemon's socket."""
+    url = cfg.redis_url()
+    if url:
+        return url
+    sock = cfg.resolve(cfg.daemon.state_dir) / "redis" / "redis.sock"
+    if sock.exists():
+        return f"unix://{sock}?db=0"
+    raise ConfigError(
+        f"{cfg.source}: redis.url: empty (embedded Redis) and no running daemon at {sock}; "
+        "start `gatewayd run` first or set REDIS_URL"
+    )

@@ -21,14 +21,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gatewayd import metrics as M
-from gatewayd.carrier import pdu as P
 from gatewayd.carrier.api import DeliveryHandler
-from gatewayd.carrier.mo import Assembled, GroupKey, Reassembler, decode_text, split_part
-from gatewayd.carrier.receipts import parse_receipt
-from gatewayd.carrier.session import Session
+from gatewayd.carrier.smpp import pdu as P
+from gatewayd.carrier.smpp.mo import Assembled, GroupKey, Reassembler, decode_text, split_part
+from gatewayd.carrier.smpp.receipts import parse_receipt
+from gatewayd.carrier.smpp.session import Session
 from gatewayd.config import CarrierConfig
 from gatewayd.model import InboundMessage, Receipt, mask_number
+from gatewayd.ops import metrics as M
 
 log = logging.getLogger("gatewayd.carrier")
 

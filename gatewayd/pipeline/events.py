@@ -16,11 +16,11 @@ from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
 
-from gatewayd import metrics
 from gatewayd.config import Config
-from gatewayd.keys import Keys
 from gatewayd.model import FINAL_STATES, OutboundMessage, mask_number
-from gatewayd.store import Redis, is_cluster, load_script, pipe_script
+from gatewayd.ops import metrics
+from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.keys import Keys
 
 _state_counters: dict[tuple[str, str], Any] = {}
 _flat = itertools.chain.from_iterable

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gatewayd import smstext
-from gatewayd.sim import pdu
+from gatewayd.sim.smpp import pdu
 
 # GSM-7 without escapes maps octet -> character one to one, so a str.translate table
 # (built from smstext.decode itself, hence identical results) decodes in C.

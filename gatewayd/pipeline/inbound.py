@@ -3,7 +3,7 @@
 Receipts are correlated through ``<prefix>smsc:<carrier>:<id>`` keys written when the
 submit_sm_resp was recorded, one per part under the normalised SMSC id; a receipt is
 looked up under every form its id may have had at submit (hex/decimal, leading zeros,
-case: carrier.receipts.receipt_candidates), so it matches whichever form the SMSC uses.
+case: carrier.ids.receipt_candidates), so it matches whichever form the SMSC uses.
 Keys written by an older gatewayd under every candidate form are still found. A receipt
 that arrives before its submit_sm_resp was recorded is parked in a sorted set and
 retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
@@ -38,15 +38,16 @@ from typing import Any, cast
 
 import msgspec
 
-from gatewayd import fastpipe, metrics
-from gatewayd.carrier.receipts import receipt_candidates
+from gatewayd.carrier.ids import receipt_candidates
 from gatewayd.config import Config
-from gatewayd.events import count_state
-from gatewayd.keys import Keys
 from gatewayd.model import InboundMessage, Receipt, mask_number
+from gatewayd.ops import metrics
+from gatewayd.pipeline.events import count_state
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out
-from gatewayd.store import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.inbound")
 

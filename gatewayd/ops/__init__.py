@@ -1,0 +1,4 @@
+"""What SREs see: metrics, JSON logs, sd_notify, `gatewayd top`.
+
+May import: config, model, errors.
+"""

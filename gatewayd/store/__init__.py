@@ -1,0 +1,4 @@
+"""Everything Redis-shaped: connection, embedded server, key names, fastpipe, lua/.
+
+May import: config, errors.
+"""
