@@ -12,8 +12,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config, QueueConfig
-from gatewayd.pipeline.intake import parse_message
+from gatewayd.model import OutboundMessage
+from gatewayd.pipeline.intake import TemplateIntake, parse_message
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
@@ -34,6 +36,7 @@ class Client:
         self._redis: aioredis.Redis | None = None
         self._queue: QueueStore | None = None
         self._consumer = consumer
+        self._intake: TemplateIntake | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, url: str | None = None) -> Client:
@@ -62,11 +65,37 @@ class Client:
         """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError."""
         assert self._queue is not None, "use `async with Client(...)`"
         now = time.time()
-        msgs = [parse_message(dict(i), classes=self.qcfg.classes,
-                              max_segments=self.qcfg.max_segments, now=now) for i in items]
+        raw = [dict(i) for i in items]
+        if any("params" in i for i in raw):
+            return await self._send_templated(raw, source, chunk, now)
+        msgs = [parse_message(i, classes=self.qcfg.classes,
+                              max_segments=self.qcfg.max_segments, now=now) for i in raw]
         out: list[tuple[str, bool]] = []
         for start in range(0, len(msgs), chunk):
             out += await self._queue.enqueue(msgs[start:start + chunk], source=source, now=now)
+        return out
+
+    async def _send_templated(self, raw: list[dict[str, Any]], source: str, chunk: int,
+                              now: float) -> list[tuple[str, bool]]:
+        """Items with ``template`` + ``params``: rendered against the registry (only
+        approved templates), with short links when the config has ``[links]``."""
+        assert self._queue is not None
+        if self._intake is None:
+            cfg = self._config or Config(queue=self.qcfg)
+            self._intake = TemplateIntake(self.redis, self.keys, cfg)
+        out: list[tuple[str, bool]] = []
+        for start in range(0, len(raw), chunk):
+            part = raw[start:start + chunk]
+            await self._intake.prepare(part)
+            msgs: list[OutboundMessage] = []
+            links: dict[int, list[NewLink]] = {}
+            for item in part:
+                msg, new = self._intake.parse(item, now)
+                if new:
+                    links[len(msgs)] = new
+                msgs.append(msg)
+            out += await self._queue.enqueue(msgs, source=source, now=now, links=links,
+                                             link_ttl_s=self._intake.link_ttl_s)
         return out
 
     async def status(self, msg_id: str) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -143,6 +143,43 @@ class SimulatorConfig(_Section, kw_only=True, frozen=True):
     receipt_delay_s: float = 0.2
 
 
+class CampaignsConfig(_Section, kw_only=True, frozen=True):
+    """Templates and campaigns (gatewayd.campaigns)."""
+
+    # Templates loaded (upserted) at start and on reload; relative to the config file.
+    templates_file: str = ""
+    # Recipients a fan-out script call queues: bounds how long one call holds Redis.
+    fanout_batch: int = 200
+    # Fan-out waits while the campaign's class stream holds more entries than this, so
+    # a million-recipient campaign never sits in Redis at once and the dispatchers
+    # (codes first) set the pace.
+    max_backlog: int = 20_000
+    # An opt-out within this many days of a campaign's send counts in its funnel.
+    optout_window_days: float = 7.0
+    # How long a recipient's campaign sends are remembered (cooling-off, attribution).
+    recipient_ttl_days: float = 30.0
+    # Pause a running campaign whose opt-out rate (opted out / delivered) exceeds this
+    # once it has at least pause_min_delivered deliveries (0 = never).
+    pause_optout_rate: float = 0.0
+    pause_min_delivered: int = 1000
+    # Campaigns with their own metric labels (the most recent active ones): bounded.
+    metrics_max: int = 20
+
+
+class LinksConfig(_Section, kw_only=True, frozen=True):
+    """Short links: the public redirector, listening apart from the API."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:8781"
+    base_url: str = ""  # e.g. "https://s.example.cn/": what the codes are appended to
+    ttl_s: float = 30 * 86400.0
+    random_chars: int = 7  # unguessable part of a code (6 bits a character)
+    # User-Agent substrings of link-preview fetchers (counted as previews, not clicks);
+    # empty: the built-in list (gatewayd.campaigns.links.DEFAULT_PREVIEW_AGENTS).
+    preview_agents: list[str] = msgspec.field(default_factory=list)
+    fallback_url: str = ""  # where unknown and expired codes go (404 when empty)
+
+
 class Config(_Section, kw_only=True, frozen=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -152,6 +189,8 @@ class Config(_Section, kw_only=True, frozen=True):
     carrier: list[CarrierConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
+    campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)
+    links: LinksConfig = msgspec.field(default_factory=LinksConfig)
     # Where this config came from; relative paths resolve against its folder.
     source: str = ""
 
@@ -321,6 +360,37 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
+    _validate_campaigns(cfg, bad)
+
+
+def _validate_campaigns(cfg: Config, bad: Any) -> None:
+    c, lk = cfg.campaigns, cfg.links
+    if c.fanout_batch < 1 or c.fanout_batch > 5000:
+        raise bad("campaigns.fanout_batch", "must be 1-5000")
+    if c.max_backlog < c.fanout_batch:
+        raise bad("campaigns.max_backlog", "must be at least campaigns.fanout_batch")
+    for key, v in (("optout_window_days", c.optout_window_days),
+                   ("recipient_ttl_days", c.recipient_ttl_days)):
+        if v <= 0:
+            raise bad(f"campaigns.{key}", "must be greater than 0")
+    if not 0 <= c.pause_optout_rate < 1:
+        raise bad("campaigns.pause_optout_rate", "a fraction: 0.003 = 0.3 %; 0 = off")
+    if c.metrics_max < 0:
+        raise bad("campaigns.metrics_max", "must be 0 or more")
+    if lk.enabled:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:\d+)?(/[A-Za-z0-9._~\-/]*)?",
+                            lk.base_url):
+            raise bad("links.base_url", f"{lk.base_url!r}: the public URL codes are "
+                      "appended to, e.g. \"https://s.example.cn/\"")
+        if not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", lk.listen):
+            raise bad("links.listen", f"{lk.listen!r}: use host:port, e.g. \"0.0.0.0:8781\"")
+        if cfg.http.enabled and lk.listen == cfg.http.listen:
+            raise bad("links.listen", "must differ from http.listen (the redirector faces "
+                      "the internet; the API does not)")
+    if not 4 <= lk.random_chars <= 22:
+        raise bad("links.random_chars", "must be 4-22 (7 = one valid code in 4.4e12)")
+    if lk.ttl_s <= 0:
+        raise bad("links.ttl_s", "must be greater than 0")
 
 
 def holds_secrets(cfg: Config) -> bool:

@@ -50,6 +50,13 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     expires_at: float = 0.0
     enqueued_at: float = 0.0
     attempts: int = 0  # submit attempts that ended in a retryable failure
+    # Templates and campaigns (gatewayd.campaigns): the approved template the text was
+    # rendered from at intake, the campaign and A/B variant that queued it, and how many
+    # short links the text carries (the cooling-off policy counts messages with links).
+    template: str = ""
+    campaign: str = ""
+    variant: str = ""
+    links: int = 0
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any, Literal, Protocol
 
+from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
-from gatewayd.pipeline.intake import parse_message
+from gatewayd.pipeline.intake import TemplateIntake
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.optout import opt_in, opt_out, optout_status
@@ -36,23 +37,30 @@ class Host(Protocol):
 class DaemonBackend:
     def __init__(self, daemon: Host) -> None:
         self.d = daemon
+        self._intake: TemplateIntake | None = None
 
     async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
-        q = self.d.cfg.queue
         now = time.time()
         results: list[EnqueueResult] = []
         valid: list[tuple[int, OutboundMessage]] = []
+        if self._intake is None:
+            self._intake = TemplateIntake(self.d.store.client, self.d.keys, self.d.cfg)
+        intake = self._intake
+        await intake.prepare(items)
+        links: dict[int, list[NewLink]] = {}
         for i, item in enumerate(items):
             try:
-                msg = parse_message(item, classes=q.classes, max_segments=q.max_segments,
-                                    now=now)
+                msg, new = intake.parse(item, now)
             except MessageError as e:
                 results.append(EnqueueResult(index=i, errors=[FieldError(e.field, e.reason)]))
                 continue
+            if new:
+                links[len(valid)] = new
             valid.append((i, msg))
         if valid:
             assert self.d.queue is not None
-            ids = await self.d.queue.enqueue([m for _, m in valid], source=source, now=now)
+            ids = await self.d.queue.enqueue([m for _, m in valid], source=source, now=now,
+                                             links=links, link_ttl_s=intake.link_ttl_s)
             for (i, _), (msg_id, dup) in zip(valid, ids, strict=True):
                 results.append(EnqueueResult(index=i, id=msg_id, duplicate=dup))
         results.sort(key=lambda r: r.index)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
 
+from gatewayd.campaigns.funnel import Sends, Tally, funnel_name, reason_family
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES, OutboundMessage, mask_number
 from gatewayd.ops import metrics
@@ -42,7 +43,8 @@ def count_state(state: str, reason: str, n: int = 1) -> None:
 
 # A transition's event is its status fields, renamed "updated_at" -> "at", without these
 # (the same rule in lua/record.lua, which derives the event from the status it writes).
-NOT_IN_EVENT: Final = frozenset({"attempts", "enqueued_at", "submitted_at", "done_at"})
+NOT_IN_EVENT: Final = frozenset({"attempts", "enqueued_at", "submitted_at", "done_at",
+                                 "fk"})
 
 
 def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
@@ -55,10 +57,14 @@ def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
     return event
 
 
+def _digits(number: str) -> str:
+    return number[1:] if number.startswith("+") else number
+
+
 class Book:
     """One batch's state changes, written by ``flush`` into the batch's pipeline."""
 
-    __slots__ = ("correlations", "counts", "ledger", "records")
+    __slots__ = ("correlations", "counts", "funnel", "ledger", "records", "sends")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -66,6 +72,9 @@ class Book:
         self.correlations: list[tuple[str, str]] = []
         # (state, reason) -> transitions: one counter update a batch, not a message
         self.counts: dict[tuple[str, str], int] = {}
+        # Campaign and template messages only (None until the batch has one).
+        self.funnel: Tally | None = None
+        self.sends: Sends | None = None
 
     def correlate(self, key: str, value: str) -> None:
         """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
@@ -76,6 +85,12 @@ class Book:
         for (state, reason), n in self.counts.items():
             count_state(state, reason, n)
         self.counts.clear()
+        if self.funnel is not None:
+            self.funnel.flush(pipe)
+            self.funnel = None
+        if self.sends is not None:
+            self.sends.flush(pipe, led.sent_script, led._now_text, led.recipient_ttl_ms)
+            self.sends = None
         if not self.records and not self.correlations:
             return
         if led.script is None or is_cluster(pipe):
@@ -110,6 +125,9 @@ class Ledger:
         # The batch script, on a single Redis only (see Book).
         self.script = (load_script(redis, "record")
                        if redis is not None and not is_cluster(redis) else None)
+        self.sent_script = (load_script(redis, "marketing_sent")
+                            if redis is not None and not is_cluster(redis) else None)
+        self.recipient_ttl_ms = int(cfg.campaigns.recipient_ttl_days * 86400 * 1000)
 
     def book(self) -> Book:
         return Book(self)
@@ -143,9 +161,41 @@ class Ledger:
             target.records.append((msg.id, key, status))
             k = (state, reason)
             target.counts[k] = target.counts.get(k, 0) + 1
+            if msg.campaign or msg.template:
+                self._count(target, msg, state, reason, status)
         else:
             count_state(state, reason)
             self.write(target, key, status, event_of(msg.id, status))
+            if msg.campaign or msg.template:
+                book = Book(self)
+                self._count(book, msg, state, reason, status)
+                book.flush(target)
+
+    def count_only(self, pipe: Pipeline, msg: OutboundMessage, state: str, now: float,
+                   reason: str = "") -> None:
+        """The funnel side of a transition written without ``record`` (the keyed
+        enqueue path writes its status and event itself)."""
+        if msg.campaign or msg.template:
+            book = Book(self)
+            _key, status = self.build(msg, state, now, reason=reason)
+            self._count(book, msg, state, reason, status)
+            book.flush(pipe)
+
+    def _count(self, book: Book, msg: OutboundMessage, state: str, reason: str,
+               status: dict[Any, Any]) -> None:
+        """A campaign or template message's transition in its funnel (and, once
+        submitted, in its recipient's marketing record)."""
+        if book.funnel is None:
+            book.funnel = Tally()
+        fk, variant = status["fk"], msg.variant
+        book.funnel.add(fk, variant, state)
+        if state == "rejected":
+            book.funnel.add(fk, variant, "rejected:" + reason_family(reason))
+        elif state == "submitted" and (msg.campaign or msg.links):
+            if book.sends is None:
+                book.sends = Sends()
+            book.sends.add(self.keys.marketing(_digits(msg.to)), msg.campaign, variant,
+                           msg.links > 0)
 
     def build(
         self,
@@ -191,6 +241,16 @@ class Ledger:
             status["ref"] = msg.ref
         if msg.tenant:
             status["tenant"] = msg.tenant
+        if msg.campaign or msg.template:
+            if msg.campaign:
+                status["campaign"] = msg.campaign
+            if msg.variant:
+                status["variant"] = msg.variant
+            if msg.template:
+                status["template"] = msg.template
+            # The funnel's key, for the receipt and conversion scripts (not an event field).
+            status["fk"] = self.keys.funnel(funnel_name(msg.campaign, msg.template,
+                                                        msg.tenant))
         if state == "queued":
             status["enqueued_at"] = msg.enqueued_at or at
         elif state == "submitted":

@@ -38,6 +38,7 @@ from typing import Any, cast
 
 import msgspec
 
+from gatewayd.campaigns.funnel import Tally, attribute_optout
 from gatewayd.carrier.ids import receipt_candidates
 from gatewayd.config import Config
 from gatewayd.model import InboundMessage, Receipt, mask_number
@@ -117,6 +118,7 @@ class InboundHandler:
         self.events_maxlen = cfg.queue.events_maxlen
         self.mo_cc = {c.name: c.mo_country_code for c in cfg.carrier}
         self.early_hold_s = cfg.queue.early_receipt_hold_s
+        self.optout_window_s = cfg.campaigns.optout_window_days * 86400
 
     # Receipts -----------------------------------------------------------------------
     async def on_receipts(self, receipts: list[Receipt]) -> None:
@@ -215,6 +217,7 @@ class InboundHandler:
         late: list[_FinalEvent] = []  # claimed, final before: published if still awaiting
         held: list[str] = []  # claimed by another call, less than a lease ago
         gone: list[str] = []  # published already: only out of `awaiting`, if still there
+        funnel = Tally()  # campaign/template messages made final by this call
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
             kind = res[0]
             if kind == "early":
@@ -223,14 +226,20 @@ class InboundHandler:
             _count_receipt(r.carrier, kind)
             if kind not in ("final", "late"):
                 continue
-            if res[11] == 2:
+            if kind == "final" and res[11]:
+                funnel.add(str(res[11]), str(res[12]), str(res[1]))
+            if res[13] == 2:
                 gone.append(msg_id)
-            elif not res[11]:
+            elif not res[13]:
                 held.append(msg_id)
             elif kind == "final":
                 finals.append((msg_id, res, r.carrier))
             else:
                 late.append((msg_id, res, r.carrier))
+        if funnel.counts:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                funnel.flush(pipe)
+                await pipe.execute()
         ours = {msg_id for msg_id, _, _ in (*finals, *late)}
         held = [msg_id for msg_id in dict.fromkeys(held) if msg_id not in ours]
         if late or held:
@@ -352,7 +361,7 @@ class InboundHandler:
             for msg_id in ids:
                 pipe_script(pipe, self._expire, [self.keys.status(msg_id)],
                                   [now, "receipt_timeout"])
-            await pipe.execute()
+            expired = await pipe.execute()
         # Either it was still waiting (now expired), or it is already final and its
         # final event may never have been published (crash): publish it now, if this
         # call takes the claim. A claim held elsewhere is a receipt handler publishing
@@ -362,10 +371,18 @@ class InboundHandler:
                 pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
                                   ["-", "expired", now, "", self.claim_lease_s])
             summaries = await pipe.execute()
+        funnel = Tally()  # campaign/template messages expired by this sweep
+        for flag, res in zip(expired, summaries, strict=True):
+            if int(flag) == 1 and len(res) > 13 and res[11]:
+                funnel.add(str(res[11]), str(res[12]), "expired")
+        if funnel.counts:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                funnel.flush(pipe)
+                await pipe.execute()
         claimed = [(msg_id, res, res[3]) for msg_id, res in zip(ids, summaries, strict=True)
-                   if res[0] == "late" and res[11] == 1]
+                   if res[0] == "late" and res[13] == 1]
         done = [msg_id for msg_id, res in zip(ids, summaries, strict=True)
-                if res[0] != "late" or res[11] == 2]
+                if res[0] != "late" or res[13] == 2]
         if self._publish_awaiting is None:
             # Every cluster publisher claims: one that removed a message since `ids` was
             # read holds a live claim, so what this call claimed is unpublished.
@@ -406,6 +423,8 @@ class InboundHandler:
             if engine is not None and engine.is_optout_reply(m.text):
                 await opt_out(self.redis, self.keys, m.source, scope="*",
                               source=f"mo:{m.carrier}", at=now)
+                await attribute_optout(self.redis, self.keys, m.source.lstrip("+"), now,
+                                       self.optout_window_s)
                 await self.redis.xadd(self.keys.events, {
                     "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
                     "carrier": m.carrier, "reason": "mo_keyword",

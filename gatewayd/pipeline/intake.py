@@ -12,23 +12,74 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 
 from gatewayd import smstext
+from gatewayd.campaigns.links import LinkMaker, NewLink
+from gatewayd.campaigns.registry import TemplateCache
+from gatewayd.campaigns.templates import CODE_RE as TEMPLATE_CODE_RE
+from gatewayd.campaigns.templates import MAX_URL_VARS, Compiled
+from gatewayd.config import Config
 from gatewayd.errors import MessageError
 from gatewayd.model import OutboundMessage
+from gatewayd.store.connection import Redis
+from gatewayd.store.keys import Keys
 
 _NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _FIELDS: Final = frozenset(
     f.encode_name for f in msgspec.structs.fields(OutboundMessage)
 )
+CAMPAIGN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
+VARIANT_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,16}")
 _TIME_FIELDS: Final = ("not_before", "expires_at", "enqueued_at")
 MAX_TEXT_CHARS: Final = 2000
+
+
+class Templates(Protocol):
+    """Compiled templates by code (campaigns.registry.TemplateCache, loaded first)."""
+
+    def get(self, code: str) -> Compiled | None: ...
+
+
+def render(data: dict[str, Any], templates: Templates | None,
+           link: Callable[[str], str] | None) -> None:
+    """``template`` + ``params`` -> ``text`` (in place). Only approved templates render;
+    the values are validated by their types (campaigns.templates)."""
+    code = data.get("template")
+    params = data.pop("params")
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError as e:
+            raise MessageError("params", f"not valid JSON: {e}") from None
+    if not isinstance(code, str) or not code:
+        raise MessageError("template", "params need a template code")
+    if templates is None:
+        raise MessageError("params", "templates are rendered at intake (HTTP API, client, "
+                                     "CLI, campaigns); a raw stream entry carries the text")
+    if "text" in data:
+        raise MessageError("text", "give either text, or template and params")
+    t = templates.get(code)
+    if t is None:
+        raise MessageError("template", f"unknown template {code!r}")
+    if t.template.status != "approved":
+        raise MessageError("template", f"template {code!r} is {t.template.status}, not "
+                                       "approved: only approved templates send")
+    category = data.get("category")
+    if category and category != t.template.category:
+        raise MessageError("category", f"template {code!r} is {t.template.category}")
+    data["category"] = t.template.category
+    if t.url_vars and link is None:
+        raise MessageError("template", "this template has links and short links are not "
+                                       "configured here ([links] base_url)")
+    data["text"], targets = t.render(params, link)
+    if targets:
+        data["links"] = len(targets)
 
 
 def new_id() -> str:
@@ -73,8 +124,13 @@ def parse_message(
     classes: list[str],
     max_segments: int,
     now: float | None = None,
+    templates: Templates | None = None,
+    link: Callable[[str], str] | None = None,
 ) -> OutboundMessage:
-    """Validate one message; raise MessageError(field, reason) at the first problem."""
+    """Validate one message; raise MessageError(field, reason) at the first problem.
+
+    ``template`` + ``params`` render through ``templates``; ``link(url)`` gives a url
+    variable's short URL (and remembers the link for the caller to write)."""
     if not isinstance(raw, Mapping):
         raise MessageError("$", "expected an object with at least 'to' and 'text'")
     if "json" in raw:
@@ -88,9 +144,13 @@ def parse_message(
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
     if not _FIELDS.issuperset(raw):
-        unknown = sorted(k for k in raw if k not in _FIELDS)
-        raise MessageError(unknown[0], f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
+        unknown = sorted(k for k in raw if k not in _FIELDS and k != "params")
+        if unknown:
+            raise MessageError(unknown[0],
+                               f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
     data = dict(raw)
+    if "params" in data:
+        render(data, templates, link)
     for f in _TIME_FIELDS:
         if f in data:
             data[f] = _to_time(f, data[f])
@@ -127,6 +187,14 @@ def parse_message(
         raise MessageError("ref" if len(msg.ref) > 128 else "tenant", "too long")
     if msg.attempts < 0:
         raise MessageError("attempts", "must not be negative")
+    if msg.template and not TEMPLATE_CODE_RE.fullmatch(msg.template):
+        raise MessageError("template", "1-64 characters of A-Z a-z 0-9 . _ -")
+    if msg.campaign and not CAMPAIGN_RE.fullmatch(msg.campaign):
+        raise MessageError("campaign", "1-40 characters of A-Z a-z 0-9 _ -")
+    if msg.variant and not VARIANT_RE.fullmatch(msg.variant):
+        raise MessageError("variant", "1-16 characters of A-Z a-z 0-9 _ -")
+    if not 0 <= msg.links <= 10:
+        raise MessageError("links", "0-10")
     if not msg.id:
         msg.id = new_id()
     if not msg.enqueued_at:
@@ -143,3 +211,42 @@ def to_fields(msg: OutboundMessage) -> dict[str, str]:
             continue
         out[field] = repr(value) if isinstance(value, float) else str(value)
     return out
+
+
+class TemplateIntake:
+    """Templates and short links for one intake path (HTTP API, client, CLI): load the
+    templates a batch names and reserve its link codes (``prepare``, async), then parse
+    item by item; each parsed message comes with the links to write beside it."""
+
+    def __init__(self, redis: Redis, keys: Keys, cfg: Config) -> None:
+        self.templates = TemplateCache(redis, keys)
+        lk = cfg.links
+        self.links = (LinkMaker(redis, keys, base_url=lk.base_url,
+                                random_chars=lk.random_chars)
+                      if lk.enabled and lk.base_url else None)
+        self.link_ttl_s = int(lk.ttl_s)
+        q = cfg.queue
+        self.classes, self.max_segments = list(q.classes), q.max_segments
+
+    async def prepare(self, items: list[Any]) -> None:
+        codes = [str(i.get("template", "")) for i in items
+                 if isinstance(i, Mapping) and "params" in i]
+        if codes:
+            await self.templates.load(codes)
+            if self.links is not None:
+                await self.links.reserve(MAX_URL_VARS * len(codes))
+
+    def parse(self, item: Any, now: float) -> tuple[OutboundMessage, list[NewLink]]:
+        pending: list[NewLink] = []
+        maker = self.links
+
+        def link(url: str) -> str:
+            assert maker is not None
+            code = maker.take()
+            pending.append(NewLink(code, url))
+            return maker.url(code)
+
+        msg = parse_message(item, classes=self.classes, max_segments=self.max_segments,
+                            now=now, templates=self.templates,
+                            link=link if maker is not None else None)
+        return msg, pending

@@ -17,6 +17,8 @@ from typing import Any, cast
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
+from gatewayd.campaigns import links as shortlinks
+from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
 from gatewayd.model import OutboundMessage
 from gatewayd.ops import metrics
@@ -111,12 +113,13 @@ class QueueStore:
 
     # Intake -------------------------------------------------------------------------
     async def enqueue(
-        self, msgs: list[OutboundMessage], *, source: str, now: float | None = None
+        self, msgs: list[OutboundMessage], *, source: str, now: float | None = None,
+        links: dict[int, list[shortlinks.NewLink]] | None = None, link_ttl_s: int = 0,
     ) -> list[tuple[str, bool]]:
         """Queue validated messages; returns (id, duplicate) for each, in order.
 
         A repeat of an idempotency_key within 24 h returns the first message's id and
-        queues nothing.
+        queues nothing. ``links``: message index -> its short links, written before it.
         """
         now = time.time() if now is None else now
         results: list[tuple[str, bool]] = []
@@ -127,6 +130,11 @@ class QueueStore:
         keyed: dict[int, tuple[str, dict[Any, Any]]] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for n, m in enumerate(msgs):
+                for ln in (links or {}).get(n, ()):
+                    fk = self.keys.funnel(funnel_name(m.campaign, m.template, m.tenant))
+                    shortlinks.write(pipe, self.keys, ln.code, shortlinks.link_fields(
+                        ln.target, m.id, fk, m.variant, m.campaign, m.template,
+                        m.to.lstrip("+"), repr(now)), link_ttl_s)
                 fields = to_fields(m)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
@@ -158,6 +166,7 @@ class QueueStore:
                             pipe.delete(key)
                         continue
                     self.ledger.event_only(pipe, event)
+                    self.ledger.count_only(pipe, m, "queued", now)
                     count_state("queued", "")
                 results.append((m.id, False))
                 metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()

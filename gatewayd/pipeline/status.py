@@ -7,11 +7,11 @@ from typing import Any, cast
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 
-_NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until"}
+_NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until", "converted_at"}
 _INT = {"segments", "attempts"}
 # Bookkeeping kept with the status, not part of it: the claim on publishing the final
 # event (lua/receipt.lua).
-_INTERNAL = {"event_claim"}
+_INTERNAL = {"event_claim", "fk"}
 
 
 async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] | None:

@@ -86,6 +86,57 @@ class Keys:
         """HASH: tokens + last refill time of a shared token bucket."""
         return f"{self.prefix}tb:{{{name}}}"
 
+    # Campaigns (gatewayd.campaigns) ------------------------------------------------
+    def template(self, code: str) -> str:
+        """HASH: one message template (campaigns.templates.Template's fields)."""
+        return f"{self.prefix}tpl:{{{code}}}"
+
+    @property
+    def templates(self) -> str:
+        """ZSET: template code -> created at (the registry's index)."""
+        return f"{self.prefix}tpl:index"
+
+    def campaign(self, campaign_id: str) -> str:
+        """HASH: one campaign (campaigns.model.Campaign's fields, its cursor, counters)."""
+        return f"{self.prefix}camp:{{{campaign_id}}}"
+
+    def campaign_recipients(self, campaign_id: str) -> str:
+        """STREAM: an upload's validated recipients, one entry per chunk of lines (the
+        campaign's hash tag: the fan-out script reads it beside the campaign hash)."""
+        return f"{self.prefix}camp:{{{campaign_id}}}:r"
+
+    @property
+    def campaigns(self) -> str:
+        """ZSET: campaign id -> created at (every campaign, for listing)."""
+        return f"{self.prefix}camps"
+
+    @property
+    def campaigns_active(self) -> str:
+        """SET: ids of campaigns scheduled, running or paused (the runner's work list)."""
+        return f"{self.prefix}camps:active"
+
+    def funnel(self, name: str) -> str:
+        """HASH: funnel counters of a campaign (name = its id) or of direct template sends
+        (name = "~<template>|<tenant>"): "<stage>" and "<stage>|<variant>" -> count."""
+        return f"{self.prefix}funnel:{{{name}}}"
+
+    def link(self, code: str) -> str:
+        """HASH: one short link: target, message, campaign, variant, recipient, clicks."""
+        return f"{self.prefix}link:{{{code}}}"
+
+    @property
+    def link_seq(self) -> str:
+        """STRING: the short-link counter (blocks are reserved with INCRBY); codes are
+        its base62 digits plus random characters, so no two codes are ever equal."""
+        return f"{self.prefix}link:seq"
+
+    def marketing(self, number: str) -> str:
+        """HASH per recipient (the recipient's hash tag): ``n`` marketing messages with
+        links since the last click, ``last`` the latest one's time (cooling-off),
+        ``c:<campaign>`` "<time> <variant>" of the campaign's last send (opt-out
+        attribution)."""
+        return self.freq(number, "mk")
+
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}alive:{consumer}"

@@ -3,7 +3,8 @@
 -- ARGV[5] (the cluster path) claim lease, s: the final event's publishing is claimed too.
 -- Returns {kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
 -- submitted_at, err} for 'final' and 'late', with ARGV[5] then claimed: 1, 0 (another
--- call holds a live claim) or 2 (its event was published: nothing to do);
+-- call holds a live claim) or 2 (its event was published: nothing to do) last, after
+-- the funnel key and variant ('' for a message of no campaign or template);
 -- {'early', state}, {'partial'}, {'missing'}.
 --
 -- The claim: on a cluster the event and the awaiting-receipt set are in other slots, so
@@ -16,19 +17,25 @@
 -- on its node after the receipt was handled, and must not make the sweep publish again.
 --#include receipt_lib
 local r = {apply_receipt(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
+-- r[12], r[13]: the funnel key and variant (the caller counts the funnel on a cluster,
+-- where that key lives in another slot), kept only with a lease, before the claim.
 local lease = tonumber(ARGV[5])
+if not lease then
+  r[12], r[13] = nil, nil
+end
 if lease and (r[1] == 'final' or r[1] == 'late') then
+
   local t = redis.call('TIME')
   local now = t[1] + t[2] / 1000000
   local claim = redis.call('HGET', KEYS[1], 'event_claim')
   local held = tonumber(claim)
   if r[1] == 'late' and claim == 'published' then
-    r[12] = 2
+    r[14] = 2
   elseif r[1] == 'final' or not held or now - held >= lease then
     redis.call('HSET', KEYS[1], 'event_claim', string.format('%.6f', now))
-    r[12] = 1
+    r[14] = 1
   else
-    r[12] = 0
+    r[14] = 0
   end
 end
 return r

@@ -3,7 +3,8 @@
 -- A multipart message is final only when every part has a final receipt; then the
 -- worst part state wins (undeliverable > expired > delivered) with that part's err.
 -- Returns kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
--- submitted_at, err for 'final' and 'late'; 'early', state; 'partial'; 'missing'.
+-- submitted_at, err, funnel key, variant for 'final' and 'late' (the last two are ''
+-- for a message of no campaign or template); 'early', state; 'partial'; 'missing'.
 -- Values, not a table (receipt.lua makes its reply of them, {apply_receipt(...)}), and
 -- no closure: receipts.lua runs this for up to 256 receipts a call, reading the values
 -- into locals, and every table or closure a receipt was Redis CPU (allocation, garbage).
@@ -16,12 +17,12 @@ local RANK = {delivered = 1, expired = 2, undeliverable = 3}
 -- The values of a 'final' or 'late' receipt; f is the HMGET reply.
 local function summary(f, kind, st, e)
   return kind, st, f[3] or '', f[4] or '', f[5] or '', f[2] or '', f[6] or '',
-    f[7] or '', f[8] or '', f[9] or '', e or ''
+    f[7] or '', f[8] or '', f[9] or '', e or '', f[11] or '', f[12] or ''
 end
 
 local function apply_receipt(key, part, pstate, now, err)
   local f = rcall('HMGET', key, 'state', 'segments', 'category', 'carrier',
-    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err')
+    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err', 'fk', 'variant')
   local state = f[1]
   if not state then
     return 'missing'

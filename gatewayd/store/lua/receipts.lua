@@ -6,7 +6,8 @@
 -- correlation key candidates, in order.
 -- ARGV[1] now, ARGV[2] events MAXLEN (~), ARGV[3] / ARGV[4] status key prefix / suffix
 -- around the message id, ARGV[5] n; then per receipt: part state, err, candidate count.
--- Returns 6 values a receipt: kind (unmatched|early|missing|partial|final|late), message
+-- A message that carries a funnel key (campaigns.funnel) has its final state counted
+-- there too. Returns 6 values a receipt: kind (unmatched|early|missing|partial|final|late), message
 -- id, state, carrier, submitted_at, published (1 when its final event was written here).
 --
 -- Cost (bench/record_script.py): this runs in Redis's single thread for every receipt,
@@ -50,7 +51,12 @@ for _ = 1, n do
       id, part = sub(hit, 1, sp - 1), sub(hit, sp + 1)
     end
     local kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
-      submitted_at, e = apply_receipt(pre .. id .. suf, part, pstate, now, err)
+      submitted_at, e, fk, fv = apply_receipt(pre .. id .. suf, part, pstate, now, err)
+    if kind == 'final' and fk ~= '' then
+      -- A campaign or template message: its funnel counts the outcome in this call.
+      rcall('HINCRBY', fk, state, 1)
+      if fv ~= '' then rcall('HINCRBY', fk, state .. '|' .. fv, 1) end
+    end
     local published = 0
     if kind == 'final' or (kind == 'late' and rcall('ZSCORE', awaiting, id)) then
       ev[2], ev[4] = id, state

@@ -1,0 +1,154 @@
+"""Short links: per-message codes, their records, and clicks.
+
+A code is the base62 digits of a counter (``Keys.link_seq``, reserved in blocks with
+INCRBY) followed by ``random_chars`` characters from ``secrets`` (URL-safe alphabet, 6
+bits each). The counter makes codes unique without a look-up (two codes of the same
+length have counters of the same length at the same place); the random part makes
+them unguessable: for any counter value one suffix in 64**random_chars is valid
+(7 characters: one in 4.4e12 a guess).
+
+A link is one HASH (``Keys.link(code)``, kept ``links.ttl_s``): ``u`` target, ``m``
+message id, ``f`` funnel key, ``v`` variant, ``c`` campaign, ``t`` template, ``d`` the
+recipient's digits, ``at`` created; clicks add ``clicks``, ``first`` (time of the first
+click) and ``previews``.
+
+Link previews (a carrier's or a phone's scanner fetching the page to draw a card) are
+told apart from people: a HEAD request, or a GET whose User-Agent matches one of
+``links.preview_agents``. They are counted (``previews``) but are not clicks: no
+``clicked`` event, no funnel click, no reset of the cooling-off streak.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.asyncio.client import Pipeline
+
+from gatewayd.store.connection import Redis
+from gatewayd.store.keys import Keys
+
+_B62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+CODE_RE: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z_\-]{1,40}")
+
+# Link-preview fetchers seen in the field (matched case-insensitively, as substrings).
+DEFAULT_PREVIEW_AGENTS: Final = (
+    "facebookexternalhit", "facebot", "twitterbot", "slackbot", "slack-imgproxy",
+    "whatsapp", "telegrambot", "skypeuripreview", "linkedinbot", "discordbot",
+    "googlebot", "bingbot", "bingpreview", "applebot", "yandexbot", "baiduspider",
+    "bytespider", "petalbot", "google-pagerenderer", "embedly", "pinterest", "redditbot",
+    "vkshare", "line-poker", "kakaotalk-scrap", "snapchat", "viber", "preview",
+    "python-requests", "curl/", "wget/", "go-http-client", "okhttp",
+)
+
+
+def b62(n: int) -> str:
+    if n == 0:
+        return "0"
+    out = []
+    while n:
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(reversed(out))
+
+
+class LinkMaker:
+    """Hands out codes from reserved counter blocks: ``await reserve(n)`` first, then
+    ``take()`` n times (sync: the renderer calls it)."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, base_url: str, random_chars: int = 7,
+                 block: int = 1000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.random_chars = random_chars
+        self.block = block
+        self._next = 0
+        self._end = 0  # exclusive
+
+    @property
+    def available(self) -> int:
+        return self._end - self._next
+
+    async def reserve(self, n: int) -> None:
+        if self.available >= n:
+            return
+        size = max(n, self.block)
+        end = int(await self.redis.incrby(self.keys.link_seq, size)) + 1
+        self._next, self._end = end - size, end
+
+    def take(self) -> str:
+        if self._next >= self._end:
+            raise RuntimeError("LinkMaker.take() without reserve()")
+        seq = self._next
+        self._next += 1
+        rnd = secrets.token_urlsafe(self.random_chars)[: self.random_chars]
+        return b62(seq) + rnd
+
+    def url(self, code: str) -> str:
+        return self.base_url + code
+
+    def sample(self) -> str:
+        """A short URL as long as the ones being made now (for length checks)."""
+        return self.url(b62(max(self._next, 1_000_000)) + "x" * self.random_chars)
+
+
+@dataclass(slots=True)
+class NewLink:
+    """A link to write with its message (intake), see ``write``."""
+
+    code: str
+    target: str
+
+
+def link_fields(target: str, msg_id: str, funnel_key: str, variant: str, campaign: str,
+                template: str, digits: str, at: str) -> dict[str, str]:
+    return {"u": target, "m": msg_id, "f": funnel_key, "v": variant, "c": campaign,
+            "t": template, "d": digits, "at": at}
+
+
+def write(pipe: Pipeline, keys: Keys, code: str, fields: dict[str, str], ttl_s: int) -> None:
+    key = keys.link(code)
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    pipe.expire(key, ttl_s)
+
+
+class PreviewDetector:
+    def __init__(self, agents: Iterable[str] = DEFAULT_PREVIEW_AGENTS) -> None:
+        words = [re.escape(a.lower()) for a in agents if a.strip()]
+        self._re = re.compile("|".join(words)) if words else None
+
+    def is_preview(self, method: str, user_agent: str) -> bool:
+        if method == "HEAD":
+            return True
+        if not user_agent:
+            return True  # no browser sends none; scanners often do
+        return bool(self._re is not None and self._re.search(user_agent.lower()))
+
+
+@dataclass(slots=True)
+class Click:
+    """What click.lua answered for one request (target "" = unknown or expired code)."""
+
+    code: str
+    target: str
+    preview: bool
+    msg_id: str = ""
+    funnel_key: str = ""
+    variant: str = ""
+    campaign: str = ""
+    template: str = ""
+    digits: str = ""
+    first: bool = False
+    clicks: int = 0
+
+
+def parse_click(code: str, preview: bool, reply: Any) -> Click:
+    if not reply:
+        return Click(code, "", preview)
+    u, m, f, v, c, t, d, first, clicks = reply
+    return Click(code, str(u), preview, str(m), str(f), str(v), str(c), str(t), str(d),
+                 int(first) == 1, int(clicks))
