@@ -19,6 +19,8 @@ import time
 from typing import Any
 
 from gatewayd import __version__
+from gatewayd.campaigns import registry as templates
+from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.errors import ConfigError
@@ -32,7 +34,7 @@ from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import Store
+from gatewayd.store.connection import Store, is_cluster
 from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.daemon")
@@ -56,8 +58,10 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
+        self.campaigns: CampaignRunner | None = None
         self.redis_ok = False
         self._signals = 0
+        self._templates_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
 
     # Policy (swapped atomically on reload) -------------------------------------------
@@ -119,6 +123,9 @@ class Daemon:
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
         await self.pool.start()
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
+        await self.load_templates()
+        if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
+            self.campaigns = CampaignRunner(redis, self.keys, cfg)
         if cfg.http.enabled:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
@@ -135,9 +142,17 @@ class Daemon:
         assert self.dispatcher is not None
         pump = asyncio.create_task(self.dispatcher.run(self.stop_event), name="dispatch")
         tick = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        fan = (asyncio.create_task(self.campaigns.run(self.stop_event), name="campaigns")
+               if self.campaigns is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if fan is not None:
+                fan.cancel()
+                try:
+                    await fan
+                except (asyncio.CancelledError, Exception):
+                    pass
             self.notifier.stopping()
             # Let batches in flight finish and record their outcomes (bounded).
             try:
@@ -183,7 +198,26 @@ class Daemon:
     def _on_hup(self) -> None:
         self.notifier.reloading()
         self.reload()
+        self._templates_task = asyncio.create_task(self.load_templates())
         self.notifier.ready()
+
+    async def load_templates(self) -> None:
+        """Upsert ``[campaigns] templates_file`` (at start and on SIGHUP); a broken
+        file is logged and changes nothing."""
+        name = self.cfg.campaigns.templates_file
+        if not name:
+            return
+        lk = self.cfg.links
+        sample = (lk.base_url.rstrip("/") + "/" + "x" * (lk.random_chars + 4)
+                  if lk.enabled else "")
+        try:
+            loaded = await templates.load_file(
+                self.store.client, self.keys, self.cfg.resolve(name),
+                classes=list(self.cfg.queue.classes), engine=self._engine, link_sample=sample)
+        except ConfigError as e:
+            log.error("templates not loaded: %s", e)
+            return
+        log.info("templates loaded", extra={"count": len(loaded)})
 
     # Housekeeping -------------------------------------------------------------------
     async def _housekeeping(self) -> None:

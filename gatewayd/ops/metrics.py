@@ -113,6 +113,34 @@ PDU_ERRORS = Counter(
     ["carrier", "kind"], registry=REGISTRY,
 )
 
+# Campaigns, templates and short links ---------------------------------------------------
+CAMPAIGN_MESSAGES = Gauge(
+    "gatewayd_campaign_messages",
+    "A campaign's funnel (read from Redis; the campaigns.metrics_max most recent only): "
+    "queued, submitted, delivered, undeliverable, expired, failed, rejected, deferred, "
+    "clicked (unique), clicks, previews, converted, opted_out",
+    ["campaign", "stage"], registry=REGISTRY,
+)
+CAMPAIGNS = Gauge(
+    "gatewayd_campaigns", "Recent campaigns by status (draft, scheduled, running, paused, "
+    "done, cancelled)", ["status"], registry=REGISTRY,
+)
+FANOUT = Counter(
+    "gatewayd_campaign_recipients_total",
+    "Campaign recipients fanned out by this process: queued, or invalid (skipped)",
+    ["result"], registry=REGISTRY,
+)
+LINK_REQUESTS = Counter(
+    "gatewayd_link_requests_total",
+    "Short-link requests: click (first), repeat (later clicks), preview, unknown",
+    ["kind"], registry=REGISTRY,
+)
+SIGNATURE_MESSAGES = Gauge(
+    "gatewayd_signature_messages",
+    "Campaign funnel stages summed by the templates' 【signature】 (bounded like "
+    "gatewayd_campaign_messages)", ["signature", "stage"], registry=REGISTRY,
+)
+
 # Process -------------------------------------------------------------------------------
 REDIS_ERRORS = Counter(
     "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY

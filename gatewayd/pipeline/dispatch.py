@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
+from gatewayd.campaigns.model import StatusCache
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
 from gatewayd.carrier.ids import normalise_id
 from gatewayd.config import Config
@@ -41,6 +42,9 @@ _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
 
+
+# A paused campaign's queued messages are looked at again this often.
+_PAUSED_RETRY_S = 30.0
 
 # Prometheus children by label values: labels() costs a lock and a dict build per call,
 # and these are hit once a message.
@@ -92,6 +96,7 @@ class Dispatcher:
         self.ledger: Ledger = queue.ledger
         self.receipts_by_carrier = {c.name: c.registered_delivery for c in cfg.carrier}
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
+        self.campaigns = StatusCache(redis, keys)
         self.processed = 0
         self.idle = asyncio.Event()
         # Entry ids held by a batch of ours right now: never reclaimed from under it.
@@ -205,6 +210,8 @@ class Dispatcher:
             items.append(_Item(e, msg))
         items = await self._drop_already_done(pipe, acks, items)
         items = await self._check_idempotency(pipe, book, acks, items, now)
+        if any(it.msg.campaign for it in items):
+            items = await self._campaign_gate(pipe, book, acks, items, now)
         sendable: list[_Item] = []
         for it in items:
             m = it.msg
@@ -278,6 +285,28 @@ class Dispatcher:
                 self.queue.ack(pipe, it.entry, acks)
                 done.add(id(it))
         return [it for it in items if id(it) not in done]
+
+    async def _campaign_gate(
+        self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
+    ) -> list[_Item]:
+        """Messages of a cancelled campaign are rejected, of a paused one deferred."""
+        states = await self.campaigns.statuses(it.msg.campaign for it in items
+                                               if it.msg.campaign)
+        out: list[_Item] = []
+        for it in items:
+            status = states.get(it.msg.campaign, "")
+            if status == "cancelled":
+                self.ledger.record(book, it.msg, "rejected", now, reason="campaign_cancelled")
+                self.queue.ack(pipe, it.entry, acks)
+            elif status == "paused":
+                until = now + _PAUSED_RETRY_S
+                self.queue.delay(pipe, it.msg, until)
+                self.ledger.record(book, it.msg, "deferred", now, reason="campaign_paused",
+                                   until=until)
+                self.queue.ack(pipe, it.entry, acks)
+            else:
+                out.append(it)
+        return out
 
     async def _check_idempotency(
         self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float

@@ -1,0 +1,334 @@
+"""The fan-out: a campaign's recipients become ordinary queue entries, a slice at a time.
+
+``FanOut.step`` renders one slice (``campaigns.fanout_batch`` recipients) and queues it
+with lua/fanout.lua: entries, "queued" records and events, short links, funnel counts
+and the campaign's cursor in one atomic call, which refuses a slice whose cursor moved
+(so a slice is queued once, whichever daemon or retry sends it) or a campaign that is no
+longer running (pause and cancel take effect at the next slice).
+
+``CampaignRunner`` (one per daemon) starts scheduled campaigns when due and fans out the
+running ones, each in one daemon at a time (a Redis lease per campaign, renewed every
+slice; another daemon takes over from the cursor when its holder dies). Pace: a slice is
+queued only while the campaign's class stream holds fewer than ``campaigns.max_backlog``
+entries, so the dispatchers (codes first, on their own stream) set the speed and Redis
+never holds more than that of a campaign; and at most ``rate`` recipients a second when
+the campaign sets one. It also pauses a campaign whose opt-out rate crosses
+``campaigns.pause_optout_rate`` (after ``pause_min_delivered`` deliveries) and keeps the
+campaign metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+
+from gatewayd.campaigns import funnel, model
+from gatewayd.campaigns.links import LinkMaker
+from gatewayd.campaigns.model import Campaign
+from gatewayd.campaigns.registry import TemplateCache
+from gatewayd.campaigns.templates import Compiled
+from gatewayd.config import Config
+from gatewayd.errors import MessageError
+from gatewayd.model import mask_number
+from gatewayd.ops import metrics
+from gatewayd.smstext import segments
+from gatewayd.store.connection import Redis, is_cluster, load_script
+from gatewayd.store.keys import Keys
+
+log = logging.getLogger("gatewayd.campaigns")
+
+_LEASE_MS = 10_000
+
+
+class FanOut:
+    """Queues campaign slices (see the module docstring)."""
+
+    def __init__(self, redis: Redis, keys: Keys, cfg: Config,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.clock = clock
+        self.script = load_script(redis, "fanout")
+        self.templates = TemplateCache(redis, keys)
+        lk = cfg.links
+        self.links = (LinkMaker(redis, keys, base_url=lk.base_url,
+                                random_chars=lk.random_chars, block=10_000)
+                      if lk.enabled and lk.base_url else None)
+        self.status_affix = keys.status("\x00").split("\x00")
+        self.link_affix = keys.link("\x00").split("\x00")
+        self.batch = cfg.campaigns.fanout_batch
+        if is_cluster(redis):
+            raise RuntimeError("campaign fan-out needs a single Redis (its slices are one "
+                               "atomic script call); not available on Redis Cluster yet")
+
+    async def _compiled(self, c: Campaign) -> list[Compiled]:
+        await self.templates.load([v.template for v in c.variants])
+        out = []
+        for v in c.variants:
+            t = self.templates.get(v.template)
+            if t is None or t.template.status != "approved":
+                why = "deleted" if t is None else t.template.status
+                raise LookupError(f"template {v.template} is {why}")
+            out.append(t)
+        return out
+
+    async def _slice(self, c: Campaign, size: int
+                     ) -> tuple[list[list[Any]], str, int, int, bool, str]:
+        """(rows, new cursor, new offset, invalid rows, end reached, entry done)."""
+        if c.source == "upload":
+            key = self.keys.campaign_recipients(c.id)
+            got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}", count=1))
+            if not got:
+                return [], c.cursor, 0, 0, True, ""
+            entry_id, fields = got[0]
+            rows = msgspec.json.decode(fields["rows"])
+            part = rows[c.offset:c.offset + size]
+            if c.offset + size >= len(rows):
+                return part, entry_id, 0, 0, False, entry_id
+            return part, c.cursor, c.offset + size, 0, False, ""
+        # An app's stream: one recipient an entry, until an entry with "end".
+        key = c.source.split(":", 1)[1]
+        got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}", count=size))
+        rows, invalid, cursor, end = [], 0, c.cursor, False
+        weights = [v.weight for v in c.variants]
+        for entry_id, fields in got:
+            if "end" in fields:
+                end = True  # the cursor stays before it: the next slice sees it first
+                break
+            cursor = entry_id
+            try:
+                to = fields.get("to", "")
+                params = msgspec.json.decode(fields.get("params", "{}"))
+                if not isinstance(to, str) or not model.NUMBER_RE.fullmatch(to):
+                    raise MessageError("to", "not an E.164 number")
+                vi = model.variant_of(c.id, to.lstrip("+"), weights)
+            except (MessageError, msgspec.DecodeError):
+                invalid += 1
+                continue
+            rows.append([entry_id, to if to.startswith("+") else "+" + to, vi, params,
+                         fields.get("ref", "")])
+        return rows, cursor, 0, invalid, end and not rows and not invalid, ""
+
+    async def step(self, c: Campaign) -> tuple[str, int]:
+        """Queue the next slice of a running campaign: ("queued", n), ("done", 0),
+        ("empty", 0) (a stream source with nothing new yet), ("stopped", 0) (not running
+        any more), ("moved", 0) (another call queued it first)."""
+        compiled = await self._compiled(c)
+        rows, cursor, offset, invalid, end, done_entry = await self._slice(c, self.batch)
+        if end:
+            return "done", 0
+        if not rows and cursor == c.cursor and not invalid:
+            return "empty", 0
+        now = self.clock()
+        max_segments = self.cfg.queue.max_segments
+        recips: list[Any] = []
+        n = 0
+        if self.links is not None:
+            await self.links.reserve(len(rows) * max(t.url_vars for t in compiled))
+        for seq, number, vi, params, ref in rows:
+            t = compiled[vi]
+            links: list[str] = []
+
+            def link(url: str, links: list[str] = links) -> str:
+                assert self.links is not None
+                code = self.links.take()
+                links += (code, url)
+                return self.links.url(code)
+
+            try:
+                text, _ = t.render(params, link if self.links is not None else None)
+                if segments(text).parts > max_segments:
+                    raise MessageError("params", "too many SMS parts")
+            except MessageError:
+                invalid += 1
+                continue
+            recips += (f"{c.id}.{seq}", number, mask_number(number), text, vi + 1,
+                       str(ref or ""), len(links) // 2, *links)
+            n += 1
+        args: list[Any] = [c.cursor, str(c.offset), cursor, str(offset), repr(now),
+                           int(self.cfg.queue.status_ttl_s), self.cfg.queue.events_maxlen,
+                           int(self.cfg.links.ttl_s), *self.status_affix, *self.link_affix,
+                           c.category, c.tenant, c.id, c.sender, str(invalid), n,
+                           len(c.variants)]
+        for v in c.variants:
+            args += (v.name, v.template)
+        args += recips
+        reply = await self.script(keys=[self.keys.campaign(c.id),
+                                        self.keys.queue(c.category), self.keys.events,
+                                        self.keys.funnel(c.id)], args=args)
+        kind = int(reply[0])
+        if kind == 0:
+            return "stopped", 0
+        if kind == 2:
+            return "moved", 0
+        metrics.FANOUT.labels("queued").inc(n)
+        if invalid:
+            metrics.FANOUT.labels("invalid").inc(invalid)
+        if done_entry:  # that chunk is queued: its rows are not needed any more
+            await self.redis.xdel(self.keys.campaign_recipients(c.id), done_entry)
+        return "queued", n
+
+
+class CampaignRunner:
+    """One per daemon: starts, fans out, brakes and measures campaigns."""
+
+    def __init__(self, redis: Redis, keys: Keys, cfg: Config,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.clock = clock
+        self.fanout = FanOut(redis, keys, cfg, clock)
+        self.token = uuid.uuid4().hex
+        self._lease = load_script(redis, "lease")
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.stop = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.5) -> None:
+        self.stop = stop
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # Redis away: the next tick tries again
+                    log.warning("campaigns: %s: %s", type(e).__name__, e)
+                try:
+                    await asyncio.wait_for(stop.wait(), interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            for t in self.tasks.values():
+                t.cancel()
+            for t in list(self.tasks.values()):
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    async def tick(self) -> None:
+        now = self.clock()
+        ids = sorted(cast(set[str], await self.redis.smembers(self.keys.campaigns_active)))
+        for cid in ids:
+            c = await model.get(self.redis, self.keys, cid)
+            if c is None:
+                await self.redis.srem(self.keys.campaigns_active, cid)
+                continue
+            if c.status == "scheduled" and c.start_at <= now:
+                try:
+                    c = await model.change(self.redis, self.keys, cid, "run", now=now)
+                    log.info("campaign started", extra={"campaign": cid})
+                except ValueError:
+                    continue
+            if c.status == "running":
+                await self._brake(c)
+            if c.status == "running" and cid not in self.tasks:
+                if await self._hold(cid):
+                    self.tasks[cid] = asyncio.create_task(self._fan(cid), name=f"fanout-{cid}")
+        for cid, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[cid]
+                if not t.cancelled() and t.exception() is not None:
+                    log.error("campaign fan-out failed: %s", t.exception(),
+                              extra={"campaign": cid})
+        await self._metrics()
+
+    async def _hold(self, cid: str) -> bool:
+        return bool(await self._lease(keys=[self.keys.lease(f"camp:{cid}")],
+                                      args=[self.token, _LEASE_MS]))
+
+    async def _backlog(self, category: str) -> int:
+        return int(await self.redis.xlen(self.keys.queue(category)))
+
+    async def _fan(self, cid: str) -> None:
+        started, queued = time.monotonic(), 0
+        cap = self.cfg.campaigns.max_backlog
+        while not self.stop.is_set():
+            if not await self._hold(cid):
+                return  # another daemon took it over (we stalled past the lease)
+            c = await model.get(self.redis, self.keys, cid)
+            if c is None or c.status != "running":
+                return
+            if await self._backlog(c.category) >= cap:
+                await asyncio.sleep(0.05)
+                continue
+            if c.rate > 0:
+                ahead = queued / c.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(min(ahead, 1.0))
+                    continue
+            try:
+                result, n = await self.fanout.step(c)
+            except LookupError as e:
+                await model.change(self.redis, self.keys, cid, "pause", reason=str(e))
+                log.warning("campaign paused: %s", e, extra={"campaign": cid})
+                return
+            queued += n
+            if result == "done":
+                await model.change(self.redis, self.keys, cid, "finish")
+                log.info("campaign fully queued", extra={"campaign": cid})
+                return
+            if result in ("stopped",):
+                return
+            if result == "empty":
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0)  # a slice a loop turn: the dispatchers run between
+
+    async def _brake(self, c: Campaign) -> None:
+        """Pause a campaign whose opt-out rate crossed the configured threshold."""
+        cc = self.cfg.campaigns
+        if not cc.pause_optout_rate:
+            return
+        counts = await funnel.read(self.redis, self.keys, c.id)
+        delivered, out = counts.get("delivered", 0), counts.get("opted_out", 0)
+        if delivered >= cc.pause_min_delivered and out / max(delivered, 1) > cc.pause_optout_rate:
+            why = (f"optout_rate {out}/{delivered} = {out / delivered:.2%} > "
+                   f"{cc.pause_optout_rate:.2%}")
+            try:
+                await model.change(self.redis, self.keys, c.id, "pause", reason=why)
+            except ValueError:
+                return
+            c.status = "paused"
+            log.warning("campaign paused: %s", why, extra={"campaign": c.id})
+
+    async def _metrics(self) -> None:
+        """The most recent campaigns' funnels as gauges (bounded: campaigns.metrics_max;
+        every daemon exports the same values, read from Redis: aggregate with max)."""
+        limit = self.cfg.campaigns.metrics_max
+        if limit <= 0:
+            return
+        recent = await model.list_all(self.redis, self.keys, count=limit)
+        by_status: dict[str, int] = {}
+        seen: set[tuple[str, str]] = set()
+        by_sig: dict[tuple[str, str], int] = {}
+        templates = self.fanout.templates
+        await templates.load({v.template for c in recent for v in c.variants})
+        for c in recent:
+            by_status[c.status] = by_status.get(c.status, 0) + 1
+            counts = await funnel.read(self.redis, self.keys, c.id)
+            for stage in funnel.STAGES:
+                metrics.CAMPAIGN_MESSAGES.labels(c.id, stage).set(counts.get(stage, 0))
+                seen.add((c.id, stage))
+            for v in c.variants:
+                t = templates.get(v.template)
+                if t is None:
+                    continue
+                for stage in funnel.STAGES:
+                    k = (t.template.signature, stage)
+                    by_sig[k] = by_sig.get(k, 0) + counts.get(f"{stage}|{v.name}", 0)
+        for status in (*model.ACTIVE, "draft", "done", "cancelled"):
+            metrics.CAMPAIGNS.labels(status).set(by_status.get(status, 0))
+        for (sig, stage), n in by_sig.items():
+            metrics.SIGNATURE_MESSAGES.labels(sig, stage).set(n)
+        # Campaigns that fell out of the window: their series go away (bounded labels).
+        for labels in list(metrics.CAMPAIGN_MESSAGES._metrics):
+            if labels not in seen:
+                metrics.CAMPAIGN_MESSAGES.remove(*labels)

@@ -1,0 +1,81 @@
+-- Queue one slice of a campaign's recipients (campaigns.fanout): their queue entries,
+-- "queued" status records and events, short links, the funnel's queued counts and the
+-- campaign's cursor, in ONE atomic call. The cursor is checked first: a slice already
+-- queued (a daemon that died after this call, or a second daemon) is never queued
+-- again, and a campaign no longer running queues nothing.
+-- Single Redis only (per-message keys are named from the affixes in ARGV).
+-- KEYS[1] campaign hash, KEYS[2] class stream, KEYS[3] events stream, KEYS[4] funnel.
+-- ARGV[1] expected cursor, ARGV[2] expected offset, ARGV[3] new cursor, ARGV[4] new
+-- offset, ARGV[5] now, ARGV[6] status TTL, ARGV[7] events MAXLEN (~), ARGV[8] link TTL,
+-- ARGV[9]/ARGV[10] status key prefix/suffix, ARGV[11]/ARGV[12] link key prefix/suffix,
+-- ARGV[13] category, ARGV[14] tenant, ARGV[15] campaign id, ARGV[16] sender ("from"),
+-- ARGV[17] invalid rows skipped in this slice, ARGV[18] n recipients, ARGV[19] V
+-- variants; then V x (variant name, template code); then per recipient: message id,
+-- number, masked number, text, variant index (1-based), ref, k links, k x (code, URL).
+-- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
+-- offset} when the cursor moved on meanwhile.
+local rcall, tonumber = redis.call, tonumber
+local camp, stream, events, funnel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local c = rcall('HMGET', camp, 'status', 'cursor', 'offset')
+if c[1] ~= 'running' then
+  return {0, c[1] or ''}
+end
+if (c[2] or '0-0') ~= ARGV[1] or (c[3] or '0') ~= ARGV[2] then
+  return {2, c[2] or '0-0', c[3] or '0'}
+end
+local now, sttl, maxlen, lttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local spre, ssuf, lpre, lsuf = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+local category, tenant, cid, sender = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
+local n, nv = tonumber(ARGV[18]), tonumber(ARGV[19])
+local vname, vtpl, vcount = {}, {}, {}
+local a = 20
+for i = 1, nv do
+  vname[i], vtpl[i], vcount[i] = ARGV[a], ARGV[a + 1], 0
+  a = a + 2
+end
+for _ = 1, n do
+  local id, to, masked, text, vi, ref = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    tonumber(ARGV[a + 4]), ARGV[a + 5]
+  local k = tonumber(ARGV[a + 6])
+  a = a + 7
+  local variant, template = vname[vi], vtpl[vi]
+  vcount[vi] = vcount[vi] + 1
+  for _ = 1, k do
+    local key = lpre .. ARGV[a] .. lsuf
+    rcall('HSET', key, 'u', ARGV[a + 1], 'm', id, 'f', funnel, 'v', variant, 'c', cid,
+      't', template, 'd', string.sub(to, 2), 'at', now)
+    rcall('EXPIRE', key, lttl)
+    a = a + 2
+  end
+  local e = {'id', id, 'to', to, 'text', text, 'category', category, 'campaign', cid,
+    'variant', variant, 'template', template, 'enqueued_at', now}
+  if k > 0 then e[#e + 1] = 'links'; e[#e + 1] = tostring(k) end
+  if tenant ~= '' then e[#e + 1] = 'tenant'; e[#e + 1] = tenant end
+  if ref ~= '' then e[#e + 1] = 'ref'; e[#e + 1] = ref end
+  if sender ~= '' then e[#e + 1] = 'from'; e[#e + 1] = sender end
+  -- The status record first, as QueueStore.enqueue writes it (events.Ledger.build).
+  local skey = spre .. id .. ssuf
+  local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', masked,
+    'attempts', '0', 'campaign', cid, 'variant', variant, 'template', template,
+    'fk', funnel, 'enqueued_at', now}
+  if ref ~= '' then s[#s + 1] = 'ref'; s[#s + 1] = ref end
+  if tenant ~= '' then s[#s + 1] = 'tenant'; s[#s + 1] = tenant end
+  rcall('HSET', skey, unpack(s))
+  rcall('EXPIRE', skey, sttl)
+  local ev = {'id', id, 'state', 'queued', 'at', now, 'category', category, 'to', masked,
+    'campaign', cid, 'variant', variant, 'template', template}
+  if ref ~= '' then ev[#ev + 1] = 'ref'; ev[#ev + 1] = ref end
+  if tenant ~= '' then ev[#ev + 1] = 'tenant'; ev[#ev + 1] = tenant end
+  rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev))
+  rcall('XADD', stream, '*', unpack(e))
+end
+if n > 0 then
+  rcall('HINCRBY', funnel, 'queued', n)
+  for i = 1, nv do
+    if vcount[i] > 0 then rcall('HINCRBY', funnel, 'queued|' .. vname[i], vcount[i]) end
+  end
+end
+rcall('HSET', camp, 'cursor', ARGV[3], 'offset', ARGV[4])
+rcall('HINCRBY', camp, 'produced', n)
+if ARGV[17] ~= '0' then rcall('HINCRBY', camp, 'invalid', tonumber(ARGV[17])) end
+return {1, n}

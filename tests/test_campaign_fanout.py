@@ -1,0 +1,196 @@
+"""Campaigns end to end: upload (JSON lines, CSV, a Redis stream), A/B variants, the
+fan-out into the ordinary queue, pause / resume / cancel, exactly-once slices, and the
+funnel, on real Redis and a real SMSC simulator over SMPP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gatewayd.campaigns import funnel, model, registry
+from gatewayd.campaigns.fanout import FanOut
+from gatewayd.campaigns.model import Campaign, Variant
+from gatewayd.campaigns.registry import TemplateCache
+from gatewayd.campaigns.templates import Template
+from gatewayd.config import Config, load_config
+from gatewayd.store.keys import Keys
+from tests.e2e_helpers import Smsc, running_daemon, wait_final, write_config
+
+CLASSES = ["otp", "transactional", "marketing"]
+LINKS = """
+[links]
+enabled = true
+base_url = "https://s.example.cn/"
+listen = "127.0.0.1:0"
+"""
+
+
+async def approved(redis: aioredis.Redis, keys: Keys, code: str, body: str) -> None:
+    await registry.save(redis, keys, Template(code=code, signature="京东", category="marketing",
+                                              body=body), classes=CLASSES)
+    await registry.set_status(redis, keys, code, "approved")
+
+
+async def compiled(redis: aioredis.Redis, keys: Keys, *codes: str) -> dict[str, Any]:
+    cache = TemplateCache(redis, keys)
+    await cache.load(codes)
+    return {c: cache.get(c) for c in codes}
+
+
+async def setup_ab(redis: aioredis.Redis, keys: Keys, cid: str = "c1",
+                   source: str = "upload") -> Campaign:
+    await approved(redis, keys, "A", "{name:text<=6}，今晨采摘 {link:url} 回TD退订")
+    await approved(redis, keys, "B", "{name:text<=6}，新鲜到货 {link:url} 回TD退订")
+    c = Campaign(id=cid, variants=[Variant(name="A", template="A", weight=1),
+                                   Variant(name="B", template="B", weight=1)],
+                 tenant="shop", source=source)
+    return await model.create(redis, keys, c, await compiled(redis, keys, "A", "B"))
+
+
+def rows(n: int, start: int = 0) -> list[str]:
+    return [json.dumps({"to": f"+86139{start + i:08d}", "ref": f"r{i}",
+                        "params": {"name": "小明", "link": f"https://m.example.com/{i}"}},
+                       ensure_ascii=False) for i in range(n)]
+
+
+async def test_upload_validates_rows_and_keeps_memory_in_chunks(
+        redis: aioredis.Redis, keys: Keys) -> None:
+    c = await setup_ab(redis, keys)
+    t = await compiled(redis, keys, "A", "B")
+    lines = [*rows(2500), "not json", json.dumps({"to": "12", "params": {}}),
+             json.dumps({"to": "+8613900000001", "params": {"name": "x" * 9, "link": "https://a.cn"}}),
+             json.dumps({"to": "+8613900000001", "params": {"name": "x", "link": "ftp://a"}}),
+             json.dumps({"to": "+8613900000001", "zz": 1}), ""]
+    res = await model.upload(redis, keys, c, t, iter(lines), fmt="jsonl",
+                             link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
+    assert (res.accepted, res.rejected) == (2500, 5)
+    assert [(e.line, e.field) for e in res.errors] == [
+        (2501, "$"), (2502, "to"), (2503, "params.name"), (2504, "params.link"), (2505, "zz")]
+    assert await redis.xlen(keys.campaign_recipients("c1")) == 3  # 1000 + 1000 + 500
+    csv_body = [b"to,name,link,ref\n+8613700000001,", b"\xe5\xb0\x8f\xe6\x98\x8e,https://a.cn/x,k1\n",
+                b"+8613700000002,bob,https://a.cn/y\n"]
+
+    async def chunks() -> Any:
+        for b in csv_body:
+            yield b
+    res = await model.upload(redis, keys, c, t, chunks(), fmt="csv",
+                             link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
+    assert (res.accepted, res.rejected) == (1, 1) and res.errors[0].line == 3
+    c2 = await model.get(redis, keys, "c1")
+    assert c2 is not None and (c2.rows, c2.invalid) == (2501, 6)
+
+
+async def test_a_slice_is_queued_once_and_only_while_running(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS))
+    c = await setup_ab(redis, keys)
+    await model.upload(redis, keys, c, await compiled(redis, keys, "A", "B"), iter(rows(300)),
+                       fmt="jsonl", link_sample="https://s.example.cn/0000abcdefg",
+                       max_segments=5)
+    fan = FanOut(redis, keys, cfg)
+    c = await model.get(redis, keys, "c1")
+    assert c is not None
+    assert await fan.step(c) == ("stopped", 0)  # a draft queues nothing
+    await model.change(redis, keys, "c1", "start")
+    await model.change(redis, keys, "c1", "run")
+    c = await model.get(redis, keys, "c1")
+    assert c is not None
+    assert await fan.step(c) == ("queued", 200)
+    assert await fan.step(c) == ("moved", 0)  # the same snapshot again: nothing twice
+    c = await model.get(redis, keys, "c1")
+    assert c is not None and (c.cursor, c.offset, c.produced) == ("0-0", 200, 200)
+    assert await fan.step(c) == ("queued", 100)
+    c = await model.get(redis, keys, "c1")
+    assert c is not None and await fan.step(c) == ("done", 0)
+    assert await redis.xlen(keys.campaign_recipients("c1")) == 0  # consumed chunks go
+    assert await redis.xlen(keys.queue("marketing")) == 300
+    entries = await redis.xrange(keys.queue("marketing"))
+    ids = {f["id"] for _sid, f in entries}
+    assert len(ids) == 300 and "c1.1" in ids and "c1.300" in ids
+    by_variant: dict[str, int] = {}
+    for _sid, f in entries:
+        by_variant[f["variant"]] = by_variant.get(f["variant"], 0) + 1
+        assert ("今晨采摘" in f["text"]) == (f["variant"] == "A") and f["template"] == f["variant"]
+        assert f["campaign"] == "c1" and f["tenant"] == "shop" and f["links"] == "1"
+    assert 100 < by_variant["A"] < 200 and by_variant["A"] + by_variant["B"] == 300
+    # Deterministic per recipient: the same number always gets the same variant.
+    assert model.variant_of("c1", "8613900000007", [1, 1]) == model.variant_of(
+        "c1", "8613900000007", [1, 1])
+    counts = await funnel.read(redis, keys, "c1")
+    assert counts["queued"] == 300 and counts["queued|A"] == by_variant["A"]
+    status = await redis.hgetall(keys.status("c1.1"))
+    assert status["state"] == "queued" and status["fk"] == keys.funnel("c1")
+    code = next(f for _s, f in entries if f["id"] == "c1.1")["text"].split("cn/")[1].split()[0]
+    assert (await redis.hgetall(keys.link(code)))["m"] == "c1.1"
+
+
+async def test_campaign_through_the_daemon_with_pause_and_cancel(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path, smsc: Smsc) -> None:
+    sim = await smsc(receipt_delay_s=0.05)
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                                   extra=LINKS + "[campaigns]\nfanout_batch = 50\n"))
+    c = await setup_ab(redis, keys)
+    t = await compiled(redis, keys, "A", "B")
+    await model.upload(redis, keys, c, t, iter(rows(400)), fmt="jsonl",
+                       link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
+    # A second campaign fed by a Redis stream of the app's, and a third to cancel.
+    s = await setup_ab(redis, keys, "s1", source="stream:app:recips")
+    for i in range(30):
+        await redis.xadd("app:recips", {"to": f"+86136{i:08d}",
+                                        "params": json.dumps({"name": "n", "link": "https://a.cn"})})
+    await redis.xadd("app:recips", {"to": "bad"})
+    await redis.xadd("app:recips", {"end": "1"})
+    x = await setup_ab(redis, keys, "x1")
+    await model.upload(redis, keys, x, t, iter(rows(50, start=5000)), fmt="jsonl",
+                       link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
+    await model.change(redis, keys, "s1", "start")
+    await model.change(redis, keys, "c1", "start")
+    async with running_daemon(cfg) as d:
+        assert d.campaigns is not None
+        for _ in range(200):
+            cc = await model.get(redis, keys, "c1")
+            if cc is not None and cc.produced >= 100:
+                break
+            await asyncio.sleep(0.02)
+        await model.change(redis, keys, "c1", "pause", reason="by hand")
+        await asyncio.sleep(0.3)
+        paused = await model.get(redis, keys, "c1")
+        assert paused is not None and paused.status == "paused" and paused.produced < 400
+        with pytest.raises(ValueError, match="is paused; start needs draft"):
+            await model.change(redis, keys, "c1", "start")
+        await model.change(redis, keys, "c1", "resume")
+        await model.change(redis, keys, "x1", "cancel")
+        for _ in range(300):
+            cc, ss = (await model.get(redis, keys, "c1"), await model.get(redis, keys, "s1"))
+            if cc and ss and cc.status == "done" and ss.status == "done":
+                break
+            await asyncio.sleep(0.05)
+        ids = [f"c1.{i}" for i in range(1, 401)]
+        records = await wait_final(redis, keys, ids, timeout_s=60)
+    assert {r["state"] for r in records.values()} == {"delivered"}
+    final = await model.get(redis, keys, "c1")
+    assert final is not None and final.status == "done" and final.produced == 400
+    counts = await funnel.read(redis, keys, "c1")
+    assert counts["queued"] == counts["submitted"] == counts["delivered"] == 400
+    assert counts["delivered|A"] + counts["delivered|B"] == 400
+    assert await redis.sismember(keys.campaigns_active, "c1") == 0
+    sc = await model.get(redis, keys, "s1")
+    assert sc is not None and (sc.status, sc.produced, sc.invalid) == ("done", 30, 1)
+    xc = await model.get(redis, keys, "x1")
+    assert xc is not None and (xc.status, xc.produced) == ("cancelled", 0)
+    summary = funnel.summarise(counts)
+    assert summary["rates"]["delivery"] == {"value": 1.0, "num": 400, "den": 400}
+
+
+def test_campaign_config_is_validated(tmp_path: Path) -> None:
+    from gatewayd.errors import ConfigError
+    base = write_config(tmp_path, redis_url="redis://x", sim_port=1,
+                        extra="[links]\nenabled = true\nbase_url = \"s.cn\"\n")
+    with pytest.raises(ConfigError, match="links.base_url"):
+        load_config(base)
+    assert Config().campaigns.max_backlog == 20_000
