@@ -24,6 +24,7 @@ from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.errors import ConfigError
+from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
 from gatewayd.ops import metrics
@@ -59,6 +60,7 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
+        self.links: LinkServer | None = None
         self.redis_ok = False
         self._signals = 0
         self._templates_task: asyncio.Task[None] | None = None
@@ -132,6 +134,11 @@ class Daemon:
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
             )
             await self.http.start()
+        if cfg.links.enabled:
+            self.links = LinkServer(cfg.links.listen, redis, self.keys, self.queue.ledger,
+                                    preview_agents=list(cfg.links.preview_agents),
+                                    fallback_url=cfg.links.fallback_url)
+            await self.links.start()
         if not await self.pool.wait_bound(10.0):
             log.warning("not every carrier is bound yet; messages wait in their queues")
         _tune_gc()
@@ -169,6 +176,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         if self.http is not None:
             await self.http.stop()
+        if self.links is not None:
+            await self.links.stop()
         if self.pool is not None:
             await self.pool.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.sim is not None:

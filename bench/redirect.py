@@ -1,0 +1,180 @@
+"""Short-link redirect throughput: wrk against the redirector on one core.
+
+Starts a private redis-server, writes --links short links, starts the redirector
+(gatewayd.http.links.LinkServer, uvloop) in its own process pinned to one CPU
+(``taskset``), and drives it with ``wrk`` (Debian's package) from the other CPU: random
+codes from the set, a browser User-Agent, keep-alive connections. Prints requests/s,
+latency p50/p99 (wrk's own distribution), and the redirector's CPU per request; every
+answer must be a 302 (wrk counts the others as non-2xx/3xx). Median of --runs with min
+and max; writes bench/results/redirect.json. Target: >= 5,000/s, p99 <= 5 ms.
+
+    python -m bench redirect [--quick] [--duration 10] [--connections 32] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.common import ProcSampler, summary, table, write_result
+from bench.harness import ROOT, bench_redis_server
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+
+_WRK_LUA = """
+local codes = {}
+for line in io.lines("%s") do codes[#codes + 1] = line end
+math.randomseed(%d)
+request = function()
+  return wrk.format("GET", "/" .. codes[math.random(#codes)], {["User-Agent"] =
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"})
+end
+"""
+
+
+async def _serve(redis_url: str, port: int) -> None:
+    from gatewayd.config import Config
+    from gatewayd.http.links import LinkServer
+    from gatewayd.pipeline.events import Ledger
+    from gatewayd.store.connection import connect
+    from gatewayd.store.keys import Keys
+
+    r = connect(redis_url)
+    keys = Keys("gw:")
+    srv = LinkServer(f"127.0.0.1:{port}", r, keys, Ledger(keys, Config(), r))
+    await srv.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def _make_links(redis_url: str, n: int) -> list[str]:
+    from gatewayd.campaigns.links import LinkMaker, link_fields, write
+    from gatewayd.store.keys import Keys
+
+    r = aioredis.from_url(redis_url, decode_responses=True)
+    keys = Keys("gw:")
+    await r.flushdb()
+    maker = LinkMaker(r, keys, base_url="https://s.example.cn/")
+    await maker.reserve(n)
+    codes = [maker.take() for _ in range(n)]
+    for start in range(0, n, 5000):
+        pipe = r.pipeline(transaction=False)
+        for i, code in enumerate(codes[start:start + 5000], start):
+            write(pipe, keys, code, link_fields(f"https://shop.example.com/p/{i}", f"b.{i}",
+                                                keys.funnel("bench"), "A", "bench", "PROMO",
+                                                f"86139{i:08d}", "1.0"), 86400)
+        await pipe.execute()
+    await r.aclose()
+    return codes
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
+    def ms(v: str) -> float:
+        num, unit = re.match(r"([\d.]+)(\w+)", v).groups()  # type: ignore[union-attr]
+        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": ms(lat["50"]), "p90_ms": ms(lat["90"]),
+            "p99_ms": ms(lat["99"]), "requests": total,
+            "non_3xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": 1 if errors else 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench redirect",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--links", type=int, default=100_000)
+    ap.add_argument("--duration", type=int, default=10, help="seconds a run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="--links 5000 --duration 3 --runs 1")
+    ap.add_argument("--serve", nargs=2, metavar=("REDIS_URL", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        import uvloop
+
+        uvloop.install()
+        asyncio.run(_serve(args.serve[0], int(args.serve[1])))
+        return 0
+    if args.quick:
+        args.links, args.duration, args.runs = 5000, 3, 1
+    wrk = shutil.which("wrk")
+    if not wrk:
+        print("redirect: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    pin = shutil.which("taskset") and (os.cpu_count() or 1) >= 2
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gw-bench-links-") as d:
+        srv = EmbeddedRedis(Path(d), port=free_port(), binary=bench_redis_server())
+        url = srv.start()
+        try:
+            codes = asyncio.run(_make_links(url, args.links))
+            codes_file = Path(d) / "codes.txt"
+            codes_file.write_text("\n".join(codes) + "\n")
+            port = free_port()
+            cmd = [sys.executable, "-m", "bench.redirect", "--serve", url, str(port)]
+            proc = subprocess.Popen((["taskset", "-c", "0"] if pin else []) + cmd, cwd=ROOT,
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise SystemExit("redirector did not start")
+                for i in range(args.runs):
+                    script = Path(d) / f"wrk{i}.lua"
+                    script.write_text(_WRK_LUA % (codes_file, 7 + i))
+                    wcmd = [wrk, "-t", "1", "-c", str(args.connections), "-d",
+                            f"{args.duration}s", "--latency", "-s", str(script),
+                            f"http://127.0.0.1:{port}"]
+                    with ProcSampler(proc.pid) as s:
+                        out = subprocess.run((["taskset", "-c", "1"] if pin else []) + wcmd,
+                                             capture_output=True, text=True, check=True).stdout
+                    r = _parse_wrk(out)
+                    r["cpu_pct"] = s.cpu_percent
+                    r["cpu_us_per_req"] = 1e6 * s.cpu_s / max(1, r["requests"])
+                    r["load_1m"] = os.getloadavg()[0]
+                    runs.append(r)
+                    print(f"run {i + 1}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+                          f"p99 {r['p99_ms']:.2f} ms, redirector CPU {r['cpu_pct']:.0f} % "
+                          f"({r['cpu_us_per_req']:.0f} us a request), non-302 "
+                          f"{r['non_3xx']}", flush=True)
+                    time.sleep(1)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        finally:
+            srv.stop()
+
+    def s(key: str) -> dict[str, float]:
+        return summary([float(r[key]) for r in runs])
+
+    result = {"links": args.links, "connections": args.connections,
+              "duration_s": args.duration, "pinned": bool(pin), "rps": s("rps"),
+              "p50_ms": s("p50_ms"), "p99_ms": s("p99_ms"),
+              "cpu_us_per_req": s("cpu_us_per_req"), "runs": runs}
+    path = write_result("redirect", result)
+    print(table([
+        ("redirects/s (one core)", f"{result['rps']['median']:,.0f} (min "
+         f"{result['rps']['min']:,.0f}, max {result['rps']['max']:,.0f})"),
+        ("latency p50 / p99", f"{result['p50_ms']['median']:.2f} / "
+         f"{result['p99_ms']['median']:.2f} ms"),
+        ("redirector CPU a request", f"{result['cpu_us_per_req']['median']:.0f} us"),
+    ]))
+    print(f"-> {path}")
+    return 0 if all(r["non_3xx"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
