@@ -166,7 +166,7 @@ async def test_explain_is_read_only(redis: aioredis.Redis, keys: Keys) -> None:
         assert report["verdict"] == "send"
         assert [c["check"] for c in report["checks"]] == [
             "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap",
-            "tenant_rate"]
+            "tenant_rate", "cooling"]
     assert await redis.dbsize() == 0
     assert (await one(e, redis, keys, otp(), T0))[0] == "send"
     before = await redis.zrange(keys.freq("8613800138000", "cap:otp"), 0, -1)

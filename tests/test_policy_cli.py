@@ -59,7 +59,8 @@ def test_explain_json_reports_every_check(tmp_path: Path, redis_url: str,
     assert report["until"] > 0
     assert report["text"] == "【京东】夏季大促 回TD退订"
     assert [c["check"] for c in report["checks"]] == [
-        "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap", "tenant_rate"]
+        "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap", "tenant_rate",
+        "cooling"]
     assert sync_redis.dbsize() == 0  # nothing consumed
 
 

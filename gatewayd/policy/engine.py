@@ -14,6 +14,8 @@ Order (the first check that does not SEND decides; later checks do not run):
 6. ``freq_cap`` (Redis): per-recipient sliding windows; reject or defer.
 7. ``tenant_rate`` (Redis): per-tenant token bucket; an empty bucket defers.
                                                                   gatewayd.policy.redischecks
+8. ``cooling`` (Redis, read before 5-7 like quiet hours, off by default): marketing with
+   links to a number that ignored the last K of them rests D days. gatewayd.policy.cooling
 
 The pure checks run in-process; the Redis checks of a whole batch are ONE Lua call
 (none at all when no message of the batch needs one). Counters are consumed only by
@@ -36,6 +38,7 @@ import redis.asyncio as aioredis
 
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.content import ContentRules, signature_of
+from gatewayd.policy.cooling import Cooling
 from gatewayd.policy.keywords import KeywordMatcher
 from gatewayd.policy.normalize import for_matching, number_key, reply_word
 from gatewayd.policy.quiet import QuietHours, ZoneTable
@@ -80,6 +83,7 @@ class PolicyEngine:
         self.optout_words: frozenset[str] = policy.optout_words
         self.optout_scope = policy.optout_scope
         self._keywords = KeywordMatcher(policy.keyword_lists)
+        self._cooling = Cooling(policy.cooling)
         self._zones = ZoneTable(policy.zones, policy.default_zones)
         self._tenants = {name: f"{rate:.9f}:{burst:.9f}"
                          for name, (rate, burst) in policy.tenants.items()}
@@ -216,6 +220,7 @@ class PolicyEngine:
         quiet = QuietHours(self._zones, now)
         batch = RedisBatch(keys, now)
         waiting: list[_Local] = []
+        passed: list[tuple[OutboundMessage, _Local, str]] = []
         for i, msg in enumerate(msgs):
             cat = self._cats.get(msg.category)
             if cat is None:
@@ -227,10 +232,20 @@ class PolicyEngine:
                 out[i] = v
                 continue
             loc.index = i
+            passed.append((msg, loc, digits))
+        cool = [(m, loc) for m, loc, _d in passed if loc.quiet is None and
+                self._cooling.applies(m)]
+        if cool:
+            # Held back like quiet hours: only the opt-out check still runs for them.
+            for (_m, loc), v in zip(cool, await self._cooling.check(
+                    redis, keys, [m for m, _loc in cool], now), strict=True):
+                loc.quiet = v
+        for msg, loc, digits in passed:
             if self._add_redis(batch, msg, loc, digits, optout_only=loc.quiet is not None):
                 waiting.append(loc)
             else:
-                out[i] = loc.quiet or Verdict(action="send", text=loc.text, flags=loc.flags)
+                out[loc.index] = loc.quiet or Verdict(action="send", text=loc.text,
+                                                      flags=loc.flags)
         if waiting:
             results = await batch.run(redis)
             for loc, outcomes in zip(waiting, results, strict=True):
@@ -278,6 +293,12 @@ class PolicyEngine:
             else:
                 for name in REDIS_CHECKS:
                     checks[name] = Verdict(action="send", check=name, reason="not configured")
+            if self._cooling.applies(msg):
+                cv = (await self._cooling.check(redis, keys, [msg], now))[0]
+                checks["cooling"] = cv or Verdict(action="send", check="cooling")
+            else:
+                checks["cooling"] = Verdict(action="send", check="cooling",
+                                            reason="not configured or not applicable")
         final: Verdict | None = None
         rows: list[dict[str, Any]] = []
         for name in CHECK_ORDER:

@@ -88,6 +88,17 @@ class TenantRate(_Strict, frozen=True):
     burst: float = 0.0  # bucket size; 0 = max(1, rate)
 
 
+class CoolingSettings(_Strict, frozen=True):
+    """Cooling-off (gatewayd.policy.cooling): a number that ignored ``after`` marketing
+    messages with links in a row gets none for ``days`` days after the last of them."""
+
+    enabled: bool = False
+    after: int = 3  # K unclicked messages with links in a row
+    days: float = 7.0  # D
+    action: Literal["defer", "reject"] = "defer"
+    categories: list[str] = msgspec.field(default_factory=lambda: ["marketing"])
+
+
 class PolicyFile(_Strict, frozen=True):
     content: ContentSettings = msgspec.field(default_factory=ContentSettings)
     optout: OptoutSettings = msgspec.field(default_factory=OptoutSettings)
@@ -95,6 +106,7 @@ class PolicyFile(_Strict, frozen=True):
     category: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     keywords: list[KeywordListSettings] = msgspec.field(default_factory=list)
     tenants: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    cooling: CoolingSettings = msgspec.field(default_factory=CoolingSettings)
 
 
 # Built-in defaults --------------------------------------------------------------------
@@ -187,6 +199,7 @@ class Policy:
     default_zones: tuple[zoneinfo.ZoneInfo, ...]
     zones: dict[str, tuple[zoneinfo.ZoneInfo, ...]]
     tenants: dict[str, tuple[float, float]] = field(default_factory=dict)  # rate, burst
+    cooling: CoolingSettings = field(default_factory=CoolingSettings)
 
 
 def parse_window(value: str) -> SendWindow | None:
@@ -463,7 +476,19 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         default_zones=default_zones,
         zones=zones,
         tenants=tenants,
+        cooling=_cooling(pf.cooling, known, errs),
     )
+
+
+def _cooling(c: CoolingSettings, known: set[str], errs: _Errors) -> CoolingSettings:
+    if not 1 <= c.after <= 100:
+        raise errs.at(["cooling", "after"], "must be 1-100 (messages in a row)")
+    if not 0 < c.days <= 365:
+        raise errs.at(["cooling", "days"], "must be greater than 0 and at most 365")
+    for cat in c.categories if c.enabled else ():
+        if cat not in known:
+            raise errs.at(["cooling", "categories"], f"{cat!r} is not a queue class")
+    return c
 
 
 def _path(base_dir: Path, name: str) -> Path:

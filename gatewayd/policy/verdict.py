@@ -10,7 +10,8 @@ Action = Literal["send", "defer", "reject"]
 
 # Check names, in the order the engine runs them (see gatewayd.policy.engine).
 CHECK_ORDER: Final = (
-    "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap", "tenant_rate"
+    "content", "keywords", "optout", "quiet_hours", "duplicate", "freq_cap", "tenant_rate",
+    "cooling",
 )
 
 
