@@ -384,7 +384,7 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
                       "appended to, e.g. \"https://s.example.cn/\"")
         if not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", lk.listen):
             raise bad("links.listen", f"{lk.listen!r}: use host:port, e.g. \"0.0.0.0:8781\"")
-        if cfg.http.enabled and lk.listen == cfg.http.listen:
+        if cfg.http.enabled and lk.listen == cfg.http.listen and not lk.listen.endswith(":0"):
             raise bad("links.listen", "must differ from http.listen (the redirector faces "
                       "the internet; the API does not)")
     if not 4 <= lk.random_chars <= 22:

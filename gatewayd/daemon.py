@@ -24,6 +24,7 @@ from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.errors import ConfigError
+from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
@@ -132,6 +133,7 @@ class Daemon:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
+                campaigns=CampaignApi(redis, self.keys, cfg, self.policy),
             )
             await self.http.start()
         if cfg.links.enabled:

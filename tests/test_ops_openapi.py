@@ -7,6 +7,7 @@ it the fuzzing test is skipped and the structural checks still run.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -83,7 +84,7 @@ async def test_live_spec_has_live_limits(redis: aioredis.Redis, keys: Keys) -> N
     finally:
         await server.stop()
     assert "12345 bytes" in spec["info"]["description"]
-    submit = spec["components"]["schemas"]["Submit"]["oneOf"][1]
+    submit = spec["components"]["schemas"]["Submit"]["oneOf"][2]
     assert submit["maxItems"] == MAX_ITEMS
 
 
@@ -132,6 +133,7 @@ class _ServerThread:
 def test_schemathesis_against_live_server(redis_url: str) -> None:
     schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
     from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import positive_data_acceptance
 
     with syncredis.Redis.from_url(redis_url) as r:
         r.flushdb()
@@ -147,8 +149,12 @@ def test_schemathesis_against_live_server(redis_url: str) -> None:
             @given(case=operation.as_strategy())
             def check(case: Any) -> None:
                 response = case.call(base_url=base, headers={"Authorization": f"Bearer {KEY}"})
-                case.validate_response(response)
+                # A message by template renders only from a template in the registry
+                # (unknown here: 422 whatever the schema allows).
+                by_template = "params" in json.dumps(case.body, default=str)
+                case.validate_response(response, excluded_checks=[positive_data_acceptance]
+                                       if by_template else [])
 
             check()
             ran += 1
-        assert ran == 10
+        assert ran == 26

@@ -12,6 +12,8 @@ from gatewayd import __version__
 
 _E164 = "^\\+?[1-9][0-9]{5,14}$"
 _ID = "^[A-Za-z0-9._:\\-]{1,64}$"
+_CODE = "^[A-Za-z0-9_.\\-]{1,64}$"
+_CID = "^[A-Za-z0-9_\\-]{1,40}$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -62,6 +64,13 @@ _SCHEMAS: dict[str, Any] = {
             "expires_at": _TIME,
             "enqueued_at": _TIME,
             "attempts": {"type": "integer", "minimum": 0},
+            "template": {"type": "string", "pattern": _CODE,
+                         "description": "The template the text came from (a label here; "
+                                        "see TemplateMessage to render one)"},
+            "campaign": {"type": "string", "pattern": "^[A-Za-z0-9_\\-]{1,40}$"},
+            "variant": {"type": "string", "pattern": "^[A-Za-z0-9_\\-]{1,16}$"},
+            "links": {"type": "integer", "minimum": 0, "maximum": 10,
+                      "description": "Short links in the text (set by template rendering)"},
         },
     },
     "FieldError": {
@@ -166,6 +175,67 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"type": "string", "enum": ["ok"]},
                        "uptime_s": {"type": "number"}, "consumer": {"type": "string"}},
     },
+    "Template": {
+        "type": "object",
+        "description": "A message template; the text sent is 【signature】 + body with its "
+                       "variables ({name:digits4-8}, {name:text<=10}, {name:decimal}, "
+                       "{name:url}) filled in. Only approved templates send.",
+        "required": ["signature", "category", "body"],
+        "properties": {
+            "code": {"type": "string", "pattern": _CODE},
+            "name": {"type": "string"},
+            "signature": {"type": "string", "example": "京东"},
+            "category": {"type": "string", "example": "marketing"},
+            "body": {"type": "string", "maxLength": 500,
+                     "example": "{name:text<=10}，新鲜到货 {link:url} 回TD退订"},
+            "status": {"type": "string", "enum": ["pending", "approved", "rejected"]},
+            "reason": {"type": "string"},
+            "created_at": {"type": "number"}, "updated_at": {"type": "number"},
+            "approved_at": {"type": "number"},
+        },
+    },
+    "Campaign": {
+        "type": "object",
+        "description": "A campaign: variants (template and weight each), tenant, status, "
+                       "schedule, counters. Create with either template or variants.",
+        "properties": {
+            "id": {"type": "string", "pattern": _CID},
+            "name": {"type": "string"},
+            "template": {"type": "string", "description": "One template (variant A)"},
+            "variants": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "template"],
+                "properties": {"name": {"type": "string"}, "template": {"type": "string"},
+                               "weight": {"type": "integer", "minimum": 1}}}},
+            "tenant": {"type": "string"}, "sender": {"type": "string"},
+            "source": {"type": "string", "description": "upload, or stream:<redis key>"},
+            "rate": {"type": "number", "minimum": 0,
+                     "description": "recipients a second at most (0 = as fast as the "
+                                    "queue allows)"},
+            "status": {"type": "string", "enum": ["draft", "scheduled", "running", "paused",
+                                                  "done", "cancelled"]},
+        },
+    },
+    "CampaignReport": {
+        "type": "object",
+        "description": "The campaign with its funnel: stages, rejected by reason, rates "
+                       "with numerator and denominator, per variant, and the A/B test "
+                       "(click rate with a 95 % Wilson interval, two-proportion z-test)",
+        "additionalProperties": True,
+        "properties": {"campaign": _ref("Campaign"), "funnel": {"type": "object"},
+                       "variants": {"type": "object"},
+                       "ab": {"type": "object", "nullable": True}},
+    },
+    "Upload": {
+        "type": "object",
+        "required": ["accepted", "rejected", "errors"],
+        "properties": {
+            "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+            "errors": {"type": "array", "items": {
+                "type": "object", "properties": {"line": {"type": "integer"},
+                                                 "field": {"type": "string"},
+                                                 "reason": {"type": "string"}}}},
+        },
+    },
     "Ready": {
         "type": "object",
         "required": ["ready"],
@@ -180,6 +250,115 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+def _campaign_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    """Templates, campaigns and conversions (gatewayd/http/campaigns.py)."""
+    code = {"name": "code", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": _CODE}}
+    cid = {"name": "id", "in": "path", "required": True,
+           "schema": {"type": "string", "pattern": _CID}}
+    missing = {"404": _err("Unknown, or templates and campaigns are not served here")}
+    conflict = {"409": _err("Not allowed in the campaign's status (the message says why)")}
+    tpl = _json_body(_ref("Template"), "The template")
+    camp = _json_body(_ref("Campaign"), "The campaign")
+
+    def move(op: str, summary: str) -> dict[str, Any]:
+        return {"post": {"operationId": op, "summary": summary, "parameters": [cid],
+                         "responses": {"200": camp, **auth_errors, **missing, **conflict}}}
+
+    return {
+        "/v1/templates": {"get": {
+            "operationId": "listTemplates", "summary": "Every template",
+            "responses": {"200": _json_body({"type": "object", "properties": {
+                "templates": {"type": "array", "items": _ref("Template")}}}, "Templates"),
+                **auth_errors, **missing}}},
+        "/v1/templates/{code}": {
+            "parameters": [code],
+            "put": {"operationId": "putTemplate",
+                    "summary": "Create or change a template (a changed text is pending again)",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": _ref("Template")}}},
+                    "responses": {"200": tpl, "400": _err("Not a JSON object"), **auth_errors,
+                                  **missing, "422": _err("Invalid template")}},
+            "get": {"operationId": "getTemplate", "summary": "A template and its variables",
+                    "responses": {"200": tpl, **auth_errors, **missing}},
+            "delete": {"operationId": "deleteTemplate", "summary": "Delete a template",
+                       "responses": {"200": _json_body({"type": "object"}, "Deleted"),
+                                     **auth_errors, **missing}},
+        },
+        "/admin/templates/{code}/approve": {"post": {
+            "operationId": "approveTemplate",
+            "summary": "Approve (after the content and keyword checks of its fixed text; a "
+                       "failing check rejects it with that reason)",
+            "parameters": [code], "responses": {"200": tpl, **auth_errors, **missing}}},
+        "/admin/templates/{code}/reject": {"post": {
+            "operationId": "rejectTemplate", "summary": "Reject, with an optional reason",
+            "parameters": [code],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"reason": {"type": "string"}}}}}},
+            "responses": {"200": tpl, "400": _err("Not a JSON object"), **auth_errors,
+                          **missing}}},
+        "/v1/campaigns": {
+            "post": {"operationId": "createCampaign", "summary": "Create a draft campaign",
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _ref("Campaign")}}},
+                     "responses": {"201": camp, "400": _err("Not a JSON object"),
+                                   **auth_errors, **missing, "409": _err("The id is taken"),
+                                   "422": _err("Invalid campaign")}},
+            "get": {"operationId": "listCampaigns", "summary": "The latest 100 campaigns",
+                    "responses": {"200": _json_body({"type": "object", "properties": {
+                        "campaigns": {"type": "array", "items": _ref("Campaign")}}},
+                        "Campaigns"), **auth_errors, **missing}},
+        },
+        "/v1/campaigns/{id}": {"get": {
+            "operationId": "getCampaign", "summary": "A campaign and its funnel",
+            "parameters": [cid],
+            "responses": {"200": _json_body(_ref("CampaignReport"), "The funnel"),
+                          **auth_errors, **missing}}},
+        "/v1/campaigns/{id}/report": {"get": {
+            "operationId": "campaignReport",
+            "summary": "The funnel as an HTML page (chart, rates, A/B test)",
+            "parameters": [cid],
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {
+                "schema": {"type": "string"}}}}, **auth_errors, **missing}}},
+        "/v1/campaigns/{id}/recipients": {"post": {
+            "operationId": "uploadRecipients",
+            "summary": "Append recipients to a draft (streamed; rows validated one by one)",
+            "parameters": [cid],
+            "requestBody": {"required": True, "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+            "responses": {"200": _json_body(_ref("Upload"), "Counted; the first 100 "
+                                            "refused rows with line, field and reason"),
+                          **auth_errors, **missing, **conflict,
+                          "415": _err("Neither text/csv nor application/x-ndjson")}}},
+        "/v1/campaigns/{id}/start": {"post": {
+            "operationId": "startCampaign",
+            "summary": "Schedule (start_at, Unix s) or start now",
+            "parameters": [cid],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"start_at": {"type": "number"}}}}}},
+            "responses": {"200": camp, "400": _err("Not a JSON object"), **auth_errors,
+                          **missing, **conflict, "422": _err("Bad start_at")}}},
+        "/v1/campaigns/{id}/pause": move("pauseCampaign", "Pause the fan-out and sending"),
+        "/v1/campaigns/{id}/resume": move("resumeCampaign", "Resume a paused campaign"),
+        "/v1/campaigns/{id}/cancel": move("cancelCampaign",
+                                          "Cancel: queued messages are rejected"),
+        "/v1/conversions": {"post": {
+            "operationId": "reportConversions",
+            "summary": "Report conversions (counted once a message, in its funnel)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["ids"], "properties": {"ids": {
+                    "type": "array", "minItems": 1, "maxItems": 1000,
+                    "items": {"type": "string", "pattern": _CODE}}}}}}},
+            "responses": {"200": _json_body({"type": "object", "properties": {"results": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "result": {"type": "string", "enum": [
+                        "converted", "duplicate", "unknown"]}}}}}}, "Per id"),
+                "400": _err("Not a JSON object"), **auth_errors, **missing,
+                "413": _err("More than 1000 ids"), "422": _err("Bad ids")}}},
+    }
 
 
 def openapi_spec(
@@ -203,10 +382,23 @@ def openapi_spec(
         props["category"] = {**props["category"], "enum": list(classes)}
         message["properties"] = props
         schemas["Message"] = message
+    # A message by template: the Message fields with template and params, no text.
+    tm = dict(schemas["Message"])
+    tprops = {k: v for k, v in tm["properties"].items() if k not in ("text", "links")}
+    tprops["template"] = {"type": "string", "pattern": _CODE,
+                          "description": "An approved template's code (otherwise 422)"}
+    tprops["params"] = {"type": "object", "additionalProperties": {
+        "oneOf": [{"type": "string"}, {"type": "number"}]},
+        "description": "The template's variables, each validated by its type (422 names "
+                       "params.<name> and why)"}
+    schemas["TemplateMessage"] = {
+        **tm, "required": ["to", "template", "params"], "properties": tprops,
+        "description": "One SMS rendered from an approved template at intake (its "
+                       "category is the template's); url variables become short links"}
+    item = {"oneOf": [_ref("Message"), _ref("TemplateMessage")]}
     schemas["Submit"] = {
-        "oneOf": [_ref("Message"),
-                  {"type": "array", "items": _ref("Message"), "minItems": 1,
-                   "maxItems": max_items}],
+        "oneOf": [_ref("Message"), _ref("TemplateMessage"),
+                  {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}],
     }
     return {
         "openapi": "3.0.3",
@@ -266,6 +458,7 @@ def openapi_spec(
                                       "The new files are invalid; the previous policy stays"),
                 },
             }},
+            **_campaign_paths(auth_errors),
             "/metrics": {"get": {
                 "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
                 "responses": {"200": {"description": "Prometheus text format 0.0.4",

@@ -43,6 +43,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
@@ -107,8 +108,10 @@ class HttpServer:
         max_body_bytes: int,
         registry: CollectorRegistry = metrics.REGISTRY,
         classes: list[str] | None = None,
+        campaigns: campaign_routes.CampaignApi | None = None,
     ) -> None:
         self.host, self._port = parse_listen(listen)
+        self.campaigns = campaigns
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
@@ -177,6 +180,7 @@ class HttpServer:
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/openapi.json", self.openapi)
+        campaign_routes.register(app, self.campaigns)
         return app
 
     @web.middleware

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal, Protocol
 
+from gatewayd.campaigns.funnel import attribute_optout
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.errors import MessageError
@@ -75,6 +76,9 @@ class DaemonBackend:
         redis, keys, now = self.d.store.client, self.d.keys, time.time()
         if action == "add":
             await opt_out(redis, keys, number, scope=scope, source="api", at=now)
+            if scope == "*":  # counted in the funnels of campaigns that sent to it lately
+                await attribute_optout(redis, keys, number.lstrip("+"), now,
+                                       self.d.cfg.campaigns.optout_window_days * 86400)
         elif action == "remove":
             await opt_in(redis, keys, number, scope=scope, source="api", at=now)
         scopes = await optout_status(redis, keys, number)
