@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optout", help="opt-out list: add | remove | check")
     policy_cli.add_optout_arguments(p)
 
+    from gatewayd.campaigns import cli as campaigns_cli
+
+    p = sub.add_parser("template", help="message templates: add | load | approve | reject | "
+                                        "show | list | delete")
+    campaigns_cli.add_template_arguments(p)
+    p = sub.add_parser("campaign", help="campaigns: create | upload | start | pause | resume | "
+                                        "cancel | show | report | list")
+    campaigns_cli.add_campaign_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -118,6 +127,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gatewayd.policy import cli as policy_cli
 
         return policy_cli.run_optout(args)
+    if cmd in ("template", "campaign"):
+        from gatewayd.campaigns import cli as campaigns_cli
+
+        return (campaigns_cli.run_template(args) if cmd == "template"
+                else campaigns_cli.run_campaign(args))
     if cmd == "top":
         from gatewayd.ops import top
 

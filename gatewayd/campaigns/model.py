@@ -84,6 +84,18 @@ _INT = ("rows", "invalid", "produced", "offset")
 _KNOWN = frozenset(f.encode_name for f in msgspec.structs.fields(Campaign))
 
 
+def full(obj: Any) -> Any:
+    """Plain data with every field of every Struct (their defaults too: omit_defaults is
+    for storage), for API answers and the CLI."""
+    if isinstance(obj, msgspec.Struct):
+        return {k: full(v) for k, v in msgspec.structs.asdict(obj).items()}
+    if isinstance(obj, list):
+        return [full(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: full(v) for k, v in obj.items()}
+    return obj
+
+
 def to_hash(c: Campaign) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in msgspec.structs.asdict(c).items():

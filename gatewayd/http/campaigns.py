@@ -33,19 +33,8 @@ from gatewayd.store.keys import Keys
 MAX_CONVERSIONS = 1000
 
 
-def _full(obj: Any) -> Any:
-    """Structs with every field (their defaults too: omit_defaults is for storage)."""
-    if isinstance(obj, msgspec.Struct):
-        return {k: _full(v) for k, v in msgspec.structs.asdict(obj).items()}
-    if isinstance(obj, list):
-        return [_full(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _full(v) for k, v in obj.items()}
-    return obj
-
-
 def _json(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=msgspec.json.encode(_full(body)),
+    return web.Response(status=status, body=msgspec.json.encode(model.full(body)),
                         content_type="application/json")
 
 
