@@ -194,3 +194,33 @@ def test_campaign_config_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="links.base_url"):
         load_config(base)
     assert Config().campaigns.max_backlog == 20_000
+
+
+async def test_the_optout_brake_pauses_and_metrics_stay_bounded(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    from gatewayd.campaigns.fanout import CampaignRunner
+    from gatewayd.ops import metrics
+
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS + """
+[campaigns]
+pause_optout_rate = 0.003
+pause_min_delivered = 1000
+metrics_max = 2
+"""))
+    for cid in ("old", "c1", "c2"):
+        await setup_ab(redis, keys, cid)
+        await model.change(redis, keys, cid, "start")
+        await model.change(redis, keys, cid, "run")
+    await redis.hset(keys.funnel("c1"), mapping={"delivered": 1000, "opted_out": 4})
+    await redis.hset(keys.funnel("c2"), mapping={"delivered": 999, "opted_out": 9})
+    runner = CampaignRunner(redis, keys, cfg)
+    await runner.tick()
+    c1, c2 = await model.get(redis, keys, "c1"), await model.get(redis, keys, "c2")
+    assert c1 is not None and c1.status == "paused" and c1.reason.startswith("optout_rate 4/1000")
+    assert c2 is not None and c2.status != "paused"  # below the minimum sample
+    for t in runner.tasks.values():
+        t.cancel()
+    await asyncio.gather(*runner.tasks.values(), return_exceptions=True)
+    assert metrics.CAMPAIGN_MESSAGES.labels("c1", "delivered")._value.get() == 1000
+    labelled = {labels[0] for labels in metrics.CAMPAIGN_MESSAGES._metrics}
+    assert len(labelled) <= 2 and "old" not in labelled  # the 2 most recent only
