@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import e2e, priority, receipt_path, redirect, soak
+from bench import e2e, fanout, priority, receipt_path, redirect, soak
 
 ROOT_ARGS: dict[str, list[str]] = {
     # Scripts that are not ours to restructure run as subprocesses with their own flags.
@@ -24,9 +24,10 @@ ROOT_ARGS: dict[str, list[str]] = {
 }
 MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
-    "receipt_path": receipt_path.main, "redirect": redirect.main,
+    "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
 }
-ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect"]
+ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
+         "fanout"]
 
 
 def main(argv: list[str] | None = None) -> int:

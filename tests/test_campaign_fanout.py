@@ -101,7 +101,7 @@ async def test_a_slice_is_queued_once_and_only_while_running(
     c = await model.get(redis, keys, "c1")
     assert c is not None
     assert await fan.step(c) == ("queued", 200)
-    assert await fan.step(c) == ("moved", 0)  # the same snapshot again: nothing twice
+    assert await fan.step(c) == ("stopped", 0)  # the same snapshot again: nothing twice
     c = await model.get(redis, keys, "c1")
     assert c is not None and (c.cursor, c.offset, c.produced) == ("0-0", 200, 200)
     assert await fan.step(c) == ("queued", 100)

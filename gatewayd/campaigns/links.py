@@ -68,6 +68,7 @@ class LinkMaker:
         self.block = block
         self._next = 0
         self._end = 0  # exclusive
+        self._random = ""
 
     @property
     def available(self) -> int:
@@ -85,7 +86,11 @@ class LinkMaker:
             raise RuntimeError("LinkMaker.take() without reserve()")
         seq = self._next
         self._next += 1
-        rnd = secrets.token_urlsafe(self.random_chars)[: self.random_chars]
+        k = self.random_chars
+        if len(self._random) < k:
+            # 6 random bits a character: 3 bytes make 4 (one urandom call a few hundred)
+            self._random = secrets.token_urlsafe(192 * k)
+        rnd, self._random = self._random[:k], self._random[k:]
         return b62(seq) + rnd
 
     def url(self, code: str) -> str:

@@ -14,7 +14,7 @@
 -- number, masked number, text, variant index (1-based), ref, k links, k x (code, URL).
 -- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
 -- offset} when the cursor moved on meanwhile.
-local rcall, tonumber = redis.call, tonumber
+local rcall, tonumber, unpack = redis.call, tonumber, unpack
 local camp, stream, events, funnel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local c = rcall('HMGET', camp, 'status', 'cursor', 'offset')
 if c[1] ~= 'running' then
@@ -33,6 +33,16 @@ for i = 1, nv do
   vname[i], vtpl[i], vcount[i] = ARGV[a], ARGV[a + 1], 0
   a = a + 2
 end
+-- Tables made once a call and refilled per recipient (a table per recipient was Redis
+-- CPU: allocation and garbage), sent with unpack(t, 1, m).
+local e = {'id', '', 'to', '', 'text', '', 'category', category, 'campaign', cid,
+  'variant', '', 'template', '', 'enqueued_at', now}
+local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', '',
+  'attempts', '0', 'campaign', cid, 'variant', '', 'template', '', 'fk', funnel,
+  'enqueued_at', now}
+local ev = {'id', '', 'state', 'queued', 'at', now, 'category', category, 'to', '',
+  'campaign', cid, 'variant', '', 'template', ''}
+local lk = {'u', '', 'm', '', 'f', funnel, 'v', '', 'c', cid, 't', '', 'd', '', 'at', now}
 for _ = 1, n do
   local id, to, masked, text, vi, ref = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     tonumber(ARGV[a + 4]), ARGV[a + 5]
@@ -40,34 +50,36 @@ for _ = 1, n do
   a = a + 7
   local variant, template = vname[vi], vtpl[vi]
   vcount[vi] = vcount[vi] + 1
-  for _ = 1, k do
-    local key = lpre .. ARGV[a] .. lsuf
-    rcall('HSET', key, 'u', ARGV[a + 1], 'm', id, 'f', funnel, 'v', variant, 'c', cid,
-      't', template, 'd', string.sub(to, 2), 'at', now)
-    rcall('EXPIRE', key, lttl)
-    a = a + 2
+  if k > 0 then
+    lk[4], lk[8], lk[12], lk[14] = id, variant, template, string.sub(to, 2)
+    for _ = 1, k do
+      local key = lpre .. ARGV[a] .. lsuf
+      lk[2] = ARGV[a + 1]
+      rcall('HSET', key, unpack(lk))
+      rcall('EXPIRE', key, lttl)
+      a = a + 2
+    end
   end
-  local e = {'id', id, 'to', to, 'text', text, 'category', category, 'campaign', cid,
-    'variant', variant, 'template', template, 'enqueued_at', now}
-  if k > 0 then e[#e + 1] = 'links'; e[#e + 1] = tostring(k) end
-  if tenant ~= '' then e[#e + 1] = 'tenant'; e[#e + 1] = tenant end
-  if ref ~= '' then e[#e + 1] = 'ref'; e[#e + 1] = ref end
-  if sender ~= '' then e[#e + 1] = 'from'; e[#e + 1] = sender end
   -- The status record first, as QueueStore.enqueue writes it (events.Ledger.build).
+  s[8], s[14], s[16] = masked, variant, template
+  local m = 20
+  if ref ~= '' then s[m + 1] = 'ref'; s[m + 2] = ref; m = m + 2 end
+  if tenant ~= '' then s[m + 1] = 'tenant'; s[m + 2] = tenant; m = m + 2 end
   local skey = spre .. id .. ssuf
-  local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', masked,
-    'attempts', '0', 'campaign', cid, 'variant', variant, 'template', template,
-    'fk', funnel, 'enqueued_at', now}
-  if ref ~= '' then s[#s + 1] = 'ref'; s[#s + 1] = ref end
-  if tenant ~= '' then s[#s + 1] = 'tenant'; s[#s + 1] = tenant end
-  rcall('HSET', skey, unpack(s))
+  rcall('HSET', skey, unpack(s, 1, m))
   rcall('EXPIRE', skey, sttl)
-  local ev = {'id', id, 'state', 'queued', 'at', now, 'category', category, 'to', masked,
-    'campaign', cid, 'variant', variant, 'template', template}
-  if ref ~= '' then ev[#ev + 1] = 'ref'; ev[#ev + 1] = ref end
-  if tenant ~= '' then ev[#ev + 1] = 'tenant'; ev[#ev + 1] = tenant end
-  rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev))
-  rcall('XADD', stream, '*', unpack(e))
+  ev[2], ev[10], ev[14], ev[16] = id, masked, variant, template
+  m = 16
+  if ref ~= '' then ev[m + 1] = 'ref'; ev[m + 2] = ref; m = m + 2 end
+  if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
+  rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
+  e[2], e[4], e[6], e[12], e[14] = id, to, text, variant, template
+  m = 16
+  if k > 0 then e[m + 1] = 'links'; e[m + 2] = tostring(k); m = m + 2 end
+  if tenant ~= '' then e[m + 1] = 'tenant'; e[m + 2] = tenant; m = m + 2 end
+  if ref ~= '' then e[m + 1] = 'ref'; e[m + 2] = ref; m = m + 2 end
+  if sender ~= '' then e[m + 1] = 'from'; e[m + 2] = sender; m = m + 2 end
+  rcall('XADD', stream, '*', unpack(e, 1, m))
 end
 if n > 0 then
   rcall('HINCRBY', funnel, 'queued', n)
