@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import e2e, fanout, priority, receipt_path, redirect, soak
+from bench import campaign_cost, e2e, fanout, priority, receipt_path, redirect, soak
 
 ROOT_ARGS: dict[str, list[str]] = {
     # Scripts that are not ours to restructure run as subprocesses with their own flags.
@@ -25,9 +25,10 @@ ROOT_ARGS: dict[str, list[str]] = {
 MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
     "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
+    "campaign_cost": campaign_cost.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
-         "fanout"]
+         "fanout", "campaign_cost"]
 
 
 def main(argv: list[str] | None = None) -> int:

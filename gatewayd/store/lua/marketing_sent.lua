@@ -8,12 +8,15 @@ local now, ttl = ARGV[1], ARGV[2]
 local a = 4
 for _ = 1, tonumber(ARGV[3]) do
   local key, campaign, link = ARGV[a], ARGV[a + 1], ARGV[a + 3]
-  if campaign ~= '' then
-    rcall('HSET', key, 'c:' .. campaign, now .. ' ' .. ARGV[a + 2])
-  end
   if link == '1' then
     rcall('HINCRBY', key, 'n', 1)
-    rcall('HSET', key, 'last', now)
+    if campaign ~= '' then
+      rcall('HSET', key, 'last', now, 'c:' .. campaign, now .. ' ' .. ARGV[a + 2])
+    else
+      rcall('HSET', key, 'last', now)
+    end
+  elseif campaign ~= '' then
+    rcall('HSET', key, 'c:' .. campaign, now .. ' ' .. ARGV[a + 2])
   end
   rcall('PEXPIRE', key, ttl)
   a = a + 4

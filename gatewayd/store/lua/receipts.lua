@@ -27,6 +27,7 @@ local ev = {'id', '', 'state', '', 'at', now}
 -- A receipt's candidate count is one of a few texts ("1", "2", "3"): each converted once.
 local counts = {}
 local a, k = 6, 3
+local funnels = {}  -- funnel key -> field -> count (campaign and template messages)
 for _ = 1, n do
   local pstate, err = ARGV[a], ARGV[a + 1]
   local nc = counts[ARGV[a + 2]]
@@ -53,9 +54,15 @@ for _ = 1, n do
     local kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
       submitted_at, e, fk, fv = apply_receipt(pre .. id .. suf, part, pstate, now, err)
     if kind == 'final' and fk ~= '' then
-      -- A campaign or template message: its funnel counts the outcome in this call.
-      rcall('HINCRBY', fk, state, 1)
-      if fv ~= '' then rcall('HINCRBY', fk, state .. '|' .. fv, 1) end
+      -- A campaign or template message: its funnel counts the outcome in this call
+      -- (summed per funnel field, written once at the end).
+      local per = funnels[fk]
+      if not per then per = {}; funnels[fk] = per end
+      per[state] = (per[state] or 0) + 1
+      if fv ~= '' then
+        local f2 = state .. '|' .. fv
+        per[f2] = (per[f2] or 0) + 1
+      end
     end
     local published = 0
     if kind == 'final' or (kind == 'late' and rcall('ZSCORE', awaiting, id)) then
@@ -81,5 +88,8 @@ for _ = 1, n do
     out[o + 4] = carrier or ''; out[o + 5] = submitted_at or ''; out[o + 6] = published
   end
   o = o + 6
+end
+for fk, per in pairs(funnels) do
+  for field, c in pairs(per) do rcall('HINCRBY', fk, field, c) end
 end
 return out
