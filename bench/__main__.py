@@ -15,7 +15,16 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import campaign_cost, e2e, fanout, priority, receipt_path, redirect, soak
+from bench import (
+    campaign_cost,
+    campaign_priority,
+    e2e,
+    fanout,
+    priority,
+    receipt_path,
+    redirect,
+    soak,
+)
 
 ROOT_ARGS: dict[str, list[str]] = {
     # Scripts that are not ours to restructure run as subprocesses with their own flags.
@@ -25,10 +34,10 @@ ROOT_ARGS: dict[str, list[str]] = {
 MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
     "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
-    "campaign_cost": campaign_cost.main,
+    "campaign_cost": campaign_cost.main, "campaign_priority": campaign_priority.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
-         "fanout", "campaign_cost"]
+         "fanout", "campaign_cost", "campaign_priority"]
 
 
 def main(argv: list[str] | None = None) -> int:

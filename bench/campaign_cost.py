@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="-n 2000 --runs 1")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.runs = 2000, 1
+        args.n = 2000 if args.n == 50_000 else args.n
+        args.runs = 1
     opts = harness.GatewaydOptions()
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     with harness.Rig() as rig:

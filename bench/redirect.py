@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(args.serve[0], int(args.serve[1])))
         return 0
     if args.quick:
-        args.links, args.duration, args.runs = 5000, 3, 1
+        args.links = 5000 if args.links == 100_000 else args.links
+        args.duration = 3 if args.duration == 10 else args.duration
+        args.runs = 1
     wrk = shutil.which("wrk")
     if not wrk:
         print("redirect: wrk is not installed (apt-get install wrk)", file=sys.stderr)
