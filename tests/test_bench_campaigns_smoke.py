@@ -49,7 +49,8 @@ def test_campaign_priority(tmp_path: Path) -> None:
     assert run["otp_submitted"] == run["otp_sent"] > 0
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+@pytest.mark.skipif(shutil.which("wrk") is None,
+                    reason="wrk is not installed (apt-get install wrk)")
 def test_redirect(tmp_path: Path) -> None:
     data, _ = bench(tmp_path, "redirect", "--links", "500", "--duration", "1")
     (run,) = data["runs"]

@@ -139,7 +139,7 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     await model.upload(redis, keys, c, t, iter(rows(400)), fmt="jsonl",
                        link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
     # A second campaign fed by a Redis stream of the app's, and a third to cancel.
-    s = await setup_ab(redis, keys, "s1", source="stream:app:recips")
+    await setup_ab(redis, keys, "s1", source="stream:app:recips")
     for i in range(30):
         await redis.xadd("app:recips", {"to": f"+86136{i:08d}",
                                         "params": json.dumps({"name": "n", "link": "https://a.cn"})})
@@ -191,7 +191,7 @@ def test_campaign_config_is_validated(tmp_path: Path) -> None:
     from gatewayd.errors import ConfigError
     base = write_config(tmp_path, redis_url="redis://x", sim_port=1,
                         extra="[links]\nenabled = true\nbase_url = \"s.cn\"\n")
-    with pytest.raises(ConfigError, match="links.base_url"):
+    with pytest.raises(ConfigError, match=r"links\.base_url"):
         load_config(base)
     assert Config().campaigns.max_backlog == 20_000
 
