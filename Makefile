@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gatewayd demo -c config/demo.toml
+	$(BIN)/gatewayd demo -c config/demo.toml --campaign
 
 lint: $(STAMP)
 	$(BIN)/ruff check gatewayd tests bench

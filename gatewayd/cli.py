@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, required=False)
     p.add_argument("--keep-running", action="store_true")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--campaign", action="store_true",
+                   help="then an A/B campaign with short links: upload, send, clicks, funnel")
 
     p = sub.add_parser("hash-key", help="print the SHA-256 digest of an API key for http.api_keys")
     p.add_argument("key")
@@ -144,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         path = args.config or str(Path(__file__).resolve().parent.parent / "config" / "demo.toml")
         return run_demo(load_config(path), keep_running=args.keep_running,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, campaign=args.campaign)
     # Only `run` talks SMPP: the others work without the carriers' secrets.
     cfg = load_config(args.config, need_secrets=cmd == "run")
     if cmd == "check-config":

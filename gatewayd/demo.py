@@ -34,7 +34,8 @@ DEMO_MESSAGES: list[dict[str, Any]] = [
 ]
 
 
-def run_demo(cfg: Config, *, keep_running: bool, timeout_s: float) -> int:
+def run_demo(cfg: Config, *, keep_running: bool, timeout_s: float,
+             campaign: bool = False) -> int:
     # Only errors: the demo's own table is the output (its config's warnings, such as
     # the embedded Redis being for development only, are expected here).
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr,
@@ -45,10 +46,12 @@ def run_demo(cfg: Config, *, keep_running: bool, timeout_s: float) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    return asyncio.run(_demo(cfg, keep_running=keep_running, timeout_s=timeout_s))
+    return asyncio.run(_demo(cfg, keep_running=keep_running, timeout_s=timeout_s,
+                             campaign=campaign))
 
 
-async def _demo(cfg: Config, *, keep_running: bool, timeout_s: float) -> int:
+async def _demo(cfg: Config, *, keep_running: bool, timeout_s: float,
+                campaign: bool = False) -> int:
     daemon = Daemon(cfg)
     task = asyncio.create_task(daemon.run(), name="daemon")
     started = asyncio.create_task(daemon.started.wait())
@@ -76,6 +79,11 @@ async def _demo(cfg: Config, *, keep_running: bool, timeout_s: float) -> int:
     _print_table(DEMO_MESSAGES, ids, records, t0)
     delivered = sum(1 for i in ids if records.get(i, {}).get("state") == "delivered")
     print(f"\n{delivered}/{len(ids)} delivered")
+    if campaign:
+        from gatewayd.demo_campaign import run_campaign
+
+        ok = await run_campaign(daemon, timeout_s)
+        delivered = delivered if ok else -1
     if keep_running:
         print("Still running (Ctrl-C to stop). Try:\n"
               f"  gatewayd enqueue -c {cfg.source} --to +8613800138000 --text '【京东】验证码 1234'"

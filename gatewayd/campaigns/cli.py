@@ -281,8 +281,9 @@ def show(c: Campaign, counts: dict[str, int]) -> str:
                        ("clicked", "clicked"), ("converted", "converted")):
         bar = "#" * round(40 * st[key] / top)
         lines.append(f"  {label:<10} {st[key]:>9,}  {bar}")
+    why = ", ".join(f"{k} {v:,}" for k, v in sorted(s["rejected_by"].items()))
     lines.append(f"  undeliverable {st['undeliverable']:,}, expired {st['expired']:,}, "
-                 f"rejected {st['rejected']:,} {s['rejected_by'] or ''}, opted out "
+                 f"rejected {st['rejected']:,}{f' ({why})' if why else ''}, opted out "
                  f"{st['opted_out']:,}, previews {st['previews']:,}")
     for key in ("delivery", "click", "conversion", "optout"):
         r = rates[key]
