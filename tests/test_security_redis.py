@@ -25,6 +25,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
+from gatewayd.campaigns import model, registry
+from gatewayd.campaigns.model import Campaign, Variant
+from gatewayd.campaigns.registry import TemplateCache
+from gatewayd.campaigns.templates import Template
 from gatewayd.client import Client
 from gatewayd.config import load_config
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
@@ -50,6 +54,8 @@ GATEWAYD_ACL = (
     "+del",
     # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
     "+evalsha", "+eval", "+script|load", "+script|exists", "+multi", "+exec", "+discard",
+    # templates, campaigns, funnels, short links (gatewayd.campaigns)
+    "+hincrby", "+hsetnx", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
 )
 POLICY = """
 [category.otp]
@@ -105,6 +111,21 @@ async def _run_e2e(tmp_path: Path, url: str, *, extra_redis: str = "",
                 + [{"to": "+8613700000001", "text": "order", "idempotency_key": "k1"}] * 2
                 + [{"to": "+8613700000002", "text": "soon", "not_before": time.time() + 1}])
             ids = sorted({i for i, _ in sent})
+            # A campaign too: template, upload, fan-out, funnel (all as the ACL user).
+            await registry.save(client.redis, keys, Template(
+                code="T", signature="京东", category="marketing", body="hi {n:digits}"),
+                classes=["otp", "transactional", "marketing"])
+            await registry.set_status(client.redis, keys, "T", "approved")
+            cache = TemplateCache(client.redis, keys)
+            await cache.load(["T"])
+            camp = await model.create(client.redis, keys, Campaign(
+                id="acl", variants=[Variant(name="A", template="T")]), {"T": cache.get("T")})
+            await model.upload(client.redis, keys, camp, {"T": cache.get("T")},
+                               iter([f'{{"to": "+86136{n:08d}", "params": {{"n": "{n}"}}}}'
+                                     for n in range(5)]), fmt="jsonl", link_sample="",
+                               max_segments=5)
+            await model.change(client.redis, keys, "acl", "start")
+            ids += [f"acl.{n}" for n in range(1, 6)]
             async with running_daemon(cfg):
                 await sim.inject_mo("+8613900000009", "10690001", "TD", wait=True)
                 for _ in range(100):
@@ -114,9 +135,11 @@ async def _run_e2e(tmp_path: Path, url: str, *, extra_redis: str = "",
                 [(blocked, _)] = await client.send(
                     [{"to": "+8613900000009", "text": "sale", "category": "marketing"}])
                 records = await wait_final(client.redis, keys, [*ids, blocked], timeout_s=30)
+                counts = await client.redis.hgetall(keys.funnel("acl"))
         assert [records[i]["state"] for i in ids] == ["delivered"] * len(ids)
         assert records[blocked]["state"] == "rejected"
         assert len(sim.submissions) == len(ids)
+        assert counts["delivered"] == "5" and counts["queued"] == "5"
     finally:
         await sim.stop()
 
