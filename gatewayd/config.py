@@ -154,6 +154,11 @@ class CampaignsConfig(_Section, kw_only=True, frozen=True):
     # a million-recipient campaign never sits in Redis at once and the dispatchers
     # (codes first) set the pace.
     max_backlog: int = 20_000
+    # Write each campaign message's "queued" status record and event at fan-out (off:
+    # a million-recipient campaign would push a million "queued" events through the
+    # capped events stream and triple the fan-out's Redis work; the campaign's funnel
+    # counts them, and a message's record starts at its first transition).
+    queued_records: bool = False
     # An opt-out within this many days of a campaign's send counts in its funnel.
     optout_window_days: float = 7.0
     # How long a recipient's campaign sends are remembered (cooling-off, attribution).

@@ -87,7 +87,8 @@ async def test_upload_validates_rows_and_keeps_memory_in_chunks(
 
 async def test_a_slice_is_queued_once_and_only_while_running(
         redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS))
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1,
+                                   extra=LINKS + "[campaigns]\nqueued_records = true\n"))
     c = await setup_ab(redis, keys)
     await model.upload(redis, keys, c, await compiled(redis, keys, "A", "B"), iter(rows(300)),
                        fmt="jsonl", link_sample="https://s.example.cn/0000abcdefg",
@@ -177,6 +178,9 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     assert final is not None and final.status == "done" and final.produced == 400
     counts = await funnel.read(redis, keys, "c1")
     assert counts["queued"] == counts["submitted"] == counts["delivered"] == 400
+    # Without campaigns.queued_records a message's record starts at its submission.
+    ev = [f["state"] for _sid, f in await redis.xrange(keys.events) if f["id"] == "c1.7"]
+    assert ev == ["submitted", "delivered"]
     assert counts["delivered|A"] + counts["delivered|B"] == 400
     assert await redis.sismember(keys.campaigns_active, "c1") == 0
     sc = await model.get(redis, keys, "s1")

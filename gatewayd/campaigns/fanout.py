@@ -191,7 +191,7 @@ class FanOut:
                            int(self.cfg.queue.status_ttl_s), self.cfg.queue.events_maxlen,
                            int(self.cfg.links.ttl_s), *self.status_affix, *self.link_affix,
                            c.category, c.tenant, c.id, c.sender, str(invalid), n,
-                           len(c.variants)]
+                           len(c.variants), "1" if self.cfg.campaigns.queued_records else "0"]
         for v in c.variants:
             args += (v.name, v.template)
         args += recips

@@ -10,7 +10,8 @@
 -- ARGV[9]/ARGV[10] status key prefix/suffix, ARGV[11]/ARGV[12] link key prefix/suffix,
 -- ARGV[13] category, ARGV[14] tenant, ARGV[15] campaign id, ARGV[16] sender ("from"),
 -- ARGV[17] invalid rows skipped in this slice, ARGV[18] n recipients, ARGV[19] V
--- variants; then V x (variant name, template code); then per recipient: message id,
+-- variants, ARGV[20] '1' = write each message's "queued" status record and event;
+-- then V x (variant name, template code); then per recipient: message id,
 -- number, masked number, text, variant index (1-based), ref, k links, k x (code, URL).
 -- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
 -- offset} when the cursor moved on meanwhile.
@@ -27,8 +28,9 @@ local now, sttl, maxlen, lttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local spre, ssuf, lpre, lsuf = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local category, tenant, cid, sender = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
 local n, nv = tonumber(ARGV[18]), tonumber(ARGV[19])
+local records = ARGV[20] == '1'
 local vname, vtpl, vcount = {}, {}, {}
-local a = 20
+local a = 21
 for i = 1, nv do
   vname[i], vtpl[i], vcount[i] = ARGV[a], ARGV[a + 1], 0
   a = a + 2
@@ -60,19 +62,22 @@ for _ = 1, n do
       a = a + 2
     end
   end
-  -- The status record first, as QueueStore.enqueue writes it (events.Ledger.build).
-  s[8], s[14], s[16] = masked, variant, template
-  local m = 20
-  if ref ~= '' then s[m + 1] = 'ref'; s[m + 2] = ref; m = m + 2 end
-  if tenant ~= '' then s[m + 1] = 'tenant'; s[m + 2] = tenant; m = m + 2 end
-  local skey = spre .. id .. ssuf
-  rcall('HSET', skey, unpack(s, 1, m))
-  rcall('EXPIRE', skey, sttl)
-  ev[2], ev[10], ev[14], ev[16] = id, masked, variant, template
-  m = 16
-  if ref ~= '' then ev[m + 1] = 'ref'; ev[m + 2] = ref; m = m + 2 end
-  if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
-  rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
+  local m
+  if records then
+    -- The status record first, as QueueStore.enqueue writes it (events.Ledger.build).
+    s[8], s[14], s[16] = masked, variant, template
+    m = 20
+    if ref ~= '' then s[m + 1] = 'ref'; s[m + 2] = ref; m = m + 2 end
+    if tenant ~= '' then s[m + 1] = 'tenant'; s[m + 2] = tenant; m = m + 2 end
+    local skey = spre .. id .. ssuf
+    rcall('HSET', skey, unpack(s, 1, m))
+    rcall('EXPIRE', skey, sttl)
+    ev[2], ev[10], ev[14], ev[16] = id, masked, variant, template
+    m = 16
+    if ref ~= '' then ev[m + 1] = 'ref'; ev[m + 2] = ref; m = m + 2 end
+    if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
+    rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
+  end
   e[2], e[4], e[6], e[12], e[14] = id, to, text, variant, template
   m = 16
   if k > 0 then e[m + 1] = 'links'; e[m + 2] = tostring(k); m = m + 2 end
