@@ -78,7 +78,7 @@ class FanOut:
         self.status_affix = keys.status("\x00").split("\x00")
         self.link_affix = keys.link("\x00").split("\x00")
         self.batch = cfg.campaigns.fanout_batch
-        self._chunk: tuple[str, list[Any]] = ("", [])
+        self._chunk: tuple[tuple[str, str], str, list[Any]] = (("", ""), "", [])
         if is_cluster(redis):
             raise RuntimeError("campaign fan-out needs a single Redis (its slices are one "
                                "atomic script call); not available on Redis Cluster yet")
@@ -98,14 +98,18 @@ class FanOut:
                      ) -> tuple[list[list[Any]], str, int, int, bool, str]:
         """(rows, new cursor, new offset, invalid rows, end reached, entry done)."""
         if c.source == "upload":
-            key = self.keys.campaign_recipients(c.id)
-            got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}", count=1))
-            if not got:
-                return [], c.cursor, 0, 0, True, ""
-            entry_id, fields = got[0]
-            if self._chunk[0] != entry_id:  # a chunk serves several slices: decoded once
-                self._chunk = (entry_id, msgspec.json.decode(fields["rows"]))
-            rows = self._chunk[1]
+            # A chunk (1,000 rows) serves several slices: read and decoded once. The
+            # entries are immutable, so the one after a cursor stays the one after it.
+            after, entry_id, rows = self._chunk
+            if after != (c.id, c.cursor):
+                key = self.keys.campaign_recipients(c.id)
+                got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}",
+                                                              count=1))
+                if not got:
+                    return [], c.cursor, 0, 0, True, ""
+                entry_id, fields = got[0]
+                rows = msgspec.json.decode(fields["rows"])
+                self._chunk = ((c.id, c.cursor), entry_id, rows)
             part = rows[c.offset:c.offset + size]
             if c.offset + size >= len(rows):
                 return part, entry_id, 0, 0, False, entry_id

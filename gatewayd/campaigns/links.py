@@ -45,13 +45,17 @@ DEFAULT_PREVIEW_AGENTS: Final = (
 )
 
 
+_B62_PAIRS: Final = [a + b for a in _B62 for b in _B62]  # two digits a look-up
+
+
 def b62(n: int) -> str:
-    if n == 0:
-        return "0"
+    if n < 62:
+        return _B62[n]
     out = []
-    while n:
-        n, r = divmod(n, 62)
-        out.append(_B62[r])
+    while n >= 3844:
+        n, r = divmod(n, 3844)
+        out.append(_B62_PAIRS[r])
+    out.append(_B62_PAIRS[n] if n >= 62 else _B62[n])
     return "".join(reversed(out))
 
 
@@ -69,6 +73,7 @@ class LinkMaker:
         self._next = 0
         self._end = 0  # exclusive
         self._random = ""
+        self._rpos = 0
 
     @property
     def available(self) -> int:
@@ -86,12 +91,12 @@ class LinkMaker:
             raise RuntimeError("LinkMaker.take() without reserve()")
         seq = self._next
         self._next += 1
-        k = self.random_chars
-        if len(self._random) < k:
+        k, i = self.random_chars, self._rpos
+        if i + k > len(self._random):
             # 6 random bits a character: 3 bytes make 4 (one urandom call a few hundred)
-            self._random = secrets.token_urlsafe(192 * k)
-        rnd, self._random = self._random[:k], self._random[k:]
-        return b62(seq) + rnd
+            self._random, i = secrets.token_urlsafe(192 * k), 0
+        self._rpos = i + k
+        return b62(seq) + self._random[i:i + k]
 
     def url(self, code: str) -> str:
         return self.base_url + code
