@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd.campaigns import funnel, model, registry
+from gatewayd.campaigns import funnel, links, model, registry
 from gatewayd.campaigns.fanout import FanOut
 from gatewayd.campaigns.model import Campaign, Variant
 from gatewayd.campaigns.registry import TemplateCache
@@ -127,14 +127,15 @@ async def test_a_slice_is_queued_once_and_only_while_running(
     status = await redis.hgetall(keys.status("c1.1"))
     assert status["state"] == "queued" and status["fk"] == keys.funnel("c1")
     code = next(f for _s, f in entries if f["id"] == "c1.1")["text"].split("cn/")[1].split()[0]
-    assert (await redis.hgetall(keys.link(code)))["m"] == "c1.1"
+    assert (await links.read(redis, keys, code) or {})["m"] == "c1.1"
 
 
 async def test_campaign_through_the_daemon_with_pause_and_cancel(
         redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path, smsc: Smsc) -> None:
     sim = await smsc(receipt_delay_s=0.05)
     cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
-                                   extra=LINKS + "[campaigns]\nfanout_batch = 50\n"))
+                                   extra=LINKS + "[campaigns]\nfanout_batch = 50\n"
+                                                 "max_backlog = 100\n"))
     c = await setup_ab(redis, keys)
     t = await compiled(redis, keys, "A", "B")
     await model.upload(redis, keys, c, t, iter(rows(400)), fmt="jsonl",

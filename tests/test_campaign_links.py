@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.campaigns import funnel
-from gatewayd.campaigns.links import LinkMaker, b62, link_fields, write
+from gatewayd.campaigns.links import LinkMaker, b62, link_fields, read, write
 from gatewayd.config import load_config
 from gatewayd.http.links import LinkServer
 from gatewayd.pipeline.events import Ledger
@@ -42,6 +42,7 @@ async def a_link(redis: aioredis.Redis, keys: Keys, code: str = "1abcdefg") -> s
                                         keys.funnel("c9"), "B", "c9", "PROMO",
                                         "8613800138000", "1.0"), 3600)
     pipe.hset(keys.marketing("8613800138000"), mapping={"n": 3, "last": "1.0"})
+    # (the counts hash expires with the link)
     await pipe.execute()
     return code
 
@@ -76,8 +77,9 @@ async def test_clicks_previews_and_nothing_else(redis: aioredis.Redis, keys: Key
         await asyncio.sleep(0.02)
     assert counts == {"clicks": 2, "clicks|B": 2, "clicked": 1, "clicked|B": 1,
                       "previews": 3, "previews|B": 3}
-    link = await redis.hgetall(keys.link(code))
+    link = await read(redis, keys, code) or {}
     assert link["clicks"] == "2" and link["previews"] == "3" and float(link["first"]) > 0
+    assert 0 < await redis.ttl(keys.link_counts(code)) <= 3600
     assert await redis.hget(keys.marketing("8613800138000"), "n") == "0"
     ev = [f for _sid, f in await redis.xrange(keys.events) if f["state"] == "clicked"]
     assert [(e["id"], e["first"], e["clicks"]) for e in ev] == [("c9.1", "1", "1"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd.campaigns import funnel, registry
+from gatewayd.campaigns import funnel, links, registry
 from gatewayd.campaigns.templates import Template, compile_template, parse_body
 from gatewayd.client import Client
 from gatewayd.config import load_config
@@ -142,7 +142,7 @@ listen = "127.0.0.1:0"
     assert entry["template"] == "SHIP" and entry["links"] == "1"
     assert entry["text"].startswith("【京东】小明，您的订单100000已发货 https://s.example.cn/")
     code = entry["text"].rsplit("/", 1)[1]
-    link = await redis.hgetall(keys.link(code))
+    link = await links.read(redis, keys, code) or {}
     assert link["u"] == "https://shop.example.com/o/0" and link["m"] == ids[0]
     assert link["d"] == "8613800138000" and link["f"] == keys.funnel("~SHIP|shop-a")
     assert 0 < await redis.ttl(keys.link(code)) <= 30 * 86400

@@ -7,10 +7,11 @@ length have counters of the same length at the same place); the random part make
 them unguessable: for any counter value one suffix in 64**random_chars is valid
 (7 characters: one in 4.4e12 a guess).
 
-A link is one HASH (``Keys.link(code)``, kept ``links.ttl_s``): ``u`` target, ``m``
-message id, ``f`` funnel key, ``v`` variant, ``c`` campaign, ``t`` template, ``d`` the
-recipient's digits, ``at`` created; clicks add ``clicks``, ``first`` (time of the first
-click) and ``previews``.
+A link is one STRING (``Keys.link(code)``, kept ``links.ttl_s``) holding its fields
+packed, separated by \x1f: target, message id, funnel key, variant, campaign,
+template, the recipient's digits, created (one SET EX a link: the fan-out writes one
+per recipient). Its first request makes ``Keys.link_counts(code)`` (same hash tag, same
+TTL): ``clicks``, ``first`` (time of the first click) and ``previews``.
 
 Link previews (a carrier's or a phone's scanner fetching the page to draw a card) are
 told apart from people: a HEAD request, or a GET whose User-Agent matches one of
@@ -114,16 +115,35 @@ class NewLink:
     target: str
 
 
+FIELDS: Final = ("u", "m", "f", "v", "c", "t", "d", "at")
+
+
 def link_fields(target: str, msg_id: str, funnel_key: str, variant: str, campaign: str,
                 template: str, digits: str, at: str) -> dict[str, str]:
     return {"u": target, "m": msg_id, "f": funnel_key, "v": variant, "c": campaign,
             "t": template, "d": digits, "at": at}
 
 
+def pack(fields: dict[str, str]) -> str:
+    """The stored form (no field holds \x1f: URLs are checked for control characters)."""
+    return "\x1f".join(fields.get(k, "") for k in FIELDS)
+
+
+def unpack(value: str) -> dict[str, str]:
+    return dict(zip(FIELDS, value.split("\x1f"), strict=False))
+
+
 def write(pipe: Pipeline, keys: Keys, code: str, fields: dict[str, str], ttl_s: int) -> None:
-    key = keys.link(code)
-    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-    pipe.expire(key, ttl_s)
+    pipe.set(keys.link(code), pack(fields), ex=ttl_s)
+
+
+async def read(redis: Redis, keys: Keys, code: str) -> dict[str, str] | None:
+    """A link's fields and counts (None: unknown or expired)."""
+    value = await redis.get(keys.link(code))
+    if value is None:
+        return None
+    counts = await redis.hgetall(keys.link_counts(code))
+    return {**unpack(str(value)), **{str(k): str(v) for k, v in counts.items()}}
 
 
 class PreviewDetector:
@@ -159,6 +179,6 @@ class Click:
 def parse_click(code: str, preview: bool, reply: Any) -> Click:
     if not reply:
         return Click(code, "", preview)
-    u, m, f, v, c, t, d, first, clicks = reply
-    return Click(code, str(u), preview, str(m), str(f), str(v), str(c), str(t), str(d),
-                 int(first) == 1, int(clicks))
+    packed, first, clicks = reply
+    u, m, f, v, c, t, d, *_rest = (*str(packed).split("\x1f"), "", "", "", "", "", "", "")
+    return Click(code, u, preview, m, f, v, c, t, d, int(first) == 1, int(clicks))

@@ -42,7 +42,8 @@ _TYPE_RE: Final = re.compile(
     r"|(?P<decimal>decimal)|(?P<url>url)"
 )
 _DECIMAL_RE: Final = re.compile(r"-?\d{1,12}(?:\.\d{1,4})?")
-_URL_VALUE_RE: Final = re.compile(r"https?://[^\s/$.?#][^\s]{0,1000}", re.IGNORECASE)
+_URL_VALUE_RE: Final = re.compile(r"https?://[^\s/$.?#\x00-\x1f\x7f][^\s\x00-\x1f\x7f]{0,1000}",
+                                  re.IGNORECASE)
 # What counts as a URL inside a text variable (or the fixed text): a scheme, www., or a
 # host name ending in a common top-level domain followed by a path or the end of a word
 # (t.cn/A6x, jd.com, bit.ly/x). "J.Smith" or "3.5" are not URLs.

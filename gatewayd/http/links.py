@@ -292,9 +292,9 @@ class LinkServer:
         (its calls failed before recording anything)."""
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
-            link, sha = self.keys.link, self.script.sha
+            link, counts, sha = self.keys.link, self.keys.link_counts, self.script.sha
             for code, preview, _f in batch:
-                pipe.execute_command("EVALSHA", sha, 1, link(code), now_text,
+                pipe.execute_command("EVALSHA", sha, 2, link(code), counts(code), now_text,
                                      "p" if preview else "c")
             try:
                 return await fastpipe.execute(pipe)

@@ -121,8 +121,14 @@ class Keys:
         return f"{self.prefix}funnel:{{{name}}}"
 
     def link(self, code: str) -> str:
-        """HASH: one short link: target, message, campaign, variant, recipient, clicks."""
+        """STRING: one short link, its fields packed (campaigns.links.pack): target,
+        message, funnel, variant, campaign, template, recipient, created."""
         return f"{self.prefix}link:{{{code}}}"
+
+    def link_counts(self, code: str) -> str:
+        """HASH: a short link's clicks, first click and previews (made by the first
+        request; the link's hash tag, its TTL)."""
+        return f"{self.prefix}link:{{{code}}}:n"
 
     @property
     def link_seq(self) -> str:

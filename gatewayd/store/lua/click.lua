@@ -1,21 +1,19 @@
--- Record one request for a short link (campaigns.links). KEYS[1] the link hash;
--- ARGV[1] now, ARGV[2] 'c' (a click) or 'p' (a link preview: counted apart, no event).
--- Returns false for an unknown (or expired) code; else {target URL, message id, funnel
--- key, variant, campaign, template, recipient digits, first (1 = the first click),
--- clicks so far}.
-local f = redis.call('HMGET', KEYS[1], 'u', 'm', 'f', 'v', 'c', 't', 'd', 'first')
-if not f[1] then
+-- Record one request for a short link (campaigns.links). KEYS[1] the link (its packed
+-- fields), KEYS[2] its counts hash (same hash tag); ARGV[1] now, ARGV[2] 'c' (a click)
+-- or 'p' (a link preview: counted apart, no event).
+-- Returns false for an unknown (or expired) code; else {packed fields, first (1 = the
+-- first click), clicks so far}. The counts hash expires with the link.
+local packed = redis.call('GET', KEYS[1])
+if not packed then
   return false
 end
+local fresh = redis.call('EXISTS', KEYS[2]) == 0
 if ARGV[2] == 'p' then
-  redis.call('HINCRBY', KEYS[1], 'previews', 1)
-  return {f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '', 0, 0}
+  redis.call('HINCRBY', KEYS[2], 'previews', 1)
+  if fresh then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
+  return {packed, 0, 0}
 end
-local clicks = redis.call('HINCRBY', KEYS[1], 'clicks', 1)
-local first = 0
-if not f[8] then
-  redis.call('HSET', KEYS[1], 'first', ARGV[1])
-  first = 1
-end
-return {f[1], f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or '', f[7] or '',
-  first, clicks}
+local clicks = redis.call('HINCRBY', KEYS[2], 'clicks', 1)
+local first = redis.call('HSETNX', KEYS[2], 'first', ARGV[1])
+if fresh then redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1])) end
+return {packed, first, clicks}

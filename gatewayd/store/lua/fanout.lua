@@ -44,7 +44,10 @@ local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', '',
   'enqueued_at', now}
 local ev = {'id', '', 'state', 'queued', 'at', now, 'category', category, 'to', '',
   'campaign', cid, 'variant', '', 'template', ''}
-local lk = {'u', '', 'm', '', 'f', funnel, 'v', '', 'c', cid, 't', '', 'd', '', 'at', now}
+-- A link's packed fields (campaigns.links.pack): target, message, funnel, variant,
+-- campaign, template, digits, created.
+local sep = '\31'
+local ltail = sep .. now
 for _ = 1, n do
   local id, to, masked, text, vi, ref = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     tonumber(ARGV[a + 4]), ARGV[a + 5]
@@ -53,12 +56,10 @@ for _ = 1, n do
   local variant, template = vname[vi], vtpl[vi]
   vcount[vi] = vcount[vi] + 1
   if k > 0 then
-    lk[4], lk[8], lk[12], lk[14] = id, variant, template, string.sub(to, 2)
+    local rest = sep .. id .. sep .. funnel .. sep .. variant .. sep .. cid .. sep ..
+      template .. sep .. string.sub(to, 2) .. ltail
     for _ = 1, k do
-      local key = lpre .. ARGV[a] .. lsuf
-      lk[2] = ARGV[a + 1]
-      rcall('HSET', key, unpack(lk))
-      rcall('EXPIRE', key, lttl)
+      rcall('SET', lpre .. ARGV[a] .. lsuf, ARGV[a + 1] .. rest, 'EX', lttl)
       a = a + 2
     end
   end
