@@ -140,7 +140,7 @@ listen = "127.0.0.1:0"
             await call("POST", f"/v1/optouts/{number}")
         a_clicked = int(len(by_variant["A"]) * 0.3)
         b_clicked = int(len(by_variant["B"]) * 0.1)
-        for _ in range(100):
+        for _ in range(400):
             got = await call("GET", "/v1/campaigns/fruit-11")
             if got["funnel"]["stages"]["clicked"] == a_clicked + b_clicked:
                 break

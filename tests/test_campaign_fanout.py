@@ -154,7 +154,7 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     await model.change(redis, keys, "c1", "start")
     async with running_daemon(cfg) as d:
         assert d.campaigns is not None
-        for _ in range(200):
+        for _ in range(1000):
             cc = await model.get(redis, keys, "c1")
             if cc is not None and cc.produced >= 100:
                 break
@@ -167,7 +167,7 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
             await model.change(redis, keys, "c1", "start")
         await model.change(redis, keys, "c1", "resume")
         await model.change(redis, keys, "x1", "cancel")
-        for _ in range(300):
+        for _ in range(1200):
             cc, ss = (await model.get(redis, keys, "c1"), await model.get(redis, keys, "s1"))
             if cc and ss and cc.status == "done" and ss.status == "done":
                 break

@@ -70,7 +70,7 @@ async def test_clicks_previews_and_nothing_else(redis: aioredis.Redis, keys: Key
         assert (await get(f"/{code}?a=1")).status == 404
         assert (await get("/metrics")).status == 404  # nothing of the API here
         assert (await get(f"/{code}", method="POST")).status == 405
-    for _ in range(50):
+    for _ in range(500):
         counts = await funnel.read(redis, keys, "c9")
         if counts.get("previews", 0) == 3:
             break
@@ -99,7 +99,7 @@ async def test_concurrent_clicks_share_round_trips(redis: aioredis.Redis, keys: 
                 return r.status
         statuses = await asyncio.gather(*(one(c) for c in codes * 4))
     assert statuses == [302] * 200
-    for _ in range(50):
+    for _ in range(500):
         if (await funnel.read(redis, keys, "c9")).get("clicks") == 200:
             break
         await asyncio.sleep(0.02)

@@ -96,7 +96,7 @@ listen = "127.0.0.1:0"
             await wait_final(redis, keys, ids)
         assert await redis.hget(keys.marketing("8613800138000"), "n") == "3"
         [fourth] = [i for i, _ in await c.send([item])]
-        for _ in range(100):
+        for _ in range(400):
             if await redis.hget(keys.status(fourth), "state") == "deferred":
                 break
             await asyncio.sleep(0.05)
@@ -111,7 +111,7 @@ listen = "127.0.0.1:0"
                 f"http://127.0.0.1:{d.links.port}/{code}", allow_redirects=False,
                 headers={"User-Agent": "Mozilla/5.0 (iPhone)"}) as r:
             assert r.status == 302
-        for _ in range(100):
+        for _ in range(500):
             if await redis.hget(keys.marketing("8613800138000"), "n") == "0":
                 break
             await asyncio.sleep(0.02)
