@@ -339,6 +339,7 @@ class Dispatcher:
         if not items:
             return reqs, chosen
         engine = self.policy()
+        book.streaks = engine is not None and engine.cooling_enabled
         if engine is None:
             verdicts: list[Verdict | None] = [None] * len(items)
         else:

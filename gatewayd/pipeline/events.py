@@ -64,7 +64,7 @@ def _digits(number: str) -> str:
 class Book:
     """One batch's state changes, written by ``flush`` into the batch's pipeline."""
 
-    __slots__ = ("correlations", "counts", "funnel", "ledger", "records", "sends")
+    __slots__ = ("correlations", "counts", "funnel", "ledger", "records", "sends", "streaks")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -75,6 +75,9 @@ class Book:
         # Campaign and template messages only (None until the batch has one).
         self.funnel: Tally | None = None
         self.sends: Sends | None = None
+        # Count submitted link messages in their recipients' cooling-off streaks (set by
+        # the dispatcher while the policy's cooling-off is on; otherwise nothing reads it).
+        self.streaks = False
 
     def correlate(self, key: str, value: str) -> None:
         """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
@@ -191,11 +194,13 @@ class Ledger:
         book.funnel.add(fk, variant, state)
         if state == "rejected":
             book.funnel.add(fk, variant, "rejected:" + reason_family(reason))
-        elif state == "submitted" and (msg.campaign or msg.links):
-            if book.sends is None:
-                book.sends = Sends()
-            book.sends.add(self.keys.marketing(_digits(msg.to)), msg.campaign, variant,
-                           msg.links > 0)
+        elif state == "submitted":
+            streak = book.streaks and msg.links > 0
+            if msg.campaign or streak:
+                if book.sends is None:
+                    book.sends = Sends()
+                book.sends.add(self.keys.marketing(_digits(msg.to)), msg.campaign, variant,
+                               streak)
 
     def build(
         self,

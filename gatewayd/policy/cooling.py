@@ -9,7 +9,8 @@ rendered) count and are held back; codes and notices never are.
 
 The data is the recipient's marketing record (``Keys.marketing``: ``n`` link messages
 sent since the last click, ``last`` when), written when such a message is submitted
-(gatewayd.campaigns.funnel.Sends) and reset to 0 by a click (the redirector). So after
+while the check is on (gatewayd.campaigns.funnel.Sends; with it off nothing reads the
+streak, so nothing writes it) and reset to 0 by a click (the redirector). So after
 D days one more message goes out; if that one is ignored too, the number rests again.
 
 The read is one pipelined HMGET per candidate, before the counting checks: a held-back

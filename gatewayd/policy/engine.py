@@ -112,6 +112,11 @@ class PolicyEngine:
         return cls(load_policy(path, classes))
 
     @property
+    def cooling_enabled(self) -> bool:
+        """Whether the cooling-off check runs (then submitted link messages count)."""
+        return self._cooling.s.enabled
+
+    @property
     def keyword_terms(self) -> int:
         return self._keywords.terms
 
