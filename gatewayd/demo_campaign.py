@@ -78,7 +78,8 @@ async def run_campaign(d: Daemon, timeout_s: float) -> bool:
     from gatewayd.policy.optout import opt_out
     await opt_out(redis, keys, "+8613500000007", source="api", at=time.time())
     await funnel.attribute_optout(redis, keys, "8613500000007", time.time(),
-                                  cfg.campaigns.optout_window_days * 86400)
+                                  cfg.campaigns.optout_window_days * 86400,
+                                  cfg.campaigns.recipient_ttl_days * 86400)
     await asyncio.sleep(0.3)  # the redirector writes its click records after answering
     camp = await model.get(redis, keys, cid)
     assert camp is not None

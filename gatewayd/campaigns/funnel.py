@@ -85,11 +85,11 @@ class Sends:
             for i in range(0, len(a), 4):
                 key, campaign, variant, link = a[i:i + 4]
                 if campaign:
-                    pipe.hset(key, f"c:{campaign}", f"{now_text} {variant}")
+                    pipe.set(f"{key}:{campaign}", f"{now_text} {variant}", px=ttl_ms)
                 if link == "1":
                     pipe.hincrby(key, "n", 1)
                     pipe.hset(key, "last", now_text)
-                pipe.pexpire(key, ttl_ms)
+                    pipe.pexpire(key, ttl_ms)
         self.args = []
 
 
@@ -104,31 +104,38 @@ async def read(redis: Redis, keys: Keys, name: str) -> dict[str, int]:
 
 
 async def attribute_optout(redis: Redis, keys: Keys, digits: str, now: float,
-                           window_s: float) -> list[str]:
+                           window_s: float, lookback_s: float = 30 * 86400) -> list[str]:
     """An opt-out of ``digits``: count it in every campaign that sent to the number
-    within ``window_s`` (once per number and campaign). Returns those campaigns."""
-    key = keys.marketing(digits)
-    raw = cast(dict[str, str], await redis.hgetall(key))
+    within ``window_s`` (once per number and campaign). The campaigns looked at are
+    those created in the last ``lookback_s`` (a send record is kept no longer; opt-outs
+    are rare, so a look-up per recent campaign, in one round trip, is cheap). Returns
+    the campaigns it was counted in."""
+    recent = cast(list[str], await redis.zrangebyscore(keys.campaigns, now - lookback_s,
+                                                         "+inf"))
+    if not recent:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for campaign in recent:
+            pipe.get(keys.campaign_send(digits, campaign))
+        sends = await pipe.execute()
     hits: list[tuple[str, str]] = []
-    for field, value in raw.items():
-        if not field.startswith("c:"):
+    for campaign, value in zip(recent, sends, strict=True):
+        if not value:
             continue
-        at, _, variant = value.partition(" ")
+        at, _, variant = str(value).partition(" ")
         try:
-            if now - float(at) > window_s:
-                continue
+            if now - float(at) <= window_s:
+                hits.append((campaign, variant))
         except ValueError:
             continue
-        campaign = field[2:]
-        if f"o:{campaign}" in raw:
-            continue
-        hits.append((campaign, variant))
     if not hits:
         return []
+    key = keys.marketing(digits)
     async with redis.pipeline(transaction=False) as pipe:
         for campaign, _variant in hits:
             pipe.hsetnx(key, f"o:{campaign}", repr(now))
-        fresh = await pipe.execute()
+        pipe.pexpire(key, int(lookback_s * 1000))
+        fresh = (await pipe.execute())[:-1]
     tally = Tally()
     out: list[str] = []
     for (campaign, variant), new in zip(hits, fresh, strict=True):

@@ -77,8 +77,10 @@ class DaemonBackend:
         if action == "add":
             await opt_out(redis, keys, number, scope=scope, source="api", at=now)
             if scope == "*":  # counted in the funnels of campaigns that sent to it lately
+                c = self.d.cfg.campaigns
                 await attribute_optout(redis, keys, number.lstrip("+"), now,
-                                       self.d.cfg.campaigns.optout_window_days * 86400)
+                                       c.optout_window_days * 86400,
+                                       c.recipient_ttl_days * 86400)
         elif action == "remove":
             await opt_in(redis, keys, number, scope=scope, source="api", at=now)
         scopes = await optout_status(redis, keys, number)

@@ -424,7 +424,8 @@ class InboundHandler:
                 await opt_out(self.redis, self.keys, m.source, scope="*",
                               source=f"mo:{m.carrier}", at=now)
                 await attribute_optout(self.redis, self.keys, m.source.lstrip("+"), now,
-                                       self.optout_window_s)
+                                       self.optout_window_s,
+                                       self.cfg.campaigns.recipient_ttl_days * 86400)
                 await self.redis.xadd(self.keys.events, {
                     "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
                     "carrier": m.carrier, "reason": "mo_keyword",

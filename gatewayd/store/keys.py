@@ -139,9 +139,13 @@ class Keys:
     def marketing(self, number: str) -> str:
         """HASH per recipient (the recipient's hash tag): ``n`` marketing messages with
         links since the last click, ``last`` the latest one's time (cooling-off),
-        ``c:<campaign>`` "<time> <variant>" of the campaign's last send (opt-out
-        attribution)."""
+        ``o:<campaign>`` once an opt-out was counted in that campaign."""
         return self.freq(number, "mk")
+
+    def campaign_send(self, number: str, campaign: str) -> str:
+        """STRING "<time> <variant>": a campaign's last send to a recipient (opt-out
+        attribution; one SET EX a message). Always ``marketing(number) + ":" + id``."""
+        return self.freq(number, f"mk:{campaign}")
 
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
