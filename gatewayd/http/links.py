@@ -16,7 +16,8 @@ Requests arriving together share one Redis round trip: each is a lua/click.lua c
 one pipeline (the lookup of the target and the click record in the same step), sent as
 soon as the event loop is free. What follows a click (its ``clicked`` event through the
 ledger, the funnel's clicked/clicks, the recipient's cooling-off streak reset) is
-written after the answers, in one pipeline per batch. Link previews (HEAD, or a known
+written after the answers, at the head of the next batch's pipeline (one round trip a
+batch under load), or on its own once no request waits. Link previews (HEAD, or a known
 preview User-Agent) are counted on the link (``previews``) and in the funnel, and are
 not clicks.
 """
@@ -261,53 +262,71 @@ class LinkServer:
         t.add_done_callback(self._after.discard)
 
     async def _flush(self) -> None:
+        # The records of answered clicks ride in the next batch's pipeline (one round
+        # trip a batch under load), or go on their own once nothing else is waiting.
+        unwritten: list[tuple[list[Click], float]] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
                 now = self.clock()
                 try:
-                    replies = await self._clicks(batch, repr(now))
+                    replies = await self._clicks(batch, repr(now), unwritten)
                 except Exception as e:
                     for _c, _p, f in batch:
                         if not f.done():
                             f.set_exception(e)
                     continue
+                finally:
+                    unwritten = []
                 clicks = [parse_click(code, preview, r)
                           for (code, preview, _f), r in zip(batch, replies, strict=True)]
                 for (_c, _p, f), click in zip(batch, clicks, strict=True):
                     if not f.done():
                         f.set_result(click)
-                # Written beside the next look-ups, not before them.
-                self._spawn(self._record(clicks, now))
+                unwritten.append((clicks, now))
+            if unwritten:
+                pipe = self.redis.pipeline(transaction=False)
+                for clicks, now in unwritten:
+                    self._record(pipe, clicks, now)
+                if len(pipe):
+                    await fastpipe.execute(pipe)
+        except Exception as e:
+            log.warning("links: click records failed: %s: %s", type(e).__name__, e)
         finally:
             self._flushing = False
-            if self._pending:  # arrived while the last look-up was in flight
+            if self._pending:  # arrived while the last round trip was in flight
                 self._flushing = True
                 asyncio.get_running_loop().call_soon(self._start_flush)
 
     async def _clicks(self, batch: list[tuple[str, bool, asyncio.Future[Click]]],
-                      now_text: str) -> list[Any]:
-        """click.lua for each request, by EVALSHA (the source is not sent each time);
-        after a Redis restart (NOSCRIPT) the script is loaded and the batch sent again
-        (its calls failed before recording anything)."""
+                      now_text: str, unwritten: list[tuple[list[Click], float]]
+                      ) -> list[Any]:
+        """click.lua for each request, by EVALSHA (the source is not sent each time),
+        after the records of the clicks answered before (their events, funnel counts,
+        cooling resets). After a Redis restart (NOSCRIPT) the script is loaded and the
+        look-ups sent again (those calls failed before recording anything; the records
+        went through and are not sent twice)."""
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
+            if attempt == 1:
+                for clicks, now in unwritten:
+                    self._record(pipe, clicks, now)
+            first = len(pipe)
             link, counts, sha = self.keys.link, self.keys.link_counts, self.script.sha
             for code, preview, _f in batch:
                 pipe.execute_command("EVALSHA", sha, 2, link(code), counts(code), now_text,
                                      "p" if preview else "c")
             try:
-                return await fastpipe.execute(pipe)
+                return (await fastpipe.execute(pipe))[first:]
             except NoScriptError:
                 if attempt == 2:
                     raise
                 await self.redis.script_load(self.script.script)
         raise AssertionError("unreachable")
 
-    async def _record(self, clicks: list[Click], now: float) -> None:
-        """Events, funnel and cooling-off of a batch's clicks (after the answers)."""
+    def _record(self, pipe: Any, clicks: list[Click], now: float) -> None:
+        """Events, funnel and cooling-off of a batch's clicks, into ``pipe``."""
         tally = Tally()
-        pipe = self.redis.pipeline(transaction=False)
         for c in clicks:
             if not c.target or not c.msg_id:
                 continue
@@ -322,7 +341,7 @@ class LinkServer:
             if c.digits:
                 # A click: the recipient reads these messages; the cooling-off streak of
                 # unclicked link messages starts again.
-                pipe.hset(self.keys.marketing(c.digits), "n", 0)
+                pipe.execute_command("HSET", self.keys.marketing(c.digits), "n", 0)
             event: dict[str, Any] = {"id": c.msg_id, "state": "clicked", "at": now,
                                      "clicks": c.clicks, "first": 1 if c.first else 0}
             for k, v in (("campaign", c.campaign), ("variant", c.variant),
@@ -332,8 +351,3 @@ class LinkServer:
                     event[k] = v
             self.ledger.event_only(pipe, event)
         tally.flush(pipe)
-        if len(pipe):
-            try:
-                await fastpipe.execute(pipe)
-            except Exception as e:
-                log.warning("links: click records failed: %s: %s", type(e).__name__, e)
