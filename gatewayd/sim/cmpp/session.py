@@ -146,7 +146,8 @@ class Session(asyncio.Protocol):
             ismg._answered(self, seq, body, now)
         elif cmd == pdu.ACTIVE_TEST:
             ismg.stats.active_tests += 1
-            out.append(pdu.pack(pdu.ACTIVE_TEST | pdu.RESP, seq, b"\x00"))
+            if ismg.settings.answer_active_test:
+                out.append(pdu.pack(pdu.ACTIVE_TEST | pdu.RESP, seq, b"\x00"))
         elif cmd == pdu.ACTIVE_TEST | pdu.RESP:
             ismg.stats.active_test_resps += 1
         elif cmd == pdu.TERMINATE:

@@ -32,7 +32,8 @@ class IsmgSettings(msgspec.Struct, kw_only=True):
     of them UNDELIV, or ``failure_stat`` such as "MK:0001"); one report per part. A
     DELIVER not answered with Result 0 within receipt_resend_s is sent again, at most
     receipt_max_attempts times; with no connection up reports and MO are held (held_limit).
-    active_test_s > 0: the simulator sends ACTIVE_TEST to every client this often.
+    active_test_s > 0: the simulator sends ACTIVE_TEST to every client this often;
+    answer_active_test False leaves the client's ACTIVE_TEST unanswered (a dead link).
     """
 
     host: str = "127.0.0.1"
@@ -58,6 +59,7 @@ class IsmgSettings(msgspec.Struct, kw_only=True):
     receipt_resend_s: float = 10.0
     receipt_max_attempts: int = 3
     active_test_s: float = 0.0
+    answer_active_test: bool = True  # False: a link that looks up but is dead
     held_limit: int = 100_000
     keep_submissions: int = 100_000
     utc_offset_h: float = 8.0
