@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import Final, Protocol, cast
 
 from gatewayd.sim.cmpp import pdu
-
-if TYPE_CHECKING:
-    from gatewayd.sim.cmpp.ismg import IsmgSimulator
+from gatewayd.sim.cmpp.settings import IsmgSettings, IsmgStats
 
 log = logging.getLogger("gatewayd.sim")
 
@@ -39,8 +37,31 @@ class Outgoing:
         self.sent_at = 0.0
 
 
+class IsmgCore(Protocol):
+    """What a connection needs of its simulator (ismg.IsmgSimulator), passed in so this
+    module never imports the simulator that creates its sessions."""
+
+    settings: IsmgSettings
+    stats: IsmgStats
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def _connected(self, s: Session) -> None: ...
+
+    def _disconnected(self, s: Session) -> None: ...
+
+    def _connect(self, s: Session, seq: int, body: bytes, out: list[bytes],
+                 now: float) -> bool: ...
+
+    def _submit(self, s: Session, seq: int, body: bytes, out: list[bytes],
+                now: float) -> bool: ...
+
+    def _answered(self, s: Session, seq: int, body: bytes, now: float) -> None: ...
+
+
 class Session(asyncio.Protocol):
-    def __init__(self, ismg: IsmgSimulator) -> None:
+    def __init__(self, ismg: IsmgCore) -> None:
         self.ismg = ismg
         self.transport: asyncio.Transport | None = None
         self.buf = b""
