@@ -17,6 +17,7 @@ from gatewayd.carrier.cmpp import msgid, text, times
 from gatewayd.carrier.cmpp import pdu as P
 from gatewayd.carrier.cmpp import status as S
 from gatewayd.carrier.cmpp.receipts import to_receipt
+from gatewayd.carrier.ids import normalise_id, receipt_candidates
 from gatewayd.sim.cmpp import pdu as SP
 from gatewayd.sim.cmpp.messages import Submission, reassemble
 
@@ -130,6 +131,9 @@ def test_msg_id_fields_and_canonical_form() -> None:
     assert msgid.pack(msgid.MsgIdFields(12, 7, 8, 30, 15, 0x2A0F1, 0x1234)) == value
     assert SP.msg_id(12, 7, 8, 30, 15, 0x2A0F1, 0x1234) == value
     assert msgid.canonical(value) == str(value)
+    # Already carrier.ids' primary form: the correlator needs nothing CMPP-specific.
+    assert normalise_id(msgid.canonical(value)) == msgid.canonical(value)
+    assert msgid.canonical(value) in receipt_candidates(str(value))
     assert msgid.canonical(2**64 - 1) == "18446744073709551615"
     assert msgid.describe(value) == "12-07 08:30:15 gw=172273 seq=4660"
 

@@ -164,8 +164,7 @@ class CmppClient:
         return [o for o in outcomes if o is not None]
 
     def _failed(self, req: SubmitRequest, kind: str, name: str, reason: str) -> SubmitOutcome:
-        return SubmitOutcome(msg_id=req.msg_id, carrier=self.name if kind == "permanent" else "",
-                             ok=False, status_name=name,
+        return SubmitOutcome(msg_id=req.msg_id, carrier="", ok=False, status_name=name,
                              kind="permanent" if kind == "permanent" else "retry",
                              reason=reason)
 
