@@ -74,13 +74,12 @@ def octets(value: str | bytes, width: int) -> bytes:
     raw = value.encode("ascii") if isinstance(value, str) else value
     if len(raw) > width:
         raise ValueError(f"{raw!r} is longer than {width} octets")
-    return raw + b"\x00" * (width - len(raw))
+    return raw.ljust(width, b"\x00")
 
 
 def text_field(raw: bytes) -> str:
     """An octet string field as text: up to the first NUL, surrounding blanks removed."""
-    nul = raw.find(0)
-    return (raw if nul < 0 else raw[:nul]).decode("latin-1").strip()
+    return raw.partition(b"\x00")[0].decode("latin-1").strip()
 
 
 # -- CONNECT ------------------------------------------------------------------------------
@@ -186,6 +185,7 @@ class Deliver:
     v3: bool
 
 
+_DELIVER_HEAD: Final = struct.Struct(">Q21s10sBBB")  # up to Src_terminal_Id
 # (body length without content, offset of Msg_Length, source width, trailer)
 _DELIVER_LAYOUT: Final = {False: (73, 64, 21, 8), True: (97, 76, 32, 20)}
 
@@ -198,18 +198,12 @@ def parse_deliver(body: bytes, v3: bool) -> Deliver:
             break
     else:
         raise PduError(f"DELIVER body of {len(body)} octets fits neither 2.0 nor 3.0")
-    src_end = 42 + src_width
+    mid, dest, service, tp_pid, tp_udhi, msg_fmt = _DELIVER_HEAD.unpack_from(body)
+    n = body[at]
     return Deliver(
-        msg_id=_U64.unpack_from(body)[0],
-        dest_id=text_field(body[8:29]),
-        service_id=text_field(body[29:39]),
-        tp_pid=body[39],
-        tp_udhi=body[40],
-        msg_fmt=body[41],
-        source=text_field(body[42:src_end]),
-        registered_delivery=body[at - 1],
-        content=bytes(body[at + 1 : at + 1 + body[at]]),
-        v3=layout,
+        msg_id=mid, dest_id=text_field(dest), service_id=text_field(service), tp_pid=tp_pid,
+        tp_udhi=tp_udhi, msg_fmt=msg_fmt, source=text_field(body[42 : 42 + src_width]),
+        registered_delivery=body[at - 1], content=bytes(body[at + 1 : at + 1 + n]), v3=layout,
     )
 
 
@@ -223,20 +217,19 @@ class Report:
     smsc_sequence: int
 
 
+_REPORT_2: Final = struct.Struct(">Q7s10s10s21sI")
+_REPORT_3: Final = struct.Struct(">Q7s10s10s32sI")
+
+
 def parse_report(content: bytes) -> Report:
     """The status report carried in a DELIVER's Msg_Content (60 octets in 2.0, 71 in 3.0)."""
     n = len(content)
     if n < 60:
         raise PduError(f"status report of {n} octets (60 or 71 expected)")
-    width = 32 if n >= 71 else 21
-    return Report(
-        msg_id=_U64.unpack_from(content)[0],
-        stat=text_field(content[8:15]),
-        submit_time=text_field(content[15:25]),
-        done_time=text_field(content[25:35]),
-        destination=text_field(content[35 : 35 + width]),
-        smsc_sequence=_U32.unpack_from(content, 35 + width)[0],
-    )
+    mid, stat, submit, done, dest, smsc_seq = (_REPORT_3 if n >= 71 else _REPORT_2).unpack_from(
+        content)
+    return Report(mid, text_field(stat), text_field(submit), text_field(done),
+                  text_field(dest), smsc_seq)
 
 
 def deliver_resp_pdu(seq: int, msg_id: int, result: int, v3: bool) -> bytes:

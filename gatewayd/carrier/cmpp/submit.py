@@ -64,7 +64,7 @@ class SubmitEncoder:
             raise Unsendable(f"destination {req.destination!r} is not a number CMPP can carry")
         try:
             src = text.src_id(self.access_number, req.source)
-            enc = text.encode(req.text, self._next_ref(dest), st.encoding)
+            enc = text.encode(req.text, lambda: self._next_ref(dest), st.encoding)
         except ValueError as e:
             raise Unsendable(str(e)) from e
         valid = times.validity(req.validity_s, self._clock(), st.validity, st.utc_offset_h)

@@ -43,9 +43,25 @@ def validity(seconds: float, unix: float, mode: str, utc_offset_h: float) -> str
     return f"{stamp}0{quarters:02d}{sign}"
 
 
+# Reports of one minute share their times: each distinct stamp is parsed once.
+_REPORT_TIMES: dict[tuple[str, float], float] = {}
+_REPORT_TIMES_MAX = 4096
+
+
 def report_time(value: str, utc_offset_h: float) -> float:
     """YYMMDDHHMM (a report's Submit_time / Done_time, ISMG local) -> Unix time; 0.0 if
     missing or invalid. 12 digits (with seconds) are accepted too."""
+    key = (value, utc_offset_h)
+    t = _REPORT_TIMES.get(key)
+    if t is None:
+        t = _report_time(value, utc_offset_h)
+        if len(_REPORT_TIMES) >= _REPORT_TIMES_MAX:
+            _REPORT_TIMES.clear()
+        _REPORT_TIMES[key] = t
+    return t
+
+
+def _report_time(value: str, utc_offset_h: float) -> float:
     digits = value.strip()
     if len(digits) not in (10, 12) or not digits.isdigit():
         return 0.0
