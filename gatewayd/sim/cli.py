@@ -1,5 +1,8 @@
-"""`gatewayd smsc-sim` / `python -m gatewayd.sim`: run the simulator until SIGINT/SIGTERM.
+"""`gatewayd smsc-sim` / `python -m gatewayd.sim`: run a simulator until SIGINT/SIGTERM.
 
+``--protocol smpp`` (the default) runs the SMPP 3.4 SMSC, ``--protocol cmpp`` the CMPP
+2.0/3.0 ISMG (default port 7890); the fault options apply to both where CMPP has the
+same fault (--throttle is Result 8 "flow control", --error-status the Result).
 Prints ``listening <host>:<port>`` on stdout once the port is open (scripts that start it
 with --port 0 read the port from there) and a one-line stats summary to stderr every
 --stats-interval seconds.
@@ -12,7 +15,9 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Protocol
 
+from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.settings import SimSettings
 from gatewayd.sim.smpp.smsc import SmscSimulator
 
@@ -22,8 +27,11 @@ log = logging.getLogger("gatewayd.sim")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SimSettings()
     a = parser.add_argument
+    a("--protocol", choices=("smpp", "cmpp"), default="smpp",
+      help="simulate an SMPP SMSC or a CMPP ISMG (default %(default)s)")
     a("--host", default=d.host, help="listen address (default %(default)s)")
-    a("--port", type=int, default=2775, help="listen port, 0 = any free (default %(default)s)")
+    a("--port", type=int, default=None,
+      help="listen port, 0 = any free (default 2775; CMPP 7890)")
     a("--system-id", default=d.system_id, help="accepted system_id (default %(default)s)")
     a("--password", default=d.password, help="accepted password (default %(default)s)")
     a("--no-receipts", action="store_true", help="never send delivery receipts")
@@ -43,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="fraction of submit_sm answered ESME_RTHROTTLED")
     a("--error", type=float, default=0.0, metavar="FRACTION",
       help="fraction of submit_sm answered with --error-status")
-    a("--error-status", type=lambda v: int(v, 0), default=d.error_status,
-      help="status for --error (default 0x45 ESME_RSUBMITFAIL)")
+    a("--error-status", type=lambda v: int(v, 0), default=None,
+      help="status for --error (default 0x45 ESME_RSUBMITFAIL; CMPP: Result 13)")
     a("--max-tps", type=float, default=0.0, help="throttle above this rate (0 = unlimited)")
     a("--response-delay", type=float, default=0.0, metavar="S",
       help="delay every submit_sm_resp (a slow SMSC)")
@@ -60,6 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=None, help="seed the fault dice (reproducible runs)")
     a("--keep-submissions", type=int, default=0, metavar="N",
       help="submissions kept in memory (default 0: the CLI has no use for them)")
+    c = IsmgSettings()
+    a("--sp-id", default=c.sp_id, help="CMPP: the accepted SP_Id (default %(default)s)")
+    a("--secret", default=c.secret, help="CMPP: the shared secret (default %(default)s)")
+    a("--cmpp-version", choices=("any", "2.0", "3.0"), default=c.version,
+      help="CMPP: versions accepted (default %(default)s)")
+    a("--unanswered", type=float, default=0.0, metavar="FRACTION",
+      help="CMPP: fraction of SUBMITs never answered")
+    a("--failure-stat", default=c.failure_stat,
+      help="CMPP: Stat of failed reports, e.g. MK:0001 (default %(default)s)")
     a("--stats-interval", type=float, default=5.0, metavar="S",
       help="seconds between stats lines on stderr (0 = none)")
     a("--no-uvloop", action="store_true", help="use the stdlib event loop")
@@ -67,14 +84,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> SimSettings:
+    d = SimSettings()
     return SimSettings(
-        host=args.host, port=args.port, system_id=args.system_id, password=args.password,
+        host=args.host, port=2775 if args.port is None else args.port,
+        system_id=args.system_id, password=args.password,
         receipts=not args.no_receipts, receipt_delay_s=args.receipt_delay,
         receipt_stat=args.receipt_stat, undeliverable_fraction=args.undeliverable,
         id_format=args.id_format, receipt_id_format=args.receipt_id_format,
         receipt_dates_with_seconds=args.receipt_seconds,
         early_receipt_fraction=args.early_receipts, throttle_fraction=args.throttle,
-        error_fraction=args.error, error_status=args.error_status, max_tps=args.max_tps,
+        error_fraction=args.error, max_tps=args.max_tps,
+        error_status=d.error_status if args.error_status is None else args.error_status,
         response_delay_s=args.response_delay, drop_after=args.drop_after,
         max_binds=args.max_binds, tls_cert=args.tls_cert, tls_key=args.tls_key,
         seed=args.seed, receipt_resend_s=args.receipt_resend,
@@ -83,10 +103,44 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
     )
 
 
+def ismg_settings_from(args: argparse.Namespace) -> IsmgSettings:
+    if args.tls_cert:
+        raise ValueError("--tls-cert: the CMPP simulator speaks plain TCP")
+    return IsmgSettings(
+        host=args.host, port=7890 if args.port is None else args.port, sp_id=args.sp_id,
+        secret=args.secret, version=args.cmpp_version, receipts=not args.no_receipts,
+        receipt_delay_s=args.receipt_delay, receipt_stat=args.receipt_stat,
+        undeliverable_fraction=args.undeliverable, failure_stat=args.failure_stat,
+        flow_control_fraction=args.throttle, error_fraction=args.error,
+        error_result=13 if args.error_status is None else args.error_status,
+        unanswered_fraction=args.unanswered, max_tps=args.max_tps,
+        response_delay_s=args.response_delay, drop_after=args.drop_after,
+        max_binds=args.max_binds, receipt_resend_s=args.receipt_resend,
+        active_test_s=args.enquire_link, keep_submissions=args.keep_submissions,
+        seed=args.seed,
+    )
+
+
+class _Stats(Protocol):
+    def summary(self) -> str: ...
+
+
+class _Simulator(Protocol):
+    """What both simulators offer the command."""
+
+    @property
+    def stats(self) -> _Stats: ...
+
+    async def start(self) -> int: ...
+
+    async def stop(self, timeout_s: float = 1.0) -> None: ...
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 for bad options, 3 if it cannot start."""
     try:
-        settings = settings_from(args)
+        sim: _Simulator = (IsmgSimulator(ismg_settings_from(args)) if args.protocol == "cmpp"
+                           else SmscSimulator(settings_from(args)))
     except ValueError as e:
         print(f"smsc-sim: {e}", file=sys.stderr)
         return 2
@@ -100,18 +154,17 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             pass
         else:
-            return uvloop.run(_serve(settings, args.stats_interval))
-    return asyncio.run(_serve(settings, args.stats_interval))
+            return uvloop.run(_serve(sim, args.host, args.stats_interval))
+    return asyncio.run(_serve(sim, args.host, args.stats_interval))
 
 
-async def _serve(settings: SimSettings, stats_interval_s: float) -> int:
-    sim = SmscSimulator(settings)
+async def _serve(sim: _Simulator, host: str, stats_interval_s: float) -> int:
     try:
         port = await sim.start()
     except (OSError, ValueError) as e:
         print(f"smsc-sim: cannot start: {e}", file=sys.stderr)
         return 3
-    print(f"listening {settings.host}:{port}", flush=True)
+    print(f"listening {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,7 +184,7 @@ async def _serve(settings: SimSettings, stats_interval_s: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gatewayd.sim", description="SMPP 3.4 SMSC simulator"
+        prog="python -m gatewayd.sim", description="SMPP 3.4 SMSC / CMPP 2.0-3.0 ISMG simulator"
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
