@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="fraction of submit_sm answered with --error-status")
     a("--error-status", type=lambda v: int(v, 0), default=d.error_status,
       help="status for --error (default 0x45 ESME_RSUBMITFAIL)")
+    a("--unanswered", type=float, default=0.0, metavar="FRACTION",
+      help="fraction of submit_sm never answered (the client times out)")
+    a("--receipts-to", choices=("submitter", "any"), default=d.receipts_to,
+      help="receipts to the submitting bind when it can receive, or to any receiver "
+           "of the account in turn (default %(default)s)")
     a("--max-tps", type=float, default=0.0, help="throttle above this rate (0 = unlimited)")
     a("--response-delay", type=float, default=0.0, metavar="S",
       help="delay every submit_sm_resp (a slow SMSC)")
@@ -53,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-binds", type=int, default=0, help="refuse binds beyond this many (0 = unlimited)")
     a("--receipt-resend", type=float, default=d.receipt_resend_s, metavar="S",
       help="re-send a deliver_sm unanswered for this long (default %(default)s)")
+    a("--receipt-attempts", type=int, default=d.receipt_max_attempts, metavar="N",
+      help="give up on a deliver_sm after N unanswered or refused sends (the SMSC's "
+           "patience; default %(default)s)")
     a("--enquire-link", type=float, default=0.0, metavar="S",
       help="send enquire_link to bound ESMEs this often (0 = never)")
     a("--tls-cert", default="", help="serve SMPP over TLS with this certificate (PEM)")
@@ -74,10 +82,12 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         id_format=args.id_format, receipt_id_format=args.receipt_id_format,
         receipt_dates_with_seconds=args.receipt_seconds,
         early_receipt_fraction=args.early_receipts, throttle_fraction=args.throttle,
-        error_fraction=args.error, error_status=args.error_status, max_tps=args.max_tps,
+        error_fraction=args.error, error_status=args.error_status,
+        unanswered_fraction=args.unanswered, receipts_to=args.receipts_to, max_tps=args.max_tps,
         response_delay_s=args.response_delay, drop_after=args.drop_after,
         max_binds=args.max_binds, tls_cert=args.tls_cert, tls_key=args.tls_key,
         seed=args.seed, receipt_resend_s=args.receipt_resend,
+        receipt_max_attempts=args.receipt_attempts,
         enquire_link_s=args.enquire_link,
         keep_submissions=args.keep_submissions,
     )
