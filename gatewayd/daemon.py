@@ -198,7 +198,7 @@ class Daemon:
                 if now - last_reclaim >= max(1.0, self.cfg.queue.reclaim_idle_s / 4):
                     last_reclaim = now
                     reclaimed = await self.queue.reclaim(
-                        self.cfg.queue.read_batch, self.dispatcher.in_flight
+                        self.cfg.queue.read_batch, self.dispatcher.held_ids()
                     )
                     if reclaimed:
                         log.info("reclaimed %d pending entries", len(reclaimed))
