@@ -36,6 +36,7 @@ def write_config(
     window: int = 100,
     tps: float = 100000.0,
     name: str = "gw.toml",
+    response_timeout_s: float = 5.0,
 ) -> Path:
     text = f"""
 [daemon]
@@ -63,7 +64,7 @@ password = "demo"
 window = {window}
 tps = {tps}
 enquire_link_s = 5.0
-response_timeout_s = 5.0
+response_timeout_s = {response_timeout_s}
 reconnect_min_s = 0.1
 reconnect_max_s = 1.0
 auth_retry_s = 1.0

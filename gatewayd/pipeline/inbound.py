@@ -22,6 +22,11 @@ two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting
 in one daemon at a time, the holder of a short Redis lease (``Keys.lease("receipts")``,
 renewed every tick, taken over by another daemon when its holder stops renewing).
 
+While Redis does not answer, receipts and MO are written to a durable local spool
+(pipeline/spool.py, under ``daemon.state_dir``) instead, and acknowledged to the SMSC
+once fsynced; ``replay_spool`` applies them in order when Redis is back (and after a
+restart). Chunks that arrive while the spool holds anything queue behind it.
+
 A final event is published once. On a single Redis the script decides and publishes it
 in one step. On a cluster that takes separate round trips, through which daemons, resent
 copies of a receipt and the expiry sweep race; so publishing is claimed in the status
@@ -41,12 +46,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.carrier.ids import receipt_candidates
 from gatewayd.config import Config, account_names, accounts
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
+from gatewayd.pipeline.spool import Kind, Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out
 from gatewayd.store import fastpipe
@@ -58,6 +66,12 @@ log = logging.getLogger("gatewayd.inbound")
 # Prometheus children by label values (labels() per receipt showed in the profile).
 _receipts_by: dict[tuple[str, str], Any] = {}
 _latency_by: dict[str, Any] = {}
+
+
+def is_outage(e: BaseException) -> bool:
+    """Redis unreachable (not a bug or a bad reply): what the spool is for."""
+    return isinstance(e, (RedisConnectionError, RedisTimeoutError, ConnectionError,
+                          TimeoutError, OSError))
 
 
 def _count_receipt(carrier: str, kind: str, n: int = 1) -> None:
@@ -128,6 +142,42 @@ class InboundHandler:
         self._key_names: dict[str, tuple[str, ...]] = {
             c: (a, *by_account[a].legacy_names) for c, a in names.items()
         }
+        self.spool: Spool | None = None
+
+    # The spool ------------------------------------------------------------------------
+    async def _spooled(self, kind: Kind, items: list[Any],
+                       now: Callable[[list[Any]], Any]) -> None:
+        """Apply now, or (Redis away, or the spool not yet replayed) spool durably."""
+        spool = self.spool
+        if spool is None:
+            await now(items)
+            return
+        if not spool.active:
+            try:
+                await now(items)
+                return
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                log.warning("Redis unreachable (%s): spooling %d %s locally", e, len(items),
+                            "receipts" if kind == "r" else "MO")
+        await spool.append(kind, items)
+
+    async def replay_spool(self) -> int:
+        """Apply what the spool holds, in order (housekeeping, once Redis answers)."""
+        if self.spool is None or not self.spool.active:
+            return 0
+
+        async def apply(kind: Kind, items: list[Any]) -> None:
+            if kind == "r":
+                await self._receipts_now(items)
+            else:
+                await self._inbound_now(items)
+
+        n = await self.spool.replay(apply, is_outage)
+        if n:
+            log.info("replayed %d spooled chunks of receipts/MO into Redis", n)
+        return n
 
     def correlation_keys(self, r: Receipt) -> list[str]:
         """Every key the receipt's message may be correlated under, in look-up order."""
@@ -141,6 +191,9 @@ class InboundHandler:
 
     # Receipts -----------------------------------------------------------------------
     async def on_receipts(self, receipts: list[Receipt]) -> None:
+        await self._spooled("r", receipts, self._receipts_now)
+
+    async def _receipts_now(self, receipts: list[Receipt]) -> None:
         now = self.clock()
         unmatched = await self._apply(receipts, now)
         if unmatched:
@@ -411,6 +464,9 @@ class InboundHandler:
 
     # Mobile-originated --------------------------------------------------------------
     async def on_inbound(self, messages: list[InboundMessage]) -> None:
+        await self._spooled("m", messages, self._inbound_now)
+
+    async def _inbound_now(self, messages: list[InboundMessage]) -> None:
         engine = self.policy()
         now = self.clock()
         for m in messages:
