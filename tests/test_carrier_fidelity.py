@@ -228,8 +228,11 @@ async def test_partly_accepted_long_messages_resend_only_the_failed_parts(
     twice."""
     sim = await smsc(receipt_delay_s=0.05, error_fraction=0.4, error_status=0x08,
                      unanswered_fraction=0.02, seed=4)
+    # A timeout long enough that only the unanswered parts time out, even on a loaded
+    # machine (a part answered after our timeout may have been accepted: then nobody
+    # can know, and its resend is the at-least-once duplicate).
     cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
-                            response_timeout_s=1.0, extra=queue(attempts=40)))
+                            response_timeout_s=3.0, extra=queue(attempts=40)))
     ids = await send(redis_url, cfg.queue, bulk(150, "86136", text=LONG))
     async with running_daemon(cfg):
         records = await wait_final(redis, keys, ids, timeout_s=120)

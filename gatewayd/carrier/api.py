@@ -52,10 +52,11 @@ class SubmitOutcome:
 @dataclass(slots=True)
 class Submitted:
     """What ``CarrierPool.submit`` returns: an outcome per request (None for those still
-    out) and the task that finishes those ((request index, outcome) pairs)."""
+    out), and for those a queue that receives their outcomes as each is known, in
+    chunks of (request index, outcome) pairs, then None."""
 
     outcomes: list[SubmitOutcome | None]
-    later: asyncio.Task[list[tuple[int, SubmitOutcome]]] | None = None
+    later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None] | None = None
 
 
 @dataclass(slots=True)

@@ -26,14 +26,17 @@ from gatewayd.carrier.smpp import status as S
 
 
 class Waiter:
-    """The parts of one submit batch: results by slot and one future for all of them."""
+    """The parts of one submit batch: results by slot, one future for all of them, and
+    an event set at every result (for the stragglers' task, which finishes each message
+    on its own)."""
 
-    __slots__ = ("future", "remaining", "results")
+    __slots__ = ("changed", "future", "remaining", "results")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
         self.future: asyncio.Future[None] = loop.create_future()
         self.remaining = n
         self.results: list[tuple[int, str] | None] = [None] * n
+        self.changed = asyncio.Event()
         if n == 0:
             self.future.set_result(None)
 
@@ -42,6 +45,7 @@ class Waiter:
             return
         self.results[slot] = (status, message_id)
         self.remaining -= 1
+        self.changed.set()
         if self.remaining == 0 and not self.future.done():
             self.future.set_result(None)
 

@@ -122,7 +122,7 @@ class CarrierPool:
         self._refs: dict[str, int] = {}
         self._accepting = False
         self._housekeeper: asyncio.Task[None] | None = None
-        self._later: set[asyncio.Task[list[tuple[int, SubmitOutcome]]]] = set()
+        self._later: set[asyncio.Task[None]] = set()
 
     def _reporter(self, carrier: str) -> Callable[[int, int], Awaitable[None]]:
         gate = self._gate
@@ -278,40 +278,79 @@ class CarrierPool:
                 outcomes[p.index] = B.outcome(reqs[p.index], p, results)
         if not later:
             return Submitted(outcomes)
-        finish = self._finish(later, waiter, reqs)
         if not detach:
-            for index, out in await finish:
+            collected: list[tuple[int, SubmitOutcome]] = []
+            await self._finish(later, waiter, reqs, collected.extend)
+            for index, out in collected:
                 outcomes[index] = out
             return Submitted(outcomes)
         self._m_stragglers.inc(len(later))
-        task = asyncio.create_task(finish, name="carrier-stragglers")
+        queue: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None] = asyncio.Queue()
+        task = asyncio.create_task(self._finish_into(later, waiter, reqs, queue),
+                                   name="carrier-stragglers")
         self._later.add(task)
         task.add_done_callback(self._later.discard)
-        return Submitted(outcomes, task)
+        return Submitted(outcomes, queue)
 
     def _grace(self, groups: dict[Bind, list[tuple[int, bytes]]]) -> float:
         latency = max((b.latency for b in groups), default=0.0)
         timeout = min(b.cfg.response_timeout_s for b in groups) if groups else 1.0
         return min(timeout / 2, max(_GRACE_FLOOR_S, _GRACE_LATENCIES * latency))
 
-    async def _finish(self, later: list[Planned], waiter: Waiter, reqs: list[SubmitRequest]
-                      ) -> list[tuple[int, SubmitOutcome]]:
-        """Wait for the rest of the batch's answers; resend refused parts of partly
-        accepted messages (same bytes), bounded; then their outcomes."""
-        await waiter.future
+    async def _finish_into(self, later: list[Planned], waiter: Waiter,
+                           reqs: list[SubmitRequest],
+                           queue: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None]
+                           ) -> None:
+        try:
+            await self._finish(later, waiter, reqs, queue.put_nowait)
+        finally:
+            queue.put_nowait(None)  # the end, even when cancelled or failed
+
+    async def _finish(self, later: list[Planned], waiter: Waiter, reqs: list[SubmitRequest],
+                      emit: Callable[[list[tuple[int, SubmitOutcome]]], None]) -> None:
+        """Each message's outcome as soon as its own parts are answered (a straggler
+        holds up nobody else); partly accepted ones get their refused parts resent first."""
         results = waiter.results
+        pending = later
+        resending: set[asyncio.Task[None]] = set()
+        while pending:
+            waiter.changed.clear()
+            ready: list[Planned] = []
+            still: list[Planned] = []
+            for p in pending:
+                (ready if B.resolved(p, results) else still).append(p)
+            pending = still
+            done = [p for p in ready if not B.needs_resend(p, results)]
+            if done:
+                emit([(p.index, B.outcome(reqs[p.index], p, results)) for p in done])
+            again = [p for p in ready if B.needs_resend(p, results)]
+            if again:
+                resending.add(asyncio.create_task(self._resend_rounds(again, results, reqs,
+                                                                      emit)))
+            if pending:
+                await waiter.changed.wait()
+        if resending:
+            await asyncio.gather(*resending)
+
+    async def _resend_rounds(self, again: list[Planned], results: list[tuple[int, str] | None],
+                             reqs: list[SubmitRequest],
+                             emit: Callable[[list[tuple[int, SubmitOutcome]]], None]) -> None:
+        """Resend the refused parts (same bytes), with back-off, for up to the carrier's
+        response timeout; then the messages' outcomes, whatever they are."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(self._carriers[p.carrier].response_timeout_s
-                                     for p in later)
+                                     for p in again)
         rounds = 0
-        while rounds < _MAX_RESEND_ROUNDS:
-            again = [p for p in later if B.needs_resend(p, results)]
-            if not again or loop.time() >= deadline:
-                break
-            rounds += 1
-            await asyncio.sleep(min(1.0, 0.1 * rounds))
-            await self._resend(again, results)
-        return [(p.index, B.outcome(reqs[p.index], p, results)) for p in later]
+        try:
+            while rounds < _MAX_RESEND_ROUNDS and loop.time() < deadline:
+                todo = [p for p in again if B.needs_resend(p, results)]
+                if not todo:
+                    break
+                rounds += 1
+                await asyncio.sleep(min(1.0, 0.1 * rounds))
+                await self._resend(todo, results)
+        finally:
+            emit([(p.index, B.outcome(reqs[p.index], p, results)) for p in again])
 
     async def _resend(self, again: list[Planned], results: list[tuple[int, str] | None]
                       ) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,6 +84,16 @@ class Submitter(Protocol):
     def ready(self) -> bool: ...
 
 
+class _Held(Container[str]):
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: set[str], b: set[str]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self.a or entry_id in self.b
+
+
 @dataclass(slots=True)
 class _Item:
     entry: Entry
@@ -124,9 +134,11 @@ class Dispatcher:
         self.detached: set[str] = set()
         self._later: set[asyncio.Task[None]] = set()
 
-    def held_ids(self) -> set[str]:
-        """Entries of ours that reclaim must leave alone: in a batch, or stragglers."""
-        return self.in_flight | self.detached if self.detached else self.in_flight
+    def held_ids(self) -> _Held:
+        """Entries of ours that reclaim must leave alone: in a batch, or stragglers. A
+        live view, not a copy: reclaim checks it after its round trips, when batches
+        read meanwhile are held too."""
+        return _Held(self.in_flight, self.detached)
 
     # The loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -296,7 +308,7 @@ class Dispatcher:
         for klass, values in waits.items():
             metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
 
-    def _detach(self, later: asyncio.Task[list[tuple[int, SubmitOutcome]]],
+    def _detach(self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
                 items: list[_Item], reqs: list[SubmitRequest],
                 known: list[SubmitOutcome | None]) -> None:
         """Stragglers: their entries stay pending, held from reclaim, until recorded."""
@@ -308,43 +320,51 @@ class Dispatcher:
         task.add_done_callback(self._later.discard)
 
     async def _record_later(
-        self, later: asyncio.Task[list[tuple[int, SubmitOutcome]]], items: list[_Item],
-        reqs: list[SubmitRequest], ids: list[str],
+        self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
+        items: list[_Item], reqs: list[SubmitRequest], ids: list[str],
     ) -> None:
+        """Record each straggler's outcome as it comes (one pipeline a chunk)."""
         try:
-            try:
-                results = await later
-            except Exception:
-                log.exception("stragglers: finishing %d submits failed; their entries stay "
-                              "pending for reclaim", len(items))
-                return
-            outcomes: list[SubmitOutcome | None] = [None] * len(items)
-            for index, out in results:
-                outcomes[index] = out
-            backoff = 0.2
-            deadline = asyncio.get_running_loop().time() + _LATER_RECORD_S
             while True:
-                # Rebuilt each try: recording is idempotent (retries copy their message).
-                pipe = self.redis.pipeline(transaction=False)
-                book = self.ledger.book()
-                acks = AckBatch()
-                self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
-                book.flush(pipe)
-                acks.flush(pipe)
-                try:
-                    await fastpipe.execute(pipe)
-                    self.processed += len(results)
+                chunk = await later.get()
+                if chunk is None:
                     return
-                except RedisError as e:
-                    metrics.REDIS_ERRORS.labels("dispatch").inc()
-                    if asyncio.get_running_loop().time() + backoff > deadline:
-                        log.error("stragglers: recording %d outcomes failed (%s); their "
-                                  "entries stay pending for reclaim", len(results), e)
-                        return
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                outcomes: list[SubmitOutcome | None] = [None] * len(items)
+                for index, out in chunk:
+                    outcomes[index] = out
+                if await self._record_chunk(items, reqs, outcomes):
+                    self.detached.difference_update(items[i].entry.entry_id for i, _ in chunk)
         finally:
             self.detached.difference_update(ids)
+
+    async def _record_chunk(self, items: list[_Item], reqs: list[SubmitRequest],
+                            outcomes: list[SubmitOutcome | None]) -> bool:
+        """Record and acknowledge, retrying while Redis is away (bounded): False when
+        given up (the entries stay pending: reclaim takes them, at least once)."""
+        n = sum(1 for o in outcomes if o is not None)
+        backoff = 0.2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LATER_RECORD_S
+        while True:
+            # Rebuilt each try: recording is idempotent (retries copy their message).
+            pipe = self.redis.pipeline(transaction=False)
+            book = self.ledger.book()
+            acks = AckBatch()
+            self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
+            book.flush(pipe)
+            acks.flush(pipe)
+            try:
+                await fastpipe.execute(pipe)
+                self.processed += n
+                return True
+            except RedisError as e:
+                metrics.REDIS_ERRORS.labels("dispatch").inc()
+                if loop.time() + backoff > deadline:
+                    log.error("stragglers: recording %d outcomes failed (%s); their entries "
+                              "stay pending for reclaim", n, e)
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _invalid(
         self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -294,7 +295,7 @@ class QueueStore:
                 out.append(Entry(klass, entry_id, fields or None))
         return out
 
-    async def reclaim(self, count: int, in_flight: set[str] | None = None, *,
+    async def reclaim(self, count: int, in_flight: Container[str] | None = None, *,
                       own_idle_s: float | None = None) -> list[Entry]:
         """Take over up to ``count`` entries a stream: idle for reclaim_idle_s on a
         consumer that is gone, or our own (``own_idle_s``, default reclaim_idle_s).
@@ -311,7 +312,7 @@ class QueueStore:
         idle_ms = int(self.q.reclaim_idle_s * 1000)
         own_ms = idle_ms if own_idle_s is None else max(0, int(own_idle_s * 1000))
         out: list[Entry] = []
-        in_flight = in_flight or set()
+        held: Container[str] = in_flight if in_flight is not None else ()
         alive: dict[str, bool] = {}
         for klass, stream in self.streams.items():
             try:
@@ -343,7 +344,7 @@ class QueueStore:
                     consumername=owner, idle=min_idle,
                 )
                 counts = {str(p["message_id"]): int(p["times_delivered"]) for p in pending
-                          if not own or str(p["message_id"]) not in in_flight}
+                          if not own or str(p["message_id"]) not in held}
                 if not counts:
                     continue
                 taken += len(counts)
