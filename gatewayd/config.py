@@ -30,7 +30,10 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
 
 
 class DaemonConfig(_Section, kw_only=True, frozen=True):
-    state_dir: str = ".gatewayd"  # relative paths resolve against the config file's folder
+    # This daemon's own directory (locked: one daemon each): the receipt/MO spool, the
+    # embedded Redis. "" = systemd's $STATE_DIRECTORY (StateDirectory=) when set, else
+    # ".gatewayd" beside the config file. Relative paths resolve against its folder.
+    state_dir: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Consumer name in the group; default "<hostname>-<digest of state_dir>": stable
     # across restarts of one instance, so a restart resumes its own pending entries.
@@ -181,6 +184,13 @@ class Config(_Section, kw_only=True, frozen=True):
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+    def state_path(self) -> Path:
+        """The daemon's state directory (see DaemonConfig.state_dir)."""
+        if self.daemon.state_dir:
+            return self.resolve(self.daemon.state_dir)
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd) if systemd else self.resolve(".gatewayd")
 
     def redis_url(self) -> str:
         return os.environ.get("REDIS_URL", "") or self.redis.url

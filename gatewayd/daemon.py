@@ -54,7 +54,7 @@ log = logging.getLogger("gatewayd.daemon")
 def default_consumer(cfg: Config) -> str:
     """``<hostname>-<8 hex of the state directory's path>``: the same for every run of
     one instance (its state directory), different for instances beside each other."""
-    state = str(cfg.resolve(cfg.daemon.state_dir).resolve())
+    state = str(cfg.state_path().resolve())
     return f"{socket.gethostname()}-{hashlib.sha1(state.encode()).hexdigest()[:8]}"
 
 
@@ -65,7 +65,7 @@ class Daemon:
         self.burst_timeout_s = burst_timeout_s
         self.keys = Keys(cfg.redis.prefix)
         self.consumer = cfg.daemon.consumer or default_consumer(cfg)
-        self.state_dir = cfg.resolve(cfg.daemon.state_dir)
+        self.state_dir = cfg.state_path()
         self._lock_fd: int | None = None
         self.spool: Spool | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}

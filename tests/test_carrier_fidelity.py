@@ -173,10 +173,10 @@ async def test_payload_long_message_expects_one_receipt(
         records = await wait_final(redis, keys, ids, timeout_s=20)
     assert {r["state"] for r in records.values()} == {"delivered"}
     for r in records.values():
-        assert int(r["segments"]) >= 3 and r["parts"] == "1" and r["p0"] == "delivered"
+        assert int(r["segments"]) >= 3 and r["receipts"] == "1" and r["p0"] == "delivered"
     assert all(s.payload for s in sim.submissions) and len(sim.submissions) == 5
     events = await events_by_id(redis, keys)
-    assert all("parts" not in e for i in ids for e in events[i])  # not part of the events
+    assert all("receipts" not in e for i in ids for e in events[i])  # not part of the events
 
 
 # 3. The OTP's life in validity_period -------------------------------------------------------

@@ -496,7 +496,7 @@ class Dispatcher:
                 carrier=out.carrier,
                 carrier_id=out.smsc_ids[0] if out.smsc_ids else "",
                 segments=segments,
-                extra={"parts": parts} if parts != segments and parts else None,
+                extra={"receipts": parts} if parts != segments and parts else None,
             )
             if receipts:
                 self._correlate(book, m, out.carrier, out.smsc_ids, req.done_parts)

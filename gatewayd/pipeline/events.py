@@ -42,10 +42,10 @@ def count_state(state: str, reason: str, n: int = 1) -> None:
 
 # A transition's event is its status fields, renamed "updated_at" -> "at", without these
 # (the same rule in lua/record.lua, which derives the event from the status it writes).
-# "parts" (receipts expected, when not one a segment: message_payload) and "sent_parts"
+# "receipts" (expected, when not one a segment: message_payload) and "sent_parts"
 # (parts accepted while the rest waits for a retry) are for receipts.lua, not upstream.
 NOT_IN_EVENT: Final = frozenset({"attempts", "enqueued_at", "submitted_at", "done_at",
-                                 "parts", "sent_parts"})
+                                 "receipts", "sent_parts"})
 
 
 def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:

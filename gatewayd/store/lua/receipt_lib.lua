@@ -4,7 +4,7 @@
 -- worst part state wins (undeliverable > expired > delivered) with that part's err.
 -- Returns kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
 -- submitted_at, err for 'final' and 'late'; 'early', state; 'partial'; 'missing'.
--- A message expects one receipt a submitted PDU: 'parts' when written (message_payload:
+-- A message expects one receipt a submitted PDU: 'receipts' when written (message_payload:
 -- one PDU, several segments), else 'segments'. A long message some of whose parts were
 -- accepted while the rest waits for a retry ('sent_parts' lists them) records those
 -- parts' receipts before it is 'submitted'.
@@ -25,7 +25,7 @@ end
 
 local function apply_receipt(key, part, pstate, now, err)
   local f = rcall('HMGET', key, 'state', 'segments', 'category', 'carrier',
-    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err', 'parts', 'sent_parts')
+    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err', 'receipts', 'sent_parts')
   local state = f[1]
   if not state then
     return 'missing'
@@ -46,7 +46,7 @@ local function apply_receipt(key, part, pstate, now, err)
     end
     return 'early', state
   end
-  -- tonumber(parts or segments or '1') or 1, without parsing the commonest text, '1'.
+  -- tonumber(receipts or segments or '1') or 1, without parsing the commonest text, '1'.
   local seg, total = f[11] or f[2], 1
   if seg and seg ~= '1' then
     total = tonumber(seg) or 1
