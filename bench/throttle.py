@@ -12,7 +12,9 @@ redis-server; gatewayd is one or two ``gatewayd run --burst`` processes (every p
 bench.harness's message mix) with ``tps`` = --tps, draining cap x --seconds messages.
 Figures per run, over the seconds after --settle (5 s):
 
-  accepted/s     mean, and the lowest and highest whole second (the saw-tooth's span)
+  accepted/s     mean, and the lowest and highest whole second (the saw-tooth's span),
+                 until 95 % of the messages were accepted (the backlog's drain; the last
+                 few trickle in below the cap for want of more to send)
   of the cap     mean accepted / cap
   throttled      share of submit_sm answered ESME_RTHROTTLED (also for the first 5 s)
 
@@ -63,24 +65,32 @@ class SimThread:
         return asyncio.run_coroutine_threadsafe(grab(), self.loop).result(10)
 
 
-def analyse(subs: list[tuple[float, int]], cap: float, settle_s: float) -> dict[str, Any]:
-    t0 = min(t for t, _ in subs)
-    end = max(t for t, _ in subs)
+def analyse(subs: list[tuple[float, int]], cap: float, settle_s: float,
+            bulk: float = 0.95) -> dict[str, Any]:
+    """Per-second figures between ``settle_s`` after the first submit and the time the
+    first ``bulk`` of the accepted submits were in: the backlog's drain, not its tail
+    (the last messages, and throttled ones waiting their 1 s retry, trickle in at less
+    than the cap because there are no more to send)."""
+    subs = sorted(subs)
+    t0 = subs[0][0]
+    accepted_at = [t for t, status in subs if status == 0]
+    end = accepted_at[max(0, int(len(accepted_at) * bulk) - 1)]
     ok: dict[int, int] = {}
     thr_late = ok_late = thr_early = all_early = 0
     for t, status in subs:
-        sec = int(t - t0)
         if t - t0 < settle_s:
             all_early += 1
             thr_early += status == THROTTLED
             continue
+        if t > end:
+            break
         if status == 0:
-            ok[sec] = ok.get(sec, 0) + 1
+            ok[int(t - t0)] = ok.get(int(t - t0), 0) + 1
             ok_late += 1
         elif status == THROTTLED:
             thr_late += 1
     # Whole seconds after settling, not the last (partial) one.
-    secs = [ok.get(s, 0) for s in range(int(settle_s), int(end - t0))]
+    secs = [ok.get(sec, 0) for sec in range(int(settle_s), int(end - t0))]
     span = (end - t0) - settle_s
     mean = ok_late / span if span > 0 else 0.0
     return {
@@ -89,6 +99,7 @@ def analyse(subs: list[tuple[float, int]], cap: float, settle_s: float) -> dict[
         "throttled_after_settle": thr_late / max(1, ok_late + thr_late),
         "throttled_first_s": thr_early / max(1, all_early),
         "seconds": len(secs), "submits": len(subs),
+        "drain_s": end - t0, "all_s": subs[-1][0] - t0, "per_second": secs,
     }
 
 
