@@ -63,11 +63,6 @@ class Planned:
     ref: int
 
 
-def part_results(p: Planned, results: list[tuple[int, str] | None]
-                 ) -> list[tuple[int, str] | None]:
-    return [(0, "") if s < 0 else results[s] for s in p.slots]
-
-
 def resolved(p: Planned, results: list[tuple[int, str] | None]) -> bool:
     return all(s < 0 or results[s] is not None for s in p.slots)
 

@@ -379,11 +379,6 @@ class CarrierPool:
         for local, slot in enumerate(originals):
             results[slot] = waiter.results[local]
 
-    async def drain_later(self, timeout_s: float) -> None:
-        """Wait (bounded) for the detached outcomes still being finished."""
-        if self._later:
-            await asyncio.wait(set(self._later), timeout=timeout_s)
-
     def _least_loaded(self, name: str, load: dict[Bind, int]) -> Bind | None:
         best: Bind | None = None
         best_load = 0
