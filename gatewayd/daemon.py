@@ -327,8 +327,14 @@ class Daemon:
             if running:
                 for t in (await asyncio.wait(running))[0]:
                     t.result()
+                running = set()
         except Exception as e:  # Redis away: the next pass goes on
             log.warning("taking over pending entries: %s: %s", type(e).__name__, e)
+        finally:
+            if running:  # let the batches started finish (they record what they sent)
+                for t in (await asyncio.wait(running))[0]:
+                    if not t.cancelled() and t.exception() is not None:
+                        log.warning("taking over: a batch failed: %s", t.exception())
         if total:
             log.info("took over %d pending entries%s", total,
                      " left by this consumer's previous run" if own_since is not None else "")
