@@ -131,7 +131,14 @@ _SCHEMAS: dict[str, Any] = {
             "segments": {"type": "integer"},
             "attempts": {"type": "integer"},
             "parts": {"type": "array", "items": {"type": "string"},
-                      "description": "SMSC message id of each part"},
+                      "description": "receipt state of each submitted PDU, in part order "
+                                     "(\"\" until its receipt came)"},
+            "receipts": {"type": "integer",
+                         "description": "receipts expected when not one a segment "
+                                        "(message_payload: one PDU for several segments)"},
+            "sent_parts": {"type": "string",
+                           "description": "a long message deferred with some parts accepted: "
+                                          "those part indexes (the retry sends the others)"},
             "enqueued_at": {"type": "number"},
             "submitted_at": {"type": "number"},
             "done_at": {"type": "number"},

@@ -54,9 +54,13 @@ class Keys:
         """HASH: the message's status record (state, reason, carrier, parts...)."""
         return f"{self.prefix}msg:{{{msg_id}}}"
 
-    def correlation(self, carrier: str, smsc_id: str) -> str:
-        """STRING: carrier message id -> "<our id> <part index>" (TTL: receipt timeout)."""
-        return f"{self.prefix}smsc:{carrier}:{smsc_id}"
+    def correlation(self, account: str, smsc_id: str) -> str:
+        """STRING: carrier message id -> "<our id> <part index>" (TTL: receipt timeout).
+
+        Keyed by SMSC account (config.account_names), not carrier entry: a receipt may
+        come on any bind of the account. With one entry per account the account is the
+        carrier's name, as the key was before accounts existed."""
+        return f"{self.prefix}smsc:{account}:{smsc_id}"
 
     @property
     def early_receipts(self) -> str:
