@@ -145,6 +145,11 @@ def _print_explain(engine: PolicyEngine, msg: OutboundMessage, now: float,
         if row.get("flags"):
             line += "  flags: " + ", ".join(row["flags"])
         print(line.rstrip())
+        for hit in row.get("hits", []):
+            what = f"    {hit['action']} {hit['list']}:{hit['term']} (matched {hit['matched']})"
+            if "released_by" in hit:
+                what += f"  released by exception {hit['released_by']}"
+            print(what)
     final = f"final    {result['verdict']}"
     if result["verdict"] != "send":
         final += f"  by {result['check']}: {result['reason']}"

@@ -296,6 +296,11 @@ class PolicyEngine:
                 row["flags"] = v.flags
             if v.text is not None:
                 row["text"] = v.text
+            if name == "keywords" and cat is not None:
+                # Every hit, and the exception that released it (policy explain).
+                hits = self._keywords.explain(for_matching(msg.text), cat.name)
+                if hits:
+                    row["hits"] = hits
             rows.append(row)
             if final is None and v.action != "send":
                 final = v

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from gatewayd.errors import ConfigError
+from gatewayd.policy import pinyin
 from gatewayd.policy.normalize import for_matching, reply_word
 
 Scope = Literal["global", "signature", "sender"]
@@ -81,6 +82,14 @@ class KeywordListSettings(_Strict, frozen=True):
     file: str
     action: Literal["block", "review"] = "block"
     categories: list[str] = msgspec.field(default_factory=list)  # empty: every category
+    # Allowed phrases: a hit lying wholly inside one of these is not a hit (any term of
+    # the list); per-term exceptions are written in the file: "term ! exception ! ...".
+    exceptions: list[str] = msgspec.field(default_factory=list)
+    exceptions_file: str = ""
+    # Also match each Chinese term spelled in toneless pinyin ("赌博" -> "dubo"), when
+    # the spelling has at least pinyin_min_letters letters. Off: short pinyin collides.
+    pinyin: bool = False
+    pinyin_min_letters: int = 4
 
 
 class TenantRate(_Strict, frozen=True):
@@ -160,6 +169,15 @@ class KeywordList:
     categories: frozenset[str]  # empty: every category
     terms: tuple[str, ...]  # as written in the file (reasons quote these)
     source: str
+    # Per term (aligned with terms): its own exceptions; then the list-wide ones.
+    term_exceptions: tuple[tuple[str, ...], ...] = ()
+    exceptions: tuple[str, ...] = ()
+    pinyin: bool = False
+    pinyin_min_letters: int = 4
+
+    def exceptions_of(self, index: int) -> tuple[str, ...]:
+        own = self.term_exceptions[index] if self.term_exceptions else ()
+        return own + self.exceptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,15 +426,7 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         for c in kl.categories:
             if c not in known:
                 raise errs.at([*key, "categories"], f"{c!r} is not a queue class")
-        fpath = _path(base_dir, kl.file)
-        terms: list[str] = []
-        for lineno, term in _read_list(fpath, errs, [*key, "file"]):
-            if not for_matching(term):
-                raise ConfigError(f"{fpath}:{lineno}: {term!r} has no letters or digits once "
-                                  "normalised (symbols are content.forbidden_chars); remove it")
-            terms.append(term)
-        lists.append(KeywordList(kl.name, kl.action, frozenset(kl.categories), tuple(terms),
-                                 str(fpath)))
+        lists.append(_keyword_list(kl, errs, key, base_dir))
 
     words = list(DEFAULT_OPTOUT_WORDS) if not (pf.optout.words or pf.optout.words_file) else []
     words += pf.optout.words
@@ -464,6 +474,50 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         zones=zones,
         tenants=tenants,
     )
+
+
+def _keyword_list(kl: KeywordListSettings, errs: _Errors, key: list[str | int],
+                  base_dir: Path) -> KeywordList:
+    """One [[keywords]] entry with its file(s): terms, per-term and list exceptions."""
+    fpath = _path(base_dir, kl.file)
+    terms: list[str] = []
+    own: list[tuple[str, ...]] = []
+    for lineno, line in _read_list(fpath, errs, [*key, "file"]):
+        # "term ! exception ! exception": '!' is punctuation, which matching drops, so
+        # no term loses anything by giving it this meaning.
+        term, *excs = (part.strip() for part in line.split("!"))
+        where = f"{fpath}:{lineno}"
+        if not for_matching(term):
+            raise ConfigError(f"{where}: {term!r} has no letters or digits once "
+                              "normalised (symbols are content.forbidden_chars); remove it")
+        for exc in excs:
+            if for_matching(term) not in for_matching(exc):
+                raise ConfigError(f"{where}: exception {exc!r} does not contain {term!r} "
+                                  "(once normalised), so it could never release a match; "
+                                  "write the longer allowed phrase, e.g. 套现 ! 配套现金")
+        terms.append(term)
+        own.append(tuple(excs))
+    shared: list[tuple[str, str]] = [(e, f"{errs.source}: keywords[{key[1]}].exceptions")
+                                     for e in kl.exceptions]
+    if kl.exceptions_file:
+        epath = _path(base_dir, kl.exceptions_file)
+        shared += [(e, f"{epath}:{n}")
+                   for n, e in _read_list(epath, errs, [*key, "exceptions_file"])]
+    if not 1 <= kl.pinyin_min_letters <= 32:
+        raise errs.at([*key, "pinyin_min_letters"], "must be 1-32")
+    normalised_terms = [for_matching(t) for t in terms]
+    if kl.pinyin:
+        normalised_terms += [v for t in terms for v in pinyin.variants(t, kl.pinyin_min_letters)]
+    for exc, where in shared:
+        ne = for_matching(exc)
+        if not any(t in ne for t in normalised_terms):
+            raise ConfigError(f"{where}: exception {exc!r} contains no term of list "
+                              f"{kl.name!r} (once normalised), so it could never release a "
+                              "match; remove it or add the term")
+    return KeywordList(kl.name, kl.action, frozenset(kl.categories), tuple(terms),
+                       str(fpath), term_exceptions=tuple(own),
+                       exceptions=tuple(e for e, _ in shared), pinyin=kl.pinyin,
+                       pinyin_min_letters=kl.pinyin_min_letters)
 
 
 def _path(base_dir: Path, name: str) -> Path:
