@@ -111,9 +111,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return sim_cli.run(args)
     if cmd == "policy":
+        from gatewayd.pipeline.intake import parse_message
         from gatewayd.policy import cli as policy_cli
 
-        return policy_cli.run_policy(args)
+        def validate(raw: dict[str, Any], cfg: Config) -> Any:
+            return parse_message(raw, classes=list(cfg.queue.classes),
+                                 max_segments=cfg.queue.max_segments)
+
+        return policy_cli.run_policy(args, validate)
     if cmd == "optout":
         from gatewayd.policy import cli as policy_cli
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config, load_config
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
@@ -87,7 +88,13 @@ def _engine(cfg: Config) -> PolicyEngine:
     return PolicyEngine.load(path, classes=list(cfg.queue.classes))
 
 
-def run_policy(args: argparse.Namespace) -> int:
+# Intake's own validation (gatewayd.pipeline.intake.parse_message, handed in by
+# gatewayd.cli: the pipeline room sits above this one): explain must refuse exactly what
+# the daemon would refuse, or its verdicts describe messages that never reach a check.
+Validate = Callable[[dict[str, Any], Config], OutboundMessage]
+
+
+def run_policy(args: argparse.Namespace, validate: Validate) -> int:
     if args.policy_command != "explain":  # pragma: no cover - argparse enforces choices
         return EXIT_CONFIG
     cfg = load_config(args.config, need_secrets=False)
@@ -97,8 +104,20 @@ def run_policy(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"gatewayd: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    msg = OutboundMessage(id=args.id, to=args.to, text=args.text, category=args.category,
-                          sender=args.sender, tenant=args.tenant)
+    raw = {"id": args.id, "to": args.to, "text": args.text, "category": args.category}
+    if args.sender:
+        raw["from"] = args.sender
+    if args.tenant:
+        raw["tenant"] = args.tenant
+    try:
+        msg = validate(raw, cfg)
+    except MessageError as e:
+        if args.json:
+            print(json.dumps({"verdict": "invalid", "field": e.field, "reason": e.reason},
+                             ensure_ascii=False))
+        print(f"gatewayd: the daemon would refuse this message: {e.field}: {e.reason}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     result, problem = asyncio.run(_explain(cfg, engine, msg, now))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
