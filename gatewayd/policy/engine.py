@@ -37,9 +37,10 @@ import redis.asyncio as aioredis
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.content import ContentRules, signature_of
 from gatewayd.policy.keywords import KeywordMatcher
-from gatewayd.policy.normalize import for_matching, number_key, reply_word
+from gatewayd.policy.normalize import for_matching, number_key
 from gatewayd.policy.quiet import QuietHours, ZoneTable
 from gatewayd.policy.redischecks import REDIS_CHECKS, Outcome, RedisBatch, caps_spec
+from gatewayd.policy.replies import Reply, ReplyMatcher
 from gatewayd.policy.settings import CategorySettings, Policy, SendWindow, load_policy
 from gatewayd.policy.verdict import CHECK_ORDER, Verdict, defer, reject
 from gatewayd.store.keys import Keys
@@ -79,6 +80,7 @@ class PolicyEngine:
         self.source = policy.source
         self.optout_words: frozenset[str] = policy.optout_words
         self.optout_scope = policy.optout_scope
+        self._replies = ReplyMatcher(policy.replies)
         self._keywords = KeywordMatcher(policy.keyword_lists)
         self._zones = ZoneTable(policy.zones, policy.default_zones)
         self._tenants = {name: f"{rate:.9f}:{burst:.9f}"
@@ -116,15 +118,14 @@ class PolicyEngine:
         return self._zones.lookup(number_key(number))
 
     # MO replies -------------------------------------------------------------------------
-    def is_optout_reply(self, text: str) -> bool:
-        """True when the whole reply is an opt-out word.
+    def classify_reply(self, text: str) -> Reply:
+        """Opt-out, opt-in or neither (gatewayd.policy.replies): "TD", "我要退订",
+        "Please STOP" opt out; "不要退订", "取消订单", "TD is great" do not; "订阅"
+        opts back in."""
+        return self._replies.classify(text)
 
-        Rule: NFKC (full-width -> half-width), casefold, trim whitespace, punctuation and
-        symbols at both ends, collapse inner whitespace; the result must equal one of
-        ``optout_words`` (normalised the same way). So "TD", " td ", "ＴＤ", "退订。",
-        "Stop!" opt out; "TD is great" or "不要退订" do not.
-        """
-        return reply_word(text) in self.optout_words
+    def is_optout_reply(self, text: str) -> bool:
+        return self._replies.classify(text).kind == "optout"
 
     # Checks -----------------------------------------------------------------------------
     def _scope_value(self, msg: OutboundMessage, scope: str, sig: str | None) -> str:

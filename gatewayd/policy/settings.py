@@ -25,7 +25,9 @@ import msgspec
 
 from gatewayd.errors import ConfigError
 from gatewayd.policy import pinyin
+from gatewayd.policy import replies as replies_mod
 from gatewayd.policy.normalize import for_matching, reply_word
+from gatewayd.policy.replies import ReplyRules
 
 Scope = Literal["global", "signature", "sender"]
 
@@ -68,6 +70,15 @@ class OptoutSettings(_Strict, frozen=True):
     scope: Scope = "global"  # how the optout check matches: see gatewayd.policy.optout
     words_file: str = ""
     words: list[str] = msgspec.field(default_factory=list)
+    # How MO replies are read (gatewayd.policy.replies); None = the built-in list.
+    optin_words: list[str] | None = None
+    fillers: list[str] | None = None
+    phrases: list[str] | None = None
+    phrase_exceptions: list[str] | None = None
+    negations: list[str] | None = None
+    negation_exceptions: list[str] | None = None
+    max_reply_chars: int = 40
+    negation_gap: int = 2
 
 
 class TimezoneSettings(_Strict, frozen=True):
@@ -201,7 +212,8 @@ class Policy:
     windows: dict[str, SendWindow | None]
     keyword_lists: tuple[KeywordList, ...]
     optout_scope: Scope
-    optout_words: frozenset[str]
+    optout_words: frozenset[str]  # normalised (letters and digits), for reports
+    replies: ReplyRules
     default_zones: tuple[zoneinfo.ZoneInfo, ...]
     zones: dict[str, tuple[zoneinfo.ZoneInfo, ...]]
     tenants: dict[str, tuple[float, float]] = field(default_factory=dict)  # rate, burst
@@ -439,6 +451,7 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
     for i, w in enumerate(pf.optout.words):
         if not reply_word(w):
             raise errs.at(["optout", "words", i], "empty once normalised")
+    replies = _reply_rules(pf.optout, words, errs)
 
     default_zones = _zones(pf.timezones.default, errs, ["timezones", "default"])
     table = dict(DEFAULT_ZONES)
@@ -469,11 +482,40 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         windows=windows,
         keyword_lists=tuple(lists),
         optout_scope=pf.optout.scope,
-        optout_words=frozenset(reply_word(w) for w in words),
+        optout_words=frozenset(for_matching(w) for w in words),
+        replies=replies,
         default_zones=default_zones,
         zones=zones,
         tenants=tenants,
     )
+
+
+def _reply_rules(o: OptoutSettings, words: list[str], errs: _Errors) -> ReplyRules:
+    lists: dict[str, tuple[str, ...]] = {}
+    for name, given, default in (
+        ("optin_words", o.optin_words, replies_mod.DEFAULT_OPTIN_WORDS),
+        ("fillers", o.fillers, replies_mod.DEFAULT_FILLERS),
+        ("phrases", o.phrases, replies_mod.DEFAULT_PHRASES),
+        ("phrase_exceptions", o.phrase_exceptions, replies_mod.DEFAULT_PHRASE_EXCEPTIONS),
+        ("negations", o.negations, replies_mod.DEFAULT_NEGATIONS),
+        ("negation_exceptions", o.negation_exceptions,
+         replies_mod.DEFAULT_NEGATION_EXCEPTIONS),
+    ):
+        items = tuple(given) if given is not None else default
+        for i, item in enumerate(items):
+            if not replies_mod.tokens(item):
+                raise errs.at(["optout", name, i], f"{item!r} is empty once normalised")
+        lists[name] = items
+    if not 1 <= o.max_reply_chars <= 500:
+        raise errs.at(["optout", "max_reply_chars"], "must be 1-500")
+    if not 0 <= o.negation_gap <= 10:
+        raise errs.at(["optout", "negation_gap"], "must be 0-10 (tokens)")
+    both = {for_matching(w) for w in words} & {for_matching(w) for w in lists["optin_words"]}
+    if both:
+        raise errs.at(["optout", "optin_words"], f"{sorted(both)[0]!r} is also an opt-out "
+                      "word; a reply cannot mean both")
+    return ReplyRules(words=tuple(words), max_reply_chars=o.max_reply_chars,
+                      negation_gap=o.negation_gap, **lists)
 
 
 def _keyword_list(kl: KeywordListSettings, errs: _Errors, key: list[str | int],
