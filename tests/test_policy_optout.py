@@ -60,7 +60,7 @@ async def test_status_and_audit_trail(redis: aioredis.Redis, keys: Keys) -> None
     history = await optout_history(redis, keys, CN)
     assert [(h["action"], h["scope"], h["source"], float(h["at"])) for h in history] == [
         ("out", "*", "mo", T0), ("out", "京东", "api", T0 + 1), ("in", "*", "cli", T0 + 2)]
-    assert {h["number"] for h in history} == {"8613800138000"}
+    assert {h["number"] for h in history} == {"+8613800138000"}
 
 
 async def test_invalid_numbers_and_scopes_refused(redis: aioredis.Redis, keys: Keys) -> None:

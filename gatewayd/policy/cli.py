@@ -29,7 +29,7 @@ from gatewayd.errors import ConfigError, MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
-from gatewayd.policy.optout import opt_in, opt_out, optout_status
+from gatewayd.policy.optout import opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import client_url, connect_config
 from gatewayd.store.keys import Keys
 
@@ -62,6 +62,8 @@ def add_optout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("number", help="E.164 number, e.g. +8613800138000")
     parser.add_argument("--scope", default="*",
                         help="\"*\" (everything, default) or a signature/sender")
+    parser.add_argument("--category", default="",
+                        help="only this category (one of the policy's [optout] categories)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     _config_arg(parser)
 
@@ -194,14 +196,21 @@ def run_optout(args: argparse.Namespace) -> int:
 
 
 async def _optout(cfg: Config, args: argparse.Namespace) -> int:
+    policy = _engine(cfg).policy
+    if args.category and args.category not in policy.optout_categories:
+        raise ValueError(f"--category {args.category!r}: not one recipients may opt out of "
+                         f"alone; the policy's [optout] categories are "
+                         f"{sorted(policy.optout_categories)}")
     keys = Keys(cfg.redis.prefix)
     client = connect_config(cfg, _redis_url(cfg), socket_connect_timeout=2, socket_timeout=5)
     try:
         now = time.time()
+        kw: dict[str, Any] = {"scope": args.scope, "category": args.category, "source": "cli",
+                              "at": now, "retention_s": policy.consent_retention_s}
         if args.action == "add":
-            await opt_out(client, keys, args.number, scope=args.scope, source="cli", at=now)
+            await opt_out(client, keys, args.number, **kw)
         elif args.action == "remove":
-            await opt_in(client, keys, args.number, scope=args.scope, source="cli", at=now)
+            await opt_in(client, keys, args.number, **kw)
         status = await optout_status(client, keys, args.number)
     except (RedisConnectionError, RedisTimeoutError) as e:
         print(f"gatewayd: cannot reach Redis: {e}", file=sys.stderr)
@@ -213,8 +222,11 @@ async def _optout(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     if not status:
         print(f"{args.number}: not opted out")
-    for scope, since in sorted(status.items()):
-        when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-        what = "everything" if scope == "*" else repr(scope)
+    for row in preferences(status):
+        when = datetime.fromtimestamp(row["since"], UTC).isoformat(timespec="seconds")
+        what = "everything" if row["scope"] == "*" else repr(row["scope"])
+        if row["category"]:
+            what = f"{row['category']} from {what}" if row["scope"] != "*" \
+                else f"{row['category']} messages"
         print(f"{args.number}: opted out of {what} since {when}")
     return 0

@@ -79,6 +79,11 @@ class OptoutSettings(_Strict, frozen=True):
     negation_exceptions: list[str] | None = None
     max_reply_chars: int = 40
     negation_gap: int = 2
+    # Categories a recipient may opt out of one by one (API/CLI "category"); None = every
+    # class except "otp" (a code the recipient just asked for must arrive).
+    categories: list[str] | None = None
+    # Consent records (every opt-out and opt-in, with its source) are kept this long.
+    consent_retention_days: int = 730
 
 
 class TimezoneSettings(_Strict, frozen=True):
@@ -214,6 +219,8 @@ class Policy:
     optout_scope: Scope
     optout_words: frozenset[str]  # normalised (letters and digits), for reports
     replies: ReplyRules
+    optout_categories: frozenset[str]  # recipients may opt out of these one by one
+    consent_retention_s: float
     default_zones: tuple[zoneinfo.ZoneInfo, ...]
     zones: dict[str, tuple[zoneinfo.ZoneInfo, ...]]
     tenants: dict[str, tuple[float, float]] = field(default_factory=dict)  # rate, burst
@@ -452,6 +459,16 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         if not reply_word(w):
             raise errs.at(["optout", "words", i], "empty once normalised")
     replies = _reply_rules(pf.optout, words, errs)
+    pref = pf.optout.categories
+    if pref is None:
+        pref = [c for c in classes if c != "otp"]
+    for i, c in enumerate(pref):
+        if c not in known:
+            raise errs.at(["optout", "categories", i], f"{c!r} is not a queue class; "
+                          f"classes are {sorted(known)} (queue.classes)")
+    if not 1 <= pf.optout.consent_retention_days <= 36_500:
+        raise errs.at(["optout", "consent_retention_days"],
+                      "must be 1-36500 days (consent records are usually kept >= 730)")
 
     default_zones = _zones(pf.timezones.default, errs, ["timezones", "default"])
     table = dict(DEFAULT_ZONES)
@@ -484,6 +501,8 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         optout_scope=pf.optout.scope,
         optout_words=frozenset(for_matching(w) for w in words),
         replies=replies,
+        optout_categories=frozenset(pref),
+        consent_retention_s=pf.optout.consent_retention_days * 86400.0,
         default_zones=default_zones,
         zones=zones,
         tenants=tenants,

@@ -75,8 +75,23 @@ class Keys:
 
     @property
     def optout_audit(self) -> str:
-        """Stream: every opt-out and opt-in with time, source and scope (kept 2 years+)."""
+        """Stream: the consent log, every opt-out and opt-in with time, source, scope and
+        category (gatewayd.consent.records; trimmed to the retention, 2 years by default)."""
         return f"{self.prefix}optout:audit"
+
+    def consent_index(self, bucket: str) -> str:
+        """HASH: number -> the consent stream ids of its records, for the numbers of one
+        bucket (gatewayd.consent.records.bucket_of; expires with the retention)."""
+        return f"{self.prefix}consent:ix:{{{bucket}}}"
+
+    # Numbers in stored records --------------------------------------------------------
+    def number_fields(self, digits: str) -> dict[str, str]:
+        """How a record stores a number: ``{"number": digits}``."""
+        return {"number": digits}
+
+    def open_number(self, fields: dict[str, str]) -> str:
+        """The digits a record's ``number_fields`` hold."""
+        return fields.get("number", "")
 
     def freq(self, number: str, bucket: str) -> str:
         """Frequency-cap counter for one recipient (hash tag: one slot per recipient)."""
