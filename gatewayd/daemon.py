@@ -33,7 +33,7 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -43,7 +43,7 @@ class Daemon:
         self.cfg = cfg
         self.burst = burst
         self.burst_timeout_s = burst_timeout_s
-        self.keys = Keys(cfg.redis.prefix)
+        self.keys = keys_for(cfg)
         self.consumer = cfg.daemon.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(cfg)
         self.stop_event = asyncio.Event()

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gatewayd.config import Config
 from gatewayd.consent import bulk, records
 from gatewayd.store.connection import client_url, connect_config
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 EXIT_PROBLEM, EXIT_CONFIG = 1, 2
 
@@ -106,7 +106,7 @@ async def _export(cfg: Config, args: argparse.Namespace, since: float, until: fl
             raise ValueError(f"--number {args.number!r}: not an E.164 number, "
                              "e.g. +8613800138000")
     fmt: Literal["jsonl", "csv"] = args.format
-    keys = Keys(cfg.redis.prefix)
+    keys = keys_for(cfg)
     client = connect_config(cfg, client_url(cfg), socket_connect_timeout=2, socket_timeout=30)
     n = 0
     try:
@@ -128,7 +128,7 @@ async def _export(cfg: Config, args: argparse.Namespace, since: float, until: fl
 
 async def _import(cfg: Config, args: argparse.Namespace, retention_s: float,
                   stream: TextIO) -> int:
-    keys = Keys(cfg.redis.prefix)
+    keys = keys_for(cfg)
     client = connect_config(cfg, client_url(cfg), socket_connect_timeout=2, socket_timeout=30)
     try:
         result = await bulk.import_optouts(

@@ -397,8 +397,9 @@ class InboundHandler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 metrics.INBOUND.labels(m.carrier).inc()
+                fields: dict[Any, Any] = self.keys.mo_sender(m.source)
                 pipe.xadd(self.keys.inbound, {
-                    "from": m.source, "to": m.destination, "text": m.text,
+                    **fields, "to": m.destination, "text": m.text,
                     "carrier": m.carrier, "at": m.received_at or now, "parts": m.parts,
                 }, maxlen=self.events_maxlen, approximate=True)
             await pipe.execute()

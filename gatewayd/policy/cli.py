@@ -31,7 +31,7 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
 from gatewayd.policy.optout import opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import client_url, connect_config
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 EXIT_CONFIG = 2
 
@@ -133,7 +133,7 @@ def run_policy(args: argparse.Namespace, validate: Validate) -> int:
 
 async def _explain(cfg: Config, engine: PolicyEngine, msg: OutboundMessage,
                    now: float) -> tuple[dict[str, Any], str]:
-    keys = Keys(cfg.redis.prefix)
+    keys = keys_for(cfg)
     try:
         url = _redis_url(cfg)
     except ConfigError as e:
@@ -201,7 +201,7 @@ async def _optout(cfg: Config, args: argparse.Namespace) -> int:
         raise ValueError(f"--category {args.category!r}: not one recipients may opt out of "
                          f"alone; the policy's [optout] categories are "
                          f"{sorted(policy.optout_categories)}")
-    keys = Keys(cfg.redis.prefix)
+    keys = keys_for(cfg)
     client = connect_config(cfg, _redis_url(cfg), socket_connect_timeout=2, socket_timeout=5)
     try:
         now = time.time()
