@@ -42,7 +42,7 @@ TEXT = "【京东】您的订单{}已发货，快递单号SF{}，请注意查收
 COMMANDS_ONLY = """
 local now = ARGV[1]
 for i = 2, #ARGV, 10 do
-  if ARGV[i + 1] ~= '' then redis.call('HEXISTS', ARGV[i + 1], '*') end
+  if ARGV[i + 1] ~= '' then redis.call('HGET', ARGV[i + 1], '*') end
   if ARGV[i + 3] ~= '' then
     redis.call('GET', ARGV[i + 3])
     redis.call('SET', ARGV[i + 3], now .. ' ' .. ARGV[i + 5], 'PX', ARGV[i + 4])

@@ -129,7 +129,7 @@ async def resubscribe(redis: aioredis.Redis, keys: Keys, number: str, *, source:
     fields cleared (a record is written even when there was nothing to clear: the
     reply is consent)."""
     digits = check_number(number)
-    names = [as_text(k) for k in await cast(Any, redis).hkeys(keys.optout(digits))]
+    names = [as_text(k) for k in await cast(Any, redis).hgetall(keys.optout(digits))]
     present = tuple(n for n in names if n.startswith("*|"))
     await record(redis, keys, digits, action="in", scope="*", source=source, at=at,
                  text=text, retention_s=retention_s, also_remove=present)

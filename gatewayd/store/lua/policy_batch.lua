@@ -119,7 +119,7 @@ while pos <= len + 1 do
   if okey ~= '' then
     if scope == '' then scope = '*' end
     if not find(scope, '\29', 1, true) then
-      if rcall('HEXISTS', okey, scope) == 1 then check, detail = 'optout', scope end
+      if rcall('HGET', okey, scope) then check, detail = 'optout', scope end
     else
       local fields, p = {}, 1
       while true do
