@@ -309,3 +309,21 @@ async def test_mo_sentence_opt_out_then_resubscribe_and_api(
     kinds = [f["state"] for _, f in await redis.xrange(keys.events)
              if f["state"] in ("optout", "optin")]
     assert kinds == ["optout", "optin"]
+
+
+async def test_an_mo_opt_out_from_an_odd_sender_fails_alone(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    from gatewayd.model import InboundMessage
+    from gatewayd.pipeline.inbound import InboundHandler
+
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=9, policy=DEMO_POLICY))
+    handler = InboundHandler(redis, keys, cfg, lambda: DEFAULT, clock=lambda: T0)
+    await handler.on_inbound([
+        InboundMessage(carrier="sim", source="JD-SHOP", destination="106", text="TD",
+                       received_at=T0),
+        InboundMessage(carrier="sim", source="+8613800138000", destination="106",
+                       text="退订谢谢", received_at=T0),
+    ])
+    assert await optout_status(redis, keys, CN) == {"*": T0}
+    assert await redis.xlen(keys.inbound) == 2  # both replies kept in the MO stream

@@ -410,12 +410,17 @@ class InboundHandler:
             # The reply's text goes into the consent record: it is the evidence.
             retention = engine.policy.consent_retention_s
             source = f"mo:{m.carrier}"
-            if reply.kind == "optout":
-                await opt_out(self.redis, self.keys, m.source, scope="*", source=source,
-                              at=now, text=m.text, retention_s=retention)
-            else:
-                await resubscribe(self.redis, self.keys, m.source, source=source, at=now,
-                                  text=m.text, retention_s=retention)
+            try:
+                if reply.kind == "optout":
+                    await opt_out(self.redis, self.keys, m.source, scope="*", source=source,
+                                  at=now, text=m.text, retention_s=retention)
+                else:
+                    await resubscribe(self.redis, self.keys, m.source, source=source,
+                                      at=now, text=m.text, retention_s=retention)
+            except ValueError as e:  # a sender that is no number (alphanumeric): its own
+                log.warning("MO %s not recorded: %s", reply.kind, e,
+                            extra={"carrier": m.carrier})
+                continue
             await self.redis.xadd(self.keys.events, {
                 "id": "", "state": reply.kind, "at": now, "to": mask_number(m.source),
                 "carrier": m.carrier, "reason": "mo_keyword",
