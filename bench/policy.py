@@ -11,8 +11,8 @@ Figures (median of --runs, with min and max):
   full/s      PolicyEngine.evaluate on batches of --batch, one batch at a time
   parallel/s  --workers batches in flight at once (as the dispatcher's workers do)
   local/s     the pure checks alone (content, keywords, quiet hours), no Redis
-  cpu us      this process's CPU per message during full/s (the steadiest figure), and
-              redis-server's (only with the private server)
+  cpu us      this process's CPU per message during full/s (the steadiest figure), during
+              local/s, and redis-server's (only with the private server)
 Writes bench/results/policy.json.
 
 --variants runs several set-ups interleaved, each run all of them in turn (the order
@@ -143,16 +143,18 @@ async def one_run(engine: PolicyEngine, client: aioredis.Redis, keys: Keys,
     await asyncio.gather(*(worker() for _ in range(workers)))
     parallel = len(msgs) / (time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for m in msgs:
         engine.evaluate_local(m, NOW)
     local = len(msgs) / (time.perf_counter() - t0)
+    local_cpu_us = 1e6 * (time.process_time() - c0) / len(msgs)
     latencies.sort()
     return {
         "full_per_s": full,
         "parallel_per_s": parallel,
         "local_per_s": local,
         "cpu_us": cpu_us,
+        "local_cpu_us": local_cpu_us,
         "redis_cpu_us": redis_us,
         "batch_p50_ms": 1000 * statistics.median(latencies),
         "batch_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
@@ -212,15 +214,16 @@ async def main_async(args: argparse.Namespace) -> int:
                     per[v].append(r)
                     print(f"run {run + 1} {v:>8}: full {r['full_per_s']:,.0f}/s  parallel "
                           f"{r['parallel_per_s']:,.0f}/s  local {r['local_per_s']:,.0f}/s  "
-                          f"cpu {r['cpu_us']:.1f} us  redis {r['redis_cpu_us']:.1f} us  "
+                          f"cpu {r['cpu_us']:.1f} us (local {r['local_cpu_us']:.1f})  "
+                          f"redis {r['redis_cpu_us']:.1f} us  "
                           f"batch p50 {r['batch_p50_ms']:.2f} ms", flush=True)
             await client.flushdb()
         finally:
             await client.aclose()
             if server is not None:
                 server.stop()
-    figures = ("full_per_s", "parallel_per_s", "local_per_s", "cpu_us", "redis_cpu_us",
-               "batch_p50_ms", "batch_p99_ms")
+    figures = ("full_per_s", "parallel_per_s", "local_per_s", "cpu_us", "local_cpu_us",
+               "redis_cpu_us", "batch_p50_ms", "batch_p99_ms")
     results = {v: {k: summary([r[k] for r in per[v]]) for k in figures} for v in variants}
     runs = per[variants[0]]
     result = {
@@ -250,6 +253,9 @@ async def main_async(args: argparse.Namespace) -> int:
             rows.append((f"{v} (vs {variants[0]})",
                          f"cpu {res['cpu_us']['median']:.1f} us/msg "
                          f"({res['cpu_us']['median'] / first['cpu_us']['median']:.3f}x), "
+                         f"pure checks cpu {res['local_cpu_us']['median']:.1f} us/msg "
+                         f"({res['local_cpu_us']['median'] / first['local_cpu_us']['median']:.3f}"
+                         f"x), "
                          f"full {res['full_per_s']['median']:,.0f}/s "
                          f"({res['full_per_s']['median'] / first['full_per_s']['median']:.3f}x)"
                          f", local {res['local_per_s']['median']:,.0f}/s "

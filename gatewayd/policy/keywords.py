@@ -12,8 +12,9 @@ sent. A list with ``categories`` applies to those categories only.
 Exceptions (false positives such as ``套现`` inside ``购机配套现金券``): a list may name
 allowed phrases for all its terms, and a term its own (``套现 ! 配套现金`` in the file).
 They are words of the same automaton; a hit that lies wholly inside an occurrence of
-one of its exceptions is released (ignored). Texts without any exception occurrence
-take the old path: the first block hit decides at once.
+one of its exceptions is released (ignored). A text is still scanned once: with
+exceptions in the policy the scan collects every hit before deciding (an exception
+covering a hit may end after it); without, the first block hit decides at once.
 """
 
 from __future__ import annotations
@@ -80,15 +81,18 @@ class KeywordMatcher:
             return None, []
         if not self._exceptions:
             return self._first(normalised, category)
+        # One pass collects the hits and the exceptions' occurrences (an exception that
+        # covers a hit may end after it); most texts have neither.
         hits, spans = self._scan(normalised)
-        if not spans:
-            return self._first(normalised, category)
+        if not hits:
+            return None, []
         flags: list[str] = []
         for end, length, entries in hits:
             for block, name, cats, term, released in entries:
                 if cats and category not in cats:
                     continue
-                if released and _inside(end - length + 1, end, released, spans) is not None:
+                if (released and spans
+                        and _inside(end - length + 1, end, released, spans) is not None):
                     continue
                 if block:
                     return reject("keywords", f"keyword:{name}:{term}"), flags
