@@ -59,7 +59,7 @@ async def one_run(port: int, path: Path, n: int) -> dict[str, Any]:
                 "gatewayd_cpu_us": 1e6 * cpu_p / n, "redis_cpu_us": 1e6 * cpu_r / n,
                 "by_number_s": lookup, "memory_bytes_per_number": mem / n}
     finally:
-        await r.flushdb(asynchronous=True)
+        await r.flushdb()  # synchronous: the next run's memory baseline needs it done
         await r.aclose()
 
 

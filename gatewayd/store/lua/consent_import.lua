@@ -15,6 +15,7 @@ local field, at, scope, category, source, note = ARGV[1], ARGV[2], ARGV[3], ARGV
   ARGV[5], ARGV[6]
 local ttl, max = ARGV[8], tonumber(ARGV[9])
 local new = 0
+local touched = {}
 for i = 10, #ARGV, 4 do
   new = new + rcall('HSETNX', ARGV[i], field, at)
   local id
@@ -27,15 +28,15 @@ for i = 10, #ARGV, 4 do
       'note', note)
   end
   local ix, num = ARGV[i + 1], ARGV[i + 2]
-  local v = rcall('HGET', ix, num)
-  if v then
-    v = v .. ' ' .. id
+  -- Most imported numbers have no record yet: one HSETNX; else append to the entry.
+  if rcall('HSETNX', ix, num, id) == 0 then
+    local v = rcall('HGET', ix, num) .. ' ' .. id
     if #v > max then v = string.sub(v, string.find(v, ' ', #v - max, true) + 1) end
-  else
-    v = id
+    rcall('HSET', ix, num, v)
   end
-  rcall('HSET', ix, num, v)
-  rcall('EXPIRE', ix, ttl)
+  touched[ix] = true
 end
+-- Each bucket's TTL renewed once a call, not once a number.
+for ix in pairs(touched) do rcall('EXPIRE', ix, ttl) end
 rcall('XTRIM', stream, 'MINID', ARGV[7])
 return new
