@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
-Names: e2e, priority, soak, policy, sim_throughput, receipt_path (default: all, in that
-order).
+Names: e2e, priority, soak, policy, sim_throughput, receipt_path, consent (default: all,
+in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import e2e, priority, receipt_path, soak
+from bench import consent, e2e, priority, receipt_path, soak
 
 ROOT_ARGS: dict[str, list[str]] = {
     # Scripts that are not ours to restructure run as subprocesses with their own flags.
@@ -24,9 +24,9 @@ ROOT_ARGS: dict[str, list[str]] = {
 }
 MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
-    "receipt_path": receipt_path.main,
+    "receipt_path": receipt_path.main, "consent": consent.main,
 }
-ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path"]
+ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "consent"]
 
 
 def main(argv: list[str] | None = None) -> int:

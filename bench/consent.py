@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--port", type=int, default=0, help="a throwaway redis-server's port")
+    ap.add_argument("--quick", action="store_true", help="100,000 numbers, one run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.runs = 100_000, 1
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-consent-") as d:
         path = Path(d) / "optouts.txt"
