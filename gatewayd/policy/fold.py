@@ -46,16 +46,18 @@ _NOT_LATIN_LOOKALIKE: Final = frozenset(
 
 def _traditional() -> dict[str, str]:
     chars = [chr(c) for lo, hi in _CJK_RANGES for c in range(lo, hi)]
+    # One call a table: a newline separates the characters, so no phrase spans two.
+    text = "\n".join(chars)
     out: dict[str, str] = {}
     for config in _OPENCC_CONFIGS:
-        converter = opencc.OpenCC(config)
-        # One call: a newline separates the characters, so no phrase spans two of them.
-        converted = converter.convert("\n".join(chars)).split("\n")
-        if len(converted) != len(chars):  # pragma: no cover - a data change we must see
+        converted = opencc.OpenCC(config).convert(text)
+        if converted == text:  # pragma: no cover - an empty table
+            continue
+        lines = converted.split("\n")
+        if len(lines) != len(chars):  # pragma: no cover - a data change we must see
             raise RuntimeError(f"opencc {config}: unexpected output length")
-        for src, dst in zip(chars, converted, strict=True):
-            if dst != src and len(dst) == 1 and src not in out:
-                out[src] = dst
+        out.update((src, dst) for src, dst in zip(chars, lines, strict=True)
+                   if dst != src and len(dst) == 1 and src not in out)
     return out
 
 
@@ -64,17 +66,17 @@ def _confusable() -> dict[str, str]:
     for ch, glyphs in confusables.confusables_data.items():
         if len(ch) != 1 or ch.isascii() or ord(ch) > 0xFFFF:
             continue  # astral: see the module docstring
-        if unicodedata.category(ch)[0] not in "LN":
-            continue
-        if categories.alias(ch) in _NOT_LATIN_LOOKALIKE:
+        # Cheapest tests first (this runs at start-up): categories.alias scans a table.
+        ascii_ = [g["c"] for g in glyphs
+                  if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalnum()]
+        if not ascii_ or unicodedata.category(ch)[0] not in "LN":
             continue
         if unicodedata.normalize("NFKC", ch).isascii():
             continue  # NFKC already folds it (full-width and mathematical letters)
-        ascii_ = [g["c"] for g in glyphs
-                  if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalnum()]
-        if ascii_:
-            letters = [c for c in ascii_ if c.isalpha()] or ascii_
-            out[ch] = letters[0].lower()
+        if categories.alias(ch) in _NOT_LATIN_LOOKALIKE:
+            continue
+        letters = [c for c in ascii_ if c.isalpha()] or ascii_
+        out[ch] = letters[0].lower()
     # The normaliser casefolds first: Cyrillic "Т" (confusable with "T") arrives as "т",
     # which Unicode does not list; its folded form must map as its capital does.
     for ch, to in list(out.items()):
