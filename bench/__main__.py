@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
-Names: e2e, priority, soak, policy, sim_throughput, receipt_path, stragglers, throttle
-(default: all, in that order).
+Names: e2e, priority, soak, policy, sim_throughput, receipt_path, stragglers, throttle,
+consent (default: all, in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import e2e, priority, receipt_path, soak, stragglers, throttle
+from bench import consent, e2e, priority, receipt_path, soak, stragglers, throttle
 
 ROOT_ARGS: dict[str, list[str]] = {
     # Scripts that are not ours to restructure run as subprocesses with their own flags.
@@ -25,10 +25,10 @@ ROOT_ARGS: dict[str, list[str]] = {
 MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
     "receipt_path": receipt_path.main, "stragglers": stragglers.main,
-    "throttle": throttle.main,
+    "throttle": throttle.main, "consent": consent.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "stragglers",
-         "throttle"]
+         "throttle", "consent"]
 
 
 def main(argv: list[str] | None = None) -> int:

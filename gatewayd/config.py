@@ -103,6 +103,14 @@ class PolicyConfig(_Section, kw_only=True, frozen=True):
     file: str = ""  # policy file (TOML); empty: no policies beyond the built-in checks
 
 
+class PrivacyConfig(_Section, kw_only=True, frozen=True):
+    # Recipient numbers never in clear in Redis key names, policy state, consent records
+    # or the MO stream (gatewayd.store.privacy). Off by default.
+    enabled: bool = False
+    # The environment variable holding the secret (>= 16 bytes; never in this file).
+    secret_env: str = "GATEWAYD_PRIVACY_SECRET"
+
+
 class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
     host: str
@@ -171,6 +179,7 @@ class Config(_Section, kw_only=True, frozen=True):
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     carrier: list[CarrierConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
@@ -292,9 +301,13 @@ def load_config(path: str | os.PathLike[str], *, need_secrets: bool = True) -> C
 
 
 def missing_secrets(cfg: Config) -> list[tuple[str, str]]:
-    """(key, variable) of each ``carrier[i].password_env`` whose variable is not set."""
-    return [(f"carrier[{i}].password_env", c.password_env) for i, c in enumerate(cfg.carrier)
-            if c.password_env and c.password_env not in os.environ]
+    """(key, variable) of each ``carrier[i].password_env`` (and, in privacy mode,
+    ``privacy.secret_env``) whose variable is not set."""
+    out = [(f"carrier[{i}].password_env", c.password_env) for i, c in enumerate(cfg.carrier)
+           if c.password_env and c.password_env not in os.environ]
+    if cfg.privacy.enabled and cfg.privacy.secret_env not in os.environ:
+        out.append(("privacy.secret_env", cfg.privacy.secret_env))
+    return out
 
 
 def validate(cfg: Config, *, need_secrets: bool = True) -> None:
@@ -382,6 +395,13 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
+    pv = cfg.privacy
+    if pv.enabled and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pv.secret_env):
+        raise bad("privacy.secret_env", "name the environment variable holding the secret, "
+                                        "e.g. GATEWAYD_PRIVACY_SECRET")
+    if pv.enabled and need_secrets and pv.secret_env not in os.environ:
+        raise bad("privacy.secret_env", f"environment variable {pv.secret_env} is not set "
+                                        "(the privacy secret: openssl rand -base64 32)")
     r = cfg.routing
     for name in r.default:
         if name not in names:

@@ -46,7 +46,7 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -63,7 +63,7 @@ class Daemon:
         self.cfg = cfg
         self.burst = burst
         self.burst_timeout_s = burst_timeout_s
-        self.keys = Keys(cfg.redis.prefix)
+        self.keys = keys_for(cfg)
         self.consumer = cfg.daemon.consumer or default_consumer(cfg)
         self.state_dir = cfg.state_path()
         self._lock_fd: int | None = None

@@ -65,3 +65,16 @@ def test_bench_stragglers_and_throttle_write_their_results(tmp_path: Path) -> No
         assert {"median", "min", "max", "runs"} <= set(data[key]), key
     assert data["runs"][0]["submits"] >= 800
     assert "throttled after 1 s" in proc.stdout
+
+
+def test_bench_consent_quick_writes_its_result(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bench.consent", "-n", "2000", "--runs", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "consent.json").read_text())
+    assert data["n"] == 2000
+    for key in ("import_s", "import_per_s", "gatewayd_cpu_us", "redis_cpu_us", "by_number_s",
+                "memory_bytes_per_number"):
+        assert {"median", "min", "max", "runs"} <= set(data[key]), key

@@ -1,4 +1,4 @@
 """The HTTP API: aiohttp server, the daemon-side service, OpenAPI.
 
-May import: pipeline, policy, store, ops, config, model, errors.
+May import: pipeline, policy, consent, store, ops, config, model, errors.
 """

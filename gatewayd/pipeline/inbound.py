@@ -56,7 +56,7 @@ from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
 from gatewayd.pipeline.spool import Kind, Spool
 from gatewayd.policy.engine import PolicyEngine
-from gatewayd.policy.optout import opt_out
+from gatewayd.policy.optout import opt_out, resubscribe
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import Keys
@@ -474,20 +474,36 @@ class InboundHandler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 metrics.INBOUND.labels(m.carrier).inc()
+                fields: dict[Any, Any] = self.keys.mo_sender(m.source)
                 pipe.xadd(self.keys.inbound, {
-                    "from": m.source, "to": m.destination, "text": m.text,
+                    **fields, "to": m.destination, "text": m.text,
                     "carrier": m.carrier, "at": m.received_at or now, "parts": m.parts,
                 }, maxlen=self.events_maxlen, approximate=True)
             await pipe.execute()
         for m in messages:
-            if engine is not None and engine.is_optout_reply(m.text):
-                await opt_out(self.redis, self.keys, m.source, scope="*",
-                              source=f"mo:{m.carrier}", at=now)
-                await self.redis.xadd(self.keys.events, {
-                    "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
-                    "carrier": m.carrier, "reason": "mo_keyword",
-                }, maxlen=self.events_maxlen, approximate=True)
-                log.info("opt-out by MO reply", extra={"number": mask_number(m.source)})
+            reply = engine.classify_reply(m.text) if engine is not None else None
+            if engine is None or reply is None or not reply.kind:
+                continue
+            # The reply's text goes into the consent record: it is the evidence.
+            retention = engine.policy.consent_retention_s
+            source = f"mo:{m.carrier}"
+            try:
+                if reply.kind == "optout":
+                    await opt_out(self.redis, self.keys, m.source, scope="*", source=source,
+                                  at=now, text=m.text, retention_s=retention)
+                else:
+                    await resubscribe(self.redis, self.keys, m.source, source=source,
+                                      at=now, text=m.text, retention_s=retention)
+            except ValueError as e:  # a sender that is no number (alphanumeric): its own
+                log.warning("MO %s not recorded: %s", reply.kind, e,
+                            extra={"carrier": m.carrier})
+                continue
+            await self.redis.xadd(self.keys.events, {
+                "id": "", "state": reply.kind, "at": now, "to": mask_number(m.source),
+                "carrier": m.carrier, "reason": "mo_keyword",
+            }, maxlen=self.events_maxlen, approximate=True)
+            log.info("%s by MO reply", "opt-out" if reply.kind == "optout" else "opt-in",
+                     extra={"number": mask_number(m.source), "rule": reply.rule})
 
 
 def e164(number: str, country_code: str) -> str:
