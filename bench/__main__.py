@@ -1,7 +1,7 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
-Names: e2e, priority, soak, policy, sim_throughput, receipt_path (default: all, in that
-order).
+Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
+campaign_cost, campaign_priority, stragglers, throttle, consent (default: all, in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -18,12 +18,15 @@ from collections.abc import Callable
 from bench import (
     campaign_cost,
     campaign_priority,
+    consent,
     e2e,
     fanout,
     priority,
     receipt_path,
     redirect,
     soak,
+    stragglers,
+    throttle,
 )
 
 ROOT_ARGS: dict[str, list[str]] = {
@@ -35,9 +38,10 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "e2e": e2e.main, "priority": priority.main, "soak": soak.main,
     "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
     "campaign_cost": campaign_cost.main, "campaign_priority": campaign_priority.main,
+    "stragglers": stragglers.main, "throttle": throttle.main, "consent": consent.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
-         "fanout", "campaign_cost", "campaign_priority"]
+         "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent"]
 
 
 def main(argv: list[str] | None = None) -> int:

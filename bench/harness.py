@@ -181,17 +181,22 @@ class GatewaydOptions:
     window: int = 1000
     binds: int = 1
     housekeeping_interval_s: float = 0.5
+    tps: float = 1_000_000.0  # the carrier's configured rate
+    response_timeout_s: float = 10.0  # the carrier's (gatewayd's default)
+    name: str = "gatewayd"  # config file, state directory and consumer: one per daemon
 
 
 def write_config(d: Path, redis_url: str, sim_port: int, policy: Path,
                  opts: GatewaydOptions) -> Path:
     q = QueueConfig()
-    p = d / "gatewayd.toml"
+    p = d / f"{opts.name}.toml"
+    state = d / ("state" if opts.name == "gatewayd" else f"state-{opts.name}")
+    consumer = "bench" if opts.name == "gatewayd" else f"bench-{opts.name}"
     p.write_text(f"""
 [daemon]
-state_dir = "{d / "state"}"
+state_dir = "{state}"
 log_level = "warning"
-consumer = "bench"
+consumer = "{consumer}"
 housekeeping_interval_s = {opts.housekeeping_interval_s}
 
 [redis]
@@ -216,7 +221,8 @@ system_id = "demo"
 password = "demo"
 binds = {opts.binds}
 window = {opts.window}
-tps = 1000000.0
+tps = {opts.tps}
+response_timeout_s = {opts.response_timeout_s}
 source_addr = "10690"
 registered_delivery = true
 
@@ -254,8 +260,9 @@ def private_redis(port: int) -> Iterator[int]:
 class Rig:
     """Redis + simulator for the life of a benchmark; gatewayd once per run."""
 
-    def __init__(self, receipt_delay_s: float = 0.2) -> None:
+    def __init__(self, receipt_delay_s: float = 0.2, sim_args: list[str] | None = None) -> None:
         self.receipt_delay_s = receipt_delay_s
+        self.sim_args = list(sim_args or [])  # faults: python -m gatewayd.sim's options
         self._tmp = tempfile.TemporaryDirectory(prefix="gw-bench-")
         self.dir = Path(self._tmp.name)
         self._redis: EmbeddedRedis | None = None
@@ -273,7 +280,8 @@ class Rig:
             self.redis_url = self._redis.start()
         self.sim = subprocess.Popen(
             [sys.executable, "-m", "gatewayd.sim", "--port", "0", "--stats-interval", "0",
-             "--log-level", "WARNING", "--receipt-delay", str(self.receipt_delay_s)],
+             "--log-level", "WARNING", "--receipt-delay", str(self.receipt_delay_s),
+             *self.sim_args],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert self.sim.stdout is not None

@@ -11,9 +11,20 @@ Figures (median of --runs, with min and max):
   full/s      PolicyEngine.evaluate on batches of --batch, one batch at a time
   parallel/s  --workers batches in flight at once (as the dispatcher's workers do)
   local/s     the pure checks alone (content, keywords, quiet hours), no Redis
+  cpu us      this process's CPU per message during full/s (the steadiest figure), during
+              local/s, and redis-server's (only with the private server)
 Writes bench/results/policy.json.
 
+--variants runs several set-ups interleaved, each run all of them in turn (the order
+rotating), each with its own engine and its own freshly generated messages (no cache
+shared between them), and prints each one's ratio to the first:
+  shipped     the engine as it is
+  nofold      without the traditional/look-alike folding (gatewayd.policy.fold), to
+              see what it costs
+  privacy     privacy mode (gatewayd.store.privacy): keyed tokens in key names
+
     python bench/policy.py [-n 50000] [--batch 256] [--runs 5] [--workers 4]
+    python bench/policy.py --variants nofold,shipped,privacy
 """
 
 from __future__ import annotations
@@ -38,12 +49,15 @@ if str(ROOT) not in sys.path:  # run as a script: make `bench` importable
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from bench.common import summary, table, write_result  # noqa: E402
+from bench.common import cpu_seconds, summary, table, write_result  # noqa: E402
+from bench.harness import bench_redis_server  # noqa: E402
+from gatewayd.consent import bulk  # noqa: E402
 from gatewayd.model import OutboundMessage  # noqa: E402
+from gatewayd.policy import normalize  # noqa: E402
 from gatewayd.policy.engine import PolicyEngine  # noqa: E402
-from gatewayd.policy.optout import opt_out  # noqa: E402
 from gatewayd.store.embedded import EmbeddedRedis, free_port  # noqa: E402
 from gatewayd.store.keys import Keys  # noqa: E402
+from gatewayd.store.privacy import Privacy  # noqa: E402
 
 CLASSES = ["otp", "transactional", "marketing"]
 # 10:00 on a weekday in Shanghai: marketing inside its window.
@@ -101,13 +115,13 @@ def messages(rng: random.Random, n: int, recipients: list[str], run: int) -> lis
 
 async def one_run(engine: PolicyEngine, client: aioredis.Redis, keys: Keys,
                   msgs: list[OutboundMessage], batch: int, workers: int,
-                  optouts: list[str]) -> dict[str, Any]:
+                  optouts: list[str], redis_pid: int) -> dict[str, Any]:
     await client.flushdb()
-    for number in optouts:
-        await opt_out(client, keys, number, source="import", at=NOW - 86400)
+    await bulk.import_optouts(client, keys, [n + "\n" for n in optouts], at=NOW - 86400)
     batches = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
     verdicts: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
+    cpu0, rcpu0 = time.process_time(), cpu_seconds(redis_pid) if redis_pid else 0.0
     t0 = time.perf_counter()
     for b in batches:
         s = time.perf_counter()
@@ -115,6 +129,8 @@ async def one_run(engine: PolicyEngine, client: aioredis.Redis, keys: Keys,
             verdicts[v.check or "send"] += 1
         latencies.append(time.perf_counter() - s)
     full = len(msgs) / (time.perf_counter() - t0)
+    cpu_us = 1e6 * (time.process_time() - cpu0) / len(msgs)
+    redis_us = 1e6 * (cpu_seconds(redis_pid) - rcpu0) / len(msgs) if redis_pid else 0.0
 
     await client.flushdb()
     queue = list(batches)
@@ -127,65 +143,100 @@ async def one_run(engine: PolicyEngine, client: aioredis.Redis, keys: Keys,
     await asyncio.gather(*(worker() for _ in range(workers)))
     parallel = len(msgs) / (time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for m in msgs:
         engine.evaluate_local(m, NOW)
     local = len(msgs) / (time.perf_counter() - t0)
+    local_cpu_us = 1e6 * (time.process_time() - c0) / len(msgs)
     latencies.sort()
     return {
         "full_per_s": full,
         "parallel_per_s": parallel,
         "local_per_s": local,
+        "cpu_us": cpu_us,
+        "local_cpu_us": local_cpu_us,
+        "redis_cpu_us": redis_us,
         "batch_p50_ms": 1000 * statistics.median(latencies),
         "batch_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
         "verdicts": dict(verdicts),
     }
 
 
+VARIANTS = ("shipped", "nofold", "privacy")
+
+
+def _engine(variant: str, path: Path) -> PolicyEngine:
+    return PolicyEngine.load(path, classes=CLASSES)
+
+
+def _keys(variant: str) -> Keys:
+    if variant == "privacy":
+        return Keys("gwbench:", Privacy(b"bench secret, not a real one!"))
+    return Keys("gwbench:")
+
+
 async def main_async(args: argparse.Namespace) -> int:
     rng = random.Random(42)
+    variants = args.variants
     with tempfile.TemporaryDirectory(prefix="gw-bench-policy-") as tmp:
         d = Path(tmp)
         t0 = time.perf_counter()
-        engine = PolicyEngine.load(build_policy(d, rng), classes=CLASSES)
-        load_s = time.perf_counter() - t0
+        path = build_policy(d, rng)
+        engines = {v: _engine(v, path) for v in variants}
+        load_s = (time.perf_counter() - t0) / len(variants)
+        engine = engines[variants[0]]
         url = os.environ.get("REDIS_URL", "")
         server = None
+        redis_pid = 0
         if not url:
-            server = EmbeddedRedis(d / "redis", port=free_port())
+            server = EmbeddedRedis(d / "redis", port=free_port(), binary=bench_redis_server())
             url = server.start()
         client = aioredis.from_url(url)
-        keys = Keys("gwbench:")
+        if server is not None:
+            redis_pid = int((await client.info("server"))["process_id"])
         try:
             recipients = numbers(100_000)
             optouts = rng.sample(recipients, 5000)
-            runs = []
+            per: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for run in range(args.runs):
-                msgs = messages(random.Random(run), args.n, recipients, run)
-                r = await one_run(engine, client, keys, msgs, args.batch, args.workers, optouts)
-                runs.append(r)
-                print(f"run {run + 1}: full {r['full_per_s']:,.0f}/s  parallel "
-                      f"{r['parallel_per_s']:,.0f}/s  local {r['local_per_s']:,.0f}/s  "
-                      f"batch p50 {r['batch_p50_ms']:.2f} ms", flush=True)
+                order = variants[run % len(variants):] + variants[: run % len(variants)]
+                for v in order:
+                    seed = run * 100 + variants.index(v)  # fresh texts for each
+                    msgs = messages(random.Random(seed), args.n, recipients, run)
+                    folding = normalize.fold
+                    if v == "nofold":
+                        normalize.fold = _identity  # type: ignore[assignment]
+                    try:
+                        r = await one_run(engines[v], client, _keys(v), msgs, args.batch,
+                                          args.workers, optouts, redis_pid)
+                    finally:
+                        normalize.fold = folding  # type: ignore[assignment]
+                    per[v].append(r)
+                    print(f"run {run + 1} {v:>8}: full {r['full_per_s']:,.0f}/s  parallel "
+                          f"{r['parallel_per_s']:,.0f}/s  local {r['local_per_s']:,.0f}/s  "
+                          f"cpu {r['cpu_us']:.1f} us (local {r['local_cpu_us']:.1f})  "
+                          f"redis {r['redis_cpu_us']:.1f} us  "
+                          f"batch p50 {r['batch_p50_ms']:.2f} ms", flush=True)
             await client.flushdb()
         finally:
             await client.aclose()
             if server is not None:
                 server.stop()
+    figures = ("full_per_s", "parallel_per_s", "local_per_s", "cpu_us", "local_cpu_us",
+               "redis_cpu_us", "batch_p50_ms", "batch_p99_ms")
+    results = {v: {k: summary([r[k] for r in per[v]]) for k in figures} for v in variants}
+    runs = per[variants[0]]
     result = {
         "n": args.n, "batch": args.batch, "workers": args.workers,
         "keyword_terms": engine.keyword_terms, "policy_load_s": load_s,
-        "uvloop": args.uvloop,
-        "full_per_s": summary([r["full_per_s"] for r in runs]),
-        "parallel_per_s": summary([r["parallel_per_s"] for r in runs]),
-        "local_per_s": summary([r["local_per_s"] for r in runs]),
-        "batch_p50_ms": summary([r["batch_p50_ms"] for r in runs]),
-        "batch_p99_ms": summary([r["batch_p99_ms"] for r in runs]),
-        "runs": runs,
+        "uvloop": args.uvloop, "variants": list(variants),
+        **results[variants[0]],
+        "by_variant": results,
+        "runs": runs, "runs_by_variant": per,
     }
-    path = write_result("policy", result)
+    path_out = write_result("policy", result)
     f, p, lo = result["full_per_s"], result["parallel_per_s"], result["local_per_s"]
-    print(table([
+    rows = [
         ("keyword terms", f"{engine.keyword_terms:,} (policy loaded in {load_s:.2f} s)"),
         ("full engine", f"{f['median']:,.0f} msgs/s (min {f['min']:,.0f}, max {f['max']:,.0f})"),
         (f"{args.workers} batches in flight",
@@ -194,9 +245,29 @@ async def main_async(args: argparse.Namespace) -> int:
          f"{lo['median']:,.0f} msgs/s (min {lo['min']:,.0f}, max {lo['max']:,.0f})"),
         ("verdicts (last run)", ", ".join(f"{k} {v}" for k, v in sorted(runs[-1]["verdicts"]
                                                                           .items()))),
-        ("written", str(path)),
-    ]))
+    ]
+    if len(variants) > 1:
+        first = results[variants[0]]
+        for v in variants:
+            res = results[v]
+            rows.append((f"{v} (vs {variants[0]})",
+                         f"cpu {res['cpu_us']['median']:.1f} us/msg "
+                         f"({res['cpu_us']['median'] / first['cpu_us']['median']:.3f}x), "
+                         f"pure checks cpu {res['local_cpu_us']['median']:.1f} us/msg "
+                         f"({res['local_cpu_us']['median'] / first['local_cpu_us']['median']:.3f}"
+                         f"x), "
+                         f"full {res['full_per_s']['median']:,.0f}/s "
+                         f"({res['full_per_s']['median'] / first['full_per_s']['median']:.3f}x)"
+                         f", local {res['local_per_s']['median']:,.0f}/s "
+                         f"({res['local_per_s']['median'] / first['local_per_s']['median']:.3f}"
+                         f"x), redis {res['redis_cpu_us']['median']:.1f} us/msg"))
+    rows.append(("written", str(path_out)))
+    print(table(rows))
     return 0
+
+
+def _identity(text: str) -> str:
+    return text
 
 
 def main() -> int:
@@ -205,7 +276,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--variants", default="shipped",
+                    help=f"comma-separated, interleaved; ratios are to the first; of "
+                         f"{', '.join(VARIANTS)}")
     args = ap.parse_args()
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not args.variants or any(v not in VARIANTS for v in args.variants):
+        ap.error(f"--variants: choose from {', '.join(VARIANTS)}")
     try:
         import uvloop
 

@@ -42,7 +42,7 @@ TEXT = "【京东】您的订单{}已发货，快递单号SF{}，请注意查收
 COMMANDS_ONLY = """
 local now = ARGV[1]
 for i = 2, #ARGV, 10 do
-  if ARGV[i + 1] ~= '' then redis.call('HMGET', ARGV[i + 1], '*', '*') end
+  if ARGV[i + 1] ~= '' then redis.call('HGET', ARGV[i + 1], '*') end
   if ARGV[i + 3] ~= '' then
     redis.call('GET', ARGV[i + 3])
     redis.call('SET', ARGV[i + 3], now .. ' ' .. ARGV[i + 5], 'PX', ARGV[i + 4])
@@ -69,7 +69,7 @@ def build(r: redis.Redis, keys: Keys, first: int, n: int, size: int) -> list[lis
             _share, caps_key, caps, optout = cat_of[i % 100]
             if optout and i % 20 == 0:
                 pipe.hset(keys.optout(digits), "*", "1700000000")
-            b.add(digits=digits, optout_only=False, optout_scope="" if optout else None,
+            b.add(digits=digits, optout_only=False, optout_fields="*" if optout else None,
                   duplicate_ms=30_000, text_body=TEXT.format(i, first + i),
                   member=uuid.uuid4().hex, caps_key=caps_key, caps=caps,
                   tenant="acme", tenant_spec=TENANT_SPEC)

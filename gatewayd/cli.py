@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "cancel | show | report | list")
     campaigns_cli.add_campaign_arguments(p)
 
+    from gatewayd.consent import cli as consent_cli
+
+    p = sub.add_parser("consent", help="consent records: export | import (opt-out lists)")
+    consent_cli.add_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -122,9 +127,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return sim_cli.run(args)
     if cmd == "policy":
+        from gatewayd.pipeline.intake import parse_message
         from gatewayd.policy import cli as policy_cli
 
-        return policy_cli.run_policy(args)
+        def validate(raw: dict[str, Any], cfg: Config) -> Any:
+            return parse_message(raw, classes=list(cfg.queue.classes),
+                                 max_segments=cfg.queue.max_segments)
+
+        return policy_cli.run_policy(args, validate)
     if cmd == "optout":
         from gatewayd.policy import cli as policy_cli
 
@@ -134,6 +144,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return (campaigns_cli.run_template(args) if cmd == "template"
                 else campaigns_cli.run_campaign(args))
+    if cmd == "consent":
+        from gatewayd.consent import cli as consent_cli
+        from gatewayd.policy.engine import PolicyEngine
+
+        cfg = load_config(args.config, need_secrets=False)
+        policy_file = cfg.resolve(cfg.policy.file) if cfg.policy.file else None
+        policy = PolicyEngine.load(policy_file, classes=list(cfg.queue.classes)).policy
+        return consent_cli.run(args, cfg, retention_s=policy.consent_retention_s,
+                               categories=policy.optout_categories)
     if cmd == "top":
         from gatewayd.ops import top
 

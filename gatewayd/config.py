@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -20,6 +21,8 @@ from gatewayd.errors import ConfigError
 
 BindMode = Literal["transceiver", "transmitter", "receiver"]
 LongMessages = Literal["udh", "payload"]
+# How a message's remaining life goes into submit_sm's validity_period.
+ValidityFormat = Literal["relative", "absolute", "none"]
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -27,9 +30,14 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
 
 
 class DaemonConfig(_Section, kw_only=True, frozen=True):
-    state_dir: str = ".gatewayd"  # relative paths resolve against the config file's folder
+    # This daemon's own directory (locked: one daemon each): the receipt/MO spool, the
+    # embedded Redis. "" = systemd's $STATE_DIRECTORY (StateDirectory=) when set, else
+    # ".gatewayd" beside the config file. Relative paths resolve against its folder.
+    state_dir: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    consumer: str = ""  # consumer name in the group; default "<hostname>-<pid>"
+    # Consumer name in the group; default "<hostname>-<digest of state_dir>": stable
+    # across restarts of one instance, so a restart resumes its own pending entries.
+    consumer: str = ""
     shutdown_timeout_s: float = 10.0
     housekeeping_interval_s: float = 1.0
 
@@ -64,6 +72,10 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     reclaim_idle_s: float = 60.0
     max_deliveries: int = 5  # reads of one entry before it goes to the dead-letter stream
     max_attempts: int = 5  # retryable submit failures before a message ends as failed
+    # Submits lost with their bind (written, connection gone before the answer) use no
+    # attempt: a flapping SMSC never refused them. This bounds them apart (a message that
+    # kills every bind it is written on must not loop for ever).
+    max_bind_losses: int = 20
     retry_backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
     events_maxlen: int = 1_000_000
     dead_maxlen: int = 100_000
@@ -91,6 +103,14 @@ class PolicyConfig(_Section, kw_only=True, frozen=True):
     file: str = ""  # policy file (TOML); empty: no policies beyond the built-in checks
 
 
+class PrivacyConfig(_Section, kw_only=True, frozen=True):
+    # Recipient numbers never in clear in Redis key names, policy state, consent records
+    # or the MO stream (gatewayd.store.privacy). Off by default.
+    enabled: bool = False
+    # The environment variable holding the secret (>= 16 bytes; never in this file).
+    secret_env: str = "GATEWAYD_PRIVACY_SECRET"
+
+
 class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
     host: str
@@ -101,6 +121,13 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     system_type: str = ""
     bind_mode: BindMode = "transceiver"
     binds: int = 1
+    # Extra receiver-only binds beside the `binds` above: the split layout (transmitters
+    # submit, receivers take receipts and MO) on one carrier entry.
+    receiver_binds: int = 0
+    # The SMSC account receipts are correlated in and the TPS bucket belongs to. Default:
+    # carrier entries with the same host, port and system_id are one account (named after
+    # the first of them); give the same name to group entries on different hosts.
+    account: str = ""
     window: int = 100
     tps: float = 100.0
     source_addr: str = ""
@@ -112,6 +139,9 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     long_messages: LongMessages = "udh"
     udh_ref_bits: Literal[8, 16] = 8  # 8: 153 septets/67 UCS-2 a part; 16: 152/66
     registered_delivery: bool = True
+    # validity_period of submit_sm from the message's expires_at (or its class's TTL):
+    # relative (YYMMDDhhmmss000R), absolute (UTC, ...000+) or none (the SMSC's default).
+    validity: ValidityFormat = "relative"
     enquire_link_s: float = 30.0
     response_timeout_s: float = 10.0
     reconnect_min_s: float = 1.0
@@ -191,6 +221,7 @@ class Config(_Section, kw_only=True, frozen=True):
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     carrier: list[CarrierConfig] = msgspec.field(default_factory=list)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
@@ -207,6 +238,13 @@ class Config(_Section, kw_only=True, frozen=True):
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
 
+    def state_path(self) -> Path:
+        """The daemon's state directory (see DaemonConfig.state_dir)."""
+        if self.daemon.state_dir:
+            return self.resolve(self.daemon.state_dir)
+        systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd) if systemd else self.resolve(".gatewayd")
+
     def redis_url(self) -> str:
         return os.environ.get("REDIS_URL", "") or self.redis.url
 
@@ -214,6 +252,51 @@ class Config(_Section, kw_only=True, frozen=True):
         if carrier.password_env:
             return os.environ.get(carrier.password_env, "")
         return carrier.password
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """An SMSC account: the carrier entries that point at it (see ``accounts``)."""
+
+    name: str
+    carriers: tuple[str, ...]  # the entries on it, in file order
+    tps: float  # the lowest tps of its entries: each entry states the account's cap
+
+    @property
+    def legacy_names(self) -> tuple[str, ...]:
+        """Entry names an older gatewayd keyed receipts by, other than the account's."""
+        return tuple(c for c in self.carriers if c != self.name)
+
+
+def account_names(cfg: Config) -> dict[str, str]:
+    """carrier name -> SMSC account name.
+
+    An SMSC knows its clients by account (SMPP: system_id on a host and port), not by our
+    carrier names, and sends a receipt to any bind of the account that can receive: with
+    split binds, or two carrier entries on one account, it arrives on another entry's bind
+    than the submit. So receipts are correlated per account, and the account's TPS cap is
+    one bucket. An entry's account: its explicit ``account``; else the account of the first
+    entry in file order with the same (host, port, system_id); else its own name (so a
+    configuration with one entry per account keeps the Redis keys it had before).
+    """
+    by_identity: dict[tuple[str, int, str], str] = {}
+    out: dict[str, str] = {}
+    for c in cfg.carrier:
+        identity = (c.host.lower(), c.port, c.system_id)
+        name = c.account or by_identity.get(identity, c.name)
+        by_identity.setdefault(identity, name)
+        out[c.name] = name
+    return out
+
+
+def accounts(cfg: Config) -> dict[str, Account]:
+    """account name -> Account, in file order."""
+    names = account_names(cfg)
+    members: dict[str, list[CarrierConfig]] = {}
+    for c in cfg.carrier:
+        members.setdefault(names[c.name], []).append(c)
+    return {name: Account(name, tuple(c.name for c in cs), min(c.tps for c in cs))
+            for name, cs in members.items()}
 
 
 _PATH_RE = re.compile(r"`\$\.?([^`]*)`")
@@ -262,9 +345,13 @@ def load_config(path: str | os.PathLike[str], *, need_secrets: bool = True) -> C
 
 
 def missing_secrets(cfg: Config) -> list[tuple[str, str]]:
-    """(key, variable) of each ``carrier[i].password_env`` whose variable is not set."""
-    return [(f"carrier[{i}].password_env", c.password_env) for i, c in enumerate(cfg.carrier)
-            if c.password_env and c.password_env not in os.environ]
+    """(key, variable) of each ``carrier[i].password_env`` (and, in privacy mode,
+    ``privacy.secret_env``) whose variable is not set."""
+    out = [(f"carrier[{i}].password_env", c.password_env) for i, c in enumerate(cfg.carrier)
+           if c.password_env and c.password_env not in os.environ]
+    if cfg.privacy.enabled and cfg.privacy.secret_env not in os.environ:
+        out.append(("privacy.secret_env", cfg.privacy.secret_env))
+    return out
 
 
 def validate(cfg: Config, *, need_secrets: bool = True) -> None:
@@ -294,6 +381,7 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         ("queue.read_batch", q.read_batch),
         ("queue.max_deliveries", q.max_deliveries),
         ("queue.max_attempts", q.max_attempts),
+        ("queue.max_bind_losses", q.max_bind_losses),
         ("queue.dispatch_workers", q.dispatch_workers),
         ("queue.max_segments", q.max_segments),
         ("queue.events_maxlen", q.events_maxlen),
@@ -330,6 +418,10 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.port", "must be 1-65535")
         if c.binds < 1:
             raise bad(f"{k}.binds", "must be at least 1")
+        if c.receiver_binds < 0:
+            raise bad(f"{k}.receiver_binds", "must be 0 or more")
+        if c.account and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", c.account):
+            raise bad(f"{k}.account", f"{c.account!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
         if c.window < 1:
             raise bad(f"{k}.window", "must be at least 1 (1 = stop-and-wait)")
         if c.tps <= 0:
@@ -347,6 +439,13 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
+    pv = cfg.privacy
+    if pv.enabled and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pv.secret_env):
+        raise bad("privacy.secret_env", "name the environment variable holding the secret, "
+                                        "e.g. GATEWAYD_PRIVACY_SECRET")
+    if pv.enabled and need_secrets and pv.secret_env not in os.environ:
+        raise bad("privacy.secret_env", f"environment variable {pv.secret_env} is not set "
+                                        "(the privacy secret: openssl rand -base64 32)")
     r = cfg.routing
     for name in r.default:
         if name not in names:

@@ -1,21 +1,33 @@
 """Lifecycle: start order, the housekeeping tick, signals, graceful drain.
 
-Start: Redis (or the embedded server) -> consumer groups -> policies -> simulator (demo
-only) -> carrier binds -> HTTP -> READY=1. Signal handlers only set flags; the loops do
+Start: the state directory (locked: one daemon each; it holds the spool and names the
+consumer) -> Redis (or the embedded server) -> consumer groups -> policies -> simulator
+(demo only) -> carrier binds -> HTTP -> READY=1. Signal handlers only set flags; the loops do
 the work. TERM/INT drain: stop HTTP intake and reading, let in-flight batches finish
 (bounded by shutdown_timeout_s), unbind, close Redis. A second TERM/INT forces exit.
 HUP reloads the policy files atomically (a broken file keeps the old policy).
+
+The consumer name is stable per instance (``<hostname>-<digest of state_dir>`` unless
+``daemon.consumer`` says otherwise), so a restarted daemon takes back the entries its
+previous run left pending at once, without waiting for them to go idle. Taking over
+(own leftovers at start, a dead consumer's entries after ``queue.reclaim_idle_s``) and
+replaying the receipt spool run as background jobs, started by the housekeeping tick,
+so a big takeover never starves the heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
+import hashlib
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from gatewayd import __version__
@@ -23,7 +35,7 @@ from gatewayd.campaigns import registry as templates
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
@@ -33,13 +45,21 @@ from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
 from gatewayd.pipeline.inbound import InboundHandler
 from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.spool import Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store, is_cluster
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.daemon")
+
+
+def default_consumer(cfg: Config) -> str:
+    """``<hostname>-<8 hex of the state directory's path>``: the same for every run of
+    one instance (its state directory), different for instances beside each other."""
+    state = str(cfg.state_path().resolve())
+    return f"{socket.gethostname()}-{hashlib.sha1(state.encode()).hexdigest()[:8]}"
 
 
 class Daemon:
@@ -47,8 +67,12 @@ class Daemon:
         self.cfg = cfg
         self.burst = burst
         self.burst_timeout_s = burst_timeout_s
-        self.keys = Keys(cfg.redis.prefix)
-        self.consumer = cfg.daemon.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.keys = keys_for(cfg)
+        self.consumer = cfg.daemon.consumer or default_consumer(cfg)
+        self.state_dir = cfg.state_path()
+        self._lock_fd: int | None = None
+        self.spool: Spool | None = None
+        self._jobs: dict[str, asyncio.Task[None]] = {}
         self.store = Store(cfg)
         self.stop_event = asyncio.Event()
         self.started = asyncio.Event()
@@ -106,8 +130,28 @@ class Daemon:
             await self._shutdown()
         return 0
 
+    def _lock_state_dir(self) -> None:
+        """One daemon per state directory: it names the consumer and holds the spool."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "gatewayd.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GatewayError(
+                f"{self.state_dir}: in use by another gatewayd; give each daemon its own "
+                "daemon.state_dir (it holds the consumer identity and the receipt spool)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
     async def _start(self) -> None:
         cfg = self.cfg
+        self._lock_state_dir()
+        self.spool = Spool(Path(self.state_dir) / "spool")
+        await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
         await redis.ping()
         self.redis_ok = True
@@ -123,6 +167,7 @@ class Daemon:
             ))
             await self.sim.start()
         self.inbound = InboundHandler(redis, self.keys, cfg, self.policy)
+        self.inbound.spool = self.spool
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
         await self.pool.start()
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
@@ -163,13 +208,19 @@ class Daemon:
                 except (asyncio.CancelledError, Exception):
                     pass
             self.notifier.stopping()
-            # Let batches in flight finish and record their outcomes (bounded).
+            # Let batches in flight finish and record their outcomes (bounded); a takeover
+            # stops between its batches.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.cfg.daemon.shutdown_timeout_s
             try:
                 await asyncio.wait_for(asyncio.shield(pump), self.cfg.daemon.shutdown_timeout_s)
             except (TimeoutError, asyncio.CancelledError):
                 pump.cancel()
+            jobs = [j for j in self._jobs.values() if not j.done()]
+            if jobs:
+                await asyncio.wait(jobs, timeout=max(0.1, deadline - loop.time()))
             tick.cancel()
-            for t in (pump, tick):
+            for t in (pump, tick, *jobs):
                 try:
                     await t
                 except (asyncio.CancelledError, Exception):
@@ -185,6 +236,9 @@ class Daemon:
         if self.sim is not None:
             await self.sim.stop()
         await self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the state directory's lock
+            self._lock_fd = None
         log.info("gatewayd stopped")
 
     def _install_signals(self) -> None:
@@ -234,20 +288,19 @@ class Daemon:
     async def _housekeeping(self) -> None:
         assert self.queue and self.dispatcher and self.inbound
         interval = self.cfg.daemon.housekeeping_interval_s
-        last_reclaim = 0.0
+        last_reclaim = time.time()
+        # First: what a previous run of this consumer left pending, without waiting.
+        self._job("takeover", lambda: self._takeover(own_since=self.started_at))
         burst_deadline = time.monotonic() + self.burst_timeout_s if self.burst_timeout_s else 0.0
         while not self.stop_event.is_set():
             try:
                 now = time.time()
                 await self.queue.move_due(now)
+                if self.spool is not None and self.spool.active:
+                    self._job("spool", self._replay_spool)
                 if now - last_reclaim >= max(1.0, self.cfg.queue.reclaim_idle_s / 4):
                     last_reclaim = now
-                    reclaimed = await self.queue.reclaim(
-                        self.cfg.queue.read_batch, self.dispatcher.in_flight
-                    )
-                    if reclaimed:
-                        log.info("reclaimed %d pending entries", len(reclaimed))
-                        await self.dispatcher.process(reclaimed)
+                    self._job("takeover", lambda: self._takeover(own_since=None))
                 await self.inbound.retry_early()
                 await self.inbound.expire_awaiting()
                 depths = await self.queue.depths()
@@ -285,6 +338,59 @@ class Daemon:
             except TimeoutError:
                 pass
 
+    def _job(self, name: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start a background job unless it is still running."""
+        job = self._jobs.get(name)
+        if job is None or job.done():
+            self._jobs[name] = asyncio.create_task(make(), name=name)
+
+    async def _takeover(self, own_since: float | None) -> None:
+        """Take over pending entries, batch after batch until none is left: a dead
+        consumer's (idle reclaim_idle_s), ours left by a previous run (own_since).
+        Up to ``dispatch_workers`` batches are processed at once, like fresh ones."""
+        assert self.queue and self.dispatcher
+        q = self.cfg.queue
+        total = 0
+        running: set[asyncio.Task[list[Any]]] = set()
+        try:
+            while not self.stop_event.is_set():
+                while len(running) >= q.dispatch_workers:
+                    _done, running = await asyncio.wait(
+                        running, return_when=asyncio.FIRST_COMPLETED)
+                    for t in _done:
+                        t.result()  # a failed batch ends the pass; its entries stay ours
+                own = None if own_since is None else max(0.0, time.time() - own_since)
+                entries = await self.queue.reclaim(q.read_batch, self.dispatcher.held_ids(),
+                                                   own_idle_s=own)
+                if not entries:
+                    break
+                total += len(entries)
+                task = asyncio.create_task(self.dispatcher.process(entries))
+                # Held at once (process() marks them in its first step, before any await).
+                await asyncio.sleep(0)
+                running.add(task)
+            if running:
+                for t in (await asyncio.wait(running))[0]:
+                    t.result()
+                running = set()
+        except Exception as e:  # Redis away: the next pass goes on
+            log.warning("taking over pending entries: %s: %s", type(e).__name__, e)
+        finally:
+            if running:  # let the batches started finish (they record what they sent)
+                for t in (await asyncio.wait(running))[0]:
+                    if not t.cancelled() and t.exception() is not None:
+                        log.warning("taking over: a batch failed: %s", t.exception())
+        if total:
+            log.info("took over %d pending entries%s", total,
+                     " left by this consumer's previous run" if own_since is not None else "")
+
+    async def _replay_spool(self) -> None:
+        assert self.inbound is not None
+        try:
+            await self.inbound.replay_spool()
+        except Exception as e:
+            log.warning("replaying the receipt spool: %s: %s", type(e).__name__, e)
+
     async def _heartbeat(self) -> None:
         """While this key lives, other daemons leave our pending entries alone."""
         ttl_ms = int(max(2.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
@@ -294,6 +400,8 @@ class Daemon:
 
     async def _drained(self, depths: dict[str, dict[str, int]]) -> bool:
         if any(sum(d.values()) for d in depths.values()):
+            return False
+        if self.spool is not None and self.spool.active:
             return False
         redis = self.store.client
         awaiting = await redis.zcard(self.keys.awaiting_receipt)

@@ -57,6 +57,11 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     campaign: str = ""
     variant: str = ""
     links: int = 0
+    # Set by gatewayd on its own retries, not by upstream:
+    losses: int = 0  # submits lost with their bind (no attempt used; queue.max_bind_losses)
+    # A long message some of whose parts the SMSC accepted: carrier, reference and those
+    # parts (pipeline/intake.Resume, JSON), so the retry sends only the others.
+    resume: str = ""
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -35,3 +35,46 @@ def test_bench_e2e_quick_writes_its_result(tmp_path: Path) -> None:
     assert run["states"] == {"delivered": 300}
     assert run["final"] == 300
     assert "messages/s to final state" in proc.stdout
+
+
+def _bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc, tmp_path
+
+
+def test_bench_stragglers_and_throttle_write_their_results(tmp_path: Path) -> None:
+    """Issue 16's two benches, tiny: the shape of their results, never a speed."""
+    proc, d = _bench(tmp_path, "stragglers", "-n", "300", "--runs", "1",
+                     "--response-timeout", "1")
+    data = json.loads((d / "stragglers.json").read_text())
+    for key in ("bulk_final_per_s", "bulk_submit_per_s", "all_final_s", "gw_cpu_us_per_msg"):
+        assert {"median", "min", "max", "runs"} <= set(data["no_fault"][key]), key
+        assert {"median", "min", "max", "runs"} <= set(data["unanswered_runs"][key]), key
+    assert {"median", "min", "max"} <= set(data["ratio"])
+    assert data["runs"]["no_fault"][0]["states"] == {"delivered": 300}
+    assert data["runs"]["unanswered"][0]["states"] == {"delivered": 300}
+    assert "ratio (target >= 0.80)" in proc.stdout
+    proc, d = _bench(tmp_path, "throttle", "--cap", "200", "--seconds", "4", "--settle", "1",
+                     "--runs", "1")
+    data = json.loads((d / "throttle.json").read_text())
+    for key in ("accepted_per_s", "of_cap", "throttled_after_settle", "throttled_first_s"):
+        assert {"median", "min", "max", "runs"} <= set(data[key]), key
+    assert data["runs"][0]["submits"] >= 800
+    assert "throttled after 1 s" in proc.stdout
+
+
+def test_bench_consent_quick_writes_its_result(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bench.consent", "-n", "2000", "--runs", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "consent.json").read_text())
+    assert data["n"] == 2000
+    for key in ("import_s", "import_per_s", "gatewayd_cpu_us", "redis_cpu_us", "by_number_s",
+                "memory_bytes_per_number"):
+        assert {"median", "min", "max", "runs"} <= set(data[key]), key

@@ -108,7 +108,7 @@ async def test_policy_batch_same_verdicts_on_cluster_and_single_redis(
         b = RedisBatch(keys, now)
         for i in range(n):
             k = (int(now) * 100 + i) % recipients
-            b.add(digits=f"8613800{k:06d}", optout_only=False, optout_scope="",
+            b.add(digits=f"8613800{k:06d}", optout_only=False, optout_fields="*",
                   duplicate_ms=60_000, text_body=f"text {i % 3}", member=f"m{now}-{i}",
                   caps_key="cap:t", caps="3:3600", tenant=("a" if i % 2 else "b"),
                   tenant_spec=spec)
@@ -131,7 +131,7 @@ async def test_tenant_deferred_message_keeps_its_reservation_on_a_cluster(
 ) -> None:
     def one(now: float, member: str) -> RedisBatch:
         b = RedisBatch(keys, now)
-        b.add(digits="8613800000042", optout_only=False, optout_scope="", duplicate_ms=60_000,
+        b.add(digits="8613800000042", optout_only=False, optout_fields="*", duplicate_ms=60_000,
               text_body="hello", member=member, caps_key="cap:t", caps="2:3600",
               tenant="t", tenant_spec="1:1")
         return b
@@ -139,14 +139,14 @@ async def test_tenant_deferred_message_keeps_its_reservation_on_a_cluster(
     assert (await one(100.0, "first").run(cluster))[0][0].check == "send"
     assert (await one(100.0, "second").run(cluster))[0][0].check == "duplicate"
     b = RedisBatch(keys, 100.0)
-    b.add(digits="8613800000043", optout_only=False, optout_scope="", duplicate_ms=60_000,
+    b.add(digits="8613800000043", optout_only=False, optout_fields="*", duplicate_ms=60_000,
           text_body="x", member="third", caps_key="cap:t", caps="2:3600", tenant="t",
           tenant_spec="1:1")
     [[deferred]] = await b.run(cluster)
     assert deferred.check == "tenant_rate" and deferred.until > 100.0
     # Back after the deferral: its own marker and cap entry do not count against it.
     b = RedisBatch(keys, deferred.until)
-    b.add(digits="8613800000043", optout_only=False, optout_scope="", duplicate_ms=60_000,
+    b.add(digits="8613800000043", optout_only=False, optout_fields="*", duplicate_ms=60_000,
           text_body="x", member="third", caps_key="cap:t", caps="2:3600", tenant="t",
           tenant_spec="1:1")
     assert (await b.run(cluster))[0][0].check == "send"
@@ -165,7 +165,6 @@ async def test_end_to_end_on_a_cluster(
         cfg = load(write_config(tmp_path, redis_url=cluster_url, sim_port=port, policy=policy,
                                 extra="[queue]\nreclaim_idle_s = 1.0\n"
                                       "early_receipt_hold_s = 2.0\n"))
-        now = time.time()
         async with Client.from_config(cfg) as client:
             assert is_cluster(client.redis)
             bulk = [i for i, _ in await client.send(
@@ -179,8 +178,6 @@ async def test_end_to_end_on_a_cluster(
                  for n in range(4)])]
             (idem, _), (idem2, again) = await client.send(
                 [{"to": "+8613700000003", "text": "order", "idempotency_key": "o-1"}] * 2)
-            [(later, _)] = await client.send(
-                [{"to": "+8613700000004", "text": "later", "not_before": now + 1.5}])
             orphans = [i for i, _ in await client.send(
                 [{"to": f"+86134{n:08d}", "text": f"orphan {n}", "category": "otp"}
                  for n in range(20)])]
@@ -191,6 +188,11 @@ async def test_end_to_end_on_a_cluster(
         got = await cluster.xreadgroup(GROUP, "ghost", {keys.queue("otp"): ">"}, count=100)
         assert sum(len(items) for _, items in got) == 20
         async with running_daemon(cfg) as daemon:
+            # Sent once the daemon runs, so its not_before is still ahead when the
+            # dispatcher reads it however long the start took on a loaded machine.
+            async with Client.from_config(cfg) as client:
+                [(later, _)] = await client.send(
+                    [{"to": "+8613700000004", "text": "later", "not_before": time.time() + 1.5}])
             await sim.inject_mo("+8613900000001", "10690001", "TD", wait=True)
             for _ in range(100):
                 if await cluster.hget(keys.optout("8613900000001"), "*"):
@@ -259,3 +261,36 @@ async def test_two_daemons_share_the_queues_on_a_cluster(
     finally:
         await stop_all(procs)
         await sim.stop()
+
+
+async def test_consent_records_and_preferences_on_a_cluster(cluster: aioredis.Redis) -> None:
+    """Issue 19: opt-outs with categories, re-subscription, import and export on a
+    cluster, where records, indexes and opt-out HASHes live in different slots."""
+    from gatewayd.consent import bulk, records
+    from gatewayd.model import OutboundMessage
+    from gatewayd.policy.engine import PolicyEngine
+    from gatewayd.policy.optout import opt_out, optout_status, resubscribe
+
+    keys = Keys()
+    n = "+8613800138000"
+    await opt_out(cluster, keys, n, category="transactional", source="api", at=1.0)
+    await opt_out(cluster, keys, n, source="mo:sim", at=2.0, text="退订")
+    engine = PolicyEngine.load(None, classes=["otp", "transactional", "marketing"])
+    out = await engine.evaluate(cluster, keys, [
+        OutboundMessage(id=f"c{i}", to=n, text="【京东】订单已发货 回TD退订", category=c)
+        for i, c in enumerate(("otp", "transactional", "marketing"))], 1_718_000_000.0)
+    assert [v.reason for v in out] == ["", "optout:*|transactional", "optout"]
+    assert await resubscribe(cluster, keys, n, source="mo:sim", at=3.0) == [
+        "*", "*|transactional"]
+    assert await optout_status(cluster, keys, n) == {}
+    result = await bulk.import_optouts(cluster, keys, [f"+86139{i:08d}\n" for i in range(2000)],
+                                       note="list.csv", chunk=500)
+    assert (result.read, result.new) == (2000, 2000)
+    assert await optout_status(cluster, keys, "8613900001234") != {}
+    mine = [(r["action"], r["category"], r["source"])
+            async for r in records.read(cluster, keys, number="8613800138000")]
+    assert mine == [("out", "transactional", "api"), ("out", "", "mo:sim"),
+                    ("in", "", "mo:sim"), ("in", "transactional", "mo:sim")]
+    imported = [r async for r in records.read(cluster, keys, number="8613900001234")]
+    assert [(r["source"], r["note"]) for r in imported] == [("import", "list.csv")]
+    assert len([r async for r in records.read(cluster, keys)]) == 4 + 2000

@@ -9,6 +9,7 @@ ways, and a connection lost mid-window losing nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -55,7 +56,8 @@ async def send_until_all_ok(c: CmppClient, batch: list[SubmitRequest],
 async def test_submit_long_messages_and_correlated_reports(version: str) -> None:
     async with ismg() as sim, client(sim, version=version) as (c, rec):
         batch = [
-            SubmitRequest(msg_id="otp", destination="+8613800000001", text=OTP, validity_s=300),
+            SubmitRequest(msg_id="otp", destination="+8613800000001", text=OTP,
+                          expires_at=time.time() + 300),
             SubmitRequest(msg_id="zh", destination="+8613800000002", text=LONG_ZH, source="88"),
             SubmitRequest(msg_id="en", destination="+8613800000003", text=LONG_ASCII),
         ]
@@ -260,7 +262,7 @@ async def test_malformed_deliver_is_answered_and_the_link_stays() -> None:
 async def test_gbk_outbound_setting() -> None:
     settings = CmppSettings(version="2.0", encoding="gbk", validity="relative")
     async with ismg() as sim, client(sim, settings=settings) as (c, _):
-        [o] = await c.submit_batch(reqs(1, LONG_ZH, validity_s=600))
+        [o] = await c.submit_batch(reqs(1, LONG_ZH, expires_at=time.time() + 600))
         assert o.ok
         assert {s.msg_fmt for s in sim.submissions} == {15}
         assert sim.submissions[0].valid_time == "000000001000000R"

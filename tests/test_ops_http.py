@@ -11,6 +11,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from gatewayd.consent import records
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import Backend, EnqueueResult, FieldError
 from gatewayd.http.server import MAX_ITEMS, HttpServer, hash_key, is_loopback, parse_listen
@@ -58,15 +59,21 @@ class RedisBackend:
         return await read_status(self.redis, self.keys, msg_id)
 
     async def optout(
-        self, action: Literal["add", "remove", "check"], number: str, scope: str
+        self, action: Literal["add", "remove", "check"], number: str, scope: str,
+        category: str = "",
     ) -> dict[str, Any]:
         key = self.keys.optout(number)
+        name = f"{scope}|{category}" if category else scope
         if action == "add":
-            await self.redis.hset(key, scope, time.time())
+            await self.redis.hset(key, name, time.time())
         elif action == "remove":
-            await self.redis.hdel(key, scope)
+            await self.redis.hdel(key, name)
         scopes = await self.redis.hgetall(key)
         return {"number": number, "opted_out": {k: float(v) for k, v in scopes.items()}}
+
+    def consent(self, number: str, since: float, until: float) -> AsyncIterator[dict[str, str]]:
+        return records.read(self.redis, self.keys, number=number.lstrip("+"), since=since,
+                            until=until)
 
     async def reload(self) -> tuple[bool, str]:
         return (True, "reloaded") if self.reload_ok else (False, "policy.toml: bad keyword")
@@ -475,7 +482,7 @@ async def test_port_in_use_raises(start: Start, backend: RedisBackend) -> None:
 async def test_optout_backend_rejection_is_422(start: Start, http: aiohttp.ClientSession) -> None:
     class Picky(RedisBackend):
         async def optout(self, action: Literal["add", "remove", "check"], number: str,
-                         scope: str) -> dict[str, Any]:
+                         scope: str, category: str = "") -> dict[str, Any]:
             raise ValueError(f"{number!r}: not an E.164 number")
 
     server = await start(backend=Picky(None, Keys()))  # type: ignore[arg-type]

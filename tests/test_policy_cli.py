@@ -104,3 +104,37 @@ def test_optout_rejects_a_bad_number(tmp_path: Path, redis_url: str, sync_redis:
     monkeypatch.setenv("REDIS_URL", redis_url)
     assert main(["optout", "add", "123", "-c", str(config(tmp_path))]) == 2
     assert "not an E.164 number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--to", "12345"], "to"),  # no valid number: intake refuses it, so explain does
+    (["--to", "+86 138 0013 8000"], "to"),
+    (["--category", "promo"], "category"),
+    (["--id", "bad id!"], "id"),
+    (["--from", "x" * 21], "from"),
+    (["--text", "长" * 800], "text"),  # more SMS parts than queue.max_segments
+])
+def test_explain_validates_exactly_as_intake(tmp_path: Path, args: list[str], field: str,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatewayd.errors import MessageError
+    from gatewayd.pipeline.intake import parse_message
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cfg = config(tmp_path)
+    base = {"--to": "+8613800138000", "--text": "【京东】验证码 123456", "--category": "otp"}
+    argv = dict(base)
+    argv.update(dict(zip(args[::2], args[1::2], strict=True)))
+    # The daemon's own validation says the same thing.
+    raw = {"to": argv["--to"], "text": argv["--text"], "category": argv["--category"],
+           "id": argv.get("--id", "explain"), "from": argv.get("--from", "")}
+    with pytest.raises(MessageError) as intake:
+        parse_message(raw, classes=["otp", "transactional", "marketing"], max_segments=10)
+    assert intake.value.field == field
+    flat = [x for kv in argv.items() for x in kv]
+    rc = main(["policy", "explain", "-c", str(cfg), *flat, "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert json.loads(out) == {"verdict": "invalid", "field": field,
+                               "reason": intake.value.reason}
+    assert f"the daemon would refuse this message: {field}:" in err

@@ -60,7 +60,7 @@ async def test_status_and_audit_trail(redis: aioredis.Redis, keys: Keys) -> None
     history = await optout_history(redis, keys, CN)
     assert [(h["action"], h["scope"], h["source"], float(h["at"])) for h in history] == [
         ("out", "*", "mo", T0), ("out", "京东", "api", T0 + 1), ("in", "*", "cli", T0 + 2)]
-    assert {h["number"] for h in history} == {"8613800138000"}
+    assert {h["number"] for h in history} == {"+8613800138000"}
 
 
 async def test_invalid_numbers_and_scopes_refused(redis: aioredis.Redis, keys: Keys) -> None:
@@ -122,14 +122,15 @@ async def test_optout_decides_before_quiet_hours(redis: aioredis.Redis, keys: Ke
 @pytest.mark.parametrize("reply", [
     "TD", " td ", "ＴＤ", "Td", "退订", " 退订。", "STOP", "stop!", "Unsubscribe", "UNSUBSCRIBE",
     "t", "N", "r", "取消", "\u3000ＴＤ\u3000", "「退订」", "OptOut", "stopall", "退订TD",
+    # Since issue 19: opt-out words inside short replies (tests/test_policy_replies.py).
+    "我要退订", "退订了吗", "T D", "STOP ALL",
 ])
 def test_optout_replies(reply: str) -> None:
     assert DEFAULT.is_optout_reply(reply)
 
 
 @pytest.mark.parametrize("reply", [
-    "TD is great", "不要退订", "退订了吗", "TDD", "STOP IT", "好的", "", "   ", "T D", "收到",
-    "我要退订", "1234",
+    "TD is great", "不要退订", "TDD", "STOP IT", "好的", "", "   ", "收到", "1234", "取消订单",
 ])
 def test_not_optout_replies(reply: str) -> None:
     assert not DEFAULT.is_optout_reply(reply)
@@ -155,4 +156,4 @@ def test_property_padding_width_and_case(word: str, left: str, right: str, full_
     if full_width:
         w = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in w)
     assert DEFAULT.is_optout_reply(left + w + right)
-    assert not DEFAULT.is_optout_reply(left + w + " please send more" + right)
+    assert not DEFAULT.is_optout_reply(left + "不要" + w + right)  # negated

@@ -107,16 +107,83 @@ async def test_carrier_rate_gate(tmp_path: Path, redis: aioredis.Redis, keys: Ke
     p = tmp_path / "gw.toml"
     p.write_text('[[carrier]]\nname = "cmcc"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\ntps = 200\n'
-                 '[[carrier]]\nname = "cucc"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 # the same SMSC account (host, port, system_id): one bucket, the lower tps
+                 '[[carrier]]\nname = "cmcc-rx"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 'password = "b"\ntps = 300\nbind_mode = "receiver"\n'
+                 '[[carrier]]\nname = "cucc"\nhost = "127.0.0.1"\nsystem_id = "c"\n'
                  'password = "b"\ntps = 5\n', encoding="utf-8")
     cfg: Config = load_config(p)
     gate = CarrierRateGate(redis, keys, cfg)
+    assert set(gate.buckets) == {"cmcc", "cucc"}
     assert (gate.buckets["cmcc"].rate, gate.buckets["cmcc"].burst) == (200.0, 20.0)
     assert (gate.buckets["cucc"].rate, gate.buckets["cucc"].burst) == (5.0, 1.0)
-    await gate.acquire("cmcc", 3)
+    await gate.acquire("cmcc-rx", 3)
     assert await redis.exists(keys.token_bucket("carrier:cmcc")) == 1
+    assert not await redis.exists(keys.token_bucket("carrier:cmcc-rx"))
     with pytest.raises(KeyError, match="nope"):
         await gate.acquire("nope", 1)
+
+
+async def test_learned_rate_is_shared_cut_once_and_probed_back(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Two daemons' gates on one account: a throttled window cuts the shared rate to what
+    the SMSC accepted (x 0.95), once per cooldown whoever reports; after the hold it grows
+    back by 2 % a second, never above the configured tps."""
+    p = tmp_path / "gw.toml"
+    p.write_text('[[carrier]]\nname = "cm"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 'password = "b"\ntps = 1000\n', encoding="utf-8")
+    cfg = load_config(p)
+    clock = SimClock()
+    c1, c2 = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    try:
+        g1, g2 = CarrierRateGate(c1, keys, cfg), CarrierRateGate(c2, keys, cfg)
+        for g in (g1, g2):
+            b = g.buckets["cm"]
+            b.clock, b.sleep = clock, clock.sleep
+        await g1.acquire("cm", 10)
+        # 70 % of a window throttled: 1000 x 0.3 x 0.95 = 285/s, but one cut at most
+        # halves (a window of nothing but throttles must not floor the rate): 500/s, for
+        # both daemons.
+        await g1.throttled("cm", 150, 350)
+        assert g1.rate("cm") == pytest.approx(500.0)
+        await g2.acquire("cm", 1)
+        assert g2.rate("cm") == pytest.approx(500.0)
+        # A second report within the cooldown (1 s) changes nothing ...
+        await g2.throttled("cm", 100, 400)
+        assert g2.rate("cm") == pytest.approx(500.0)
+        # ... after it, 40 % throttled at 500/s: 500 x 0.6 x 0.95 = 285/s.
+        clock.t += 1.0
+        await g2.throttled("cm", 300, 200)
+        # g1 learns it at its next call to Redis (acquire tops up a local reserve of
+        # at most a chunk, 50 ms worth, between calls).
+        assert g1.buckets["cm"].rate == pytest.approx(500.0)
+        await g1.buckets["cm"].take(0)
+        assert g1.rate("cm") == pytest.approx(285.0)
+        # The rate holds (3 s), then grows 2 %/s, up to the cap.
+        clock.t += 2.0
+        await g1.buckets["cm"].take(0)
+        assert g1.rate("cm") == pytest.approx(285.0)
+        clock.t += 2.0  # 4 s after the cut; the last probe update was 2 s ago
+        await g1.buckets["cm"].take(0)
+        assert g1.rate("cm") == pytest.approx(285.0 * 1.04)
+        # Tokens flow at the learned rate: 200 more, less the bucket's burst (a tenth of
+        # the rate) and what g2 holds from its last chunk, at ~296/s (not 1000/s).
+        rate = g1.rate("cm")
+        expected = (200 - g2.buckets["cm"].reserve - rate / 10) / rate
+        t0 = clock.t
+        await g2.acquire("cm", 200)
+        assert clock.t - t0 == pytest.approx(expected, rel=0.1)
+        # A cut halves at most; long enough without throttling, back at the cap.
+        clock.t += 2.0
+        await g1.throttled("cm", 0, 500)
+        assert g1.rate("cm") == pytest.approx(g2.buckets["cm"].rate / 2, rel=0.05)
+        clock.t += 400.0
+        await g1.buckets["cm"].take(0)
+        assert g1.rate("cm") == 1000.0
+    finally:
+        await c1.aclose()
+        await c2.aclose()
 
 
 async def test_tenant_rate_defers_a_little_and_spreads(tmp_path: Path, redis: aioredis.Redis,

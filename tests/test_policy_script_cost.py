@@ -18,7 +18,7 @@ NOW = 1718000000.123456789  # many decimals: the ZSET score must be this double 
 
 
 def add(b: RedisBatch, digits: str, member: str, *, optout_only: bool = False) -> None:
-    b.add(digits=digits, optout_only=optout_only, optout_scope="", duplicate_ms=30_000,
+    b.add(digits=digits, optout_only=optout_only, optout_fields="*", duplicate_ms=30_000,
           text_body="【京东】订单已发货", member=member, caps_key="cap:otp",
           caps="1:60 5:3600 10:86400", tenant="acme", tenant_spec="10:20")
 

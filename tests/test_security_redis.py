@@ -50,6 +50,8 @@ GATEWAYD_ACL = (
     "+get", "+set", "+exists", "+expire", "+pexpire", "+hset", "+hget", "+hmget",
     "+hgetall", "+hdel", "+zadd", "+zrem", "+zrange", "+zrangebyscore",
     "+zremrangebyscore", "+zcard", "+zscore",
+    # consent records: an opt-out list import (gatewayd consent import)
+    "+hsetnx", "+xtrim",
     # the record an idempotency-key duplicate wrote for itself before the dedup
     "+del",
     # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
@@ -149,6 +151,22 @@ async def test_the_minimal_acl_runs_the_whole_path(
 ) -> None:
     _admin, user_url = acl_server
     await _run_e2e(tmp_path, user_url)
+    # Consent: an opt-out list import, a category preference, a re-subscription and an
+    # export by number, as the same user (issue 19).
+    from gatewayd.consent import bulk, records
+    from gatewayd.policy.optout import opt_out, resubscribe
+
+    user, keys = connect(user_url), Keys()
+    try:
+        result = await bulk.import_optouts(user, keys, ["+8613600000001\n", "+8613600000002\n"])
+        assert result.new == 2
+        await opt_out(user, keys, "+8613600000001", category="marketing", source="api", at=1.0)
+        assert await resubscribe(user, keys, "+8613600000001", source="mo:sim", at=2.0) == [
+            "*", "*|marketing"]
+        found = [r["action"] async for r in records.read(user, keys, number="8613600000001")]
+        assert found == ["out", "out", "in", "in"]
+    finally:
+        await user.aclose()
 
 
 async def test_the_acl_user_is_confined(acl_server: tuple[str, str]) -> None:

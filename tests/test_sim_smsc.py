@@ -385,6 +385,39 @@ async def test_receipts_go_to_a_receiver_when_submitting_on_a_transmitter(
         mid for _, mid in answers)
 
 
+async def test_unanswered_submits_and_receipts_to_any_receiver_of_the_account(
+    make_sim: Factory, connect: Connect
+) -> None:
+    """unanswered_fraction swallows submit_sm (no response, no receipt, recorded as
+    UNANSWERED); receipts_to="any" spreads receipts over the account's receivers even
+    when the submitting bind can receive; validity_period is recorded as sent."""
+    from gatewayd.sim.smpp import pdu
+
+    sim = await make_sim(unanswered_fraction=0.5, receipts_to="any")
+    a = await connect(sim)
+    b = await connect(sim, bind="receiver")
+    seqs = [a.send_nowait(SUBMIT, submit_body(f"8613800{i:06d}", b"hi")) for i in range(40)]
+    await a.writer.drain()
+    await asyncio.sleep(0.3)
+    swallowed = [s for s in sim.submissions if s.status == pdu.UNANSWERED]
+    answered = [s for s in sim.submissions if s.status == 0]
+    assert len(swallowed) + len(answered) == 40 == len(seqs)
+    assert sim.stats.unanswered == len(swallowed) > 5 and len(answered) > 5
+    assert sim.stats.receipts_sent == len(answered)  # none for the swallowed
+    got_a = [await a.next(SUBMIT | R) for _ in answered]
+    assert {p.status for p in got_a} == {0}
+    on_b = await b.delivers(1)  # the receiver got some of the submitter's receipts
+    assert on_b and sim.stats.receipts_acked >= 1
+    # validity_period as sent (here a relative one): schedule "", validity, then flags
+    body = submit_body("8613800000099", b"v").replace(
+        b"\x00\x00\x01", b"\x00" + b"000000000500000R" + b"\x00\x01", 1)
+    a.send_nowait(SUBMIT, body)
+    await a.writer.drain()
+    await asyncio.sleep(0.1)
+    last = [s for s in sim.submissions if s.destination == "8613800000099"]
+    assert last and last[0].validity_period == "000000000500000R"
+
+
 async def test_unanswered_receipt_is_resent_then_held_for_the_next_bind(
     make_sim: Factory, connect: Connect
 ) -> None:

@@ -10,6 +10,7 @@ from gatewayd.carrier.api import (
     RateGate,
     SubmitOutcome,
     SubmitRequest,
+    Submitted,
 )
 from gatewayd.carrier.ids import id_candidates, normalise_id
 from gatewayd.carrier.pool import CarrierPool
@@ -22,6 +23,7 @@ __all__ = [
     "RateGate",
     "SubmitOutcome",
     "SubmitRequest",
+    "Submitted",
     "id_candidates",
     "normalise_id",
 ]

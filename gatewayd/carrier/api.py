@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -17,7 +18,14 @@ class SubmitRequest:
     text: str
     source: str = ""  # overrides the carrier's source_addr when not empty
     carrier: str = ""  # force this carrier (skips prefix routing)
-    validity_s: float = 0.0  # relative validity period; 0 = the SMSC's default
+    # Unix time after which the message is worthless (an OTP's life): sent to the SMSC
+    # as the validity period in the carrier's format; 0 = the SMSC's default.
+    expires_at: float = 0.0
+    # Resuming a long message some of whose parts the SMSC accepted before: the same
+    # concatenation reference, and the parts already accepted (part index -> SMSC id),
+    # which are not sent again. ref -1: a new reference.
+    ref: int = -1
+    done_parts: dict[int, str] | None = None
 
 
 @dataclass(slots=True)
@@ -25,12 +33,30 @@ class SubmitOutcome:
     msg_id: str
     carrier: str  # the carrier that answered; "" when none could take it
     ok: bool
-    smsc_ids: list[str] = field(default_factory=list)  # one per part, normalised, in order
-    segments: int = 0
+    # One per submitted PDU (= receipt expected), in part order, normalised. On a failure
+    # with some parts accepted: "" where a part was not (see ``partial``); else empty.
+    smsc_ids: list[str] = field(default_factory=list)
+    segments: int = 0  # billing count; with message_payload one PDU carries several
+    ref: int = -1  # the concatenation reference of a multipart message
     status: int = 0  # command_status of the (first) failing part
     status_name: str = ""  # "ESME_RINVDSTADR", or "0x00000401" for vendor codes
     kind: FailureKind = ""  # "retry": try again later; "permanent": end as failed
     reason: str = ""
+
+    @property
+    def partial(self) -> bool:
+        """Failed, but some parts were accepted: a retry must send only the others."""
+        return not self.ok and any(self.smsc_ids)
+
+
+@dataclass(slots=True)
+class Submitted:
+    """What ``CarrierPool.submit`` returns: an outcome per request (None for those still
+    out), and for those a queue that receives their outcomes as each is known, in
+    chunks of (request index, outcome) pairs, then None."""
+
+    outcomes: list[SubmitOutcome | None]
+    later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None] | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +88,13 @@ class DeliveryHandler(Protocol):
 
 
 class RateGate(Protocol):
-    """An account-wide rate limit shared with other processes (e.g. a Redis bucket)."""
+    """The send rate of a carrier's SMSC account, shared by every bind (and, kept in
+    Redis, by every process), learned from the SMSC's throttling (carrier/throttle.py)."""
 
     async def acquire(self, carrier: str, n: int) -> None: ...
+
+    async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:
+        """A window of answers from the carrier's account, some of them throttled."""
+
+    def rate(self, carrier: str) -> float:
+        """The account's current rate limit (learned), for gauges."""

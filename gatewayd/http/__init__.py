@@ -1,4 +1,4 @@
 """The HTTP API: aiohttp server, the daemon-side service, OpenAPI.
 
-May import: pipeline, campaigns, policy, store, ops, config, model, errors.
+May import: pipeline, campaigns, policy, consent, store, ops, config, model, errors.
 """

@@ -6,6 +6,7 @@ The HTTP layer knows nothing of Redis or SMPP; the daemon implements this protoc
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -39,8 +40,16 @@ class Backend(Protocol):
         """The message's status record, or None when unknown or expired."""
         ...
 
-    async def optout(self, action: OptoutAction, number: str, scope: str) -> dict[str, Any]:
-        """Add, remove or check an opt-out; answers the number's opt-out record."""
+    async def optout(self, action: OptoutAction, number: str, scope: str,
+                     category: str = "") -> dict[str, Any]:
+        """Add, remove or check an opt-out (of one ``category`` when given); answers the
+        number's opt-out record. ValueError (its text starting with the field's name)
+        for a value the policy refuses."""
+        ...
+
+    def consent(self, number: str, since: float, until: float) -> AsyncIterator[dict[str, str]]:
+        """The consent records (oldest first), of one number when given, in a time range
+        (0 = open); rows as gatewayd.consent.records.EXPORT_FIELDS."""
         ...
 
     async def reload(self) -> tuple[bool, str]:

@@ -140,7 +140,14 @@ _SCHEMAS: dict[str, Any] = {
             "segments": {"type": "integer"},
             "attempts": {"type": "integer"},
             "parts": {"type": "array", "items": {"type": "string"},
-                      "description": "SMSC message id of each part"},
+                      "description": "receipt state of each submitted PDU, in part order "
+                                     "(\"\" until its receipt came)"},
+            "receipts": {"type": "integer",
+                         "description": "receipts expected when not one a segment "
+                                        "(message_payload: one PDU for several segments)"},
+            "sent_parts": {"type": "string",
+                           "description": "a long message deferred with some parts accepted: "
+                                          "those part indexes (the retry sends the others)"},
             "enqueued_at": {"type": "number"},
             "submitted_at": {"type": "number"},
             "done_at": {"type": "number"},
@@ -156,10 +163,17 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "number": {"type": "string"},
             "opted_out": {"type": "object", "additionalProperties": {"type": "number"},
-                          "description": "scope -> opted-out-at (Unix s) for every scope "
-                                         "the number is opted out of (\"*\" = everything; "
-                                         "{} = none)",
-                          "example": {"*": 1714550000.0}},
+                          "description": "field -> opted-out-at (Unix s) for every opt-out "
+                                         "of the number: a scope (\"*\" = everything) or "
+                                         "scope|category for one category; {} = none",
+                          "example": {"*|marketing": 1714550000.0}},
+            "preferences": {"type": "array", "items": {
+                "type": "object", "required": ["scope", "category", "since"],
+                "properties": {"scope": {"type": "string"},
+                               "category": {"type": "string",
+                                            "description": "\"\" = a plain opt-out"},
+                               "since": {"type": "number"}}},
+                "description": "The same, one row per opt-out"},
         },
     },
     "Reload": {
@@ -371,9 +385,20 @@ def openapi_spec(
               "description": "E.164 number, e.g. +8613800138000"}
     scope = {"name": "scope", "in": "query", "required": False,
              "schema": {"type": "string", "default": "*", "minLength": 1, "maxLength": 64,
-                        "pattern": "^[^\\x00-\\x1f]{1,64}$"},
+                        "pattern": "^[^\\x00-\\x1f|]{1,64}$"},
              "description": "\"*\" (everything, the default) or a signature/sender"}
-    invalid_number = {"422": _err("Not an E.164 number, or a bad scope")}
+    category = {"name": "category", "in": "query", "required": False,
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                "description": "Only this category (a queue class among the policy's "
+                               "[optout] categories, e.g. marketing); none = a plain "
+                               "opt-out of everything the policy suppresses"}
+    invalid_number = {"422": _err("Not an E.164 number, a bad scope, or a category "
+                                  "recipients may not opt out of alone")}
+    since = {"name": "since", "in": "query", "required": False,
+             "schema": {"type": "number", "minimum": 0, "maximum": 1e11},
+             "description": "Records from this time on (the time recorded): Unix seconds, "
+                            "or an ISO 8601 time with an offset (2024-05-01T00:00:00+08:00)"}
+    until = {**since, "name": "until", "description": "Records up to this time"}
     optout_ok = {"200": _json_body(_ref("Optout"), "The number's opt-out record")}
     schemas = dict(_SCHEMAS)
     if classes:
@@ -438,8 +463,31 @@ def openapi_spec(
                     "404": _err("Unknown id, or its record expired"),
                 },
             }},
+            "/v1/consent": {"get": {
+                "operationId": "exportConsent",
+                "summary": "Export consent records (opt-outs and opt-ins with their source)",
+                "parameters": [
+                    {"name": "number", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": _E164},
+                     "description": "Only this number's records"},
+                    since, until,
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["jsonl", "csv"],
+                                "default": "jsonl"}},
+                ],
+                "responses": {
+                    "200": {"description": "One record a line, oldest first: id, at, "
+                                           "action (out/in), number, scope, category, "
+                                           "source (mo:<carrier>, api, cli, import), text "
+                                           "(the MO reply), note",
+                            "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                                        "text/csv": {"schema": {"type": "string"}}}},
+                    **auth_errors,
+                    "422": _err("A bad number, time or format"),
+                },
+            }},
             "/v1/optouts/{number}": {
-                "parameters": [number, scope],
+                "parameters": [number, scope, category],
                 "post": {"operationId": "addOptout", "summary": "Opt a number out",
                          "responses": {**optout_ok, **auth_errors, **invalid_number}},
                 "delete": {"operationId": "removeOptout",

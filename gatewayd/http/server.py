@@ -34,15 +34,18 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gatewayd.consent.records import encode
 from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
 from gatewayd.http.openapi import openapi_spec
@@ -52,7 +55,8 @@ log = logging.getLogger("gatewayd.http")
 
 MAX_ITEMS: Final = 1000
 _NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
-_SCOPE_RE: Final = re.compile(r"[^\x00-\x1f]{1,64}")
+_SCOPE_RE: Final = re.compile(r"[^\x00-\x1f|]{1,64}")
+_CATEGORY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 _PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/openapi.json"})
 
@@ -175,6 +179,7 @@ class HttpServer:
         r.add_post("/v1/optouts/{number}", self.optout_add)
         r.add_delete("/v1/optouts/{number}", self.optout_remove)
         r.add_get("/v1/optouts/{number}", self.optout_check, allow_head=False)
+        r.add_get("/v1/consent", self.consent_export, allow_head=False)
         r.add_post("/admin/reload", self.admin_reload)
         r.add_get("/metrics", self.get_metrics)
         r.add_get("/healthz", self.healthz)
@@ -292,13 +297,55 @@ class HttpServer:
                          errors=[{"field": "number", "reason": "not an E.164 number"}])
         scope = request.query.get("scope", "*")
         if not _SCOPE_RE.fullmatch(scope):
-            return error(422, "invalid", "scope: 1-64 printable characters",
-                         errors=[{"field": "scope", "reason": "1-64 printable characters"}])
+            return error(422, "invalid", "scope: 1-64 printable characters other than '|'",
+                         errors=[{"field": "scope",
+                                  "reason": "1-64 printable characters other than '|'"}])
+        category = request.query.get("category", "")
+        if category and not _CATEGORY_RE.fullmatch(category):
+            return error(422, "invalid", "category: a queue class name",
+                         errors=[{"field": "category", "reason": "a queue class name"}])
         try:
-            record = await self.backend.optout(action, number, scope)
+            record = await self.backend.optout(action, number, scope, category)
         except ValueError as e:  # the backend's own checks (gatewayd.policy.optout)
-            return error(422, "invalid", str(e), errors=[{"field": "number", "reason": str(e)}])
+            name = str(e).split(":", 1)[0]
+            field = name if name in ("scope", "category") else "number"
+            return error(422, "invalid", str(e), errors=[{"field": field, "reason": str(e)}])
         return _json(200, record)
+
+    async def consent_export(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        number = q.get("number", "").strip()
+        if number and not _NUMBER_RE.fullmatch(number):
+            return error(422, "invalid", "number: not an E.164 number (+ and 6-15 digits)",
+                         errors=[{"field": "number", "reason": "not an E.164 number"}])
+        fmt: Literal["jsonl", "csv"] = "csv" if q.get("format", "jsonl") == "csv" else "jsonl"
+        if q.get("format", "jsonl") not in ("jsonl", "csv"):
+            return error(422, "invalid", "format: jsonl or csv",
+                         errors=[{"field": "format", "reason": "jsonl or csv"}])
+        bounds: list[float] = []
+        for name in ("since", "until"):
+            try:
+                bounds.append(_when(q.get(name, "")))
+            except ValueError:
+                return error(422, "invalid", f"{name}: Unix seconds or ISO 8601 with an offset",
+                             errors=[{"field": name,
+                                      "reason": "Unix seconds or ISO 8601 with an offset"}])
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8" if fmt == "jsonl"
+            else "text/csv; charset=utf-8"})
+        await resp.prepare(request)
+        # Streamed a chunk at a time: an export of two years of records never sits whole
+        # in memory.
+        chunk: list[dict[str, str]] = []
+        first = True
+        async for row in self.backend.consent(number, bounds[0], bounds[1]):
+            chunk.append(row)
+            if len(chunk) >= 1000:
+                await resp.write(encode(chunk, fmt, header=first).encode())
+                chunk, first = [], False
+        await resp.write(encode(chunk, fmt, header=first).encode())
+        await resp.write_eof()
+        return resp
 
     # Admin and operations -----------------------------------------------------------
     async def admin_reload(self, request: web.Request) -> web.Response:
@@ -328,6 +375,23 @@ class HttpServer:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(200, openapi_spec(MAX_ITEMS, self.max_body_bytes, self.classes))
+
+
+def _when(value: str) -> float:
+    """A query's time: "" (open), Unix seconds, or ISO 8601 with a UTC offset."""
+    v = value.strip()
+    if not v:
+        return 0.0
+    try:
+        t = float(v)
+    except ValueError:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        if dt.tzinfo is None or not 0 <= dt.timestamp() <= 1e11:
+            raise ValueError("no UTC offset, or before 1970") from None
+        return dt.timestamp()
+    if not (math.isfinite(t) and 0 <= t <= 1e11):
+        raise ValueError("not a time")
+    return t
 
 
 def _route_of(request: web.Request) -> str:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
 from gatewayd.campaigns.funnel import attribute_optout
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
+from gatewayd.consent import records
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.status import read_status
-from gatewayd.policy.optout import opt_in, opt_out, optout_status
+from gatewayd.policy.engine import PolicyEngine
+from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import Store
 from gatewayd.store.keys import Keys
 
@@ -31,6 +34,8 @@ class Host(Protocol):
     consumer: str
 
     def reload(self) -> tuple[bool, str]: ...
+
+    def policy(self) -> PolicyEngine | None: ...
 
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
@@ -71,20 +76,35 @@ class DaemonBackend:
         return await read_status(self.d.store.client, self.d.keys, msg_id)
 
     async def optout(
-        self, action: Literal["add", "remove", "check"], number: str, scope: str
+        self, action: Literal["add", "remove", "check"], number: str, scope: str,
+        category: str = "",
     ) -> dict[str, Any]:
         redis, keys, now = self.d.store.client, self.d.keys, time.time()
+        engine = self.d.policy()
+        allowed = engine.policy.optout_categories if engine is not None else frozenset()
+        if category and category not in allowed:
+            raise ValueError(f"category: {category!r} is not one recipients may opt out of "
+                             f"alone; the policy's [optout] categories are {sorted(allowed)}")
+        retention = (engine.policy.consent_retention_s if engine is not None
+                     else records.DEFAULT_RETENTION_S)
         if action == "add":
-            await opt_out(redis, keys, number, scope=scope, source="api", at=now)
+            await opt_out(redis, keys, number, scope=scope, category=category, source="api",
+                          at=now, retention_s=retention)
             if scope == "*":  # counted in the funnels of campaigns that sent to it lately
                 c = self.d.cfg.campaigns
-                await attribute_optout(redis, keys, number.lstrip("+"), now,
+                await attribute_optout(redis, keys, check_number(number), now,
                                        c.optout_window_days * 86400,
                                        c.recipient_ttl_days * 86400)
         elif action == "remove":
-            await opt_in(redis, keys, number, scope=scope, source="api", at=now)
-        scopes = await optout_status(redis, keys, number)
-        return {"number": number, "opted_out": scopes}
+            await opt_in(redis, keys, number, scope=scope, category=category, source="api",
+                         at=now, retention_s=retention)
+        status = await optout_status(redis, keys, number)
+        return {"number": number, "opted_out": status, "preferences": preferences(status)}
+
+    def consent(self, number: str, since: float, until: float) -> AsyncIterator[dict[str, str]]:
+        digits = check_number(number) if number else ""
+        return records.read(self.d.store.client, self.d.keys, number=digits, since=since,
+                            until=until)
 
     async def reload(self) -> tuple[bool, str]:
         return self.d.reload()

@@ -78,8 +78,34 @@ WINDOW_IN_USE = Gauge(
     registry=REGISTRY,
 )
 BIND_TPS = Gauge(
-    "gatewayd_bind_tps_limit", "Current send-rate limit (lowered while throttled)",
+    "gatewayd_bind_tps_limit",
+    "Current send-rate limit: the bind's share of the account's learned rate",
     ["carrier", "bind"], registry=REGISTRY,
+)
+CARRIER_RATE = Gauge(
+    "gatewayd_carrier_tps_learned",
+    "The carrier account's send rate learned from throttling (shared by binds and daemons)",
+    ["carrier"], registry=REGISTRY,
+)
+STRAGGLERS = Counter(
+    "gatewayd_submit_stragglers_total",
+    "Messages whose outcome was left to a background task (no answer within a batch's "
+    "grace, or refused parts to resend) so their batch was not held up",
+    registry=REGISTRY,
+)
+PART_RESENDS = Counter(
+    "gatewayd_part_resends_total",
+    "Parts of partly accepted long messages sent again (same reference and part number)",
+    ["carrier"], registry=REGISTRY,
+)
+SPOOLED = Counter(
+    "gatewayd_spooled_total",
+    "Receipts and MO written to the local spool while Redis was unreachable, and replayed",
+    ["kind", "action"], registry=REGISTRY,
+)
+SPOOL_PENDING = Gauge(
+    "gatewayd_spool_pending", "Records in the local spool not yet replayed into Redis",
+    registry=REGISTRY,
 )
 SUBMITS = Counter(
     "gatewayd_submit_sm_total", "submit_sm PDUs sent", ["carrier"], registry=REGISTRY

@@ -1,10 +1,24 @@
 """The outbound pump: queue -> validation -> policies -> carrier -> recorded outcome.
 
 One batch at a time per worker, every Redis step batched: a read, one pipeline for
-the reclaim/idempotency look-ups, the policy engine's batched calls, one submit_batch,
-one pipeline that records every outcome and acknowledges every entry. An entry is
+the reclaim/idempotency look-ups, the policy engine's batched calls, one submit, one
+pipeline that records every outcome and acknowledges every entry. An entry is
 acknowledged only in that last pipeline, so a crash anywhere before it leaves the
 entry pending and it is reclaimed (at-least-once; see README "Guarantees").
+
+Stragglers: the pool answers a batch a grace after its last write; messages whose
+outcome is not known by then (no submit_sm_resp yet, parts to resend) are recorded and
+acknowledged by a task of their own when it is (``_record_later``), so one unanswered
+submit holds up its own message, not its batch. Their entries stay pending, and held
+from reclaim (``held_ids``), until then.
+
+Retries: a throttled or never-written message is retried without using an attempt; one
+lost in flight with its bind uses none either but counts a loss (``queue.max_bind_losses``
+ends a message that kills every bind it is written on); the rest use an attempt. A long
+message some of whose parts were accepted keeps them: its accepted parts are correlated
+at once, its status lists them (``sent_parts``: their receipts are recorded before the
+rest is sent) and its retry (``resume``) sends only the others, to the same carrier
+with the same reference, without the policies again (they passed it once).
 """
 
 from __future__ import annotations
@@ -12,22 +26,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import msgspec
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from gatewayd.campaigns.model import StatusCache
-from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
+from gatewayd.carrier.api import SubmitOutcome, SubmitRequest, Submitted
 from gatewayd.carrier.ids import normalise_id
-from gatewayd.config import Config
+from gatewayd.config import Config, account_names
 from gatewayd.errors import MessageError
 from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Book, Ledger
-from gatewayd.pipeline.intake import _ID_RE, parse_message
+from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
 from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
@@ -41,6 +56,11 @@ log = logging.getLogger("gatewayd.dispatch")
 _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
+# Written, then the connection went: the SMSC never refused it (a loss, not an attempt).
+_LOST = "BIND_LOST"
+# How long a straggler task keeps trying to record its outcomes while Redis is away
+# (after that the entries are left pending: reclaim takes them, at least once).
+_LATER_RECORD_S = 60.0
 
 
 # A paused campaign's queued messages are looked at again this often.
@@ -63,15 +83,27 @@ def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
 class Submitter(Protocol):
     """What the dispatcher needs of the carrier pool (CarrierPool satisfies it)."""
 
-    async def submit_batch(self, reqs: list[SubmitRequest]) -> list[SubmitOutcome]: ...
+    async def submit(self, reqs: list[SubmitRequest], *, detach: bool = False) -> Submitted: ...
 
     def ready(self) -> bool: ...
+
+
+class _Held(Container[str]):
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: set[str], b: set[str]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self.a or entry_id in self.b
 
 
 @dataclass(slots=True)
 class _Item:
     entry: Entry
     msg: OutboundMessage
+    expires: float = 0.0  # Unix time; 0 = never (the validity period sent to the SMSC)
+    resume: Resume | None = None
 
 
 class Dispatcher:
@@ -95,12 +127,23 @@ class Dispatcher:
         self.clock = clock
         self.ledger: Ledger = queue.ledger
         self.receipts_by_carrier = {c.name: c.registered_delivery for c in cfg.carrier}
+        # Receipts are correlated per SMSC account (config.account_names).
+        self.account = account_names(cfg)
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
         self.campaigns = StatusCache(redis, keys)
         self.processed = 0
         self.idle = asyncio.Event()
         # Entry ids held by a batch of ours right now: never reclaimed from under it.
         self.in_flight: set[str] = set()
+        # Entry ids of stragglers (outcome still coming): held too, until recorded.
+        self.detached: set[str] = set()
+        self._later: set[asyncio.Task[None]] = set()
+
+    def held_ids(self) -> _Held:
+        """Entries of ours that reclaim must leave alone: in a batch, or stragglers. A
+        live view, not a copy: reclaim checks it after its round trips, when batches
+        read meanwhile are held too."""
+        return _Held(self.in_flight, self.detached)
 
     # The loop -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -115,6 +158,10 @@ class Dispatcher:
             ))
         try:
             await asyncio.gather(*workers)
+            # Stragglers finish within a response timeout (and their resends): wait, so a
+            # drain records them (the daemon bounds the whole drain).
+            while self._later:
+                await asyncio.wait(set(self._later))
         finally:
             for w in workers:
                 w.cancel()
@@ -217,6 +264,7 @@ class Dispatcher:
             m = it.msg
             ttl = q.default_ttl_s.get(m.category, 0.0)
             expires = m.expires_at or (m.enqueued_at + ttl if ttl else 0.0)
+            it.expires = expires
             if expires and now >= expires:
                 self.ledger.record(book, m, "expired", now, reason="ttl")
                 self.queue.ack(pipe, it.entry, acks)
@@ -228,17 +276,10 @@ class Dispatcher:
                 sendable.append(it)
         reqs, to_submit = await self._apply_policies(pipe, book, acks, sendable, now)
         if reqs:
-            outcomes = await self.pool.submit_batch(reqs)
-            done = self.clock()
-            awaiting: list[str] = []
-            waits: dict[str, list[float]] = {}
-            for it, req, out in zip(to_submit, reqs, outcomes, strict=True):
-                self._record_outcome(pipe, book, acks, awaiting, waits, it, req, out, done)
-            if awaiting:  # one ZADD for the batch; the score's text made once
-                deadline = repr(done + self.receipt_ttl)
-                pipe.zadd(self.keys.awaiting_receipt, dict.fromkeys(awaiting, deadline))
-            for klass, values in waits.items():
-                metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
+            sub = await self.pool.submit(reqs, detach=True)
+            self._record_outcomes(pipe, book, acks, to_submit, reqs, sub.outcomes)
+            if sub.later is not None:
+                self._detach(sub.later, to_submit, reqs, sub.outcomes)
         book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
@@ -256,6 +297,81 @@ class Dispatcher:
             return []
         self.processed += len(entries)
         return self.queue.parse_read(replies[-1], express) if read_ahead else []
+
+    def _record_outcomes(
+        self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item],
+        reqs: list[SubmitRequest], outcomes: list[SubmitOutcome | None],
+    ) -> None:
+        """Record the known outcomes into ``pipe`` (None: a straggler, recorded later)."""
+        done = self.clock()
+        awaiting: list[str] = []
+        waits: dict[str, list[float]] = {}
+        for it, req, out in zip(items, reqs, outcomes, strict=True):
+            if out is not None:
+                self._record_outcome(pipe, book, acks, awaiting, waits, it, req, out, done)
+        if awaiting:  # one ZADD for the batch; the score's text made once
+            deadline = repr(done + self.receipt_ttl)
+            pipe.zadd(self.keys.awaiting_receipt, dict.fromkeys(awaiting, deadline))
+        for klass, values in waits.items():
+            metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
+
+    def _detach(self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
+                items: list[_Item], reqs: list[SubmitRequest],
+                known: list[SubmitOutcome | None]) -> None:
+        """Stragglers: their entries stay pending, held from reclaim, until recorded."""
+        ids = [it.entry.entry_id for it, out in zip(items, known, strict=True) if out is None]
+        self.detached.update(ids)
+        task = asyncio.create_task(self._record_later(later, items, reqs, ids),
+                                   name="dispatch-stragglers")
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _record_later(
+        self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
+        items: list[_Item], reqs: list[SubmitRequest], ids: list[str],
+    ) -> None:
+        """Record each straggler's outcome as it comes (one pipeline a chunk)."""
+        try:
+            while True:
+                chunk = await later.get()
+                if chunk is None:
+                    return
+                outcomes: list[SubmitOutcome | None] = [None] * len(items)
+                for index, out in chunk:
+                    outcomes[index] = out
+                if await self._record_chunk(items, reqs, outcomes):
+                    self.detached.difference_update(items[i].entry.entry_id for i, _ in chunk)
+        finally:
+            self.detached.difference_update(ids)
+
+    async def _record_chunk(self, items: list[_Item], reqs: list[SubmitRequest],
+                            outcomes: list[SubmitOutcome | None]) -> bool:
+        """Record and acknowledge, retrying while Redis is away (bounded): False when
+        given up (the entries stay pending: reclaim takes them, at least once)."""
+        n = sum(1 for o in outcomes if o is not None)
+        backoff = 0.2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _LATER_RECORD_S
+        while True:
+            # Rebuilt each try: recording is idempotent (retries copy their message).
+            pipe = self.redis.pipeline(transaction=False)
+            book = self.ledger.book()
+            acks = AckBatch()
+            self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
+            book.flush(pipe)
+            acks.flush(pipe)
+            try:
+                await fastpipe.execute(pipe)
+                self.processed += n
+                return True
+            except RedisError as e:
+                metrics.REDIS_ERRORS.labels("dispatch").inc()
+                if loop.time() + backoff > deadline:
+                    log.error("stragglers: recording %d outcomes failed (%s); their entries "
+                              "stay pending for reclaim", n, e)
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _invalid(
         self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float
@@ -338,17 +454,22 @@ class Dispatcher:
         chosen: list[_Item] = []
         if not items:
             return reqs, chosen
+        # A resumed long message passed the policies before some of its parts went out:
+        # the rest follows them (a quiet hour must not cut a message in two).
+        for it in items:
+            if it.msg.resume:
+                it.resume = Resume.decode(it.msg.resume)
+        checked = [it for it in items if it.resume is None]
         engine = self.policy()
         book.streaks = engine is not None and engine.cooling_enabled
-        if engine is None:
-            verdicts: list[Verdict | None] = [None] * len(items)
-        else:
-            verdicts = list(await engine.evaluate(
-                self.redis, self.keys, [it.msg for it in items], now
-            ))
+        verdicts: dict[int, Verdict] = {}
+        if engine is not None and checked:
+            found = await engine.evaluate(self.redis, self.keys, [it.msg for it in checked], now)
+            verdicts = {id(it): v for it, v in zip(checked, found, strict=True)}
         tally: dict[tuple[str, str], int] = {}  # verdict counts: one update a batch
-        for it, v in zip(items, verdicts, strict=True):
+        for it in items:
             m = it.msg
+            v = verdicts.get(id(it))
             if v is not None:
                 k = (v.check or "all", v.action)
                 tally[k] = tally.get(k, 0) + 1
@@ -364,12 +485,30 @@ class Dispatcher:
                     continue
                 if v.text is not None:
                     m.text = v.text
-            reqs.append(SubmitRequest(msg_id=m.id, destination=m.to, text=m.text,
-                                      source=m.sender, carrier=m.carrier))
+            r = it.resume
+            if r is None:
+                reqs.append(SubmitRequest(msg_id=m.id, destination=m.to, text=m.text,
+                                          source=m.sender, carrier=m.carrier,
+                                          expires_at=it.expires))
+            else:
+                reqs.append(SubmitRequest(msg_id=m.id, destination=m.to, text=m.text,
+                                          source=m.sender, carrier=r.c, expires_at=it.expires,
+                                          ref=r.r, done_parts=r.p))
             chosen.append(it)
         for (check, action), n in tally.items():
             _child(_verdicts, metrics.POLICY_VERDICTS, check, action).inc(n)
         return reqs, chosen
+
+    def _correlate(self, book: Book, m: OutboundMessage, carrier: str, ids: list[str],
+                   skip: dict[int, str] | None) -> None:
+        """One correlation key per accepted part, under the SMSC account; the receipt
+        side tries the other base (carrier.ids.receipt_candidates). Parts correlated by
+        an earlier attempt (``skip``) are not written again."""
+        account = self.account.get(carrier, carrier)
+        for part, smsc_id in enumerate(ids):
+            if smsc_id and (skip is None or part not in skip):
+                book.correlate(self.keys.correlation(account, normalise_id(smsc_id)),
+                               f"{m.id} {part}")
 
     def _record_outcome(
         self, pipe: Pipeline, book: Book, acks: AckBatch, awaiting: list[str],
@@ -377,19 +516,20 @@ class Dispatcher:
         now: float,
     ) -> None:
         m = it.msg
+        receipts = self.receipts_by_carrier.get(out.carrier, False)
         if out.ok:
+            segments = out.segments or len(out.smsc_ids)
+            # One receipt a PDU: with message_payload fewer PDUs than segments.
+            parts = len(out.smsc_ids)
             self.ledger.record(
                 book, m, "submitted", now,
                 carrier=out.carrier,
                 carrier_id=out.smsc_ids[0] if out.smsc_ids else "",
-                segments=out.segments or len(out.smsc_ids),
+                segments=segments,
+                extra={"receipts": parts} if parts != segments and parts else None,
             )
-            if self.receipts_by_carrier.get(out.carrier, False):
-                # One key per part; the receipt side tries the other base
-                # (carrier.ids.receipt_candidates).
-                for part, smsc_id in enumerate(out.smsc_ids):
-                    book.correlate(self.keys.correlation(out.carrier, normalise_id(smsc_id)),
-                                   f"{m.id} {part}")
+            if receipts:
+                self._correlate(book, m, out.carrier, out.smsc_ids, req.done_parts)
                 awaiting.append(m.id)
             if m.enqueued_at:
                 w = waits.get(m.category)
@@ -397,20 +537,36 @@ class Dispatcher:
                     w = waits[m.category] = []
                 w.append(max(0.0, now - m.enqueued_at))
         elif out.kind == "retry":
+            # A copy: the straggler path may record the same outcome again after a
+            # failed write, and must not count its attempt twice.
+            m = msgspec.structs.replace(m)
+            q = self.cfg.queue
             backpressure = out.status_name in _BACKPRESSURE
-            if not backpressure:
+            lost = out.status_name == _LOST
+            if lost:
+                m.losses += 1
+            elif not backpressure:
                 m.attempts += 1
-            if m.attempts >= self.cfg.queue.max_attempts:
+            extra: dict[str, Any] | None = None
+            if out.partial and out.ref >= 0:
+                accepted = {k: sid for k, sid in enumerate(out.smsc_ids) if sid}
+                m.resume = Resume(out.carrier, out.ref, accepted).encode()
+                if receipts:
+                    self._correlate(book, m, out.carrier, out.smsc_ids, req.done_parts)
+                extra = {"sent_parts": " ".join(map(str, accepted)), "segments": out.segments}
+            if m.attempts >= q.max_attempts or m.losses >= q.max_bind_losses:
+                why = "attempts exhausted" if m.attempts >= q.max_attempts else "binds lost"
                 self.ledger.record(book, m, "failed", now,
-                                   reason=f"{out.status_name or 'retry'}: attempts exhausted",
-                                   carrier=out.carrier)
+                                   reason=f"{out.status_name or 'retry'}: {why}",
+                                   carrier=out.carrier, extra=extra)
             else:
-                steps = self.cfg.queue.retry_backoff_s
-                delay = 1.0 if backpressure else steps[min(m.attempts - 1, len(steps) - 1)]
+                steps = q.retry_backoff_s
+                delay = (1.0 if backpressure or lost
+                         else steps[min(m.attempts - 1, len(steps) - 1)])
                 self.queue.delay(pipe, m, now + delay)
                 self.ledger.record(book, m, "deferred", now,
                                    reason=f"retry:{out.status_name or out.reason}",
-                                   until=now + delay, carrier=out.carrier)
+                                   until=now + delay, carrier=out.carrier, extra=extra)
         else:
             self.ledger.record(book, m, "failed", now,
                                reason=out.status_name or out.reason, carrier=out.carrier,

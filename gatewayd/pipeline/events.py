@@ -43,8 +43,11 @@ def count_state(state: str, reason: str, n: int = 1) -> None:
 
 # A transition's event is its status fields, renamed "updated_at" -> "at", without these
 # (the same rule in lua/record.lua, which derives the event from the status it writes).
+# "receipts" (expected, when not one a segment: message_payload) and "sent_parts"
+# (parts accepted while the rest waits for a retry) are for receipts.lua, not upstream;
+# "fk" (the funnel key of a campaign or template message) is for the funnel counters.
 NOT_IN_EVENT: Final = frozenset({"attempts", "enqueued_at", "submitted_at", "done_at",
-                                 "fk"})
+                                 "fk", "receipts", "sent_parts"})
 
 
 def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
@@ -155,11 +158,14 @@ class Ledger:
         segments: int = 0,
         until: float = 0.0,
         err: str = "",
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Write a transition: the status record (kept status_ttl) and its event."""
         key, status = self.build(msg, state, now, reason=reason, carrier=carrier,
                                  carrier_id=carrier_id, segments=segments, until=until,
                                  err=err)
+        if extra:
+            status.update(extra)
         if isinstance(target, Book):
             target.records.append((msg.id, key, status))
             k = (state, reason)

@@ -1,12 +1,16 @@
 """Inbound traffic from carriers: delivery-receipt correlation and MO replies.
 
-Receipts are correlated through ``<prefix>smsc:<carrier>:<id>`` keys written when the
-submit_sm_resp was recorded, one per part under the normalised SMSC id; a receipt is
-looked up under every form its id may have had at submit (hex/decimal, leading zeros,
-case: carrier.ids.receipt_candidates), so it matches whichever form the SMSC uses.
-Keys written by an older gatewayd under every candidate form are still found. A receipt
-that arrives before its submit_sm_resp was recorded is parked in a sorted set and
-retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
+Receipts are correlated through ``<prefix>smsc:<account>:<id>`` keys written when the
+submit_sm_resp was recorded, one per part under the normalised SMSC id, keyed by SMSC
+account (config.account_names): a receipt arriving on any bind of any carrier entry on
+the account (split transmitter/receiver binds, two entries sharing an account) finds
+its message. A receipt is looked up under every form its id may have had at submit
+(hex/decimal, leading zeros, case: carrier.ids.receipt_candidates), so it matches
+whichever form the SMSC uses. Keys an older gatewayd wrote under every candidate form,
+or under the carrier entry's name where that is not the account's (before accounts
+existed), are still found: they are looked up last, so a matching receipt pays nothing
+for them. A receipt that arrives before its submit_sm_resp was recorded is parked in a
+sorted set and retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
 
 On a single Redis a chunk of receipts is correlated, applied and its final events
 published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
@@ -17,6 +21,11 @@ Several daemons: the parked receipts and the awaiting-receipt set are shared, so
 two housekeeping jobs that work through them (``retry_early``, ``expire_awaiting``) run
 in one daemon at a time, the holder of a short Redis lease (``Keys.lease("receipts")``,
 renewed every tick, taken over by another daemon when its holder stops renewing).
+
+While Redis does not answer, receipts and MO are written to a durable local spool
+(pipeline/spool.py, under ``daemon.state_dir``) instead, and acknowledged to the SMSC
+once fsynced; ``replay_spool`` applies them in order when Redis is back (and after a
+restart). Chunks that arrive while the spool holds anything queue behind it.
 
 A final event is published once. On a single Redis the script decides and publishes it
 in one step. On a cluster that takes separate round trips, through which daemons, resent
@@ -37,15 +46,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.campaigns.funnel import Tally, attribute_optout
 from gatewayd.carrier.ids import receipt_candidates
-from gatewayd.config import Config
+from gatewayd.config import Config, account_names, accounts
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
+from gatewayd.pipeline.spool import Kind, Spool
 from gatewayd.policy.engine import PolicyEngine
-from gatewayd.policy.optout import opt_out
+from gatewayd.policy.optout import opt_out, resubscribe
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import Keys
@@ -55,6 +67,12 @@ log = logging.getLogger("gatewayd.inbound")
 # Prometheus children by label values (labels() per receipt showed in the profile).
 _receipts_by: dict[tuple[str, str], Any] = {}
 _latency_by: dict[str, Any] = {}
+
+
+def is_outage(e: BaseException) -> bool:
+    """Redis unreachable (not a bug or a bad reply): what the spool is for."""
+    return isinstance(e, (RedisConnectionError, RedisTimeoutError, ConnectionError,
+                          TimeoutError, OSError))
 
 
 def _count_receipt(carrier: str, kind: str, n: int = 1) -> None:
@@ -119,9 +137,65 @@ class InboundHandler:
         self.mo_cc = {c.name: c.mo_country_code for c in cfg.carrier}
         self.early_hold_s = cfg.queue.early_receipt_hold_s
         self.optout_window_s = cfg.campaigns.optout_window_days * 86400
+        # carrier entry -> the names its receipts' keys may carry: the account's first,
+        # then (keys of an older gatewayd) entry names that are not the account's.
+        names = account_names(cfg)
+        by_account = accounts(cfg)
+        self._key_names: dict[str, tuple[str, ...]] = {
+            c: (a, *by_account[a].legacy_names) for c, a in names.items()
+        }
+        self.spool: Spool | None = None
+
+    # The spool ------------------------------------------------------------------------
+    async def _spooled(self, kind: Kind, items: list[Any],
+                       now: Callable[[list[Any]], Any]) -> None:
+        """Apply now, or (Redis away, or the spool not yet replayed) spool durably."""
+        spool = self.spool
+        if spool is None:
+            await now(items)
+            return
+        if not spool.active:
+            try:
+                await now(items)
+                return
+            except Exception as e:
+                if not is_outage(e):
+                    raise
+                log.warning("Redis unreachable (%s): spooling %d %s locally", e, len(items),
+                            "receipts" if kind == "r" else "MO")
+        await spool.append(kind, items)
+
+    async def replay_spool(self) -> int:
+        """Apply what the spool holds, in order (housekeeping, once Redis answers)."""
+        if self.spool is None or not self.spool.active:
+            return 0
+
+        async def apply(kind: Kind, items: list[Any]) -> None:
+            if kind == "r":
+                await self._receipts_now(items)
+            else:
+                await self._inbound_now(items)
+
+        n = await self.spool.replay(apply, is_outage)
+        if n:
+            log.info("replayed %d spooled chunks of receipts/MO into Redis", n)
+        return n
+
+    def correlation_keys(self, r: Receipt) -> list[str]:
+        """Every key the receipt's message may be correlated under, in look-up order."""
+        cs = receipt_candidates(r.smsc_id)
+        names = self._key_names.get(r.carrier, (r.carrier,))
+        correlation = self.keys.correlation
+        if len(names) == 1:
+            name = names[0]
+            return [correlation(name, c) for c in cs]
+        return [correlation(name, c) for name in names for c in cs]
 
     # Receipts -----------------------------------------------------------------------
     async def on_receipts(self, receipts: list[Receipt]) -> None:
+        await self._spooled("r", receipts, self._receipts_now)
+
+    async def _receipts_now(self, receipts: list[Receipt]) -> None:
         now = self.clock()
         unmatched = await self._apply(receipts, now)
         if unmatched:
@@ -152,8 +226,8 @@ class InboundHandler:
         keys: list[str] = [self.keys.events, self.keys.awaiting_receipt]
         args: list[Any] = [now, self.events_maxlen, *self._status_affix, len(final)]
         for r in final:
-            cs = receipt_candidates(r.smsc_id)
-            keys += [self.keys.correlation(r.carrier, c) for c in cs]
+            cs = self.correlation_keys(r)
+            keys += cs
             args += [r.state, r.err, len(cs)]
         # Through a pipeline so hiredis packs the few thousand arguments (redis-py's
         # own packer showed in the profile).
@@ -188,11 +262,11 @@ class InboundHandler:
 
     async def _apply_in_steps(self, final: list[Receipt], now: float) -> list[Receipt]:
         """The cluster path: correlation look-ups, receipt scripts, final events."""
-        cands = [receipt_candidates(r.smsc_id) for r in final]
+        cands = [self.correlation_keys(r) for r in final]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for r, cs in zip(final, cands, strict=True):
+            for cs in cands:
                 for c in cs:
-                    pipe.get(self.keys.correlation(r.carrier, c))
+                    pipe.get(c)
             found = await fastpipe.execute(pipe)
         matched: list[tuple[Receipt, str, str]] = []
         unmatched: list[Receipt] = []
@@ -407,6 +481,9 @@ class InboundHandler:
 
     # Mobile-originated --------------------------------------------------------------
     async def on_inbound(self, messages: list[InboundMessage]) -> None:
+        await self._spooled("m", messages, self._inbound_now)
+
+    async def _inbound_now(self, messages: list[InboundMessage]) -> None:
         engine = self.policy()
         now = self.clock()
         for m in messages:
@@ -414,23 +491,40 @@ class InboundHandler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 metrics.INBOUND.labels(m.carrier).inc()
+                fields: dict[Any, Any] = self.keys.mo_sender(m.source)
                 pipe.xadd(self.keys.inbound, {
-                    "from": m.source, "to": m.destination, "text": m.text,
+                    **fields, "to": m.destination, "text": m.text,
                     "carrier": m.carrier, "at": m.received_at or now, "parts": m.parts,
                 }, maxlen=self.events_maxlen, approximate=True)
             await pipe.execute()
         for m in messages:
-            if engine is not None and engine.is_optout_reply(m.text):
-                await opt_out(self.redis, self.keys, m.source, scope="*",
-                              source=f"mo:{m.carrier}", at=now)
-                await attribute_optout(self.redis, self.keys, m.source.lstrip("+"), now,
-                                       self.optout_window_s,
-                                       self.cfg.campaigns.recipient_ttl_days * 86400)
-                await self.redis.xadd(self.keys.events, {
-                    "id": "", "state": "optout", "at": now, "to": mask_number(m.source),
-                    "carrier": m.carrier, "reason": "mo_keyword",
-                }, maxlen=self.events_maxlen, approximate=True)
-                log.info("opt-out by MO reply", extra={"number": mask_number(m.source)})
+            reply = engine.classify_reply(m.text) if engine is not None else None
+            if engine is None or reply is None or not reply.kind:
+                continue
+            # The reply's text goes into the consent record: it is the evidence.
+            retention = engine.policy.consent_retention_s
+            source = f"mo:{m.carrier}"
+            try:
+                if reply.kind == "optout":
+                    await opt_out(self.redis, self.keys, m.source, scope="*", source=source,
+                                  at=now, text=m.text, retention_s=retention)
+                    # Counted in the funnels of campaigns that sent to it lately.
+                    await attribute_optout(self.redis, self.keys, m.source.lstrip("+"), now,
+                                           self.optout_window_s,
+                                           self.cfg.campaigns.recipient_ttl_days * 86400)
+                else:
+                    await resubscribe(self.redis, self.keys, m.source, source=source,
+                                      at=now, text=m.text, retention_s=retention)
+            except ValueError as e:  # a sender that is no number (alphanumeric): its own
+                log.warning("MO %s not recorded: %s", reply.kind, e,
+                            extra={"carrier": m.carrier})
+                continue
+            await self.redis.xadd(self.keys.events, {
+                "id": "", "state": reply.kind, "at": now, "to": mask_number(m.source),
+                "carrier": m.carrier, "reason": "mo_keyword",
+            }, maxlen=self.events_maxlen, approximate=True)
+            log.info("%s by MO reply", "opt-out" if reply.kind == "optout" else "opt-in",
+                     extra={"number": mask_number(m.source), "rule": reply.rule})
 
 
 def e164(number: str, country_code: str) -> str:

@@ -185,8 +185,13 @@ def parse_message(
         raise MessageError("idempotency_key", "at most 128 characters")
     if len(msg.ref) > 128 or len(msg.tenant) > 64:
         raise MessageError("ref" if len(msg.ref) > 128 else "tenant", "too long")
-    if msg.attempts < 0:
-        raise MessageError("attempts", "must not be negative")
+    if msg.attempts < 0 or msg.losses < 0:
+        raise MessageError("attempts" if msg.attempts < 0 else "losses", "must not be negative")
+    if msg.resume:
+        try:
+            Resume.decode(msg.resume)
+        except ValueError as e:
+            raise MessageError("resume", str(e)) from None
     if msg.template and not TEMPLATE_CODE_RE.fullmatch(msg.template):
         raise MessageError("template", "1-64 characters of A-Z a-z 0-9 . _ -")
     if msg.campaign and not CAMPAIGN_RE.fullmatch(msg.campaign):
@@ -200,6 +205,34 @@ def parse_message(
     if not msg.enqueued_at:
         msg.enqueued_at = time.time() if now is None else now
     return msg
+
+
+class Resume(msgspec.Struct, frozen=True):
+    """Where a partly accepted long message stands (the ``resume`` field, JSON): its
+    carrier, concatenation reference and accepted parts (part index -> SMSC id). Its
+    retry goes to that carrier with that reference and sends only the other parts."""
+
+    c: str
+    r: int
+    p: dict[int, str]
+
+    def encode(self) -> str:
+        return _resume_enc.encode(self).decode()
+
+    @staticmethod
+    def decode(raw: str) -> Resume:
+        try:
+            res = _resume_dec.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ValueError(f"not a resume record: {e}") from None
+        if not 0 <= res.r <= 0xFFFF or not res.p or any(
+                not 0 <= k < smstext.MAX_PARTS for k in res.p):
+            raise ValueError("not a resume record: reference or part out of range")
+        return res
+
+
+_resume_enc = msgspec.json.Encoder()
+_resume_dec = msgspec.json.Decoder(Resume)
 
 
 def to_fields(msg: OutboundMessage) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -303,55 +304,71 @@ class QueueStore:
                 out.append(Entry(klass, entry_id, fields or None))
         return out
 
-    async def reclaim(self, count: int, in_flight: set[str] | None = None) -> list[Entry]:
-        """Take over entries idle for reclaim_idle_s on a consumer that is gone.
+    async def reclaim(self, count: int, in_flight: Container[str] | None = None, *,
+                      own_idle_s: float | None = None) -> list[Entry]:
+        """Take over up to ``count`` entries a stream: idle for reclaim_idle_s on a
+        consumer that is gone, or our own (``own_idle_s``, default reclaim_idle_s).
 
         A consumer is alive while its heartbeat key exists (the daemon's housekeeping
         tick refreshes it); a live consumer's entries may just be waiting in a slow
         batch, and taking them would send them twice. Our own entries are taken back
-        only when no batch of ours still holds them (``in_flight``): a batch that failed.
+        only when no batch of ours still holds them (``in_flight``): a batch that failed,
+        or (``own_idle_s`` = time since start) the entries a previous run of this same
+        consumer left. Each owner's entries are listed by owner (XPENDING with a
+        consumer), so a live consumer's many entries never hide a dead one's; callers
+        call again until it returns nothing (a takeover is one pass, whatever the count).
         """
         idle_ms = int(self.q.reclaim_idle_s * 1000)
+        own_ms = idle_ms if own_idle_s is None else max(0, int(own_idle_s * 1000))
         out: list[Entry] = []
-        in_flight = in_flight or set()
+        held: Container[str] = in_flight if in_flight is not None else ()
         alive: dict[str, bool] = {}
         for klass, stream in self.streams.items():
             try:
-                pending = await self.redis.xpending_range(
-                    stream, GROUP, min="-", max="+", count=count, idle=idle_ms
-                )
+                summary = await self.redis.xpending(stream, GROUP)
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
                 await self.ensure_groups()
                 continue
-            owners = {str(p["consumer"]) for p in pending} - set(alive) - {self.consumer}
-            if owners:
+            owners = [str(c["name"]) for c in summary.get("consumers") or []
+                      if int(c.get("pending", 0))]
+            unknown = sorted(o for o in owners if o != self.consumer and o not in alive)
+            if unknown:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for owner in sorted(owners):
+                    for owner in unknown:
                         pipe.exists(self.keys.heartbeat(owner))
-                    for owner, n in zip(sorted(owners), await pipe.execute(), strict=True):
+                    for owner, n in zip(unknown, await pipe.execute(), strict=True):
                         alive[owner] = bool(n)
-            pending = [
-                p for p in pending
-                if (p["consumer"] == self.consumer and p["message_id"] not in in_flight)
-                or (p["consumer"] != self.consumer and not alive.get(str(p["consumer"])))
-            ]
-            if not pending:
-                continue
-            counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
-            # XCLAIM re-checks idleness, so two daemons never both take an entry.
-            claimed: list[tuple[str, dict[str, str] | None]] = cast(Any, await self.redis.xclaim(
-                stream, GROUP, self.consumer, idle_ms, list(counts)
-            ))
-            for entry_id, fields in claimed:
-                deliveries = counts.get(entry_id, 1) + 1
-                out.append(Entry(klass, entry_id, fields or None, deliveries))
-                metrics.DUPLICATES.labels(klass).inc()
-            missing = set(counts) - {e for e, _ in claimed}
-            if missing:
-                # deleted while pending (already dispositioned): just clear them
-                await self.redis.xack(stream, GROUP, *missing)
+            taken = 0
+            for owner in owners:
+                if taken >= count:
+                    break
+                own = owner == self.consumer
+                if not own and alive.get(owner):
+                    continue
+                min_idle = own_ms if own else idle_ms
+                pending = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=count - taken,
+                    consumername=owner, idle=min_idle,
+                )
+                counts = {str(p["message_id"]): int(p["times_delivered"]) for p in pending
+                          if not own or str(p["message_id"]) not in held}
+                if not counts:
+                    continue
+                taken += len(counts)
+                # XCLAIM re-checks idleness, so two daemons never both take an entry.
+                claimed: list[tuple[str, dict[str, str] | None]] = cast(
+                    Any, await self.redis.xclaim(
+                        stream, GROUP, self.consumer, max(1, min_idle), list(counts)))
+                for entry_id, fields in claimed:
+                    deliveries = counts.get(entry_id, 1) + 1
+                    out.append(Entry(klass, entry_id, fields or None, deliveries))
+                    metrics.DUPLICATES.labels(klass).inc()
+                missing = set(counts) - {e for e, _ in claimed}
+                if missing:
+                    # deleted while pending (already dispositioned): just clear them
+                    await self.redis.xack(stream, GROUP, *missing)
         return out
 
     # Dispositions (into the caller's pipeline) --------------------------------------

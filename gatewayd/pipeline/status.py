@@ -8,7 +8,7 @@ from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 
 _NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until", "converted_at"}
-_INT = {"segments", "attempts"}
+_INT = {"segments", "attempts", "receipts"}
 # Bookkeeping kept with the status, not part of it: the claim on publishing the final
 # event (lua/receipt.lua).
 _INTERNAL = {"event_claim", "fk"}
@@ -32,5 +32,7 @@ async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] |
         else:
             out[k] = v
     if parts:
-        out["parts"] = [parts.get(str(i), "") for i in range(int(out.get("segments", 0)))]
+        # One receipt state a PDU: "receipts" when not one a segment (message_payload).
+        n = int(out.get("receipts", out.get("segments", 0)))
+        out["parts"] = [parts.get(str(i), "") for i in range(n)]
     return out

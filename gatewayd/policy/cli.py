@@ -17,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,13 +25,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config, load_config
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.normalize import number_key
-from gatewayd.policy.optout import opt_in, opt_out, optout_status
+from gatewayd.policy.optout import opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import client_url, connect_config
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import keys_for
 
 EXIT_CONFIG = 2
 
@@ -61,6 +62,8 @@ def add_optout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("number", help="E.164 number, e.g. +8613800138000")
     parser.add_argument("--scope", default="*",
                         help="\"*\" (everything, default) or a signature/sender")
+    parser.add_argument("--category", default="",
+                        help="only this category (one of the policy's [optout] categories)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     _config_arg(parser)
 
@@ -87,7 +90,13 @@ def _engine(cfg: Config) -> PolicyEngine:
     return PolicyEngine.load(path, classes=list(cfg.queue.classes))
 
 
-def run_policy(args: argparse.Namespace) -> int:
+# Intake's own validation (gatewayd.pipeline.intake.parse_message, handed in by
+# gatewayd.cli: the pipeline room sits above this one): explain must refuse exactly what
+# the daemon would refuse, or its verdicts describe messages that never reach a check.
+Validate = Callable[[dict[str, Any], Config], OutboundMessage]
+
+
+def run_policy(args: argparse.Namespace, validate: Validate) -> int:
     if args.policy_command != "explain":  # pragma: no cover - argparse enforces choices
         return EXIT_CONFIG
     cfg = load_config(args.config, need_secrets=False)
@@ -97,8 +106,20 @@ def run_policy(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"gatewayd: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    msg = OutboundMessage(id=args.id, to=args.to, text=args.text, category=args.category,
-                          sender=args.sender, tenant=args.tenant)
+    raw = {"id": args.id, "to": args.to, "text": args.text, "category": args.category}
+    if args.sender:
+        raw["from"] = args.sender
+    if args.tenant:
+        raw["tenant"] = args.tenant
+    try:
+        msg = validate(raw, cfg)
+    except MessageError as e:
+        if args.json:
+            print(json.dumps({"verdict": "invalid", "field": e.field, "reason": e.reason},
+                             ensure_ascii=False))
+        print(f"gatewayd: the daemon would refuse this message: {e.field}: {e.reason}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     result, problem = asyncio.run(_explain(cfg, engine, msg, now))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -112,7 +133,7 @@ def run_policy(args: argparse.Namespace) -> int:
 
 async def _explain(cfg: Config, engine: PolicyEngine, msg: OutboundMessage,
                    now: float) -> tuple[dict[str, Any], str]:
-    keys = Keys(cfg.redis.prefix)
+    keys = keys_for(cfg)
     try:
         url = _redis_url(cfg)
     except ConfigError as e:
@@ -145,6 +166,11 @@ def _print_explain(engine: PolicyEngine, msg: OutboundMessage, now: float,
         if row.get("flags"):
             line += "  flags: " + ", ".join(row["flags"])
         print(line.rstrip())
+        for hit in row.get("hits", []):
+            what = f"    {hit['action']} {hit['list']}:{hit['term']} (matched {hit['matched']})"
+            if "released_by" in hit:
+                what += f"  released by exception {hit['released_by']}"
+            print(what)
     final = f"final    {result['verdict']}"
     if result["verdict"] != "send":
         final += f"  by {result['check']}: {result['reason']}"
@@ -170,14 +196,21 @@ def run_optout(args: argparse.Namespace) -> int:
 
 
 async def _optout(cfg: Config, args: argparse.Namespace) -> int:
-    keys = Keys(cfg.redis.prefix)
+    policy = _engine(cfg).policy
+    if args.category and args.category not in policy.optout_categories:
+        raise ValueError(f"--category {args.category!r}: not one recipients may opt out of "
+                         f"alone; the policy's [optout] categories are "
+                         f"{sorted(policy.optout_categories)}")
+    keys = keys_for(cfg)
     client = connect_config(cfg, _redis_url(cfg), socket_connect_timeout=2, socket_timeout=5)
     try:
         now = time.time()
+        kw: dict[str, Any] = {"scope": args.scope, "category": args.category, "source": "cli",
+                              "at": now, "retention_s": policy.consent_retention_s}
         if args.action == "add":
-            await opt_out(client, keys, args.number, scope=args.scope, source="cli", at=now)
+            await opt_out(client, keys, args.number, **kw)
         elif args.action == "remove":
-            await opt_in(client, keys, args.number, scope=args.scope, source="cli", at=now)
+            await opt_in(client, keys, args.number, **kw)
         status = await optout_status(client, keys, args.number)
     except (RedisConnectionError, RedisTimeoutError) as e:
         print(f"gatewayd: cannot reach Redis: {e}", file=sys.stderr)
@@ -189,8 +222,11 @@ async def _optout(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     if not status:
         print(f"{args.number}: not opted out")
-    for scope, since in sorted(status.items()):
-        when = datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-        what = "everything" if scope == "*" else repr(scope)
+    for row in preferences(status):
+        when = datetime.fromtimestamp(row["since"], UTC).isoformat(timespec="seconds")
+        what = "everything" if row["scope"] == "*" else repr(row["scope"])
+        if row["category"]:
+            what = f"{row['category']} from {what}" if row["scope"] != "*" \
+                else f"{row['category']} messages"
         print(f"{args.number}: opted out of {what} since {when}")
     return 0

@@ -40,9 +40,10 @@ from gatewayd.model import OutboundMessage
 from gatewayd.policy.content import ContentRules, signature_of
 from gatewayd.policy.cooling import Cooling
 from gatewayd.policy.keywords import KeywordMatcher
-from gatewayd.policy.normalize import for_matching, number_key, reply_word
+from gatewayd.policy.normalize import for_matching, number_key
 from gatewayd.policy.quiet import QuietHours, ZoneTable
 from gatewayd.policy.redischecks import REDIS_CHECKS, Outcome, RedisBatch, caps_spec
+from gatewayd.policy.replies import Reply, ReplyMatcher
 from gatewayd.policy.settings import CategorySettings, Policy, SendWindow, load_policy
 from gatewayd.policy.verdict import CHECK_ORDER, Verdict, defer, reject
 from gatewayd.store.keys import Keys
@@ -60,6 +61,9 @@ class _Category:
     window: SendWindow | None
     caps: str  # Lua caps spec, "" = none
     duplicate_ms: int
+    optout_blanket: bool  # plain opt-outs ("*", or the scope) suppress this category
+    optout_prefs: bool  # recipients may opt out of this category alone ("*|<name>")
+    optout_fields: str | None  # the fields to test in "global" scope mode (None: none)
 
 
 @dataclass(slots=True)
@@ -74,6 +78,23 @@ class _Local:
     tenant: str
 
 
+_SEPARATORS = str.maketrans({"\x1d": "?", "\x1e": "?", "\x1f": "?"})
+
+
+def optout_fields(scopes: tuple[str, ...], category: str, blanket: bool,
+                  prefs: bool) -> str | None:
+    """The opt-out HASH fields that suppress a message (policy_batch.lua's format), or
+    None when nothing can: the scopes themselves when plain opt-outs apply to the
+    category, and ``<scope>|<category>`` when recipients may opt out of it alone."""
+    if not (blanket or prefs):
+        return None
+    clean = [s.translate(_SEPARATORS) for s in scopes]
+    fields = list(clean) if blanket else []
+    if prefs:
+        fields += [f"{s}|{category}" for s in clean]
+    return "\x1d".join(fields)
+
+
 class PolicyEngine:
     """Load with ``PolicyEngine.load(path, classes=...)``; see the module docstring."""
 
@@ -82,6 +103,7 @@ class PolicyEngine:
         self.source = policy.source
         self.optout_words: frozenset[str] = policy.optout_words
         self.optout_scope = policy.optout_scope
+        self._replies = ReplyMatcher(policy.replies)
         self._keywords = KeywordMatcher(policy.keyword_lists)
         self._cooling = Cooling(policy.cooling)
         self._zones = ZoneTable(policy.zones, policy.default_zones)
@@ -89,6 +111,7 @@ class PolicyEngine:
                          for name, (rate, burst) in policy.tenants.items()}
         self._cats: dict[str, _Category] = {}
         for name, cs in policy.categories.items():
+            prefs = name in policy.optout_categories
             self._cats[name] = _Category(
                 name=name,
                 settings=cs,
@@ -96,6 +119,9 @@ class PolicyEngine:
                 window=policy.windows[name],
                 caps=caps_spec([(c.limit, c.window_s) for c in cs.caps]),
                 duplicate_ms=round(cs.duplicate_window_s * 1000),
+                optout_blanket=cs.suppress_optout,
+                optout_prefs=prefs,
+                optout_fields=optout_fields(("*",), name, cs.suppress_optout, prefs),
             )
         # (category, text) -> what content and keywords say of it: both depend on
         # nothing else, and a campaign sends one text to many recipients. Bounded;
@@ -125,15 +151,14 @@ class PolicyEngine:
         return self._zones.lookup(number_key(number))
 
     # MO replies -------------------------------------------------------------------------
-    def is_optout_reply(self, text: str) -> bool:
-        """True when the whole reply is an opt-out word.
+    def classify_reply(self, text: str) -> Reply:
+        """Opt-out, opt-in or neither (gatewayd.policy.replies): "TD", "我要退订",
+        "Please STOP" opt out; "不要退订", "取消订单", "TD is great" do not; "订阅"
+        opts back in."""
+        return self._replies.classify(text)
 
-        Rule: NFKC (full-width -> half-width), casefold, trim whitespace, punctuation and
-        symbols at both ends, collapse inner whitespace; the result must equal one of
-        ``optout_words`` (normalised the same way). So "TD", " td ", "ＴＤ", "退订。",
-        "Stop!" opt out; "TD is great" or "不要退订" do not.
-        """
-        return reply_word(text) in self.optout_words
+    def is_optout_reply(self, text: str) -> bool:
+        return self._replies.classify(text).kind == "optout"
 
     # Checks -----------------------------------------------------------------------------
     def _scope_value(self, msg: OutboundMessage, scope: str, sig: str | None) -> str:
@@ -174,24 +199,27 @@ class PolicyEngine:
     def _add_redis(self, batch: RedisBatch, msg: OutboundMessage, loc: _Local, digits: str,
                    *, optout_only: bool) -> bool:
         """Queue the message's Redis checks; False when it needs none."""
-        cs = loc.cat.settings
+        cat = loc.cat
+        cs = cat.settings
         tenant_spec = self._tenant_spec(loc.tenant)
-        if not (cs.suppress_optout or (not optout_only and (
-                loc.cat.caps or loc.cat.duplicate_ms or tenant_spec))):
+        fields = cat.optout_fields
+        if not (fields is not None or (not optout_only and (
+                cat.caps or cat.duplicate_ms or tenant_spec))):
             return False
         sig: str | None = None
-        optout_scope: str | None = None
-        if cs.suppress_optout:
-            if self.optout_scope != "global":
-                sig = signature_of(msg.text) if self.optout_scope == "signature" else None
-            optout_scope = self._scope_value(msg, self.optout_scope, sig)
+        if fields is not None and self.optout_scope != "global":
+            sig = signature_of(msg.text) if self.optout_scope == "signature" else None
+            value = self._scope_value(msg, self.optout_scope, sig)
+            if value:
+                fields = optout_fields(("*", value), cat.name, cat.optout_blanket,
+                                       cat.optout_prefs)
         caps_key = ""
         if loc.cat.caps:
             caps_key = "cap:" + loc.cat.name
             if cs.cap_scope != "recipient":
                 caps_key += ":" + self._scope_value(msg, cs.cap_scope, sig)
         batch.add(
-            digits=digits, optout_only=optout_only, optout_scope=optout_scope,
+            digits=digits, optout_only=optout_only, optout_fields=fields,
             duplicate_ms=loc.cat.duplicate_ms, text_body=msg.text, member=msg.id,
             caps_key=caps_key, caps=loc.cat.caps, tenant=loc.tenant, tenant_spec=tenant_spec,
         )
@@ -202,6 +230,7 @@ class PolicyEngine:
         if c == "send":
             return None
         if c == "optout":
+            # The field that suppressed it: "*", a signature/sender, "*|marketing" ...
             return reject("optout", "optout" if o.detail == "*" else f"optout:{o.detail}")
         if c == "duplicate":
             return reject("duplicate", "duplicate")
@@ -322,6 +351,11 @@ class PolicyEngine:
                 row["flags"] = v.flags
             if v.text is not None:
                 row["text"] = v.text
+            if name == "keywords" and cat is not None:
+                # Every hit, and the exception that released it (policy explain).
+                hits = self._keywords.explain(for_matching(msg.text), cat.name)
+                if hits:
+                    row["hits"] = hits
             rows.append(row)
             if final is None and v.action != "send":
                 final = v

@@ -8,26 +8,37 @@ a process may hold at most one chunk it has not used yet. An empty bucket makes
 ``acquire`` wait (never fail). ``rate`` must be > 0 (validated: a rate of 0 would
 divide by zero) and ``burst`` >= 1.
 
-``CarrierRateGate`` is gatewayd.carrier.api.RateGate: one bucket per carrier account,
-named after the carrier, rate = the carrier's ``tps``, burst = max(1, tps/10), so any
-one-second window sees at most 1.1 x tps even after an idle spell (carriers count
-per second and answer ESME_RTHROTTLED beyond it).
+``CarrierRateGate`` is gatewayd.carrier.api.RateGate: one bucket per SMSC account
+(``tb:{carrier:<account>}``, config.account_names: the carrier's name unless entries
+share an account), shared by every bind of every process. Its rate is *learned*
+(gatewayd.carrier.throttle): the account's ``tps`` until the SMSC throttles, then what
+the SMSC accepted of it, probed upwards again after a hold (lua/carrier_bucket.lua keeps
+rate and tokens in the one hash, so a cut by one daemon slows them all at once); burst
+= max(1, rate/10), so any one-second window sees at most 1.1 x the rate even after an
+idle spell (carriers count per second and answer ESME_RTHROTTLED beyond it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import redis.asyncio as aioredis
 
-from gatewayd.config import Config
+from gatewayd.carrier.throttle import LEARNING, Learning
+from gatewayd.config import Config, account_names, accounts
 from gatewayd.policy.lua import LuaScript, text
 from gatewayd.store.keys import Keys
 
+log = logging.getLogger("gatewayd.policy")
+
 SCRIPT: Final = LuaScript("token_bucket")
+CARRIER_SCRIPT: Final = LuaScript("carrier_bucket")
+# How long an account's learned rate is remembered without traffic.
+LEARNED_TTL_S: Final = 3600
 
 
 class SharedTokenBucket:
@@ -83,19 +94,65 @@ class SharedTokenBucket:
                     await self.sleep(max(wait, 0.001))
 
 
+class LearnedBucket(SharedTokenBucket):
+    """A carrier account's bucket at the rate learned from throttling (shared in Redis)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, account: str, cap: float, *,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 k: Learning = LEARNING) -> None:
+        super().__init__(redis, keys, f"carrier:{account}", cap, max(1.0, cap / 10),
+                         clock=clock, sleep=sleep)
+        self.cap = float(cap)
+        self.k = k
+        self._params: list[str | int | float] = [
+            repr(k.margin), repr(k.max_cut), repr(k.floor), repr(k.cooldown_s),
+            repr(k.hold_s), repr(k.probe), LEARNED_TTL_S,
+        ]
+
+    def _learned(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate / 10)
+        self.chunk = max(1, min(int(rate / 20), int(self.burst)))
+
+    async def _call(self, want: int, accepted: int, throttled: int) -> tuple[int, float]:
+        reply = await CARRIER_SCRIPT(self.redis, [self.key],
+                                     [repr(self.cap), repr(self.clock()), want, accepted,
+                                      throttled, *self._params])
+        self._learned(float(text(reply[2])))
+        return int(reply[0]), float(text(reply[1]))
+
+    async def take(self, want: int) -> tuple[int, float]:
+        return await self._call(want, 0, 0)
+
+    async def report(self, accepted: int, throttled: int) -> None:
+        await self._call(0, accepted, throttled)
+
+
 class CarrierRateGate:
-    """gatewayd.carrier.api.RateGate over one SharedTokenBucket per carrier account."""
+    """gatewayd.carrier.api.RateGate over one LearnedBucket per SMSC account."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, cfg: Config) -> None:
-        self.buckets = {
-            c.name: SharedTokenBucket(redis, keys, f"carrier:{c.name}", c.tps,
-                                      max(1.0, c.tps / 10))
-            for c in cfg.carrier
-        }
+        self.account = account_names(cfg)
+        self.buckets = {name: LearnedBucket(redis, keys, name, a.tps)
+                        for name, a in accounts(cfg).items()}
 
-    async def acquire(self, carrier: str, n: int) -> None:
+    def _bucket(self, carrier: str) -> LearnedBucket:
         try:
-            bucket = self.buckets[carrier]
+            return self.buckets[self.account[carrier]]
         except KeyError:
             raise KeyError(f"no rate limit for carrier {carrier!r}: not in the config") from None
-        await bucket.acquire(n)
+
+    async def acquire(self, carrier: str, n: int) -> None:
+        await self._bucket(carrier).acquire(n)
+
+    async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:
+        bucket = self._bucket(carrier)
+        before = bucket.rate
+        await bucket.report(accepted, throttled)
+        if bucket.rate < before:
+            log.info("%s: throttled (%d of %d answers); learned rate now %.1f/s", carrier,
+                     throttled, accepted + throttled, bucket.rate)
+
+    def rate(self, carrier: str) -> float:
+        return self._bucket(carrier).rate

@@ -9,7 +9,9 @@ gatewayd processes.
 Keys (gatewayd.store.keys.Keys), all tagged with the recipient's digits so one recipient's
 keys share a hash slot:
 
-- opt-out: ``optout:{digits}`` HASH scope -> since (gatewayd.policy.optout)
+- opt-out: ``optout:{digits}`` HASH field -> since (gatewayd.policy.optout); a message
+  names the fields that suppress it (``*``, its signature/sender, ``*|<category>`` ...)
+  and the first one present decides.
 - duplicate: ``fc:{digits}:dup:<crc32+length of the text>`` STRING = "<time> <message
   id>", PX = the category's duplicate window. Same text to the same number, whatever
   the category, within the window as measured by the ``now`` passed in (the TTL only
@@ -112,7 +114,7 @@ class RedisBatch:
         *,
         digits: str,
         optout_only: bool,
-        optout_scope: str | None,  # None: no opt-out check; "" = global only
+        optout_fields: str | None,  # None: no opt-out check; fields joined by \x1d
         duplicate_ms: int,
         text_body: str,
         member: str,
@@ -125,8 +127,8 @@ class RedisBatch:
         full = not optout_only
         self.records.append("\x1f".join((
             "o" if optout_only else "f",
-            ns.optout(digits) if optout_scope is not None else "",
-            _clean(optout_scope or ""),
+            ns.optout(digits) if optout_fields is not None else "",
+            _clean(optout_fields or ""),
             ns.freq(digits, "dup:" + text_digest(text_body)) if duplicate_ms > 0 and full
             else "",
             str(duplicate_ms),

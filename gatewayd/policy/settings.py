@@ -24,7 +24,10 @@ from typing import Any, Final, Literal
 import msgspec
 
 from gatewayd.errors import ConfigError
+from gatewayd.policy import pinyin
+from gatewayd.policy import replies as replies_mod
 from gatewayd.policy.normalize import for_matching, reply_word
+from gatewayd.policy.replies import ReplyRules
 
 Scope = Literal["global", "signature", "sender"]
 
@@ -67,6 +70,20 @@ class OptoutSettings(_Strict, frozen=True):
     scope: Scope = "global"  # how the optout check matches: see gatewayd.policy.optout
     words_file: str = ""
     words: list[str] = msgspec.field(default_factory=list)
+    # How MO replies are read (gatewayd.policy.replies); None = the built-in list.
+    optin_words: list[str] | None = None
+    fillers: list[str] | None = None
+    phrases: list[str] | None = None
+    phrase_exceptions: list[str] | None = None
+    negations: list[str] | None = None
+    negation_exceptions: list[str] | None = None
+    max_reply_chars: int = 40
+    negation_gap: int = 2
+    # Categories a recipient may opt out of one by one (API/CLI "category"); None = every
+    # class except "otp" (a code the recipient just asked for must arrive).
+    categories: list[str] | None = None
+    # Consent records (every opt-out and opt-in, with its source) are kept this long.
+    consent_retention_days: int = 730
 
 
 class TimezoneSettings(_Strict, frozen=True):
@@ -81,6 +98,14 @@ class KeywordListSettings(_Strict, frozen=True):
     file: str
     action: Literal["block", "review"] = "block"
     categories: list[str] = msgspec.field(default_factory=list)  # empty: every category
+    # Allowed phrases: a hit lying wholly inside one of these is not a hit (any term of
+    # the list); per-term exceptions are written in the file: "term ! exception ! ...".
+    exceptions: list[str] = msgspec.field(default_factory=list)
+    exceptions_file: str = ""
+    # Also match each Chinese term spelled in toneless pinyin ("赌博" -> "dubo"), when
+    # the spelling has at least pinyin_min_letters letters. Off: short pinyin collides.
+    pinyin: bool = False
+    pinyin_min_letters: int = 4
 
 
 class TenantRate(_Strict, frozen=True):
@@ -172,6 +197,15 @@ class KeywordList:
     categories: frozenset[str]  # empty: every category
     terms: tuple[str, ...]  # as written in the file (reasons quote these)
     source: str
+    # Per term (aligned with terms): its own exceptions; then the list-wide ones.
+    term_exceptions: tuple[tuple[str, ...], ...] = ()
+    exceptions: tuple[str, ...] = ()
+    pinyin: bool = False
+    pinyin_min_letters: int = 4
+
+    def exceptions_of(self, index: int) -> tuple[str, ...]:
+        own = self.term_exceptions[index] if self.term_exceptions else ()
+        return own + self.exceptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +229,10 @@ class Policy:
     windows: dict[str, SendWindow | None]
     keyword_lists: tuple[KeywordList, ...]
     optout_scope: Scope
-    optout_words: frozenset[str]
+    optout_words: frozenset[str]  # normalised (letters and digits), for reports
+    replies: ReplyRules
+    optout_categories: frozenset[str]  # recipients may opt out of these one by one
+    consent_retention_s: float
     default_zones: tuple[zoneinfo.ZoneInfo, ...]
     zones: dict[str, tuple[zoneinfo.ZoneInfo, ...]]
     tenants: dict[str, tuple[float, float]] = field(default_factory=dict)  # rate, burst
@@ -421,15 +458,7 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         for c in kl.categories:
             if c not in known:
                 raise errs.at([*key, "categories"], f"{c!r} is not a queue class")
-        fpath = _path(base_dir, kl.file)
-        terms: list[str] = []
-        for lineno, term in _read_list(fpath, errs, [*key, "file"]):
-            if not for_matching(term):
-                raise ConfigError(f"{fpath}:{lineno}: {term!r} has no letters or digits once "
-                                  "normalised (symbols are content.forbidden_chars); remove it")
-            terms.append(term)
-        lists.append(KeywordList(kl.name, kl.action, frozenset(kl.categories), tuple(terms),
-                                 str(fpath)))
+        lists.append(_keyword_list(kl, errs, key, base_dir))
 
     words = list(DEFAULT_OPTOUT_WORDS) if not (pf.optout.words or pf.optout.words_file) else []
     words += pf.optout.words
@@ -442,6 +471,17 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
     for i, w in enumerate(pf.optout.words):
         if not reply_word(w):
             raise errs.at(["optout", "words", i], "empty once normalised")
+    replies = _reply_rules(pf.optout, words, errs)
+    pref = pf.optout.categories
+    if pref is None:
+        pref = [c for c in classes if c != "otp"]
+    for i, c in enumerate(pref):
+        if c not in known:
+            raise errs.at(["optout", "categories", i], f"{c!r} is not a queue class; "
+                          f"classes are {sorted(known)} (queue.classes)")
+    if not 1 <= pf.optout.consent_retention_days <= 36_500:
+        raise errs.at(["optout", "consent_retention_days"],
+                      "must be 1-36500 days (consent records are usually kept >= 730)")
 
     default_zones = _zones(pf.timezones.default, errs, ["timezones", "default"])
     table = dict(DEFAULT_ZONES)
@@ -472,7 +512,10 @@ def _resolve(pf: PolicyFile, classes: list[str], errs: _Errors, base_dir: Path) 
         windows=windows,
         keyword_lists=tuple(lists),
         optout_scope=pf.optout.scope,
-        optout_words=frozenset(reply_word(w) for w in words),
+        optout_words=frozenset(for_matching(w) for w in words),
+        replies=replies,
+        optout_categories=frozenset(pref),
+        consent_retention_s=pf.optout.consent_retention_days * 86400.0,
         default_zones=default_zones,
         zones=zones,
         tenants=tenants,
@@ -489,6 +532,78 @@ def _cooling(c: CoolingSettings, known: set[str], errs: _Errors) -> CoolingSetti
         if cat not in known:
             raise errs.at(["cooling", "categories"], f"{cat!r} is not a queue class")
     return c
+
+
+def _reply_rules(o: OptoutSettings, words: list[str], errs: _Errors) -> ReplyRules:
+    lists: dict[str, tuple[str, ...]] = {}
+    for name, given, default in (
+        ("optin_words", o.optin_words, replies_mod.DEFAULT_OPTIN_WORDS),
+        ("fillers", o.fillers, replies_mod.DEFAULT_FILLERS),
+        ("phrases", o.phrases, replies_mod.DEFAULT_PHRASES),
+        ("phrase_exceptions", o.phrase_exceptions, replies_mod.DEFAULT_PHRASE_EXCEPTIONS),
+        ("negations", o.negations, replies_mod.DEFAULT_NEGATIONS),
+        ("negation_exceptions", o.negation_exceptions,
+         replies_mod.DEFAULT_NEGATION_EXCEPTIONS),
+    ):
+        items = tuple(given) if given is not None else default
+        for i, item in enumerate(items):
+            if not replies_mod.tokens(item):
+                raise errs.at(["optout", name, i], f"{item!r} is empty once normalised")
+        lists[name] = items
+    if not 1 <= o.max_reply_chars <= 500:
+        raise errs.at(["optout", "max_reply_chars"], "must be 1-500")
+    if not 0 <= o.negation_gap <= 10:
+        raise errs.at(["optout", "negation_gap"], "must be 0-10 (tokens)")
+    both = {for_matching(w) for w in words} & {for_matching(w) for w in lists["optin_words"]}
+    if both:
+        raise errs.at(["optout", "optin_words"], f"{sorted(both)[0]!r} is also an opt-out "
+                      "word; a reply cannot mean both")
+    return ReplyRules(words=tuple(words), max_reply_chars=o.max_reply_chars,
+                      negation_gap=o.negation_gap, **lists)
+
+
+def _keyword_list(kl: KeywordListSettings, errs: _Errors, key: list[str | int],
+                  base_dir: Path) -> KeywordList:
+    """One [[keywords]] entry with its file(s): terms, per-term and list exceptions."""
+    fpath = _path(base_dir, kl.file)
+    terms: list[str] = []
+    own: list[tuple[str, ...]] = []
+    for lineno, line in _read_list(fpath, errs, [*key, "file"]):
+        # "term ! exception ! exception": '!' is punctuation, which matching drops, so
+        # no term loses anything by giving it this meaning.
+        term, *excs = (part.strip() for part in line.split("!"))
+        where = f"{fpath}:{lineno}"
+        if not for_matching(term):
+            raise ConfigError(f"{where}: {term!r} has no letters or digits once "
+                              "normalised (symbols are content.forbidden_chars); remove it")
+        for exc in excs:
+            if for_matching(term) not in for_matching(exc):
+                raise ConfigError(f"{where}: exception {exc!r} does not contain {term!r} "
+                                  "(once normalised), so it could never release a match; "
+                                  "write the longer allowed phrase, e.g. 套现 ! 配套现金")
+        terms.append(term)
+        own.append(tuple(excs))
+    shared: list[tuple[str, str]] = [(e, f"{errs.source}: keywords[{key[1]}].exceptions")
+                                     for e in kl.exceptions]
+    if kl.exceptions_file:
+        epath = _path(base_dir, kl.exceptions_file)
+        shared += [(e, f"{epath}:{n}")
+                   for n, e in _read_list(epath, errs, [*key, "exceptions_file"])]
+    if not 1 <= kl.pinyin_min_letters <= 32:
+        raise errs.at([*key, "pinyin_min_letters"], "must be 1-32")
+    normalised_terms = [for_matching(t) for t in terms]
+    if kl.pinyin:
+        normalised_terms += [v for t in terms for v in pinyin.variants(t, kl.pinyin_min_letters)]
+    for exc, where in shared:
+        ne = for_matching(exc)
+        if not any(t in ne for t in normalised_terms):
+            raise ConfigError(f"{where}: exception {exc!r} contains no term of list "
+                              f"{kl.name!r} (once normalised), so it could never release a "
+                              "match; remove it or add the term")
+    return KeywordList(kl.name, kl.action, frozenset(kl.categories), tuple(terms),
+                       str(fpath), term_exceptions=tuple(own),
+                       exceptions=tuple(e for e, _ in shared), pinyin=kl.pinyin,
+                       pinyin_min_letters=kl.pinyin_min_letters)
 
 
 def _path(base_dir: Path, name: str) -> Path:

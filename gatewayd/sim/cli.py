@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="fraction of submit_sm answered with --error-status")
     a("--error-status", type=lambda v: int(v, 0), default=None,
       help="status for --error (default 0x45 ESME_RSUBMITFAIL; CMPP: Result 13)")
+    a("--unanswered", type=float, default=0.0, metavar="FRACTION",
+      help="fraction of submit_sm / CMPP SUBMITs never answered (the client times out)")
+    a("--receipts-to", choices=("submitter", "any"), default=d.receipts_to,
+      help="receipts to the submitting bind when it can receive, or to any receiver "
+           "of the account in turn (default %(default)s)")
     a("--max-tps", type=float, default=0.0, help="throttle above this rate (0 = unlimited)")
     a("--response-delay", type=float, default=0.0, metavar="S",
       help="delay every submit_sm_resp (a slow SMSC)")
@@ -61,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-binds", type=int, default=0, help="refuse binds beyond this many (0 = unlimited)")
     a("--receipt-resend", type=float, default=d.receipt_resend_s, metavar="S",
       help="re-send a deliver_sm unanswered for this long (default %(default)s)")
+    a("--receipt-attempts", type=int, default=d.receipt_max_attempts, metavar="N",
+      help="give up on a deliver_sm after N unanswered or refused sends (the SMSC's "
+           "patience; default %(default)s)")
     a("--enquire-link", type=float, default=0.0, metavar="S",
       help="send enquire_link to bound ESMEs this often (0 = never)")
     a("--tls-cert", default="", help="serve SMPP over TLS with this certificate (PEM)")
@@ -73,8 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--secret", default=c.secret, help="CMPP: the shared secret (default %(default)s)")
     a("--cmpp-version", choices=("any", "2.0", "3.0"), default=c.version,
       help="CMPP: versions accepted (default %(default)s)")
-    a("--unanswered", type=float, default=0.0, metavar="FRACTION",
-      help="CMPP: fraction of SUBMITs never answered")
     a("--failure-stat", default=c.failure_stat,
       help="CMPP: Stat of failed reports, e.g. MK:0001 (default %(default)s)")
     a("--stats-interval", type=float, default=5.0, metavar="S",
@@ -95,9 +101,11 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         early_receipt_fraction=args.early_receipts, throttle_fraction=args.throttle,
         error_fraction=args.error, max_tps=args.max_tps,
         error_status=d.error_status if args.error_status is None else args.error_status,
+        unanswered_fraction=args.unanswered, receipts_to=args.receipts_to,
         response_delay_s=args.response_delay, drop_after=args.drop_after,
         max_binds=args.max_binds, tls_cert=args.tls_cert, tls_key=args.tls_key,
         seed=args.seed, receipt_resend_s=args.receipt_resend,
+        receipt_max_attempts=args.receipt_attempts,
         enquire_link_s=args.enquire_link,
         keep_submissions=args.keep_submissions,
     )

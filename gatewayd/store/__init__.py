@@ -1,4 +1,4 @@
-"""Everything Redis-shaped: connection, embedded server, key names, fastpipe, lua/.
+"""Everything Redis-shaped: connection, embedded server, key names, privacy, fastpipe, lua/.
 
-May import: config, errors.
+May import: config, model, errors.
 """

@@ -133,7 +133,7 @@ class Store:
 
     async def open(self) -> Redis:
         if not self.url:
-            state = Path(self.cfg.resolve(self.cfg.daemon.state_dir))
+            state = Path(self.cfg.state_path())
             self.embedded = EmbeddedRedis(state / "redis", persist=True)
             self.url = self.embedded.start()
             log.warning(
@@ -176,7 +176,7 @@ def client_url(cfg: Config) -> str:
     url = cfg.redis_url()
     if url:
         return url
-    sock = cfg.resolve(cfg.daemon.state_dir) / "redis" / "redis.sock"
+    sock = cfg.state_path() / "redis" / "redis.sock"
     if sock.exists():
         return f"unix://{sock}?db=0"
     raise ConfigError(

@@ -2,20 +2,37 @@
 
 Keys that one Lua script touches together share a hash tag ``{...}`` so the same code
 runs on Redis Cluster; per-message and per-recipient keys spread over the slots.
+
+Recipient numbers appear in key names (opt-outs, caps, duplicates) as their digits, or,
+in privacy mode (``Keys(prefix, privacy)``), as a keyed token (gatewayd.store.privacy):
+this class is the one place a number becomes part of a name, so that is the one place
+the mode is applied. ``number_fields`` / ``open_number`` do the same for records that
+keep a number.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from gatewayd.config import Config
+from gatewayd.errors import ConfigError
+from gatewayd.model import mask_number
+from gatewayd.store.privacy import Privacy, PrivacyError
+
 GROUP: Final = "gatewayd"  # consumer group on every priority stream
 
 
 class Keys:
-    __slots__ = ("prefix",)
+    __slots__ = ("_token", "prefix", "privacy")
 
-    def __init__(self, prefix: str = "gw:") -> None:
+    def __init__(self, prefix: str = "gw:", privacy: Privacy | None = None) -> None:
         self.prefix = prefix
+        self.privacy = privacy
+        self._token = privacy.token if privacy is not None else None
+
+    def _n(self, number: str) -> str:
+        """A number (digits) as key names carry it."""
+        return number if self._token is None else self._token(number)
 
     # Queues -------------------------------------------------------------------------
     def queue(self, klass: str) -> str:
@@ -54,9 +71,13 @@ class Keys:
         """HASH: the message's status record (state, reason, carrier, parts...)."""
         return f"{self.prefix}msg:{{{msg_id}}}"
 
-    def correlation(self, carrier: str, smsc_id: str) -> str:
-        """STRING: carrier message id -> "<our id> <part index>" (TTL: receipt timeout)."""
-        return f"{self.prefix}smsc:{carrier}:{smsc_id}"
+    def correlation(self, account: str, smsc_id: str) -> str:
+        """STRING: carrier message id -> "<our id> <part index>" (TTL: receipt timeout).
+
+        Keyed by SMSC account (config.account_names), not carrier entry: a receipt may
+        come on any bind of the account. With one entry per account the account is the
+        carrier's name, as the key was before accounts existed."""
+        return f"{self.prefix}smsc:{account}:{smsc_id}"
 
     @property
     def early_receipts(self) -> str:
@@ -71,16 +92,50 @@ class Keys:
     # Policies -----------------------------------------------------------------------
     def optout(self, number: str) -> str:
         """HASH: scope ("*" or a signature/sender) -> opted-out-at (Unix s)."""
-        return f"{self.prefix}optout:{{{number}}}"
+        return f"{self.prefix}optout:{{{self._n(number)}}}"
 
     @property
     def optout_audit(self) -> str:
-        """Stream: every opt-out and opt-in with time, source and scope (kept 2 years+)."""
+        """Stream: the consent log, every opt-out and opt-in with time, source, scope and
+        category (gatewayd.consent.records; trimmed to the retention, 2 years by default)."""
         return f"{self.prefix}optout:audit"
+
+    def consent_index(self, bucket: str) -> str:
+        """HASH: number -> the consent stream ids of its records, for the numbers of one
+        bucket (gatewayd.consent.records.bucket_of; expires with the retention)."""
+        return f"{self.prefix}consent:ix:{{{bucket}}}"
+
+    # Numbers in stored records --------------------------------------------------------
+    def number_fields(self, digits: str) -> dict[str, str]:
+        """How a record stores a number: ``{"number": digits}``; in privacy mode
+        ``{"number": token, "number_enc": encrypted digits}`` (the token finds it)."""
+        if self.privacy is None:
+            return {"number": digits}
+        return {"number": self.privacy.token(digits), "number_enc": self.privacy.seal(digits)}
+
+    def open_number(self, fields: dict[str, str]) -> str:
+        """The digits a record's ``number_fields`` hold; ``~<token>`` when they are
+        encrypted and this process has no secret, or another one."""
+        sealed = fields.get("number_enc", "")
+        if not sealed:
+            return fields.get("number", "")
+        if self.privacy is not None:
+            try:
+                return self.privacy.open(sealed)
+            except PrivacyError:
+                pass
+        return "~" + fields.get("number", "")
+
+    def mo_sender(self, number: str) -> dict[str, str]:
+        """The MO stream's sender fields: ``from`` as received; in privacy mode ``from``
+        masked and ``from_enc`` encrypted (open it with gatewayd.store.privacy)."""
+        if self.privacy is None:
+            return {"from": number}
+        return {"from": mask_number(number), "from_enc": self.privacy.seal(number)}
 
     def freq(self, number: str, bucket: str) -> str:
         """Frequency-cap counter for one recipient (hash tag: one slot per recipient)."""
-        return f"{self.prefix}fc:{{{number}}}:{bucket}"
+        return f"{self.prefix}fc:{{{self._n(number)}}}:{bucket}"
 
     def token_bucket(self, name: str) -> str:
         """HASH: tokens + last refill time of a shared token bucket."""
@@ -154,3 +209,15 @@ class Keys:
     def lease(self, job: str) -> str:
         """STRING: holder token of a housekeeping job only one daemon runs at a time."""
         return f"{self.prefix}lease:{job}"
+
+
+def keys_for(cfg: Config) -> Keys:
+    """The key names of a configured deployment: its prefix, and its privacy mode with
+    the secret from the environment (ConfigError naming the key when it is missing)."""
+    privacy = None
+    if cfg.privacy.enabled:
+        try:
+            privacy = Privacy.from_env(cfg.privacy.secret_env)
+        except PrivacyError as e:
+            raise ConfigError(f"{cfg.source or '<config>'}: privacy.secret_env: {e}") from e
+    return Keys(cfg.redis.prefix, privacy)

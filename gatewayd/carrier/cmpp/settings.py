@@ -35,7 +35,7 @@ class CmppSettings(msgspec.Struct, kw_only=True, frozen=True):
     msg_level: int = 0
     tp_pid: int = 0
     link_id: str = ""  # 3.0 LinkID: only for on-demand services; empty for notifications
-    # ValId_Time for a message's life (an OTP's validity_s): "absolute" writes the expiry
+    # ValId_Time for a message's life (an OTP's expires_at): "absolute" writes the expiry
     # in the ISMG's time zone (YYMMDDhhmmss032+ at UTC+8), "relative" writes the span
     # (YYMMDDhhmmss000R); SMPP-style time formats, which the CMPP specification adopts.
     validity: Literal["absolute", "relative"] = "absolute"

@@ -2,7 +2,7 @@
 
 The per-carrier fields (Service_Id, fees, Msg_src, Registered_Delivery...) are packed once
 in a pdu.SubmitTemplate; per message only the destination, Src_Id, ValId_Time (the
-message's validity_s, e.g. an OTP's life) and the parts vary. Every part of one message
+message's expires_at, e.g. an OTP's life) and the parts vary. Every part of one message
 carries the same UDH reference, taken per destination (as the SMPP pool does) so two long
 messages to one handset in a row do not merge.
 """
@@ -67,7 +67,9 @@ class SubmitEncoder:
             enc = text.encode(req.text, lambda: self._next_ref(dest), st.encoding)
         except ValueError as e:
             raise Unsendable(str(e)) from e
-        valid = times.validity(req.validity_s, self._clock(), st.validity, st.utc_offset_h)
+        now = self._clock()
+        life = round(req.expires_at - now) if req.expires_at else 0.0
+        valid = times.validity(life, now, st.validity, st.utc_offset_h)
         total = len(enc.parts)
         body = self._template.body
         bodies = [

@@ -1,15 +1,15 @@
 """One configured bind of a carrier: connect, bind, keep alive, reconnect; rate and window.
 
 One background task per bind runs the connection loop and, while bound, a housekeeping
-tick (response timeouts, enquire_link, rate recovery, gauges). Sending is done by the
-caller (the pool) through ``reserve`` (window space + local token bucket) and ``send``
-(one ``transport.write`` for a run of PDUs).
+tick (response timeouts, enquire_link, gauges). Sending is done by the caller (the
+pool) through ``reserve`` (window space + local token bucket) and ``send`` (one
+``transport.write`` for a run of PDUs).
 
 Rate: a token bucket of ``carrier.tps / carrier.binds`` a second, with a burst of 50 ms
-worth of tokens (at least 1). ESME_RTHROTTLED / ESME_RMSGQFUL halve the rate (at most
-once a second, so one window of throttled answers counts once) down to 2 % of the base
-rate, and empty the bucket; after a second without throttling the rate grows back by
-10 % of the base a second. Reconnects back off exponentially from reconnect_min_s to
+worth of tokens (at least 1), under the account's learned rate (the pool's rate gate,
+carrier/throttle.py). ESME_RTHROTTLED / ESME_RMSGQFUL are counted into the account's
+throttle meter, which lowers that shared rate; the bind itself only shows "throttled"
+for two seconds. Reconnects back off exponentially from reconnect_min_s to
 reconnect_max_s with jitter (a random 50-100 % of the step); a refused bind waits
 auth_retry_s.
 """
@@ -20,13 +20,14 @@ import asyncio
 import logging
 import random
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.carrier.api import BindStatus
+from gatewayd.carrier.batch import Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
-from gatewayd.carrier.smpp.session import Session, Waiter
-from gatewayd.config import CarrierConfig
+from gatewayd.carrier.smpp.session import Session
+from gatewayd.config import BindMode, CarrierConfig
 from gatewayd.errors import BindRefused, SmppError
 from gatewayd.ops import metrics as M
 
@@ -36,17 +37,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatewayd.carrier")
 
 _pack_header = P.HEADER.pack
+# A throttled bind shows "throttled" this long after the SMSC's last throttle.
+_THROTTLED_SHOWN_S = 2.0
+
+
+class Meter(Protocol):
+    """The account's throttle meter (carrier.throttle.ThrottleMeter), fed by its binds."""
+
+    @property
+    def open(self) -> bool: ...
+
+    def count(self, accepted: int, throttled: int) -> None: ...
 
 
 class Bind:
     def __init__(
-        self, carrier: CarrierConfig, index: int, password: str, deliveries: Deliveries
+        self, carrier: CarrierConfig, index: int, password: str, deliveries: Deliveries,
+        *, mode: BindMode | None = None,
     ) -> None:
         self.cfg = carrier
         self.carrier = carrier.name
         self.index = index
-        self.mode = carrier.bind_mode
-        self.transmits = carrier.bind_mode != "receiver"
+        self.mode: BindMode = mode or carrier.bind_mode
+        self.transmits = self.mode != "receiver"
         self.window = carrier.window
         self._password = password
         self._deliveries = deliveries
@@ -58,12 +71,15 @@ class Bind:
         self.reserved = 0
         self.base_rate = carrier.tps / carrier.binds
         self.rate = self.base_rate
-        self.min_rate = self.base_rate * 0.02
+        self.limit = self.base_rate  # shown: min(own rate, share of the learned rate)
         self.burst = max(1.0, self.base_rate / 20)
         self.tokens = self.burst
         self._t_tokens = 0.0
         self._last_throttle = -1e9
-        self._last_recover = 0.0
+        # Submit latency, a moving average of one sample a parsed chunk: the pool's
+        # grace for stragglers is a few of these.
+        self.latency = 0.0
+        self.meter: Meter | None = None
         self.space = asyncio.Event()
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -99,7 +115,7 @@ class Bind:
     def status(self) -> BindStatus:
         return BindStatus(
             carrier=self.carrier, index=self.index, state=self.state, mode=self.mode,
-            window=self.window, in_flight=self.in_flight, tps_limit=round(self.rate, 3),
+            window=self.window, in_flight=self.in_flight, tps_limit=round(self.limit, 3),
             submitted=self.submitted, reconnects=self.reconnects, last_error=self.last_error,
         )
 
@@ -173,7 +189,7 @@ class Bind:
                 continue
             attempt = 0
             self.last_error = ""
-            self._set_state("throttled" if self.rate < self.base_rate else "bound")
+            self._set_state("bound")
             log.info("%s[%d]: bound as %s to %s:%d", self.carrier, self.index, self.mode,
                      self.cfg.host, self.cfg.port)
             await self._serve(session)
@@ -326,6 +342,10 @@ class Bind:
                 self._count_status("submit_sm", code, count)
         if latency is not None:
             self._m_latency.observe(latency)
+            self.latency += 0.1 * (latency - self.latency)
+        meter = self.meter
+        if meter is not None and (throttled or meter.open):
+            meter.count(ok, throttled)
         if throttled:
             self._throttle()
         if in_flight < self.window:
@@ -369,26 +389,17 @@ class Bind:
 
     # -- throttling ----------------------------------------------------------------------------
     def _throttle(self) -> None:
+        """The SMSC throttled a submit of ours: shown; the meter lowers the account rate."""
         now = asyncio.get_running_loop().time()
-        if now - self._last_throttle < 1.0:
-            return
         self._last_throttle = now
-        self._last_recover = now
-        self.rate = max(self.min_rate, self.rate / 2)
-        self.tokens = 0.0
-        self._t_tokens = now
         if self.state == "bound":  # not over "unbinding" while the SMSC's unbind waits
             self._set_state("throttled")
-        self._m_tps.set(self.rate)
-        log.info("%s[%d]: throttled by the SMSC; rate now %.1f/s", self.carrier, self.index,
-                 self.rate)
 
     def _recover(self, now: float) -> None:
-        if self.rate >= self.base_rate or now - self._last_throttle < 1.0:
-            return
-        elapsed = now - self._last_recover
-        self._last_recover = now
-        self.rate = min(self.base_rate, self.rate + self.base_rate * 0.1 * elapsed)
-        self._m_tps.set(self.rate)
-        if self.rate >= self.base_rate and self.state == "throttled":
+        if self.state == "throttled" and now - self._last_throttle >= _THROTTLED_SHOWN_S:
             self._set_state("bound")
+
+    def show_limit(self, share: float) -> None:
+        """The bind's share of its account's learned rate, on the gauge and in status."""
+        self.limit = min(self.base_rate, share)
+        self._m_tps.set(self.limit)

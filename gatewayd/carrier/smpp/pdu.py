@@ -10,6 +10,7 @@ aiosmpplib's classes, whose constants (command ids, TLV tags) are the single sou
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -130,6 +131,12 @@ def relative_validity(seconds: float) -> str:
     hours, s = divmod(s, 3600)
     minutes, s = divmod(s, 60)
     return f"{min(years, 99):02d}{months:02d}{days:02d}{hours:02d}{minutes:02d}{s:02d}000R"
+
+
+def absolute_validity(unix_time: float) -> str:
+    """SMPP absolute time YYMMDDhhmmsstnnp in UTC ("000+": tenths 0, offset 0)."""
+    t = time.gmtime(int(unix_time))
+    return time.strftime("%y%m%d%H%M%S", t) + "000+"
 
 
 def submit_sm_head(

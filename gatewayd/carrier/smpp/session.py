@@ -31,11 +31,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+from gatewayd.carrier.batch import Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
 
 if TYPE_CHECKING:
     from gatewayd.config import CarrierConfig
+
+__all__ = ["Pending", "Session", "SessionOwner", "Waiter"]
 
 log = logging.getLogger("gatewayd.carrier")
 
@@ -50,27 +53,6 @@ _DELIVER_SM: Final = P.DELIVER_SM
 _THROTTLE: Final = frozenset(
     code for code, (_, kind) in S.STATUS.items() if kind == "throttle"
 )
-
-
-class Waiter:
-    """The parts of one submit_batch: results by slot and one future for all of them."""
-
-    __slots__ = ("future", "remaining", "results")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.remaining = n
-        self.results: list[tuple[int, str] | None] = [None] * n
-        if n == 0:
-            self.future.set_result(None)
-
-    def resolve(self, slot: int, status: int, message_id: str) -> None:
-        if self.results[slot] is not None:
-            return
-        self.results[slot] = (status, message_id)
-        self.remaining -= 1
-        if self.remaining == 0 and not self.future.done():
-            self.future.set_result(None)
 
 
 # seq -> (waiter, slot, deadline, sent_at): a tuple, the cheapest record to build.

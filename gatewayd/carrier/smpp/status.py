@@ -104,3 +104,18 @@ _SEVERITY: Final[dict[Kind, int]] = {"ok": 0, "throttle": 1, "retry": 2, "perman
 
 def severity(status: int) -> int:
     return _SEVERITY[status_kind(status)]
+
+
+def outcome_rank(status: int) -> int:
+    """Which failing part names a multipart message's failure: a permanent refusal, then
+    a temporary one (or no answer: both use an attempt), then a bind lost with the part
+    in flight (uses none, see queue.max_bind_losses), then throttled or never written
+    (back-pressure: retried without an attempt)."""
+    kind = status_kind(status)
+    if kind == "permanent":
+        return 4
+    if kind == "throttle" or status == NOT_SENT:
+        return 1
+    if status == BIND_LOST:
+        return 2
+    return 3

@@ -42,7 +42,8 @@ class Submission:
     UDH); ``udh`` is (ref, total, seq) from a concatenation UDH, ``sar`` the same from the
     SAR TLVs; ``payload`` is True when the text came in message_payload (0x0424).
     ``message_id`` is the id given in submit_sm_resp, "" when the submit was refused
-    (``status`` then says why). ``received_at`` is Unix time.
+    (``status`` then says why; UNANSWERED when the simulator never answered it).
+    ``received_at`` is Unix time; ``validity_period`` the field as sent ("" = none).
     """
 
     system_id: str
@@ -60,6 +61,7 @@ class Submission:
     registered_delivery: int
     received_at: float
     status: int = 0
+    validity_period: str = ""
 
     @property
     def part(self) -> tuple[int, int, int] | None:
@@ -100,7 +102,7 @@ def submission_from(
         destination=sm.destination, data_coding=sm.data_coding, esm_class=sm.esm_class,
         short_message=sm.short_message, text=decode_text(body, sm.data_coding), udh=udh,
         sar=sar, payload=payload, registered_delivery=sm.registered_delivery,
-        received_at=received_at, status=status,
+        received_at=received_at, status=status, validity_period=sm.validity_period,
     )
 
 

@@ -57,6 +57,8 @@ ESME_RINVPASWD: Final = 0x0E
 ESME_RINVSYSID: Final = 0x0F
 ESME_RTHROTTLED: Final = 0x58
 ESME_RSUBMITFAIL: Final = 0x45
+# Not a status on the wire: a submit_sm the simulator never answers (unanswered_fraction).
+UNANSWERED: Final = -1
 
 STATUS_NAMES: Final = {
     0x00: "ESME_ROK", 0x01: "ESME_RINVMSGLEN", 0x02: "ESME_RINVCMDLEN",
@@ -65,7 +67,7 @@ STATUS_NAMES: Final = {
     0x0D: "ESME_RBINDFAIL", 0x0E: "ESME_RINVPASWD", 0x0F: "ESME_RINVSYSID",
     0x14: "ESME_RMSGQFUL", 0x45: "ESME_RSUBMITFAIL", 0x58: "ESME_RTHROTTLED",
     0x61: "ESME_RINVSCHED", 0x62: "ESME_RINVEXPIRY", 0x64: "ESME_RX_T_APPN",
-    0x65: "ESME_RX_P_APPN", 0x66: "ESME_RX_R_APPN",
+    0x65: "ESME_RX_P_APPN", 0x66: "ESME_RX_R_APPN", UNANSWERED: "UNANSWERED",
 }
 
 TLV_RECEIPTED_MESSAGE_ID: Final = 0x001E
@@ -157,6 +159,7 @@ class ShortMessage(NamedTuple):
     data_coding: int
     short_message: bytes
     tlvs: dict[int, bytes] | None  # None when the PDU carries no TLVs (the common case)
+    validity_period: str = ""  # as sent: "" (SMSC default), relative ...R or absolute
 
 
 def parse_sm(body: bytes) -> ShortMessage:
@@ -194,9 +197,11 @@ def parse_sm(body: bytes) -> ShortMessage:
     end = find(b"\0", pos)  # schedule_delivery_time
     if end < 0:
         raise MalformedPdu("schedule_delivery_time not terminated")
-    end = find(b"\0", end + 1)  # validity_period
+    start = end + 1
+    end = find(b"\0", start)  # validity_period
     if end < 0:
         raise MalformedPdu("validity_period not terminated")
+    validity = body[start:end].decode("latin-1") if end > start else ""
     pos = end + 1
     if pos + 5 > len(body):
         raise MalformedPdu("truncated before sm_length")
@@ -212,6 +217,7 @@ def parse_sm(body: bytes) -> ShortMessage:
     return ShortMessage(
         s_ton, s_npi, source.decode("latin-1"), d_ton, d_npi,
         destination.decode("latin-1"), esm_class, registered, data_coding, sm, tlvs,
+        validity,
     )
 
 

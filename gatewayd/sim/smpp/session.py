@@ -226,6 +226,15 @@ class Session(asyncio.Protocol):
             out.append(pdu.pack(pdu.GENERIC_NACK, pdu.ESME_RINVCMDLEN, seq))
             return False
         status = sim._admit(now)
+        if status == pdu.UNANSWERED:
+            # Swallowed: no response, no receipt; the client's timer has to notice.
+            stats.unanswered += 1
+            sim._record(submission_from(
+                sm, system_id=self.system_id, sequence=seq, message_id="", received_at=wall,
+                status=status,
+            ))
+            self.submits += 1
+            return bool(st.drop_after) and self.submits >= st.drop_after
         if status == 0:
             mid = sim._ids()
             resp = pdu.pack(pdu.SUBMIT_SM_RESP, 0, seq, mid.encode() + b"\0")
@@ -244,7 +253,7 @@ class Session(asyncio.Protocol):
         if status == 0 and st.receipts and rd and (stat := sim._receipt_stat(rd)):
             if st.early_receipt_fraction and sim.rng.random() < st.early_receipt_fraction:
                 o = sim._build_receipt(self, sub, sm, sim.ids_format, stat, wall)
-                target = sim._pick(o.system_id, self)
+                target = sim._pick(o.system_id, o.prefer)
                 if target is self:
                     self.emit([o], out, now)
                 else:

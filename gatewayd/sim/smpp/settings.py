@@ -11,6 +11,7 @@ from gatewayd.sim.smpp.receipts import STATS
 
 _FRACTIONS = (
     "undeliverable_fraction", "early_receipt_fraction", "throttle_fraction", "error_fraction",
+    "unanswered_fraction",
 )
 _NON_NEGATIVE = (
     "receipt_delay_s", "max_tps", "response_delay_s", "receipt_resend_s", "drop_after",
@@ -21,11 +22,20 @@ _NON_NEGATIVE = (
 class SimSettings(msgspec.Struct, kw_only=True):
     """Everything the simulator does differently from a perfect SMSC.
 
-    Fractions are probabilities per submit_sm (0..1). ``max_tps`` is one token bucket for
-    the whole simulator holding one second of traffic (a client sending at the rate is
-    never throttled, one bursting above it is). ``drop_after`` counts submit_sm per
-    connection: the first N are answered, then the connection is closed and whatever
-    else the client had pipelined stays unanswered.
+    Fractions are probabilities per submit_sm (0..1), so per part of a long message:
+    ``error_fraction`` with ``error_status = 0x08`` is a per-part ESME_RSYSERR. A submit_sm
+    picked by ``unanswered_fraction`` is never answered and gets no receipt (the client
+    times out on it; recorded with status pdu.UNANSWERED). ``max_tps`` is one token bucket
+    for the whole simulator holding one second of traffic (a client sending at the rate
+    is never throttled, one bursting above it is answered ESME_RTHROTTLED).
+    ``drop_after`` counts submit_sm per connection: the first N are answered, then the
+    connection is closed and whatever else the client had pipelined stays unanswered.
+
+    Every bind of one system_id is one account, whatever its mode (split transmitter /
+    receiver binds, or several client configurations on one account): a receipt goes to
+    the connection that submitted when it can receive and ``receipts_to`` is
+    "submitter", else to the account's receivers in turn ("any": every receipt in turn,
+    as SMSCs that balance over binds do).
 
     Receipts and MOs that cannot be delivered (no receiver bound, connection lost before
     deliver_sm_resp) are held and delivered to the next receiver that binds, up to
@@ -50,6 +60,8 @@ class SimSettings(msgspec.Struct, kw_only=True):
     throttle_fraction: float = 0.0
     error_fraction: float = 0.0
     error_status: int = 0x45  # ESME_RSUBMITFAIL
+    unanswered_fraction: float = 0.0
+    receipts_to: Literal["submitter", "any"] = "submitter"
     max_tps: float = 0.0  # 0: unlimited
     response_delay_s: float = 0.0
     drop_after: int = 0  # 0: never
@@ -110,6 +122,7 @@ class SimStats:
     generic_nacks: int = 0  # generic_nack sent (unknown command, malformed body)
     garbage_closes: int = 0  # connections closed for an impossible command_length
     drops: int = 0  # connections closed by drop_after
+    unanswered: int = 0  # submit_sm never answered (unanswered_fraction)
     max_outstanding: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -141,5 +154,6 @@ class SimStats:
             f"throttled={self.throttled} failed={self.failed} "
             f"receipts={self.receipts_sent}(+{self.receipts_resent} resent, "
             f"{self.receipts_acked} acked) mo={self.mo_sent} unacked={self.unacked} "
-            f"held={self.held} enquire_links={self.enquire_links} drops={self.drops}"
+            f"held={self.held} enquire_links={self.enquire_links} drops={self.drops} "
+            f"unanswered={self.unanswered} abandoned={self.receipts_abandoned}"
         )

@@ -350,6 +350,8 @@ class SmscSimulator:
             return pdu.ESME_RTHROTTLED
         if st.error_fraction and self.rng.random() < st.error_fraction:
             return st.error_status
+        if st.unanswered_fraction and self.rng.random() < st.unanswered_fraction:
+            return pdu.UNANSWERED
         return 0
 
     def _count_response(self, status: int) -> None:
@@ -393,7 +395,8 @@ class SmscSimulator:
             dest_ton=sm.source_ton, dest_npi=sm.source_npi, esm_class=pdu.ESM_RECEIPT,
             data_coding=0, short_message=body, tlvs=tlvs,
         )
-        return Outgoing(data, KIND_RECEIPT, s.system_id, s)
+        return Outgoing(data, KIND_RECEIPT, s.system_id,
+                        s if st.receipts_to == "submitter" else None)
 
     def _pick(self, system_id: str, prefer: Session | None) -> Session | None:
         if prefer is not None and prefer.can_receive and prefer.open and not prefer.closing:

@@ -8,8 +8,9 @@
 -- The batch travels as ONE argument (packing thousands of arguments in redis-py cost more
 -- than the checks): ARGV[1] now (Unix s), ARGV[2] "1" = dry run (explain: report every
 -- check, write nothing), ARGV[3] the messages, separated by \30, each 10 fields separated
--- by \31: mode ("f" all checks, "o" optout only), optout key ("" = no check), optout scope
--- ("" = "*" only), duplicate key, duplicate window (ms), member (message id), frequency
+-- by \31: mode ("f" all checks, "o" optout only), optout key ("" = no check), optout fields
+-- (the opt-out HASH's fields that suppress this message, separated by \29, e.g. "*" or
+-- "*\29京东\29*|marketing"; "" = "*"), duplicate key, duplicate window (ms), member (message id), frequency
 -- key, caps ("limit:window_s limit:window_s ..."), tenant bucket key, tenant "rate:burst".
 -- Keys are named inside the blob, so KEYS is empty: on Redis Cluster the caller would split
 -- a batch by slot and pass one key of the slot as KEYS[1] for routing.
@@ -21,7 +22,8 @@
 -- string.format, numbers passed to redis.call (each is printed with "%.17g" there), and
 -- global lookups. Whatever depends only on the batch (now's texts, a caps spec's TTL) is
 -- computed once.
-local rcall, find, sub, format = redis.call, string.find, string.sub, string.format
+local rcall, find, sub, format, unpack = redis.call, string.find, string.sub, string.format,
+  unpack
 local now = tonumber(ARGV[1])
 local dry = ARGV[2] == '1'
 local blob = ARGV[3]
@@ -112,14 +114,24 @@ while pos <= len + 1 do
   pos = e + 1
   local failed = false
 
-  -- optout
+  -- optout: the first of the fields present decides (its name is the detail)
   local check, detail, untl = 'send', '', 0
   if okey ~= '' then
-    local v = rcall('HMGET', okey, '*', scope == '' and '*' or scope)
-    if v[1] then
-      check, detail = 'optout', '*'
-    elseif v[2] then
-      check, detail = 'optout', scope
+    if scope == '' then scope = '*' end
+    if not find(scope, '\29', 1, true) then
+      if rcall('HGET', okey, scope) then check, detail = 'optout', scope end
+    else
+      local fields, p = {}, 1
+      while true do
+        local q = find(scope, '\29', p, true)
+        fields[#fields + 1] = sub(scope, p, (q or 0) - 1)
+        if not q then break end
+        p = q + 1
+      end
+      local v = rcall('HMGET', okey, unpack(fields))
+      for i = 1, #fields do
+        if v[i] then check, detail = 'optout', fields[i]; break end
+      end
     end
   end
   if check ~= 'send' then failed = true end

@@ -5,11 +5,15 @@
 -- Returns kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
 -- submitted_at, err, funnel key, variant for 'final' and 'late' (the last two are ''
 -- for a message of no campaign or template); 'early', state; 'partial'; 'missing'.
+-- A message expects one receipt a submitted PDU: 'receipts' when written (message_payload:
+-- one PDU, several segments), else 'segments'. A long message some of whose parts were
+-- accepted while the rest waits for a retry ('sent_parts' lists them) records those
+-- parts' receipts before it is 'submitted'.
 -- Values, not a table (receipt.lua makes its reply of them, {apply_receipt(...)}), and
 -- no closure: receipts.lua runs this for up to 256 receipts a call, reading the values
 -- into locals, and every table or closure a receipt was Redis CPU (allocation, garbage).
 -- One HMGET reads all it needs (this runs once a receipt: Redis CPU is the budget).
-local rcall, tonumber = redis.call, tonumber
+local rcall, tonumber, sfind = redis.call, tonumber, string.find
 local FINAL_STATES = {delivered = true, undeliverable = true, expired = true,
   rejected = true, failed = true}
 local RANK = {delivered = 1, expired = 2, undeliverable = 3}
@@ -22,7 +26,8 @@ end
 
 local function apply_receipt(key, part, pstate, now, err)
   local f = rcall('HMGET', key, 'state', 'segments', 'category', 'carrier',
-    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err', 'fk', 'variant')
+    'carrier_id', 'ref', 'tenant', 'to', 'submitted_at', 'err', 'fk', 'variant',
+    'receipts', 'sent_parts')
   local state = f[1]
   if not state then
     return 'missing'
@@ -33,10 +38,18 @@ local function apply_receipt(key, part, pstate, now, err)
     return summary(f, 'late', state, f[10])
   end
   if state ~= 'submitted' then
+    local sent = f[14]
+    if sent and sfind(' ' .. sent .. ' ', ' ' .. part .. ' ', 1, true) then
+      rcall('HSET', key, 'p' .. part, pstate)
+      if err ~= '' and pstate ~= 'delivered' then
+        rcall('HSET', key, 'e' .. part, err)
+      end
+      return 'partial'
+    end
     return 'early', state
   end
-  -- tonumber(segments or '1') or 1, without parsing the commonest text, '1'.
-  local seg, total = f[2], 1
+  -- tonumber(receipts or segments or '1') or 1, without parsing the commonest text, '1'.
+  local seg, total = f[13] or f[2], 1
   if seg and seg ~= '1' then
     total = tonumber(seg) or 1
   end

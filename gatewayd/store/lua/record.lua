@@ -12,7 +12,7 @@
 -- no count text twice and reads no global (redis.call, unpack, KEYS, ARGV are locals).
 local rcall, unpack, tonumber, KEYS, ARGV = redis.call, unpack, tonumber, KEYS, ARGV
 local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
-  done_at = true, fk = true}
+  done_at = true, fk = true, receipts = true, sent_parts = true}
 local ttl, maxlen, cttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local stream = KEYS[1]
 -- A record's field count is one of a few texts ("20", "22"...): each converted once.
