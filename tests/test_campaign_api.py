@@ -1,6 +1,7 @@
 """A campaign from upload to funnel over the HTTP API, on real Redis and real SMPP: the
 templates' approval, an A/B campaign uploaded as JSON lines, its fan-out and delivery,
-clicks through the real redirector, conversions and opt-outs, the funnel as JSON, and
+clicks through the real redirector, conversions and opt-outs (plain, and per category:
+only the campaign's own counts), the funnel as JSON, and
 the HTML report loaded by a real headless browser (Chromium) that finds the figures."""
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ listen = "127.0.0.1:0"
         assert res["results"][-1]["result"] == "unknown"
         for number in ("+8613700000001", "+8613700000002"):
             await call("POST", f"/v1/optouts/{number}")
+        # Preferences (issue 19): an opt-out of transactional messages only is none of
+        # this marketing campaign's; one of marketing only is.
+        await call("POST", "/v1/optouts/+8613700000003?category=transactional")
+        await call("POST", "/v1/optouts/+8613700000004?category=marketing")
         a_clicked = int(len(by_variant["A"]) * 0.3)
         b_clicked = int(len(by_variant["B"]) * 0.1)
         for _ in range(400):
@@ -150,7 +155,7 @@ listen = "127.0.0.1:0"
         assert f["stages"]["clicked"] == a_clicked + b_clicked
         assert f["stages"]["clicks"] == a_clicked + b_clicked + 10
         assert f["stages"]["previews"] == 6
-        assert f["stages"]["converted"] == 20 and f["stages"]["opted_out"] == 2
+        assert f["stages"]["converted"] == 20 and f["stages"]["opted_out"] == 3
         assert f["rates"]["delivery"] == {"value": 1.0, "num": n, "den": n}
         assert f["rates"]["click"]["den"] == n
         ab = got["ab"]
@@ -178,7 +183,7 @@ listen = "127.0.0.1:0"
     assert fig["queued"] == f"{n:,}" and fig["delivered"] == f"{n:,}"
     assert fig["clicked"] == str(a_clicked + b_clicked) and fig["converted"] == "20"
     assert fig["rate-delivery"] == "100.0%"
-    assert fig["opted"] == "2"
+    assert fig["opted"] == "3"
     assert fig["clicked-A"] == str(a_clicked) and fig["clicked-B"] == str(b_clicked)
     assert fig["click-rate-A"] == f"{100 * a_clicked / len(by_variant['A']):.1f}%"
     assert fig["significant-B"] == "significant"

@@ -104,12 +104,14 @@ async def read(redis: Redis, keys: Keys, name: str) -> dict[str, int]:
 
 
 async def attribute_optout(redis: Redis, keys: Keys, digits: str, now: float,
-                           window_s: float, lookback_s: float = 30 * 86400) -> list[str]:
+                           window_s: float, lookback_s: float = 30 * 86400, *,
+                           category: str = "") -> list[str]:
     """An opt-out of ``digits``: count it in every campaign that sent to the number
     within ``window_s`` (once per number and campaign). The campaigns looked at are
     those created in the last ``lookback_s`` (a send record is kept no longer; opt-outs
-    are rare, so a look-up per recent campaign, in one round trip, is cheap). Returns
-    the campaigns it was counted in."""
+    are rare, so a look-up per recent campaign, in one round trip, is cheap). An opt-out
+    of one ``category`` only (a preference, ``*|marketing``) counts in the campaigns of
+    that category. Returns the campaigns it was counted in."""
     recent = cast(list[str], await redis.zrangebyscore(keys.campaigns, now - lookback_s,
                                                          "+inf"))
     if not recent:
@@ -117,7 +119,15 @@ async def attribute_optout(redis: Redis, keys: Keys, digits: str, now: float,
     async with redis.pipeline(transaction=False) as pipe:
         for campaign in recent:
             pipe.get(keys.campaign_send(digits, campaign))
-        sends = await pipe.execute()
+            if category:
+                pipe.hget(keys.campaign(campaign), "category")
+        replies = await pipe.execute()
+    if category:
+        sends = [v for v, cat in zip(replies[::2], replies[1::2], strict=True)
+                 if cat == category]
+        recent = [c for c, cat in zip(recent, replies[1::2], strict=True) if cat == category]
+    else:
+        sends = replies
     hits: list[tuple[str, str]] = []
     for campaign, value in zip(recent, sends, strict=True):
         if not value:

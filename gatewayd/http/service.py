@@ -94,7 +94,7 @@ class DaemonBackend:
                 c = self.d.cfg.campaigns
                 await attribute_optout(redis, keys, check_number(number), now,
                                        c.optout_window_days * 86400,
-                                       c.recipient_ttl_days * 86400)
+                                       c.recipient_ttl_days * 86400, category=category)
         elif action == "remove":
             await opt_in(redis, keys, number, scope=scope, category=category, source="api",
                          at=now, retention_s=retention)
