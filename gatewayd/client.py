@@ -19,7 +19,7 @@ from gatewayd.pipeline.intake import TemplateIntake, parse_message
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import Keys, keys_for
 
 
 class Client:
@@ -28,10 +28,12 @@ class Client:
     def __init__(self, url: str, *, prefix: str = "gw:", queue: QueueConfig | None = None,
                  consumer: str = "client", config: Config | None = None) -> None:
         """``url`` may be redis+cluster:// (Redis Cluster); ``config`` supplies the
-        [redis] section's cluster and TLS settings (see from_config)."""
+        [redis] section's cluster and TLS settings (see from_config) and its privacy
+        mode (ConfigError without the secret: short links made here name the number by
+        its token, as the daemon does)."""
         self.url = url
         self._config = config
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, keys_for(config).privacy if config is not None else None)
         self.qcfg = queue or QueueConfig()
         self._redis: aioredis.Redis | None = None
         self._queue: QueueStore | None = None

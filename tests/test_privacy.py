@@ -1,5 +1,6 @@
 """Privacy mode (issue 19 item 9): numbers never in clear in Redis key names, policy state,
-consent records, status records, events or the MO stream."""
+consent records, status records, events or the MO stream; nor in campaigns' per-number
+state (issue 20: cooling-off streaks, opt-out attribution, short-link records)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from gatewayd.campaigns import model, registry
+from gatewayd.campaigns.model import Campaign, Variant
+from gatewayd.campaigns.registry import TemplateCache
+from gatewayd.campaigns.templates import Template
 from gatewayd.cli import main
 from gatewayd.client import Client
 from gatewayd.config import load_config
@@ -167,3 +173,85 @@ async def test_nothing_in_clear_end_to_end(tmp_path: Path, redis_url: str,
     monkeypatch.delenv("GATEWAYD_PRIVACY_SECRET")
     assert await asyncio.to_thread(main, ["consent", "export", "-c", str(path)]) == 2
     assert "privacy mode is on" in capsys.readouterr().err
+
+
+CAMPAIGN_POLICY = """
+[category.marketing]
+signature = "either"
+send_window = ""
+caps = []
+duplicate_window_s = 0
+[cooling]
+enabled = true
+after = 3
+days = 7
+"""
+
+
+async def test_campaigns_keep_no_number_in_clear(tmp_path: Path, redis_url: str,
+                                                 redis: aioredis.Redis, smsc: Smsc,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20's per-number state in privacy mode: a campaign with short links, a direct
+    template send, a click (the cooling-off streak reset) and an MO opt-out (attributed
+    to the campaign): every key is named by the token, link records hold it and the
+    masked number, and the whole of Redis holds the number nowhere."""
+    monkeypatch.setenv("GATEWAYD_PRIVACY_SECRET", SECRET)
+    sim = await smsc(receipt_delay_s=0.01)
+    policy = tmp_path / "cooling.toml"
+    policy.write_text(CAMPAIGN_POLICY, encoding="utf-8")
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, policy=policy,
+                        extra_carrier='mo_country_code = "86"',
+                        extra='[privacy]\nenabled = true\n[links]\nenabled = true\n'
+                              'base_url = "https://s.example.cn/"\nlisten = "127.0.0.1:0"\n')
+    cfg = load(path)
+    keys = keys_for(cfg)
+    await registry.save(redis, keys, Template(code="P", signature="京东", category="marketing",
+                                              body="新品 {link:url} 回TD退订"), classes=CLASSES)
+    await registry.set_status(redis, keys, "P", "approved")
+    cache = TemplateCache(redis, keys, ttl_s=0)
+    await cache.load(["P"])
+    compiled = {"P": cache.get("P")}
+    camp = await model.create(redis, keys, Campaign(
+        id="c1", variants=[Variant(name="A", template="P")]), compiled)
+    others = ["8613900139001", "8613900139002"]
+    up = await model.upload(redis, keys, camp, compiled, iter([
+        json.dumps({"to": "+" + n, "params": {"link": f"https://a.cn/{n[-1]}"}})
+        for n in (DIGITS, *others)]), fmt="jsonl", link_sample="https://s.example.cn/"
+        + "x" * 12, max_segments=5)
+    assert up.accepted == 3
+    await model.change(redis, keys, "c1", "start")
+    async with running_daemon(cfg) as d:
+        ids = ["c1.1", "c1.2", "c1.3"]
+        async with Client.from_config(cfg) as client:  # the direct path's link records
+            ids += [i for i, _ in await client.send([
+                {"to": "+" + DIGITS, "template": "P", "params": {"link": "https://a.cn/d"}}])]
+        final = await wait_final(redis, keys, ids, 30)
+        assert {r["state"] for r in final.values()} == {"delivered"}
+        # Both link messages to the number counted in its cooling-off streak, by token.
+        assert await redis.hget(keys.marketing(DIGITS), "n") == "2"
+        codes = [s.text.split("cn/")[1].split()[0] for s in sim.submissions
+                 if s.destination.endswith(DIGITS)]
+        assert d.links is not None and len(codes) == 2
+        async with aiohttp.ClientSession() as s:
+            for code in codes:  # the campaign's link and the direct send's
+                async with s.get(f"http://127.0.0.1:{d.links.port}/{code}",
+                                 allow_redirects=False,
+                                 headers={"User-Agent": "Mozilla/5.0 (iPhone)"}) as r:
+                    assert r.status == 302
+        await sim.inject_mo(NATIONAL, "10690001", "退订", wait=True)
+        for _ in range(400):
+            if (await redis.hget(keys.marketing(DIGITS), "n") == "0"
+                    and await redis.hget(keys.funnel("c1"), "opted_out") == "1"):
+                break
+            await asyncio.sleep(0.05)
+    assert await redis.hget(keys.marketing(DIGITS), "n") == "0"  # the click reset it
+    funnel = await redis.hgetall(keys.funnel("c1"))
+    assert (funnel["delivered"], funnel["clicked"], funnel["opted_out"]) == ("3", "1", "1")
+    assert await redis.exists(keys.campaign_send(DIGITS, "c1"))
+    plain = Keys(cfg.redis.prefix)
+    assert not await redis.exists(plain.marketing(DIGITS), plain.campaign_send(DIGITS, "c1"))
+    clicked = [f for _, f in await redis.xrange(keys.events) if f["state"] == "clicked"]
+    assert sorted((f.get("campaign", ""), f["template"], f["to"]) for f in clicked) == [
+        ("", "P", "+86138****8000"), ("c1", "P", "+86138****8000")]
+    # The whole of Redis: the number is nowhere, in no key name and no value.
+    assert await dump_contains(redis, NATIONAL) == []

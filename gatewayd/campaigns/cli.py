@@ -28,7 +28,7 @@ from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.store.connection import Redis, client_url, connect_config
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import Keys, keys_for
 
 EXIT_PROBLEM, EXIT_CONFIG = 1, 2
 
@@ -133,7 +133,7 @@ def _print(obj: Any) -> None:
 
 def _template(cfg: Config, args: argparse.Namespace) -> Any:
     async def go(redis: Redis) -> int:
-        keys, cmd = Keys(cfg.redis.prefix), args.template_command
+        keys, cmd = keys_for(cfg), args.template_command
         classes = list(cfg.queue.classes)
         try:
             if cmd == "add":
@@ -191,7 +191,7 @@ def _variants(specs: list[str]) -> list[Variant]:
 
 def _campaign(cfg: Config, args: argparse.Namespace) -> Any:
     async def go(redis: Redis) -> int:
-        keys, cmd = Keys(cfg.redis.prefix), args.campaign_command
+        keys, cmd = keys_for(cfg), args.campaign_command
         try:
             if cmd == "create":
                 c = Campaign(id=args.id, variants=_variants(args.template), name=args.name,

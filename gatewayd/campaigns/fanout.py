@@ -163,6 +163,7 @@ class FanOut:
         now = self.clock()
         max_segments = self.cfg.queue.max_segments
         trusted = c.source == "upload"
+        private = self.keys.privacy is not None
         recips: list[Any] = []
         n = 0
         if self.links is not None:
@@ -189,13 +190,18 @@ class FanOut:
                     invalid += 1
                     continue
             recips += (f"{c.id}.{seq}", number, number[:-8] + "****" + number[-4:], text,
-                       vi + 1, ref or "", len(links) // 2, *links)
+                       vi + 1, ref or "", len(links) // 2)
+            if links:
+                if private:  # the links hold the number's token, not the number
+                    recips.append(self.keys.recipient(number.lstrip("+")))
+                recips += links
             n += 1
         args: list[Any] = [c.cursor, str(c.offset), cursor, str(offset), repr(now),
                            int(self.cfg.queue.status_ttl_s), self.cfg.queue.events_maxlen,
                            int(self.cfg.links.ttl_s), *self.status_affix, *self.link_affix,
                            c.category, c.tenant, c.id, c.sender, str(invalid), n,
-                           len(c.variants), "1" if self.cfg.campaigns.queued_records else "0"]
+                           len(c.variants), "1" if self.cfg.campaigns.queued_records else "0",
+                           "1" if private else "0"]
         for v in c.variants:
             args += (v.name, v.template)
         args += recips

@@ -9,7 +9,9 @@ them unguessable: for any counter value one suffix in 64**random_chars is valid
 
 A link is one STRING (``Keys.link(code)``, kept ``links.ttl_s``) holding its fields
 packed, separated by \x1f: target, message id, funnel key, variant, campaign,
-template, the recipient's digits, created (one SET EX a link: the fan-out writes one
+template, the recipient as key names carry it (``Keys.recipient``: its digits, or in
+privacy mode its token, so the record holds no number then), created, and in privacy
+mode the masked number for the click event (one SET EX a link: the fan-out writes one
 per recipient). Its first request makes ``Keys.link_counts(code)`` (same hash tag, same
 TTL): ``clicks``, ``first`` (time of the first click) and ``previews``.
 
@@ -115,18 +117,27 @@ class NewLink:
     target: str
 
 
-FIELDS: Final = ("u", "m", "f", "v", "c", "t", "d", "at")
+FIELDS: Final = ("u", "m", "f", "v", "c", "t", "d", "at", "to")
 
 
 def link_fields(target: str, msg_id: str, funnel_key: str, variant: str, campaign: str,
-                template: str, digits: str, at: str) -> dict[str, str]:
-    return {"u": target, "m": msg_id, "f": funnel_key, "v": variant, "c": campaign,
-            "t": template, "d": digits, "at": at}
+                template: str, recipient: str, at: str, masked: str = "") -> dict[str, str]:
+    """``recipient``: ``Keys.recipient(digits)``; ``masked``: the masked number, given
+    only in privacy mode (else the event masks ``recipient``, the digits)."""
+    out = {"u": target, "m": msg_id, "f": funnel_key, "v": variant, "c": campaign,
+           "t": template, "d": recipient, "at": at}
+    if masked:
+        out["to"] = masked
+    return out
 
 
 def pack(fields: dict[str, str]) -> str:
-    """The stored form (no field holds \x1f: URLs are checked for control characters)."""
-    return "\x1f".join(fields.get(k, "") for k in FIELDS)
+    """The stored form (no field holds \x1f: URLs are checked for control characters);
+    the last field only when set."""
+    values = [fields.get(k, "") for k in FIELDS]
+    if not values[-1]:
+        values.pop()
+    return "\x1f".join(values)
 
 
 def unpack(value: str) -> dict[str, str]:
@@ -171,7 +182,8 @@ class Click:
     variant: str = ""
     campaign: str = ""
     template: str = ""
-    digits: str = ""
+    recipient: str = ""  # Keys.recipient: the digits, or in privacy mode a token
+    masked: str = ""  # the masked number (privacy mode; else made from the digits)
     first: bool = False
     clicks: int = 0
 
@@ -180,5 +192,6 @@ def parse_click(code: str, preview: bool, reply: Any) -> Click:
     if not reply:
         return Click(code, "", preview)
     packed, first, clicks = reply
-    u, m, f, v, c, t, d, *_rest = (*str(packed).split("\x1f"), "", "", "", "", "", "", "")
-    return Click(code, u, preview, m, f, v, c, t, d, int(first) == 1, int(clicks))
+    u, m, f, v, c, t, d, _at, masked, *_rest = (*str(packed).split("\x1f"),
+                                                *("",) * 9)
+    return Click(code, u, preview, m, f, v, c, t, d, masked, int(first) == 1, int(clicks))

@@ -338,15 +338,16 @@ class LinkServer:
                 tally.add(c.funnel_key, c.variant, "clicks")
                 if c.first:
                     tally.add(c.funnel_key, c.variant, "clicked")
-            if c.digits:
+            if c.recipient:
                 # A click: the recipient reads these messages; the cooling-off streak of
                 # unclicked link messages starts again.
-                pipe.execute_command("HSET", self.keys.marketing(c.digits), "n", 0)
+                pipe.execute_command("HSET", self.keys.marketing_of(c.recipient), "n", 0)
             event: dict[str, Any] = {"id": c.msg_id, "state": "clicked", "at": now,
                                      "clicks": c.clicks, "first": 1 if c.first else 0}
             for k, v in (("campaign", c.campaign), ("variant", c.variant),
                          ("template", c.template),
-                         ("to", mask_number("+" + c.digits) if c.digits else "")):
+                         ("to", c.masked or (mask_number("+" + c.recipient)
+                                             if c.recipient else ""))):
                 if v:
                     event[k] = v
             self.ledger.event_only(pipe, event)

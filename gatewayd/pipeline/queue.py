@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
-from gatewayd.model import OutboundMessage
+from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
@@ -133,9 +133,11 @@ class QueueStore:
             for n, m in enumerate(msgs):
                 for ln in (links or {}).get(n, ()):
                     fk = self.keys.funnel(funnel_name(m.campaign, m.template, m.tenant))
+                    digits = m.to.lstrip("+")
                     shortlinks.write(pipe, self.keys, ln.code, shortlinks.link_fields(
                         ln.target, m.id, fk, m.variant, m.campaign, m.template,
-                        m.to.lstrip("+"), repr(now)), link_ttl_s)
+                        self.keys.recipient(digits), repr(now),
+                        masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
                 fields = to_fields(m)
                 stream = self.streams[m.category]
                 if m.idempotency_key:

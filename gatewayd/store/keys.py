@@ -195,7 +195,17 @@ class Keys:
         """HASH per recipient (the recipient's hash tag): ``n`` marketing messages with
         links since the last click, ``last`` the latest one's time (cooling-off),
         ``o:<campaign>`` once an opt-out was counted in that campaign."""
-        return self.freq(number, "mk")
+        return self.marketing_of(self._n(number))
+
+    def recipient(self, number: str) -> str:
+        """A number (digits) as key names carry it: the digits, or in privacy mode its
+        token. What a record stores to find the number's keys later without holding
+        the number (a short link: the redirector resets the cooling-off streak)."""
+        return self._n(number)
+
+    def marketing_of(self, recipient: str) -> str:
+        """``marketing`` of a number given as ``recipient`` gave it."""
+        return f"{self.prefix}fc:{{{recipient}}}:mk"
 
     def campaign_send(self, number: str, campaign: str) -> str:
         """STRING "<time> <variant>": a campaign's last send to a recipient (opt-out

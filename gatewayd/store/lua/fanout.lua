@@ -10,9 +10,12 @@
 -- ARGV[9]/ARGV[10] status key prefix/suffix, ARGV[11]/ARGV[12] link key prefix/suffix,
 -- ARGV[13] category, ARGV[14] tenant, ARGV[15] campaign id, ARGV[16] sender ("from"),
 -- ARGV[17] invalid rows skipped in this slice, ARGV[18] n recipients, ARGV[19] V
--- variants, ARGV[20] '1' = write each message's "queued" status record and event;
--- then V x (variant name, template code); then per recipient: message id,
--- number, masked number, text, variant index (1-based), ref, k links, k x (code, URL).
+-- variants, ARGV[20] '1' = write each message's "queued" status record and event,
+-- ARGV[21] '1' = privacy mode (Keys.privacy): each recipient with k > 0 links carries its
+-- key-name token after k, which its links store instead of the digits, with the masked
+-- number last; then V x (variant name, template code); then per recipient: message id,
+-- number, masked number, text, variant index (1-based), ref, k links, [token,]
+-- k x (code, URL).
 -- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
 -- offset} when the cursor moved on meanwhile.
 local rcall, tonumber, unpack = redis.call, tonumber, unpack
@@ -29,8 +32,9 @@ local spre, ssuf, lpre, lsuf = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local category, tenant, cid, sender = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
 local n, nv = tonumber(ARGV[18]), tonumber(ARGV[19])
 local records = ARGV[20] == '1'
+local private = ARGV[21] == '1'
 local vname, vtpl, vcount = {}, {}, {}
-local a = 21
+local a = 22
 for i = 1, nv do
   vname[i], vtpl[i], vcount[i] = ARGV[a], ARGV[a + 1], 0
   a = a + 2
@@ -45,7 +49,7 @@ local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', '',
 local ev = {'id', '', 'state', 'queued', 'at', now, 'category', category, 'to', '',
   'campaign', cid, 'variant', '', 'template', ''}
 -- A link's packed fields (campaigns.links.pack): target, message, funnel, variant,
--- campaign, template, digits, created.
+-- campaign, template, recipient (digits, or the token), created[, masked number].
 local sep = '\31'
 local ltail = sep .. now
 for _ = 1, n do
@@ -56,8 +60,15 @@ for _ = 1, n do
   local variant, template = vname[vi], vtpl[vi]
   vcount[vi] = vcount[vi] + 1
   if k > 0 then
-    local rest = sep .. id .. sep .. funnel .. sep .. variant .. sep .. cid .. sep ..
-      template .. sep .. string.sub(to, 2) .. ltail
+    local rest
+    if private then
+      rest = sep .. id .. sep .. funnel .. sep .. variant .. sep .. cid .. sep ..
+        template .. sep .. ARGV[a] .. ltail .. sep .. masked
+      a = a + 1
+    else
+      rest = sep .. id .. sep .. funnel .. sep .. variant .. sep .. cid .. sep ..
+        template .. sep .. string.sub(to, 2) .. ltail
+    end
     for _ = 1, k do
       rcall('SET', lpre .. ARGV[a] .. lsuf, ARGV[a + 1] .. rest, 'EX', lttl)
       a = a + 2
