@@ -14,6 +14,7 @@ from gatewayd.campaigns.templates import Template
 from gatewayd.client import Client
 from gatewayd.config import load_config
 from gatewayd.model import OutboundMessage
+from gatewayd.ops import metrics
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out
 from gatewayd.store.keys import Keys
@@ -118,3 +119,33 @@ listen = "127.0.0.1:0"
         assert await redis.hget(keys.marketing("8613800138000"), "n") == "0"
         [fifth] = [i for i, _ in await c.send([item])]
         assert (await wait_final(redis, keys, [fifth]))[fifth]["state"] == "delivered"
+
+
+async def test_link_messages_submitted_late_count_too(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path, smsc: Smsc) -> None:
+    """Submits answered after their batch's grace are recorded by the straggler path
+    (issue 16): they count in the streak as their batch's others do."""
+    sim = await smsc(receipt_delay_s=0.02, response_delay_s=0.5)
+    policy = tmp_path / "p.toml"
+    policy.write_text(POLICY.format(action="defer"), encoding="utf-8")
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                                   policy=policy, extra="""
+[links]
+enabled = true
+base_url = "https://s.example.cn/"
+listen = "127.0.0.1:0"
+"""))
+    await registry.save(redis, keys, Template(code="P", signature="京东", category="marketing",
+                                              body="新品 {link:url} 回TD退订"), classes=CLASSES)
+    await registry.set_status(redis, keys, "P", "approved")
+    stragglers = "gatewayd_submit_stragglers_total"
+    before = metrics.REGISTRY.get_sample_value(stragglers) or 0
+    async with running_daemon(cfg), Client.from_config(cfg, redis_url) as c:
+        ids = [i for i, _ in await c.send([
+            {"to": f"+86138001380{k:02d}", "template": "P",
+             "params": {"link": "https://a.cn/x"}} for k in range(3)])]
+        await wait_final(redis, keys, ids)
+    # Every submit was answered after the grace (the first batches' latency is unknown).
+    assert (metrics.REGISTRY.get_sample_value(stragglers) or 0) - before >= 3
+    assert [await redis.hget(keys.marketing(f"86138001380{k:02d}"), "n")
+            for k in range(3)] == ["1", "1", "1"]

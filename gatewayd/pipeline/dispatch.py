@@ -279,7 +279,7 @@ class Dispatcher:
             sub = await self.pool.submit(reqs, detach=True)
             self._record_outcomes(pipe, book, acks, to_submit, reqs, sub.outcomes)
             if sub.later is not None:
-                self._detach(sub.later, to_submit, reqs, sub.outcomes)
+                self._detach(sub.later, to_submit, reqs, sub.outcomes, book.streaks)
         book.flush(pipe)
         # After every outcome record, in the same pipeline (at-least-once).
         acks.flush(pipe)
@@ -317,18 +317,20 @@ class Dispatcher:
 
     def _detach(self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
                 items: list[_Item], reqs: list[SubmitRequest],
-                known: list[SubmitOutcome | None]) -> None:
-        """Stragglers: their entries stay pending, held from reclaim, until recorded."""
+                known: list[SubmitOutcome | None], streaks: bool) -> None:
+        """Stragglers: their entries stay pending, held from reclaim, until recorded.
+        ``streaks``: their batch's (Book.streaks), so a link message submitted late
+        counts in its recipient's cooling-off streak as the batch's others do."""
         ids = [it.entry.entry_id for it, out in zip(items, known, strict=True) if out is None]
         self.detached.update(ids)
-        task = asyncio.create_task(self._record_later(later, items, reqs, ids),
+        task = asyncio.create_task(self._record_later(later, items, reqs, ids, streaks),
                                    name="dispatch-stragglers")
         self._later.add(task)
         task.add_done_callback(self._later.discard)
 
     async def _record_later(
         self, later: asyncio.Queue[list[tuple[int, SubmitOutcome]] | None],
-        items: list[_Item], reqs: list[SubmitRequest], ids: list[str],
+        items: list[_Item], reqs: list[SubmitRequest], ids: list[str], streaks: bool,
     ) -> None:
         """Record each straggler's outcome as it comes (one pipeline a chunk)."""
         try:
@@ -339,13 +341,13 @@ class Dispatcher:
                 outcomes: list[SubmitOutcome | None] = [None] * len(items)
                 for index, out in chunk:
                     outcomes[index] = out
-                if await self._record_chunk(items, reqs, outcomes):
+                if await self._record_chunk(items, reqs, outcomes, streaks):
                     self.detached.difference_update(items[i].entry.entry_id for i, _ in chunk)
         finally:
             self.detached.difference_update(ids)
 
     async def _record_chunk(self, items: list[_Item], reqs: list[SubmitRequest],
-                            outcomes: list[SubmitOutcome | None]) -> bool:
+                            outcomes: list[SubmitOutcome | None], streaks: bool) -> bool:
         """Record and acknowledge, retrying while Redis is away (bounded): False when
         given up (the entries stay pending: reclaim takes them, at least once)."""
         n = sum(1 for o in outcomes if o is not None)
@@ -356,6 +358,7 @@ class Dispatcher:
             # Rebuilt each try: recording is idempotent (retries copy their message).
             pipe = self.redis.pipeline(transaction=False)
             book = self.ledger.book()
+            book.streaks = streaks
             acks = AckBatch()
             self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
             book.flush(pipe)
