@@ -17,7 +17,9 @@ from gatewayd.campaigns.fanout import FanOut
 from gatewayd.campaigns.model import Campaign, Variant
 from gatewayd.campaigns.registry import TemplateCache
 from gatewayd.campaigns.templates import Template
+from gatewayd.client import Client
 from gatewayd.config import Config, load_config
+from gatewayd.pipeline.intake import Resume
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, running_daemon, wait_final, write_config
 
@@ -229,3 +231,45 @@ metrics_max = 2
     assert metrics.CAMPAIGN_MESSAGES.labels("c1", "delivered")._value.get() == 1000
     labelled = {labels[0] for labels in metrics.CAMPAIGN_MESSAGES._metrics}
     assert len(labelled) <= 2 and "old" not in labelled  # the 2 most recent only
+
+
+async def test_a_cancelled_campaign_still_finishes_a_half_sent_long_message(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path, smsc: Smsc) -> None:
+    """A long message whose first part the SMSC accepted (issue 16's ``resume``) sends
+    the rest though its campaign was cancelled meanwhile; the campaign's other queued
+    messages are rejected, and a paused campaign's deferred, at dispatch."""
+    sim = await smsc(receipt_delay_s=0.02)
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port))
+    c = await setup_ab(redis, keys, "x2")
+    await model.change(redis, keys, c.id, "cancel")
+    await setup_ab(redis, keys, "p2")
+    await model.change(redis, keys, "p2", "start")
+    await model.change(redis, keys, "p2", "pause")
+    long_text = "Fresh fruit this morning, twenty percent off everything until noon. " * 4
+    resume = Resume("sim", 77, {0: "abc1"}).encode()
+    async with Client.from_config(cfg, redis_url) as client:
+        [(half, _), (whole, _), _paused] = await client.send([
+            {"id": "x2.1", "to": "+8613900000001", "text": long_text, "category": "marketing",
+             "campaign": "x2", "variant": "A", "resume": resume},
+            {"id": "x2.2", "to": "+8613900000002", "text": long_text, "category": "marketing",
+             "campaign": "x2", "variant": "A"},
+            {"id": "p2.1", "to": "+8613900000003", "text": "Fruit", "category": "marketing",
+             "campaign": "p2", "variant": "A"}])
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, [whole], timeout_s=30)
+        for _ in range(400):
+            if (await redis.hget(keys.status(half), "state") == "submitted"
+                    and await redis.hget(keys.status("p2.1"), "state") == "deferred"):
+                break
+            await asyncio.sleep(0.05)
+    paused = await redis.hgetall(keys.status("p2.1"))
+    assert (paused["state"], paused["reason"]) == ("deferred", "campaign_paused")
+    assert (records[whole]["state"], records[whole]["reason"]) == (
+        "rejected", "campaign_cancelled")
+    assert await redis.hget(keys.status(half), "state") == "submitted"
+    # Only the parts the SMSC had not accepted, under the same reference.
+    got = [s.udh for s in sim.submissions if s.destination == "8613900000001"]
+    assert got and all(u is not None and u[0] == 77 and u[2] >= 2 for u in got)
+    assert sorted(u[2] for u in got if u is not None) == list(range(2, got[0][1] + 1))
+    assert not [s for s in sim.submissions if s.destination in ("8613900000002",
+                                                                 "8613900000003")]

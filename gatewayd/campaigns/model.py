@@ -372,8 +372,9 @@ class StatusCache:
         self._by_id: dict[str, tuple[float, str]] = {}
 
     async def statuses(self, ids: Iterable[str]) -> dict[str, str]:
+        wanted = set(ids)  # read once: the dispatcher passes a generator
         now = time.monotonic()
-        stale = sorted(i for i in set(ids)
+        stale = sorted(i for i in wanted
                        if i not in self._by_id or now - self._by_id[i][0] >= self.ttl_s)
         if stale:
             if len(self._by_id) > 10_000:
@@ -383,4 +384,4 @@ class StatusCache:
                     pipe.hget(self.keys.campaign(i), "status")
                 for i, s in zip(stale, await pipe.execute(), strict=True):
                     self._by_id[i] = (now, s or "")
-        return {i: self._by_id[i][1] for i in ids}
+        return {i: self._by_id[i][1] for i in wanted}

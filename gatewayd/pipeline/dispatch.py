@@ -408,12 +408,14 @@ class Dispatcher:
     async def _campaign_gate(
         self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
     ) -> list[_Item]:
-        """Messages of a cancelled campaign are rejected, of a paused one deferred."""
+        """Messages of a cancelled campaign are rejected, of a paused one deferred; but
+        not a long message some of whose parts went out (``resume``): the rest follows
+        them, as it does past the policies (a handset must not keep half a message)."""
         states = await self.campaigns.statuses(it.msg.campaign for it in items
                                                if it.msg.campaign)
         out: list[_Item] = []
         for it in items:
-            status = states.get(it.msg.campaign, "")
+            status = "" if it.msg.resume else states.get(it.msg.campaign, "")
             if status == "cancelled":
                 self.ledger.record(book, it.msg, "rejected", now, reason="campaign_cancelled")
                 self.queue.ack(pipe, it.entry, acks)
