@@ -56,8 +56,8 @@ GATEWAYD_ACL = (
     "+del",
     # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
     "+evalsha", "+eval", "+script|load", "+script|exists", "+multi", "+exec", "+discard",
-    # templates, campaigns, funnels, short links (gatewayd.campaigns)
-    "+hincrby", "+hsetnx", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
+    # templates, campaigns, funnels, short links (gatewayd.campaigns; they use +hsetnx too)
+    "+hincrby", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
 )
 POLICY = """
 [category.otp]
