@@ -20,8 +20,10 @@ from gatewayd.campaigns.cli import show
 from gatewayd.campaigns.model import Campaign, Variant
 from gatewayd.campaigns.registry import TemplateCache
 from gatewayd.daemon import Daemon
+from gatewayd.policy.optout import opt_in, opt_out, optout_status
 
 RECIPIENTS = 300
+OPTS_OUT = "+8613500000007"  # the recipient who replies TD in the demo
 PHONE = "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 Chrome/124.0 Mobile Safari/537.36"
 
 
@@ -48,6 +50,11 @@ async def run_campaign(d: Daemon, timeout_s: float) -> bool:
     print(f"\ncampaign {cid}: {up.accepted} recipients uploaded; variant A "
           f"\"{templates['SMS_PROMO_A'].template.body[:24]}...\" vs B "  # type: ignore[union-attr]
           f"\"{templates['SMS_PROMO_B'].template.body[:24]}...\"")  # type: ignore[union-attr]
+    # The demo's Redis persists (.gatewayd/): an earlier run's opt-out is taken back, as
+    # the recipient would by re-subscribing, so this run's message reaches them.
+    if await optout_status(redis, keys, OPTS_OUT):
+        await opt_in(redis, keys, OPTS_OUT, source="api", at=time.time(),
+                     note="gatewayd demo: earlier run's opt-out taken back")
     await model.change(redis, keys, cid, "start")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -75,9 +82,8 @@ async def run_campaign(d: Daemon, timeout_s: float) -> bool:
                                          allow_redirects=False) as r:
                             clicked += r.status == 302
     await funnel.convert(redis, keys, [f"{cid}.{i}" for i in range(1, 16)], time.time())
-    from gatewayd.policy.optout import opt_out
-    await opt_out(redis, keys, "+8613500000007", source="api", at=time.time())
-    await funnel.attribute_optout(redis, keys, "8613500000007", time.time(),
+    await opt_out(redis, keys, OPTS_OUT, source="api", at=time.time())
+    await funnel.attribute_optout(redis, keys, OPTS_OUT.lstrip("+"), time.time(),
                                   cfg.campaigns.optout_window_days * 86400,
                                   cfg.campaigns.recipient_ttl_days * 86400)
     await asyncio.sleep(0.3)  # the redirector writes its click records after answering
