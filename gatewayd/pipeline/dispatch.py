@@ -234,25 +234,26 @@ class Dispatcher:
             if e.fields is None:
                 self.queue.ack(pipe, e, acks)
                 continue
+            if e.raw is not None:
+                self._invalid(pipe, book, acks, e,
+                              "invalid:encoding: a field name or value is not UTF-8", now)
+                continue
             if e.deliveries > q.max_deliveries:
                 self._invalid(pipe, book, acks, e,
                               f"too_many_deliveries: read {e.deliveries} times", now)
                 continue
-            fields = dict(e.fields)
-            # Deterministic id for entries pushed without one, so a redelivered entry
-            # is recognised as the same message.
-            fields.setdefault("id", f"{e.klass}-{e.entry_id}")
-            fields.setdefault("category", e.klass)
+            # Each entry on its own: whatever its parsing raises dead-letters that entry,
+            # never its batch (issue 14: one deep `json` failed 40 neighbours).
             try:
-                msg = parse_message(
-                    fields, classes=q.classes, max_segments=q.max_segments, now=now
-                )
-                if msg.category != e.klass:
-                    raise MessageError(
-                        "category", f"{msg.category!r} does not match stream class {e.klass!r}"
-                    )
+                msg = self._parse(e, now)
             except MessageError as err:
-                self._invalid(pipe, book, acks, e, f"invalid:{err.field}: {err.reason}", now)
+                self._invalid(pipe, book, acks, e, err.dead_reason, now)
+                continue
+            except Exception as err:  # any bug in parsing: this entry only
+                log.warning("entry %s %s: parsing raised %s", e.klass, e.entry_id,
+                            type(err).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                self._invalid(pipe, book, acks, e,
+                              f"invalid:unparsable: {type(err).__name__}: {err}"[:300], now)
                 continue
             items.append(_Item(e, msg))
         items = await self._drop_already_done(pipe, acks, items)
@@ -376,6 +377,19 @@ class Dispatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _parse(self, e: Entry, now: float) -> OutboundMessage:
+        q = self.cfg.queue
+        fields = dict(e.fields or ())
+        # Deterministic id for entries pushed without one, so a redelivered entry
+        # is recognised as the same message.
+        fields.setdefault("id", f"{e.klass}-{e.entry_id}")
+        fields.setdefault("category", e.klass)
+        msg = parse_message(fields, classes=q.classes, max_segments=q.max_segments, now=now)
+        if msg.category != e.klass:
+            raise MessageError(
+                "category", f"{msg.category!r} does not match stream class {e.klass!r}")
+        return msg
+
     def _invalid(
         self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float
     ) -> None:
@@ -383,7 +397,7 @@ class Dispatcher:
         msg_id = (e.fields or {}).get("id", "")
         if msg_id and _ID_RE.fullmatch(msg_id):
             # Upstream named the message: tell it why it will never be sent.
-            stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", ""), text="",
+            stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", "")[:32], text="",
                                    category=e.klass)
             self.ledger.record(book, stub, "rejected", now, reason=reason)
 

@@ -38,6 +38,7 @@ CAMPAIGN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 VARIANT_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,16}")
 _TIME_FIELDS: Final = ("not_before", "expires_at", "enqueued_at")
 MAX_TEXT_CHARS: Final = 2000
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 class Templates(Protocol):
@@ -57,6 +58,8 @@ def render(data: dict[str, Any], templates: Templates | None,
             params = json.loads(params)
         except ValueError as e:
             raise MessageError("params", f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise MessageError("params", "nested too deeply", code="json_depth") from None
     if not isinstance(code, str) or not code:
         raise MessageError("template", "params need a template code")
     if templates is None:
@@ -97,7 +100,11 @@ def _finite(field: str, t: float) -> float:
 
 def _to_time(field: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _finite(field, float(value))
+        try:
+            return _finite(field, float(value))
+        except OverflowError:  # an int of 400 digits
+            raise MessageError(field, "must be a finite time (Unix seconds or ISO "
+                                      "8601)") from None
     if isinstance(value, str):
         v = value.strip()
         if not v:
@@ -140,6 +147,8 @@ def parse_message(
             decoded = json.loads(raw["json"])
         except (TypeError, ValueError) as e:
             raise MessageError("json", f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise MessageError("json", "nested too deeply", code="json_depth") from None
         if not isinstance(decoded, Mapping):
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
@@ -149,6 +158,12 @@ def parse_message(
             raise MessageError(unknown[0],
                                f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
     data = dict(raw)
+    for k, v in data.items():
+        # JSON's \ud800 escapes decode to lone surrogates, which no Redis write can
+        # encode: one such value failed its whole batch's pipeline.
+        if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
+            raise MessageError(k, "not valid Unicode text (a lone surrogate)",
+                               code="encoding")
     if "params" in data:
         render(data, templates, link)
     for f in _TIME_FIELDS:

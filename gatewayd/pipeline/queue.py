@@ -8,14 +8,16 @@ after ``reclaim_idle_s``; one read too often goes to the dead-letter stream.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from redis.asyncio.client import Pipeline
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from gatewayd.campaigns import links as shortlinks
@@ -34,12 +36,21 @@ log = logging.getLogger("gatewayd.queue")
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
+# Queue reads ask Redis for raw bytes (NEVER_DECODE) and decode entry by entry: with a
+# decoding client one field that is not UTF-8 failed the whole read, so its batch (and
+# every reclaim of it) stayed pending for ever (issue 14).
+_RAW: Final = {NEVER_DECODE: True}
+
+
 @dataclass(slots=True)
 class Entry:
     klass: str
     entry_id: str
     fields: dict[str, str] | None  # None: the entry was deleted while pending
     deliveries: int = 1
+    # The entry's fields as read, when they are not valid UTF-8 (``fields`` then holds
+    # them decoded with replacement characters, for the record only): dead-lettered.
+    raw: list[bytes] | None = None
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -47,6 +58,50 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     iterator zipped with itself is ~40 % cheaper than two slices)."""
     it = iter(flat)
     return dict(zip(it, it))  # noqa: B905 - one iterator: strict= would consume a pair
+
+
+def _text(b: bytes | str) -> str:
+    return b if isinstance(b, str) else b.decode()
+
+
+def decode_entry(klass: str, entry_id: bytes | str,
+                 kv: list[bytes] | dict[bytes, bytes] | None, deliveries: int = 1) -> Entry:
+    """One raw stream entry -> Entry: its fields decoded as UTF-8, or, when they are
+    not, kept raw (``Entry.raw``) for the dead-letter stream; never an exception.
+    ``kv``: [name, value, ...] as Redis sends it, or {name: value} as redis-py's
+    response callbacks make it (commands sent with execute_command)."""
+    eid = _text(entry_id)
+    if not kv:
+        return Entry(klass, eid, None, deliveries)
+    if isinstance(kv, dict):
+        kv = [x for pair in kv.items() for x in pair]
+    try:
+        fields = _pairs([b.decode() for b in kv])
+    except UnicodeDecodeError:
+        shown = _pairs([b.decode(errors="replace") for b in kv])
+        return Entry(klass, eid, shown, deliveries, raw=list(kv))
+    return Entry(klass, eid, fields or None, deliveries)
+
+
+def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
+    """An XREADGROUP reply -> [(stream, [(entry id, fields), ...])]: RESP2
+    [[stream, entries]] or RESP3 {stream: entries}, raw or through redis-py's response
+    callback (the cluster path), which wraps RESP3 entries in one more list."""
+    if not reply:
+        return []
+    out: list[tuple[str, list[Any]]] = []
+    for stream, items in (reply.items() if isinstance(reply, dict) else reply):
+        if (len(items) == 1 and isinstance(items[0], list) and items[0]
+                and isinstance(items[0][0], (list, tuple))):
+            items = items[0]
+        out.append((_text(stream), items))
+    return out
+
+
+def raw_fields_b64(raw: list[bytes]) -> str:
+    """The exact bytes of an entry's fields, for its dead letter: a JSON list of base64
+    strings, field name and value alternating (``raw_b64``)."""
+    return json.dumps([base64.b64encode(b).decode() for b in raw])
 
 
 class AckBatch:
@@ -238,17 +293,19 @@ class QueueStore:
         return not self.cluster and (bool(klass) or not self._weights)
 
     def queue_read(self, pipe: Pipeline, count: int, klass: str = "") -> None:
-        """Queue a non-blocking read on ``pipe`` (raw replies): the strict-priority one,
-        or of one class; ``parse_read`` turns its reply into entries."""
+        """Queue a non-blocking read on ``pipe`` (raw replies, not decoded): the
+        strict-priority one, or of one class; ``parse_read`` turns its reply into entries."""
         classes = [klass] if klass else self.classes
-        pipe_script(pipe, self._read, [self.streams[k] for k in classes],
-                    [GROUP, self.consumer, count])
+        keys = [self.streams[k] for k in classes]
+        # pipe_script's EVAL, with the reply left undecoded (see _RAW)
+        pipe.execute_command("EVAL", self._read.script, len(keys), *keys,
+                             GROUP, self.consumer, count, **_RAW)
 
     def parse_read(self, reply: Any, klass: str = "") -> list[Entry]:
         if not reply:
             return []
         klass = klass or self.classes[int(reply[0]) - 1]
-        return [Entry(klass, entry_id, _pairs(kv) or None) for entry_id, kv in reply[1]]
+        return [decode_entry(klass, entry_id, kv) for entry_id, kv in reply[1]]
 
     async def on_read_error(self, e: ResponseError) -> None:
         """NOGROUP: Redis restarted empty (or was flushed): recreate the groups."""
@@ -271,24 +328,20 @@ class QueueStore:
 
     async def _xreadgroup(self, streams: dict[str, str], count: int, block: int | None) -> Any:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            if not fastpipe.raw_ok(pipe):  # a cluster: redis-py parses the reply
-                return await self.redis.xreadgroup(
-                    GROUP, self.consumer, streams, count=count, block=block  # type: ignore[arg-type]
-                )
-            # The raw reply, parsed below: redis-py's own parsing of the nested lists
-            # was ~5 % of the daemon's CPU in bench/e2e. RESP3 (redis-py's default
-            # when the server speaks it) gives {stream: entries}, RESP2 [[stream, entries]].
+            # The raw reply, parsed below (and not decoded: see _RAW): redis-py's own
+            # parsing of the nested lists was ~5 % of the daemon's CPU in bench/e2e.
+            # RESP3 (redis-py's default when the server speaks it) gives
+            # {stream: entries}, RESP2 [[stream, entries]].
             blocking = ("BLOCK", block) if block is not None else ()
-            pipe.execute_command("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-                                 *blocking, "STREAMS", *streams, *streams.values())
-            [reply] = await fastpipe.execute(pipe, raw=True)
-            if not reply:
-                return []
-            return [(stream, [(entry_id, dict(zip(kv[::2], kv[1::2], strict=True))
-                                         if kv else None)
-                              for entry_id, kv in items])
-                    for stream, items in (reply.items() if isinstance(reply, dict) else reply)]
+            args = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                    *blocking, "STREAMS", *streams, *streams.values())
+            pipe = self.redis.pipeline(transaction=False)
+            if fastpipe.raw_ok(pipe):
+                pipe.execute_command(*args, **_RAW)
+                [reply] = await fastpipe.execute(pipe, raw=True)
+            else:  # a cluster: one stream, routed by redis-py
+                reply = await self.redis.execute_command(*args, **_RAW)  # type: ignore[no-untyped-call]
+            return _stream_items(reply)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -302,8 +355,8 @@ class QueueStore:
         stream: str
         for stream, items in reply or []:
             klass = self._by_stream[stream]
-            for entry_id, fields in items:
-                out.append(Entry(klass, entry_id, fields or None))
+            for entry_id, kv in items:
+                out.append(decode_entry(klass, entry_id, kv))
         return out
 
     async def reclaim(self, count: int, in_flight: Container[str] | None = None, *,
@@ -360,14 +413,20 @@ class QueueStore:
                     continue
                 taken += len(counts)
                 # XCLAIM re-checks idleness, so two daemons never both take an entry.
-                claimed: list[tuple[str, dict[str, str] | None]] = cast(
-                    Any, await self.redis.xclaim(
-                        stream, GROUP, self.consumer, max(1, min_idle), list(counts)))
-                for entry_id, fields in claimed:
+                # Raw replies, decoded entry by entry (see _RAW).
+                claimed: list[Any] = cast(Any, await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XCLAIM", stream, GROUP, self.consumer, max(1, min_idle), *counts,
+                    **_RAW))
+                got: set[str] = set()
+                for item in claimed or ():
+                    if not item:  # Redis < 7: an entry deleted while pending is nil
+                        continue
+                    entry_id = _text(item[0])
+                    got.add(entry_id)
                     deliveries = counts.get(entry_id, 1) + 1
-                    out.append(Entry(klass, entry_id, fields or None, deliveries))
+                    out.append(decode_entry(klass, entry_id, item[1], deliveries))
                     metrics.DUPLICATES.labels(klass).inc()
-                missing = set(counts) - {e for e, _ in claimed}
+                missing = set(counts) - got
                 if missing:
                     # deleted while pending (already dispositioned): just clear them
                     await self.redis.xack(stream, GROUP, *missing)
@@ -394,6 +453,8 @@ class QueueStore:
             "at": repr(time.time()),
             "raw": json.dumps(entry.fields or {}, ensure_ascii=False),
         }
+        if entry.raw is not None:
+            record["raw_b64"] = raw_fields_b64(entry.raw)
         pipe.xadd(self.keys.dead, record, maxlen=self.q.dead_maxlen, approximate=True)  # type: ignore[arg-type]
         self.ack(pipe, entry, acks)
         metrics.DEAD_LETTERS.labels(reason.split(":", 1)[0][:40]).inc()
