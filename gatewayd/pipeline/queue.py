@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
+from gatewayd.errors import MessageError
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
@@ -30,10 +31,15 @@ from gatewayd.pipeline.intake import to_fields
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import GROUP, Keys
+from gatewayd.store.seal import Seal, load_seal
 
 log = logging.getLogger("gatewayd.queue")
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# QueueStore.enqueue_each's outcomes
+QUEUED: Final = "queued"
+DUPLICATE: Final = "duplicate"
+ID_TAKEN: Final = "id_taken"
 
 
 # Queue reads ask Redis for raw bytes (NEVER_DECODE) and decode entry by entry: with a
@@ -155,10 +161,15 @@ class QueueStore:
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
         self.ledger = Ledger(keys, cfg, redis)
+        # The deployment's seal for internal fields (``sealer()`` loads it once).
+        self.seal: Seal | None = None
+        self._seal_loaded = 0.0
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
 
     async def ensure_groups(self) -> None:
+        """The consumer groups (made when missing), and the seal (``sealer``)."""
+        await self.sealer()
         for stream in self.streams.values():
             try:
                 # "0": entries XADDed before the group existed are read too
@@ -166,6 +177,15 @@ class QueueStore:
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+
+    async def sealer(self, *, reload: bool = False) -> Seal:
+        """The seal (gatewayd.store.seal), loaded from Redis once; ``reload``: read it
+        again (at most once a second), for entries sealed after Redis lost its key."""
+        now = time.monotonic()
+        if self.seal is None or (reload and now - self._seal_loaded >= 1.0):
+            self.seal = await load_seal(self.redis, self.keys)
+            self._seal_loaded = now
+        return self.seal
 
     # Intake -------------------------------------------------------------------------
     async def enqueue(
@@ -175,17 +195,63 @@ class QueueStore:
         """Queue validated messages; returns (id, duplicate) for each, in order.
 
         A repeat of an idempotency_key within 24 h returns the first message's id and
-        queues nothing. ``links``: message index -> its short links, written before it.
+        queues nothing. MessageError (code ``duplicate_id``) when an id is already
+        another message's, after the others were queued (``enqueue_each`` says which).
+        """
+        out = await self.enqueue_each(msgs, source=source, now=now, links=links,
+                                      link_ttl_s=link_ttl_s)
+        taken = [i for i, outcome in out if outcome == ID_TAKEN]
+        if taken:
+            raise MessageError("id", f"{', '.join(taken)}: already used by another message "
+                                     "(the others were queued)", code="duplicate_id")
+        return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    async def enqueue_each(
+        self, msgs: list[OutboundMessage], *, source: str, now: float | None = None,
+        links: dict[int, list[shortlinks.NewLink]] | None = None, link_ttl_s: int = 0,
+    ) -> list[tuple[str, str]]:
+        """Queue validated messages; returns (id, outcome) for each, in order: QUEUED;
+        DUPLICATE (an idempotency_key's repeat: the first message's id, nothing queued);
+        ID_TAKEN (the id is another message's: refused, its record left alone).
+
+        ``links``: message index -> its short links, written before it.
         """
         now = time.time() if now is None else now
-        results: list[tuple[str, bool]] = []
-        at: list[int] = []  # index of each message's XADD/script reply
-        # Status first, entry second: a running daemon may read, submit and record the
-        # entry before a later "queued" write would land on top of it. A keyed message's
-        # event waits for the dedup verdict (a duplicate is never announced as queued).
-        keyed: dict[int, tuple[str, dict[Any, Any]]] = {}
+        seal = await self.sealer()
+        # 1. Each message's "queued" status record, created only where none exists
+        #    (lua/queued.lua), and the idempotency keys' owners. Status before entry: a
+        #    running daemon may read, submit and record the entry before a later
+        #    "queued" write would land on top of it; and an id already used is refused,
+        #    never overwritten (issue 14).
+        statuses: list[tuple[str, dict[Any, Any]]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for n, m in enumerate(msgs):
+            for m in msgs:
+                key, status = self.ledger.build(m, "queued", now)
+                statuses.append((key, status))
+                pipe_script(pipe, self._queued, [key],
+                            [self.ledger.status_ttl, *(x for kv in status.items() for x in kv)])
+                if m.idempotency_key:
+                    pipe.get(self.keys.idempotency(m.category, m.idempotency_key))
+            replies = iter(await pipe.execute())
+        outcomes: list[tuple[str, str]] = []
+        go: list[int] = []  # messages to queue
+        at: dict[int, int] = {}  # keyed message -> index of its enqueue.lua reply
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n, (m, (key, _status)) in enumerate(zip(msgs, statuses, strict=True)):
+                created = int(next(replies)) == 1
+                owner = next(replies) if m.idempotency_key else None
+                if owner is not None:  # a repeat: the first message's id
+                    outcomes.append((str(owner), DUPLICATE))
+                    if created:  # the repeat's own record: it was never queued
+                        pipe.delete(key)
+                    continue
+                if not created:
+                    outcomes.append((m.id, ID_TAKEN))
+                    continue
+                outcomes.append((m.id, QUEUED))
+                go.append(n)
+                # 2. The queued ones: links, entry (keyed: lua/enqueue.lua, which takes
+                #    the idempotency key atomically) and, unkeyed, the queued event.
                 for ln in (links or {}).get(n, ()):
                     fk = self.keys.funnel(funnel_name(m.campaign, m.template, m.tenant))
                     digits = m.to.lstrip("+")
@@ -193,44 +259,44 @@ class QueueStore:
                         ln.target, m.id, fk, m.variant, m.campaign, m.template,
                         self.keys.recipient(digits), repr(now),
                         masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
-                fields = to_fields(m)
+                fields = to_fields(m, seal)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
-                    key, status = self.ledger.build(m, "queued", now)
-                    keyed[n] = (key, event_of(m.id, status))
-                    pipe_script(pipe, self._queued, [key],
-                                      [self.ledger.status_ttl,
-                                       *(x for kv in status.items() for x in kv)])
                     flat = [x for kv in fields.items() for x in kv]
                     pipe_script(
                         pipe, self._enqueue,
                         [stream, self.keys.idempotency(m.category, m.idempotency_key)],
                         [m.id, IDEMPOTENCY_TTL_S, *flat],
                     )
+                    at[n] = len(pipe) - 1
                 else:
-                    self.ledger.record(pipe, m, "queued", now)
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                at.append(len(pipe) - 1)
-            replies = await pipe.execute()
+                    self._announce(pipe, m, statuses[n][1], source, now)
+            replies2 = await pipe.execute() if len(pipe) else []
+        keyed = [n for n in go if msgs[n].idempotency_key]
+        if not keyed:
+            return outcomes
+        # 3. A keyed message's event waits for enqueue.lua's verdict (a duplicate that
+        #    raced the look-up above is never announced as queued).
         async with self.redis.pipeline(transaction=False) as pipe:
-            for n, (m, i) in enumerate(zip(msgs, at, strict=True)):
-                reply = replies[i]
-                if n in keyed:
-                    key, event = keyed[n]
-                    created = int(replies[i - 1]) == 1
-                    if int(reply[0]) == 0:
-                        results.append((str(reply[1]), True))
-                        if created:  # the duplicate's own record: it was never queued
-                            pipe.delete(key)
-                        continue
-                    self.ledger.event_only(pipe, event)
-                    self.ledger.count_only(pipe, m, "queued", now)
-                    count_state("queued", "")
-                results.append((m.id, False))
-                metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
+            for n in keyed:
+                m, reply = msgs[n], replies2[at[n]]
+                if int(reply[0]) == 0:
+                    outcomes[n] = (str(reply[1]), DUPLICATE)
+                    pipe.delete(statuses[n][0])
+                    continue
+                self._announce(pipe, m, statuses[n][1], source, now)
             if len(pipe):
                 await pipe.execute()
-        return results
+        return outcomes
+
+    def _announce(self, pipe: Pipeline, m: OutboundMessage, status: dict[Any, Any],
+                  source: str, now: float) -> None:
+        """A queued message's event, counters and funnel count (its record is written)."""
+        self.ledger.event_only(pipe, event_of(m.id, status))
+        self.ledger.count_only(pipe, m, "queued", now)
+        count_state("queued", "")
+        metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
 
     # Reading ------------------------------------------------------------------------
     async def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
@@ -460,7 +526,8 @@ class QueueStore:
         metrics.DEAD_LETTERS.labels(reason.split(":", 1)[0][:40]).inc()
 
     def delay(self, pipe: Pipeline, msg: OutboundMessage, due: float) -> None:
-        member = json.dumps(to_fields(msg), ensure_ascii=False, sort_keys=True)
+        assert self.seal is not None, "sealer() first"  # the dispatcher loads it
+        member = json.dumps(to_fields(msg, self.seal), ensure_ascii=False, sort_keys=True)
         pipe.zadd(self.keys.delayed(msg.category), {member: due})
 
     # Housekeeping -------------------------------------------------------------------
