@@ -85,19 +85,22 @@ async def test_raw_entries_reusing_an_id_are_dead_lettered(
         await redis.xadd(q, {"id": "raw-1", "to": "+8613900000001", "text": "reused"})
         await redis.xadd(q, {"id": "api-1", "to": "+8613900000002", "text": "reused"})
         await redis.xadd(q, {"id": "raw-1", "to": "12", "text": "invalid, reused id"})
+        await redis.xadd(q, {"id": "api-1", "to": "+8613900000005", "text": "new key",
+                             "idempotency_key": "new"})
         for _ in range(2):  # the same keyed message pushed twice: sent once
             await redis.xadd(q, {"id": "raw-k", "to": "+8613900000003", "text": "k",
                                  "idempotency_key": "kk"})
         await redis.xadd(q, {"id": "raw-2", "to": "+8613900000004", "text": "fresh"})
         after = await wait_final(redis, keys, ["raw-k", "raw-2"], 30)
         for _ in range(200):
-            if await redis.xlen(keys.dead) >= 3:
+            if await redis.xlen(keys.dead) >= 4:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
         pending = (await redis.xpending(q, GROUP))["pending"]
     dead = sorted(d["reason"] for _, d in await redis.xrange(keys.dead))
     assert dead == ["duplicate_id: api-1 is already used by another message",
+                    "duplicate_id: api-1 is already used by another message",
                     "duplicate_id: raw-1 is already used by another message",
                     "invalid:to: not an E.164 number (+ and 6-15 digits, e.g. +8613800138000)"]
     for msg_id in ("raw-1", "api-1"):  # the earlier messages' records are theirs still
@@ -105,7 +108,8 @@ async def test_raw_entries_reusing_an_id_are_dead_lettered(
         assert now == before[msg_id] and now["state"] == "delivered"
     assert {r["state"] for r in after.values()} == {"delivered"}
     sent = [s.destination for s in sim.submissions]
-    assert not {"8613900000001", "8613900000002"} & set(sent)
+    assert not {"8613900000001", "8613900000002", "8613900000005"} & set(sent)
+    assert not await redis.exists(keys.idempotency("transactional", "new"))
     assert sent.count("8613900000003") == 1
     assert pending == 0 and await redis.xlen(q) == 0
 

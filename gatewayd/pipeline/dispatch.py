@@ -475,7 +475,7 @@ class Dispatcher:
             held, state = int(claims[id(it)][0]) == 1, claims[id(it)][1]
             took, owner = owners.get(id(it), (False, None))
             if not held:
-                if owner == m.id:  # the same keyed message pushed twice: a repeat
+                if owner == m.id and not took:  # the same keyed message pushed again
                     self.queue.ack(pipe, it.entry, acks)
                     continue
                 if took:  # the key was set for an id this entry does not hold
