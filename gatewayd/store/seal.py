@@ -35,27 +35,32 @@ class SealError(ValueError):
 
 
 class Seal:
-    __slots__ = ("_key",)
+    __slots__ = ("_mac0",)
 
     def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(secret.encode()).digest()
+        # The keyed state made once; each MAC starts from a copy of it.
+        self._mac0 = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(),
+                                     digest_size=_MAC_HEX // 2)
 
-    def _mac(self, payload: bytes, fields: Mapping[str, str]) -> str:
-        body = _enc.encode([payload.decode(), sorted((k, v) for k, v in fields.items()
-                                                      if k != FIELD)])
-        return hashlib.blake2b(body, key=self._key, digest_size=_MAC_HEX // 2).hexdigest()
+    def _mac(self, payload: str, others: dict[str, str]) -> str:
+        h = self._mac0.copy()
+        h.update(_enc.encode([payload, sorted(others.items())]))
+        return h.hexdigest()
 
     def seal(self, fields: Mapping[str, str], internal: Mapping[str, Any]) -> str:
         """The ``_gw`` value for an entry of ``fields`` carrying ``internal``."""
-        payload = _enc.encode(internal)
-        return self._mac(payload, fields) + payload.decode()
+        payload = _enc.encode(internal).decode()
+        others = dict(fields)
+        others.pop(FIELD, None)
+        return self._mac(payload, others) + payload
 
     def open(self, fields: Mapping[str, str]) -> dict[str, Any]:
         """The internal fields sealed in ``fields[_gw]``; SealError unless its MAC holds
         for these fields."""
-        value = fields[FIELD]
-        mac, payload = value[:_MAC_HEX], value[_MAC_HEX:].encode()
-        if not secrets.compare_digest(mac, self._mac(payload, fields)):
+        others = dict(fields)
+        value = others.pop(FIELD)
+        mac, payload = value[:_MAC_HEX], value[_MAC_HEX:]
+        if not secrets.compare_digest(mac, self._mac(payload, others)):
             raise SealError("not sealed by this deployment's gatewayd, or altered")
         try:
             return _dec.decode(payload)
