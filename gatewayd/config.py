@@ -80,6 +80,9 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     events_maxlen: int = 1_000_000
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
+    # How far ahead a message's not_before / expires_at may be; further is refused with
+    # that reason (0: status_ttl_s, so a scheduled message's record outlives its wait).
+    schedule_horizon_s: float = 0.0
     receipt_timeout_s: float = 72 * 3600.0
     # A receipt that matches no message yet (it beat its submit_sm_resp, or belongs to a
     # submission never recorded) is retried this long, then counted as unmatched.
@@ -89,6 +92,11 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     # An extra worker that reads only the highest class, this many at a time, so a
     # code does not wait behind the other workers' big batches (0 turns it off).
     express_batch: int = 32
+
+    @property
+    def horizon_s(self) -> float:
+        """schedule_horizon_s, or the status records' TTL when it is 0."""
+        return self.schedule_horizon_s or self.status_ttl_s
 
 
 class HttpConfig(_Section, kw_only=True, frozen=True):
@@ -390,6 +398,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(key, "must be at least 1")
     if q.express_batch < 0:
         raise bad("queue.express_batch", "must be 0 (off) or more")
+    if q.schedule_horizon_s < 0:
+        raise bad("queue.schedule_horizon_s", "must be 0 (status_ttl_s) or more")
     if q.block_ms < 1:
         raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
     if not cfg.carrier:
