@@ -142,23 +142,6 @@ class CmppConfig(_Section, kw_only=True, frozen=True):
     national_destinations: bool = True
     active_test_retries: int = 3  # unanswered ACTIVE_TESTs before the link counts as dead
 
-    def __post_init__(self) -> None:
-        if len(self.service_id) > 10 or not self.service_id.isascii():
-            raise ValueError("service_id: at most 10 ASCII characters")
-        if len(self.msg_src) > 6 or not self.msg_src.isascii():
-            raise ValueError("msg_src: at most 6 ASCII characters (the SP_Id)")
-        if len(self.fee_type) > 2 or len(self.fee_code) > 6:
-            raise ValueError("fee_type: at most 2 characters; fee_code: at most 6")
-        if len(self.link_id) > 20:
-            raise ValueError("link_id: at most 20 characters")
-        for name in ("fee_user_type", "msg_level", "tp_pid"):
-            if not 0 <= getattr(self, name) <= 255:
-                raise ValueError(f"{name}: 0..255")
-        if not -12 <= self.utc_offset_h <= 14:
-            raise ValueError("utc_offset_h: -12..14")
-        if self.active_test_retries < 1:
-            raise ValueError("active_test_retries: at least 1")
-
 
 CarrierProtocol = Literal["smpp", "cmpp"]
 
@@ -561,6 +544,18 @@ def _validate_cmpp(k: str, c: CarrierConfig, secret: str, bad: Any) -> None:
                                         "\"04\" capped, \"05\" (the SP's own billing)")
     if not re.fullmatch(r"[0-9]{1,6}", m.fee_code):
         raise bad(f"{k}.cmpp.fee_code", "the fee in fen: 1-6 digits, e.g. \"000000\"")
+    width = 32 if m.version == "3.0" else 21
+    if len(m.fee_terminal_id) > width or not m.fee_terminal_id.isascii():
+        raise bad(f"{k}.cmpp.fee_terminal_id", f"a number: at most {width} characters")
+    if len(m.link_id) > 20 or not m.link_id.isascii():
+        raise bad(f"{k}.cmpp.link_id", "at most 20 ASCII characters")
+    for name in ("msg_level", "tp_pid"):
+        if not 0 <= getattr(m, name) <= 255:
+            raise bad(f"{k}.cmpp.{name}", "0..255")
+    if not -12 <= m.utc_offset_h <= 14:
+        raise bad(f"{k}.cmpp.utc_offset_h", "-12..14 (the ISMG's clock; Beijing: 8)")
+    if m.active_test_retries < 1:
+        raise bad(f"{k}.cmpp.active_test_retries", "at least 1")
 
 
 def _validate_campaigns(cfg: Config, bad: Any) -> None:
