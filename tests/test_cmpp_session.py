@@ -155,7 +155,9 @@ async def test_flow_controlled_parts_of_a_long_message_are_sent_again_alone() ->
 
 
 async def test_active_test_both_ways() -> None:
-    async with ismg(active_test_s=0.1) as sim, client(sim, enquire_link_s=0.1) as (c, _):
+    # Our idle time (0.05 s) below the simulator's period (0.1 s): each side's ACTIVE_TEST
+    # is read by the other, so neither's idle timer is always reset by the other's.
+    async with ismg(active_test_s=0.1) as sim, client(sim, enquire_link_s=0.05) as (c, _):
         await wait_until(lambda: sim.stats.active_test_resps >= 2, 5.0)
         await wait_until(lambda: sim.stats.active_tests >= 1, 5.0)
         assert c.snapshot()[0].reconnects == 0
