@@ -2,7 +2,7 @@
 
 May import: carrier, ops, config, model, errors, smstext.
 
-Of carrier/: api and protocols (what a Link and an Engine are), smpp only for its MO
-Reassembler, pool only for client.CmppClient (one CMPP carrier on its own, for tools and
+Of carrier/: api and protocols (what a Link and an Engine are), reassembly (multipart MO),
+pool only for client.CmppClient (one CMPP carrier on its own, for tools and
 tests). Never the other way: carrier/ reaches this package only through engines.py.
 """

@@ -19,7 +19,7 @@ from gatewayd.carrier.cmpp.delivery import Deliveries
 from gatewayd.carrier.cmpp.submit import SubmitEncoder
 from gatewayd.carrier.cmpp.submit import Unsendable as CmppUnsendable
 from gatewayd.carrier.protocols import Kind, Link, Unsendable
-from gatewayd.carrier.smpp.mo import Reassembler
+from gatewayd.carrier.reassembly import Reassembler
 from gatewayd.config import CarrierConfig
 
 MO_REASSEMBLY_TIMEOUT_S = 60.0
