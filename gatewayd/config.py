@@ -210,6 +210,11 @@ class SimulatorConfig(_Section, kw_only=True, frozen=True):
     system_id: str = "demo"
     password: str = "demo"
     receipt_delay_s: float = 0.2
+    # A CMPP ISMG simulator beside it on this port (0: none), for a protocol = "cmpp"
+    # carrier with system_id = cmpp_sp_id and the password cmpp_secret.
+    cmpp_port: int = 0
+    cmpp_sp_id: str = "901234"
+    cmpp_secret: str = "demo"
 
 
 class CampaignsConfig(_Section, kw_only=True, frozen=True):
