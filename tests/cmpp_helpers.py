@@ -62,7 +62,7 @@ def write_cmpp_config(
     tmp_path: Path, *, redis_url: str, port: int, version: str = "3.0",
     policy: Path | None = NO_POLICY, window: int = 16, tps: float = 100000.0,
     response_timeout_s: float = 5.0, extra_carrier: str = "", extra: str = "",
-    name: str = "gw.toml",
+    name: str = "gw.toml", after: str = "",
 ) -> Path:
     """A daemon config whose one carrier speaks CMPP to the simulated ISMG."""
     text = f"""
@@ -105,6 +105,7 @@ mo_country_code = "86"
 [carrier.cmpp]
 version = "{version}"
 service_id = "MJS0019905"
+{after}
 """
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")

@@ -24,7 +24,7 @@ from gatewayd.model import FINAL_STATES
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.store.keys import Keys
 from tests.cmpp_helpers import ACCESS, SECRET, SP_ID, write_cmpp_config
-from tests.e2e_helpers import ROOT, events_by_id, load, running_daemon, wait_final
+from tests.e2e_helpers import ROOT, Smsc, events_by_id, load, running_daemon, wait_final
 
 LONG_GSM = "Dear customer, your parcel {n} is out for delivery today between 14:00 and 18:00. " * 4
 LONG_ZH = ("【京东】尊敬的客户，您的包裹{n}今天由京东物流配送，"
@@ -46,7 +46,8 @@ async def sim_factory() -> AsyncIterator[list[IsmgSimulator]]:
 
 
 async def start_ismg(started: list[IsmgSimulator], **kw: object) -> IsmgSimulator:
-    sim = IsmgSimulator(IsmgSettings(sp_id=SP_ID, secret=SECRET, **kw))  # type: ignore[arg-type]
+    settings: dict[str, object] = {"sp_id": SP_ID, "secret": SECRET, **kw}
+    sim = IsmgSimulator(IsmgSettings(**settings))  # type: ignore[arg-type]
     await sim.start()
     started.append(sim)
     return sim
@@ -220,6 +221,91 @@ async def test_unanswered_submits_are_retried_and_hold_up_no_batch(
     assert timed_out
     for mid in ids:  # exactly one final state each, whatever went before
         assert len([e for e in events[mid] if e["state"] in FINAL_STATES]) == 1
+
+
+async def test_ismg_killed_and_restarted(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys,
+    sim_factory: list[IsmgSimulator],
+) -> None:
+    """The ISMG dies mid-window: the connection comes back, in-flight messages are
+    retried; reports the dead ISMG still owed never come, so those end `expired` at the
+    receipt timeout. Every message ends once; duplicates are bounded by what was in
+    flight."""
+    sim = await start_ismg(sim_factory, receipt_delay_s=0.3, response_delay_s=0.01)
+    cfg = load(write_cmpp_config(tmp_path, redis_url=redis_url, port=sim.port, extra="""
+[queue]
+read_batch = 64
+dispatch_workers = 2
+receipt_timeout_s = 4.0
+retry_backoff_s = [0.2, 0.5]
+max_attempts = 8
+"""))
+    ids = await send(redis_url, cfg, [{"to": f"+86132{n:08d}", "text": f"parcel {n}"}
+                                      for n in range(1500)])
+    async with running_daemon(cfg) as daemon:
+        while len(sim.submissions) < 400:
+            await asyncio.sleep(0.01)
+        await sim.stop(timeout_s=0)  # gone, with its window and owed reports
+        await asyncio.sleep(0.5)
+        assert not daemon.readiness()[0]
+        sim2 = await start_ismg(sim_factory, port=sim.port, receipt_delay_s=0.05)
+        records = await wait_final(redis, keys, ids, timeout_s=90)
+    states = collections.Counter(r.get("state") for r in records.values())
+    assert set(states) <= {"delivered", "expired"}, states
+    assert states["delivered"] >= 1500 - 400 - 50
+    events = await events_by_id(redis, keys)
+    for mid in ids:
+        assert len([e for e in events[mid] if e["state"] in FINAL_STATES]) == 1, mid
+    seen = collections.Counter(s.destination for x in (sim, sim2) for s in x.submissions
+                               if s.result == 0)
+    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    assert len(seen) == 1500 and duplicates <= 16 + 2 * 2 * 64 + 32
+
+
+async def test_one_daemon_routes_over_both_protocols_and_fails_over(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys,
+    sim_factory: list[IsmgSimulator], smsc: Smsc,
+) -> None:
+    """138 numbers go to the CMPP carrier first, others to SMPP; with the ISMG refusing
+    our secret, the 138 numbers fail over to SMPP. Reports correlate on both."""
+    ismg_ok = await start_ismg(sim_factory, receipt_delay_s=0.02)
+    smpp = await smsc(receipt_delay_s=0.02)
+    routing = f"""
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = {smpp.port}
+system_id = "demo"
+password = "demo"
+source_addr = "10690001"
+reconnect_min_s = 0.1
+reconnect_max_s = 1.0
+
+[routing]
+default = ["sim"]
+[routing.prefixes]
+"86138" = ["cmcc", "sim"]
+"""
+    cfg = load(write_cmpp_config(tmp_path, redis_url=redis_url, port=ismg_ok.port,
+                                 after=routing))
+    items: list[dict[str, object]] = [{"to": f"+86{p}{n:08d}", "text": f"n{n}"}
+                                      for p in ("138", "186") for n in range(50)]
+    ids = await send(redis_url, cfg, items)
+    async with running_daemon(cfg):
+        records = await wait_final(redis, keys, ids, timeout_s=30)
+    assert {r["state"] for r in records.values()} == {"delivered"}
+    assert {(r["to"][:6], r["carrier"]) for r in records.values()} == {
+        ("+86138", "cmcc"), ("+86186", "sim")}
+    # Now the ISMG does not know our secret: 138 numbers fail over to the SMPP carrier.
+    refusing = await start_ismg(sim_factory, secret="not ours")
+    cfg2 = load(write_cmpp_config(tmp_path, redis_url=redis_url, port=refusing.port,
+                                  after=routing, name="gw2.toml"))
+    ids2 = await send(redis_url, cfg2, [{"to": f"+86138{n:08d}", "text": f"again {n}"}
+                                        for n in range(20)])
+    async with running_daemon(cfg2):
+        records2 = await wait_final(redis, keys, ids2, timeout_s=30)
+    assert {(r["state"], r["carrier"]) for r in records2.values()} == {("delivered", "sim")}
+    assert refusing.stats.connect_refused >= 1 and refusing.stats.submits == 0
 
 
 @pytest.mark.parametrize("reply", ["TD", "退订"])
