@@ -54,7 +54,8 @@ from gatewayd.store.seal import Seal
 log = logging.getLogger("gatewayd.dispatch")
 
 # Carrier back-pressure or our own shutdown, not a failure of the message: retried
-# without using an attempt (names from carrier/smpp/status.py and carrier/pool.py).
+# without using an attempt. The carrier layer says so in SubmitOutcome.backpressure,
+# whatever the protocol; these names cover outcomes built without it (tests, tools).
 _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
@@ -610,7 +611,7 @@ class Dispatcher:
             # failed write, and must not count its attempt twice.
             m = msgspec.structs.replace(m)
             q = self.cfg.queue
-            backpressure = out.status_name in _BACKPRESSURE
+            backpressure = out.backpressure or out.status_name in _BACKPRESSURE
             lost = out.status_name == _LOST
             if lost:
                 m.losses += 1
