@@ -51,6 +51,7 @@ from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store, is_cluster
 from gatewayd.store.keys import keys_for
+from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -85,6 +86,7 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
+        self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
         self.links: LinkServer | None = None
         self.redis_ok = False
         self._signals = 0
@@ -174,6 +176,8 @@ class Daemon:
         await self.load_templates()
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
+        if cfg.webhooks.enabled:
+            self.webhooks = WebhookRunner(redis, self.keys, cfg)
         if cfg.http.enabled:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
@@ -198,9 +202,17 @@ class Daemon:
         tick = asyncio.create_task(self._housekeeping(), name="housekeeping")
         fan = (asyncio.create_task(self.campaigns.run(self.stop_event), name="campaigns")
                if self.campaigns is not None else None)
+        hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
+                 if self.webhooks is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if hooks is not None:  # unacknowledged events are sent again by the next run
+                hooks.cancel()
+                try:
+                    await hooks
+                except (asyncio.CancelledError, Exception):
+                    pass
             if fan is not None:
                 fan.cancel()
                 try:

@@ -20,6 +20,8 @@ from gatewayd.model import mask_number
 from gatewayd.store.privacy import Privacy, PrivacyError
 
 GROUP: Final = "gatewayd"  # consumer group on every priority stream
+# Consumer group of the webhook sender on the events and MO streams (gatewayd.webhooks).
+WEBHOOK_GROUP: Final = "webhooks"
 
 
 class Keys:
@@ -211,6 +213,26 @@ class Keys:
         """STRING "<time> <variant>": a campaign's last send to a recipient (opt-out
         attribution; one SET EX a message). Always ``marketing(number) + ":" + id``."""
         return self.freq(number, f"mk:{campaign}")
+
+    # Webhooks (gatewayd.webhooks) ----------------------------------------------------
+    @property
+    def webhook_endpoints(self) -> str:
+        """HASH: endpoint name -> its spec as JSON (endpoints added at run time)."""
+        return f"{self.prefix}wh:endpoints"
+
+    @property
+    def webhook_paused(self) -> str:
+        """SET: names of paused endpoints (their events wait in their retry queues)."""
+        return f"{self.prefix}wh:paused"
+
+    def webhook_queue(self, endpoint: str) -> str:
+        """ZSET: an endpoint's events waiting for a retry (or a resume): the event as
+        JSON -> its events-stream time (ms), so they go out in stream order."""
+        return f"{self.prefix}wh:{{{endpoint}}}:q"
+
+    def webhook_dead(self, endpoint: str) -> str:
+        """STREAM: an endpoint's events given up on: event (JSON), error, at, attempts."""
+        return f"{self.prefix}wh:{{{endpoint}}}:dead"
 
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
