@@ -34,6 +34,7 @@ class Receiver:
         self.requests: collections.Counter[str] = collections.Counter()
         self.bad_signatures = 0
         self.hang = False  # every request waits (a dead-but-listening endpoint)
+        self.delay_s = 0.0  # every request takes this long (a slow app)
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -61,6 +62,8 @@ class Receiver:
             return web.Response(status=401)
         while self.hang:
             await asyncio.sleep(0.05)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         todo = self.script[path]
         action = todo.pop(0) if todo else "ok"
         if action == "500":
