@@ -178,6 +178,7 @@ class Daemon:
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
         if cfg.webhooks.enabled:
             self.webhooks = WebhookRunner(redis, self.keys, cfg)
+            await self.webhooks.prepare()
         if cfg.http.enabled:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),

@@ -203,6 +203,12 @@ WEBHOOK_OPEN = Gauge(
     "1 while an endpoint is failing (its events wait in Redis, retried with back-off)",
     ["endpoint"], registry=REGISTRY,
 )
+WEBHOOK_GAPS = Counter(
+    "gatewayd_webhook_stream_gaps_total",
+    "Times the events stream's cap (queue.events_maxlen) passed events the webhook "
+    "sender had not read yet (they are lost to the webhooks)",
+    ["stream"], registry=REGISTRY,
+)
 WEBHOOK_LAG = Gauge(
     "gatewayd_webhook_stream_lag_seconds",
     "Age of the oldest event the webhook sender has not yet read (0 when caught up)",

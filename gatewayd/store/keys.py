@@ -20,8 +20,6 @@ from gatewayd.model import mask_number
 from gatewayd.store.privacy import Privacy, PrivacyError
 
 GROUP: Final = "gatewayd"  # consumer group on every priority stream
-# Consumer group of the webhook sender on the events and MO streams (gatewayd.webhooks).
-WEBHOOK_GROUP: Final = "webhooks"
 
 
 class Keys:
@@ -219,6 +217,12 @@ class Keys:
     def webhook_endpoints(self) -> str:
         """HASH: endpoint name -> its spec as JSON (endpoints added at run time)."""
         return f"{self.prefix}wh:endpoints"
+
+    @property
+    def webhook_cursor(self) -> str:
+        """HASH: "events" / "mo" -> the stream entry id up to which every event is done
+        (delivered, or in a retry queue or dead-letter stream): the sender resumes there."""
+        return f"{self.prefix}wh:cursor"
 
     @property
     def webhook_paused(self) -> str:

@@ -25,21 +25,27 @@ def kind_of(stream: str, fields: dict[str, str]) -> str:
 
 def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """The JSON object of one stream entry. ``event_id`` ("e<entry id>" for state
-    changes, "m<entry id>" for MO) is the same every time the event is sent: dedupe on it."""
+    changes, "m<entry id>" for MO) is the same every time the event is sent: dedupe on it.
+    Written for speed (it runs for every event): the fields as they are, a few renamed
+    or made numbers."""
     out: dict[str, Any] = {"event_id": stream + entry_id, "kind": kind_of(stream, fields)}
-    for name, value in fields.items():
-        if name == "id":
-            if value:
-                out["message_id"] = value
-        elif name in _FLOATS:
+    out.update(fields)
+    mid = out.pop("id", None)
+    if mid:
+        out["message_id"] = mid
+    for name in _FLOATS:
+        v = out.get(name)
+        if v is not None:
             try:
-                out[name] = float(value)
+                out[name] = float(v)
             except ValueError:
-                out[name] = value
-        elif name in _INTS:
-            out[name] = int(value) if value.isdigit() else value
-        elif name not in _SKIP:
-            out[name] = value
+                pass
+    for name in _INTS:
+        v = out.get(name)
+        if v is not None and v.isdigit():
+            out[name] = int(v)
+    for name in _SKIP:
+        out.pop(name, None)
     return out
 
 

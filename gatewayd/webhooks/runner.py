@@ -1,17 +1,22 @@
-"""The webhook sender's reader: a consumer group on the events and MO streams.
+"""The webhook sender's reader: the events and MO streams, read from a saved cursor.
 
-One runner at a time holds the lease (``Keys.lease("webhooks")``) and reads as the
-group's one consumer, so a runner that takes over (in another daemon, or a restarted
-``gatewayd webhooks run``) first re-reads what its predecessor left unacknowledged.
-Each entry is turned into its JSON once, routed in memory to the endpoints that want
-it, and acknowledged when every one of them is done with it: answered 2xx, or the event
-is in that endpoint's retry queue or dead-letter stream. Delivering costs Redis one
-XREADGROUP and one XACK a batch; only failures write more.
+The outbox is the streams themselves: the scripts that record a state change append its
+event in the same call, so sending webhooks adds no write to the hot path. One runner at
+a time holds the lease (``Keys.lease("webhooks")``: in a daemon with webhooks.enabled,
+or ``gatewayd webhooks run``) and reads each stream from its cursor
+(``Keys.webhook_cursor``). Each entry becomes its JSON once, is routed in memory to the
+endpoints that want it, and is done when every one of them is done with it: answered
+2xx, or the event is in that endpoint's retry queue or dead-letter stream. The cursor
+moves past an entry only when it and every entry before it are done, so a runner that
+dies (kill -9) or loses Redis sends again, from the cursor, what was not done: at least
+once, never lost. Delivering costs Redis one XREAD a batch and one HSET a flush; only
+failures write more.
 
 Retention: the events stream is capped (queue.events_maxlen, trimmed by the scripts that
-append to it). Entries the group has not read when the cap passes them are lost to the
-webhooks; gatewayd_webhook_stream_lag_seconds and the GatewaydWebhookLagging alert say
-when the sender falls behind long before that (a million entries at the default).
+append to it). Entries the runner has not read when the cap passes them are lost to the
+webhooks: gatewayd_webhook_stream_lag_seconds and the GatewaydWebhookSenderLagging alert
+say when it falls behind long before that (a million entries at the default), and
+gatewayd_webhook_stream_gaps_total counts a cap that passed it.
 """
 
 from __future__ import annotations
@@ -20,23 +25,30 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Any, cast
 
 import aiohttp
 import msgspec
-from redis.exceptions import ResponseError
 
 from gatewayd.config import Config
 from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis, is_cluster, load_script
-from gatewayd.store.keys import WEBHOOK_GROUP, Keys
+from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks import subscriptions as subs
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item, score_of
 
 log = logging.getLogger("gatewayd.webhooks")
-CONSUMER = "webhooks"  # the group's one consumer (whoever holds the lease)
-_STREAM_TAG = {"e": "events", "m": "mo"}
+_NAMES = {"e": "events", "m": "mo"}
+# An endpoint whose in-memory queue stays above its high-water mark this long is slow:
+# its later events wait in its retry queue instead of holding the reader back.
+SLOW_AFTER_S = 5.0
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class WebhookRunner:
@@ -50,48 +62,69 @@ class WebhookRunner:
         self.streams = {"e": keys.events, "m": keys.inbound}
         self.senders: dict[str, EndpointSender] = {}
         self.router = subs.Router([])
-        self.acks: dict[str, list[str]] = {"e": [], "m": []}
-        # The last entry routed from each stream: after a Redis error the runner re-reads
-        # only pending entries past it (those before are in memory still).
-        self.seen: dict[str, str] = {"e": "0", "m": "0"}
         self.session: aiohttp.ClientSession
         self._lease = load_script(redis, "lease")
         self._token = uuid.uuid4().hex
         self.holding = False
-        self.in_memory = 0
+        # Entries read and not yet passed by the cursor, in stream order, per stream.
+        self.order: dict[str, deque[Entry]] = {"e": deque(), "m": deque()}
+        self.read_pos: dict[str, str] = {}  # the last entry read (where XREAD goes on)
+        self.cursor: dict[str, str] = {}  # the last entry done with everything before it
+        self._saved: dict[str, str] = {}
         self.max_in_memory = max(1000, 4 * cfg.webhooks.max_in_memory)
         self.ready = asyncio.Event()  # set once the runner holds the lease and reads
+        self._gap_seen: dict[str, bool] = {"e": False, "m": False}
 
-    # Acknowledging -------------------------------------------------------------------
-    def _done(self, stream: str, entry_id: str) -> None:
-        self.acks[stream].append(entry_id)
-        self.in_memory -= 1
+    def in_memory(self) -> int:
+        return len(self.order["e"]) + len(self.order["m"])
 
-    async def flush_acks(self) -> None:
-        for s, ids in self.acks.items():
-            if ids:
-                self.acks[s] = []
-                try:
-                    await self.redis.xack(self.streams[s], WEBHOOK_GROUP, *ids)
-                except BaseException:
-                    self.acks[s][:0] = ids
-                    raise
+    # The cursor ----------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Make the cursor if there is none yet: at the streams' ends (what they hold is
+        history). The daemon calls this before it dispatches, so that its first events
+        are sent even when the reader starts a moment later."""
+        for s, stream in self.streams.items():
+            last = cast(list[Any], await self.redis.xrevrange(stream, count=1))
+            await self.redis.hsetnx(self.keys.webhook_cursor, _NAMES[s],
+                                    last[0][0] if last else "0-0")
+
+    async def _load_cursor(self) -> None:
+        await self.prepare()
+        saved = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_cursor))
+        for s in self.streams:
+            pos = saved[_NAMES[s]]
+            self.cursor[s] = self.read_pos[s] = self._saved[s] = pos
+            self.order[s].clear()
+
+    async def save_cursor(self) -> None:
+        changed: dict[Any, Any] = {}
+        for s, order in self.order.items():
+            last = None
+            while order and order[0].left <= 0:
+                last = order.popleft().id
+            if last is not None:
+                self.cursor[s] = last
+            if self.cursor.get(s) and self.cursor[s] != self._saved.get(s):
+                changed[_NAMES[s]] = self.cursor[s]
+        if changed:
+            await self.redis.hset(self.keys.webhook_cursor, mapping=changed)
+            for s, name in _NAMES.items():
+                if name in changed:
+                    self._saved[s] = changed[name]
 
     # Subscriptions -------------------------------------------------------------------
     async def reload(self) -> None:
         raw = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_endpoints))
         paused = set(await self.redis.smembers(self.keys.webhook_paused))
+        configured = {c.name for c in self.cfg.webhooks.endpoints}
         endpoints = subs.from_config(self.cfg) + [
-            e for e in subs.from_redis(raw, self.cfg)
-            if e.name not in {c.name for c in self.cfg.webhooks.endpoints}]
+            e for e in subs.from_redis(raw, self.cfg) if e.name not in configured]
         wanted = {e.name: e for e in endpoints}
         for name in list(self.senders):
             s = self.senders[name]
             if name not in wanted or wanted[name] != s.ep:
-                if name not in wanted and (s.live or s.in_flight):
-                    continue  # removed: let what it holds go first
-                if name in wanted and (s.live or s.in_flight or s.spill):
-                    continue  # changed: applied once it is idle
+                if s.live or s.in_flight or s.spill:
+                    continue  # removed or changed: applied once what it holds went
                 del self.senders[name]
                 await s.close()
         for name, e in wanted.items():
@@ -106,75 +139,81 @@ class WebhookRunner:
                                    if s.ep.name in wanted])
 
     # Reading -------------------------------------------------------------------------
-    async def ensure_groups(self) -> None:
-        for stream in self.streams.values():
-            try:
-                await self.redis.xgroup_create(stream, WEBHOOK_GROUP, id="$", mkstream=True)
-            except ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
-
-    def route(self, s: str, rows: list[tuple[str, dict[str, str] | None]]) -> None:
+    def route(self, s: str, rows: list[tuple[str, dict[str, str]]]) -> None:
         senders = self.senders
         route = self.router.route
-        acks = self.acks[s]
+        order = self.order[s]
         for entry_id, fields in rows:
-            if not fields:  # trimmed while pending: nothing left to send
-                acks.append(entry_id)
-                continue
             kind = bodies.kind_of(s, fields)
             eps = route(fields.get("tenant", ""), kind)
             if not eps:
-                acks.append(entry_id)
+                if order:
+                    order.append(Entry(s, entry_id, 0))
+                else:
+                    self.cursor[s] = entry_id  # nothing before it is waiting
                 continue
             event = bodies.event_of(s, entry_id, fields)
             data = bodies.encode(event)
-            entry = Entry(s, entry_id, len(eps), self._done)
-            self.in_memory += 1
+            entry = Entry(s, entry_id, len(eps))
+            order.append(entry)
             score = score_of(entry_id)
             msg = fields.get("id", "") if s == "e" else ""
             for ep in eps:
                 senders[ep.name].offer(Item(entry, data, msg, score, event))
         if rows:
-            self.seen[s] = rows[-1][0]
+            self.read_pos[s] = rows[-1][0]
 
-    async def _read(self, ids: dict[str, str], block: int | None) -> int:
-        streams: Any = {self.streams[s]: i for s, i in ids.items()}
-        if is_cluster(self.redis) and len(streams) > 1:  # one slot a call on a cluster
-            n = 0
-            for s, i in ids.items():
-                n += await self._read({s: i}, None)
-            return n
-        reply: Any = await self.redis.xreadgroup(
-            WEBHOOK_GROUP, CONSUMER, streams, count=self.read_count, block=block)
-        n = 0
+    async def _read(self, block: int | None) -> int:
+        if is_cluster(self.redis):  # one slot a call on a cluster
+            replies: list[Any] = []
+            for s in self.streams:
+                r = await self.redis.xread({self.streams[s]: self.read_pos[s]},
+                                           count=self.read_count, block=None)
+                replies.extend(r or [])
+            if not replies and block:
+                await asyncio.sleep(block / 1000)
+        else:
+            streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
+            replies = cast(list[Any], await self.redis.xread(
+                streams, count=self.read_count, block=block) or [])
         tag = {v: k for k, v in self.streams.items()}
         now_ms = time.time() * 1000
-        for stream, rows in reply or []:
-            name = stream if isinstance(stream, str) else stream.decode()
-            s = tag[name]
+        n = 0
+        for stream, rows in replies:
+            s = tag[stream if isinstance(stream, str) else stream.decode()]
+            if rows:
+                full = len(rows) >= self.read_count
+                lag = (now_ms - _id(rows[0][0])[0]) / 1000 if full else 0.0
+                metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
             self.route(s, rows)
             n += len(rows)
-            if ids[s] == ">" and rows:
-                lag = (now_ms - int(rows[0][0].split("-")[0])) / 1000 \
-                    if len(rows) >= self.read_count else 0.0
-                metrics.WEBHOOK_LAG.labels(_STREAM_TAG[s]).set(max(0.0, lag))
-            if ids[s] != ">" and rows:
-                ids[s] = rows[-1][0]
+        if not replies:
+            for name in _NAMES.values():
+                metrics.WEBHOOK_LAG.labels(name).set(0.0)
         return n
-
-    async def _pending(self) -> None:
-        """What this group's consumer read before and never acknowledged, in order."""
-        for s in self.streams:
-            ids = {s: self.seen[s]}
-            while await self._read(ids, None):
-                await self._flush()
 
     async def _flush(self) -> None:
         senders = [s for s in self.senders.values() if s.spill]
         if senders:
             await asyncio.gather(*(s.store_spill() for s in senders))
-        await self.flush_acks()
+        await self.save_cursor()
+
+    def _congested(self) -> bool:
+        """Wait before reading more while a healthy endpoint is briefly behind (its
+        events stay in memory); one behind for SLOW_AFTER_S is slow and spills instead."""
+        now = time.monotonic()
+        wait = False
+        for s in self.senders.values():
+            if not s.queued and len(s.live) >= s.high_water:
+                if not s.congested_since:
+                    s.congested_since = now
+                if now - s.congested_since < SLOW_AFTER_S:
+                    wait = True
+                else:
+                    s.slow = True
+            else:
+                s.congested_since = 0.0
+        return wait
 
     async def _hold_lease(self) -> bool:
         ttl = int(max(3.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
@@ -186,7 +225,7 @@ class WebhookRunner:
         return held
 
     async def _tick(self) -> None:
-        """Once a second: lease, subscriptions, per-endpoint gauges."""
+        """Once a second: lease, subscriptions, per-endpoint gauges, a passed cap."""
         await self._hold_lease()
         await self.reload()
         now = time.time()
@@ -203,6 +242,18 @@ class WebhookRunner:
                 oldest = now - s.live[0].score / 4096 / 1000
             metrics.WEBHOOK_BACKLOG.labels(s.label).set(s.backlog())
             metrics.WEBHOOK_OLDEST.labels(s.label).set(max(0.0, oldest))
+        for tag, stream in self.streams.items():
+            if tag not in self.read_pos:
+                continue
+            head = cast(list[Any], await self.redis.xrange(stream, count=1))
+            gap = bool(head) and _id(head[0][0]) > _id(self.read_pos[tag]) and \
+                await self.redis.xlen(stream) >= 0.9 * self.cfg.queue.events_maxlen
+            if gap and not self._gap_seen[tag]:
+                metrics.WEBHOOK_GAPS.labels(_NAMES[tag]).inc()
+                log.error("webhooks: the %s stream's cap passed events not yet sent "
+                          "(queue.events_maxlen); some are lost to the webhooks",
+                          _NAMES[tag])
+            self._gap_seen[tag] = gap
 
     async def run(self, stop: asyncio.Event) -> None:
         self.session = aiohttp.ClientSession(
@@ -214,7 +265,7 @@ class WebhookRunner:
             for s in list(self.senders.values()):
                 await s.close()
             try:
-                await self.flush_acks()
+                await self.save_cursor()
             except Exception:
                 pass
             await self.session.close()
@@ -229,25 +280,27 @@ class WebhookRunner:
                     last_tick = now
                     await self._tick()
                 if not self.holding:
+                    if started:  # another runner took over: it resends what we held
+                        for s in list(self.senders.values()):
+                            await s.close()
+                        self.senders.clear()
                     started = False
                     await _wait(stop, 1.0)
                     continue
                 if not started:
-                    await self.ensure_groups()
-                    await self._pending()
+                    await self._load_cursor()
                     started = True
                     self.ready.set()
-                if self.in_memory >= self.max_in_memory:
+                if self.in_memory() >= self.max_in_memory or self._congested():
                     await self._flush()
-                    await _wait(stop, 0.01)
+                    await _wait(stop, 0.005)
                     continue
-                await self._read({"e": ">", "m": ">"}, self.block_ms)
+                await self._read(self.block_ms)
                 await self._flush()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # Redis away: what is in memory waits, nothing is lost
                 log.warning("webhooks: %s: %s", type(e).__name__, e)
-                started = False  # re-read what is pending once Redis is back
                 await _wait(stop, 1.0)
 
 

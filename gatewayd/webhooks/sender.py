@@ -19,7 +19,6 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import aiohttp
@@ -55,18 +54,16 @@ def score_of(entry_id: str) -> float:
 
 
 class Entry:
-    """One stream entry; acknowledged once every endpoint it went to is done with it."""
+    """One stream entry; done once every endpoint it went to is done with it (the
+    runner's cursor passes it then)."""
 
-    __slots__ = ("done_cb", "id", "left", "stream")
+    __slots__ = ("id", "left", "stream")
 
-    def __init__(self, stream: str, entry_id: str, left: int,
-                 done_cb: Callable[[str, str], None]) -> None:
-        self.stream, self.id, self.left, self.done_cb = stream, entry_id, left, done_cb
+    def __init__(self, stream: str, entry_id: str, left: int) -> None:
+        self.stream, self.id, self.left = stream, entry_id, left
 
     def done(self) -> None:
         self.left -= 1
-        if self.left == 0:
-            self.done_cb(self.stream, self.id)
 
 
 class Item:
@@ -100,6 +97,11 @@ class EndpointSender:
         self.label = "callback" if ep.source == "callback" else ep.name
         cfg = runner.cfg.webhooks
         self.max_in_memory = cfg.max_in_memory
+        # Above this many events in memory the reader waits for it (SLOW_AFTER_S at
+        # most; then it is ``slow`` and its later events wait in its retry queue).
+        self.high_water = min(self.max_in_memory, max(200, 2 * ep.batch * ep.concurrency))
+        self.congested_since = 0.0
+        self.slow = False
         self.live: deque[Item] = deque()
         self.busy: dict[str, int] = {}  # message id -> its events in flight
         self.flights: set[asyncio.Task[None]] = set()
@@ -126,7 +128,7 @@ class EndpointSender:
     def offer(self, item: Item) -> None:
         if self.queued or self.paused:
             self.spill.append(item)
-        elif len(self.live) >= self.max_in_memory:
+        elif self.slow or len(self.live) >= self.max_in_memory:
             # Too slow for the traffic: later events wait in Redis, sent once it catches up.
             self.queued = True
             self.spill.append(item)
@@ -282,7 +284,7 @@ class EndpointSender:
                     await redis.zrange(self.qkey, 0, self.ep.batch - 1, withscores=True))
         if not rows:
             if not self.spill and not self.spilling:
-                self.queued = self.failing = False
+                self.queued = self.failing = self.slow = False
                 self.attempts = 0
                 self.stored = 0
                 metrics.WEBHOOK_OPEN.labels(self.label).set(0)
