@@ -12,10 +12,6 @@ import msgspec
 from gatewayd.model import FINAL_STATES
 
 _encode = msgspec.json.Encoder().encode
-_FLOATS: Final = frozenset({"at", "until"})
-_INTS: Final = frozenset({"segments", "parts"})
-# Stream fields that are not the app's business (the MO stream's encrypted sender).
-_SKIP: Final = frozenset({"from_enc"})
 
 
 def kind_of(stream: str, fields: dict[str, str]) -> str:
@@ -26,27 +22,38 @@ def kind_of(stream: str, fields: dict[str, str]) -> str:
 def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """The JSON object of one stream entry. ``event_id`` ("e<entry id>" for state
     changes, "m<entry id>" for MO) is the same every time the event is sent: dedupe on it.
-    Written for speed (it runs for every event): the fields as they are, a few renamed
-    or made numbers."""
-    out: dict[str, Any] = {"event_id": stream + entry_id, "kind": kind_of(stream, fields)}
-    out.update(fields)
-    mid = out.pop("id", None)
-    if mid:
-        out["message_id"] = mid
-    for name in _FLOATS:
-        v = out.get(name)
-        if v is not None:
-            try:
-                out[name] = float(v)
-            except ValueError:
-                pass
-    for name in _INTS:
-        v = out.get(name)
-        if v is not None and v.isdigit():
-            out[name] = int(v)
-    for name in _SKIP:
-        out.pop(name, None)
+    Written for speed (it runs for every event): the fields as they are, "id" renamed
+    "message_id", times and counts made numbers."""
+    if stream == "m":
+        out: dict[str, Any] = {"event_id": "m" + entry_id, "kind": "mo"}
+        out.update(fields)
+        out.pop("from_enc", None)
+        parts = out.get("parts")
+        if parts and parts.isdigit():
+            out["parts"] = int(parts)
+    else:
+        out = {"event_id": "e" + entry_id, "kind": fields.get("state", "")}
+        out.update(fields)
+        mid = out.pop("id", "")
+        if mid:
+            out["message_id"] = mid
+        seg = out.get("segments")
+        if seg and seg.isdigit():
+            out["segments"] = int(seg)
+        until = out.get("until")
+        if until:
+            out["until"] = _number(until)
+    at = out.get("at")
+    if at:
+        out["at"] = _number(at)
     return out
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def encode(event: dict[str, Any]) -> bytes:

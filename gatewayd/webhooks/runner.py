@@ -37,7 +37,7 @@ from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks import subscriptions as subs
-from gatewayd.webhooks.sender import EndpointSender, Entry, Item, score_of
+from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
 _NAMES = {"e": "events", "m": "mo"}
@@ -156,10 +156,9 @@ class WebhookRunner:
             data = bodies.encode(event)
             entry = Entry(s, entry_id, len(eps))
             order.append(entry)
-            score = score_of(entry_id)
             msg = fields.get("id", "") if s == "e" else ""
             for ep in eps:
-                senders[ep.name].offer(Item(entry, data, msg, score, event))
+                senders[ep.name].offer(Item(entry, data, msg, entry_id, event))
         if rows:
             self.read_pos[s] = rows[-1][0]
 
@@ -239,7 +238,7 @@ class WebhookRunner:
                 if first:
                     oldest = now - first[0][1] / 4096 / 1000
             elif s.live:
-                oldest = now - s.live[0].score / 4096 / 1000
+                oldest = now - s.live[0].position() / 4096 / 1000
             metrics.WEBHOOK_BACKLOG.labels(s.label).set(s.backlog())
             metrics.WEBHOOK_OLDEST.labels(s.label).set(max(0.0, oldest))
         for tag, stream in self.streams.items():

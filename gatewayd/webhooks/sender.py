@@ -67,13 +67,20 @@ class Entry:
 
 
 class Item:
-    """One event on its way to one endpoint (``entry`` None: read from its retry queue)."""
+    """One event on its way to one endpoint (``entry`` None: read from its retry queue;
+    ``score`` 0 until it is needed, computed from ``sid``, its stream entry id)."""
 
-    __slots__ = ("body", "entry", "event", "msg", "score")
+    __slots__ = ("body", "entry", "event", "msg", "score", "sid")
 
-    def __init__(self, entry: Entry | None, body: bytes, msg: str, score: float,
-                 event: dict[str, Any] | None) -> None:
-        self.entry, self.body, self.msg, self.score, self.event = entry, body, msg, score, event
+    def __init__(self, entry: Entry | None, body: bytes, msg: str, sid: str,
+                 event: dict[str, Any] | None, score: float = 0.0) -> None:
+        self.entry, self.body, self.msg, self.sid, self.event = entry, body, msg, sid, event
+        self.score = score
+
+    def position(self) -> float:
+        if not self.score:
+            self.score = score_of(self.sid)
+        return self.score
 
     def finish(self) -> None:
         if self.entry is not None:
@@ -153,7 +160,7 @@ class EndpointSender:
         items, self.spill = self.spill, []
         self.spilling += 1
         try:
-            await self.runner.redis.zadd(self.qkey, {i.body: i.score for i in items})
+            await self.runner.redis.zadd(self.qkey, {i.body: i.position() for i in items})
         except BaseException:
             self.spill[:0] = items
             raise
@@ -289,7 +296,7 @@ class EndpointSender:
                 self.stored = 0
                 metrics.WEBHOOK_OPEN.labels(self.label).set(0)
             return
-        batch = [Item(None, b.encode() if isinstance(b, str) else b, "", s, None)
+        batch = [Item(None, b.encode() if isinstance(b, str) else b, "", "", None, s)
                  for b, s in rows]
         self.in_flight += len(batch)
         try:
