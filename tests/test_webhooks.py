@@ -4,11 +4,13 @@ receiver: every state change and MO pushed, signed, in order per message, never 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -16,6 +18,8 @@ from gatewayd.client import Client, verify_webhook
 from gatewayd.model import FINAL_STATES
 from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
+from gatewayd.webhooks import body as bodies
+from gatewayd.webhooks import subscriptions as subs
 from gatewayd.webhooks.signing import sign
 from tests.e2e_helpers import Smsc, load, running_daemon, wait_final, write_config
 from tests.webhook_helpers import Receiver, endpoint_toml, wait_for, webhooks_toml
@@ -212,3 +216,175 @@ async def test_kill_9_and_a_redis_restart_lose_no_event(tmp_path: Path, smsc: Sm
         log.close()
         await recv.stop()
         server.stop()
+
+
+async def gw(*args: str) -> tuple[int, str]:
+    """``gatewayd ARGS`` (its own event loop, in a thread), with its output."""
+    import contextlib
+    import io
+
+    from gatewayd.cli import main
+
+    def run() -> tuple[int, str]:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            code = main(list(args))
+        return code, buf.getvalue()
+
+    return await asyncio.to_thread(run)
+
+
+async def test_cli_endpoints_pause_resume_dead_letters_replay_and_test_fire(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """An endpoint added at run time (kept in Redis) gets events within a second; paused,
+    its events wait in Redis and go out on resume; a 4xx dead-letters an event, replay
+    delivers it; test-fire sends one signed event; list shows it all."""
+    recv = Receiver()
+    await recv.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                            extra=webhooks_toml(recv, endpoints=""))
+        cfg = load(path)
+        c = ["-c", str(path)]
+        async with running_daemon(cfg) as daemon:
+            runner = daemon.webhooks
+            assert runner is not None
+            code, out = await gw("webhooks", "add", *c, "rt", recv.url("/rt"), "--tenant",
+                                 "*", "--events", "final", "--secret", recv.secret)
+            assert code == 0, out
+            assert await wait_for(lambda: "rt" in runner.senders, 10)
+            first = await send(redis_url, cfg, 20, prefix="86131")
+            assert await wait_for(lambda: len(recv.by_message("/rt")) == 20, 30)
+
+            assert (await gw("webhooks", "pause", *c, "rt"))[0] == 0
+            assert await wait_for(lambda: runner.senders["rt"].paused, 10)
+            held = await send(redis_url, cfg, 10, prefix="86132")
+            await wait_final(redis, keys, held, timeout_s=30)
+            assert await wait_for(
+                lambda: runner.senders["rt"].stored + len(runner.senders["rt"].spill) >= 10)
+            assert not set(held) & set(recv.by_message("/rt"))  # none while paused
+            code, out = await gw("webhooks", "list", *c)
+            listed = json.loads(out.splitlines()[0])
+            assert listed["name"] == "rt" and listed["paused"] and listed["queued"] == 10
+            assert listed["source"] == "redis" and listed["signed"]
+            assert (await gw("webhooks", "resume", *c, "rt"))[0] == 0
+            assert await wait_for(lambda: set(held) <= set(recv.by_message("/rt")), 30)
+
+            recv.script["/rt"] = ["400"]
+            [bad] = await send(redis_url, cfg, 1, prefix="86133")
+            assert await wait_for(lambda: not recv.script["/rt"])  # the 400 was served
+            assert await wait_for_async(lambda: redis.xlen(keys.webhook_dead("rt")), 1)
+            code, out = await gw("webhooks", "dead", *c, "rt")
+            dead = [json.loads(line) for line in out.splitlines()]
+            assert [d["event"]["message_id"] for d in dead] == [bad]
+            assert dead[0]["error"] == "HTTP 400"
+            assert bad not in recv.by_message("/rt")
+            code, out = await gw("webhooks", "replay", *c, "rt")
+            assert code == 0, out
+            assert await wait_for(lambda: bad in recv.by_message("/rt"), 30)
+            assert await redis.xlen(keys.webhook_dead("rt")) == 0
+
+            code, out = await gw("webhooks", "test", *c, "rt")
+            assert code == 0 and "HTTP 200" in out, out
+            assert recv.events["/rt"][-1]["kind"] == "test"
+            assert (await gw("webhooks", "remove", *c, "rt"))[0] == 0
+            assert await wait_for(lambda: "rt" not in runner.senders, 10)
+        assert recv.bad_signatures == 0
+        assert set(first) <= set(recv.by_message("/rt"))
+    finally:
+        await recv.stop()
+
+
+async def test_private_targets_are_refused_unless_allowed(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/", "http://[::1]/",
+                "http://169.254.169.254/latest/meta-data", "http://localhost:80/"):
+        try:
+            await subs.check_target(url, allow_private=False)
+        except subs.TargetRefused:
+            pass
+        else:
+            raise AssertionError(f"{url} was not refused")
+        await subs.check_target(url, allow_private=True)
+    # The daemon dead-letters events for an endpoint on a private address (no request).
+    recv = Receiver()
+    await recv.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                            extra=webhooks_toml(recv, endpoints=endpoint_toml(
+                                recv, "inside", "/x")).replace("allow_private = true",
+                                                               "allow_private = false"))
+        cfg = load(path)
+        code, out = await gw("webhooks", "add", "-c", str(path), "more", recv.url("/y"))
+        assert code == 2 and "private address" in out, out
+        async with running_daemon(cfg):
+            ids = await send(redis_url, cfg, 3)
+            await wait_final(redis, keys, ids)
+            assert await wait_for_async(
+                lambda: redis.xlen(keys.webhook_dead("inside")), 6)
+        rows = await redis.xrange(keys.webhook_dead("inside"))
+        assert all(f["error"].startswith("refused: 127.0.0.1 resolves to 127.0.0.1")
+                   for _i, f in rows)
+        assert recv.requests.total() == 0
+    finally:
+        await recv.stop()
+
+
+async def wait_for_async(count: Any, want: int, timeout_s: float = 30.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while await count() < want:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def test_routing_by_tenant_and_kind() -> None:
+    eps = [subs.Endpoint(name="default", url="http://a/"),
+           subs.Endpoint(name="all", url="http://b/", tenant="*",
+                         kinds=subs.expand(["*"])),
+           subs.Endpoint(name="acme", url="http://c/", tenant="acme",
+                         kinds=subs.expand(["final", "mo"]))]
+    r = subs.Router(eps)
+    names = lambda t, k: sorted(e.name for e in r.route(t, k))  # noqa: E731
+    assert names("", "submitted") == ["all", "default"]
+    assert names("other", "delivered") == ["all", "default"]  # no endpoint of its own
+    assert names("acme", "delivered") == ["acme", "all"]  # its own, not the default
+    assert names("acme", "submitted") == ["all"]
+    assert names("", "mo") == ["all"]
+    assert names("", "queued") == ["all"]
+    cfg = load_config_text("""
+[webhooks]
+callback_prefixes = { acme = ["https://hooks.acme.example/"] }
+""")
+    assert subs.callback_allowed("https://hooks.acme.example/sms?x=1", "acme", cfg)
+    assert not subs.callback_allowed("https://hooks.acme.example.evil/", "acme", cfg)
+    assert not subs.callback_allowed("https://hooks.acme.example/", "other", cfg)
+
+
+def load_config_text(text: str) -> Any:
+    import msgspec
+
+    from gatewayd.config import Config
+
+    return msgspec.toml.decode(text.encode(), type=Config)
+
+
+def test_kannel_template() -> None:
+    event = {"event_id": "e1-0", "kind": "delivered", "message_id": "m 1", "to": "+86138****8000",
+             "carrier": "cmcc", "carrier_id": "ab12", "at": 1_700_000_000.5, "err": "000"}
+    url = bodies.kannel_url("http://x/dlr?s=%d&id=%I&to=%p&c=%i&f=%F&t=%T&a=%A&q=%%&z=%z",
+                            event)
+    assert url == ("http://x/dlr?s=1&id=m%201&to=%2B86138%2A%2A%2A%2A8000&c=cmcc&f=ab12"
+                   "&t=1700000000&a=delivered%3A000&q=%&z=%z")
+    assert bodies.kannel_value({"kind": "submitted"}, "d") == "8"
+    assert bodies.kannel_value({"kind": "rejected"}, "d") == "16"
+    mo = {"kind": "mo", "from": "+8613800138000", "to": "10690001", "text": "TD now"}
+    assert bodies.kannel_value(mo, "p") == "+8613800138000"
+    assert bodies.kannel_value(mo, "P") == "10690001"
+    assert bodies.kannel_value(mo, "k") == "TD"

@@ -229,8 +229,10 @@ class WebhookRunner:
         await self.reload()
         now = time.time()
         for s in self.senders.values():
-            if s.queued:
-                s.stored = int(await self.redis.zcard(s.qkey))
+            s.stored = int(await self.redis.zcard(s.qkey))
+            if s.stored and not s.queued:  # put there by `gatewayd webhooks replay`
+                s.queued = True
+                s.wake.set()
             oldest = 0.0
             if s.stored:
                 first = cast(list[tuple[str, float]],
