@@ -388,3 +388,36 @@ def test_kannel_template() -> None:
     assert bodies.kannel_value(mo, "p") == "+8613800138000"
     assert bodies.kannel_value(mo, "P") == "10690001"
     assert bodies.kannel_value(mo, "k") == "TD"
+
+
+async def test_callback_url_within_the_tenants_prefixes(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """A message's own callback_url gets its events (submitted, then the final one from
+    the receipt) when its tenant may name it; another tenant's is refused."""
+    recv = Receiver()
+    await recv.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.05)
+        extra = (f'callback_prefixes = {{ acme = ["{recv.url("/cb/")}"] }}\n'
+                 f'callback_secret_env = "GW_TEST_CB_SECRET"\n')
+        os.environ["GW_TEST_CB_SECRET"] = recv.secret
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                                extra=webhooks_toml(recv, endpoints="", extra=extra)))
+        async with running_daemon(cfg) as daemon:
+            assert daemon.webhooks is not None
+            await asyncio.wait_for(daemon.webhooks.ready.wait(), 10)
+            ok = await send(redis_url, cfg, 5, prefix="86134", tenant="acme",
+                            callback_url=recv.url("/cb/acme?app=1"))
+            no = await send(redis_url, cfg, 3, prefix="86135", tenant="other",
+                            callback_url=recv.url("/cb/other"))
+            await wait_final(redis, keys, ok + no)
+            assert await wait_for(lambda: complete(recv, "/cb/acme", ok), 30)
+            assert await wait_for(lambda: not daemon.webhooks or not daemon.webhooks.callbacks)
+        assert recv.requests["/cb/other"] == 0
+        assert recv.bad_signatures == 0
+        assert not any("callback" in e for e in recv.events["/cb/acme"])
+        assert await redis.hlen(keys.webhook_callbacks) == 0  # forgotten at the final event
+    finally:
+        os.environ.pop("GW_TEST_CB_SECRET", None)
+        await recv.stop()

@@ -225,6 +225,18 @@ class Keys:
         return f"{self.prefix}wh:cursor"
 
     @property
+    def webhook_callbacks(self) -> str:
+        """HASH: message id -> its callback_url, from its first event with one until its
+        final event (final receipts' events do not carry it)."""
+        return f"{self.prefix}wh:callbacks"
+
+    @property
+    def webhook_callback_urls(self) -> str:
+        """HASH: callback endpoint name (``cb-<digest>``) -> its URL, so a restarted
+        sender finds the retry queues of callback URLs."""
+        return f"{self.prefix}wh:cb:urls"
+
+    @property
     def webhook_paused(self) -> str:
         """SET: names of paused endpoints (their events wait in their retry queues)."""
         return f"{self.prefix}wh:paused"

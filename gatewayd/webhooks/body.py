@@ -37,6 +37,7 @@ def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, An
         mid = out.pop("id", "")
         if mid:
             out["message_id"] = mid
+        out.pop("callback", None)  # where it goes, not what it says
         seg = out.get("segments")
         if seg and seg.isdigit():
             out["segments"] = int(seg)

@@ -32,6 +32,7 @@ import aiohttp
 import msgspec
 
 from gatewayd.config import Config
+from gatewayd.model import FINAL_STATES
 from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
@@ -74,6 +75,11 @@ class WebhookRunner:
         self.max_in_memory = max(1000, 4 * cfg.webhooks.max_in_memory)
         self.ready = asyncio.Event()  # set once the runner holds the lease and reads
         self._gap_seen: dict[str, bool] = {"e": False, "m": False}
+        # Messages with a callback_url (message id -> URL) until their final event, and
+        # one sender per callback URL (dropped once idle).
+        self.callbacks: dict[str, str] = {}
+        self.callback_senders: dict[str, EndpointSender] = {}
+        self._callback_writes: list[tuple[str, str]] = []  # (id, url or "" to forget)
 
     def in_memory(self) -> int:
         return len(self.order["e"]) + len(self.order["m"])
@@ -95,6 +101,14 @@ class WebhookRunner:
             pos = saved[_NAMES[s]]
             self.cursor[s] = self.read_pos[s] = self._saved[s] = pos
             self.order[s].clear()
+        self.callbacks = cast(dict[str, str],
+                              await self.redis.hgetall(self.keys.webhook_callbacks))
+        urls = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_callback_urls))
+        for name, url in urls.items():
+            if await self.redis.zcard(self.keys.webhook_queue(name)):
+                self._callback_sender(url)
+            else:
+                await self.redis.hdel(self.keys.webhook_callback_urls, name)
 
     async def save_cursor(self) -> None:
         changed: dict[Any, Any] = {}
@@ -137,15 +151,30 @@ class WebhookRunner:
             self.senders[name].set_paused(name in paused)
         self.router = subs.Router([s.ep for s in self.senders.values()
                                    if s.ep.name in wanted])
+        now = time.monotonic()
+        for name, s in list(self.callback_senders.items()):
+            if s.live or s.in_flight or s.spill or s.queued:
+                s.idle_since = 0.0
+            elif not s.idle_since:
+                s.idle_since = now
+            elif now - s.idle_since > 60.0:
+                del self.callback_senders[name]
+                await s.close()
+                await self.redis.hdel(self.keys.webhook_callback_urls, name)
 
     # Reading -------------------------------------------------------------------------
     def route(self, s: str, rows: list[tuple[str, dict[str, str]]]) -> None:
         senders = self.senders
         route = self.router.route
         order = self.order[s]
+        callbacks = self.callbacks
         for entry_id, fields in rows:
             kind = bodies.kind_of(s, fields)
             eps = route(fields.get("tenant", ""), kind)
+            if callbacks or "callback" in fields:
+                cb = self._callback(s, fields, kind)
+                if cb is not None:
+                    eps = (*eps, cb.ep)
             if not eps:
                 if order:
                     order.append(Entry(s, entry_id, 0))
@@ -158,9 +187,43 @@ class WebhookRunner:
             order.append(entry)
             msg = fields.get("id", "") if s == "e" else ""
             for ep in eps:
-                senders[ep.name].offer(Item(entry, data, msg, entry_id, event))
+                (senders.get(ep.name) or self.callback_senders[ep.name]).offer(
+                    Item(entry, data, msg, entry_id, event))
         if rows:
             self.read_pos[s] = rows[-1][0]
+
+    def _callback(self, s: str, fields: dict[str, str], kind: str) -> EndpointSender | None:
+        """The sender of the message's own callback_url, if it has one its tenant may
+        name (webhooks.callback_prefixes); remembers it until the final event."""
+        if s != "e":
+            return None
+        msg = fields.get("id", "")
+        url = fields.get("callback", "")
+        if url:
+            if msg and self.callbacks.get(msg) != url and kind not in FINAL_STATES:
+                self.callbacks[msg] = url
+                self._callback_writes.append((msg, url))
+        elif msg:
+            url = self.callbacks.get(msg, "")
+        if not url:
+            return None
+        if kind in FINAL_STATES and msg in self.callbacks:
+            del self.callbacks[msg]
+            self._callback_writes.append((msg, ""))
+        if not subs.callback_allowed(url, fields.get("tenant", ""), self.cfg):
+            metrics.WEBHOOK_FAILED.labels("callback", "refused").inc()
+            return None
+        return self._callback_sender(url)
+
+    def _callback_sender(self, url: str) -> EndpointSender:
+        ep = subs.callback_endpoint(url, self.cfg)
+        sender = self.callback_senders.get(ep.name)
+        if sender is None:
+            sender = self.callback_senders[ep.name] = EndpointSender(ep, self)
+            sender.stored = 1  # the next tick counts its retry queue
+            self._callback_writes.append((ep.name, "url:" + url))
+        sender.idle_since = 0.0
+        return sender
 
     async def _read(self, block: int | None) -> int:
         if is_cluster(self.redis):  # one slot a call on a cluster
@@ -192,7 +255,23 @@ class WebhookRunner:
         return n
 
     async def _flush(self) -> None:
-        senders = [s for s in self.senders.values() if s.spill]
+        if self._callback_writes:
+            writes, self._callback_writes = self._callback_writes, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for msg, url in writes:
+                        if url.startswith("url:"):
+                            pipe.hset(self.keys.webhook_callback_urls, msg, url[4:])
+                        elif url:
+                            pipe.hset(self.keys.webhook_callbacks, msg, url)
+                        else:
+                            pipe.hdel(self.keys.webhook_callbacks, msg)
+                    await pipe.execute()
+            except BaseException:
+                self._callback_writes[:0] = writes
+                raise
+        senders = [s for s in (*self.senders.values(), *self.callback_senders.values())
+                   if s.spill]
         if senders:
             await asyncio.gather(*(s.store_spill() for s in senders))
         await self.save_cursor()
@@ -228,7 +307,7 @@ class WebhookRunner:
         await self._hold_lease()
         await self.reload()
         now = time.time()
-        for s in self.senders.values():
+        for s in (*self.senders.values(), *self.callback_senders.values()):
             s.stored = int(await self.redis.zcard(s.qkey))
             if s.stored and not s.queued:  # put there by `gatewayd webhooks replay`
                 s.queued = True
@@ -263,7 +342,7 @@ class WebhookRunner:
         try:
             await self._run(stop)
         finally:
-            for s in list(self.senders.values()):
+            for s in (*self.senders.values(), *self.callback_senders.values()):
                 await s.close()
             try:
                 await self.save_cursor()
@@ -282,9 +361,10 @@ class WebhookRunner:
                     await self._tick()
                 if not self.holding:
                     if started:  # another runner took over: it resends what we held
-                        for s in list(self.senders.values()):
+                        for s in (*self.senders.values(), *self.callback_senders.values()):
                             await s.close()
                         self.senders.clear()
+                        self.callback_senders.clear()
                     started = False
                     await _wait(stop, 1.0)
                     continue

@@ -108,6 +108,7 @@ class EndpointSender:
         # most; then it is ``slow`` and its later events wait in its retry queue).
         self.high_water = min(self.max_in_memory, max(200, 2 * ep.batch * ep.concurrency))
         self.congested_since = 0.0
+        self.idle_since = 0.0  # a callback_url's sender: dropped after a minute idle
         self.slow = False
         self.live: deque[Item] = deque()
         self.busy: dict[str, int] = {}  # message id -> its events in flight
