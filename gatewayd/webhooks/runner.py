@@ -67,6 +67,7 @@ class WebhookRunner:
         self._lease = load_script(redis, "lease")
         self._token = uuid.uuid4().hex
         self.holding = False
+        self.backlog_reading = False
         # Entries read and not yet passed by the cursor, in stream order, per stream.
         self.order: dict[str, deque[Entry]] = {"e": deque(), "m": deque()}
         self.read_pos: dict[str, str] = {}  # the last entry read (where XREAD goes on)
@@ -249,6 +250,7 @@ class WebhookRunner:
                 metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
             self.route(s, rows)
             n += len(rows)
+        self.backlog_reading = n >= self.read_count
         if not replies:
             for name in _NAMES.values():
                 metrics.WEBHOOK_LAG.labels(name).set(0.0)
