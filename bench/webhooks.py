@@ -171,10 +171,10 @@ def deliveries(rig: harness.Rig, recv: ReceiverProc, n: int, endpoints: int) -> 
     finally:
         proc.terminate()
         proc.wait(10)
-    base = first
-    done = got - base
-    return {"endpoints": endpoints, "events": n, "delivered": done,
-            "per_s": done / (t1 - t0), "sender_cpu_us_per_event": 1e6 * cpu / max(1, done),
+    done = got - first  # after the first request: the steady part
+    return {"endpoints": endpoints, "events": n, "delivered": got - base,
+            "per_s": done / (t1 - t0) if done > 0 and t1 > t0 else 0.0,
+            "sender_cpu_us_per_event": 1e6 * cpu / max(1, done),
             "receiver_cpu_us_per_event": 1e6 * (cpu_seconds(recv.proc.pid) - r_cpu0)
             / max(1, done)}
 
