@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consent", help="consent records: export | import (opt-out lists)")
     consent_cli.add_arguments(p)
 
+    from gatewayd.webhooks import cli as webhooks_cli
+
+    p = sub.add_parser("webhooks", help="webhooks: run | list | add | remove | pause | "
+                                        "resume | test | dead | replay")
+    webhooks_cli.add_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -154,6 +160,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         policy = PolicyEngine.load(policy_file, classes=list(cfg.queue.classes)).policy
         return consent_cli.run(args, cfg, retention_s=policy.consent_retention_s,
                                categories=policy.optout_categories)
+    if cmd == "webhooks":
+        from gatewayd.webhooks import cli as webhooks_cli
+
+        return webhooks_cli.run(args, load_config(args.config, need_secrets=False))
     if cmd == "top":
         from gatewayd.ops import top
 

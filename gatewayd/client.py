@@ -107,3 +107,13 @@ class Client:
         rows: list[tuple[str, dict[str, str]]] = cast(
             Any, await self.redis.xrange(self.keys.events, min=start, count=count))
         return [dict(fields, stream_id=sid) for sid, fields in rows]
+
+
+def verify_webhook(secret: str | bytes, body: bytes, signature: str, *,
+                   tolerance_s: float = 300.0, now: float | None = None) -> bool:
+    """Check a webhook request gatewayd sent: ``body`` as received (raw bytes) and its
+    ``X-Gatewayd-Signature`` header; False when forged, altered or older than
+    ``tolerance_s`` (README "Webhooks")."""
+    from gatewayd.webhooks.signing import verify
+
+    return verify(secret, body, signature, tolerance_s=tolerance_s, now=now)

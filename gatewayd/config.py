@@ -267,6 +267,51 @@ class LinksConfig(_Section, kw_only=True, frozen=True):
     fallback_url: str = ""  # where unknown and expired codes go (404 when empty)
 
 
+class WebhookEndpointConfig(_Section, kw_only=True, frozen=True):
+    """One webhook subscription (gatewayd.webhooks): where, which events, how fast."""
+
+    name: str
+    url: str
+    # "" = the default endpoint(s): events of tenants without endpoints of their own,
+    # and MO; "*" = every event; else one tenant's events.
+    tenant: str = ""
+    # Event kinds: states ("submitted", "delivered", ...), "final" (every final state),
+    # "deferred", "queued", "mo", "optout", "optin", or "*".
+    events: list[str] = msgspec.field(default_factory=lambda: ["submitted", "final"])
+    secret: str = ""
+    secret_env: str = ""  # read the secret from this environment variable instead
+    # "json": POST {"events": [...]} (batched); "kannel": a GET of ``url`` with Kannel's
+    # dlr-url escapes (%d %i %I %p %P %A %T %t %F %a %%) filled in, one event a request.
+    format: Literal["json", "kannel"] = "json"
+    batch: int = 0  # events a request (0: webhooks.batch)
+    concurrency: int = 4  # requests in flight at once
+    rate_per_s: float = 0.0  # requests a second (0: no limit)
+    timeout_s: float = 10.0
+
+
+class WebhooksConfig(_Section, kw_only=True, frozen=True):
+    """Signed webhooks (gatewayd.webhooks): state changes and MO pushed to apps."""
+
+    # Run the sender inside `gatewayd run` (else run `gatewayd webhooks run` apart).
+    enabled: bool = False
+    batch: int = 100
+    # Retry a failing endpoint for this long (exponential back-off with jitter between
+    # backoff_min_s and backoff_max_s), then its events go to its dead-letter stream.
+    retry_for_s: float = 86400.0
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 300.0
+    # Events an endpoint may hold in memory before its later ones wait in Redis instead.
+    max_in_memory: int = 5000
+    # Deliver to private, loopback and link-local addresses (refused by default: no SSRF
+    # through an endpoint or a message's callback_url).
+    allow_private: bool = False
+    # tenant -> URL prefixes a message's callback_url may start with ("" = messages
+    # without a tenant); a tenant not listed may not name callback URLs.
+    callback_prefixes: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    callback_secret_env: str = ""  # signs callback_url deliveries
+    endpoints: list[WebhookEndpointConfig] = msgspec.field(default_factory=list)
+
+
 class Config(_Section, kw_only=True, frozen=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -279,6 +324,7 @@ class Config(_Section, kw_only=True, frozen=True):
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     # Where this config came from; relative paths resolve against its folder.
     source: str = ""
 
@@ -523,6 +569,7 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
     _validate_campaigns(cfg, bad)
+    _validate_webhooks(cfg, bad)
 
 
 def _validate_cmpp(k: str, c: CarrierConfig, secret: str, bad: Any) -> None:
@@ -603,9 +650,44 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
         raise bad("links.ttl_s", "must be greater than 0")
 
 
+WEBHOOK_KINDS = frozenset({"queued", "deferred", "submitted", "delivered", "undeliverable",
+                           "expired", "rejected", "failed", "final", "mo", "optout", "optin",
+                           "clicked", "*"})
+
+
+def _validate_webhooks(cfg: Config, bad: Any) -> None:
+    w = cfg.webhooks
+    if not 1 <= w.batch <= 1000:
+        raise bad("webhooks.batch", "must be 1-1000")
+    if w.retry_for_s <= 0 or w.backoff_min_s <= 0 or w.backoff_max_s < w.backoff_min_s:
+        raise bad("webhooks.retry_for_s", "retry_for_s and backoff_min_s must be > 0, "
+                  "backoff_max_s >= backoff_min_s")
+    for tenant, prefixes in w.callback_prefixes.items():
+        for p in prefixes:
+            if not re.match(r"https?://[^/?#]+/", p):
+                raise bad(f"webhooks.callback_prefixes.{tenant or '(none)'}",
+                          f"{p!r}: a prefix names scheme, host and a path, e.g. "
+                          "https://app.example.com/hooks/")
+    names: set[str] = set()
+    for i, e in enumerate(w.endpoints):
+        k = f"webhooks.endpoints[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", e.name) or e.name in names:
+            raise bad(f"{k}.name", f"{e.name!r}: a unique name of 1-64 A-Z a-z 0-9 _ . -")
+        names.add(e.name)
+        if not re.match(r"https?://[^/?#]+", e.url):
+            raise bad(f"{k}.url", f"{e.url!r}: an http:// or https:// URL")
+        unknown = set(e.events) - WEBHOOK_KINDS
+        if unknown or not e.events:
+            raise bad(f"{k}.events", f"unknown kinds {sorted(unknown)}; use some of "
+                      f"{sorted(WEBHOOK_KINDS)}")
+        if e.batch < 0 or e.concurrency < 1 or e.rate_per_s < 0 or e.timeout_s <= 0:
+            raise bad(k, "batch >= 0, concurrency >= 1, rate_per_s >= 0, timeout_s > 0")
+
+
 def holds_secrets(cfg: Config) -> bool:
     """A carrier password or a Redis password written in the file itself."""
-    return any(c.password for c in cfg.carrier) or bool(urlsplit(cfg.redis.url).password)
+    return (any(c.password for c in cfg.carrier) or bool(urlsplit(cfg.redis.url).password)
+            or any(e.secret for e in cfg.webhooks.endpoints))
 
 
 def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:

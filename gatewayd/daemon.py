@@ -52,6 +52,7 @@ from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store, is_cluster
 from gatewayd.store.keys import keys_for
+from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -87,6 +88,7 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
+        self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
         self.links: LinkServer | None = None
         self.redis_ok = False
         self._signals = 0
@@ -182,6 +184,10 @@ class Daemon:
         await self.load_templates()
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
+        if cfg.webhooks.enabled:
+            # Smaller reads than a sender of its own: shorter turns of the shared loop.
+            self.webhooks = WebhookRunner(redis, self.keys, cfg, read_count=256)
+            await self.webhooks.prepare()
         if cfg.http.enabled:
             self.http = HttpServer(
                 cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
@@ -206,9 +212,17 @@ class Daemon:
         tick = asyncio.create_task(self._housekeeping(), name="housekeeping")
         fan = (asyncio.create_task(self.campaigns.run(self.stop_event), name="campaigns")
                if self.campaigns is not None else None)
+        hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
+                 if self.webhooks is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if hooks is not None:  # unacknowledged events are sent again by the next run
+                hooks.cancel()
+                try:
+                    await hooks
+                except (asyncio.CancelledError, Exception):
+                    pass
             if fan is not None:
                 fan.cancel()
                 try:

@@ -44,6 +44,9 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     sender: str = msgspec.field(default="", name="from")
     tenant: str = ""
     ref: str = ""  # upstream's own reference, echoed in every event
+    # Webhooks for this message also go here (gatewayd.webhooks; only under one of its
+    # tenant's webhooks.callback_prefixes).
+    callback_url: str = ""
     idempotency_key: str = ""
     carrier: str = ""  # force a carrier by name (skips prefix routing)
     not_before: float = 0.0

@@ -170,6 +170,54 @@ SIGNATURE_MESSAGES = Gauge(
     "gatewayd_campaign_messages)", ["signature", "stage"], registry=REGISTRY,
 )
 
+# Webhooks (gatewayd.webhooks): labels are endpoint names (configured or added by an
+# operator: bounded); every message's own callback_url counts under "callback".
+_WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+WEBHOOK_DELIVERED = Counter(
+    "gatewayd_webhook_events_delivered_total", "Events an endpoint answered 2xx to",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_FAILED = Counter(
+    "gatewayd_webhook_requests_failed_total",
+    "Webhook requests that failed, by class: 4xx, 5xx, timeout, connection, refused",
+    ["endpoint", "status_class"], registry=REGISTRY,
+)
+WEBHOOK_DEAD = Counter(
+    "gatewayd_webhook_events_dead_total",
+    "Events moved to an endpoint's dead-letter stream (a 4xx, or retried past retry_for_s)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "gatewayd_webhook_request_seconds", "Webhook request time (sent -> answered)",
+    ["endpoint"], buckets=_WEBHOOK_BUCKETS, registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "gatewayd_webhook_backlog_events",
+    "Events waiting for an endpoint: in memory, in flight and in its retry queue",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_OLDEST = Gauge(
+    "gatewayd_webhook_oldest_pending_seconds",
+    "Age of the oldest event an endpoint has not yet taken (0: none waiting)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_OPEN = Gauge(
+    "gatewayd_webhook_circuit_open",
+    "1 while an endpoint is failing (its events wait in Redis, retried with back-off)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_GAPS = Counter(
+    "gatewayd_webhook_stream_gaps_total",
+    "Times the events stream's cap (queue.events_maxlen) passed events the webhook "
+    "sender had not read yet (they are lost to the webhooks)",
+    ["stream"], registry=REGISTRY,
+)
+WEBHOOK_LAG = Gauge(
+    "gatewayd_webhook_stream_lag_seconds",
+    "Age of the oldest event the webhook sender has not yet read (0 when caught up)",
+    ["stream"], registry=REGISTRY,
+)
+
 # Process -------------------------------------------------------------------------------
 REDIS_ERRORS = Counter(
     "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY

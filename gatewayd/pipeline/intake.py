@@ -33,6 +33,7 @@ from gatewayd.store.seal import Seal, SealError
 
 _NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_CALLBACK_RE = re.compile(r"https?://[^\s/?#@]+[^\s]*")
 _FIELDS: Final = frozenset(
     f.encode_name for f in msgspec.structs.fields(OutboundMessage)
 )
@@ -235,6 +236,10 @@ def parse_message(
         raise MessageError("idempotency_key", "at most 128 characters")
     if len(msg.ref) > 128 or len(msg.tenant) > 64:
         raise MessageError("ref" if len(msg.ref) > 128 else "tenant", "too long")
+    if msg.callback_url and (len(msg.callback_url) > 512
+                             or not _CALLBACK_RE.fullmatch(msg.callback_url)):
+        raise MessageError("callback_url", "an http:// or https:// URL of at most 512 "
+                           "characters, no spaces")
     if msg.attempts < 0 or msg.losses < 0:
         raise MessageError("attempts" if msg.attempts < 0 else "losses", "must not be negative")
     if msg.resume:

@@ -219,6 +219,44 @@ class Keys:
         read it)."""
         return f"{self.prefix}seal"
 
+    # Webhooks (gatewayd.webhooks) ----------------------------------------------------
+    @property
+    def webhook_endpoints(self) -> str:
+        """HASH: endpoint name -> its spec as JSON (endpoints added at run time)."""
+        return f"{self.prefix}wh:endpoints"
+
+    @property
+    def webhook_cursor(self) -> str:
+        """HASH: "events" / "mo" -> the stream entry id up to which every event is done
+        (delivered, or in a retry queue or dead-letter stream): the sender resumes there."""
+        return f"{self.prefix}wh:cursor"
+
+    @property
+    def webhook_callbacks(self) -> str:
+        """HASH: message id -> its callback_url, from its first event with one until its
+        final event (final receipts' events do not carry it)."""
+        return f"{self.prefix}wh:callbacks"
+
+    @property
+    def webhook_callback_urls(self) -> str:
+        """HASH: callback endpoint name (``cb-<digest>``) -> its URL, so a restarted
+        sender finds the retry queues of callback URLs."""
+        return f"{self.prefix}wh:cb:urls"
+
+    @property
+    def webhook_paused(self) -> str:
+        """SET: names of paused endpoints (their events wait in their retry queues)."""
+        return f"{self.prefix}wh:paused"
+
+    def webhook_queue(self, endpoint: str) -> str:
+        """ZSET: an endpoint's events waiting for a retry (or a resume): the event as
+        JSON -> its events-stream time (ms), so they go out in stream order."""
+        return f"{self.prefix}wh:{{{endpoint}}}:q"
+
+    def webhook_dead(self, endpoint: str) -> str:
+        """STREAM: an endpoint's events given up on: event (JSON), error, at, attempts."""
+        return f"{self.prefix}wh:{{{endpoint}}}:dead"
+
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}alive:{consumer}"
