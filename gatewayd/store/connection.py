@@ -25,6 +25,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config
 from gatewayd.errors import ConfigError
@@ -35,6 +38,21 @@ log = logging.getLogger("gatewayd.store")
 Redis = aioredis.Redis
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+# Errors that mean "Redis cannot be reached or cannot answer now" (down, restarting,
+# loading its data, a cluster failing over, every pooled connection busy past the
+# wait): the caller retries later. Anything else (a WRONGTYPE key, a script error,
+# a reply we fail to decode) is a fault of one key or one step, not an outage.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
+    ConnectionError, TimeoutError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis is unreachable or saturated (see UNAVAILABLE)."""
+    return isinstance(exc, UNAVAILABLE)
 
 
 def script_source(name: str) -> str:
