@@ -49,7 +49,7 @@ from gatewayd.pipeline.spool import Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import Store, is_cluster, is_unavailable
+from gatewayd.store.connection import UNAVAILABLE, Store, is_cluster, is_unavailable
 from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.daemon")
@@ -176,17 +176,26 @@ class Daemon:
         await self.load_templates()
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
+        # The edge (HTTP API, redirector) has its own Redis connections: a request flood
+        # waits for those (then answers 503), never for the core's (Store's docstring).
+        edge = self.store.intake
+        intake_queue = QueueStore(edge, self.keys, cfg, self.consumer)
         if cfg.http.enabled:
             self.http = HttpServer(
-                cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
+                cfg.http.listen, DaemonBackend(self, edge, intake_queue),
+                api_key_hashes=list(cfg.http.api_keys),
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
-                campaigns=CampaignApi(redis, self.keys, cfg, self.policy),
+                campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
+                max_connections=cfg.http.max_connections,
+                idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
+                unavailable=UNAVAILABLE,
             )
             await self.http.start()
         if cfg.links.enabled:
-            self.links = LinkServer(cfg.links.listen, redis, self.keys, self.queue.ledger,
+            self.links = LinkServer(cfg.links.listen, edge, self.keys, intake_queue.ledger,
                                     preview_agents=list(cfg.links.preview_agents),
-                                    fallback_url=cfg.links.fallback_url)
+                                    fallback_url=cfg.links.fallback_url,
+                                    max_connections=cfg.links.max_connections)
             await self.links.start()
         if not await self.pool.wait_bound(10.0):
             log.warning("not every carrier is bound yet; messages wait in their queues")

@@ -188,6 +188,18 @@ for _step in HOUSEKEEPING_STEPS:
     HOUSEKEEPING_ERRORS.labels(_step)  # a 0 sample, so increase() alerts fire on the first
 
 # HTTP API ------------------------------------------------------------------------------
+HTTP_CONNECTIONS = Gauge(
+    "gatewayd_http_connections", "Open client connections, by listener (api, links)",
+    ["listener"], registry=REGISTRY,
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "gatewayd_http_connections_refused_total",
+    "Connections answered 503 and closed because max_connections were open, by listener",
+    ["listener"], registry=REGISTRY,
+)
+for _listener in ("api", "links"):
+    HTTP_CONNECTIONS.labels(_listener)
+    HTTP_CONNECTIONS_REFUSED.labels(_listener)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,
