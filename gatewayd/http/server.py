@@ -118,6 +118,7 @@ class _ParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
                   **kwargs: Any) -> None:
         exc = exc_info if isinstance(exc_info, BaseException) else None
         what = f"{type(exc).__name__}: {exc}" if exc is not None else str(msg)
+        what = " ".join(what.split())[:300]  # one line, bounded: the bytes are the client's
         self.limited.warning("malformed", f"http: malformed request: {what}")
 
 
