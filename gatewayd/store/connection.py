@@ -157,7 +157,7 @@ def connect_config(cfg: Config, url: str | None = None, **options: Any) -> Redis
 # How long an HTTP request waits for a free intake connection before it is answered
 # 503 + Retry-After (the core's paths wait as long as a command may take: they have
 # nothing better to do, and their work is still pending in Redis if they give up).
-INTAKE_POOL_WAIT_S = 1.0
+INTAKE_POOL_WAIT_S = 2.0
 CORE_POOL_WAIT_S = 10.0
 
 
