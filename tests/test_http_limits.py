@@ -180,3 +180,25 @@ async def test_hostile_requests_get_4xx_and_one_log_line(
     unauthorized = [r for r in caplog.records if "unauthorized" in r.getMessage()]
     assert len(unauthorized) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(("section", "line", "key"), [
+    ("redis", "connections = 8", "redis.connections"),  # under dispatch_workers + 8
+    ("redis", "intake_connections = 0", "redis.intake_connections"),
+    ("http", "max_connections = 0", "http.max_connections"),
+    ("http", "idle_timeout_s = 0", "http.idle_timeout_s"),
+    ("http", "body_timeout_s = -1", "http.body_timeout_s"),
+    ("links", "max_connections = 0", "links.max_connections"),
+])
+def test_check_config_refuses_bad_limits(tmp_path: Path, section: str, line: str,
+                                         key: str) -> None:
+    from gatewayd.config import load_config
+    from gatewayd.errors import ConfigError
+
+    p = tmp_path / "gw.toml"
+    p.write_text(f'[{section}]\n{line}\n\n[[carrier]]\nname = "a"\nhost = "127.0.0.1"\n'
+                 'system_id = "acme"\npassword = "secret"\n', encoding="utf-8")
+    p.chmod(0o600)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).startswith(f"{p}: {key}: ")
