@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -202,3 +203,37 @@ def test_check_config_refuses_bad_limits(tmp_path: Path, section: str, line: str
     with pytest.raises(ConfigError) as exc:
         load_config(p)
     assert str(exc.value).startswith(f"{p}: {key}: ")
+
+
+async def test_redirector_has_the_same_cap(redis: Any, redis_url: str, keys: Any,
+                                           tmp_path: Path) -> None:
+    from gatewayd.config import load_config
+    from gatewayd.http.links import LinkServer
+    from gatewayd.pipeline.events import Ledger
+
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1))
+    srv = LinkServer("127.0.0.1:0", redis, keys, Ledger(keys, cfg, redis), max_connections=5)
+    await srv.start()
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(5)]
+        for _r, w in held:
+            w.write(b"GET /abc")  # a request under way
+            await w.drain()
+        extra = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(10)]
+        answers = await asyncio.gather(*(read_until_closed(r) for r, _w in extra))
+        assert all(a.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in a
+                   for a in answers), answers[:2]
+        for _r, w in (*held, *extra):
+            w.close()
+        # Places free again: a request is answered (404: no such code).
+        for _ in range(50):
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+            w.write(b"GET /nosuchcode1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await read_until_closed(r)
+            w.close()
+            if data.startswith(b"HTTP/1.1 404"):
+                break
+            await asyncio.sleep(0.1)
+        assert data.startswith(b"HTTP/1.1 404"), data[:100]
+    finally:
+        await srv.stop()
