@@ -52,6 +52,12 @@ class RedisConfig(_Section, kw_only=True, frozen=True):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Connections the core may open (dispatch workers, receipts and MO, housekeeping,
+    # campaigns), and, apart from them, those the HTTP API and the redirector share:
+    # a request flood waits for (then gets 503 from) its own pool, never the core's.
+    # Both pools wait for a free connection instead of failing (per node on a cluster).
+    connections: int = 64
+    intake_connections: int = 16
 
 
 class QueueConfig(_Section, kw_only=True, frozen=True):
@@ -105,6 +111,13 @@ class HttpConfig(_Section, kw_only=True, frozen=True):
     # SHA-256 hex digests of accepted API keys (`gatewayd hash-key` prints one).
     api_keys: list[str] = msgspec.field(default_factory=list)
     max_body_bytes: int = 2 * 1024 * 1024
+    # Open connections at most; past it a new one is answered 503 and closed.
+    max_connections: int = 1024
+    # A connection must send a complete request head within this of opening or of its
+    # previous answer (slowloris); an idle keep-alive connection is closed after it.
+    idle_timeout_s: float = 15.0
+    # A JSON body must arrive whole within this; a streamed upload, each chunk (408).
+    body_timeout_s: float = 30.0
 
 
 class PolicyConfig(_Section, kw_only=True, frozen=True):
@@ -265,6 +278,8 @@ class LinksConfig(_Section, kw_only=True, frozen=True):
     # empty: the built-in list (gatewayd.campaigns.links.DEFAULT_PREVIEW_AGENTS).
     preview_agents: list[str] = msgspec.field(default_factory=list)
     fallback_url: str = ""  # where unknown and expired codes go (404 when empty)
+    # Open connections at most; past it a new one is answered 503 and closed.
+    max_connections: int = 4096
 
 
 class WebhookEndpointConfig(_Section, kw_only=True, frozen=True):
@@ -462,6 +477,15 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     if bool(cfg.redis.tls_cert) != bool(cfg.redis.tls_key):
         raise bad("redis.tls_cert", "set tls_cert and tls_key together (mutual TLS)")
     q = cfg.queue
+    # Each dispatch worker (and the express worker) holds a connection through its
+    # blocking read; receipts, housekeeping and the takeover need a few more.
+    least = q.dispatch_workers + 8
+    if not least <= cfg.redis.connections <= 10_000:
+        raise bad("redis.connections", f"{cfg.redis.connections}: must be {least}-10000 "
+                  f"(queue.dispatch_workers + 8: each worker holds one while it reads)")
+    if not 1 <= cfg.redis.intake_connections <= 10_000:
+        raise bad("redis.intake_connections", f"{cfg.redis.intake_connections}: must be "
+                  "1-10000 (the HTTP API's and the redirector's own connections)")
     if not q.classes:
         raise bad("queue.classes", "needs at least one priority class, e.g. [\"otp\"]")
     if len(set(q.classes)) != len(q.classes):
@@ -568,6 +592,14 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
+    for key, n in (("http.max_connections", cfg.http.max_connections),
+                   ("links.max_connections", cfg.links.max_connections)):
+        if not 1 <= n <= 1_000_000:
+            raise bad(key, f"{n}: must be 1-1000000 (keep it under the daemon's file limit)")
+    for key, v in (("http.idle_timeout_s", cfg.http.idle_timeout_s),
+                   ("http.body_timeout_s", cfg.http.body_timeout_s)):
+        if not 0.1 <= v <= 3600:
+            raise bad(key, f"{v}: must be 0.1-3600 seconds")
     _validate_campaigns(cfg, bad)
     _validate_webhooks(cfg, bad)
 

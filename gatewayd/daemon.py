@@ -50,7 +50,7 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import Store, is_cluster
+from gatewayd.store.connection import UNAVAILABLE, Store, is_cluster, is_unavailable
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
 
@@ -91,6 +91,8 @@ class Daemon:
         self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
         self.links: LinkServer | None = None
         self.redis_ok = False
+        self._last_reclaim = 0.0
+        self._failing: dict[str, str] = {}  # housekeeping step -> the error it last logged
         self._signals = 0
         self._templates_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
@@ -188,17 +190,26 @@ class Daemon:
             # Smaller reads than a sender of its own: shorter turns of the shared loop.
             self.webhooks = WebhookRunner(redis, self.keys, cfg, read_count=256)
             await self.webhooks.prepare()
+        # The edge (HTTP API, redirector) has its own Redis connections: a request flood
+        # waits for those (then answers 503), never for the core's (Store's docstring).
+        edge = self.store.intake
+        intake_queue = QueueStore(edge, self.keys, cfg, self.consumer)
         if cfg.http.enabled:
             self.http = HttpServer(
-                cfg.http.listen, DaemonBackend(self), api_key_hashes=list(cfg.http.api_keys),
+                cfg.http.listen, DaemonBackend(self, edge, intake_queue),
+                api_key_hashes=list(cfg.http.api_keys),
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
-                campaigns=CampaignApi(redis, self.keys, cfg, self.policy),
+                campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
+                max_connections=cfg.http.max_connections,
+                idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
+                unavailable=UNAVAILABLE,
             )
             await self.http.start()
         if cfg.links.enabled:
-            self.links = LinkServer(cfg.links.listen, redis, self.keys, self.queue.ledger,
+            self.links = LinkServer(cfg.links.listen, edge, self.keys, intake_queue.ledger,
                                     preview_agents=list(cfg.links.preview_agents),
-                                    fallback_url=cfg.links.fallback_url)
+                                    fallback_url=cfg.links.fallback_url,
+                                    max_connections=cfg.links.max_connections)
             await self.links.start()
         if not await self.pool.wait_bound(10.0):
             log.warning("not every carrier is bound yet; messages wait in their queues")
@@ -312,47 +323,13 @@ class Daemon:
     async def _housekeeping(self) -> None:
         assert self.queue and self.dispatcher and self.inbound
         interval = self.cfg.daemon.housekeeping_interval_s
-        last_reclaim = time.time()
+        self._last_reclaim = time.time()
         # First: what a previous run of this consumer left pending, without waiting.
         self._job("takeover", lambda: self._takeover(own_since=self.started_at))
         burst_deadline = time.monotonic() + self.burst_timeout_s if self.burst_timeout_s else 0.0
         while not self.stop_event.is_set():
-            try:
-                now = time.time()
-                await self.queue.move_due(now)
-                if self.spool is not None and self.spool.active:
-                    self._job("spool", self._replay_spool)
-                if now - last_reclaim >= max(1.0, self.cfg.queue.reclaim_idle_s / 4):
-                    last_reclaim = now
-                    self._job("takeover", lambda: self._takeover(own_since=None))
-                await self.inbound.retry_early()
-                await self.inbound.expire_awaiting()
-                depths = await self.queue.depths()
-                for klass, d in depths.items():
-                    metrics.QUEUE_DEPTH.labels(klass).set(d["ready"])
-                    metrics.QUEUE_PENDING.labels(klass).set(d["pending"])
-                metrics.DELAYED.set(sum(d["delayed"] for d in depths.values()))
-                await self._heartbeat()
-                if not self.redis_ok:
-                    log.info("Redis reachable again")
-                self.redis_ok = True
-                metrics.REDIS_UP.set(1)
-                self.notifier.watchdog()
-                self.notifier.status(self._status_line(depths))
-                if self.burst and await self._drained(depths):
-                    log.info("burst mode: everything drained; stopping")
-                    self.stop_event.set()
-                    return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if self.redis_ok:
-                    log.error("housekeeping: %s: %s", type(e).__name__, e)
-                self.redis_ok = False
-                metrics.REDIS_UP.set(0)
-                metrics.REDIS_ERRORS.labels("housekeeping").inc()
-                # Still alive: keep the systemd watchdog fed while Redis is away.
-                self.notifier.watchdog()
+            if await self._housekeeping_pass():
+                return
             if burst_deadline and time.monotonic() > burst_deadline:
                 log.warning("burst mode: timeout; stopping with work left")
                 self.stop_event.set()
@@ -361,6 +338,83 @@ class Daemon:
                 await asyncio.wait_for(self.stop_event.wait(), interval)
             except TimeoutError:
                 pass
+
+    async def _housekeeping_pass(self) -> bool:
+        """One tick. Every step runs whatever happened to the others: a failing step
+        (a poisoned key, a script error, a bug) is logged once and counted
+        (``gatewayd_housekeeping_errors_total{step}``) while the heartbeat, the receipt
+        expiry and the gauges go on. Only an error that says Redis cannot be reached
+        (store.connection.is_unavailable) marks Redis down; then the remaining steps
+        are skipped (each would wait out the same timeout). True: burst mode is done."""
+        assert self.queue and self.dispatcher and self.inbound
+        queue, inbound = self.queue, self.inbound
+        now = time.time()
+        down = False
+        depths: dict[str, dict[str, int]] | None = None
+
+        async def step(name: str, work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+            nonlocal down
+            if down:
+                return None
+            try:
+                result = await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                metrics.HOUSEKEEPING_ERRORS.labels(name).inc()
+                if is_unavailable(e):
+                    down = True
+                    if self.redis_ok:
+                        log.error("housekeeping: Redis unreachable: %s: %s",
+                                  type(e).__name__, e)
+                    metrics.REDIS_ERRORS.labels("housekeeping").inc()
+                    return None
+                what = f"{type(e).__name__}: {e}"
+                if self._failing.get(name) != what:  # once per new error, not every tick
+                    self._failing[name] = what
+                    log.error("housekeeping step %s failed (the other steps go on): %s",
+                              name, what, exc_info=e)
+                return None
+            if self._failing.pop(name, None) is not None:
+                log.info("housekeeping step %s works again", name)
+            return result
+
+        await step("move_due", lambda: queue.move_due(now))
+        if self.spool is not None and self.spool.active:
+            self._job("spool", self._replay_spool)
+        if now - self._last_reclaim >= max(1.0, self.cfg.queue.reclaim_idle_s / 4):
+            self._last_reclaim = now
+            self._job("takeover", lambda: self._takeover(own_since=None))
+        await step("retry_early", inbound.retry_early)
+        await step("expire_awaiting", inbound.expire_awaiting)
+        depths = await step("gauges", self._gauges)
+        await step("heartbeat", self._heartbeat)
+        if down:
+            self.redis_ok = False
+            metrics.REDIS_UP.set(0)
+        else:
+            if not self.redis_ok:
+                log.info("Redis reachable again")
+            self.redis_ok = True
+            metrics.REDIS_UP.set(1)
+        # Still alive (Redis away or not): the systemd watchdog is fed.
+        self.notifier.watchdog()
+        if depths is not None:
+            self.notifier.status(self._status_line(depths))
+            if self.burst and await step("burst_check", lambda: self._drained(depths)):
+                log.info("burst mode: everything drained; stopping")
+                self.stop_event.set()
+                return True
+        return False
+
+    async def _gauges(self) -> dict[str, dict[str, int]]:
+        assert self.queue is not None
+        depths = await self.queue.depths()
+        for klass, d in depths.items():
+            metrics.QUEUE_DEPTH.labels(klass).set(d["ready"])
+            metrics.QUEUE_PENDING.labels(klass).set(d["pending"])
+        metrics.DELAYED.set(sum(d["delayed"] for d in depths.values()))
+        return depths
 
     def _job(self, name: str, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Start a background job unless it is still running."""

@@ -26,6 +26,7 @@ from gatewayd.campaigns.model import Campaign, Variant
 from gatewayd.campaigns.registry import TemplateCache
 from gatewayd.campaigns.templates import CODE_RE, Template, compile_template
 from gatewayd.config import Config
+from gatewayd.http.limits import chunks, read_body
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
@@ -60,7 +61,7 @@ class CampaignApi:
 
     async def put_template(self, request: web.Request) -> web.Response:
         code = request.match_info["code"]
-        body = await _body(request)
+        body = await _body(request, self.cfg.http.body_timeout_s)
         if isinstance(body, web.Response):
             return body
         try:
@@ -91,7 +92,7 @@ class CampaignApi:
     async def _status(self, request: web.Request, status: str) -> web.Response:
         reason = ""
         if status == "rejected" and request.can_read_body:
-            body = await _body(request)
+            body = await _body(request, self.cfg.http.body_timeout_s)
             if isinstance(body, web.Response):
                 return body
             reason = str(body.get("reason", ""))[:200]
@@ -110,7 +111,7 @@ class CampaignApi:
         return cache
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, self.cfg.http.body_timeout_s)
         if isinstance(body, web.Response):
             return body
         data = dict(body)
@@ -177,7 +178,7 @@ class CampaignApi:
             return _error(409, "conflict", f"template {missing[0]} is gone")
         res = await model.upload(self.redis, self.keys, c,
                                  {k: t for k, t in templates.items() if t is not None},
-                                 request.content.iter_chunked(64 * 1024),
+                                 chunks(request, self.cfg.http.body_timeout_s),
                                  fmt="csv" if fmt == "csv" else "jsonl",
                                  link_sample=self.link_sample,
                                  max_segments=self.cfg.queue.max_segments)
@@ -186,7 +187,7 @@ class CampaignApi:
     async def start(self, request: web.Request) -> web.Response:
         start_at = 0.0
         if request.can_read_body:
-            body = await _body(request)
+            body = await _body(request, self.cfg.http.body_timeout_s)
             if isinstance(body, web.Response):
                 return body
             value = body.get("start_at", 0)
@@ -218,7 +219,7 @@ class CampaignApi:
 
     # Conversions ----------------------------------------------------------------------
     async def conversions(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await _body(request, self.cfg.http.body_timeout_s)
         if isinstance(body, web.Response):
             return body
         ids = body.get("ids")
@@ -244,11 +245,13 @@ async def describe(redis: Redis, keys: Keys, c: Campaign) -> dict[str, Any]:
     }
 
 
-async def _body(request: web.Request) -> dict[str, Any] | web.Response:
+async def _body(request: web.Request, timeout_s: float) -> dict[str, Any] | web.Response:
     try:
-        doc = msgspec.json.decode(await request.read())
+        doc = msgspec.json.decode(await read_body(request, timeout_s))
     except msgspec.DecodeError as e:
         return _error(400, "bad_json", f"body is not valid JSON: {e}")
+    except RecursionError:
+        return _error(400, "bad_json", "body is nested too deep")
     if not isinstance(doc, dict):
         return _error(400, "bad_json", "send a JSON object")
     return doc

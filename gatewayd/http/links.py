@@ -6,7 +6,8 @@ sets ``Cache-Control: no-store`` (so every click reaches us) and ``Referrer-Poli
 no-referrer``. Unknown, malformed and expired codes answer 404 (or a 302 to
 ``links.fallback_url``); methods other than GET and HEAD 405; a malformed request 400
 and the connection is closed. Request heads are capped at 16 KB and must arrive within
-10 s; an idle keep-alive connection is closed after 30 s.
+10 s; an idle keep-alive connection is closed after 30 s; past ``links.max_connections``
+open connections a new one is answered 503 and closed (gatewayd.http.limits).
 
 HTTP is parsed by httptools (llhttp, the parser uvicorn runs on) under a plain asyncio
 protocol, and each answer is one write: the API's aiohttp stack cost ~3x the CPU a
@@ -37,6 +38,7 @@ from redis.exceptions import NoScriptError
 
 from gatewayd.campaigns.funnel import Tally
 from gatewayd.campaigns.links import CODE_RE, Click, PreviewDetector, parse_click
+from gatewayd.http.limits import ConnectionCap
 from gatewayd.http.server import parse_listen
 from gatewayd.model import mask_number
 from gatewayd.ops import metrics
@@ -174,8 +176,9 @@ class _Conn(asyncio.Protocol):
 class LinkServer:
     def __init__(self, listen: str, redis: Redis, keys: Keys, ledger: Ledger, *,
                  preview_agents: list[str] | None = None, fallback_url: str = "",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_connections: int = 4096) -> None:
         self.host, self._port = parse_listen(listen)
+        self.max_connections = max_connections
         self.redis = redis
         self.keys = keys
         self.ledger = ledger
@@ -199,8 +202,9 @@ class LinkServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Conn(self), self.host or None,
-                                                self._port, backlog=2048, reuse_address=True)
+        self._server = await loop.create_server(
+            ConnectionCap(lambda: _Conn(self), self.max_connections, "links"),
+            self.host or None, self._port, backlog=2048, reuse_address=True)
         log.info("links: listening", extra={"listen": f"{self.host}:{self.port}"})
 
     async def stop(self) -> None:

@@ -378,7 +378,11 @@ def openapi_spec(
     max_items: int, max_body_bytes: int, classes: list[str] | None = None
 ) -> dict[str, Any]:
     """The spec, with the live limits (and, when given, the configured classes) filled in."""
-    auth_errors = {"401": _err("Missing or wrong API key")}
+    auth_errors = {
+        "401": _err("Missing or wrong API key"),
+        "503": _err("Redis unreachable, or the API's Redis connections busy (overload); "
+                    "retry after the Retry-After header's seconds"),
+    }
     number = {"name": "number", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": _E164},
               "description": "E.164 number, e.g. +8613800138000"}
@@ -443,8 +447,10 @@ def openapi_spec(
                     "application/json": {"schema": _ref("Submit")}}},
                 "responses": {
                     "202": _json_body(_ref("Accepted"), "Every message was queued"),
-                    "400": _err("Not JSON, an empty array, or neither object nor array"),
+                    "400": _err("Not JSON (or nested too deep), an empty array, or neither "
+                                "object nor array"),
                     **auth_errors,
+                    "408": _err("The body did not arrive within http.body_timeout_s"),
                     "413": _err(f"Body over {max_body_bytes} bytes or over {max_items} items"),
                     "409": _json_body(_ref("Partial"),
                                       "Some items reuse an id already used by another "
@@ -452,7 +458,9 @@ def openapi_spec(
                                       "others were queued"),
                     "422": _json_body(_ref("Partial"),
                                       "Some items are invalid; the valid ones were queued"),
-                    "503": _err("The gateway is draining (shutting down)"),
+                    "503": _err("The gateway is draining (shutting down), Redis is "
+                                "unreachable, or the API's Redis connections are busy "
+                                "(overload); retry after the Retry-After header's seconds"),
                 },
             }},
             "/v1/messages/{id}": {"get": {

@@ -25,11 +25,17 @@ Decisions (also in the README's operations section):
   intake answer 503 and /readyz report "draining", so a load balancer moves traffic away
   while the server still answers status, probes and /metrics until ``stop()``.
 * Requests are not access-logged at INFO (high volume, and paths carry phone numbers);
-  ``gatewayd_http_requests_total`` counts them and DEBUG logs each one.
+  ``gatewayd_http_requests_total`` counts them and DEBUG logs each one. Malformed and
+  unauthorized requests are logged at WARNING, rate-limited, without a traceback
+  (gatewayd.http.limits.RateLimitedLog), aiohttp's own parser errors included.
+* Limits (gatewayd.http.limits): open connections, request heads, bodies, idle
+  keep-alive. Redis unreachable or the intake's connections all busy past their wait
+  (the ``unavailable`` exceptions): 503 with ``Retry-After``, never 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -48,6 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from gatewayd.consent.records import encode
 from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http.backend import DUPLICATE_ID, Backend, EnqueueResult, OptoutAction
+from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
 
@@ -92,9 +99,27 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
     )
 
 
-def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="gatewayd"'} if status == 401 else None
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+          **extra: Any) -> web.Response:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="gatewayd"'}
     return _json(status, {"error": {"code": code, "message": message}, **extra}, headers)
+
+
+class _ParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's request handler logs each request it cannot parse with a traceback
+    (``logger.exception``): here one rate-limited WARNING line instead."""
+
+    def __init__(self, logger: logging.Logger, limited: RateLimitedLog) -> None:
+        super().__init__(logger, {})
+        self.limited = limited
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else str(msg)
+        what = " ".join(what.split())[:300]  # one line, bounded: the bytes are the client's
+        self.limited.warning("malformed", f"http: malformed request: {what}")
 
 
 _AIOHTTP_CODES: Final = {
@@ -113,8 +138,19 @@ class HttpServer:
         registry: CollectorRegistry = metrics.REGISTRY,
         classes: list[str] | None = None,
         campaigns: campaign_routes.CampaignApi | None = None,
+        max_connections: int = 1024,
+        idle_timeout_s: float = 15.0,
+        body_timeout_s: float = 30.0,
+        unavailable: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.host, self._port = parse_listen(listen)
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
+        # Exceptions meaning "the store cannot answer now" (Redis away, or the intake's
+        # connections all busy past their wait): 503 + Retry-After, not 500.
+        self.unavailable = unavailable
+        self.limited = RateLimitedLog(log)
         self.campaigns = campaigns
         self.backend = backend
         self.registry = registry
@@ -124,16 +160,16 @@ class HttpServer:
         self._loopback = is_loopback(self.host)
         self.draining = False
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
         self.app = self._build_app()
 
     # Lifecycle ----------------------------------------------------------------------
     @property
     def port(self) -> int:
         """The bound port (the real one when listen asked for port 0)."""
-        if self._runner is not None:
-            for addr in self._runner.addresses:
-                if isinstance(addr, tuple):
-                    return int(addr[1])
+        if self._server is not None:
+            for sock in getattr(self._server, "sockets", ()):
+                return int(sock.getsockname()[1])
         return self._port
 
     async def start(self) -> None:
@@ -146,11 +182,19 @@ class HttpServer:
                           "every /v1 and /admin request is refused (add http.api_keys)",
                           extra={"listen": f"{self.host}:{self._port}"})
         # access_log=None: our middleware counts requests; see the module docstring.
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        # keepalive_timeout: aiohttp closes a connection that has not sent a complete
+        # request head this long after it opened or after its previous answer.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0,
+                               keepalive_timeout=self.idle_timeout_s,
+                               logger=_ParserLog(logging.getLogger("gatewayd.http.parser"),
+                                                 self.limited))
         await runner.setup()
-        site = web.TCPSite(runner, self.host or None, self._port, backlog=1024)
+        assert runner.server is not None
+        # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory.
         try:
-            await site.start()
+            self._server = await asyncio.get_running_loop().create_server(
+                ConnectionCap(runner.server, self.max_connections, "api"),
+                self.host or None, self._port, backlog=1024, reuse_address=True)
         except OSError:
             await runner.cleanup()
             raise
@@ -163,6 +207,9 @@ class HttpServer:
 
     async def stop(self) -> None:
         self.draining = True
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()  # no new connections; the open ones finish below
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -213,7 +260,21 @@ class HttpServer:
         except web.HTTPException as e:
             if e.content_type == "application/json":
                 raise
-            return error(e.status, _AIOHTTP_CODES.get(e.status, "http_error"), e.reason)
+            allow = e.headers.get("Allow")
+            return error(e.status, _AIOHTTP_CODES.get(e.status, "http_error"), e.reason,
+                         headers={"Allow": allow} if allow is not None else None)
+        except BodyTimeout:
+            self.limited.warning("body_timeout", "http: request body too slow",
+                                 path=request.path, remote=request.remote or "")
+            resp = error(408, "timeout", f"the request body did not arrive within "
+                         f"{self.body_timeout_s:g} s")
+            resp.force_close()
+            return resp
+        except self.unavailable as e:
+            self.limited.warning("unavailable", f"http: answered 503: {type(e).__name__}: {e}",
+                                 path=request.path)
+            return error(503, "unavailable", "the gateway's store is busy or unreachable; "
+                         "retry shortly", headers={"Retry-After": "1"})
         except Exception:
             log.exception("http: unhandled error", extra={"path": request.path})
             return error(500, "internal", "internal error; see the gateway's log")
@@ -223,8 +284,8 @@ class HttpServer:
         if request.path in _PUBLIC or request.match_info.http_exception is not None:
             return await handler(request)
         if not self._authorized(request.headers.get("Authorization", "")):
-            log.info("http: unauthorized request",
-                     extra={"path": request.path, "remote": request.remote or ""})
+            self.limited.warning("unauthorized", "http: unauthorized request",
+                                 path=request.path, remote=request.remote or "")
             return error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <key>'")
         return await handler(request)
 
@@ -234,7 +295,10 @@ class HttpServer:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return False
-        presented = hash_key(key.strip()).encode("ascii")
+        try:
+            presented = hash_key(key.strip()).encode("ascii")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them escaped)
+            return False
         ok = False
         for h in self._hashes:  # all of them, always: no early exit
             ok |= hmac.compare_digest(presented, h)
@@ -248,7 +312,7 @@ class HttpServer:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return _too_large(self.max_body_bytes)
         try:
-            body = await request.read()
+            body = await read_body(request, self.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return _too_large(self.max_body_bytes)
         if not body.strip():
@@ -256,7 +320,13 @@ class HttpServer:
         try:
             doc = msgspec.json.decode(body)
         except msgspec.DecodeError as e:
+            self.limited.warning("bad_json", f"http: body is not valid JSON: {e}",
+                                 path=request.path)
             return error(400, "bad_json", f"body is not valid JSON: {e}")
+        except RecursionError:
+            self.limited.warning("bad_json", "http: JSON body nested too deep",
+                                 path=request.path)
+            return error(400, "bad_json", "body is nested too deep")
         if isinstance(doc, dict):
             items: list[Any] = [doc]
         elif isinstance(doc, list):

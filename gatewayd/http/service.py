@@ -18,7 +18,7 @@ from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
-from gatewayd.store.connection import Store
+from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 
 
@@ -27,9 +27,7 @@ class Host(Protocol):
     in rather than imported, so http/ never imports the daemon that starts it."""
 
     cfg: Config
-    store: Store
     keys: Keys
-    queue: QueueStore | None
     started_at: float
     consumer: str
 
@@ -41,8 +39,13 @@ class Host(Protocol):
 
 
 class DaemonBackend:
-    def __init__(self, daemon: Host) -> None:
+    """``redis`` and ``queue`` are the edge's (Store.intake): every request's Redis work
+    goes through the intake pool, never the core's connections."""
+
+    def __init__(self, daemon: Host, redis: Redis, queue: QueueStore) -> None:
         self.d = daemon
+        self.redis = redis
+        self.queue = queue
         self._intake: TemplateIntake | None = None
 
     async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
@@ -50,7 +53,7 @@ class DaemonBackend:
         results: list[EnqueueResult] = []
         valid: list[tuple[int, OutboundMessage]] = []
         if self._intake is None:
-            self._intake = TemplateIntake(self.d.store.client, self.d.keys, self.d.cfg)
+            self._intake = TemplateIntake(self.redis, self.d.keys, self.d.cfg)
         intake = self._intake
         await intake.prepare(items)
         links: dict[int, list[NewLink]] = {}
@@ -64,10 +67,9 @@ class DaemonBackend:
                 links[len(valid)] = new
             valid.append((i, msg))
         if valid:
-            assert self.d.queue is not None
-            ids = await self.d.queue.enqueue_each([m for _, m in valid], source=source,
-                                                  now=now, links=links,
-                                                  link_ttl_s=intake.link_ttl_s)
+            ids = await self.queue.enqueue_each([m for _, m in valid], source=source,
+                                                now=now, links=links,
+                                                link_ttl_s=intake.link_ttl_s)
             for (i, _), (msg_id, outcome) in zip(valid, ids, strict=True):
                 if outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
@@ -81,13 +83,13 @@ class DaemonBackend:
         return results
 
     async def status(self, msg_id: str) -> dict[str, Any] | None:
-        return await read_status(self.d.store.client, self.d.keys, msg_id)
+        return await read_status(self.redis, self.d.keys, msg_id)
 
     async def optout(
         self, action: Literal["add", "remove", "check"], number: str, scope: str,
         category: str = "",
     ) -> dict[str, Any]:
-        redis, keys, now = self.d.store.client, self.d.keys, time.time()
+        redis, keys, now = self.redis, self.d.keys, time.time()
         engine = self.d.policy()
         allowed = engine.policy.optout_categories if engine is not None else frozenset()
         if category and category not in allowed:
@@ -111,7 +113,7 @@ class DaemonBackend:
 
     def consent(self, number: str, since: float, until: float) -> AsyncIterator[dict[str, str]]:
         digits = check_number(number) if number else ""
-        return records.read(self.d.store.client, self.d.keys, number=digits, since=since,
+        return records.read(self.redis, self.d.keys, number=digits, since=since,
                             until=until)
 
     async def reload(self) -> tuple[bool, str]:

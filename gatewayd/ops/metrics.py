@@ -222,9 +222,35 @@ WEBHOOK_LAG = Gauge(
 REDIS_ERRORS = Counter(
     "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY
 )
-REDIS_UP = Gauge("gatewayd_redis_up", "1 when Redis answered the last ping", registry=REGISTRY)
+REDIS_UP = Gauge(
+    "gatewayd_redis_up", "1 unless the last housekeeping pass could not reach Redis "
+    "(connection refused or lost, timeout, loading, every pooled connection busy)",
+    registry=REGISTRY,
+)
+# The daemon's housekeeping steps (gatewayd.daemon); each runs whether the others failed.
+HOUSEKEEPING_STEPS = ("move_due", "retry_early", "expire_awaiting", "gauges", "heartbeat",
+                      "burst_check")
+HOUSEKEEPING_ERRORS = Counter(
+    "gatewayd_housekeeping_errors_total",
+    "Housekeeping steps that failed (Redis away, or a fault such as a key of the wrong "
+    "type), by step", ["step"], registry=REGISTRY,
+)
+for _step in HOUSEKEEPING_STEPS:
+    HOUSEKEEPING_ERRORS.labels(_step)  # a 0 sample, so increase() alerts fire on the first
 
 # HTTP API ------------------------------------------------------------------------------
+HTTP_CONNECTIONS = Gauge(
+    "gatewayd_http_connections", "Open client connections, by listener (api, links)",
+    ["listener"], registry=REGISTRY,
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "gatewayd_http_connections_refused_total",
+    "Connections answered 503 and closed because max_connections were open, by listener",
+    ["listener"], registry=REGISTRY,
+)
+for _listener in ("api", "links"):
+    HTTP_CONNECTIONS.labels(_listener)
+    HTTP_CONNECTIONS_REFUSED.labels(_listener)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,

@@ -29,7 +29,13 @@ from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.connection import (
+    Redis,
+    is_cluster,
+    is_unavailable,
+    load_script,
+    pipe_script,
+)
 from gatewayd.store.keys import GROUP, Keys
 from gatewayd.store.seal import Seal, load_seal
 
@@ -532,10 +538,24 @@ class QueueStore:
 
     # Housekeeping -------------------------------------------------------------------
     async def move_due(self, now: float, limit: int = 1000) -> int:
+        """Due delayed messages back to their streams, class by class: a class whose
+        call fails (say its delayed set was overwritten with a string) does not hold
+        the others' back; the first such error is raised once every class was tried.
+        Redis away stops at once (every other class would fail the same way)."""
         moved = 0
+        failed: Exception | None = None
         for klass, stream in self.streams.items():
-            n = await self._move_due(keys=[self.keys.delayed(klass), stream], args=[now, limit])
+            try:
+                n = await self._move_due(keys=[self.keys.delayed(klass), stream],
+                                         args=[now, limit])
+            except Exception as e:
+                if is_unavailable(e):
+                    raise
+                failed = failed or e
+                continue
             moved += int(n)
+        if failed is not None:
+            raise failed
         return moved
 
     async def depths(self) -> dict[str, dict[str, int]]:

@@ -25,6 +25,9 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config
 from gatewayd.errors import ConfigError
@@ -35,6 +38,21 @@ log = logging.getLogger("gatewayd.store")
 Redis = aioredis.Redis
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+# Errors that mean "Redis cannot be reached or cannot answer now" (down, restarting,
+# loading its data, a cluster failing over, every pooled connection busy past the
+# wait): the caller retries later. Anything else (a WRONGTYPE key, a script error,
+# a reply we fail to decode) is a fault of one key or one step, not an outage.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
+    ConnectionError, TimeoutError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says Redis is unreachable or saturated (see UNAVAILABLE)."""
+    return isinstance(exc, UNAVAILABLE)
 
 
 def script_source(name: str) -> str:
@@ -87,10 +105,20 @@ def connect(
     tls_ca: str = "",
     tls_cert: str = "",
     tls_key: str = "",
+    max_connections: int = 100,
+    pool_wait_s: float = 10.0,
     **options: Any,
 ) -> Redis:
     """A str-decoding client for a URL: single Redis, or RedisCluster (typed as Redis:
-    it implements every command gatewayd sends)."""
+    it implements every command gatewayd sends).
+
+    At most ``max_connections`` connections; a command that finds them all busy WAITS
+    up to ``pool_wait_s`` for one (redis-py's BlockingConnectionPool) and only then
+    fails with a ConnectionError ("No connection available", see ``is_unavailable``).
+    redis-py's default pool raises MaxConnectionsError at once instead: under an HTTP
+    flood that failed dispatch batches and receipts (issue 14). The cluster client has
+    no waiting pool: it keeps ``max_connections`` per node and raises past them.
+    """
     url, from_scheme = split_cluster_url(url)
     cluster = cluster or from_scheme
     if any((tls_ca, tls_cert, tls_key)):
@@ -106,8 +134,12 @@ def connect(
             options["ssl_keyfile"] = tls_key
     if cluster:
         options.pop("retry_on_timeout", None)  # the cluster client retries on its own
-        return cast(Redis, RedisCluster.from_url(url, decode_responses=True, **options))
-    return aioredis.from_url(url, decode_responses=True, **options)
+        return cast(Redis, RedisCluster.from_url(url, decode_responses=True,
+                                                 max_connections=max_connections, **options))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, max_connections=max_connections, timeout=pool_wait_s,
+        **options)
+    return aioredis.Redis.from_pool(pool)
 
 
 def connect_config(cfg: Config, url: str | None = None, **options: Any) -> Redis:
@@ -122,14 +154,29 @@ def connect_config(cfg: Config, url: str | None = None, **options: Any) -> Redis
                    tls_key=path(r.tls_key), **options)
 
 
+# How long an HTTP request waits for a free intake connection before it is answered
+# 503 + Retry-After (the core's paths wait as long as a command may take: they have
+# nothing better to do, and their work is still pending in Redis if they give up).
+INTAKE_POOL_WAIT_S = 2.0
+CORE_POOL_WAIT_S = 10.0
+
+
 class Store:
-    """Owns the Redis client (and the embedded server, when there is one)."""
+    """Owns the Redis clients (and the embedded server, when there is one).
+
+    Two pools of connections, so the edge can never starve the core: ``client`` (the
+    core: dispatch workers, receipts and MO, housekeeping, campaigns; ``[redis]
+    connections``) and ``intake`` (the HTTP API and the short-link redirector; ``[redis]
+    intake_connections``). However many requests arrive, they share the intake pool;
+    past its wait they are answered 503, and the core's connections stay theirs.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.embedded: EmbeddedRedis | None = None
         self.url = cfg.redis_url()
         self._client: Redis | None = None
+        self._intake: Redis | None = None
 
     async def open(self) -> Redis:
         if not self.url:
@@ -143,29 +190,41 @@ class Store:
         options: dict[str, Any] = {}
         if not self.url.startswith("unix:"):
             options["socket_keepalive"] = True  # TCP only: unix sockets refuse the option
-        self._client = connect_config(
-            self.cfg,
-            self.url,
+        options.update(
             health_check_interval=15,
             # A hung Redis must not stall the housekeeping tick (and so the watchdog)
             # for ever; every command we send is short (blocking reads are 50 ms).
             socket_timeout=10,
             socket_connect_timeout=5,
             retry_on_timeout=True,
-            **options,
         )
+        r = self.cfg.redis
+        self._client = connect_config(self.cfg, self.url, max_connections=r.connections,
+                                      pool_wait_s=CORE_POOL_WAIT_S, **options)
+        # Connections are opened on first use: an idle intake pool costs nothing.
+        self._intake = connect_config(self.cfg, self.url, max_connections=r.intake_connections,
+                                      pool_wait_s=INTAKE_POOL_WAIT_S, **options)
         return self._client
 
     @property
     def client(self) -> Redis:
+        """The core's client (``[redis] connections``)."""
         if self._client is None:
             raise RuntimeError("Store.open() first")
         return self._client
 
+    @property
+    def intake(self) -> Redis:
+        """The edge's client: HTTP API and redirector (``[redis] intake_connections``)."""
+        if self._intake is None:
+            raise RuntimeError("Store.open() first")
+        return self._intake
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._intake, self._client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._intake = None
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
