@@ -197,6 +197,37 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     assert summary["rates"]["delivery"] == {"value": 1.0, "num": 400, "den": 400}
 
 
+async def test_hostile_rows_of_an_app_stream_are_invalid_rows_not_a_stuck_campaign(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    """Issue 14: an entry that is not UTF-8, or whose params are nested 10,000 deep,
+    failed every read of the app's stream: the campaign never moved again."""
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS))
+    await setup_ab(redis, keys, "s2", source="stream:app:r2")
+    params = json.dumps({"name": "n", "link": "https://a.cn"})
+    raw = aioredis.from_url(redis_url)  # bytes as they are
+    try:
+        await raw.xadd("app:r2", {b"to": b"+8613600000001", b"params": params.encode()})
+        await raw.xadd("app:r2", {b"to": b"\xff\xfe", b"params": b"{}"})
+        await raw.xadd("app:r2", {b"to": b"+8613600000002",
+                                  b"params": b"[" * 10000 + b"]" * 10000})
+        await raw.xadd("app:r2", {b"to": b"+8613600000003", b"params": params.encode()})
+        await raw.xadd("app:r2", {b"end": b"1"})
+    finally:
+        await raw.aclose()
+    await model.change(redis, keys, "s2", "start")
+    await model.change(redis, keys, "s2", "run")
+    fan = FanOut(redis, keys, cfg)
+    for _ in range(5):
+        c = await model.get(redis, keys, "s2")
+        assert c is not None
+        if (await fan.step(c))[0] == "done":
+            break
+    c = await model.get(redis, keys, "s2")
+    assert c is not None and (c.produced, c.invalid) == (2, 2)
+    queued = [f["to"] for _, f in await redis.xrange(keys.queue("marketing"))]
+    assert queued == ["+8613600000001", "+8613600000003"]
+
+
 def test_campaign_config_is_validated(tmp_path: Path) -> None:
     from gatewayd.errors import ConfigError
     base = write_config(tmp_path, redis_url="redis://x", sim_port=1,

@@ -107,6 +107,9 @@ async def test_http_refuses_internal_fields_and_far_schedules(
                                           (FIELD, "x" * 40),
                                           ("not_before", now + 7200),
                                           ("expires_at", now + 7200))]
+    # item 2 over HTTP: what raised (OverflowError, RecursionError: a 500) is that item's 422
+    items.append({**base, "not_before": 10 ** 400})
+    items.append({"json": "[" * 10000 + "]" * 10000})
     items.append({**base, "not_before": now + 60, "id": "soon"})
     async with running_daemon(cfg) as daemon, aiohttp.ClientSession() as http:
         assert daemon.http is not None
@@ -117,7 +120,8 @@ async def test_http_refuses_internal_fields_and_far_schedules(
     res = body["results"]
     fields = [e["field"] for r in res[:-1] for e in r["errors"]]
     assert fields == ["attempts", "enqueued_at", "campaign", "links", FIELD,
-                      "not_before", "expires_at"]
+                      "not_before", "expires_at", "not_before", "json"]
+    assert res[-2]["errors"][0]["reason"] == "nested too deeply"
     assert "set by gatewayd only" in res[0]["errors"][0]["reason"]
     assert "more than 3600 s ahead" in res[5]["errors"][0]["reason"]
     assert res[-1]["id"] == "soon"  # within the horizon: queued

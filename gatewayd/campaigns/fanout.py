@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 from gatewayd.campaigns import funnel, model
@@ -118,10 +119,20 @@ class FanOut:
             return part, c.cursor, c.offset + size, 0, False, ""
         # An app's stream: one recipient an entry, until an entry with "end".
         key = c.source.split(":", 1)[1]
-        got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}", count=size))
+        # Raw bytes, decoded entry by entry: one entry that is not UTF-8 is an invalid
+        # row, not a read that fails for ever (issue 14).
+        got = cast(list[Any], await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "XRANGE", key, f"({c.cursor}", "+", "COUNT", size, **{NEVER_DECODE: True}))
         rows, invalid, cursor, end = [], 0, c.cursor, False
         weights = [v.weight for v in c.variants]
-        for entry_id, fields in got:
+        for raw_id, raw_fields in got or ():
+            entry_id = raw_id.decode()
+            try:
+                fields = {k.decode(): v.decode() for k, v in (raw_fields or {}).items()}
+            except UnicodeDecodeError:
+                cursor = entry_id
+                invalid += 1
+                continue
             if "end" in fields:
                 end = True  # the cursor stays before it: the next slice sees it first
                 break
@@ -132,8 +143,8 @@ class FanOut:
                 if not isinstance(to, str) or not model.NUMBER_RE.fullmatch(to):
                     raise MessageError("to", "not an E.164 number")
                 vi = model.variant_of(c.id, to.lstrip("+"), weights)
-            except (MessageError, msgspec.DecodeError):
-                invalid += 1
+            except Exception:  # any problem with one row (e.g. params nested too deeply:
+                invalid += 1  # RecursionError) is that row's, never the slice's
                 continue
             rows.append([entry_id, to if to.startswith("+") else "+" + to, vi, params,
                          fields.get("ref", "")])
@@ -191,7 +202,7 @@ class FanOut:
                     text, _ = t.render(params, lk)
                     if segments(text).parts > max_segments:
                         raise MessageError("params", "too many SMS parts")
-                except MessageError:
+                except Exception:  # one row's problem, never the slice's
                     invalid += 1
                     continue
             msg_id, k = f"{c.id}.{seq}", len(links) // 2

@@ -63,6 +63,10 @@ class DaemonBackend:
             except MessageError as e:
                 results.append(EnqueueResult(index=i, errors=[FieldError(e.field, e.reason)]))
                 continue
+            except Exception as e:  # whatever one item's parsing raises is that item's
+                results.append(EnqueueResult(index=i, errors=[FieldError(
+                    "$", f"unparsable: {type(e).__name__}: {e}"[:300])]))
+                continue
             if new:
                 links[len(valid)] = new
             valid.append((i, msg))

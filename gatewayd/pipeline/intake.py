@@ -188,14 +188,15 @@ def parse_message(
     data = dict(raw)
     if internal:
         data.update(internal)
+    if "params" in data:
+        render(data, templates, link)
     for k, v in data.items():
-        # JSON's \ud800 escapes decode to lone surrogates, which no Redis write can
-        # encode: one such value failed its whole batch's pipeline.
+        # JSON's \ud800 escapes decode to lone surrogates (here, or in params rendered
+        # into the text), which no Redis write can encode: one such value failed its
+        # whole batch's pipeline.
         if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
             raise MessageError(k, "not valid Unicode text (a lone surrogate)",
                                code="encoding")
-    if "params" in data:
-        render(data, templates, link)
     for f in _TIME_FIELDS:
         if f in data:
             data[f] = _to_time(f, data[f])
