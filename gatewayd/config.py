@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import phonenumbers
 
 from gatewayd.errors import ConfigError
 
@@ -78,6 +79,10 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     max_bind_losses: int = 20
     retry_backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
     events_maxlen: int = 1_000_000
+    # An MO is stored once: the same sender, destination and text on the same carrier
+    # again within this window is taken for the SMSC's redelivery (its deliver_sm_resp
+    # was lost, or refused), not stored twice. SMSCs resend within minutes.
+    mo_dedup_s: float = 600.0
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
     receipt_timeout_s: float = 72 * 3600.0
@@ -150,8 +155,10 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     tls: bool = False
     tls_verify: bool = True
     tls_ca: str = ""
-    # Country code for MO senders the carrier gives in national form (13800138000):
-    # "86" makes them +8613800138000, so an MO opt-out matches later messages.
+    # How the carrier writes MO senders (required; gatewayd.policy.numbers): a country
+    # calling code ("86": 13800138000 is +8613800138000) or "international" (senders
+    # carry their country code, with or without +). An opt-out keyed under the wrong
+    # form never matches the number's later messages.
     mo_country_code: str = ""
 
 
@@ -388,6 +395,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     ):
         if ivalue < 1:
             raise bad(key, "must be at least 1")
+    if q.mo_dedup_s <= 0:
+        raise bad("queue.mo_dedup_s", "must be greater than 0 (seconds)")
     if q.express_batch < 0:
         raise bad("queue.express_batch", "must be 0 (off) or more")
     if q.block_ms < 1:
@@ -435,8 +444,13 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         ):
             if fvalue <= 0:
                 raise bad(f"{k}.{key}", "must be greater than 0")
-        if c.mo_country_code and not re.fullmatch(r"[1-9][0-9]{0,2}", c.mo_country_code):
-            raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
+        if not c.mo_country_code:
+            raise bad(f"{k}.mo_country_code", "required: how this carrier writes MO "
+                      "senders, a country calling code for national numbers (e.g. \"86\") "
+                      "or \"international\"")
+        if c.mo_country_code != "international" and not _calling_code(c.mo_country_code):
+            raise bad(f"{k}.mo_country_code", f"{c.mo_country_code!r}: not a country calling "
+                      "code (1-3 digits without +, e.g. \"86\") nor \"international\"")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
     pv = cfg.privacy
@@ -511,3 +525,9 @@ def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:
     if mode & stat.S_IROTH:
         return f"{path}: readable by all users but may hold secrets; chmod o-r {path}"
     return None
+
+
+def _calling_code(value: str) -> bool:
+    """A country calling code some country uses (libphonenumber's metadata)."""
+    return (value.isdigit() and len(value) <= 3
+            and phonenumbers.region_code_for_country_code(int(value)) not in ("ZZ", "001"))

@@ -130,6 +130,15 @@ INBOUND = Counter(
     "gatewayd_inbound_total", "Mobile-originated messages received", ["carrier"],
     registry=REGISTRY,
 )
+MO_RESULTS = Counter(
+    "gatewayd_mo_total",
+    "MO handled by the inbound path, by result: stored (new), redelivered (an SMSC "
+    "redelivery of one whose opt-out/opt-in step had not completed: done now), "
+    "duplicate (a redelivery: stored before, not again), no_number (an opt-out/opt-in "
+    "reply from a sender that is no valid number: stored, not applied), failed (its "
+    "opt-out/opt-in step raised: stored, retried on redelivery)",
+    ["result"], registry=REGISTRY,
+)
 OPTOUTS = Counter(
     "gatewayd_optouts_total", "Opt-outs and opt-ins recorded", ["action", "source"],
     registry=REGISTRY,
