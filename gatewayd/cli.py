@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -15,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from gatewayd import __version__
 from gatewayd.config import Config, load_config
@@ -175,8 +178,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gatewayd.demo import run_demo
 
         path = args.config or str(Path(__file__).resolve().parent.parent / "config" / "demo.toml")
-        return run_demo(load_config(path), keep_running=args.keep_running,
-                        timeout_s=args.timeout, campaign=args.campaign)
+        cfg = load_config(path)
+        try:
+            return run_demo(cfg, keep_running=args.keep_running, timeout_s=args.timeout,
+                            campaign=args.campaign)
+        except ConfigError:
+            raise
+        except (GatewayError, OSError, RedisError) as e:
+            print(f"gatewayd demo: startup failed: {startup_error(e)}", file=sys.stderr)
+            return EXIT_STARTUP
     # Only `run` talks SMPP: the others work without the carriers' secrets.
     cfg = load_config(args.config, need_secrets=cmd == "run")
     if cmd == "check-config":
@@ -220,9 +230,17 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         return asyncio.run(daemon.run())
     except ConfigError:
         raise
-    except (GatewayError, OSError) as e:
-        logging.getLogger("gatewayd").error("startup failed: %s", e)
+    except (GatewayError, OSError, RedisError) as e:
+        logging.getLogger("gatewayd").error("startup failed: %s", startup_error(e))
         return EXIT_STARTUP
+
+
+def startup_error(e: BaseException) -> str:
+    """One line for a failed start; a port in use says what to do about it."""
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return (f"{e}: another gatewayd (or demo) is listening there; stop it, or change "
+                "the port in the config")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:

@@ -370,6 +370,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
 
     if bool(cfg.redis.tls_cert) != bool(cfg.redis.tls_key):
         raise bad("redis.tls_cert", "set tls_cert and tls_key together (mutual TLS)")
+    url = cfg.redis_url()
+    problem = _redis_url_problem(url) if url else ""
+    if problem:
+        key = "REDIS_URL (environment)" if os.environ.get("REDIS_URL") else "redis.url"
+        raise bad(key, problem)
     q = cfg.queue
     if not q.classes:
         raise bad("queue.classes", "needs at least one priority class, e.g. [\"otp\"]")
@@ -431,6 +436,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.receiver_binds", "must be 0 or more")
         if c.account and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", c.account):
             raise bad(f"{k}.account", f"{c.account!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
+        if not 1 <= c.port <= 65535:
+            raise bad(f"{k}.port", "a TCP port: 1-65535")
         if c.window < 1:
             raise bad(f"{k}.window", "must be at least 1 (1 = stop-and-wait)")
         if c.tps <= 0:
@@ -473,8 +480,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             if name not in names:
                 raise bad(f"routing.prefixes.{prefix}", f"unknown carrier {name!r}")
     listen = cfg.http.listen
-    if cfg.http.enabled and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", listen):
-        raise bad("http.listen", f"{listen!r}: use host:port, e.g. \"127.0.0.1:8780\"")
+    if cfg.http.enabled and not _listen_ok(listen):
+        raise bad("http.listen", f"{listen!r}: use host:port with a port of 0-65535, e.g. "
+                                 "\"127.0.0.1:8780\"")
+    if cfg.simulator.enabled and not 0 <= cfg.simulator.port <= 65535:
+        raise bad("simulator.port", "a TCP port: 1-65535 (0 = any free port)")
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
@@ -500,8 +510,9 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
                             lk.base_url):
             raise bad("links.base_url", f"{lk.base_url!r}: the public URL codes are "
                       "appended to, e.g. \"https://s.example.cn/\"")
-        if not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", lk.listen):
-            raise bad("links.listen", f"{lk.listen!r}: use host:port, e.g. \"0.0.0.0:8781\"")
+        if not _listen_ok(lk.listen):
+            raise bad("links.listen", f"{lk.listen!r}: use host:port with a port of 0-65535, "
+                                      "e.g. \"0.0.0.0:8781\"")
         if cfg.http.enabled and lk.listen == cfg.http.listen and not lk.listen.endswith(":0"):
             raise bad("links.listen", "must differ from http.listen (the redirector faces "
                       "the internet; the API does not)")
@@ -531,3 +542,33 @@ def _calling_code(value: str) -> bool:
     """A country calling code some country uses (libphonenumber's metadata)."""
     return (value.isdigit() and len(value) <= 3
             and phonenumbers.region_code_for_country_code(int(value)) not in ("ZZ", "001"))
+
+
+def _listen_ok(listen: str) -> bool:
+    """host:port (IPv6 in brackets) with a port a socket can bind (0 = any free one)."""
+    m = re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:(\d{1,5})", listen)
+    return m is not None and int(m.group(1)) <= 65535
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _redis_url_problem(url: str) -> str:
+    """Why a Redis URL cannot work ("" when it may): caught by check-config, not at
+    the daemon's first connection attempt."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a usable URL ({e}); e.g. redis://127.0.0.1:6379/0"
+    if parts.scheme not in _REDIS_SCHEMES:
+        return (f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not Redis's: "
+                "use redis://host:port/db, rediss:// (TLS), unix:///path/redis.sock or "
+                "redis+cluster://host:port")
+    if parts.scheme == "unix":
+        return "" if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return "no host, e.g. redis://127.0.0.1:6379/0"
+    if port == 0:
+        return "port 0: give Redis's port, e.g. 6379"
+    return ""

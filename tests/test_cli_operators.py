@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import redis.asyncio as aioredis
 
 from gatewayd.cli import main
 from gatewayd.store.keys import Keys
-from tests.e2e_helpers import write_config
+from tests.e2e_helpers import ROOT, write_config
 
 
 def _config(tmp_path: Path, redis_url: str) -> Path:
@@ -112,3 +113,88 @@ async def test_events_follow_waits_longer_than_one_block(
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_run_without_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    cfg = write_config(tmp_path, redis_url=url, sim_port=1)
+    r = subprocess.run(_gatewayd("run", "-c", str(cfg)), capture_output=True, text=True,
+                       timeout=120, env={k: v for k, v in os.environ.items()
+                                         if k != "REDIS_URL"})
+    assert r.returncode == 3
+    # The daemon's log (JSON lines on stdout, as under systemd): the failure, only.
+    line = json.loads(_one_line(r.stdout + r.stderr))
+    assert line["level"] == "error"
+    assert line["msg"].startswith("startup failed: cannot reach Redis at " + url)
+
+
+def test_redis_password_is_not_printed(tmp_path: Path) -> None:
+    url = f"redis://app:s3cret@127.0.0.1:{_free_port()}/0"
+    cfg = write_config(tmp_path, redis_url=url, sim_port=1)
+    r = subprocess.run(_gatewayd("run", "-c", str(cfg)), capture_output=True, text=True,
+                       timeout=120, env={k: v for k, v in os.environ.items()
+                                         if k != "REDIS_URL"})
+    assert r.returncode == 3 and "s3cret" not in r.stdout + r.stderr
+    assert "app:***@" in r.stdout
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('[http]\nenabled = true\nlisten = "127.0.0.1:99999"\n', "http.listen"),
+    ('[links]\nenabled = true\nlisten = "0.0.0.0:70000"\nbase_url = "https://s.example.cn/"\n',
+     "links.listen"),
+])
+def test_check_config_refuses_impossible_ports(tmp_path: Path, redis_url: str, extra: str,
+                                               key: str) -> None:
+    cfg = tmp_path / "gw.toml"
+    text = write_config(tmp_path, redis_url=redis_url, sim_port=1).read_text(encoding="utf-8")
+    cfg.write_text(text.replace("[http]\nenabled = false\nlisten = \"127.0.0.1:0\"\n", "")
+                   + extra, encoding="utf-8")
+    r = subprocess.run(_gatewayd("check-config", "-c", str(cfg)), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"{key}: " in _one_line(r.stderr) and "0-65535" in r.stderr
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "127.0.0.1:6379",
+                                 "redis://:6379/0", "redis://127.0.0.1:99999/0"])
+def test_check_config_refuses_a_redis_url_that_is_not_redis(tmp_path: Path, url: str) -> None:
+    cfg = write_config(tmp_path, redis_url=url, sim_port=1)
+    r = subprocess.run(_gatewayd("check-config", "-c", str(cfg)), capture_output=True,
+                       text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
+    assert r.returncode == 2
+    assert "redis.url: " in _one_line(r.stderr)
+
+
+def test_demo_with_its_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = (text.replace('"../.gatewayd"', f'"{tmp_path / "state"}"')
+                .replace('"../policies/', f'"{ROOT / "policies"}/')
+                .replace("27750", str(port))
+                .replace("127.0.0.1:8780", "127.0.0.1:0")
+                .replace('listen = "127.0.0.1:8781"', 'listen = "127.0.0.1:0"'))
+        cfg = tmp_path / "demo.toml"
+        cfg.write_text(text, encoding="utf-8")
+        r = subprocess.run(_gatewayd("demo", "-c", str(cfg), "--timeout", "30"),
+                           capture_output=True, text=True, timeout=180,
+                           env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
+    assert r.returncode == 3
+    line = _one_line(r.stderr)
+    assert line.startswith("gatewayd demo: startup failed: ") and str(port) in line
+    assert "address already in use" in line and "change the port" in line
