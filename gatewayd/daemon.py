@@ -118,6 +118,7 @@ class Daemon:
     # Run ----------------------------------------------------------------------------
     async def run(self) -> int:
         metrics.BUILD_INFO.info({"version": __version__})
+        metrics.zero_known(self.cfg.queue.classes, [c.name for c in self.cfg.carrier])
         if self.cfg.source:
             warning = warn_if_world_readable(self.cfg.source)
             if warning and holds_secrets(self.cfg):

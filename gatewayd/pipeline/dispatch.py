@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -43,7 +43,13 @@ from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Book, Ledger
 from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
-from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
+from gatewayd.pipeline.queue import (
+    COUNTED_AT_INTAKE,
+    INTAKE_FIELD,
+    AckBatch,
+    Entry,
+    QueueStore,
+)
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis
@@ -70,6 +76,9 @@ _PAUSED_RETRY_S = 30.0
 # and these are hit once a message.
 _queue_wait: dict[str, Any] = {}
 _verdicts: dict[tuple[str, str], Any] = {}
+_enqueued: dict[tuple[str, str], Any] = {}
+# Intake markers a label may carry (anything else an upstream writes counts as "stream").
+_INTAKES: Final = frozenset(metrics.ENQUEUE_SOURCES) | {"demo"}
 
 
 def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
@@ -230,6 +239,7 @@ class Dispatcher:
         pipe = self.redis.pipeline(transaction=False)
         book = self.ledger.book()
         acks = AckBatch()
+        raw: dict[tuple[str, str], int] = {}
         for e in entries:
             if e.fields is None:
                 self.queue.ack(pipe, e, acks)
@@ -239,6 +249,7 @@ class Dispatcher:
                               f"too_many_deliveries: read {e.deliveries} times", now)
                 continue
             fields = dict(e.fields)
+            intake = fields.pop(INTAKE_FIELD, "")
             # Deterministic id for entries pushed without one, so a redelivered entry
             # is recognised as the same message.
             fields.setdefault("id", f"{e.klass}-{e.entry_id}")
@@ -254,7 +265,16 @@ class Dispatcher:
             except MessageError as err:
                 self._invalid(pipe, book, acks, e, f"invalid:{err.field}: {err.reason}", now)
                 continue
+            if e.deliveries <= 1 and (intake or "enqueued_at" not in fields):
+                # An intake not counted where it happened: the client's, the CLI's, or an
+                # upstream XADD (no marker; our own re-queued retries and deferrals carry
+                # enqueued_at and no marker). Once, at its first read.
+                if intake not in COUNTED_AT_INTAKE:
+                    key = (e.klass, intake if intake in _INTAKES else "stream")
+                    raw[key] = raw.get(key, 0) + 1
             items.append(_Item(e, msg))
+        for key, n in raw.items():
+            _child(_enqueued, metrics.MESSAGES_ENQUEUED, *key).inc(n)
         items = await self._drop_already_done(pipe, acks, items)
         items = await self._check_idempotency(pipe, book, acks, items, now)
         if any(it.msg.campaign for it in items):

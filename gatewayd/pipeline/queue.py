@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
@@ -32,6 +32,12 @@ from gatewayd.store.keys import GROUP, Keys
 log = logging.getLogger("gatewayd.queue")
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+# The stream field naming a gatewayd intake (not a message field: the reader drops it).
+INTAKE_FIELD: Final = "intake"
+# Intakes counted where they happen, in the daemon (the reader skips them).
+COUNTED_AT_INTAKE: Final = frozenset({"http"})
 
 
 @dataclass(slots=True)
@@ -139,6 +145,11 @@ class QueueStore:
                         self.keys.recipient(digits), repr(now),
                         masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
                 fields = to_fields(m)
+                # Who queued it, for gatewayd_messages_enqueued_total: a daemon counts
+                # its HTTP intake as it takes it, and every other intake (the client and
+                # CLI run elsewhere: their counters are never scraped) when it first
+                # reads the entry (dispatch; raw XADDs, without a marker, likewise).
+                fields[INTAKE_FIELD] = source
                 stream = self.streams[m.category]
                 if m.idempotency_key:
                     key, status = self.ledger.build(m, "queued", now)
@@ -172,7 +183,8 @@ class QueueStore:
                     self.ledger.count_only(pipe, m, "queued", now)
                     count_state("queued", "")
                 results.append((m.id, False))
-                metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
+                if source in COUNTED_AT_INTAKE:
+                    metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
             if len(pipe):
                 await pipe.execute()
         return results
