@@ -371,9 +371,8 @@ async def _events(client: Any, args: argparse.Namespace, cfg: Config) -> int:
         last = sid
     if not args.follow:
         return 0
-    if not rows and await redis.exists(key):
-        # Not "$" on every read: what arrives between two reads would be skipped.
-        last = str(dict(await redis.xinfo_stream(key))["last-generated-id"])
+    # No rows: the stream was empty, so everything from "0-0" on is new (not "$" on
+    # every read: what arrived between two reads would be skipped).
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
