@@ -104,6 +104,10 @@ class InboundMessage(msgspec.Struct, kw_only=True):
     text: str
     received_at: float
     parts: int = 1
+    # The carrier's own id of the MO, where its protocol has one (CMPP Msg_Id): a
+    # redelivery repeats it, a new message from the same person with the same text
+    # does not. SMPP gives none ("").
+    smsc_id: str = ""
 
 
 def mask_number(number: str) -> str:

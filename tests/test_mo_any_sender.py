@@ -112,3 +112,31 @@ async def _optout_events(redis: aioredis.Redis, keys: Keys) -> list[str]:
 
 async def _bound(sim: object) -> bool:
     return bool(sim.bound_count())  # type: ignore[attr-defined]
+
+
+async def test_cmpp_redelivery_is_known_by_its_msg_id(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Over CMPP the ISMG's Msg_Id tells a redelivery (same id: stored once) from the
+    same person sending the same text again (a new id: stored again), whatever the
+    sender."""
+    from gatewayd.pipeline.inbound import InboundHandler
+    from gatewayd.policy.engine import PolicyEngine
+    from tests.cmpp_helpers import ACCESS, client, ismg
+
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=9, policy=DEMO_POLICY))
+    engine = PolicyEngine.load(DEMO_POLICY, classes=list(cfg.queue.classes))
+    # The CMPP carrier is named "cmcc" in cmpp_helpers; the config's entry is "sim":
+    # an entry the handler does not know reads its senders as international.
+    handler = InboundHandler(redis, keys, cfg, lambda: engine)
+    async with ismg() as sim, client(sim, handler=handler):  # type: ignore[arg-type]
+        await sim.inject_mo("8613900000001", ACCESS, "TD", copies=3, wait=True)
+        await sim.inject_mo("8613900000001", ACCESS, "TD", wait=True)
+        await sim.inject_mo("10086", ACCESS, "TD", copies=2, wait=True)
+    # Every DELIVER answered Result 0 at once: none sent again for a refusal.
+    assert sim.stats.mo_sent == sim.stats.mo_acked == 6
+    rows = [(f["from"], f["text"]) for _, f in await redis.xrange(keys.inbound)]
+    assert rows == [("+8613900000001", "TD"), ("+8613900000001", "TD"), ("10086", "TD")]
+    assert await redis.exists(keys.optout("8613900000001"))
+    assert [k async for k in redis.scan_iter(match=keys.optout("*"))] == [
+        keys.optout("8613900000001")]

@@ -511,8 +511,8 @@ class InboundHandler:
             numbers.append(to_e164(m.source, self.mo_cc.get(m.carrier, INTERNATIONAL)))
             reply = engine.classify_reply(m.text) if engine is not None else None
             replies.append(reply if reply is not None and reply.kind else None)
-        seen_keys = [self.keys.mo_seen(m.carrier, m.source, m.destination, m.text)
-                     for m in messages]
+        seen_keys = [self.keys.mo_seen(m.carrier, m.source, m.destination, m.text,
+                                       m.smsc_id) for m in messages]
         args: list[Any] = [self.events_maxlen, max(1, round(self.mo_dedup_s)), len(messages)]
         for m, number, reply in zip(messages, numbers, replies, strict=True):
             # The sender as received, or its E.164 form when it is a valid number.
