@@ -43,13 +43,7 @@ from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Book, Ledger
 from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
-from gatewayd.pipeline.queue import (
-    COUNTED_AT_INTAKE,
-    INTAKE_FIELD,
-    AckBatch,
-    Entry,
-    QueueStore,
-)
+from gatewayd.pipeline.queue import COUNTED_AT_INTAKE, AckBatch, Entry, QueueStore, is_raw
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis
@@ -79,6 +73,18 @@ _verdicts: dict[tuple[str, str], Any] = {}
 _enqueued: dict[tuple[str, str], Any] = {}
 # Intake markers a label may carry (anything else an upstream writes counts as "stream").
 _INTAKES: Final = frozenset(metrics.ENQUEUE_SOURCES) | {"demo"}
+
+
+def _intake_label(intake: str, fields: dict[str, str]) -> str:
+    """The source a first read counts in gatewayd_messages_enqueued_total: an intake
+    not counted where it happened (the client's, the CLI's: other processes), or
+    "stream" for an upstream XADD; "" for HTTP (counted at intake) and for gatewayd's
+    own re-queued entries."""
+    if intake:
+        if intake in COUNTED_AT_INTAKE:
+            return ""
+        return intake if intake in _INTAKES else "stream"
+    return "stream" if is_raw(fields) else ""
 
 
 def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
@@ -249,7 +255,6 @@ class Dispatcher:
                               f"too_many_deliveries: read {e.deliveries} times", now)
                 continue
             fields = dict(e.fields)
-            intake = fields.pop(INTAKE_FIELD, "")
             # Deterministic id for entries pushed without one, so a redelivered entry
             # is recognised as the same message.
             fields.setdefault("id", f"{e.klass}-{e.entry_id}")
@@ -265,13 +270,11 @@ class Dispatcher:
             except MessageError as err:
                 self._invalid(pipe, book, acks, e, f"invalid:{err.field}: {err.reason}", now)
                 continue
-            if e.deliveries <= 1 and (intake or "enqueued_at" not in fields):
-                # An intake not counted where it happened: the client's, the CLI's, or an
-                # upstream XADD (no marker; our own re-queued retries and deferrals carry
-                # enqueued_at and no marker). Once, at its first read.
-                if intake not in COUNTED_AT_INTAKE:
-                    key = (e.klass, intake if intake in _INTAKES else "stream")
-                    raw[key] = raw.get(key, 0) + 1
+            if e.deliveries <= 1:
+                label = _intake_label(msg.intake, e.fields)
+                if label:
+                    raw[(e.klass, label)] = raw.get((e.klass, label), 0) + 1
+            msg.intake = ""  # counted: its retries and deferrals are not new intakes
             items.append(_Item(e, msg))
         for key, n in raw.items():
             _child(_enqueued, metrics.MESSAGES_ENQUEUED, *key).inc(n)

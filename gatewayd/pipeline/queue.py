@@ -34,10 +34,14 @@ log = logging.getLogger("gatewayd.queue")
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
-# The stream field naming a gatewayd intake (not a message field: the reader drops it).
-INTAKE_FIELD: Final = "intake"
 # Intakes counted where they happen, in the daemon (the reader skips them).
 COUNTED_AT_INTAKE: Final = frozenset({"http"})
+
+
+def is_raw(fields: dict[str, str]) -> bool:
+    """An entry upstream pushed itself: gatewayd's writers (intake, the fan-out, its
+    own retries and deferrals) always stamp ``enqueued_at``."""
+    return "enqueued_at" not in fields
 
 
 @dataclass(slots=True)
@@ -144,12 +148,12 @@ class QueueStore:
                         ln.target, m.id, fk, m.variant, m.campaign, m.template,
                         self.keys.recipient(digits), repr(now),
                         masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
-                fields = to_fields(m)
                 # Who queued it, for gatewayd_messages_enqueued_total: a daemon counts
                 # its HTTP intake as it takes it, and every other intake (the client and
                 # CLI run elsewhere: their counters are never scraped) when it first
-                # reads the entry (dispatch; raw XADDs, without a marker, likewise).
-                fields[INTAKE_FIELD] = source
+                # reads the entry (dispatch; raw XADDs, without it, likewise).
+                m.intake = source
+                fields = to_fields(m)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
                     key, status = self.ledger.build(m, "queued", now)
