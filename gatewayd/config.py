@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import phonenumbers
 
 from gatewayd.errors import ConfigError
 
@@ -84,6 +85,10 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     max_bind_losses: int = 20
     retry_backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
     events_maxlen: int = 1_000_000
+    # An MO is stored once: the same sender, destination and text on the same carrier
+    # again within this window is taken for the SMSC's redelivery (its deliver_sm_resp
+    # was lost, or refused), not stored twice. SMSCs resend within minutes.
+    mo_dedup_s: float = 600.0
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
     # How far ahead a message's not_before / expires_at may be; further is refused with
@@ -206,8 +211,10 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     tls: bool = False
     tls_verify: bool = True
     tls_ca: str = ""
-    # Country code for MO senders the carrier gives in national form (13800138000):
-    # "86" makes them +8613800138000, so an MO opt-out matches later messages.
+    # How the carrier writes MO senders (required; gatewayd.policy.numbers): a country
+    # calling code ("86": 13800138000 is +8613800138000) or "international" (senders
+    # carry their country code, with or without +). An opt-out keyed under the wrong
+    # form never matches the number's later messages.
     mo_country_code: str = ""
     # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
     # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
@@ -476,6 +483,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
 
     if bool(cfg.redis.tls_cert) != bool(cfg.redis.tls_key):
         raise bad("redis.tls_cert", "set tls_cert and tls_key together (mutual TLS)")
+    url = cfg.redis_url()
+    problem = _redis_url_problem(url) if url else ""
+    if problem:
+        key = "REDIS_URL (environment)" if os.environ.get("REDIS_URL") else "redis.url"
+        raise bad(key, problem)
     q = cfg.queue
     # Each dispatch worker (and the express worker) holds a connection through its
     # blocking read; receipts, housekeeping and the takeover need a few more.
@@ -510,6 +522,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     ):
         if ivalue < 1:
             raise bad(key, "must be at least 1")
+    if q.mo_dedup_s <= 0:
+        raise bad("queue.mo_dedup_s", "must be greater than 0 (seconds)")
     if q.express_batch < 0:
         raise bad("queue.express_batch", "must be 0 (off) or more")
     if q.schedule_horizon_s < 0:
@@ -550,6 +564,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.receiver_binds", "must be 0 or more")
         if c.account and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", c.account):
             raise bad(f"{k}.account", f"{c.account!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
+        if not 1 <= c.port <= 65535:
+            raise bad(f"{k}.port", "a TCP port: 1-65535")
         if c.window < 1:
             raise bad(f"{k}.window", "must be at least 1 (1 = stop-and-wait)")
         if c.tps <= 0:
@@ -563,8 +579,13 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         ):
             if fvalue <= 0:
                 raise bad(f"{k}.{key}", "must be greater than 0")
-        if c.mo_country_code and not re.fullmatch(r"[1-9][0-9]{0,2}", c.mo_country_code):
-            raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
+        if not c.mo_country_code:
+            raise bad(f"{k}.mo_country_code", "required: how this carrier writes MO "
+                      "senders, a country calling code for national numbers (e.g. \"86\") "
+                      "or \"international\"")
+        if c.mo_country_code != "international" and not _calling_code(c.mo_country_code):
+            raise bad(f"{k}.mo_country_code", f"{c.mo_country_code!r}: not a country calling "
+                      "code (1-3 digits without +, e.g. \"86\") nor \"international\"")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
     pv = cfg.privacy
@@ -587,8 +608,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             if name not in names:
                 raise bad(f"routing.prefixes.{prefix}", f"unknown carrier {name!r}")
     listen = cfg.http.listen
-    if cfg.http.enabled and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", listen):
-        raise bad("http.listen", f"{listen!r}: use host:port, e.g. \"127.0.0.1:8780\"")
+    if cfg.http.enabled and not _listen_ok(listen):
+        raise bad("http.listen", f"{listen!r}: use host:port with a port of 0-65535, e.g. "
+                                 "\"127.0.0.1:8780\"")
+    if cfg.simulator.enabled and not 0 <= cfg.simulator.port <= 65535:
+        raise bad("simulator.port", "a TCP port: 1-65535 (0 = any free port)")
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
@@ -671,8 +695,9 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
                             lk.base_url):
             raise bad("links.base_url", f"{lk.base_url!r}: the public URL codes are "
                       "appended to, e.g. \"https://s.example.cn/\"")
-        if not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", lk.listen):
-            raise bad("links.listen", f"{lk.listen!r}: use host:port, e.g. \"0.0.0.0:8781\"")
+        if not _listen_ok(lk.listen):
+            raise bad("links.listen", f"{lk.listen!r}: use host:port with a port of 0-65535, "
+                                      "e.g. \"0.0.0.0:8781\"")
         if cfg.http.enabled and lk.listen == cfg.http.listen and not lk.listen.endswith(":0"):
             raise bad("links.listen", "must differ from http.listen (the redirector faces "
                       "the internet; the API does not)")
@@ -731,3 +756,39 @@ def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:
     if mode & stat.S_IROTH:
         return f"{path}: readable by all users but may hold secrets; chmod o-r {path}"
     return None
+
+
+def _calling_code(value: str) -> bool:
+    """A country calling code some country uses (libphonenumber's metadata)."""
+    return (value.isdigit() and len(value) <= 3
+            and phonenumbers.region_code_for_country_code(int(value)) not in ("ZZ", "001"))
+
+
+def _listen_ok(listen: str) -> bool:
+    """host:port (IPv6 in brackets) with a port a socket can bind (0 = any free one)."""
+    m = re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:(\d{1,5})", listen)
+    return m is not None and int(m.group(1)) <= 65535
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _redis_url_problem(url: str) -> str:
+    """Why a Redis URL cannot work ("" when it may): caught by check-config, not at
+    the daemon's first connection attempt."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a usable URL ({e}); e.g. redis://127.0.0.1:6379/0"
+    if parts.scheme not in _REDIS_SCHEMES:
+        return (f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not Redis's: "
+                "use redis://host:port/db, rediss:// (TLS), unix:///path/redis.sock or "
+                "redis+cluster://host:port")
+    if parts.scheme == "unix":
+        return "" if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return "no host, e.g. redis://127.0.0.1:6379/0"
+    if port == 0:
+        return "port 0: give Redis's port, e.g. 6379"
+    return ""

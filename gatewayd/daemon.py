@@ -30,12 +30,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gatewayd import __version__
 from gatewayd.campaigns import registry as templates
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
-from gatewayd.errors import ConfigError, GatewayError
+from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
@@ -50,7 +52,13 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import UNAVAILABLE, Store, is_cluster, is_unavailable
+from gatewayd.store.connection import (
+    UNAVAILABLE,
+    Store,
+    is_cluster,
+    is_unavailable,
+    redacted,
+)
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
 
@@ -122,6 +130,7 @@ class Daemon:
     # Run ----------------------------------------------------------------------------
     async def run(self) -> int:
         metrics.BUILD_INFO.info({"version": __version__})
+        metrics.zero_known(self.cfg.queue.classes, [c.name for c in self.cfg.carrier])
         if self.cfg.source:
             warning = warn_if_world_readable(self.cfg.source)
             if warning and holds_secrets(self.cfg):
@@ -159,7 +168,11 @@ class Daemon:
         self.spool = Spool(Path(self.state_dir) / "spool")
         await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
-        await redis.ping()
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as e:
+            # One line and exit code 3 (cli._run), not redis-py's traceback.
+            raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}") from e
         self.redis_ok = True
         metrics.REDIS_UP.set(1)
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
@@ -274,7 +287,8 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the state directory's lock
             self._lock_fd = None
-        log.info("gatewayd stopped")
+        if self.started.is_set():  # a failed start is said in one line, by the caller
+            log.info("gatewayd stopped")
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

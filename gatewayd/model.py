@@ -65,6 +65,11 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     # A long message some of whose parts the SMSC accepted: carrier, reference and those
     # parts (pipeline/intake.Resume, JSON), so the retry sends only the others.
     resume: str = ""
+    # Which gatewayd intake queued it (http, client, cli...; QueueStore.enqueue), for
+    # gatewayd_messages_enqueued_total: the daemon that first reads it counts it (the
+    # client's and CLI's processes are never scraped) and clears it, so re-queued
+    # retries and deferrals carry none.
+    intake: str = ""
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -107,6 +112,10 @@ class InboundMessage(msgspec.Struct, kw_only=True):
     text: str
     received_at: float
     parts: int = 1
+    # The carrier's own id of the MO, where its protocol has one (CMPP Msg_Id): a
+    # redelivery repeats it, a new message from the same person with the same text
+    # does not. SMPP gives none ("").
+    smsc_id: str = ""
 
 
 def mask_number(number: str) -> str:

@@ -37,6 +37,7 @@ def write_config(
     tps: float = 100000.0,
     name: str = "gw.toml",
     response_timeout_s: float = 5.0,
+    mo_country_code: str = "86",
 ) -> Path:
     text = f"""
 [daemon]
@@ -69,6 +70,7 @@ reconnect_min_s = 0.1
 reconnect_max_s = 1.0
 auth_retry_s = 1.0
 source_addr = "10690001"
+mo_country_code = "{mo_country_code}"
 {extra_carrier}
 {extra}
 """

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """
 [[carrier]]
+mo_country_code = "86"
 name = "a"
 host = "127.0.0.1"
 system_id = "acme"
@@ -148,6 +149,7 @@ system_id = "901234"
 password = "a shared secret longer than eight"
 source_addr = "106900001234"
 window = 16
+mo_country_code = "86"
 
 [carrier.cmpp]
 version = "3.0"
@@ -193,3 +195,26 @@ def test_check_config_names_a_bad_cmpp_key(tmp_path: Path,
     assert main(["check-config", "-c", str(p)]) == 2
     assert "carrier[0].system_id" in capsys.readouterr().err
     assert main(["check-config", "-c", str(write(tmp_path, CMPP))]) == 0
+
+
+def test_a_carrier_must_say_how_it_writes_mo_senders(tmp_path: Path) -> None:
+    without = GOOD.replace('mo_country_code = "86"\n', "")
+    msg = refuse(tmp_path, without)
+    assert "carrier[0].mo_country_code: required" in msg and '"international"' in msg
+    assert "not a country calling code" in refuse(
+        tmp_path, without + 'mo_country_code = "999"\n')
+    assert "not a country calling code" in refuse(
+        tmp_path, without + 'mo_country_code = "+86"\n')
+    cfg = load_config(write(tmp_path, without + 'mo_country_code = "international"\n'))
+    assert cfg.carrier[0].mo_country_code == "international"
+    # check-config says the same, in one line, exit 2.
+    rc = main(["check-config", "-c", str(write(tmp_path, without))])
+    assert rc == 2
+
+
+def test_the_example_config_ships_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
+    monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    cfg = load_config(ROOT / "config" / "gatewayd.example.toml")
+    assert cfg.http.api_keys == []
+    assert all(c.mo_country_code for c in cfg.carrier)

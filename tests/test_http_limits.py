@@ -198,7 +198,8 @@ def test_check_config_refuses_bad_limits(tmp_path: Path, section: str, line: str
 
     p = tmp_path / "gw.toml"
     p.write_text(f'[{section}]\n{line}\n\n[[carrier]]\nname = "a"\nhost = "127.0.0.1"\n'
-                 'system_id = "acme"\npassword = "secret"\n', encoding="utf-8")
+                 'system_id = "acme"\npassword = "secret"\nmo_country_code = "86"\n',
+                 encoding="utf-8")
     p.chmod(0o600)
     with pytest.raises(ConfigError) as exc:
         load_config(p)

@@ -302,6 +302,8 @@ class FanOut:
                 break
             n += sl.n
             metrics.FANOUT.labels("queued").inc(sl.n)
+            if c.category:
+                metrics.MESSAGES_ENQUEUED.labels(c.category, "campaign").inc(sl.n)
             if sl.invalid:
                 metrics.FANOUT.labels("invalid").inc(sl.invalid)
             if sl.done_entry:

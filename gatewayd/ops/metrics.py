@@ -10,9 +10,19 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+# process_open_fds, process_max_fds, process_start_time_seconds, ...), from /proc.
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
@@ -132,6 +142,15 @@ RECEIPTS = Counter(
 INBOUND = Counter(
     "gatewayd_inbound_total", "Mobile-originated messages received", ["carrier"],
     registry=REGISTRY,
+)
+MO_RESULTS = Counter(
+    "gatewayd_mo_total",
+    "MO handled by the inbound path, by result: stored (new), redelivered (an SMSC "
+    "redelivery of one whose opt-out/opt-in step had not completed: done now), "
+    "duplicate (a redelivery: stored before, not again), no_number (an opt-out/opt-in "
+    "reply from a sender that is no valid number: stored, not applied), failed (its "
+    "opt-out/opt-in step raised: stored, retried on redelivery)",
+    ["result"], registry=REGISTRY,
 )
 OPTOUTS = Counter(
     "gatewayd_optouts_total", "Opt-outs and opt-ins recorded", ["action", "source"],
@@ -259,6 +278,47 @@ HTTP_LATENCY = Histogram(
     "gatewayd_http_request_duration_seconds", "HTTP API request handling time",
     ["route"], buckets=_LAT_BUCKETS, registry=REGISTRY,
 )
+
+
+# Label values known before they happen: each gets a 0 sample at start (zero_known), so
+# that increase() and rate() see the first event (a series born at 1 has no increase).
+DEAD_LETTER_REASONS = ("invalid", "too_many_deliveries")
+REDIS_OPS = ("dispatch", "housekeeping")
+ENQUEUE_SOURCES = ("http", "client", "cli", "stream", "campaign")
+OPTOUT_ACTIONS = ("opt_out", "opt_in")
+OPTOUT_SOURCES = ("mo", "api", "cli", "admin", "import", "other")
+MO_RESULT_VALUES = ("stored", "redelivered", "duplicate", "no_number", "failed")
+RECEIPT_RESULTS = ("final", "late", "partial", "missing", "interim", "unmatched",
+                   "unparseable")
+PDU_ERROR_KINDS = ("body", "tlv")
+SPOOL_KINDS, SPOOL_ACTIONS = ("receipt", "mo"), ("spooled", "replayed", "bad")
+RELOAD_RESULTS = ("ok", "error")
+FANOUT_RESULTS = ("queued", "invalid")
+LINK_KINDS = ("click", "repeat", "preview", "unknown")
+
+
+def zero_known(classes: Iterable[str], carriers: Iterable[str]) -> None:
+    """Create every labelled counter's series whose label values are known now (at 0)."""
+    classes, carriers = list(classes), list(carriers)
+    for counter, label_sets in (
+        (DEAD_LETTERS, [(r,) for r in DEAD_LETTER_REASONS]),
+        (REDIS_ERRORS, [(op,) for op in REDIS_OPS]),
+        (MESSAGES_ENQUEUED, [(k, s) for k in classes for s in ENQUEUE_SOURCES]),
+        (DUPLICATES, [(k,) for k in classes]),
+        (OPTOUTS, [(a, s) for a in OPTOUT_ACTIONS for s in OPTOUT_SOURCES]),
+        (MO_RESULTS, [(r,) for r in MO_RESULT_VALUES]),
+        (RECEIPTS, [(c, r) for c in carriers for r in RECEIPT_RESULTS]),
+        (INBOUND, [(c,) for c in carriers]),
+        (SUBMITS, [(c,) for c in carriers]),
+        (PART_RESENDS, [(c,) for c in carriers]),
+        (PDU_ERRORS, [(c, k) for c in carriers for k in PDU_ERROR_KINDS]),
+        (SPOOLED, [(k, a) for k in SPOOL_KINDS for a in SPOOL_ACTIONS]),
+        (POLICY_RELOADS, [(r,) for r in RELOAD_RESULTS]),
+        (FANOUT, [(r,) for r in FANOUT_RESULTS]),
+        (LINK_REQUESTS, [(k,) for k in LINK_KINDS]),
+    ):
+        for labels in label_sets:
+            counter.labels(*labels)
 
 
 def observe_many(child: Any, values: Iterable[float]) -> None:

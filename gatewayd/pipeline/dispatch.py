@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -43,7 +43,7 @@ from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Book, Ledger
 from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
-from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
+from gatewayd.pipeline.queue import COUNTED_AT_INTAKE, AckBatch, Entry, QueueStore, is_raw
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, load_script, pipe_script
@@ -76,6 +76,21 @@ _PAUSED_RETRY_S = 30.0
 # and these are hit once a message.
 _queue_wait: dict[str, Any] = {}
 _verdicts: dict[tuple[str, str], Any] = {}
+_enqueued: dict[tuple[str, str], Any] = {}
+# Intake markers a label may carry (anything else an upstream writes counts as "stream").
+_INTAKES: Final = frozenset(metrics.ENQUEUE_SOURCES) | {"demo"}
+
+
+def _intake_label(intake: str, fields: dict[str, str]) -> str:
+    """The source a first read counts in gatewayd_messages_enqueued_total: an intake
+    not counted where it happened (the client's, the CLI's: other processes), or
+    "stream" for an upstream XADD; "" for HTTP (counted at intake) and for gatewayd's
+    own re-queued entries."""
+    if intake:
+        if intake in COUNTED_AT_INTAKE:
+            return ""
+        return intake if intake in _INTAKES else "stream"
+    return "stream" if is_raw(fields) else ""
 
 
 def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
@@ -242,6 +257,7 @@ class Dispatcher:
         book = self.ledger.book()
         acks = AckBatch()
         bad: list[tuple[Entry, str]] = []  # dead letters, recorded after the look-ups
+        counted: dict[tuple[str, str], int] = {}  # (class, intake) -> first reads
         for e in entries:
             if e.fields is None:
                 self.queue.ack(pipe, e, acks)
@@ -272,7 +288,14 @@ class Dispatcher:
                             type(err).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
                 bad.append((e, f"invalid:unparsable: {type(err).__name__}: {err}"[:300]))
                 continue
+            if e.deliveries <= 1:
+                label = _intake_label(msg.intake, e.fields)
+                if label:
+                    counted[(e.klass, label)] = counted.get((e.klass, label), 0) + 1
+            msg.intake = ""  # counted: its retries and deferrals are not new intakes
             items.append(_Item(e, msg, sealed=SEAL_FIELD in e.fields))
+        for key, n in counted.items():
+            _child(_enqueued, metrics.MESSAGES_ENQUEUED, *key).inc(n)
         if items or bad:
             items = await self._lookups(pipe, book, acks, items, bad, now)
         if any(it.msg.campaign for it in items):

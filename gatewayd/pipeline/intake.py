@@ -42,7 +42,7 @@ _FIELDS: Final = frozenset(
 # one is refused (an enqueued_at of 1 expired an OTP at once; a made-up resume record
 # skipped the policies).
 INTERNAL: Final = frozenset({"attempts", "losses", "resume", "enqueued_at", "campaign",
-                             "variant", "links"})
+                             "variant", "links", "intake"})
 CLIENT_FIELDS: Final = (_FIELDS - INTERNAL) | {"params"}
 CAMPAIGN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 VARIANT_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,16}")

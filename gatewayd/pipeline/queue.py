@@ -37,6 +37,7 @@ from gatewayd.store.connection import (
     pipe_script,
 )
 from gatewayd.store.keys import GROUP, Keys
+from gatewayd.store.seal import FIELD as SEAL_FIELD
 from gatewayd.store.seal import Seal, load_seal
 
 log = logging.getLogger("gatewayd.queue")
@@ -52,6 +53,16 @@ ID_TAKEN: Final = "id_taken"
 # decoding client one field that is not UTF-8 failed the whole read, so its batch (and
 # every reclaim of it) stayed pending for ever (issue 14).
 _RAW: Final = {NEVER_DECODE: True}
+
+
+# Intakes counted where they happen, in the daemon (the reader skips them).
+COUNTED_AT_INTAKE: Final = frozenset({"http"})
+
+
+def is_raw(fields: dict[str, str]) -> bool:
+    """An entry upstream pushed itself: gatewayd's writers (intake, the fan-out, its
+    own retries and deferrals) always seal their entries (``_gw``)."""
+    return SEAL_FIELD not in fields
 
 
 @dataclass(slots=True)
@@ -265,6 +276,12 @@ class QueueStore:
                         ln.target, m.id, fk, m.variant, m.campaign, m.template,
                         self.keys.recipient(digits), repr(now),
                         masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
+                # Who queued it, for gatewayd_messages_enqueued_total: a daemon counts
+                # its HTTP intake as it takes it, and every other intake (the client and
+                # CLI run elsewhere: their counters are never scraped) when it first
+                # reads the entry (dispatch; raw XADDs, without it, likewise). Sealed
+                # with the other internal fields: a producer cannot set it.
+                m.intake = source
                 fields = to_fields(m, seal)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
@@ -302,7 +319,8 @@ class QueueStore:
         self.ledger.event_only(pipe, event_of(m.id, status))
         self.ledger.count_only(pipe, m, "queued", now)
         count_state("queued", "")
-        metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
+        if source in COUNTED_AT_INTAKE:
+            metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
 
     # Reading ------------------------------------------------------------------------
     async def read(self, count: int, block_ms: int | None = None) -> list[Entry]:

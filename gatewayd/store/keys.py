@@ -12,6 +12,7 @@ keep a number.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 from gatewayd.config import Config
@@ -60,6 +61,20 @@ class Keys:
     def inbound(self) -> str:
         """Stream of mobile-originated messages, for upstream apps (capped)."""
         return f"{self.prefix}mo"
+
+    def mo_seen(self, carrier: str, source: str, destination: str, text: str,
+                smsc_id: str = "") -> str:
+        """STRING "stored" | "done" (TTL ``queue.mo_dedup_s``): an MO already in the MO
+        stream, named by a digest of what an SMSC redelivery repeats: the carrier's id
+        of the MO where it has one (CMPP), else its sender, destination and text (keyed
+        in privacy mode: no number can be tested against it). Tagged with the MO
+        stream's name so one script call writes the stream and these keys (one slot on
+        a cluster)."""
+        data = "\x00".join((carrier, source, destination, text, smsc_id)
+                           if not smsc_id else (carrier, source, smsc_id)).encode()
+        digest = (self.privacy.mac(data) if self.privacy is not None
+                  else hashlib.blake2b(data, digest_size=16).hexdigest())
+        return f"{self.prefix}mo:seen:{{{self.inbound}}}:{digest}"
 
     def idempotency(self, klass: str, key: str) -> str:
         """STRING: idempotency key -> first message id (24 h); scoped per class so the

@@ -104,8 +104,10 @@ class Deliveries:
                 immediate.append(P.deliver_resp_pdu(seq, d.msg_id, S.DELIVER_OK, v3))
                 continue
             key, assembled = done
-            completes.append(_Complete(self._message(assembled, now), seq, d.msg_id, key,
-                                       assembled))
+            message = self._message(assembled, now)
+            # The completing part's Msg_Id: what the ISMG repeats when it redelivers.
+            message.smsc_id = str(d.msg_id)
+            completes.append(_Complete(message, seq, d.msg_id, key, assembled))
         if immediate:
             session.write(b"".join(immediate))
         if receipts or completes:
