@@ -42,6 +42,7 @@ def refuse(tmp_path: Path, text: str) -> str:
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
     monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    monkeypatch.setenv("CMCC_CMPP_SECRET", "pw3")
     monkeypatch.setenv("CMCC_CMPP_SECRET", "a long shared secret")
     for name in ("demo.toml", "gatewayd.example.toml"):
         cfg = load_config(ROOT / "config" / name)
@@ -215,6 +216,7 @@ def test_a_carrier_must_say_how_it_writes_mo_senders(tmp_path: Path) -> None:
 def test_the_example_config_ships_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
     monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    monkeypatch.setenv("CMCC_CMPP_SECRET", "pw3")
     cfg = load_config(ROOT / "config" / "gatewayd.example.toml")
     assert cfg.http.api_keys == []
     assert all(c.mo_country_code for c in cfg.carrier)

@@ -85,8 +85,9 @@ async def test_every_intake_is_counted_once(
                                                 "--id", "l-1"])
         assert rc == 0 and json.loads(capsys.readouterr().out)["id"] == "l-1"
         stream = keys.queue(klass)
-        # Upstream's own XADDs: no marker; one claims a marker it has no business with,
-        # one is deferred (read twice: counted once).
+        # Upstream's own XADDs: no marker; one claims a marker it has no business with
+        # (an internal field: refused, not counted), one is deferred (read twice:
+        # counted once).
         await redis.xadd(stream, {"id": "r-1", "to": "+8613800000005", "text": "raw"})
         await redis.xadd(stream, {"id": "r-2", "to": "+8613800000006", "text": "raw",
                                   "intake": "x" * 200})
@@ -95,6 +96,7 @@ async def test_every_intake_is_counted_once(
         ids = ["h-1", "c-1", "c-2", "l-1", "r-1", "r-2", "r-3"]
         records = await wait_final(redis, keys, ids, timeout_s=30)
         assert {i: r.get("state") for i, r in records.items()} == dict.fromkeys(
-            ids, "delivered")
+            ids, "delivered") | {"r-2": "rejected"}
+        assert records["r-2"].get("reason", "").startswith("invalid:internal_field")
     got = {s: _enqueued(klass, s) - before[s] for s in before}
-    assert got == {"http": 1, "client": 2, "cli": 1, "stream": 3}
+    assert got == {"http": 1, "client": 2, "cli": 1, "stream": 2}
