@@ -200,8 +200,7 @@ class Daemon:
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
         if cfg.webhooks.enabled:
-            # Smaller reads than a sender of its own: shorter turns of the shared loop.
-            self.webhooks = WebhookRunner(redis, self.keys, cfg, read_count=256)
+            self.webhooks = WebhookRunner(redis, self.keys, cfg)
             await self.webhooks.prepare()
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
