@@ -148,6 +148,10 @@ CarrierProtocol = Literal["smpp", "cmpp"]
 
 class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
+    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
+    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
+    protocol: CarrierProtocol = "smpp"
+    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
     host: str
     port: int = 2775
     system_id: str
@@ -188,10 +192,6 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     # Country code for MO senders the carrier gives in national form (13800138000):
     # "86" makes them +8613800138000, so an MO opt-out matches later messages.
     mo_country_code: str = ""
-    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
-    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
-    protocol: CarrierProtocol = "smpp"
-    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
 
 
 class RoutingConfig(_Section, kw_only=True, frozen=True):

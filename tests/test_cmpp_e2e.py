@@ -333,6 +333,7 @@ password = "demo"
 source_addr = "10690001"
 reconnect_min_s = 0.1
 reconnect_max_s = 1.0
+mo_country_code = "86"
 
 [routing]
 default = ["sim"]
