@@ -174,6 +174,10 @@ CarrierProtocol = Literal["smpp", "cmpp"]
 
 class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
+    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
+    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
+    protocol: CarrierProtocol = "smpp"
+    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
     host: str
     port: int = 2775
     system_id: str
@@ -216,10 +220,6 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     # carry their country code, with or without +). An opt-out keyed under the wrong
     # form never matches the number's later messages.
     mo_country_code: str = ""
-    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
-    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
-    protocol: CarrierProtocol = "smpp"
-    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
 
 
 class RoutingConfig(_Section, kw_only=True, frozen=True):

@@ -22,9 +22,18 @@ from gatewayd.client import Client
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
+from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
 from tests.cmpp_helpers import ACCESS, SECRET, SP_ID, write_cmpp_config
-from tests.e2e_helpers import ROOT, Smsc, events_by_id, load, running_daemon, wait_final
+from tests.e2e_helpers import (
+    ROOT,
+    Smsc,
+    events_by_id,
+    in_flight_bound,
+    load,
+    running_daemon,
+    wait_final,
+)
 
 LONG_GSM = "Dear customer, your parcel {n} is out for delivery today between 14:00 and 18:00. " * 4
 LONG_ZH = ("【京东】尊敬的客户，您的包裹{n}今天由京东物流配送，"
@@ -260,6 +269,50 @@ max_attempts = 8
                                if s.result == 0)
     duplicates = sum(n - 1 for n in seen.values() if n > 1)
     assert len(seen) == 1500 and duplicates <= 16 + 2 * 2 * 64 + 32
+
+
+async def test_redis_restarted_mid_run(
+    tmp_path: Path, sim_factory: list[IsmgSimulator],
+) -> None:
+    """Redis goes away under load over CMPP: unready meanwhile, the connection kept,
+    reports spooled or redelivered (DELIVER_RESP only once recorded); it resumes and
+    every message is delivered, duplicates within what was in flight."""
+    rport = free_port()
+    server = EmbeddedRedis(tmp_path / "redis", port=rport, persist=True)
+    url = server.start()
+    sim = await start_ismg(sim_factory, receipt_delay_s=0.05, receipt_resend_s=1.0)
+    client = aioredis.from_url(url, decode_responses=True)
+    keys = Keys()
+    try:
+        cfg = load(write_cmpp_config(tmp_path, redis_url=url, port=sim.port, tps=2000,
+                                     extra=QUEUE.format(attempts=8)))
+        ids = await send(url, cfg, [{"to": f"+86131{n:08d}", "text": f"parcel {n}"}
+                                    for n in range(2000)])
+        async with running_daemon(cfg) as daemon:
+            while len(sim.submissions) < 500:
+                await asyncio.sleep(0.01)
+            server.stop()  # SIGTERM: Redis writes its append-only file and exits
+            await asyncio.sleep(1.5)
+            ready, why = daemon.readiness()
+            assert not ready and why["redis"] != "ok"
+            assert why["carriers"] == {"cmcc": "bound"}  # the connection kept meanwhile
+            server.port = rport
+            server.start()
+            await client.aclose()
+            client = aioredis.from_url(url, decode_responses=True)
+            records = await wait_final(client, keys, ids, timeout_s=90)
+            assert daemon.readiness()[0]
+        assert collections.Counter(r.get("state") for r in records.values()) == {
+            "delivered": 2000}
+        events = await events_by_id(client, keys)
+        for mid in ids:
+            assert len([e for e in events[mid] if e["state"] in FINAL_STATES]) == 1, mid
+        seen = collections.Counter(s.destination for s in sim.submissions if s.result == 0)
+        duplicates = sum(n - 1 for n in seen.values() if n > 1)
+        assert len(seen) == 2000 and duplicates <= in_flight_bound(cfg)
+    finally:
+        await client.aclose()
+        server.stop()
 
 
 async def test_one_daemon_routes_over_both_protocols_and_fails_over(
