@@ -54,8 +54,7 @@ async def test_states_and_mo_pushed_signed_in_order(
                                format="kannel",
                                url="?d=%d&id=%I&to=%p&smsc=%i&t=%T&a=%A&pct=%%"))
         cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
-                                extra=webhooks_toml(recv, endpoints=eps),
-                                extra_carrier='mo_country_code = "86"'))
+                                extra=webhooks_toml(recv, endpoints=eps)))
         async with running_daemon(cfg) as daemon:
             assert daemon.webhooks is not None
             await asyncio.wait_for(daemon.webhooks.ready.wait(), 10)
