@@ -424,6 +424,19 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
     if not bad:
         return _json(202, {"results": out})
     queued = count - bad
+    unqueued = sum(1 for r in results
+                   if any(e.reason.startswith("not_queued") for e in r.errors))
+    if unqueued:
+        # Redis (a cluster failing over) past the intake's retries: the caller retries
+        # the items without an id in "results" (with idempotency keys: safe to resend).
+        resp = _json(503, {
+            "error": {"code": "not_queued",
+                      "message": f"{unqueued} of {count} messages could not be queued "
+                                 f"(Redis unavailable); the {queued} with an id were"},
+            "accepted": queued, "rejected": bad, "results": out,
+        })
+        resp.headers["Retry-After"] = "5"
+        return resp
     return _json(422, {
         "error": {"code": "invalid_items",
                   "message": f"{bad} of {count} messages are invalid; "

@@ -10,7 +10,7 @@ from gatewayd.campaigns.funnel import attribute_optout
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.consent import records
-from gatewayd.errors import MessageError
+from gatewayd.errors import IntakeError, MessageError
 from gatewayd.http.backend import EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake
@@ -65,10 +65,19 @@ class DaemonBackend:
             valid.append((i, msg))
         if valid:
             assert self.d.queue is not None
-            ids = await self.d.queue.enqueue([m for _, m in valid], source=source, now=now,
-                                             links=links, link_ttl_s=intake.link_ttl_s)
-            for (i, _), (msg_id, dup) in zip(valid, ids, strict=True):
-                results.append(EnqueueResult(index=i, id=msg_id, duplicate=dup))
+            failed: dict[int, str] = {}
+            try:
+                ids: list[tuple[str, bool] | None] = list(await self.d.queue.enqueue(
+                    [m for _, m in valid], source=source, now=now, links=links,
+                    link_ttl_s=intake.link_ttl_s))
+            except IntakeError as e:  # a cluster failing over past the retries
+                ids, failed = e.results, e.reasons
+            for n, ((i, _), r) in enumerate(zip(valid, ids, strict=True)):
+                if r is None:
+                    results.append(EnqueueResult(index=i, errors=[FieldError(
+                        "$", f"not_queued: {failed.get(n, 'Redis unavailable')}")]))
+                else:
+                    results.append(EnqueueResult(index=i, id=r[0], duplicate=r[1]))
         results.sort(key=lambda r: r.index)
         return results
 

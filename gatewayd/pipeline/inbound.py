@@ -294,7 +294,11 @@ class InboundHandler:
         funnel = Tally()  # campaign/template messages made final by this call
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
             kind = res[0]
-            if kind == "early":
+            if kind in ("early", "missing"):
+                # On a cluster the correlation key and the "submitted" record are written
+                # side by side on different nodes: a receipt between the two finds the
+                # record not yet submitted (or not there yet). Parked and retried like a
+                # receipt that beat its submit_sm_resp, not dropped (issue 15).
                 unmatched.append(r)
                 continue
             _count_receipt(r.carrier, kind)

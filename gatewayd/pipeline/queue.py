@@ -23,6 +23,7 @@ from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
+from gatewayd.pipeline import staging
 from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
 from gatewayd.store import fastpipe
@@ -121,8 +122,15 @@ class QueueStore:
 
         A repeat of an idempotency_key within 24 h returns the first message's id and
         queues nothing. ``links``: message index -> its short links, written before it.
+        On a cluster: pipeline/staging.py (retried across a failover; raises
+        errors.IntakeError naming the messages not queued).
         """
         now = time.time() if now is None else now
+        if self.cluster:  # record first, entry second, across nodes: pipeline/staging.py
+            return await staging.enqueue(
+                self.redis, self.keys, self.ledger, self.streams, msgs, source=source,
+                now=now, links=links or {}, link_ttl_s=link_ttl_s,
+                idempotency_ttl_s=IDEMPOTENCY_TTL_S)
         results: list[tuple[str, bool]] = []
         at: list[int] = []  # index of each message's XADD/script reply
         # Status first, entry second: a running daemon may read, submit and record the
