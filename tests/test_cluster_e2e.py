@@ -29,6 +29,7 @@ from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
 from tests.scale_helpers import daemon_config, shares, spawn, stop_all, tally
+from tests.security_helpers import CLUSTER_ACL
 
 try:
     redis_cli_binary()
@@ -65,18 +66,27 @@ burst = 2
 
 
 @pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
+def local_cluster() -> Iterator[LocalCluster]:
+    """3 masters with a replica each (for the failover test), the issue's node timeout,
+    and the README's minimal ACL user, which every daemon and client here logs in as."""
     with tempfile.TemporaryDirectory(prefix="gw-cluster-") as d:
-        cluster = LocalCluster(Path(d))
+        cluster = LocalCluster(Path(d), replicas=1, node_timeout_ms=2000, acl=CLUSTER_ACL)
         try:
-            yield cluster.start()
+            cluster.start()
+            yield cluster
         finally:
             cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster_url(local_cluster: LocalCluster) -> str:
+    return local_cluster.user_url
+
+
 @pytest.fixture
-async def cluster(cluster_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(cluster_url)
+async def cluster(local_cluster: LocalCluster) -> AsyncIterator[aioredis.Redis]:
+    """An admin client (FLUSHALL is not the gatewayd user's)."""
+    client = connect(local_cluster.url)
     await client.flushall()
     try:
         yield client

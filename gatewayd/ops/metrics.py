@@ -172,6 +172,11 @@ REDIS_ERRORS = Counter(
     "gatewayd_redis_errors_total", "Redis commands that failed", ["op"], registry=REGISTRY
 )
 REDIS_UP = Gauge("gatewayd_redis_up", "1 when Redis answered the last ping", registry=REGISTRY)
+REDIS_DENIED = Counter(
+    "gatewayd_redis_denied_total",
+    "Redis commands refused by the ACL (NOPERM; the README lists the minimal ACL)", ["op"],
+    registry=REGISTRY,
+)
 
 # HTTP API ------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(

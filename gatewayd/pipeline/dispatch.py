@@ -47,7 +47,7 @@ from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
 from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis
+from gatewayd.store.connection import Redis, denied
 from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.dispatch")
@@ -199,7 +199,13 @@ class Dispatcher:
                 raise
             except RedisError as e:  # Redis down: back off; entries stay pending
                 metrics.REDIS_ERRORS.labels("dispatch").inc()
-                log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
+                if denied(e):
+                    metrics.REDIS_DENIED.labels("dispatch").inc()
+                    log.error("dispatch worker %d: Redis ACL refused a command: %s; give "
+                              "the gatewayd user the commands in README \"Redis AUTH / "
+                              "ACL\"", index, e)
+                else:
+                    log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:  # a bug: the batch stays pending, is reclaimed, and after

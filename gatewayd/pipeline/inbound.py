@@ -59,7 +59,7 @@ from gatewayd.pipeline.spool import Kind, Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import opt_out, resubscribe
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.connection import Redis, denied, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.inbound")
@@ -152,7 +152,11 @@ class InboundHandler:
         """Apply now, or (Redis away, or the spool not yet replayed) spool durably."""
         spool = self.spool
         if spool is None:
-            await now(items)
+            try:
+                await now(items)
+            except Exception as e:
+                _note_denied("receipts" if kind == "r" else "mo", e)
+                raise
             return
         if not spool.active:
             try:
@@ -160,6 +164,7 @@ class InboundHandler:
                 return
             except Exception as e:
                 if not is_outage(e):
+                    _note_denied("receipts" if kind == "r" else "mo", e)
                     raise
                 log.warning("Redis unreachable (%s): spooling %d %s locally", e, len(items),
                             "receipts" if kind == "r" else "MO")
@@ -546,3 +551,13 @@ def e164(number: str, country_code: str) -> str:
     if country_code or len(n) > 11:
         return "+" + n
     return n
+
+
+def _note_denied(op: str, e: BaseException) -> None:
+    """An ACL refusal is no outage: say so plainly (the SMSC is answered with an error
+    and redelivers, nothing is applied half: the scripts call TIME and their other
+    permission-sensitive commands before they write)."""
+    if denied(e):
+        metrics.REDIS_DENIED.labels(op).inc()
+        log.error("Redis ACL refused a command (%s): %s; give the gatewayd user the "
+                  "commands in README \"Redis AUTH / ACL\"", op, e)

@@ -44,7 +44,7 @@ from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
-from gatewayd.store.connection import Redis, script_source
+from gatewayd.store.connection import Redis, denied, script_source
 from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.intake")
@@ -64,7 +64,7 @@ _PROMOTE: Final = script_source("promote")
 def transient(e: BaseException) -> bool:
     """A failure a retry may get past (a node down or failing over, a timeout), not
     one it never will (a permission, a script error)."""
-    if isinstance(e, (NoPermissionError, AuthenticationError)):
+    if isinstance(e, (NoPermissionError, AuthenticationError)) or denied(e):
         return False
     if isinstance(e, ResponseError):
         text = str(e)
@@ -100,6 +100,10 @@ async def _step(redis: Redis, indices: list[int],
             if errs:
                 failed[i] = f"{type(errs[0]).__name__}: {errs[0]}"
                 if not transient(errs[0]):
+                    if denied(errs[0]):
+                        metrics.REDIS_DENIED.labels("intake").inc()
+                        log.error("intake %s: Redis ACL refused a command: %s", name,
+                                  errs[0])
                     raise errs[0]
             else:
                 done[i] = replies[a:b]

@@ -51,6 +51,16 @@ def load_script(client: Redis, name: str) -> AsyncScript:
     return client.register_script(script_source(name))
 
 
+_DENIED = ("NOPERM", "no permissions to run", "can't run this command")
+
+
+def denied(e: BaseException) -> bool:
+    """A command refused by the Redis ACL: NOPERM, or the same refusal raised inside a
+    Lua script (whose error wraps it)."""
+    text = str(e)
+    return any(d in text for d in _DENIED)
+
+
 def is_cluster(client: object) -> bool:
     """True for a Redis Cluster client (or one of its pipelines)."""
     return isinstance(client, (RedisCluster, ClusterPipeline))
