@@ -13,6 +13,9 @@ cluster as on a single Redis.
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -304,3 +307,73 @@ async def test_consent_records_and_preferences_on_a_cluster(cluster: aioredis.Re
     imported = [r async for r in records.read(cluster, keys, number="8613900001234")]
     assert [(r["source"], r["note"]) for r in imported] == [("import", "list.csv")]
     assert len([r async for r in records.read(cluster, keys)]) == 4 + 2000
+
+
+@pytest.mark.timeout(300)
+async def test_intake_and_dispatch_across_a_master_failover(
+    tmp_path: Path, local_cluster: LocalCluster, cluster_url: str, cluster: aioredis.Redis
+) -> None:
+    """Issue 15: `gatewayd enqueue --file` and Client.send while a master hands over
+    to its replica (CLUSTER FAILOVER) and a daemon is killed -9, with two daemons
+    draining mixed classes: the CLI queues every line (retrying across the failover)
+    and reports each; every message's record ends final (none stuck `queued`, no
+    record without its message); nothing is left staged or queued."""
+    keys = Keys()
+    total, sent_later = 4000, 1500
+    classes = ("otp", "transactional", "marketing")
+    lines = tmp_path / "batch.jsonl"
+    lines.write_text("".join(json.dumps({
+        "id": f"f{n}", "to": f"+86131{n:08d}", "text": f"file {n}",
+        "category": classes[n % 3],
+        **({"idempotency_key": f"k{n}"} if n % 5 == 0 else {})}) + "\n"
+        for n in range(total)), encoding="utf-8")
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02, keep_submissions=-1))
+    port = await sim.start()
+    procs = []
+    cli = None
+    try:
+        cfgs = [daemon_config(tmp_path, name, redis_url=cluster_url, sim_port=port,
+                              tps=100_000, source_addr=f"106900{i}", read_batch=64)
+                for i, name in enumerate(("gw-a", "gw-b"), 1)]
+        for cfg_path, name in zip(cfgs, ("gw-a", "gw-b"), strict=True):
+            procs.append(await spawn(cfg_path, name, tmp_path, burst=False))
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gatewayd", "enqueue", "-c", str(cfgs[0]),
+            "--file", str(lines), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        # The hand-over once the file is going in (and daemons are sending).
+        while not sim.submissions:
+            await asyncio.sleep(0.05)
+        master = local_cluster.masters()[0]
+        async with Client(cluster_url) as client:
+            failover = asyncio.create_task(asyncio.to_thread(local_cluster.failover, master))
+            later = [i for i, _ in await client.send(
+                [{"to": f"+86132{n:08d}", "text": f"later {n}",
+                  "category": classes[n % 3]} for n in range(sent_later)], chunk=100)]
+            await failover
+        procs[0].kill()  # a daemon killed -9 mid-run: the other takes over its entries
+        out, err = await asyncio.wait_for(cli.communicate(), 120)
+        assert cli.returncode == 0, err.decode()[-2000:]
+        reported = [json.loads(x) for x in out.decode().splitlines()]
+        assert [r["id"] for r in reported] == [f"f{n}" for n in range(total)]
+        assert not any(r["duplicate"] for r in reported)
+        ids = [f"f{n}" for n in range(total)] + later
+        records = await wait_final(cluster, keys, ids, timeout_s=60)
+        states = collections.Counter(r.get("state", "missing") for r in records.values())
+        assert states == {"delivered": len(ids)}, states
+        # Final events: a daemon killed between applying receipts and publishing their
+        # events leaves them to the sweep at the receipt deadline (README "Guarantees"),
+        # so only the records are checked here.
+        t = await tally(cluster, keys, ids, sim)
+        print(f"failover: {t.duplicates} duplicate submits of {len(ids)}")
+        for klass in classes:
+            assert await cluster.zcard(keys.delayed(klass)) == 0
+        await stop_all(procs)
+        for klass in classes:
+            assert await cluster.xlen(keys.queue(klass)) == 0
+    finally:
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        await stop_all(procs)
+        await sim.stop()
