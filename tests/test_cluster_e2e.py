@@ -20,14 +20,22 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gatewayd.client import Client
+from gatewayd.config import Config
+from gatewayd.model import OutboundMessage, Receipt
+from gatewayd.ops import metrics
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.redischecks import RedisBatch
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import connect, is_cluster
+from gatewayd.store.connection import connect, is_cluster, script_source
 from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
@@ -307,6 +315,127 @@ async def test_consent_records_and_preferences_on_a_cluster(cluster: aioredis.Re
     imported = [r async for r in records.read(cluster, keys, number="8613900001234")]
     assert [(r["source"], r["note"]) for r in imported] == [("import", "list.csv")]
     assert len([r async for r in records.read(cluster, keys)]) == 4 + 2000
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"])
+async def test_states_never_move_backwards(
+    topology: str, redis: aioredis.Redis, cluster: aioredis.Redis, cluster_url: str
+) -> None:
+    """Issue 15: a late "queued" after "submitted", a "deferred" after it, anything after
+    a final state: no-ops, through the batch script (single Redis), the per-message
+    script (the cluster's Book and the intake) and on both topologies."""
+    keys = Keys()
+    client = redis if topology == "single" else connect(cluster_url)
+    try:
+        ledger = Ledger(keys, Config(), client)
+        m = OutboundMessage(id="mono-1", to="+8613800000001", text="x", category="otp",
+                            enqueued_at=1.0)
+
+        async def write(state: str, via_book: bool, **kw: Any) -> dict[str, str]:
+            pipe = client.pipeline(transaction=False)
+            if via_book:
+                book = ledger.book()
+                ledger.record(book, m, state, 10.0, **kw)
+                book.flush(pipe)
+            else:
+                ledger.record(pipe, m, state, 10.0, **kw)
+            await pipe.execute()
+            return cast(dict[str, str], await client.hgetall(keys.status(m.id)))
+
+        assert (await write("submitted", True, carrier="sim", carrier_id="c1"))["state"] == (
+            "submitted")
+        late = await write("queued", False)
+        assert late["state"] == "submitted" and late["carrier_id"] == "c1"
+        assert (await write("deferred", True, reason="retry:x"))["state"] == "submitted"
+        assert (await write("delivered", True))["state"] == "delivered"
+        for state in ("failed", "rejected", "submitted", "queued"):
+            assert (await write(state, state != "queued"))["state"] == "delivered"
+        states = [f["state"] for _, f in await client.xrange(keys.events)
+                  if f["id"] == m.id]
+        if topology == "single":  # a write that is a no-op publishes no event there
+            assert states == ["submitted", "delivered"]
+    finally:
+        if client is not redis:
+            await client.aclose()
+
+
+async def test_cluster_intake_stages_records_then_promotes(
+    cluster: aioredis.Redis, cluster_url: str
+) -> None:
+    """The three steps leave each message on its stream with its "queued" record and
+    nothing staged; the staging script is retry-safe and decides duplicates; a message
+    staged by an intake that died before promoting it is queued by the mover."""
+    keys = Keys()
+    client = connect(cluster_url)
+    try:
+        qs = QueueStore(client, keys, Config(), "t")
+        msgs = [OutboundMessage(id=f"st-{n}", to=f"+86130{n:08d}", text="x",
+                                category=("otp", "marketing")[n % 2],
+                                idempotency_key=f"k{n}" if n % 3 == 0 else "",
+                                enqueued_at=1.0) for n in range(30)]
+        assert await qs.enqueue(msgs, source="t") == [(m.id, False) for m in msgs]
+        for m in msgs:
+            assert await cluster.hget(keys.status(m.id), "state") == "queued"
+        assert await cluster.xlen(keys.queue("otp")) == 15
+        assert await cluster.zcard(keys.delayed("otp")) == 0
+        # A repeat of a key: its first message's id, nothing queued.
+        again = OutboundMessage(id="st-other", to="+8613000000000", text="x",
+                                category="otp", idempotency_key="k0", enqueued_at=2.0)
+        assert await qs.enqueue([again], source="t") == [("st-0", True)]
+        assert await cluster.xlen(keys.queue("otp")) == 15
+        assert await cluster.exists(keys.status("st-other")) == 0
+        # lua/stage.lua called twice for one message (a retry after a lost reply).
+        stage = script_source("stage")
+        args = ("member-1", "5", "st-x", "60")
+        idem = keys.idempotency("otp", "kx")
+        first = await client.eval(stage, 2, keys.delayed("otp"), idem, *args)
+        assert await client.eval(stage, 2, keys.delayed("otp"), idem, *args) == first == [
+            1, "st-x"]
+        assert await cluster.zcard(keys.delayed("otp")) == 1
+        # That intake died before promoting: the mover queues it when its grace is over.
+        await client.zrem(keys.delayed("otp"), "member-1")
+        member = json.dumps({"id": "st-y", "to": "+8613000000009", "text": "x",
+                             "category": "otp"}, sort_keys=True)
+        await client.zadd(keys.delayed("otp"), {member: 5.0})
+        assert await qs.move_due(time.time()) == 1
+        assert await cluster.xlen(keys.queue("otp")) == 16
+        # A staged message that was promoted: the same call is now a duplicate of itself.
+        assert await client.eval(stage, 2, keys.delayed("otp"), idem, *args) == [0, "st-x"]
+    finally:
+        await client.aclose()
+
+
+async def test_acl_without_time_fails_the_receipt_before_it_writes(
+    local_cluster: LocalCluster, cluster: aioredis.Redis
+) -> None:
+    """Issue 15 item 4: an ACL without +time refuses lua/receipt.lua's TIME; the record
+    stays "submitted" (before: "delivered" with no final event, ever), and the refusal
+    is counted and logged as such."""
+    rules = [r for r in CLUSTER_ACL if r != "+time"]
+    for port in local_cluster.nodes:
+        assert "OK" in local_cluster.cli(port, "ACL", "SETUSER", "notime", "reset", "on",
+                                         ">nt-pass", *rules)
+    keys = Keys()
+    client = connect(f"redis+cluster://notime:nt-pass@127.0.0.1:{local_cluster.ports[0]}/0")
+    try:
+        ledger = Ledger(keys, Config(), client)
+        m = OutboundMessage(id="acl-1", to="+8613800000001", text="x", category="otp")
+        pipe = client.pipeline(transaction=False)
+        book = ledger.book()
+        ledger.record(book, m, "submitted", 10.0, carrier="sim", carrier_id="abc1",
+                      segments=1)
+        book.correlate(keys.correlation("sim", "abc1"), "acl-1 0")
+        book.flush(pipe)
+        await pipe.execute()
+        handler = InboundHandler(client, keys, Config(), lambda: None)
+        before = metrics.REDIS_DENIED.labels("receipts")._value.get()
+        with pytest.raises(RedisError):
+            await handler.on_receipts([Receipt(carrier="sim", smsc_id="abc1",
+                                               stat="DELIVRD", state="delivered")])
+        assert metrics.REDIS_DENIED.labels("receipts")._value.get() == before + 1
+        assert await cluster.hget(keys.status("acl-1"), "state") == "submitted"
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.timeout(300)
