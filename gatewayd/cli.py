@@ -215,8 +215,15 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
+
     items = _read_items(args) if cmd == "enqueue" else []
-    return asyncio.run(_async_commands(cmd, cfg, args, items))
+    try:
+        return asyncio.run(_async_commands(cmd, cfg, args, items))
+    except RedisError as e:  # e.g. unreachable when connecting: nothing was done
+        done = "nothing queued" if cmd == "enqueue" else "nothing read"
+        print(f"gatewayd: Redis: {type(e).__name__}: {e} ({done})", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 async def _async_commands(
