@@ -152,6 +152,19 @@ class LocalCluster:
         """SIGKILL a node (its replica takes over after the node timeout)."""
         self.nodes[port].kill()
 
+    def kill_and_restart(self, master: int) -> int:
+        """SIGKILL a master; once its replica took over, start it again (it rejoins as a
+        replica); returns the new master's port."""
+        replica = self.replica_of(master)
+        self.kill(master)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if "role:master" in self.cli(replica, "info", "replication"):
+                break
+            time.sleep(0.05)
+        self.restart(master)
+        return replica
+
     def restart(self, port: int) -> None:
         """Start a killed node again: it rejoins (a former master as a replica)."""
         self.nodes[port].start()

@@ -439,8 +439,10 @@ async def test_acl_without_time_fails_the_receipt_before_it_writes(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["failover", "kill"])
 async def test_intake_and_dispatch_across_a_master_failover(
-    tmp_path: Path, local_cluster: LocalCluster, cluster_url: str, cluster: aioredis.Redis
+    tmp_path: Path, local_cluster: LocalCluster, cluster_url: str, cluster: aioredis.Redis,
+    how: str,
 ) -> None:
     """Issue 15: `gatewayd enqueue --file` and Client.send while a master hands over
     to its replica (CLUSTER FAILOVER) and a daemon is killed -9, with two daemons
@@ -475,7 +477,9 @@ async def test_intake_and_dispatch_across_a_master_failover(
             await asyncio.sleep(0.05)
         master = local_cluster.masters()[0]
         async with Client(cluster_url) as client:
-            failover = asyncio.create_task(asyncio.to_thread(local_cluster.failover, master))
+            hand_over = (local_cluster.failover if how == "failover"
+                         else local_cluster.kill_and_restart)
+            failover = asyncio.create_task(asyncio.to_thread(hand_over, master))
             later = [i for i, _ in await client.send(
                 [{"to": f"+86132{n:08d}", "text": f"later {n}",
                   "category": classes[n % 3]} for n in range(sent_later)], chunk=100)]
