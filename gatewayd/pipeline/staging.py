@@ -90,10 +90,13 @@ async def _step(redis: Redis, indices: list[int],
             start = len(pipe)
             queue(pipe, i)
             spans.append((i, start, len(pipe)))
+        sent = len(pipe)  # before execute: a failed cluster pipeline empties itself
         try:
             replies = list(await pipe.execute(raise_on_error=False))
         except RedisError as e:
-            replies = [e] * len(pipe)
+            replies = [e] * sent
+        if len(replies) != sent:  # never seen; but never take "no reply" for success
+            replies += [RedisError("no reply")] * (sent - len(replies))
         failed = {}
         for i, a, b in spans:
             errs = [r for r in replies[a:b] if isinstance(r, BaseException)]
