@@ -8,6 +8,12 @@ raw XADD, the daemon's reads and dispositions, policies (frequency cap, duplicat
 tenant bucket, opt-out), receipts, an MO opt-out, the delayed-set mover and reclaim
 of a dead consumer's entries; and the policy batch gives the same verdicts on a
 cluster as on a single Redis.
+
+Issue 15: the cluster has a replica a master and the issue's node timeout, and every
+daemon and client logs in as the README's minimal ACL user. States never move
+backwards; intake stages, records, then promotes; a receipt script fails before it
+writes when the ACL lacks +time; `enqueue --file`, Client.send and two daemons (one
+killed -9) go through a master's failover with every record final.
 """
 
 from __future__ import annotations
