@@ -132,7 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         def validate(raw: dict[str, Any], cfg: Config) -> Any:
             return parse_message(raw, classes=list(cfg.queue.classes),
-                                 max_segments=cfg.queue.max_segments)
+                                 max_segments=cfg.queue.max_segments,
+                                 horizon_s=cfg.queue.horizon_s)
 
         return policy_cli.run_policy(args, validate)
     if cmd == "optout":

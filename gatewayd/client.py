@@ -93,8 +93,8 @@ class Client:
         raw = [dict(i) for i in items]
         if any("params" in i for i in raw):
             return await self._send_templated(raw, source, chunk, now)
-        msgs = [parse_message(i, classes=self.qcfg.classes,
-                              max_segments=self.qcfg.max_segments, now=now) for i in raw]
+        msgs = [parse_message(i, classes=self.qcfg.classes, max_segments=self.qcfg.max_segments,
+                              now=now, horizon_s=self.qcfg.horizon_s) for i in raw]
         out: list[tuple[str, bool] | None] = []
         for start in range(0, len(msgs), chunk):
             part = msgs[start:start + chunk]

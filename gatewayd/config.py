@@ -80,6 +80,9 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     events_maxlen: int = 1_000_000
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
+    # How far ahead a message's not_before / expires_at may be; further is refused with
+    # that reason (0: status_ttl_s, so a scheduled message's record outlives its wait).
+    schedule_horizon_s: float = 0.0
     receipt_timeout_s: float = 72 * 3600.0
     # A receipt that matches no message yet (it beat its submit_sm_resp, or belongs to a
     # submission never recorded) is retried this long, then counted as unmatched.
@@ -89,6 +92,11 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     # An extra worker that reads only the highest class, this many at a time, so a
     # code does not wait behind the other workers' big batches (0 turns it off).
     express_batch: int = 32
+
+    @property
+    def horizon_s(self) -> float:
+        """schedule_horizon_s, or the status records' TTL when it is 0."""
+        return self.schedule_horizon_s or self.status_ttl_s
 
 
 class HttpConfig(_Section, kw_only=True, frozen=True):
@@ -109,6 +117,41 @@ class PrivacyConfig(_Section, kw_only=True, frozen=True):
     enabled: bool = False
     # The environment variable holding the secret (>= 16 bytes; never in this file).
     secret_env: str = "GATEWAYD_PRIVACY_SECRET"
+
+
+class CmppConfig(_Section, kw_only=True, frozen=True):
+    """``[carrier.cmpp]``: what a CMPP carrier needs beyond the neutral keys
+    (gatewayd.carrier.cmpp.settings maps them)."""
+
+    # 2.0 (most provincial ISMGs) or 3.0; CONNECT says which, SUBMIT/DELIVER differ.
+    version: Literal["2.0", "3.0"] = "2.0"
+    service_id: str = ""  # Service_Id (业务代码), at most 10 characters; given by the carrier
+    msg_src: str = ""  # Msg_src (SP_Id); empty: the carrier's system_id
+    # Fee defaults for industry SMS: the SP pays (Fee_UserType 2) and the subscriber is
+    # not charged (FeeType 01 "free", FeeCode 0 fen). Carriers that bill per message
+    # hand out other values.
+    fee_user_type: int = 2
+    fee_type: str = "01"
+    fee_code: str = "000000"
+    fee_terminal_id: str = ""
+    msg_level: int = 0
+    tp_pid: int = 0
+    link_id: str = ""  # 3.0 LinkID: only for on-demand services; empty for notifications
+    # ValId_Time for a message's life (an OTP's expires_at): "absolute" writes the expiry
+    # in the ISMG's time zone (YYMMDDhhmmss032+ at UTC+8), "relative" writes the span
+    # (YYMMDDhhmmss000R); SMPP-style time formats, which the CMPP specification adopts.
+    validity: Literal["absolute", "relative"] = "absolute"
+    utc_offset_h: float = 8.0  # the ISMG's clock: CONNECT timestamps, ValId_Time, reports
+    # Non-ASCII text as UCS-2 (Msg_Fmt 8, what handsets get anyway) or as GBK (Msg_Fmt
+    # 15, for ISMGs that ask for it; text GBK cannot hold still goes as UCS-2).
+    encoding: Literal["ucs2", "gbk"] = "ucs2"
+    # Dest_terminal_Id without the country code for mainland numbers (+8613800138000 ->
+    # 13800138000), the form China Mobile's ISMGs document; False sends 8613800138000.
+    national_destinations: bool = True
+    active_test_retries: int = 3  # unanswered ACTIVE_TESTs before the link counts as dead
+
+
+CarrierProtocol = Literal["smpp", "cmpp"]
 
 
 class CarrierConfig(_Section, kw_only=True, frozen=True):
@@ -153,6 +196,10 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     # Country code for MO senders the carrier gives in national form (13800138000):
     # "86" makes them +8613800138000, so an MO opt-out matches later messages.
     mo_country_code: str = ""
+    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
+    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
+    protocol: CarrierProtocol = "smpp"
+    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
 
 
 class RoutingConfig(_Section, kw_only=True, frozen=True):
@@ -171,6 +218,11 @@ class SimulatorConfig(_Section, kw_only=True, frozen=True):
     system_id: str = "demo"
     password: str = "demo"
     receipt_delay_s: float = 0.2
+    # A CMPP ISMG simulator beside it on this port (0: none), for a protocol = "cmpp"
+    # carrier with system_id = cmpp_sp_id and the password cmpp_secret.
+    cmpp_port: int = 0
+    cmpp_sp_id: str = "901234"
+    cmpp_secret: str = "demo"
 
 
 class CampaignsConfig(_Section, kw_only=True, frozen=True):
@@ -390,6 +442,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(key, "must be at least 1")
     if q.express_batch < 0:
         raise bad("queue.express_batch", "must be 0 (off) or more")
+    if q.schedule_horizon_s < 0:
+        raise bad("queue.schedule_horizon_s", "must be 0 (status_ttl_s) or more")
     if q.block_ms < 1:
         raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
     if not cfg.carrier:
@@ -403,17 +457,21 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.name", f"carrier {c.name!r} is defined twice")
         names.add(c.name)
         if not c.password and not c.password_env:
-            raise bad(f"{k}.password", "missing; set password or password_env (the SMPP secret)")
+            raise bad(f"{k}.password", "missing; set password or password_env (the SMPP "
+                                       "password, or CMPP's shared secret)")
         if c.password and c.password_env:
             raise bad(f"{k}.password_env", "set password or password_env, not both")
         if need_secrets and c.password_env and c.password_env not in os.environ:
             raise bad(f"{k}.password_env", f"environment variable {c.password_env} is not set")
-        if len(cfg.carrier_password(c)) > 8:
-            raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")
-        if len(c.system_id) > 15 or not c.system_id:
-            raise bad(f"{k}.system_id", "must be 1-15 characters (SMPP 3.4)")
-        if len(c.system_type) > 12:
-            raise bad(f"{k}.system_type", "at most 12 characters (SMPP 3.4)")
+        if c.protocol == "cmpp":
+            _validate_cmpp(k, c, cfg.carrier_password(c), bad)
+        else:
+            if len(cfg.carrier_password(c)) > 8:
+                raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")
+            if len(c.system_id) > 15 or not c.system_id:
+                raise bad(f"{k}.system_id", "must be 1-15 characters (SMPP 3.4)")
+            if len(c.system_type) > 12:
+                raise bad(f"{k}.system_type", "at most 12 characters (SMPP 3.4)")
         if not 0 < c.port < 65536:
             raise bad(f"{k}.port", "must be 1-65535")
         if c.binds < 1:
@@ -465,6 +523,54 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
     _validate_campaigns(cfg, bad)
+
+
+def _validate_cmpp(k: str, c: CarrierConfig, secret: str, bad: Any) -> None:
+    """What a CMPP carrier's keys must be (the ISMG refuses or garbles anything else)."""
+    if not re.fullmatch(r"[0-9]{6}", c.system_id):
+        raise bad(f"{k}.system_id", "the SP id (企业代码): 6 digits, e.g. \"901234\"")
+    if secret and (not secret.isascii() or len(secret) > 64):
+        raise bad(f"{k}.password", "the shared secret: ASCII, at most 64 characters")
+    if not re.fullmatch(r"[0-9]{1,21}", c.source_addr):
+        raise bad(f"{k}.source_addr", "the access number (接入号, Src_Id): 1-21 digits, "
+                                      "e.g. \"106900001234\"")
+    if c.receiver_binds:
+        raise bad(f"{k}.receiver_binds", "CMPP has no receiver-only connections; every "
+                                         "connection carries reports and MO (use binds)")
+    if c.bind_mode != "transceiver":
+        raise bad(f"{k}.bind_mode", "CMPP connections always carry both ways; leave it out")
+    if c.long_messages != "udh":
+        raise bad(f"{k}.long_messages", "CMPP sends long messages as UDH parts only")
+    if c.window > 64:
+        raise bad(f"{k}.window", "ISMGs allow about 16 unanswered SUBMITs; at most 64")
+    m = c.cmpp
+    if not re.fullmatch(r"[0-9A-Za-z]{0,10}", m.service_id):
+        raise bad(f"{k}.cmpp.service_id", "the service code (业务代码, Service_Id): at most "
+                                          "10 letters and digits")
+    if m.msg_src and not re.fullmatch(r"[0-9]{6}", m.msg_src):
+        raise bad(f"{k}.cmpp.msg_src", "an SP id: 6 digits (empty: system_id)")
+    if m.fee_user_type not in (0, 1, 2, 3):
+        raise bad(f"{k}.cmpp.fee_user_type", "0 (the destination pays), 1 (the source), "
+                                             "2 (the SP), 3 (fee_terminal_id)")
+    if m.fee_user_type == 3 and not m.fee_terminal_id:
+        raise bad(f"{k}.cmpp.fee_terminal_id", "required when fee_user_type = 3")
+    if m.fee_type not in ("01", "02", "03", "04", "05"):
+        raise bad(f"{k}.cmpp.fee_type", "\"01\" free, \"02\" per message, \"03\" monthly, "
+                                        "\"04\" capped, \"05\" (the SP's own billing)")
+    if not re.fullmatch(r"[0-9]{1,6}", m.fee_code):
+        raise bad(f"{k}.cmpp.fee_code", "the fee in fen: 1-6 digits, e.g. \"000000\"")
+    width = 32 if m.version == "3.0" else 21
+    if len(m.fee_terminal_id) > width or not m.fee_terminal_id.isascii():
+        raise bad(f"{k}.cmpp.fee_terminal_id", f"a number: at most {width} characters")
+    if len(m.link_id) > 20 or not m.link_id.isascii():
+        raise bad(f"{k}.cmpp.link_id", "at most 20 ASCII characters")
+    for name in ("msg_level", "tp_pid"):
+        if not 0 <= getattr(m, name) <= 255:
+            raise bad(f"{k}.cmpp.{name}", "0..255")
+    if not -12 <= m.utc_offset_h <= 14:
+        raise bad(f"{k}.cmpp.utc_offset_h", "-12..14 (the ISMG's clock; Beijing: 8)")
+    if m.active_test_retries < 1:
+        raise bad(f"{k}.cmpp.active_test_retries", "at least 1")
 
 
 def _validate_campaigns(cfg: Config, bad: Any) -> None:

@@ -48,6 +48,7 @@ from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.spool import Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
+from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import Store, is_cluster
 from gatewayd.store.keys import keys_for
@@ -79,6 +80,7 @@ class Daemon:
         self.notifier = Notifier()
         self._engine: PolicyEngine | None = None
         self.sim: SmscSimulator | None = None
+        self.ismg: IsmgSimulator | None = None
         self.pool: CarrierPool | None = None
         self.queue: QueueStore | None = None
         self.dispatcher: Dispatcher | None = None
@@ -166,6 +168,12 @@ class Daemon:
                 receipt_delay_s=s.receipt_delay_s,
             ))
             await self.sim.start()
+            if s.cmpp_port:
+                self.ismg = IsmgSimulator(IsmgSettings(
+                    host=s.host, port=s.cmpp_port, sp_id=s.cmpp_sp_id, secret=s.cmpp_secret,
+                    receipt_delay_s=s.receipt_delay_s,
+                ))
+                await self.ismg.start()
         self.inbound = InboundHandler(redis, self.keys, cfg, self.policy)
         self.inbound.spool = self.spool
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
@@ -235,6 +243,8 @@ class Daemon:
             await self.pool.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.sim is not None:
             await self.sim.stop()
+        if self.ismg is not None:
+            await self.ismg.stop()
         await self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the state directory's lock

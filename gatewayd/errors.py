@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     """Base of every error gatewayd raises deliberately."""
@@ -12,12 +14,22 @@ class ConfigError(GatewayError, ValueError):
 
 
 class MessageError(GatewayError, ValueError):
-    """A queued message is malformed; ``field`` names the offending field."""
+    """A queued message is malformed; ``field`` names the offending field, ``code`` the
+    kind of problem as dead letters name it (``invalid:<code>: ...``; the field's name
+    unless said otherwise, e.g. ``internal_field``)."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, code: str = "") -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.code = code or field
+
+    @property
+    def dead_reason(self) -> str:
+        """The reason a dead letter (and a raw entry's rejected status) carries."""
+        if self.code == self.field:
+            return f"invalid:{self.field}: {self.reason}"
+        return f"invalid:{self.code}: {self.field}: {self.reason}"
 
 
 class StoreError(GatewayError):
@@ -39,10 +51,10 @@ class BindRefused(SmppError):
 
 class IntakeError(StoreError):
     """Some messages of an intake batch could not be queued (Redis unreachable past the
-    retries). ``results[i]`` is message i's (id, duplicate) when it was queued, None when
-    not; ``reasons[i]`` says why not."""
+    retries). ``results[i]`` is message i's (id, duplicate) (from enqueue_each: (id,
+    outcome)) when it was queued, None when not; ``reasons[i]`` says why not."""
 
-    def __init__(self, results: list[tuple[str, bool] | None], reasons: dict[int, str]) -> None:
+    def __init__(self, results: list[tuple[str, Any] | None], reasons: dict[int, str]) -> None:
         n = sum(1 for r in results if r is None)
         first = next(iter(reasons.values()), "")
         super().__init__(f"{n} of {len(results)} messages not queued: {first}")

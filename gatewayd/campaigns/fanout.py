@@ -42,6 +42,7 @@ from gatewayd.smstext import segments
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import Seal, load_seal
 
 log = logging.getLogger("gatewayd.campaigns")
 
@@ -70,6 +71,7 @@ class FanOut:
         self.cfg = cfg
         self.clock = clock
         self.script = load_script(redis, "fanout")
+        self.seal: Seal | None = None
         self.templates = TemplateCache(redis, keys)
         lk = cfg.links
         self.links = (LinkMaker(redis, keys, base_url=lk.base_url,
@@ -161,6 +163,9 @@ class FanOut:
         if not rows and cursor == c.cursor and not invalid:
             return "empty"
         now = self.clock()
+        if self.seal is None:
+            self.seal = await load_seal(self.redis, self.keys)
+        seal = self.seal
         max_segments = self.cfg.queue.max_segments
         trusted = c.source == "upload"
         private = self.keys.privacy is not None
@@ -189,8 +194,24 @@ class FanOut:
                 except MessageError:
                     invalid += 1
                     continue
-            recips += (f"{c.id}.{seq}", number, number[:-8] + "****" + number[-4:], text,
-                       vi + 1, ref or "", len(links) // 2)
+            msg_id, k = f"{c.id}.{seq}", len(links) // 2
+            # The entry's client fields exactly as lua/fanout.lua writes them, and its
+            # internal fields sealed over them (gatewayd.store.seal).
+            variant = c.variants[vi]
+            fields = {"id": msg_id, "to": number, "text": text, "category": c.category,
+                      "template": variant.template}
+            if c.tenant:
+                fields["tenant"] = c.tenant
+            if ref:
+                fields["ref"] = ref
+            if c.sender:
+                fields["from"] = c.sender
+            internal: dict[str, Any] = {"campaign": c.id, "variant": variant.name,
+                                        "enqueued_at": now}
+            if k:
+                internal["links"] = k
+            recips += (msg_id, number, number[:-8] + "****" + number[-4:], text,
+                       vi + 1, ref or "", seal.seal(fields, internal), k)
             if links:
                 if private:  # the links hold the number's token, not the number
                     recips.append(self.keys.recipient(number.lstrip("+")))

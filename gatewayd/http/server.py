@@ -47,7 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gatewayd.consent.records import encode
 from gatewayd.http import campaigns as campaign_routes
-from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
+from gatewayd.http.backend import DUPLICATE_ID, Backend, EnqueueResult, OptoutAction
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
 
@@ -437,6 +437,15 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
         })
         resp.headers["Retry-After"] = "5"
         return resp
+    if all(e["field"] == "id" and e["reason"].startswith(DUPLICATE_ID)
+           for r in out for e in r.get("errors", ())):
+        # Only ids already used by other messages: a conflict, not a malformed request.
+        return _json(409, {
+            "error": {"code": DUPLICATE_ID,
+                      "message": f"{bad} of {count} messages reuse an id already used by "
+                                 f"another message; the {queued} others were queued"},
+            "accepted": queued, "rejected": bad, "results": out,
+        })
     return _json(422, {
         "error": {"code": "invalid_items",
                   "message": f"{bad} of {count} messages are invalid; "

@@ -11,10 +11,10 @@ from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.consent import records
 from gatewayd.errors import IntakeError, MessageError
-from gatewayd.http.backend import EnqueueResult, FieldError
+from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake
-from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
@@ -67,7 +67,7 @@ class DaemonBackend:
             assert self.d.queue is not None
             failed: dict[int, str] = {}
             try:
-                ids: list[tuple[str, bool] | None] = list(await self.d.queue.enqueue(
+                ids: list[tuple[str, Any] | None] = list(await self.d.queue.enqueue_each(
                     [m for _, m in valid], source=source, now=now, links=links,
                     link_ttl_s=intake.link_ttl_s))
             except IntakeError as e:  # a cluster failing over past the retries
@@ -76,8 +76,16 @@ class DaemonBackend:
                 if r is None:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "$", f"not_queued: {failed.get(n, 'Redis unavailable')}")]))
+                    continue
+                msg_id, outcome = r
+                if outcome == ID_TAKEN:
+                    results.append(EnqueueResult(index=i, errors=[FieldError(
+                        "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "
+                              "message (give each message its own id, or an "
+                              "idempotency_key to make a resend safe)")]))
                 else:
-                    results.append(EnqueueResult(index=i, id=r[0], duplicate=r[1]))
+                    results.append(EnqueueResult(index=i, id=msg_id,
+                                                 duplicate=outcome == DUPLICATE))
         results.sort(key=lambda r: r.index)
         return results
 

@@ -65,7 +65,8 @@ POLICY_RELOAD_FAILED = Gauge(
     registry=REGISTRY,
 )
 
-# SMPP ----------------------------------------------------------------------------------
+# Carrier binds, any protocol (SMPP binds, CMPP connections): names kept from the
+# SMPP-only days so dashboards and alerts keep working; CMPP status names are CMPP_*.
 BIND_UP = Gauge(
     "gatewayd_bind_up", "1 when the bind is bound", ["carrier", "bind"], registry=REGISTRY
 )
@@ -108,10 +109,12 @@ SPOOL_PENDING = Gauge(
     registry=REGISTRY,
 )
 SUBMITS = Counter(
-    "gatewayd_submit_sm_total", "submit_sm PDUs sent", ["carrier"], registry=REGISTRY
+    "gatewayd_submit_sm_total", "Submit PDUs sent (SMPP submit_sm, CMPP_SUBMIT)", ["carrier"],
+    registry=REGISTRY,
 )
 COMMAND_STATUS = Counter(
-    "gatewayd_smpp_command_status_total", "Responses received by command and status",
+    "gatewayd_smpp_command_status_total",
+    "Responses received by command and status (SMPP ESME_*, CMPP CMPP_*)",
     ["carrier", "command", "status"], registry=REGISTRY,
 )
 SUBMIT_LATENCY = Histogram(

@@ -9,8 +9,9 @@ across a failover (bounded by ``RETRY_S``) for the messages it failed for:
 1. **stage**: the message (its stream fields, JSON) goes into its class's delayed set,
    due ``GRACE_S`` from now (lua/stage.lua when it has an idempotency key: the dedup
    verdict is taken here), with its short links;
-2. **record**: its "queued" status record and event (lua/status.lua: never over a
-   record further along);
+2. **record**: its "queued" status record, created only where none exists
+   (lua/queued.lua: an id already used by another message is refused, ``ID_TAKEN``,
+   and its staged copy removed in step 3), then its event;
 3. **promote**: lua/promote.lua moves it from the delayed set onto the stream.
 
 A message is reported queued once staged: whatever happens to this process after that,
@@ -46,6 +47,7 @@ from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
 from gatewayd.store.connection import Redis, denied, script_source
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import Seal
 
 log = logging.getLogger("gatewayd.intake")
 
@@ -57,7 +59,13 @@ GRACE_S: Final = 60.0
 # seconds: cluster-node-timeout plus the election).
 RETRY_S: Final = 30.0
 
+# Outcomes, as QueueStore.enqueue_each names them.
+QUEUED: Final = "queued"
+DUPLICATE: Final = "duplicate"
+ID_TAKEN: Final = "id_taken"
+
 _STAGE: Final = script_source("stage")
+_QUEUED: Final = script_source("queued")
 _PROMOTE: Final = script_source("promote")
 
 
@@ -129,11 +137,13 @@ async def enqueue(
     redis: Redis, keys: Keys, ledger: Ledger, streams: dict[str, str],
     msgs: list[OutboundMessage], *, source: str, now: float,
     links: dict[int, list[shortlinks.NewLink]], link_ttl_s: int, idempotency_ttl_s: int,
-) -> list[tuple[str, bool]]:
-    """The cluster's ``QueueStore.enqueue``: (id, duplicate) for each message, in order;
-    raises IntakeError (with the outcome of every message) if some could not be staged."""
+    seal: Seal,
+) -> list[tuple[str, str]]:
+    """The cluster's ``QueueStore.enqueue_each``: (id, outcome) for each message, in
+    order; raises IntakeError (with the outcome of every message) if some could not be
+    staged."""
     loop = asyncio.get_running_loop()
-    fields = [to_fields(m) for m in msgs]
+    fields = [to_fields(m, seal) for m in msgs]
     members = [json.dumps(f, ensure_ascii=False, sort_keys=True) for f in fields]
     due = repr(time.time() + GRACE_S)
 
@@ -155,25 +165,52 @@ async def enqueue(
 
     staged, unstaged = await _step(redis, list(range(len(msgs))), stage, "stage",
                                    loop.time() + RETRY_S)
-    results: list[tuple[str, bool] | None] = [None] * len(msgs)
+    results: list[tuple[str, str] | None] = [None] * len(msgs)
     fresh: list[int] = []
     for i, replies in staged.items():
         reply = replies[-1]
         if msgs[i].idempotency_key and int(reply[0]) == 0:
-            results[i] = (str(reply[1]), True)
+            results[i] = (str(reply[1]), DUPLICATE)
         else:
-            results[i] = (msgs[i].id, False)
+            results[i] = (msgs[i].id, QUEUED)
             fresh.append(i)
     fresh.sort()
+    statuses = {i: ledger.build(msgs[i], "queued", now) for i in fresh}
 
     def record(pipe: Any, i: int) -> None:
-        m = msgs[i]
-        key, status = ledger.build(m, "queued", now)
-        ledger.write(pipe, key, status, event_of(m.id, status))
-        ledger.count_only(pipe, m, "queued", now)
+        key, status = statuses[i]
+        pipe.execute_command("EVAL", _QUEUED, 1, key, ledger.status_ttl,
+                             *(x for kv in status.items() for x in kv))
 
     recorded, _ = await _step(redis, fresh, record, "record", loop.time() + RETRY_S)
-    for i in fresh:
+    # A retried create may find its own first write: a record made in this call is
+    # "queued" with this call's enqueued_at; another message's is not.
+    created = {i for i, r in recorded.items() if int(r[-1]) == 1}
+    retried = [i for i in recorded if i not in created]
+    if retried:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in retried:
+                pipe.hmget(statuses[i][0], "state", "enqueued_at")
+            found = await pipe.execute()
+        for i, (state, at) in zip(retried, found, strict=True):
+            if state == "queued" and at == str(statuses[i][1].get("enqueued_at")):
+                created.add(i)
+    taken = sorted(i for i in recorded if i not in created)
+    for i in taken:
+        results[i] = (msgs[i].id, ID_TAKEN)
+
+    def announce(pipe: Any, i: int) -> None:
+        if i in created:
+            ledger.event_only(pipe, event_of(msgs[i].id, statuses[i][1]))
+            ledger.count_only(pipe, msgs[i], "queued", now)
+        else:  # refused: its staged copy goes, and the idempotency key staging took
+            m = msgs[i]
+            pipe.zrem(keys.delayed(m.category), members[i])
+            if m.idempotency_key:
+                pipe.delete(keys.idempotency(m.category, m.idempotency_key))
+
+    await _step(redis, sorted(created) + taken, announce, "announce", loop.time() + RETRY_S)
+    for i in created:
         count_state("queued", "")
         metrics.MESSAGES_ENQUEUED.labels(msgs[i].category, source).inc()
 
@@ -183,9 +220,9 @@ async def enqueue(
                              streams[m.category], members[i],
                              *(x for kv in fields[i].items() for x in kv))
 
-    promoted, _ = await _step(redis, sorted(recorded), promote, "promote",
+    promoted, _ = await _step(redis, sorted(created), promote, "promote",
                               loop.time() + RETRY_S)
-    late = len(fresh) - len(promoted)
+    late = len(created) - len(promoted)
     if late:
         log.warning("intake: %d staged messages were not moved onto their streams now; "
                     "the delayed-set mover queues them within %.0fs", late, GRACE_S)

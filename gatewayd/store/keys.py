@@ -212,6 +212,13 @@ class Keys:
         attribution; one SET EX a message). Always ``marketing(number) + ":" + id``."""
         return self.freq(number, f"mk:{campaign}")
 
+    @property
+    def seal(self) -> str:
+        """STRING: the deployment's secret that seals queue entries' internal fields
+        (gatewayd.store.seal; made on first use; producers that only XADD must not
+        read it)."""
+        return f"{self.prefix}seal"
+
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}alive:{consumer}"

@@ -29,7 +29,7 @@ from gatewayd.carrier.cmpp import status as S
 from gatewayd.carrier.cmpp.receipts import to_receipt
 from gatewayd.carrier.cmpp.session import Session
 from gatewayd.carrier.cmpp.text import decode
-from gatewayd.carrier.smpp.mo import Assembled, GroupKey, Part, Reassembler
+from gatewayd.carrier.reassembly import Assembled, GroupKey, Part, Reassembler
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics as M
 
