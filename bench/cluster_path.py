@@ -1,11 +1,12 @@
 """What issue 15's ordering costs on Redis Cluster, beside a single Redis.
 
 Intake: ``QueueStore.enqueue`` of -n messages in chunks of 1000 (the client's chunk),
-measured three ways in one run: on a single Redis (one pipeline: record, then entry);
-on a local 3-master cluster as before issue 15 (the same one pipeline, whose commands
-reach their nodes side by side: not ordered, shown as the baseline of what the extra
-round trips cost); and on the cluster as shipped (pipeline/staging.py: stage, record,
-promote: three round trips a chunk). Dispatch outcome: a batch of --batch "submitted"
+measured three ways in one run: on a single Redis; on a local 3-master cluster through
+the single-Redis code path (``QueueStore.cluster`` off: before issue 14's merge one
+pipeline whose commands reach their nodes side by side, unordered; since, issue 14's
+two round trips, record then entry, with no staging), the baseline of what staging
+costs; and on the cluster as shipped (pipeline/staging.py: stage, record, announce,
+promote). Dispatch outcome: a batch of --batch "submitted"
 records with a correlation key each and their XACK/XDEL, as Dispatcher._process writes
 them: in one pipeline (single Redis; the cluster before) or records then acks (the
 cluster as shipped). Figures: messages per second (wall) and client CPU per message,
@@ -102,7 +103,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             clus = connect(cluster.url)
             for r in range(args.runs):
                 for name, client, ordered in (("single", single, False),
-                                              ("cluster unordered (before)", clus, False),
+                                              ("cluster, single-Redis path", clus, False),
                                               ("cluster ordered (shipped)", clus, True)):
                     await client.flushall()
                     qs = QueueStore(client, keys, cfg, "bench")
@@ -118,14 +119,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {k: {m: summary(v) for m, v in d.items()} for k, d in out.items()}
     for stage in ("intake", "dispatch"):
         base = result[f"{stage} single"]["msg_s"]["median"]
-        before = result[f"{stage} cluster unordered (before)"]["msg_s"]["median"]
-        for name in ("single", "cluster unordered (before)", "cluster ordered (shipped)"):
+        before = result[f"{stage} cluster, single-Redis path"]["msg_s"]["median"]
+        for name in ("single", "cluster, single-Redis path", "cluster ordered (shipped)"):
             r = result[f"{stage} {name}"]
             print(f"{stage:8s} {name:28s} {r['msg_s']['median']:9.0f} msg/s "
                   f"(min {r['msg_s']['min']:.0f}, max {r['msg_s']['max']:.0f}); "
                   f"client CPU {r['client_cpu_us']['median']:.1f} us/msg; "
                   f"x{r['msg_s']['median'] / base:.2f} of single, "
-                  f"x{r['msg_s']['median'] / before:.2f} of cluster before")
+                  f"x{r['msg_s']['median'] / before:.2f} of that path")
     return result
 
 
