@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from gatewayd import __version__
 from gatewayd.config import Config, load_config
-from gatewayd.errors import ConfigError, GatewayError, MessageError
+from gatewayd.errors import ConfigError, GatewayError, IntakeError, MessageError
 
 EXIT_PROBLEM, EXIT_CONFIG, EXIT_STARTUP = 1, 2, 3
 # `events --follow`: one XREAD waits this long for new events, on a connection whose
@@ -260,7 +260,12 @@ def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
     except MessageError as e:
         print(f"gatewayd: invalid message: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    return asyncio.run(_async_commands(cmd, cfg, args, items))
+    try:
+        return asyncio.run(_async_commands(cmd, cfg, args, items))
+    except RedisError as e:  # e.g. unreachable when connecting: nothing was done
+        done = "nothing queued" if cmd == "enqueue" else "nothing read"
+        print(f"gatewayd: Redis: {type(e).__name__}: {e} ({done})", file=sys.stderr)
+        return EXIT_PROBLEM
 
 
 async def _async_commands(
@@ -362,13 +367,27 @@ def _check_item(raw: Any, cfg: Config, country: str) -> tuple[str, str] | None:
 
 
 async def _enqueue(client: Any, items: list[dict[str, Any]]) -> int:
+    """One output line per message, in input order: {"id", "duplicate"} when queued,
+    {"id", "queued": false, "error"} when Redis failed past the intake's retries (then
+    exit 1, with a count on stderr; the lines printed queued are queued)."""
+    failed: dict[int, str] = {}
     try:
-        results = await client.send(items, source="cli")
+        results: list[tuple[str, bool] | None] = list(await client.send(items, source="cli"))
     except MessageError as e:
         print(f"gatewayd: invalid message: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    for msg_id, dup in results:
-        print(json.dumps({"id": msg_id, "duplicate": dup}))
+    except IntakeError as e:
+        results, failed = e.results, e.reasons
+    for n, r in enumerate(results):
+        if r is None:
+            print(json.dumps({"id": str(items[n].get("id", "")), "queued": False,
+                              "error": failed.get(n, "not queued")}, ensure_ascii=False))
+        else:
+            print(json.dumps({"id": r[0], "duplicate": r[1]}))
+    if failed:
+        print(f"gatewayd: {len(failed)} of {len(results)} messages not queued (Redis "
+              f"failed past the retries): {next(iter(failed.values()))}", file=sys.stderr)
+        return EXIT_PROBLEM
     return 0
 
 

@@ -7,19 +7,39 @@ this client adds validation, ids, idempotency and the initial `queued` record.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config, QueueConfig
+from gatewayd.errors import IntakeError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake, parse_message
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
 from gatewayd.store.keys import Keys, keys_for
+
+
+async def _chunk(out: list[tuple[str, bool] | None], total: int,
+                 call: Awaitable[list[tuple[str, bool]]], n: int) -> None:
+    """Append one chunk's results to ``out``; when Redis failed, raise IntakeError over
+    every item (the ones before queued, this chunk's as far as known, the rest None)."""
+    try:
+        out += await call
+        return
+    except IntakeError as e:
+        out += e.results
+        reasons = {len(out) - n + i: r for i, r in e.reasons.items()}
+    except RedisError as e:  # a single Redis: the chunk's one pipeline failed
+        reasons = {len(out) + i: f"{type(e).__name__}: {e}" for i in range(n)}
+        out += [None] * n
+    start = len(out)
+    reasons.update({i: "not tried (an earlier chunk failed)" for i in range(start, total)})
+    raise IntakeError(out + [None] * (total - start), reasons)
 
 
 class Client:
@@ -64,7 +84,10 @@ class Client:
 
     async def send(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
                    chunk: int = 1000) -> list[tuple[str, bool]]:
-        """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError."""
+        """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError
+        (nothing queued), or IntakeError when Redis failed past the retries: its
+        ``results`` say per item what was queued (None: not queued; later chunks are not
+        tried)."""
         assert self._queue is not None, "use `async with Client(...)`"
         now = time.time()
         raw = [dict(i) for i in items]
@@ -72,10 +95,12 @@ class Client:
             return await self._send_templated(raw, source, chunk, now)
         msgs = [parse_message(i, classes=self.qcfg.classes, max_segments=self.qcfg.max_segments,
                               now=now, horizon_s=self.qcfg.horizon_s) for i in raw]
-        out: list[tuple[str, bool]] = []
+        out: list[tuple[str, bool] | None] = []
         for start in range(0, len(msgs), chunk):
-            out += await self._queue.enqueue(msgs[start:start + chunk], source=source, now=now)
-        return out
+            part = msgs[start:start + chunk]
+            await _chunk(out, len(msgs), self._queue.enqueue(part, source=source, now=now),
+                         len(part))
+        return cast(list[tuple[str, bool]], out)
 
     async def _send_templated(self, raw: list[dict[str, Any]], source: str, chunk: int,
                               now: float) -> list[tuple[str, bool]]:
@@ -85,7 +110,7 @@ class Client:
         if self._intake is None:
             cfg = self._config or Config(queue=self.qcfg)
             self._intake = TemplateIntake(self.redis, self.keys, cfg)
-        out: list[tuple[str, bool]] = []
+        out: list[tuple[str, bool] | None] = []
         for start in range(0, len(raw), chunk):
             part = raw[start:start + chunk]
             await self._intake.prepare(part)
@@ -96,9 +121,10 @@ class Client:
                 if new:
                     links[len(msgs)] = new
                 msgs.append(msg)
-            out += await self._queue.enqueue(msgs, source=source, now=now, links=links,
-                                             link_ttl_s=self._intake.link_ttl_s)
-        return out
+            await _chunk(out, len(raw), self._queue.enqueue(
+                msgs, source=source, now=now, links=links,
+                link_ttl_s=self._intake.link_ttl_s), len(msgs))
+        return cast(list[tuple[str, bool]], out)
 
     async def status(self, msg_id: str) -> dict[str, Any] | None:
         return await read_status(self.redis, self.keys, msg_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class GatewayError(Exception):
     """Base of every error gatewayd raises deliberately."""
@@ -45,3 +47,16 @@ class BindRefused(SmppError):
         super().__init__(f"bind refused: {status_name} (0x{status:08x})")
         self.status = status
         self.status_name = status_name
+
+
+class IntakeError(StoreError):
+    """Some messages of an intake batch could not be queued (Redis unreachable past the
+    retries). ``results[i]`` is message i's (id, duplicate) (from enqueue_each: (id,
+    outcome)) when it was queued, None when not; ``reasons[i]`` says why not."""
+
+    def __init__(self, results: list[tuple[str, Any] | None], reasons: dict[int, str]) -> None:
+        n = sum(1 for r in results if r is None)
+        first = next(iter(reasons.values()), "")
+        super().__init__(f"{n} of {len(results)} messages not queued: {first}")
+        self.results = results
+        self.reasons = reasons

@@ -9,6 +9,36 @@ from pathlib import Path
 
 from gatewayd.store.embedded import redis_server_binary
 
+# The minimal ACL the README's "Security" section documents: keys ``gw:*`` only (match
+# redis.prefix), no pub/sub channels, and exactly the commands the daemon, the client
+# and the CLI send (the Lua scripts' own commands included: Redis checks them against
+# the caller's ACL too). tests/test_security_redis.py and the cluster tests run the
+# whole path under it, so a new command that is not in the list fails there first.
+GATEWAYD_ACL = (
+    "on", "resetkeys", "~gw:*", "resetchannels", "-@all",
+    # connection set-up and health checks
+    "+ping", "+hello", "+auth", "+client|setname", "+select",
+    # streams: queues, events, MO, dead letters, opt-out audit
+    "+xadd", "+xreadgroup", "+xread", "+xack", "+xdel", "+xgroup|create", "+xpending",
+    "+xclaim", "+xlen", "+xrange", "+xrevrange",
+    # status records, correlation, opt-outs, caps, buckets, delayed sets
+    "+get", "+set", "+exists", "+expire", "+pexpire", "+hset", "+hget", "+hmget",
+    "+hgetall", "+hdel", "+zadd", "+zrem", "+zrange", "+zrangebyscore",
+    "+zremrangebyscore", "+zcard", "+zscore",
+    # consent records: an opt-out list import (gatewayd consent import)
+    "+hsetnx", "+xtrim",
+    # the record an idempotency-key duplicate wrote for itself before the dedup
+    "+del",
+    # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
+    "+evalsha", "+eval", "+script|load", "+script|exists", "+multi", "+exec", "+discard",
+    # templates, campaigns, funnels, short links (gatewayd.campaigns; they use +hsetnx too)
+    "+hincrby", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
+    # Redis's clock in lua/receipt.lua (the cluster's receipt claims)
+    "+time",
+)
+# Redis Cluster adds redis-py's topology and key-position discovery.
+CLUSTER_ACL = (*GATEWAYD_ACL, "+cluster|slots", "+command")
+
 
 @dataclass(frozen=True)
 class Pki:

@@ -8,28 +8,46 @@ raw XADD, the daemon's reads and dispositions, policies (frequency cap, duplicat
 tenant bucket, opt-out), receipts, an MO opt-out, the delayed-set mover and reclaim
 of a dead consumer's entries; and the policy batch gives the same verdicts on a
 cluster as on a single Redis.
+
+Issue 15: the cluster has a replica a master and the issue's node timeout, and every
+daemon and client logs in as the README's minimal ACL user. States never move
+backwards; intake stages, records, then promotes; a receipt script fails before it
+writes when the ACL lacks +time; `enqueue --file`, Client.send and two daemons (one
+killed -9) go through a master's failover with every record final.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from gatewayd.client import Client
+from gatewayd.config import Config
+from gatewayd.model import OutboundMessage, Receipt
+from gatewayd.ops import metrics
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.redischecks import RedisBatch
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import connect, is_cluster, split_cluster_url
+from gatewayd.store.connection import connect, is_cluster, script_source, split_cluster_url
 from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
 from tests.scale_helpers import daemon_config, shares, spawn, stop_all, tally
+from tests.security_helpers import CLUSTER_ACL
 
 try:
     redis_cli_binary()
@@ -66,18 +84,27 @@ burst = 2
 
 
 @pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
+def local_cluster() -> Iterator[LocalCluster]:
+    """3 masters with a replica each (for the failover test), the issue's node timeout,
+    and the README's minimal ACL user, which every daemon and client here logs in as."""
     with tempfile.TemporaryDirectory(prefix="gw-cluster-") as d:
-        cluster = LocalCluster(Path(d))
+        cluster = LocalCluster(Path(d), replicas=1, node_timeout_ms=2000, acl=CLUSTER_ACL)
         try:
-            yield cluster.start()
+            cluster.start()
+            yield cluster
         finally:
             cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster_url(local_cluster: LocalCluster) -> str:
+    return local_cluster.user_url
+
+
 @pytest.fixture
-async def cluster(cluster_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(cluster_url)
+async def cluster(local_cluster: LocalCluster) -> AsyncIterator[aioredis.Redis]:
+    """An admin client (FLUSHALL is not the gatewayd user's)."""
+    client = connect(local_cluster.url)
     await client.flushall()
     try:
         yield client
@@ -304,3 +331,199 @@ async def test_consent_records_and_preferences_on_a_cluster(cluster: aioredis.Re
     imported = [r async for r in records.read(cluster, keys, number="8613900001234")]
     assert [(r["source"], r["note"]) for r in imported] == [("import", "list.csv")]
     assert len([r async for r in records.read(cluster, keys)]) == 4 + 2000
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"])
+async def test_states_never_move_backwards(
+    topology: str, redis: aioredis.Redis, cluster: aioredis.Redis, cluster_url: str
+) -> None:
+    """Issue 15: a late "queued" after "submitted", a "deferred" after it, anything after
+    a final state: no-ops, through the batch script (single Redis), the per-message
+    script (the cluster's Book and the intake) and on both topologies."""
+    keys = Keys()
+    client = redis if topology == "single" else connect(cluster_url)
+    try:
+        ledger = Ledger(keys, Config(), client)
+        m = OutboundMessage(id="mono-1", to="+8613800000001", text="x", category="otp",
+                            enqueued_at=1.0)
+
+        async def write(state: str, via_book: bool, **kw: Any) -> dict[str, str]:
+            pipe = client.pipeline(transaction=False)
+            if via_book:
+                book = ledger.book()
+                ledger.record(book, m, state, 10.0, **kw)
+                book.flush(pipe)
+            else:
+                ledger.record(pipe, m, state, 10.0, **kw)
+            await pipe.execute()
+            return cast(dict[str, str], await client.hgetall(keys.status(m.id)))
+
+        assert (await write("submitted", True, carrier="sim", carrier_id="c1"))["state"] == (
+            "submitted")
+        late = await write("queued", False)
+        assert late["state"] == "submitted" and late["carrier_id"] == "c1"
+        assert (await write("deferred", True, reason="retry:x"))["state"] == "submitted"
+        assert (await write("delivered", True))["state"] == "delivered"
+        for state in ("failed", "rejected", "submitted", "queued"):
+            assert (await write(state, state != "queued"))["state"] == "delivered"
+        states = [f["state"] for _, f in await client.xrange(keys.events)
+                  if f["id"] == m.id]
+        if topology == "single":  # a write that is a no-op publishes no event there
+            assert states == ["submitted", "delivered"]
+    finally:
+        if client is not redis:
+            await client.aclose()
+
+
+async def test_cluster_intake_stages_records_then_promotes(
+    cluster: aioredis.Redis, cluster_url: str
+) -> None:
+    """The three steps leave each message on its stream with its "queued" record and
+    nothing staged; the staging script is retry-safe and decides duplicates; a message
+    staged by an intake that died before promoting it is queued by the mover."""
+    keys = Keys()
+    client = connect(cluster_url)
+    try:
+        qs = QueueStore(client, keys, Config(), "t")
+        msgs = [OutboundMessage(id=f"st-{n}", to=f"+86130{n:08d}", text="x",
+                                category=("otp", "marketing")[n % 2],
+                                idempotency_key=f"k{n}" if n % 3 == 0 else "",
+                                enqueued_at=1.0) for n in range(30)]
+        assert await qs.enqueue(msgs, source="t") == [(m.id, False) for m in msgs]
+        for m in msgs:
+            assert await cluster.hget(keys.status(m.id), "state") == "queued"
+        assert await cluster.xlen(keys.queue("otp")) == 15
+        assert await cluster.zcard(keys.delayed("otp")) == 0
+        # A repeat of a key: its first message's id, nothing queued.
+        again = OutboundMessage(id="st-other", to="+8613000000000", text="x",
+                                category="otp", idempotency_key="k0", enqueued_at=2.0)
+        assert await qs.enqueue([again], source="t") == [("st-0", True)]
+        assert await cluster.xlen(keys.queue("otp")) == 15
+        assert await cluster.exists(keys.status("st-other")) == 0
+        # lua/stage.lua called twice for one message (a retry after a lost reply).
+        stage = script_source("stage")
+        args = ("member-1", "5", "st-x", "60")
+        idem = keys.idempotency("otp", "kx")
+        first = await client.eval(stage, 2, keys.delayed("otp"), idem, *args)
+        assert await client.eval(stage, 2, keys.delayed("otp"), idem, *args) == first == [
+            1, "st-x"]
+        assert await cluster.zcard(keys.delayed("otp")) == 1
+        # That intake died before promoting: the mover queues it when its grace is over.
+        await client.zrem(keys.delayed("otp"), "member-1")
+        member = json.dumps({"id": "st-y", "to": "+8613000000009", "text": "x",
+                             "category": "otp"}, sort_keys=True)
+        await client.zadd(keys.delayed("otp"), {member: 5.0})
+        assert await qs.move_due(time.time()) == 1
+        assert await cluster.xlen(keys.queue("otp")) == 16
+        # A staged message that was promoted: the same call is now a duplicate of itself.
+        assert await client.eval(stage, 2, keys.delayed("otp"), idem, *args) == [0, "st-x"]
+    finally:
+        await client.aclose()
+
+
+async def test_acl_without_time_fails_the_receipt_before_it_writes(
+    local_cluster: LocalCluster, cluster: aioredis.Redis
+) -> None:
+    """Issue 15 item 4: an ACL without +time refuses lua/receipt.lua's TIME; the record
+    stays "submitted" (before: "delivered" with no final event, ever), and the refusal
+    is counted and logged as such."""
+    rules = [r for r in CLUSTER_ACL if r != "+time"]
+    for port in local_cluster.nodes:
+        assert "OK" in local_cluster.cli(port, "ACL", "SETUSER", "notime", "reset", "on",
+                                         ">nt-pass", *rules)
+    keys = Keys()
+    client = connect(f"redis+cluster://notime:nt-pass@127.0.0.1:{local_cluster.ports[0]}/0")
+    try:
+        ledger = Ledger(keys, Config(), client)
+        m = OutboundMessage(id="acl-1", to="+8613800000001", text="x", category="otp")
+        pipe = client.pipeline(transaction=False)
+        book = ledger.book()
+        ledger.record(book, m, "submitted", 10.0, carrier="sim", carrier_id="abc1",
+                      segments=1)
+        book.correlate(keys.correlation("sim", "abc1"), "acl-1 0")
+        book.flush(pipe)
+        await pipe.execute()
+        handler = InboundHandler(client, keys, Config(), lambda: None)
+        before = metrics.REDIS_DENIED.labels("receipts")._value.get()
+        with pytest.raises(RedisError):
+            await handler.on_receipts([Receipt(carrier="sim", smsc_id="abc1",
+                                               stat="DELIVRD", state="delivered")])
+        assert metrics.REDIS_DENIED.labels("receipts")._value.get() == before + 1
+        assert await cluster.hget(keys.status("acl-1"), "state") == "submitted"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.timeout(300)
+async def test_intake_and_dispatch_across_a_master_failover(
+    tmp_path: Path, local_cluster: LocalCluster, cluster_url: str, cluster: aioredis.Redis
+) -> None:
+    """Issue 15: `gatewayd enqueue --file` and Client.send while a master hands over
+    to its replica (CLUSTER FAILOVER) and a daemon is killed -9, with two daemons
+    draining mixed classes: the CLI queues every line (retrying across the failover)
+    and reports each; every message's record ends final (none stuck `queued`, no
+    record without its message); nothing is left staged or queued."""
+    keys = Keys()
+    total, sent_later = 4000, 1500
+    classes = ("otp", "transactional", "marketing")
+    lines = tmp_path / "batch.jsonl"
+    lines.write_text("".join(json.dumps({
+        "id": f"f{n}", "to": f"+86131{n:08d}", "text": f"file {n}",
+        "category": classes[n % 3],
+        **({"idempotency_key": f"k{n}"} if n % 5 == 0 else {})}) + "\n"
+        for n in range(total)), encoding="utf-8")
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02, keep_submissions=-1))
+    port = await sim.start()
+    procs = []
+    cli = None
+    try:
+        cfgs = [daemon_config(tmp_path, name, redis_url=cluster_url, sim_port=port,
+                              tps=100_000, source_addr=f"106900{i}", read_batch=64)
+                for i, name in enumerate(("gw-a", "gw-b"), 1)]
+        for cfg_path in cfgs:
+            # A receipt can beat its "submitted" record by the failover's stall (the
+            # record's write is retried): held as long as by default, not 2 s.
+            cfg_path.write_text(cfg_path.read_text().replace(
+                "early_receipt_hold_s = 2.0", "early_receipt_hold_s = 120.0"))
+        for cfg_path, name in zip(cfgs, ("gw-a", "gw-b"), strict=True):
+            procs.append(await spawn(cfg_path, name, tmp_path, burst=False))
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gatewayd", "enqueue", "-c", str(cfgs[0]),
+            "--file", str(lines), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        # The hand-over once the file is going in (and daemons are sending).
+        while not sim.submissions:
+            await asyncio.sleep(0.05)
+        master = local_cluster.masters()[0]
+        async with Client(cluster_url) as client:
+            failover = asyncio.create_task(asyncio.to_thread(local_cluster.failover, master))
+            later = [i for i, _ in await client.send(
+                [{"to": f"+86132{n:08d}", "text": f"later {n}",
+                  "category": classes[n % 3]} for n in range(sent_later)], chunk=100)]
+            await failover
+        procs[0].kill()  # a daemon killed -9 mid-run: the other takes over its entries
+        out, err = await asyncio.wait_for(cli.communicate(), 120)
+        assert cli.returncode == 0, err.decode()[-2000:]
+        reported = [json.loads(x) for x in out.decode().splitlines()]
+        assert [r["id"] for r in reported] == [f"f{n}" for n in range(total)]
+        assert not any(r["duplicate"] for r in reported)
+        ids = [f"f{n}" for n in range(total)] + later
+        records = await wait_final(cluster, keys, ids, timeout_s=60)
+        states = collections.Counter(r.get("state", "missing") for r in records.values())
+        assert states == {"delivered": len(ids)}, states
+        # Final events: a daemon killed between applying receipts and publishing their
+        # events leaves them to the sweep at the receipt deadline (README "Guarantees"),
+        # so only the records are checked here.
+        t = await tally(cluster, keys, ids, sim)
+        print(f"failover: {t.duplicates} duplicate submits of {len(ids)}")
+        for klass in classes:
+            assert await cluster.zcard(keys.delayed(klass)) == 0
+        await stop_all(procs)
+        for klass in classes:
+            assert await cluster.xlen(keys.queue(klass)) == 0
+    finally:
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        await stop_all(procs)
+        await sim.stop()

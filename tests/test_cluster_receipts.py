@@ -19,6 +19,7 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from gatewayd.config import Config, QueueConfig
@@ -27,6 +28,7 @@ from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, is_cluster
 from gatewayd.store.keys import Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
+from tests.security_helpers import CLUSTER_ACL
 from tests.test_inbound_receipts import NOW, finals, rcpt, submitted
 
 try:
@@ -40,20 +42,30 @@ LEASE_S = 1.0  # the claim lease in the crash tests (30 s in a daemon)
 
 
 @pytest.fixture(scope="module")
-def cluster_url() -> Iterator[str]:
+def local_cluster() -> Iterator[LocalCluster]:
+    """With the README's minimal ACL user: the receipt script's TIME is checked too."""
     with tempfile.TemporaryDirectory(prefix="gw-cluster-rcpt-") as d:
-        cluster = LocalCluster(Path(d))
+        cluster = LocalCluster(Path(d), acl=CLUSTER_ACL)
         try:
-            yield cluster.start()
+            cluster.start()
+            yield cluster
         finally:
             cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def cluster_url(local_cluster: LocalCluster) -> str:
+    return local_cluster.user_url
+
+
 @pytest.fixture
-async def clients(cluster_url: str) -> AsyncIterator[list[aioredis.Redis]]:
-    """Two cluster clients, as two daemons have: their own connections each."""
-    pair = [connect(cluster_url), connect(cluster_url)]
-    await pair[0].flushall()
+async def clients(local_cluster: LocalCluster) -> AsyncIterator[list[aioredis.Redis]]:
+    """Two cluster clients, as two daemons have: their own connections each (as the
+    ACL user; the flush as the admin)."""
+    admin = connect(local_cluster.url)
+    await admin.flushall()
+    await admin.aclose()
+    pair = [connect(local_cluster.user_url), connect(local_cluster.user_url)]
     # Each connects to every node now, not in the middle of a race it would lose.
     for c in pair:
         await cast(Any, c).ping(target_nodes=RedisCluster.ALL_NODES)
@@ -104,9 +116,8 @@ async def assert_published_once(client: aioredis.Redis, keys: Keys, ids: list[st
 async def test_the_test_cluster_spreads_the_receipt_keys(
     clients: list[aioredis.Redis], keys: Keys
 ) -> None:
-    c = clients[0]
-    assert is_cluster(c)
-    slots = {await c.cluster_keyslot(k)
+    assert is_cluster(clients[0])
+    slots = {key_slot(k.encode())
              for k in (keys.status("m0-0"), keys.awaiting_receipt, keys.events)}
     assert len(slots) == 3
 

@@ -37,28 +37,8 @@ from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import running_daemon, wait_final
 from tests.scale_helpers import daemon_config
-from tests.security_helpers import Pki, make_pki, tls_redis_server
+from tests.security_helpers import GATEWAYD_ACL, Pki, make_pki, tls_redis_server
 
-GATEWAYD_ACL = (
-    "on", "resetkeys", "~gw:*", "resetchannels", "-@all",
-    # connection set-up and health checks
-    "+ping", "+hello", "+auth", "+client|setname", "+select",
-    # streams: queues, events, MO, dead letters, opt-out audit
-    "+xadd", "+xreadgroup", "+xread", "+xack", "+xdel", "+xgroup|create", "+xpending",
-    "+xclaim", "+xlen", "+xrange", "+xrevrange",
-    # status records, correlation, opt-outs, caps, buckets, delayed sets
-    "+get", "+set", "+exists", "+expire", "+pexpire", "+hset", "+hget", "+hmget",
-    "+hgetall", "+hdel", "+zadd", "+zrem", "+zrange", "+zrangebyscore",
-    "+zremrangebyscore", "+zcard", "+zscore",
-    # consent records: an opt-out list import (gatewayd consent import)
-    "+hsetnx", "+xtrim",
-    # the record an idempotency-key duplicate wrote for itself before the dedup
-    "+del",
-    # Lua scripts (EVALSHA alone, EVAL inside pipelines) and the opt-out MULTI
-    "+evalsha", "+eval", "+script|load", "+script|exists", "+multi", "+exec", "+discard",
-    # templates, campaigns, funnels, short links (gatewayd.campaigns; they use +hsetnx too)
-    "+hincrby", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
-)
 POLICY = """
 [category.otp]
 signature = "off"

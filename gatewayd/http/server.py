@@ -494,6 +494,19 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
     if not bad:
         return _json(202, {"results": out})
     queued = count - bad
+    unqueued = sum(1 for r in results
+                   if any(e.reason.startswith("not_queued") for e in r.errors))
+    if unqueued:
+        # Redis (a cluster failing over) past the intake's retries: the caller retries
+        # the items without an id in "results" (with idempotency keys: safe to resend).
+        resp = _json(503, {
+            "error": {"code": "not_queued",
+                      "message": f"{unqueued} of {count} messages could not be queued "
+                                 f"(Redis unavailable); the {queued} with an id were"},
+            "accepted": queued, "rejected": bad, "results": out,
+        })
+        resp.headers["Retry-After"] = "5"
+        return resp
     if all(e["field"] == "id" and e["reason"].startswith(DUPLICATE_ID)
            for r in out for e in r.get("errors", ())):
         # Only ids already used by other messages: a conflict, not a malformed request.

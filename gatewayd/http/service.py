@@ -10,7 +10,7 @@ from gatewayd.campaigns.funnel import attribute_optout
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.consent import records
-from gatewayd.errors import MessageError
+from gatewayd.errors import IntakeError, MessageError
 from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake
@@ -71,10 +71,19 @@ class DaemonBackend:
                 links[len(valid)] = new
             valid.append((i, msg))
         if valid:
-            ids = await self.queue.enqueue_each([m for _, m in valid], source=source,
-                                                now=now, links=links,
-                                                link_ttl_s=intake.link_ttl_s)
-            for (i, _), (msg_id, outcome) in zip(valid, ids, strict=True):
+            failed: dict[int, str] = {}
+            try:
+                ids: list[tuple[str, Any] | None] = list(await self.queue.enqueue_each(
+                    [m for _, m in valid], source=source, now=now, links=links,
+                    link_ttl_s=intake.link_ttl_s))
+            except IntakeError as e:  # a cluster failing over past the retries
+                ids, failed = e.results, e.reasons
+            for n, ((i, _), r) in enumerate(zip(valid, ids, strict=True)):
+                if r is None:
+                    results.append(EnqueueResult(index=i, errors=[FieldError(
+                        "$", f"not_queued: {failed.get(n, 'Redis unavailable')}")]))
+                    continue
+                msg_id, outcome = r
                 if outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "

@@ -256,6 +256,11 @@ HOUSEKEEPING_ERRORS = Counter(
 )
 for _step in HOUSEKEEPING_STEPS:
     HOUSEKEEPING_ERRORS.labels(_step)  # a 0 sample, so increase() alerts fire on the first
+REDIS_DENIED = Counter(
+    "gatewayd_redis_denied_total",
+    "Redis commands refused by the ACL (NOPERM; the README lists the minimal ACL)", ["op"],
+    registry=REGISTRY,
+)
 
 # HTTP API ------------------------------------------------------------------------------
 HTTP_CONNECTIONS = Gauge(

@@ -3,8 +3,9 @@
 One batch at a time per worker, every Redis step batched: a read, one pipeline for
 the reclaim/idempotency look-ups, the policy engine's batched calls, one submit, one
 pipeline that records every outcome and acknowledges every entry. An entry is
-acknowledged only in that last pipeline, so a crash anywhere before it leaves the
-entry pending and it is reclaimed (at-least-once; see README "Guarantees").
+acknowledged only in that last pipeline (on a cluster: in the round trip after its
+records were confirmed), so a crash anywhere before it leaves the entry pending and it
+is reclaimed (at-least-once; see README "Guarantees").
 
 Stragglers: the pool answers a batch a grace after its last write; messages whose
 outcome is not known by then (no submit_sm_resp yet, parts to resend) are recorded and
@@ -46,7 +47,7 @@ from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
 from gatewayd.pipeline.queue import COUNTED_AT_INTAKE, AckBatch, Entry, QueueStore, is_raw
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis, load_script, pipe_script
+from gatewayd.store.connection import Redis, denied, load_script, pipe_script
 from gatewayd.store.keys import Keys
 from gatewayd.store.seal import FIELD as SEAL_FIELD
 from gatewayd.store.seal import Seal
@@ -223,7 +224,13 @@ class Dispatcher:
                 raise
             except RedisError as e:  # Redis down: back off; entries stay pending
                 metrics.REDIS_ERRORS.labels("dispatch").inc()
-                log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
+                if denied(e):
+                    metrics.REDIS_DENIED.labels("dispatch").inc()
+                    log.error("dispatch worker %d: Redis ACL refused a command: %s; give "
+                              "the gatewayd user the commands in README \"Redis AUTH / "
+                              "ACL\"", index, e)
+                else:
+                    log.error("dispatch worker %d: %s: %s", index, type(e).__name__, e)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:  # a bug: the batch stays pending, is reclaimed, and after
@@ -322,7 +329,9 @@ class Dispatcher:
             if sub.later is not None:
                 self._detach(sub.later, to_submit, reqs, sub.outcomes, book.streaks)
         book.flush(pipe)
-        # After every outcome record, in the same pipeline (at-least-once).
+        pipe = await self._confirm_records(pipe, acks)
+        # After every outcome record: in the same pipeline on a single Redis, in the
+        # next round trip on a cluster (at-least-once).
         acks.flush(pipe)
         read_ahead = read_ahead and self.queue.can_read_ahead(express)
         if read_ahead:
@@ -403,8 +412,9 @@ class Dispatcher:
             acks = AckBatch()
             self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
             book.flush(pipe)
-            acks.flush(pipe)
             try:
+                pipe = await self._confirm_records(pipe, acks)
+                acks.flush(pipe)
                 await fastpipe.execute(pipe)
                 self.processed += n
                 return True
@@ -416,6 +426,19 @@ class Dispatcher:
                     return False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _confirm_records(self, pipe: Pipeline, acks: AckBatch) -> Pipeline:
+        """On a cluster, send the batch's records now and return a fresh pipeline for
+        its acknowledgements: a cluster pipeline writes each node's commands side by
+        side, so an XACK queued after a record on another node could commit without it
+        (issue 15: entries acknowledged whose outcome was never recorded). Any failed
+        record raises (RedisError) and leaves the entries pending. On a single Redis a
+        pipeline runs in order on one connection: the acknowledgements follow the
+        records in the same round trip (``pipe`` returned as it is)."""
+        if not self.queue.cluster or not len(acks) or not len(pipe):
+            return pipe
+        await fastpipe.execute(pipe)
+        return self.redis.pipeline(transaction=False)
 
     def _parse(self, e: Entry, now: float, seal: Seal) -> OutboundMessage:
         q = self.cfg.queue

@@ -6,7 +6,12 @@ go through a ``Book``: on a single Redis it writes the whole batch's status reco
 events and correlation keys with ONE script call (lua/record.lua) instead of four
 commands a message, which redis-py packs, and whose replies it reads and parses, one
 by one (the largest client-side cost in the bench/e2e profile). On a cluster those
-keys live in different slots, so the Book queues the same writes as commands.
+keys live in different slots, so the Book queues the same writes a message apiece.
+
+States only move forward (queued < deferred < submitted < final, a final state never
+replaced): every script that writes a state checks it (lua/rank_lib.lua), because on a
+cluster a pipeline's commands reach their nodes side by side, so a late "queued" could
+land on a record another daemon had already made "submitted" (issue 15).
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ from gatewayd.campaigns.funnel import Sends, Tally, funnel_name, reason_family
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES, OutboundMessage, mask_number
 from gatewayd.ops import metrics
-from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.connection import (
+    Redis,
+    is_cluster,
+    load_script,
+    pipe_script,
+    script_source,
+)
 from gatewayd.store.keys import Keys
 
 _state_counters: dict[tuple[str, str], Any] = {}
+_STATUS_SCRIPT: Final = script_source("status")
 _flat = itertools.chain.from_iterable
 
 
@@ -140,10 +152,17 @@ class Ledger:
 
     def write(self, pipe: Pipeline, key: str, status: dict[Any, Any],
               event: dict[Any, Any]) -> None:
-        pipe.hset(key, mapping=status)
-        pipe.expire(key, self.status_ttl)
-        pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen,
-                  approximate=True)
+        """One transition through lua/status.lua (never backwards). On a single Redis
+        the script writes the event too, only with the record; on a cluster the events
+        stream is in another slot and the event goes beside it."""
+        args = [self.status_ttl, self.events_maxlen, event["id"],
+                *_flat(status.items())]
+        if is_cluster(pipe):
+            pipe.execute_command("EVAL", _STATUS_SCRIPT, 1, key, *args)
+            pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen,
+                      approximate=True)
+        else:
+            pipe.execute_command("EVAL", _STATUS_SCRIPT, 2, key, self.keys.events, *args)
 
     def record(
         self,

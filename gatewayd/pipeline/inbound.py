@@ -61,7 +61,7 @@ from gatewayd.policy.numbers import INTERNATIONAL, to_e164
 from gatewayd.policy.optout import opt_out, resubscribe
 from gatewayd.policy.replies import Reply
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
+from gatewayd.store.connection import Redis, denied, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import Keys
 
 log = logging.getLogger("gatewayd.inbound")
@@ -165,7 +165,11 @@ class InboundHandler:
         """Apply now, or (Redis away, or the spool not yet replayed) spool durably."""
         spool = self.spool
         if spool is None:
-            await now(items)
+            try:
+                await now(items)
+            except Exception as e:
+                _note_denied("receipts" if kind == "r" else "mo", e)
+                raise
             return
         if not spool.active:
             try:
@@ -173,6 +177,7 @@ class InboundHandler:
                 return
             except Exception as e:
                 if not is_outage(e):
+                    _note_denied("receipts" if kind == "r" else "mo", e)
                     raise
                 log.warning("Redis unreachable (%s): spooling %d %s locally", e, len(items),
                             "receipts" if kind == "r" else "MO")
@@ -307,7 +312,11 @@ class InboundHandler:
         funnel = Tally()  # campaign/template messages made final by this call
         for (r, msg_id, _part), res in zip(matched, results, strict=True):
             kind = res[0]
-            if kind == "early":
+            if kind in ("early", "missing"):
+                # On a cluster the correlation key and the "submitted" record are written
+                # side by side on different nodes: a receipt between the two finds the
+                # record not yet submitted (or not there yet). Parked and retried like a
+                # receipt that beat its submit_sm_resp, not dropped (issue 15).
                 unmatched.append(r)
                 continue
             _count_receipt(r.carrier, kind)
@@ -583,3 +592,13 @@ class InboundHandler:
         }, maxlen=self.events_maxlen, approximate=True)
         log.info("%s by MO reply", "opt-out" if reply.kind == "optout" else "opt-in",
                  extra={"number": mask_number(number), "rule": reply.rule})
+
+
+def _note_denied(op: str, e: BaseException) -> None:
+    """An ACL refusal is no outage: say so plainly (the SMSC is answered with an error
+    and redelivers, nothing is applied half: the scripts call TIME and their other
+    permission-sensitive commands before they write)."""
+    if denied(e):
+        metrics.REDIS_DENIED.labels(op).inc()
+        log.error("Redis ACL refused a command (%s): %s; give the gatewayd user the "
+                  "commands in README \"Redis AUTH / ACL\"", op, e)

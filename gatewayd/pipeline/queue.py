@@ -23,9 +23,10 @@ from redis.exceptions import ResponseError
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
-from gatewayd.errors import MessageError
+from gatewayd.errors import IntakeError, MessageError
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
+from gatewayd.pipeline import staging
 from gatewayd.pipeline.events import Ledger, count_state, event_of
 from gatewayd.pipeline.intake import to_fields
 from gatewayd.store import fastpipe
@@ -215,8 +216,12 @@ class QueueStore:
         queues nothing. MessageError (code ``duplicate_id``) when an id is already
         another message's, after the others were queued (``enqueue_each`` says which).
         """
-        out = await self.enqueue_each(msgs, source=source, now=now, links=links,
-                                      link_ttl_s=link_ttl_s)
+        try:
+            out = await self.enqueue_each(msgs, source=source, now=now, links=links,
+                                          link_ttl_s=link_ttl_s)
+        except IntakeError as e:  # a cluster past its retries: say it in enqueue's terms
+            e.results = [None if r is None else (r[0], r[1] == DUPLICATE) for r in e.results]
+            raise
         taken = [i for i, outcome in out if outcome == ID_TAKEN]
         if taken:
             raise MessageError("id", f"{', '.join(taken)}: already used by another message "
@@ -231,10 +236,17 @@ class QueueStore:
         DUPLICATE (an idempotency_key's repeat: the first message's id, nothing queued);
         ID_TAKEN (the id is another message's: refused, its record left alone).
 
-        ``links``: message index -> its short links, written before it.
+        ``links``: message index -> its short links, written before it. On a cluster:
+        pipeline/staging.py (retried across a failover; errors.IntakeError names the
+        messages not queued).
         """
         now = time.time() if now is None else now
         seal = await self.sealer()
+        if self.cluster:  # the entry only after its record, across nodes: staging.py
+            return await staging.enqueue(
+                self.redis, self.keys, self.ledger, self.streams, msgs, source=source,
+                now=now, links=links or {}, link_ttl_s=link_ttl_s,
+                idempotency_ttl_s=IDEMPOTENCY_TTL_S, seal=seal)
         # 1. Each message's "queued" status record, created only where none exists
         #    (lua/queued.lua), and the idempotency keys' owners. Status before entry: a
         #    running daemon may read, submit and record the entry before a later

@@ -1,7 +1,9 @@
 -- A carrier account's shared token bucket at its learned rate (gatewayd.carrier.throttle:
 -- this script is that module's cut() and probed() in Lua, parameters passed in).
 -- KEYS[1] bucket HASH {t = tokens, ts = last refill, r = learned rate, tc = last cut,
--- tp = last probe} (Unix s); an absent bucket is full, at the configured rate.
+-- tp = last probe} (Unix s); an absent bucket is empty, at the configured rate (new, or
+-- lost in a failover: a full one would add a second burst to the 1-s bound, issue 15).
+-- Burst: a twentieth of the rate (policy/ratelimit.py says why: the 1.1 x bound).
 -- ARGV[1] cap (configured tps, > 0), ARGV[2] now, ARGV[3] tokens wanted (0: none),
 -- ARGV[4] answers accepted and ARGV[5] throttled in a reported window (0 0: no report),
 -- ARGV[6..12] margin, max_cut, floor, cooldown_s, hold_s, probe, ttl_s.
@@ -18,10 +20,10 @@ local rate = tonumber(s[3]) or cap
 if rate > cap then rate = cap end  -- the configured tps was lowered
 local tc = tonumber(s[4]) or -1e18
 local tp = tonumber(s[5]) or now
-local burst = math.max(1, rate / 10)
+local burst = math.max(1, rate / 20)
 local tokens, ts = tonumber(s[1]), tonumber(s[2])
 if tokens == nil or ts == nil then
-  tokens, ts = burst, now
+  tokens, ts = 0, now
 elseif now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate)
   ts = now
@@ -38,7 +40,7 @@ if throttled > 0 and now - tc >= cooldown then
   local kept = (1 - throttled / (accepted + throttled)) * margin
   rate = math.max(cap * floor, rate * math.max(max_cut, kept))
   tc, tp = now, now
-  tokens = math.min(tokens, math.max(1, rate / 10))
+  tokens = math.min(tokens, math.max(1, rate / 20))
 end
 local got = 0
 if want > 0 then

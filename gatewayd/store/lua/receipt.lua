@@ -15,17 +15,20 @@
 -- daemons': one clock for every claim on the key. The publisher marks the claim
 -- 'published' after its event write: the dispatcher's ZADD to the awaiting set can land
 -- on its node after the receipt was handled, and must not make the sweep publish again.
+--
+-- TIME first, before any write (issue 15): a user whose ACL lacks +time got the receipt
+-- applied (state 'delivered') and then the call failed, so no event was ever published.
+-- A script fails before it writes.
 --#include receipt_lib
+local lease = tonumber(ARGV[5])
+local t = lease and redis.call('TIME')
 local r = {apply_receipt(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])}
 -- r[12], r[13]: the funnel key and variant (the caller counts the funnel on a cluster,
 -- where that key lives in another slot), kept only with a lease, before the claim.
-local lease = tonumber(ARGV[5])
 if not lease then
   r[12], r[13] = nil, nil
 end
 if lease and (r[1] == 'final' or r[1] == 'late') then
-
-  local t = redis.call('TIME')
   local now = t[1] + t[2] / 1000000
   local claim = redis.call('HGET', KEYS[1], 'event_claim')
   local held = tonumber(claim)

@@ -10,9 +10,11 @@
 -- Cost (bench/record_script.py): this runs in Redis's single thread for every message,
 -- so the record loop makes no table (one event table serves the whole call), converts
 -- no count text twice and reads no global (redis.call, unpack, KEYS, ARGV are locals).
+--
+-- States only move forward (rank_lib): a record further along than its transition is
+-- left as it is, and that transition publishes no event.
+--#include rank_lib
 local rcall, unpack, tonumber, KEYS, ARGV = redis.call, unpack, tonumber, KEYS, ARGV
-local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
-  done_at = true, fk = true, receipts = true, sent_parts = true}
 local ttl, maxlen, cttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local stream = KEYS[1]
 -- A record's field count is one of a few texts ("20", "22"...): each converted once.
@@ -29,23 +31,26 @@ for i = 1, n do
     counts[ARGV[a + 1]] = ns
   end
   local first, last = a + 2, a + 1 + ns
-  rcall('HSET', key, unpack(ARGV, first, last))
-  rcall('EXPIRE', key, ttl)
-  ev[2] = ARGV[a]
-  local m = 2
-  for j = first, last, 2 do
-    local f = ARGV[j]
-    if f == 'updated_at' then
-      ev[m + 1] = 'at'
-      ev[m + 2] = ARGV[j + 1]
-      m = m + 2
-    elseif not NOT_IN_EVENT[f] then
-      ev[m + 1] = f
-      ev[m + 2] = ARGV[j + 1]
-      m = m + 2
+  -- ARGV[first] is "state" (Ledger.build puts it first).
+  if may_write(rcall('HGET', key, 'state'), ARGV[first + 1]) then
+    rcall('HSET', key, unpack(ARGV, first, last))
+    rcall('EXPIRE', key, ttl)
+    ev[2] = ARGV[a]
+    local m = 2
+    for j = first, last, 2 do
+      local f = ARGV[j]
+      if f == 'updated_at' then
+        ev[m + 1] = 'at'
+        ev[m + 2] = ARGV[j + 1]
+        m = m + 2
+      elseif not NOT_IN_EVENT[f] then
+        ev[m + 1] = f
+        ev[m + 2] = ARGV[j + 1]
+        m = m + 2
+      end
     end
+    rcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
   end
-  rcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
   a = last + 1
 end
 for k = n + 2, #KEYS do
