@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
 Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
-campaign_cost, campaign_priority, stragglers, throttle, consent (default: all, in that order).
+campaign_cost, campaign_priority, stragglers, throttle, consent, redis_pool (default: all,
+in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -24,6 +25,7 @@ from bench import (
     priority,
     receipt_path,
     redirect,
+    redis_pool,
     soak,
     stragglers,
     throttle,
@@ -39,9 +41,11 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
     "campaign_cost": campaign_cost.main, "campaign_priority": campaign_priority.main,
     "stragglers": stragglers.main, "throttle": throttle.main, "consent": consent.main,
+    "redis_pool": redis_pool.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
-         "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent"]
+         "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent",
+         "redis_pool"]
 
 
 def main(argv: list[str] | None = None) -> int:
