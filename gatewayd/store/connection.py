@@ -281,7 +281,13 @@ class Store:
             retry_on_timeout=True,
         )
         r = self.cfg.redis
-        self._client = connect_config(self.cfg, self.url, max_connections=r.connections,
+        core = r.connections
+        if r.cluster or split_cluster_url(self.url)[1]:
+            # The cluster client cannot wait for a connection, only fail: the core's cap
+            # per node stays at least redis-py's own default there (receipt chunks are
+            # applied concurrently, each holding a connection for its script call).
+            core = max(core, 100)
+        self._client = connect_config(self.cfg, self.url, max_connections=core,
                                       pool_wait_s=CORE_POOL_WAIT_S, **options)
         # Connections are opened on first use: an idle intake pool costs nothing.
         self._intake = connect_config(self.cfg, self.url, max_connections=r.intake_connections,
