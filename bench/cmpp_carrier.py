@@ -1,9 +1,9 @@
 """CMPP vs SMPP at the carrier layer: submit -> answer -> report, same load, same window.
 
-Issue 22 phase A has no daemon integration yet (that bench, e2e over CMPP within 10 % of
-SMPP, comes with phase B), so this measures what phase A adds: the CMPP client
-(gatewayd.carrier.cmpp.CmppClient) against the ISMG simulator, and as the baseline of
-the same run the SMPP pool (gatewayd.carrier.CarrierPool) against the SMSC simulator.
+The carrier layer alone (bench cmpp_e2e measures the daemon end to end): the CMPP
+client (gatewayd.carrier.cmpp.CmppClient, the pool over one CMPP carrier) against the ISMG
+simulator, and as the baseline of the same run the SMPP pool (gatewayd.carrier.CarrierPool)
+against the SMSC simulator.
 Each simulator runs in its own process (`python -m gatewayd.sim --protocol ...`), the
 client in this one. N messages (a quarter of them Chinese long messages of 2 parts),
 submitted in batches of 500, every report taken by a handler that only counts.

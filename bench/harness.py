@@ -214,6 +214,7 @@ enabled = false
 file = "{policy}"
 
 [[carrier]]
+mo_country_code = "86"
 name = "sim"
 host = "127.0.0.1"
 port = {sim_port}

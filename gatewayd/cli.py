@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -16,11 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gatewayd import __version__
 from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError, GatewayError, MessageError
 
 EXIT_PROBLEM, EXIT_CONFIG, EXIT_STARTUP = 1, 2, 3
+# `events --follow`: one XREAD waits this long for new events, on a connection whose
+# read timeout is longer (redis-py's default of 5 s ended the follow after 5 s).
+_FOLLOW_BLOCK_MS = 5000
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -45,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="queue one message (flags) or many (JSON lines)")
     _add_config(p)
-    p.add_argument("--to", help="E.164 number, e.g. +8613800138000")
+    p.add_argument("--to", help="E.164 number, e.g. +8613800138000 (a national number "
+                                "needs --country)")
     p.add_argument("--text")
     p.add_argument("--category", default="transactional")
     p.add_argument("--from", dest="sender", default="")
@@ -55,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idempotency-key", default="")
     p.add_argument("--not-before", default="", help="Unix seconds or ISO 8601 with offset")
     p.add_argument("--expires-at", default="", help="Unix seconds or ISO 8601 with offset")
-    p.add_argument("--file", help="JSON lines, one message object a line ('-' = stdin)")
+    p.add_argument("--file", help="JSON lines, one message object a line ('-' = stdin); "
+                                  "every bad line is named, and then nothing is queued")
+    p.add_argument("--country", default="", metavar="CC",
+                   help="country calling code for numbers written without + (e.g. 86: "
+                        "13800138000 is +8613800138000); without it they are refused")
 
     p = sub.add_parser("status", help="print a message's status record as JSON")
     _add_config(p)
@@ -65,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--follow", "-f", action="store_true")
     p.add_argument("--count", type=int, default=100, help="last N events (default 100)")
+    p.add_argument("--block-ms", type=int, default=_FOLLOW_BLOCK_MS, help=argparse.SUPPRESS)
 
     p = sub.add_parser("demo", help="embedded Redis + simulator + daemon + sample messages")
     _add_config(p, required=False)
@@ -102,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consent", help="consent records: export | import (opt-out lists)")
     consent_cli.add_arguments(p)
 
+    from gatewayd.webhooks import cli as webhooks_cli
+
+    p = sub.add_parser("webhooks", help="webhooks: run | list | add | remove | pause | "
+                                        "resume | test | dead | replay")
+    webhooks_cli.add_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -122,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd == "events" and (args.count < 1 or args.block_ms < 1):
+        raise ConfigError("events --count: must be at least 1 (the last N events)")
     if cmd == "smsc-sim":
         from gatewayd.sim import cli as sim_cli
 
@@ -132,7 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         def validate(raw: dict[str, Any], cfg: Config) -> Any:
             return parse_message(raw, classes=list(cfg.queue.classes),
-                                 max_segments=cfg.queue.max_segments)
+                                 max_segments=cfg.queue.max_segments,
+                                 horizon_s=cfg.queue.horizon_s)
 
         return policy_cli.run_policy(args, validate)
     if cmd == "optout":
@@ -153,6 +174,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         policy = PolicyEngine.load(policy_file, classes=list(cfg.queue.classes)).policy
         return consent_cli.run(args, cfg, retention_s=policy.consent_retention_s,
                                categories=policy.optout_categories)
+    if cmd == "webhooks":
+        from gatewayd.webhooks import cli as webhooks_cli
+
+        return webhooks_cli.run(args, load_config(args.config, need_secrets=False))
     if cmd == "top":
         from gatewayd.ops import top
 
@@ -164,8 +189,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gatewayd.demo import run_demo
 
         path = args.config or str(Path(__file__).resolve().parent.parent / "config" / "demo.toml")
-        return run_demo(load_config(path), keep_running=args.keep_running,
-                        timeout_s=args.timeout, campaign=args.campaign)
+        cfg = load_config(path)
+        try:
+            return run_demo(cfg, keep_running=args.keep_running, timeout_s=args.timeout,
+                            campaign=args.campaign)
+        except ConfigError:
+            raise
+        except (GatewayError, OSError, RedisError) as e:
+            print(f"gatewayd demo: startup failed: {startup_error(e)}", file=sys.stderr)
+            return EXIT_STARTUP
     # Only `run` talks SMPP: the others work without the carriers' secrets.
     cfg = load_config(args.config, need_secrets=cmd == "run")
     if cmd == "check-config":
@@ -209,13 +241,25 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         return asyncio.run(daemon.run())
     except ConfigError:
         raise
-    except (GatewayError, OSError) as e:
-        logging.getLogger("gatewayd").error("startup failed: %s", e)
+    except (GatewayError, OSError, RedisError) as e:
+        logging.getLogger("gatewayd").error("startup failed: %s", startup_error(e))
         return EXIT_STARTUP
 
 
+def startup_error(e: BaseException) -> str:
+    """One line for a failed start; a port in use says what to do about it."""
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return (f"{e}: another gatewayd (or demo) is listening there; stop it, or change "
+                "the port in the config")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def _run_async(cmd: str, cfg: Config, args: argparse.Namespace) -> int:
-    items = _read_items(args) if cmd == "enqueue" else []
+    try:
+        items = _read_items(args, cfg) if cmd == "enqueue" else []
+    except MessageError as e:
+        print(f"gatewayd: invalid message: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     return asyncio.run(_async_commands(cmd, cfg, args, items))
 
 
@@ -237,36 +281,84 @@ async def _async_commands(
             print(json.dumps(record, ensure_ascii=False))
             return 0
         if cmd == "events":
-            return await _events(client, args)
+            return await _events(client, args, cfg)
     return EXIT_CONFIG
 
 
-def _read_items(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Messages from --file (JSON lines) or from the flags; ConfigError when unusable."""
+def _read_items(args: argparse.Namespace, cfg: Config) -> list[dict[str, Any]]:
+    """Messages from --file (JSON lines) or from the flags; ConfigError when unusable.
+
+    Every line is checked before anything is queued (intake's own validation, and a
+    number without + needs --country): all bad lines are printed, each with its number,
+    and then the command ends with ConfigError, having queued nothing."""
+    if not args.file:
+        if not args.to or not args.text:
+            raise ConfigError("enqueue needs --to and --text, or --file")
+        item: dict[str, Any] = {"to": args.to, "text": args.text, "category": args.category}
+        for key, value in (("from", args.sender), ("id", args.id), ("ref", args.ref),
+                           ("tenant", args.tenant), ("idempotency_key", args.idempotency_key),
+                           ("not_before", args.not_before), ("expires_at", args.expires_at)):
+            if value:
+                item[key] = value
+        problem = _check_item(item, cfg, args.country)
+        if problem:
+            raise MessageError(*problem)
+        return [item]
+    try:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{args.file}: cannot read messages: {e.strerror}") from e
     items: list[dict[str, Any]] = []
-    if args.file:
+    bad = 0
+    with stream:
+        for n, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except ValueError as e:  # JSONDecodeError; RecursionError is no ValueError
+                print(f"gatewayd: {args.file}:{n}: not JSON: {e}", file=sys.stderr)
+                bad += 1
+                continue
+            except RecursionError:
+                print(f"gatewayd: {args.file}:{n}: not JSON: nested too deep", file=sys.stderr)
+                bad += 1
+                continue
+            problem = _check_item(raw, cfg, args.country)
+            if problem:
+                print(f"gatewayd: {args.file}:{n}: {problem[0]}: {problem[1]}", file=sys.stderr)
+                bad += 1
+                continue
+            items.append(raw)
+    if bad:
+        raise ConfigError(f"{args.file}: {bad} bad line(s) of {bad + len(items)}; "
+                          "nothing was queued")
+    return items
+
+
+def _check_item(raw: Any, cfg: Config, country: str) -> tuple[str, str] | None:
+    """(field, reason) when the message would be refused; its ``to`` made E.164."""
+    from gatewayd.pipeline.intake import parse_message
+    from gatewayd.policy.numbers import from_person
+
+    if not isinstance(raw, dict):
+        return "$", "expected an object with at least 'to' and 'text'"
+    to = raw.get("to")
+    if isinstance(to, (str, int)) and not isinstance(to, bool):
         try:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{args.file}: cannot read messages: {e.strerror}") from e
-        with stream:
-            for n, line in enumerate(stream, 1):
-                if not line.strip():
-                    continue
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{args.file}:{n}: not JSON: {e}") from e
-        return items
-    if not args.to or not args.text:
-        raise ConfigError("enqueue needs --to and --text, or --file")
-    item: dict[str, Any] = {"to": args.to, "text": args.text, "category": args.category}
-    for key, value in (("from", args.sender), ("id", args.id), ("ref", args.ref),
-                       ("tenant", args.tenant), ("idempotency_key", args.idempotency_key),
-                       ("not_before", args.not_before), ("expires_at", args.expires_at)):
-        if value:
-            item[key] = value
-    return [item]
+            raw["to"] = from_person(str(to), country)
+        except ValueError as e:
+            return "to", str(e)
+    if "params" in raw:
+        return None  # rendered against the template registry when sent
+    try:
+        parse_message(dict(raw), classes=list(cfg.queue.classes),
+                      max_segments=cfg.queue.max_segments)
+    except MessageError as e:
+        return e.field, e.reason
+    except (RecursionError, OverflowError) as e:
+        return "$", f"unusable value ({type(e).__name__})"
+    return None
 
 
 async def _enqueue(client: Any, items: list[dict[str, Any]]) -> int:
@@ -280,24 +372,48 @@ async def _enqueue(client: Any, items: list[dict[str, Any]]) -> int:
     return 0
 
 
-async def _events(client: Any, args: argparse.Namespace) -> int:
+async def _events(client: Any, args: argparse.Namespace, cfg: Config) -> int:
     redis = client.redis
     key = client.keys.events
     rows = await redis.xrevrange(key, count=args.count)
     last = "0-0"
     for sid, fields in reversed(rows):
-        print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False))
+        print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False), flush=True)
         last = sid
     if not args.follow:
         return 0
-    if not rows:
-        last = "$"
-    while True:
-        reply = await redis.xread({key: last}, block=5000, count=1000)
-        for _stream, items in reply or []:
-            for sid, fields in items:
-                print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False), flush=True)
-                last = sid
+    # No rows: the stream was empty, so everything from "0-0" on is new (not "$" on
+    # every read: what arrived between two reads would be skipped).
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from gatewayd.store.connection import client_url, connect_config
+
+    block = args.block_ms
+    # Its own connection: a read timeout longer than the block, so that a quiet stream
+    # is waited on for ever; a lost Redis is retried, said once on stderr.
+    follow = connect_config(cfg, client_url(cfg), socket_timeout=block / 1000 + 10,
+                            socket_connect_timeout=5)
+    down = False
+    try:
+        while True:
+            try:
+                reply: Any = await follow.xread({key: last}, block=block, count=1000)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                if not down:
+                    print(f"gatewayd: events --follow: Redis unreachable ({e}); retrying",
+                          file=sys.stderr, flush=True)
+                down = True
+                await asyncio.sleep(1.0)
+                continue
+            down = False
+            for _stream, items in reply or []:
+                for sid, fields in items:
+                    print(json.dumps(dict(fields, stream_id=sid), ensure_ascii=False),
+                          flush=True)
+                    last = sid
+    finally:
+        await follow.aclose()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -70,8 +70,8 @@ class Client:
         raw = [dict(i) for i in items]
         if any("params" in i for i in raw):
             return await self._send_templated(raw, source, chunk, now)
-        msgs = [parse_message(i, classes=self.qcfg.classes,
-                              max_segments=self.qcfg.max_segments, now=now) for i in raw]
+        msgs = [parse_message(i, classes=self.qcfg.classes, max_segments=self.qcfg.max_segments,
+                              now=now, horizon_s=self.qcfg.horizon_s) for i in raw]
         out: list[tuple[str, bool]] = []
         for start in range(0, len(msgs), chunk):
             out += await self._queue.enqueue(msgs[start:start + chunk], source=source, now=now)
@@ -107,3 +107,13 @@ class Client:
         rows: list[tuple[str, dict[str, str]]] = cast(
             Any, await self.redis.xrange(self.keys.events, min=start, count=count))
         return [dict(fields, stream_id=sid) for sid, fields in rows]
+
+
+def verify_webhook(secret: str | bytes, body: bytes, signature: str, *,
+                   tolerance_s: float = 300.0, now: float | None = None) -> bool:
+    """Check a webhook request gatewayd sent: ``body`` as received (raw bytes) and its
+    ``X-Gatewayd-Signature`` header; False when forged, altered or older than
+    ``tolerance_s`` (README "Webhooks")."""
+    from gatewayd.webhooks.signing import verify
+
+    return verify(secret, body, signature, tolerance_s=tolerance_s, now=now)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
+import phonenumbers
 
 from gatewayd.errors import ConfigError
 
@@ -86,8 +87,15 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     max_bind_losses: int = 20
     retry_backoff_s: list[float] = msgspec.field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
     events_maxlen: int = 1_000_000
+    # An MO is stored once: the same sender, destination and text on the same carrier
+    # again within this window is taken for the SMSC's redelivery (its deliver_sm_resp
+    # was lost, or refused), not stored twice. SMSCs resend within minutes.
+    mo_dedup_s: float = 600.0
     dead_maxlen: int = 100_000
     status_ttl_s: float = 7 * 86400.0
+    # How far ahead a message's not_before / expires_at may be; further is refused with
+    # that reason (0: status_ttl_s, so a scheduled message's record outlives its wait).
+    schedule_horizon_s: float = 0.0
     receipt_timeout_s: float = 72 * 3600.0
     # A receipt that matches no message yet (it beat its submit_sm_resp, or belongs to a
     # submission never recorded) is retried this long, then counted as unmatched.
@@ -97,6 +105,11 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     # An extra worker that reads only the highest class, this many at a time, so a
     # code does not wait behind the other workers' big batches (0 turns it off).
     express_batch: int = 32
+
+    @property
+    def horizon_s(self) -> float:
+        """schedule_horizon_s, or the status records' TTL when it is 0."""
+        return self.schedule_horizon_s or self.status_ttl_s
 
 
 class HttpConfig(_Section, kw_only=True, frozen=True):
@@ -126,8 +139,47 @@ class PrivacyConfig(_Section, kw_only=True, frozen=True):
     secret_env: str = "GATEWAYD_PRIVACY_SECRET"
 
 
+class CmppConfig(_Section, kw_only=True, frozen=True):
+    """``[carrier.cmpp]``: what a CMPP carrier needs beyond the neutral keys
+    (gatewayd.carrier.cmpp.settings maps them)."""
+
+    # 2.0 (most provincial ISMGs) or 3.0; CONNECT says which, SUBMIT/DELIVER differ.
+    version: Literal["2.0", "3.0"] = "2.0"
+    service_id: str = ""  # Service_Id (业务代码), at most 10 characters; given by the carrier
+    msg_src: str = ""  # Msg_src (SP_Id); empty: the carrier's system_id
+    # Fee defaults for industry SMS: the SP pays (Fee_UserType 2) and the subscriber is
+    # not charged (FeeType 01 "free", FeeCode 0 fen). Carriers that bill per message
+    # hand out other values.
+    fee_user_type: int = 2
+    fee_type: str = "01"
+    fee_code: str = "000000"
+    fee_terminal_id: str = ""
+    msg_level: int = 0
+    tp_pid: int = 0
+    link_id: str = ""  # 3.0 LinkID: only for on-demand services; empty for notifications
+    # ValId_Time for a message's life (an OTP's expires_at): "absolute" writes the expiry
+    # in the ISMG's time zone (YYMMDDhhmmss032+ at UTC+8), "relative" writes the span
+    # (YYMMDDhhmmss000R); SMPP-style time formats, which the CMPP specification adopts.
+    validity: Literal["absolute", "relative"] = "absolute"
+    utc_offset_h: float = 8.0  # the ISMG's clock: CONNECT timestamps, ValId_Time, reports
+    # Non-ASCII text as UCS-2 (Msg_Fmt 8, what handsets get anyway) or as GBK (Msg_Fmt
+    # 15, for ISMGs that ask for it; text GBK cannot hold still goes as UCS-2).
+    encoding: Literal["ucs2", "gbk"] = "ucs2"
+    # Dest_terminal_Id without the country code for mainland numbers (+8613800138000 ->
+    # 13800138000), the form China Mobile's ISMGs document; False sends 8613800138000.
+    national_destinations: bool = True
+    active_test_retries: int = 3  # unanswered ACTIVE_TESTs before the link counts as dead
+
+
+CarrierProtocol = Literal["smpp", "cmpp"]
+
+
 class CarrierConfig(_Section, kw_only=True, frozen=True):
     name: str
+    # The protocol the carrier speaks: "smpp" (3.4) or "cmpp" (China Mobile's CMPP
+    # 2.0/3.0; its own keys in [carrier.cmpp], README "CMPP carriers").
+    protocol: CarrierProtocol = "smpp"
+    cmpp: CmppConfig = msgspec.field(default_factory=CmppConfig)
     host: str
     port: int = 2775
     system_id: str
@@ -165,8 +217,10 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     tls: bool = False
     tls_verify: bool = True
     tls_ca: str = ""
-    # Country code for MO senders the carrier gives in national form (13800138000):
-    # "86" makes them +8613800138000, so an MO opt-out matches later messages.
+    # How the carrier writes MO senders (required; gatewayd.policy.numbers): a country
+    # calling code ("86": 13800138000 is +8613800138000) or "international" (senders
+    # carry their country code, with or without +). An opt-out keyed under the wrong
+    # form never matches the number's later messages.
     mo_country_code: str = ""
 
 
@@ -186,6 +240,11 @@ class SimulatorConfig(_Section, kw_only=True, frozen=True):
     system_id: str = "demo"
     password: str = "demo"
     receipt_delay_s: float = 0.2
+    # A CMPP ISMG simulator beside it on this port (0: none), for a protocol = "cmpp"
+    # carrier with system_id = cmpp_sp_id and the password cmpp_secret.
+    cmpp_port: int = 0
+    cmpp_sp_id: str = "901234"
+    cmpp_secret: str = "demo"
 
 
 class CampaignsConfig(_Section, kw_only=True, frozen=True):
@@ -232,6 +291,51 @@ class LinksConfig(_Section, kw_only=True, frozen=True):
     max_connections: int = 4096
 
 
+class WebhookEndpointConfig(_Section, kw_only=True, frozen=True):
+    """One webhook subscription (gatewayd.webhooks): where, which events, how fast."""
+
+    name: str
+    url: str
+    # "" = the default endpoint(s): events of tenants without endpoints of their own,
+    # and MO; "*" = every event; else one tenant's events.
+    tenant: str = ""
+    # Event kinds: states ("submitted", "delivered", ...), "final" (every final state),
+    # "deferred", "queued", "mo", "optout", "optin", or "*".
+    events: list[str] = msgspec.field(default_factory=lambda: ["submitted", "final"])
+    secret: str = ""
+    secret_env: str = ""  # read the secret from this environment variable instead
+    # "json": POST {"events": [...]} (batched); "kannel": a GET of ``url`` with Kannel's
+    # dlr-url escapes (%d %i %I %p %P %A %T %t %F %a %%) filled in, one event a request.
+    format: Literal["json", "kannel"] = "json"
+    batch: int = 0  # events a request (0: webhooks.batch)
+    concurrency: int = 4  # requests in flight at once
+    rate_per_s: float = 0.0  # requests a second (0: no limit)
+    timeout_s: float = 10.0
+
+
+class WebhooksConfig(_Section, kw_only=True, frozen=True):
+    """Signed webhooks (gatewayd.webhooks): state changes and MO pushed to apps."""
+
+    # Run the sender inside `gatewayd run` (else run `gatewayd webhooks run` apart).
+    enabled: bool = False
+    batch: int = 100
+    # Retry a failing endpoint for this long (exponential back-off with jitter between
+    # backoff_min_s and backoff_max_s), then its events go to its dead-letter stream.
+    retry_for_s: float = 86400.0
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 300.0
+    # Events an endpoint may hold in memory before its later ones wait in Redis instead.
+    max_in_memory: int = 5000
+    # Deliver to private, loopback and link-local addresses (refused by default: no SSRF
+    # through an endpoint or a message's callback_url).
+    allow_private: bool = False
+    # tenant -> URL prefixes a message's callback_url may start with ("" = messages
+    # without a tenant); a tenant not listed may not name callback URLs.
+    callback_prefixes: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    callback_secret_env: str = ""  # signs callback_url deliveries
+    endpoints: list[WebhookEndpointConfig] = msgspec.field(default_factory=list)
+
+
 class Config(_Section, kw_only=True, frozen=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -244,6 +348,7 @@ class Config(_Section, kw_only=True, frozen=True):
     simulator: SimulatorConfig = msgspec.field(default_factory=SimulatorConfig)
     campaigns: CampaignsConfig = msgspec.field(default_factory=CampaignsConfig)
     links: LinksConfig = msgspec.field(default_factory=LinksConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     # Where this config came from; relative paths resolve against its folder.
     source: str = ""
 
@@ -380,6 +485,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
 
     if bool(cfg.redis.tls_cert) != bool(cfg.redis.tls_key):
         raise bad("redis.tls_cert", "set tls_cert and tls_key together (mutual TLS)")
+    url = cfg.redis_url()
+    problem = _redis_url_problem(url) if url else ""
+    if problem:
+        key = "REDIS_URL (environment)" if os.environ.get("REDIS_URL") else "redis.url"
+        raise bad(key, problem)
     q = cfg.queue
     # Each dispatch worker (and the express worker) holds a connection through its
     # blocking read; receipts, housekeeping and the takeover need a few more.
@@ -414,8 +524,12 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     ):
         if ivalue < 1:
             raise bad(key, "must be at least 1")
+    if q.mo_dedup_s <= 0:
+        raise bad("queue.mo_dedup_s", "must be greater than 0 (seconds)")
     if q.express_batch < 0:
         raise bad("queue.express_batch", "must be 0 (off) or more")
+    if q.schedule_horizon_s < 0:
+        raise bad("queue.schedule_horizon_s", "must be 0 (status_ttl_s) or more")
     if q.block_ms < 1:
         raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
     if not cfg.carrier:
@@ -429,17 +543,21 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.name", f"carrier {c.name!r} is defined twice")
         names.add(c.name)
         if not c.password and not c.password_env:
-            raise bad(f"{k}.password", "missing; set password or password_env (the SMPP secret)")
+            raise bad(f"{k}.password", "missing; set password or password_env (the SMPP "
+                                       "password, or CMPP's shared secret)")
         if c.password and c.password_env:
             raise bad(f"{k}.password_env", "set password or password_env, not both")
         if need_secrets and c.password_env and c.password_env not in os.environ:
             raise bad(f"{k}.password_env", f"environment variable {c.password_env} is not set")
-        if len(cfg.carrier_password(c)) > 8:
-            raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")
-        if len(c.system_id) > 15 or not c.system_id:
-            raise bad(f"{k}.system_id", "must be 1-15 characters (SMPP 3.4)")
-        if len(c.system_type) > 12:
-            raise bad(f"{k}.system_type", "at most 12 characters (SMPP 3.4)")
+        if c.protocol == "cmpp":
+            _validate_cmpp(k, c, cfg.carrier_password(c), bad)
+        else:
+            if len(cfg.carrier_password(c)) > 8:
+                raise bad(f"{k}.password", "SMPP 3.4 passwords are at most 8 characters")
+            if len(c.system_id) > 15 or not c.system_id:
+                raise bad(f"{k}.system_id", "must be 1-15 characters (SMPP 3.4)")
+            if len(c.system_type) > 12:
+                raise bad(f"{k}.system_type", "at most 12 characters (SMPP 3.4)")
         if not 0 < c.port < 65536:
             raise bad(f"{k}.port", "must be 1-65535")
         if c.binds < 1:
@@ -448,6 +566,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(f"{k}.receiver_binds", "must be 0 or more")
         if c.account and not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", c.account):
             raise bad(f"{k}.account", f"{c.account!r}: use 1-32 characters of A-Z a-z 0-9 _ -")
+        if not 1 <= c.port <= 65535:
+            raise bad(f"{k}.port", "a TCP port: 1-65535")
         if c.window < 1:
             raise bad(f"{k}.window", "must be at least 1 (1 = stop-and-wait)")
         if c.tps <= 0:
@@ -461,8 +581,13 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         ):
             if fvalue <= 0:
                 raise bad(f"{k}.{key}", "must be greater than 0")
-        if c.mo_country_code and not re.fullmatch(r"[1-9][0-9]{0,2}", c.mo_country_code):
-            raise bad(f"{k}.mo_country_code", "1-3 digits without + (e.g. \"86\")")
+        if not c.mo_country_code:
+            raise bad(f"{k}.mo_country_code", "required: how this carrier writes MO "
+                      "senders, a country calling code for national numbers (e.g. \"86\") "
+                      "or \"international\"")
+        if c.mo_country_code != "international" and not _calling_code(c.mo_country_code):
+            raise bad(f"{k}.mo_country_code", f"{c.mo_country_code!r}: not a country calling "
+                      "code (1-3 digits without +, e.g. \"86\") nor \"international\"")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
     pv = cfg.privacy
@@ -485,8 +610,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             if name not in names:
                 raise bad(f"routing.prefixes.{prefix}", f"unknown carrier {name!r}")
     listen = cfg.http.listen
-    if cfg.http.enabled and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", listen):
-        raise bad("http.listen", f"{listen!r}: use host:port, e.g. \"127.0.0.1:8780\"")
+    if cfg.http.enabled and not _listen_ok(listen):
+        raise bad("http.listen", f"{listen!r}: use host:port with a port of 0-65535, e.g. "
+                                 "\"127.0.0.1:8780\"")
+    if cfg.simulator.enabled and not 0 <= cfg.simulator.port <= 65535:
+        raise bad("simulator.port", "a TCP port: 1-65535 (0 = any free port)")
     for i, key in enumerate(cfg.http.api_keys):
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise bad(f"http.api_keys[{i}]", "store SHA-256 hex digests (gatewayd hash-key KEY)")
@@ -499,6 +627,55 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         if not 0.1 <= v <= 3600:
             raise bad(key, f"{v}: must be 0.1-3600 seconds")
     _validate_campaigns(cfg, bad)
+    _validate_webhooks(cfg, bad)
+
+
+def _validate_cmpp(k: str, c: CarrierConfig, secret: str, bad: Any) -> None:
+    """What a CMPP carrier's keys must be (the ISMG refuses or garbles anything else)."""
+    if not re.fullmatch(r"[0-9]{6}", c.system_id):
+        raise bad(f"{k}.system_id", "the SP id (企业代码): 6 digits, e.g. \"901234\"")
+    if secret and (not secret.isascii() or len(secret) > 64):
+        raise bad(f"{k}.password", "the shared secret: ASCII, at most 64 characters")
+    if not re.fullmatch(r"[0-9]{1,21}", c.source_addr):
+        raise bad(f"{k}.source_addr", "the access number (接入号, Src_Id): 1-21 digits, "
+                                      "e.g. \"106900001234\"")
+    if c.receiver_binds:
+        raise bad(f"{k}.receiver_binds", "CMPP has no receiver-only connections; every "
+                                         "connection carries reports and MO (use binds)")
+    if c.bind_mode != "transceiver":
+        raise bad(f"{k}.bind_mode", "CMPP connections always carry both ways; leave it out")
+    if c.long_messages != "udh":
+        raise bad(f"{k}.long_messages", "CMPP sends long messages as UDH parts only")
+    if c.window > 64:
+        raise bad(f"{k}.window", "ISMGs allow about 16 unanswered SUBMITs; at most 64")
+    m = c.cmpp
+    if not re.fullmatch(r"[0-9A-Za-z]{0,10}", m.service_id):
+        raise bad(f"{k}.cmpp.service_id", "the service code (业务代码, Service_Id): at most "
+                                          "10 letters and digits")
+    if m.msg_src and not re.fullmatch(r"[0-9]{6}", m.msg_src):
+        raise bad(f"{k}.cmpp.msg_src", "an SP id: 6 digits (empty: system_id)")
+    if m.fee_user_type not in (0, 1, 2, 3):
+        raise bad(f"{k}.cmpp.fee_user_type", "0 (the destination pays), 1 (the source), "
+                                             "2 (the SP), 3 (fee_terminal_id)")
+    if m.fee_user_type == 3 and not m.fee_terminal_id:
+        raise bad(f"{k}.cmpp.fee_terminal_id", "required when fee_user_type = 3")
+    if m.fee_type not in ("01", "02", "03", "04", "05"):
+        raise bad(f"{k}.cmpp.fee_type", "\"01\" free, \"02\" per message, \"03\" monthly, "
+                                        "\"04\" capped, \"05\" (the SP's own billing)")
+    if not re.fullmatch(r"[0-9]{1,6}", m.fee_code):
+        raise bad(f"{k}.cmpp.fee_code", "the fee in fen: 1-6 digits, e.g. \"000000\"")
+    width = 32 if m.version == "3.0" else 21
+    if len(m.fee_terminal_id) > width or not m.fee_terminal_id.isascii():
+        raise bad(f"{k}.cmpp.fee_terminal_id", f"a number: at most {width} characters")
+    if len(m.link_id) > 20 or not m.link_id.isascii():
+        raise bad(f"{k}.cmpp.link_id", "at most 20 ASCII characters")
+    for name in ("msg_level", "tp_pid"):
+        if not 0 <= getattr(m, name) <= 255:
+            raise bad(f"{k}.cmpp.{name}", "0..255")
+    if not -12 <= m.utc_offset_h <= 14:
+        raise bad(f"{k}.cmpp.utc_offset_h", "-12..14 (the ISMG's clock; Beijing: 8)")
+    if m.active_test_retries < 1:
+        raise bad(f"{k}.cmpp.active_test_retries", "at least 1")
 
 
 def _validate_campaigns(cfg: Config, bad: Any) -> None:
@@ -520,8 +697,9 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
                             lk.base_url):
             raise bad("links.base_url", f"{lk.base_url!r}: the public URL codes are "
                       "appended to, e.g. \"https://s.example.cn/\"")
-        if not re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:\d{1,5}", lk.listen):
-            raise bad("links.listen", f"{lk.listen!r}: use host:port, e.g. \"0.0.0.0:8781\"")
+        if not _listen_ok(lk.listen):
+            raise bad("links.listen", f"{lk.listen!r}: use host:port with a port of 0-65535, "
+                                      "e.g. \"0.0.0.0:8781\"")
         if cfg.http.enabled and lk.listen == cfg.http.listen and not lk.listen.endswith(":0"):
             raise bad("links.listen", "must differ from http.listen (the redirector faces "
                       "the internet; the API does not)")
@@ -531,9 +709,44 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
         raise bad("links.ttl_s", "must be greater than 0")
 
 
+WEBHOOK_KINDS = frozenset({"queued", "deferred", "submitted", "delivered", "undeliverable",
+                           "expired", "rejected", "failed", "final", "mo", "optout", "optin",
+                           "clicked", "*"})
+
+
+def _validate_webhooks(cfg: Config, bad: Any) -> None:
+    w = cfg.webhooks
+    if not 1 <= w.batch <= 1000:
+        raise bad("webhooks.batch", "must be 1-1000")
+    if w.retry_for_s <= 0 or w.backoff_min_s <= 0 or w.backoff_max_s < w.backoff_min_s:
+        raise bad("webhooks.retry_for_s", "retry_for_s and backoff_min_s must be > 0, "
+                  "backoff_max_s >= backoff_min_s")
+    for tenant, prefixes in w.callback_prefixes.items():
+        for p in prefixes:
+            if not re.match(r"https?://[^/?#]+/", p):
+                raise bad(f"webhooks.callback_prefixes.{tenant or '(none)'}",
+                          f"{p!r}: a prefix names scheme, host and a path, e.g. "
+                          "https://app.example.com/hooks/")
+    names: set[str] = set()
+    for i, e in enumerate(w.endpoints):
+        k = f"webhooks.endpoints[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", e.name) or e.name in names:
+            raise bad(f"{k}.name", f"{e.name!r}: a unique name of 1-64 A-Z a-z 0-9 _ . -")
+        names.add(e.name)
+        if not re.match(r"https?://[^/?#]+", e.url):
+            raise bad(f"{k}.url", f"{e.url!r}: an http:// or https:// URL")
+        unknown = set(e.events) - WEBHOOK_KINDS
+        if unknown or not e.events:
+            raise bad(f"{k}.events", f"unknown kinds {sorted(unknown)}; use some of "
+                      f"{sorted(WEBHOOK_KINDS)}")
+        if e.batch < 0 or e.concurrency < 1 or e.rate_per_s < 0 or e.timeout_s <= 0:
+            raise bad(k, "batch >= 0, concurrency >= 1, rate_per_s >= 0, timeout_s > 0")
+
+
 def holds_secrets(cfg: Config) -> bool:
     """A carrier password or a Redis password written in the file itself."""
-    return any(c.password for c in cfg.carrier) or bool(urlsplit(cfg.redis.url).password)
+    return (any(c.password for c in cfg.carrier) or bool(urlsplit(cfg.redis.url).password)
+            or any(e.secret for e in cfg.webhooks.endpoints))
 
 
 def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:
@@ -545,3 +758,39 @@ def warn_if_world_readable(path: str | os.PathLike[str]) -> str | None:
     if mode & stat.S_IROTH:
         return f"{path}: readable by all users but may hold secrets; chmod o-r {path}"
     return None
+
+
+def _calling_code(value: str) -> bool:
+    """A country calling code some country uses (libphonenumber's metadata)."""
+    return (value.isdigit() and len(value) <= 3
+            and phonenumbers.region_code_for_country_code(int(value)) not in ("ZZ", "001"))
+
+
+def _listen_ok(listen: str) -> bool:
+    """host:port (IPv6 in brackets) with a port a socket can bind (0 = any free one)."""
+    m = re.fullmatch(r"\[?[0-9A-Za-z.:\-]*\]?:(\d{1,5})", listen)
+    return m is not None and int(m.group(1)) <= 65535
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _redis_url_problem(url: str) -> str:
+    """Why a Redis URL cannot work ("" when it may): caught by check-config, not at
+    the daemon's first connection attempt."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return f"not a usable URL ({e}); e.g. redis://127.0.0.1:6379/0"
+    if parts.scheme not in _REDIS_SCHEMES:
+        return (f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not Redis's: "
+                "use redis://host:port/db, rediss:// (TLS), unix:///path/redis.sock or "
+                "redis+cluster://host:port")
+    if parts.scheme == "unix":
+        return "" if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return "no host, e.g. redis://127.0.0.1:6379/0"
+    if port == 0:
+        return "port 0: give Redis's port, e.g. 6379"
+    return ""

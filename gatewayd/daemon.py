@@ -30,12 +30,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gatewayd import __version__
 from gatewayd.campaigns import registry as templates
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
-from gatewayd.errors import ConfigError, GatewayError
+from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
@@ -48,9 +50,17 @@ from gatewayd.pipeline.queue import QueueStore
 from gatewayd.pipeline.spool import Spool
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.ratelimit import CarrierRateGate
+from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import UNAVAILABLE, Store, is_cluster, is_unavailable
+from gatewayd.store.connection import (
+    UNAVAILABLE,
+    Store,
+    is_cluster,
+    is_unavailable,
+    redacted,
+)
 from gatewayd.store.keys import keys_for
+from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
 
@@ -79,12 +89,14 @@ class Daemon:
         self.notifier = Notifier()
         self._engine: PolicyEngine | None = None
         self.sim: SmscSimulator | None = None
+        self.ismg: IsmgSimulator | None = None
         self.pool: CarrierPool | None = None
         self.queue: QueueStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
+        self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
         self.links: LinkServer | None = None
         self.redis_ok = False
         self._last_reclaim = 0.0
@@ -118,6 +130,7 @@ class Daemon:
     # Run ----------------------------------------------------------------------------
     async def run(self) -> int:
         metrics.BUILD_INFO.info({"version": __version__})
+        metrics.zero_known(self.cfg.queue.classes, [c.name for c in self.cfg.carrier])
         if self.cfg.source:
             warning = warn_if_world_readable(self.cfg.source)
             if warning and holds_secrets(self.cfg):
@@ -155,7 +168,11 @@ class Daemon:
         self.spool = Spool(Path(self.state_dir) / "spool")
         await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
-        await redis.ping()
+        try:
+            await redis.ping()
+        except (RedisError, OSError) as e:
+            # One line and exit code 3 (cli._run), not redis-py's traceback.
+            raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}") from e
         self.redis_ok = True
         metrics.REDIS_UP.set(1)
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
@@ -168,6 +185,12 @@ class Daemon:
                 receipt_delay_s=s.receipt_delay_s,
             ))
             await self.sim.start()
+            if s.cmpp_port:
+                self.ismg = IsmgSimulator(IsmgSettings(
+                    host=s.host, port=s.cmpp_port, sp_id=s.cmpp_sp_id, secret=s.cmpp_secret,
+                    receipt_delay_s=s.receipt_delay_s,
+                ))
+                await self.ismg.start()
         self.inbound = InboundHandler(redis, self.keys, cfg, self.policy)
         self.inbound.spool = self.spool
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
@@ -176,6 +199,9 @@ class Daemon:
         await self.load_templates()
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
+        if cfg.webhooks.enabled:
+            self.webhooks = WebhookRunner(redis, self.keys, cfg)
+            await self.webhooks.prepare()
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake
@@ -209,9 +235,17 @@ class Daemon:
         tick = asyncio.create_task(self._housekeeping(), name="housekeeping")
         fan = (asyncio.create_task(self.campaigns.run(self.stop_event), name="campaigns")
                if self.campaigns is not None else None)
+        hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
+                 if self.webhooks is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if hooks is not None:  # unacknowledged events are sent again by the next run
+                hooks.cancel()
+                try:
+                    await hooks
+                except (asyncio.CancelledError, Exception):
+                    pass
             if fan is not None:
                 fan.cancel()
                 try:
@@ -246,11 +280,14 @@ class Daemon:
             await self.pool.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.sim is not None:
             await self.sim.stop()
+        if self.ismg is not None:
+            await self.ismg.stop()
         await self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the state directory's lock
             self._lock_fd = None
-        log.info("gatewayd stopped")
+        if self.started.is_set():  # a failed start is said in one line, by the caller
+            log.info("gatewayd stopped")
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """`gatewayd demo`: the whole path on one machine, in one command.
 
-Starts the daemon on the demo config (embedded Redis, built-in SMSC simulator), queues
+Starts the daemon on the demo config (embedded Redis, built-in SMPP and CMPP simulators), queues
 a handful of realistic messages, waits for their receipts and prints what happened.
 """
 
@@ -60,8 +60,10 @@ async def _demo(cfg: Config, *, keep_running: bool, timeout_s: float,
         started.cancel()
         task.result()  # raises the startup error
         return 3
+    cmpp = (f", CMPP ISMG simulator on {cfg.simulator.host}:{cfg.simulator.cmpp_port}"
+            if cfg.simulator.cmpp_port else "")
     print(f"gatewayd demo: Redis {daemon.store.url}, SMSC simulator on "
-          f"{cfg.simulator.host}:{cfg.simulator.port}, HTTP on {cfg.http.listen}")
+          f"{cfg.simulator.host}:{cfg.simulator.port}{cmpp}, HTTP on {cfg.http.listen}")
     t0 = time.time()
     async with Client(daemon.store.url, prefix=cfg.redis.prefix, queue=cfg.queue) as client:
         results = await client.send(DEMO_MESSAGES, source="demo")
@@ -101,7 +103,7 @@ def _print_table(items: list[dict[str, Any]], ids: list[str],
                  records: dict[str, dict[str, Any]], t0: float) -> None:
     print()
     header = f"{'id':<28} {'to':<16} {'category':<14} {'parts':>5} {'state':<13} " \
-             f"{'carrier id':<18} {'latency':>8}"
+             f"{'carrier':<8} {'carrier id':<20} {'latency':>8}"
     print(header)
     print("-" * len(header))
     for item, msg_id in zip(items, ids, strict=True):
@@ -110,6 +112,6 @@ def _print_table(items: list[dict[str, Any]], ids: list[str],
         latency = f"{(float(done) - t0) * 1000:.0f} ms" if done else "-"
         print(f"{msg_id:<28} {rec.get('to', item['to']):<16} {item['category']:<14} "
               f"{rec.get('segments', '-')!s:>5} {rec.get('state', 'unknown'):<13} "
-              f"{rec.get('carrier_id', '-'):<18} {latency:>8}")
+              f"{rec.get('carrier', '-'):<8} {rec.get('carrier_id', '-'):<20} {latency:>8}")
         if rec.get("state") not in ("delivered", None) and rec.get("reason"):
             print(f"{'':<28} reason: {rec['reason']}")

@@ -12,12 +12,22 @@ class ConfigError(GatewayError, ValueError):
 
 
 class MessageError(GatewayError, ValueError):
-    """A queued message is malformed; ``field`` names the offending field."""
+    """A queued message is malformed; ``field`` names the offending field, ``code`` the
+    kind of problem as dead letters name it (``invalid:<code>: ...``; the field's name
+    unless said otherwise, e.g. ``internal_field``)."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, code: str = "") -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.code = code or field
+
+    @property
+    def dead_reason(self) -> str:
+        """The reason a dead letter (and a raw entry's rejected status) carries."""
+        if self.code == self.field:
+            return f"invalid:{self.field}: {self.reason}"
+        return f"invalid:{self.code}: {self.field}: {self.reason}"
 
 
 class StoreError(GatewayError):

@@ -44,6 +44,9 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     sender: str = msgspec.field(default="", name="from")
     tenant: str = ""
     ref: str = ""  # upstream's own reference, echoed in every event
+    # Webhooks for this message also go here (gatewayd.webhooks; only under one of its
+    # tenant's webhooks.callback_prefixes).
+    callback_url: str = ""
     idempotency_key: str = ""
     carrier: str = ""  # force a carrier by name (skips prefix routing)
     not_before: float = 0.0
@@ -62,6 +65,11 @@ class OutboundMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     # A long message some of whose parts the SMSC accepted: carrier, reference and those
     # parts (pipeline/intake.Resume, JSON), so the retry sends only the others.
     resume: str = ""
+    # Which gatewayd intake queued it (http, client, cli...; QueueStore.enqueue), for
+    # gatewayd_messages_enqueued_total: the daemon that first reads it counts it (the
+    # client's and CLI's processes are never scraped) and clears it, so re-queued
+    # retries and deferrals carry none.
+    intake: str = ""
 
 
 class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -104,6 +112,10 @@ class InboundMessage(msgspec.Struct, kw_only=True):
     text: str
     received_at: float
     parts: int = 1
+    # The carrier's own id of the MO, where its protocol has one (CMPP Msg_Id): a
+    # redelivery repeats it, a new message from the same person with the same text
+    # does not. SMPP gives none ("").
+    smsc_id: str = ""
 
 
 def mask_number(number: str) -> str:

@@ -66,6 +66,7 @@ listen = "127.0.0.1:$HTTP_PORT"
 [policy]
 file = "/etc/gatewayd/policies/demo.toml"
 [[carrier]]
+mo_country_code = "86"
 name = "sim"
 host = "127.0.0.1"
 port = $SIM_PORT

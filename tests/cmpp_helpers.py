@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from gatewayd.carrier.cmpp.client import CmppClient
 from gatewayd.carrier.cmpp.settings import CmppSettings
 from gatewayd.config import CarrierConfig
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
+from tests.e2e_helpers import NO_POLICY
 from tests.interop.pysmsc import Recorder
 
 SP_ID = "901234"
@@ -54,3 +56,58 @@ async def client(
         yield c, rec
     finally:
         await c.stop(2.0)
+
+
+def write_cmpp_config(
+    tmp_path: Path, *, redis_url: str, port: int, version: str = "3.0",
+    policy: Path | None = NO_POLICY, window: int = 16, tps: float = 100000.0,
+    response_timeout_s: float = 5.0, extra_carrier: str = "", extra: str = "",
+    name: str = "gw.toml", after: str = "",
+) -> Path:
+    """A daemon config whose one carrier speaks CMPP to the simulated ISMG."""
+    text = f"""
+[daemon]
+state_dir = "{tmp_path / 'state'}"
+log_level = "warning"
+shutdown_timeout_s = 5.0
+housekeeping_interval_s = 0.2
+
+[redis]
+url = "{redis_url}"
+
+[http]
+enabled = false
+listen = "127.0.0.1:0"
+
+[policy]
+file = "{policy or ''}"
+
+{extra}
+
+[[carrier]]
+name = "cmcc"
+protocol = "cmpp"
+host = "127.0.0.1"
+port = {port}
+system_id = "{SP_ID}"
+password = "{SECRET}"
+source_addr = "{ACCESS}"
+window = {window}
+tps = {tps}
+enquire_link_s = 5.0
+response_timeout_s = {response_timeout_s}
+reconnect_min_s = 0.1
+reconnect_max_s = 1.0
+auth_retry_s = 1.0
+mo_country_code = "86"
+{extra_carrier}
+
+[carrier.cmpp]
+version = "{version}"
+service_id = "MJS0019905"
+{after}
+"""
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    p.chmod(0o600)
+    return p

@@ -37,6 +37,7 @@ def write_config(
     tps: float = 100000.0,
     name: str = "gw.toml",
     response_timeout_s: float = 5.0,
+    mo_country_code: str = "86",
 ) -> Path:
     text = f"""
 [daemon]
@@ -69,6 +70,7 @@ reconnect_min_s = 0.1
 reconnect_max_s = 1.0
 auth_retry_s = 1.0
 source_addr = "10690001"
+mo_country_code = "{mo_country_code}"
 {extra_carrier}
 {extra}
 """
@@ -160,3 +162,24 @@ def in_flight_bound(cfg: Config) -> int:
 
 def load(path: Path) -> Config:
     return load_config(path)
+
+
+async def send_internal(redis_url: str, cfg: Config, items: list[dict[str, Any]]) -> list[str]:
+    """Queue messages WITH internal fields (``campaign``, ``resume``, ``enqueued_at``...),
+    sealed as gatewayd's own writers do (the fan-out, retries): clients may not set them
+    (issue 14), so tests that need such messages go through the queue store."""
+    import msgspec
+
+    from gatewayd.client import Client
+    from gatewayd.pipeline.intake import INTERNAL, parse_message
+
+    async with Client.from_config(cfg, redis_url) as client:
+        assert client._queue is not None
+        msgs = []
+        for item in items:
+            item = dict(item)
+            internal = {k: item.pop(k) for k in list(item) if k in INTERNAL}
+            m = parse_message(item, classes=list(cfg.queue.classes),
+                              max_segments=cfg.queue.max_segments)
+            msgs.append(msgspec.structs.replace(m, **internal))
+        return [i for i, _ in await client._queue.enqueue(msgs, source="test")]

@@ -54,6 +54,7 @@ reclaim_idle_s = {reclaim_idle_s}
 early_receipt_hold_s = 2.0
 
 [[carrier]]
+mo_country_code = "86"
 name = "sim"
 host = "127.0.0.1"
 port = {sim_port}

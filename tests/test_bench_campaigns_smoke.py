@@ -55,3 +55,5 @@ def test_redirect(tmp_path: Path) -> None:
     data, _ = bench(tmp_path, "redirect", "--links", "500", "--duration", "1")
     (run,) = data["runs"]
     assert run["requests"] > 0 and run["non_3xx"] == 0 and run["socket_errors"] == 0
+    (paced,) = data["paced"]  # the latency run at an offered rate
+    assert paced["requests"] > 0 and paced["non_3xx"] == 0 and paced["wait_ms"] > 0

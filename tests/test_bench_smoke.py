@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,3 +81,25 @@ def test_bench_consent_quick_writes_its_result(tmp_path: Path) -> None:
     for key in ("import_s", "import_per_s", "gatewayd_cpu_us", "redis_cpu_us", "by_number_s",
                 "memory_bytes_per_number"):
         assert {"median", "min", "max", "runs"} <= set(data[key]), key
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None,
+                    reason="wrk is not installed (apt-get install wrk)")
+def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # never flush a real one
+    env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "intake", "--quick", "-n", "400", "--connections", "16"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "intake.json").read_text())
+    (run,) = data["runs"]
+    # Every request of a phase was accepted (202: none refused), each phase queued every
+    # message (and the few sent while wrk was being stopped), and the end-to-end phase
+    # took every one it queued to a final state.
+    for tag in ("http-1", "http-100", "e2e-http"):
+        assert set(run[tag]["statuses"]) == {"202"}, (tag, run[tag]["statuses"])
+        assert run[tag]["queued"] >= 400, tag
+    assert run["e2e-http"]["final"] == run["e2e-http"]["queued"]
+    assert {"median", "min", "max"} <= set(data["http-1"]["gw_us"])

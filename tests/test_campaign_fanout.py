@@ -17,11 +17,11 @@ from gatewayd.campaigns.fanout import FanOut
 from gatewayd.campaigns.model import Campaign, Variant
 from gatewayd.campaigns.registry import TemplateCache
 from gatewayd.campaigns.templates import Template
-from gatewayd.client import Client
 from gatewayd.config import Config, load_config
 from gatewayd.pipeline.intake import Resume
 from gatewayd.store.keys import Keys
-from tests.e2e_helpers import Smsc, running_daemon, wait_final, write_config
+from gatewayd.store.seal import load_seal
+from tests.e2e_helpers import Smsc, running_daemon, send_internal, wait_final, write_config
 
 CLASSES = ["otp", "transactional", "marketing"]
 LINKS = """
@@ -116,7 +116,10 @@ async def test_a_slice_is_queued_once_and_only_while_running(
     ids = {f["id"] for _sid, f in entries}
     assert len(ids) == 300 and "c1.1" in ids and "c1.300" in ids
     by_variant: dict[str, int] = {}
-    for _sid, f in entries:
+    seal = await load_seal(redis, keys)
+    for _sid, raw in entries:
+        # campaign, variant and links travel sealed (gatewayd.store.seal)
+        f = {**raw, **{k: str(v) for k, v in seal.open(raw).items()}}
         by_variant[f["variant"]] = by_variant.get(f["variant"], 0) + 1
         assert ("今晨采摘" in f["text"]) == (f["variant"] == "A") and f["template"] == f["variant"]
         assert f["campaign"] == "c1" and f["tenant"] == "shop" and f["links"] == "1"
@@ -194,6 +197,37 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     assert summary["rates"]["delivery"] == {"value": 1.0, "num": 400, "den": 400}
 
 
+async def test_hostile_rows_of_an_app_stream_are_invalid_rows_not_a_stuck_campaign(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    """Issue 14: an entry that is not UTF-8, or whose params are nested 10,000 deep,
+    failed every read of the app's stream: the campaign never moved again."""
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS))
+    await setup_ab(redis, keys, "s2", source="stream:app:r2")
+    params = json.dumps({"name": "n", "link": "https://a.cn"})
+    raw = aioredis.from_url(redis_url)  # bytes as they are
+    try:
+        await raw.xadd("app:r2", {b"to": b"+8613600000001", b"params": params.encode()})
+        await raw.xadd("app:r2", {b"to": b"\xff\xfe", b"params": b"{}"})
+        await raw.xadd("app:r2", {b"to": b"+8613600000002",
+                                  b"params": b"[" * 10000 + b"]" * 10000})
+        await raw.xadd("app:r2", {b"to": b"+8613600000003", b"params": params.encode()})
+        await raw.xadd("app:r2", {b"end": b"1"})
+    finally:
+        await raw.aclose()
+    await model.change(redis, keys, "s2", "start")
+    await model.change(redis, keys, "s2", "run")
+    fan = FanOut(redis, keys, cfg)
+    for _ in range(5):
+        c = await model.get(redis, keys, "s2")
+        assert c is not None
+        if (await fan.step(c))[0] == "done":
+            break
+    c = await model.get(redis, keys, "s2")
+    assert c is not None and (c.produced, c.invalid) == (2, 2)
+    queued = [f["to"] for _, f in await redis.xrange(keys.queue("marketing"))]
+    assert queued == ["+8613600000001", "+8613600000003"]
+
+
 def test_campaign_config_is_validated(tmp_path: Path) -> None:
     from gatewayd.errors import ConfigError
     base = write_config(tmp_path, redis_url="redis://x", sim_port=1,
@@ -247,14 +281,14 @@ async def test_a_cancelled_campaign_still_finishes_a_half_sent_long_message(
     await model.change(redis, keys, "p2", "pause")
     long_text = "Fresh fruit this morning, twenty percent off everything until noon. " * 4
     resume = Resume("sim", 77, {0: "abc1"}).encode()
-    async with Client.from_config(cfg, redis_url) as client:
-        [(half, _), (whole, _), _paused] = await client.send([
-            {"id": "x2.1", "to": "+8613900000001", "text": long_text, "category": "marketing",
-             "campaign": "x2", "variant": "A", "resume": resume},
-            {"id": "x2.2", "to": "+8613900000002", "text": long_text, "category": "marketing",
-             "campaign": "x2", "variant": "A"},
-            {"id": "p2.1", "to": "+8613900000003", "text": "Fruit", "category": "marketing",
-             "campaign": "p2", "variant": "A"}])
+    # campaign, variant and resume are internal: sealed as the fan-out and retries do
+    [half, whole, _paused] = await send_internal(redis_url, cfg, [
+        {"id": "x2.1", "to": "+8613900000001", "text": long_text, "category": "marketing",
+         "campaign": "x2", "variant": "A", "resume": resume},
+        {"id": "x2.2", "to": "+8613900000002", "text": long_text, "category": "marketing",
+         "campaign": "x2", "variant": "A"},
+        {"id": "p2.1", "to": "+8613900000003", "text": "Fruit", "category": "marketing",
+         "campaign": "p2", "variant": "A"}])
     async with running_daemon(cfg):
         records = await wait_final(redis, keys, [whole], timeout_s=30)
         for _ in range(400):

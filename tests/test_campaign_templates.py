@@ -15,6 +15,7 @@ from gatewayd.config import load_config
 from gatewayd.errors import ConfigError, MessageError
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import load_seal
 from tests.e2e_helpers import Smsc, running_daemon, wait_final, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,9 @@ listen = "127.0.0.1:0"
     status = await redis.hgetall(keys.status(ids[0]))
     assert status["template"] == "SHIP" and status["state"] == "queued"
     entry = (await redis.xrange(keys.queue("transactional"), count=1))[0][1]
-    assert entry["template"] == "SHIP" and entry["links"] == "1"
+    # links is internal: sealed (gatewayd.store.seal)
+    assert entry["template"] == "SHIP" and "links" not in entry
+    assert (await load_seal(redis, keys)).open(entry)["links"] == 1
     assert entry["text"].startswith("【京东】小明，您的订单100000已发货 https://s.example.cn/")
     code = entry["text"].rsplit("/", 1)[1]
     link = await links.read(redis, keys, code) or {}

@@ -91,6 +91,7 @@ async def test_receipts_correlate_whatever_bind_they_arrive_on(
         carrier_extra = 'bind_mode = "transmitter"'
         extra = f"""
 [[carrier]]
+mo_country_code = "86"
 name = "sim-rx"
 host = "127.0.0.1"
 port = {sim.port}
@@ -104,6 +105,7 @@ default = ["sim"]
     else:
         extra = f"""
 [[carrier]]
+mo_country_code = "86"
 name = "sim-b"
 host = "127.0.0.1"
 port = {sim.port}
@@ -139,8 +141,12 @@ async def test_keys_of_an_older_gatewayd_are_still_found(
     """Receipts in flight across the upgrade: a key named after the carrier entry (how
     gatewayd keyed them before accounts) matches a receipt arriving on any entry's bind."""
     p = tmp_path / "gw.toml"
-    p.write_text('[[carrier]]\nname = "a"\nhost = "h"\nsystem_id = "acct"\npassword = "p"\n'
-                 '[[carrier]]\nname = "b"\nhost = "h"\nsystem_id = "acct"\npassword = "p"\n',
+    p.write_text('[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "a"\nhost = "h"\n'
+                 'system_id = "acct"\npassword = "p"\n'
+                 '[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "b"\nhost = "h"\n'
+                 'system_id = "acct"\npassword = "p"\n',
                  encoding="utf-8")
     cfg = load_config(p)
     handler = InboundHandler(redis, keys, cfg, lambda: None)
@@ -313,7 +319,8 @@ async def test_learned_rate_settles_under_the_smsc_cap_for_two_daemons(
     saw-tooth) and few submits are throttled. Figures: bench/throttle.py."""
     sim = await smsc(receipts=False, max_tps=300.0)
     p = tmp_path / "gw.toml"
-    p.write_text(f'[[carrier]]\nname = "sim"\nhost = "127.0.0.1"\nport = {sim.port}\n'
+    p.write_text('[[carrier]]\n'
+                 f'mo_country_code = "86"\nname = "sim"\nhost = "127.0.0.1"\nport = {sim.port}\n'
                  'system_id = "demo"\npassword = "demo"\ntps = 1000\nwindow = 200\n',
                  encoding="utf-8")
     cfg = load_config(p)

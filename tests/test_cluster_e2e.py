@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from gatewayd.client import Client
 from gatewayd.policy.redischecks import RedisBatch
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
-from gatewayd.store.connection import connect, is_cluster
+from gatewayd.store.connection import connect, is_cluster, split_cluster_url
 from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
@@ -184,9 +185,16 @@ async def test_end_to_end_on_a_cluster(
         assert again and idem2 == idem
         await cluster.xadd(keys.queue("transactional"),
                            {"to": "+8613700000005", "text": "raw", "id": "raw-1"})
-        # A consumer that read the otp entries and died: no heartbeat, entries pending.
-        got = await cluster.xreadgroup(GROUP, "ghost", {keys.queue("otp"): ">"}, count=100)
-        assert sum(len(items) for _, items in got) == 20
+        # Entries that are not UTF-8 (issue 14), read fresh and reclaimed: dead letters.
+        raw = RedisCluster.from_url(split_cluster_url(cluster_url)[0])
+        try:
+            for klass in ("transactional", "otp"):
+                await raw.xadd(keys.queue(klass), {b"to": b"\xff\xfe", b"text": b"x"})
+            # A consumer that read the otp entries and died: no heartbeat, entries pending.
+            got = await raw.xreadgroup(GROUP, "ghost", {keys.queue("otp"): ">"}, count=100)
+            assert sum(len(items) for _, items in got) == 21
+        finally:
+            await raw.aclose()
         async with running_daemon(cfg) as daemon:
             # Sent once the daemon runs, so its not_before is still ahead when the
             # dispatcher reads it however long the start took on a loaded machine.
@@ -221,6 +229,8 @@ async def test_end_to_end_on_a_cluster(
         assert [e["state"] for e in events[later]] == [
             "queued", "deferred", "submitted", "delivered"]
         assert any(e["state"] == "optout" for e in events[""])
+        dead = [f["reason"] for _, f in await cluster.xrange(keys.dead)]
+        assert [r.split(":")[:2] for r in dead] == [["invalid", "encoding"]] * 2
         assert await cluster.xlen(keys.optout_audit) == 1
         for klass in cfg.queue.classes:
             assert await cluster.xlen(keys.queue(klass)) == 0

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """
 [[carrier]]
+mo_country_code = "86"
 name = "a"
 host = "127.0.0.1"
 system_id = "acme"
@@ -41,6 +42,8 @@ def refuse(tmp_path: Path, text: str) -> str:
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
     monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    monkeypatch.setenv("CMCC_CMPP_SECRET", "pw3")
+    monkeypatch.setenv("CMCC_CMPP_SECRET", "a long shared secret")
     for name in ("demo.toml", "gatewayd.example.toml"):
         cfg = load_config(ROOT / "config" / name)
         assert cfg.carrier
@@ -135,3 +138,85 @@ def test_only_run_needs_the_smpp_secret_from_the_environment(
     monkeypatch.setenv("GW_TEST_SMPP_SECRET", "pw")
     assert main(["check-config", "-c", str(p)]) == 0
     assert "not set" not in capsys.readouterr().err
+
+
+CMPP = """
+[[carrier]]
+name = "cmcc"
+protocol = "cmpp"
+host = "127.0.0.1"
+port = 7890
+system_id = "901234"
+password = "a shared secret longer than eight"
+source_addr = "106900001234"
+window = 16
+mo_country_code = "86"
+
+[carrier.cmpp]
+version = "3.0"
+service_id = "MJS0019905"
+"""
+
+
+def test_cmpp_carrier_keys(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, CMPP))
+    c = cfg.carrier[0]
+    assert (c.protocol, c.cmpp.version, c.cmpp.service_id) == ("cmpp", "3.0", "MJS0019905")
+    assert (c.cmpp.fee_user_type, c.cmpp.fee_type, c.cmpp.fee_code) == (2, "01", "000000")
+    assert load_config(write(tmp_path, GOOD)).carrier[0].protocol == "smpp"
+
+
+@pytest.mark.parametrize(("change", "key", "words"), [
+    (('system_id = "901234"', 'system_id = "acme01"'), "carrier[0].system_id", "SP id"),
+    (('source_addr = "106900001234"', 'source_addr = "ACME"'), "carrier[0].source_addr",
+     "access number"),
+    (('window = 16', 'window = 16\nreceiver_binds = 1'), "carrier[0].receiver_binds",
+     "no receiver-only"),
+    (('window = 16', 'window = 16\nlong_messages = "payload"'), "carrier[0].long_messages",
+     "UDH"),
+    (('service_id = "MJS0019905"', 'service_id = "MJS0019905XX"'),
+     "carrier[0].cmpp.service_id", "service code"),
+    (('service_id = "MJS0019905"', 'service_id = "x"\nfee_type = "09"'),
+     "carrier[0].cmpp.fee_type", "free"),
+    (('service_id = "MJS0019905"', 'service_id = "x"\nfee_user_type = 3'),
+     "carrier[0].cmpp.fee_terminal_id", "required"),
+    (('version = "3.0"', 'version = "3"'), "carrier[0].cmpp.version", "enum"),
+    (('service_id = "MJS0019905"', 'servce_id = "x"'), "carrier[0].cmpp.servce_id",
+     "unknown key"),
+])
+def test_cmpp_carrier_refusals(tmp_path: Path, change: tuple[str, str], key: str,
+                               words: str) -> None:
+    msg = refuse(tmp_path, CMPP.replace(*change))
+    assert f": {key}: " in msg and words in msg, msg
+
+
+def test_check_config_names_a_bad_cmpp_key(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    p = write(tmp_path, CMPP.replace('system_id = "901234"', 'system_id = "90123"'))
+    assert main(["check-config", "-c", str(p)]) == 2
+    assert "carrier[0].system_id" in capsys.readouterr().err
+    assert main(["check-config", "-c", str(write(tmp_path, CMPP))]) == 0
+
+
+def test_a_carrier_must_say_how_it_writes_mo_senders(tmp_path: Path) -> None:
+    without = GOOD.replace('mo_country_code = "86"\n', "")
+    msg = refuse(tmp_path, without)
+    assert "carrier[0].mo_country_code: required" in msg and '"international"' in msg
+    assert "not a country calling code" in refuse(
+        tmp_path, without + 'mo_country_code = "999"\n')
+    assert "not a country calling code" in refuse(
+        tmp_path, without + 'mo_country_code = "+86"\n')
+    cfg = load_config(write(tmp_path, without + 'mo_country_code = "international"\n'))
+    assert cfg.carrier[0].mo_country_code == "international"
+    # check-config says the same, in one line, exit 2.
+    rc = main(["check-config", "-c", str(write(tmp_path, without))])
+    assert rc == 2
+
+
+def test_the_example_config_ships_no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CMCC_SMPP_PASSWORD", "pw1")
+    monkeypatch.setenv("UNICOM_SMPP_PASSWORD", "pw2")
+    monkeypatch.setenv("CMCC_CMPP_SECRET", "pw3")
+    cfg = load_config(ROOT / "config" / "gatewayd.example.toml")
+    assert cfg.http.api_keys == []
+    assert all(c.mo_country_code for c in cfg.carrier)

@@ -217,7 +217,8 @@ def test_cli_import_and_export(tmp_path: Path, redis_url: str,
         r.flushdb()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(f'[policy]\nfile = "{ROOT / "policies" / "policy.toml"}"\n'
-                   '[[carrier]]\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                   '[[carrier]]\n'
+                   'mo_country_code = "86"\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                    'password = "b"\n', encoding="utf-8")
     lst = tmp_path / "optouts.txt"
     lst.write_text("+8613800000001\n+8613800000002\nbogus\n", encoding="utf-8")
@@ -250,7 +251,7 @@ async def test_mo_sentence_opt_out_then_resubscribe_and_api(
 ) -> None:
     sim = await smsc(receipt_delay_s=0.01)
     cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, http=True,
-                            policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
+                            policy=DEMO_POLICY))
     digits = "8613800138000"
 
     async def until(pred: object) -> None:

@@ -13,11 +13,12 @@ from tests.e2e_helpers import ROOT
 
 
 def test_demo_with_a_campaign(tmp_path: Path) -> None:
-    sim, http, links = free_port(), free_port(), free_port()
+    sim, ismg, http, links = free_port(), free_port(), free_port(), free_port()
     text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
     text = (text.replace('"../.gatewayd"', f'"{tmp_path / "state"}"')
             .replace('"../policies/', f'"{ROOT / "policies"}/')
-            .replace("27750", str(sim)).replace("127.0.0.1:8780", f"127.0.0.1:{http}")
+            .replace("27750", str(sim)).replace("27760", str(ismg))
+            .replace("127.0.0.1:8780", f"127.0.0.1:{http}")
             .replace("8781", str(links)))
     cfg = tmp_path / "demo.toml"
     cfg.write_text(text, encoding="utf-8")
@@ -28,6 +29,11 @@ def test_demo_with_a_campaign(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out = proc.stdout
         assert "5/5 delivered" in out
+        # China Mobile numbers over CMPP (the ISMG simulator), the others over SMPP.
+        rows = [line.split() for line in out.splitlines() if line.startswith("1")]
+        assert {(r[1][:6], r[5]) for r in rows[:5]} == {
+            ("+86138", "cmcc"), ("+86139", "cmcc"), ("+4477*", "sim"), ("+86186", "sim"),
+            ("+86137", "sim")}
         assert "300 recipients uploaded, 0 refused, 300 queued" in out
         # The second run too: the first run's opt-out does not reject its recipient.
         assert "delivery rate     100.0%  (300 / 300)" in out

@@ -24,7 +24,9 @@ CAP = 20
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path, redis_url: str, smsc: Smsc) -> AsyncIterator[Daemon]:
+async def daemon(tmp_path: Path, redis_url: str, redis: Any, smsc: Smsc
+                 ) -> AsyncIterator[Daemon]:
+    # `redis`: a flushed database, so no earlier test's keys reach this daemon's log.
     sim = await smsc()
     p = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, http=True)
     digest = hashlib.sha256(KEY.encode()).hexdigest()
@@ -198,7 +200,8 @@ def test_check_config_refuses_bad_limits(tmp_path: Path, section: str, line: str
 
     p = tmp_path / "gw.toml"
     p.write_text(f'[{section}]\n{line}\n\n[[carrier]]\nname = "a"\nhost = "127.0.0.1"\n'
-                 'system_id = "acme"\npassword = "secret"\n', encoding="utf-8")
+                 'system_id = "acme"\npassword = "secret"\nmo_country_code = "86"\n',
+                 encoding="utf-8")
     p.chmod(0o600)
     with pytest.raises(ConfigError) as exc:
         load_config(p)

@@ -21,6 +21,7 @@ from tests.e2e_helpers import (
     in_flight_bound,
     load,
     running_daemon,
+    send_internal,
     wait_final,
     write_config,
 )
@@ -118,13 +119,13 @@ async def test_expired_and_scheduled_messages(
     port = sim.port
     cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port))
     now = time.time()
-    async with Client(redis_url, queue=cfg.queue) as client:
-        [(stale, _), (late_otp, _), (later, _)] = await client.send([
-            {"to": "+8613800000001", "text": "too late", "expires_at": now - 1},
-            {"to": "+8613800000002", "text": "old code", "category": "otp",
-             "enqueued_at": now - 301},
-            {"to": "+8613800000003", "text": "at 9", "not_before": now + 1.5},
-        ])
+    # enqueued_at is internal (sealed as gatewayd writes it; a client cannot set it)
+    [stale, late_otp, later] = await send_internal(redis_url, cfg, [
+        {"to": "+8613800000001", "text": "too late", "expires_at": now - 1},
+        {"to": "+8613800000002", "text": "old code", "category": "otp",
+         "enqueued_at": now - 301},
+        {"to": "+8613800000003", "text": "at 9", "not_before": now + 1.5},
+    ])
     async with running_daemon(cfg):
         records = await wait_final(redis, keys, [stale, late_otp, later], timeout_s=20)
     assert records[stale]["state"] == "expired"

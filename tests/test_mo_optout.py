@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
-from gatewayd.pipeline.inbound import e164
+from gatewayd.policy.numbers import from_person, to_e164
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import ROOT, Smsc, load, running_daemon, wait_final, write_config
 
@@ -23,7 +23,7 @@ async def test_td_reply_blocks_the_next_marketing_message(
     sim = await smsc(receipt_delay_s=0.01)
     port = sim.port
     cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
-                            policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
+                            policy=DEMO_POLICY))
     async with running_daemon(cfg):
         # The carrier gives the sender in national form; the opt-out must still match.
         await sim.inject_mo("13800138000", "10690001", reply, wait=True)
@@ -54,7 +54,7 @@ async def test_a_chatty_reply_is_not_an_opt_out(
     sim = await smsc(receipt_delay_s=0.01)
     port = sim.port
     cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=port,
-                            policy=DEMO_POLICY, extra_carrier='mo_country_code = "86"'))
+                            policy=DEMO_POLICY))
     async with running_daemon(cfg):
         await sim.inject_mo("8613800138000", "10690001", "TD is my favourite shop",
                             wait=True)
@@ -65,9 +65,26 @@ async def test_a_chatty_reply_is_not_an_opt_out(
     assert not await redis.exists(keys.optout("8613800138000"))
 
 
-def test_e164_normalisation() -> None:
-    assert e164("13800138000", "86") == "+8613800138000"
-    assert e164("8613800138000", "86") == "+8613800138000"
-    assert e164("008613800138000", "") == "+8613800138000"
-    assert e164("+447700900123", "86") == "+447700900123"
-    assert e164("JD-SHOP", "86") == "JD-SHOP"
+def test_mo_senders_become_e164_per_carrier() -> None:
+    assert to_e164("13800138000", "86") == "+8613800138000"
+    assert to_e164("8613800138000", "86") == "+8613800138000"
+    assert to_e164("008613800138000", "86") == "+8613800138000"
+    assert to_e164("+8613800138000", "44") == "+8613800138000"
+    assert to_e164("8613800138000", "international") == "+8613800138000"
+    assert to_e164("+8613800138000", "international") == "+8613800138000"
+    # Not a number a person can opt out from: a short code, nothing, letters, 41 digits.
+    for odd in ("10086", "", "JD-SHOP", "1" * 41, "13800138000" * 3):
+        assert to_e164(odd, "86") is None
+        assert to_e164(odd, "international") is None
+    # A national number read as international is someone else's (+1 380...): refused.
+    assert to_e164("13800138000", "international") is None
+
+
+def test_cli_numbers_need_a_country() -> None:
+    with pytest.raises(ValueError, match="--country"):
+        from_person("13900000000")
+    assert from_person("13900000000", "86") == "+8613900000000"
+    assert from_person("+86 139-0000-0000") == "+8613900000000"
+    assert from_person("008613900000000") == "+8613900000000"
+    with pytest.raises(ValueError, match="not a valid phone number"):
+        from_person("+86123")

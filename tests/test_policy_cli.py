@@ -22,7 +22,8 @@ def config(tmp_path: Path, redis_url: str = "") -> Path:
     p.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
                  f'[redis]\nurl = "{redis_url}"\n'
                  f'[policy]\nfile = "{ROOT / "policies" / "policy.toml"}"\n'
-                 '[[carrier]]\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 '[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\n', encoding="utf-8")
     return p
 
@@ -76,7 +77,9 @@ def test_explain_after_optout_via_cli(tmp_path: Path, redis_url: str,
                       "marketing", "--at", AT_NOON)
     assert rc == 0
     assert "final    reject  by optout: optout" in out
-    assert main(["optout", "check", "8613800138000", "--json", "-c", str(cfg)]) == 0
+    # A national number with its country is the same number.
+    assert main(["optout", "check", "13800138000", "--country", "86", "--json",
+                 "-c", str(cfg)]) == 0
     status = json.loads(capsys.readouterr().out)
     assert list(status["opted_out"]) == ["*"]
     assert main(["optout", "remove", "+8613800138000", "-c", str(cfg)]) == 0
@@ -102,8 +105,27 @@ def test_optout_rejects_a_bad_number(tmp_path: Path, redis_url: str, sync_redis:
                                      capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["optout", "add", "+123", "-c", str(config(tmp_path))]) == 2
+    assert "not a valid phone number" in capsys.readouterr().err
     assert main(["optout", "add", "123", "-c", str(config(tmp_path))]) == 2
-    assert "not an E.164 number" in capsys.readouterr().err
+    assert "--country" in capsys.readouterr().err
+
+
+def test_optout_never_reads_a_national_number_as_plus_one(
+        tmp_path: Path, redis_url: str, sync_redis: redis.Redis,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 9: `optout add 13900000000` once opted out +1 390-000-0000."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    cfg = str(config(tmp_path))
+    assert main(["optout", "add", "13900000000", "-c", cfg]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "+ and its country code" in err and "--country" in err
+    assert sync_redis.keys("gw:optout:*") == []
+    assert main(["optout", "add", "13900000000", "--country", "86", "-c", cfg]) == 0
+    assert "+8613900000000: opted out of everything" in capsys.readouterr().out
+    assert sync_redis.keys("gw:optout:{*") == [b"gw:optout:{8613900000000}"]
+    assert main(["optout", "add", "13900000000", "--country", "999", "-c", cfg]) == 2
+    assert "--country" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "field"), [

@@ -105,12 +105,15 @@ async def test_idle_bucket_refills_only_to_burst(redis: aioredis.Redis, keys: Ke
 
 async def test_carrier_rate_gate(tmp_path: Path, redis: aioredis.Redis, keys: Keys) -> None:
     p = tmp_path / "gw.toml"
-    p.write_text('[[carrier]]\nname = "cmcc"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+    p.write_text('[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "cmcc"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\ntps = 200\n'
                  # the same SMSC account (host, port, system_id): one bucket, the lower tps
-                 '[[carrier]]\nname = "cmcc-rx"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 '[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "cmcc-rx"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\ntps = 300\nbind_mode = "receiver"\n'
-                 '[[carrier]]\nname = "cucc"\nhost = "127.0.0.1"\nsystem_id = "c"\n'
+                 '[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "cucc"\nhost = "127.0.0.1"\nsystem_id = "c"\n'
                  'password = "b"\ntps = 5\n', encoding="utf-8")
     cfg: Config = load_config(p)
     gate = CarrierRateGate(redis, keys, cfg)
@@ -131,7 +134,8 @@ async def test_learned_rate_is_shared_cut_once_and_probed_back(
     the SMSC accepted (x 0.95), once per cooldown whoever reports; after the hold it grows
     back by 2 % a second, never above the configured tps."""
     p = tmp_path / "gw.toml"
-    p.write_text('[[carrier]]\nname = "cm"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+    p.write_text('[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "cm"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\ntps = 1000\n', encoding="utf-8")
     cfg = load_config(p)
     clock = SimClock()

@@ -69,7 +69,8 @@ def test_keys_carry_tokens_in_privacy_mode() -> None:
 def test_keys_for_needs_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "gw.toml"
     p.write_text('[privacy]\nenabled = true\nsecret_env = "GW_TEST_SECRET"\n'
-                 '[[carrier]]\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 '[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "sim"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
                  'password = "b"\n', encoding="utf-8")
     monkeypatch.delenv("GW_TEST_SECRET", raising=False)
     with pytest.raises(ConfigError, match=r"privacy\.secret_env: environment variable "
@@ -136,7 +137,6 @@ async def test_nothing_in_clear_end_to_end(tmp_path: Path, redis_url: str,
     sim = await smsc(receipt_delay_s=0.01)
     path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
                         policy=ROOT / "policies" / "demo.toml",
-                        extra_carrier='mo_country_code = "86"',
                         extra="[privacy]\nenabled = true\n")
     cfg = load(path)
     keys = keys_for(cfg)
@@ -200,7 +200,6 @@ async def test_campaigns_keep_no_number_in_clear(tmp_path: Path, redis_url: str,
     policy = tmp_path / "cooling.toml"
     policy.write_text(CAMPAIGN_POLICY, encoding="utf-8")
     path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, policy=policy,
-                        extra_carrier='mo_country_code = "86"',
                         extra='[privacy]\nenabled = true\n[links]\nenabled = true\n'
                               'base_url = "https://s.example.cn/"\nlisten = "127.0.0.1:0"\n')
     cfg = load(path)

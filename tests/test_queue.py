@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from gatewayd.config import Config, QueueConfig
 from gatewayd.errors import MessageError
 from gatewayd.pipeline.intake import parse_message, to_fields
-from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.queue import ID_TAKEN, QueueStore
 from gatewayd.store.keys import GROUP, Keys
+from gatewayd.store.seal import Seal
 
 CLASSES = ["otp", "transactional", "marketing"]
 
@@ -113,9 +114,14 @@ async def test_keyed_enqueue_never_overwrites_a_later_state(
     [(again, dup)] = await q.enqueue([msg(idempotency_key="k-2", id="same-1")], source="t")
     assert (again, dup) == (mid, True)
     assert await redis.hget(keys.status(mid), "state") == "delivered"
-    # Same id, a new key: queued, but the existing record is still not overwritten.
-    await q.enqueue([msg(idempotency_key="k-3", id="same-1")], source="t")
+    # Same id, a new key: another message reusing the id, refused (issue 14); the
+    # existing record is not overwritten and nothing more is queued.
+    with pytest.raises(MessageError) as e:
+        await q.enqueue([msg(idempotency_key="k-3", id="same-1")], source="t")
+    assert e.value.code == "duplicate_id"
     assert await redis.hget(keys.status(mid), "state") == "delivered"
+    assert await redis.xlen(keys.queue("otp")) == 1
+    assert await q.enqueue_each([msg(id="same-1")], source="t") == [("same-1", ID_TAKEN)]
 
 
 async def test_enqueue_records_queued_state_and_event(redis: aioredis.Redis, keys: Keys) -> None:
@@ -181,7 +187,8 @@ def test_json_field_wire_form() -> None:
 def test_stream_fields_roundtrip() -> None:
     m = msg(text="【京东】您的验证码是 1234", not_before="2026-11-24T10:00:00+08:00",
             **{"from": "10690"})
-    back = parse_message(to_fields(m), classes=CLASSES, max_segments=10)
+    seal = Seal("a test secret")  # enqueued_at is internal: it travels sealed
+    back = parse_message(to_fields(m, seal), classes=CLASSES, max_segments=10, seal=seal)
     assert back == m
     assert to_fields(m)["from"] == "10690"
 

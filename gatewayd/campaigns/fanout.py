@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 from gatewayd.campaigns import funnel, model
@@ -42,6 +43,7 @@ from gatewayd.smstext import segments
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import Seal, load_seal
 
 log = logging.getLogger("gatewayd.campaigns")
 
@@ -70,6 +72,7 @@ class FanOut:
         self.cfg = cfg
         self.clock = clock
         self.script = load_script(redis, "fanout")
+        self.seal: Seal | None = None
         self.templates = TemplateCache(redis, keys)
         lk = cfg.links
         self.links = (LinkMaker(redis, keys, base_url=lk.base_url,
@@ -116,10 +119,20 @@ class FanOut:
             return part, c.cursor, c.offset + size, 0, False, ""
         # An app's stream: one recipient an entry, until an entry with "end".
         key = c.source.split(":", 1)[1]
-        got = cast(list[Any], await self.redis.xrange(key, min=f"({c.cursor}", count=size))
+        # Raw bytes, decoded entry by entry: one entry that is not UTF-8 is an invalid
+        # row, not a read that fails for ever (issue 14).
+        got = cast(list[Any], await self.redis.execute_command(  # type: ignore[no-untyped-call]
+            "XRANGE", key, f"({c.cursor}", "+", "COUNT", size, **{NEVER_DECODE: True}))
         rows, invalid, cursor, end = [], 0, c.cursor, False
         weights = [v.weight for v in c.variants]
-        for entry_id, fields in got:
+        for raw_id, raw_fields in got or ():
+            entry_id = raw_id.decode()
+            try:
+                fields = {k.decode(): v.decode() for k, v in (raw_fields or {}).items()}
+            except UnicodeDecodeError:
+                cursor = entry_id
+                invalid += 1
+                continue
             if "end" in fields:
                 end = True  # the cursor stays before it: the next slice sees it first
                 break
@@ -130,8 +143,8 @@ class FanOut:
                 if not isinstance(to, str) or not model.NUMBER_RE.fullmatch(to):
                     raise MessageError("to", "not an E.164 number")
                 vi = model.variant_of(c.id, to.lstrip("+"), weights)
-            except (MessageError, msgspec.DecodeError):
-                invalid += 1
+            except Exception:  # any problem with one row (e.g. params nested too deeply:
+                invalid += 1  # RecursionError) is that row's, never the slice's
                 continue
             rows.append([entry_id, to if to.startswith("+") else "+" + to, vi, params,
                          fields.get("ref", "")])
@@ -161,6 +174,9 @@ class FanOut:
         if not rows and cursor == c.cursor and not invalid:
             return "empty"
         now = self.clock()
+        if self.seal is None:
+            self.seal = await load_seal(self.redis, self.keys)
+        seal = self.seal
         max_segments = self.cfg.queue.max_segments
         trusted = c.source == "upload"
         private = self.keys.privacy is not None
@@ -186,11 +202,27 @@ class FanOut:
                     text, _ = t.render(params, lk)
                     if segments(text).parts > max_segments:
                         raise MessageError("params", "too many SMS parts")
-                except MessageError:
+                except Exception:  # one row's problem, never the slice's
                     invalid += 1
                     continue
-            recips += (f"{c.id}.{seq}", number, number[:-8] + "****" + number[-4:], text,
-                       vi + 1, ref or "", len(links) // 2)
+            msg_id, k = f"{c.id}.{seq}", len(links) // 2
+            # The entry's client fields exactly as lua/fanout.lua writes them, and its
+            # internal fields sealed over them (gatewayd.store.seal).
+            variant = c.variants[vi]
+            fields = {"id": msg_id, "to": number, "text": text, "category": c.category,
+                      "template": variant.template}
+            if c.tenant:
+                fields["tenant"] = c.tenant
+            if ref:
+                fields["ref"] = ref
+            if c.sender:
+                fields["from"] = c.sender
+            internal: dict[str, Any] = {"campaign": c.id, "variant": variant.name,
+                                        "enqueued_at": now}
+            if k:
+                internal["links"] = k
+            recips += (msg_id, number, number[:-8] + "****" + number[-4:], text,
+                       vi + 1, ref or "", seal.seal(fields, internal), k)
             if links:
                 if private:  # the links hold the number's token, not the number
                     recips.append(self.keys.recipient(number.lstrip("+")))
@@ -270,6 +302,8 @@ class FanOut:
                 break
             n += sl.n
             metrics.FANOUT.labels("queued").inc(sl.n)
+            if c.category:
+                metrics.MESSAGES_ENQUEUED.labels(c.category, "campaign").inc(sl.n)
             if sl.invalid:
                 metrics.FANOUT.labels("invalid").inc(sl.invalid)
             if sl.done_entry:

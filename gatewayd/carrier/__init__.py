@@ -1,4 +1,4 @@
-"""Protocol-neutral carrier layer: pool, routing, ids, api (what pipeline/ sees); smpp/ below.
+"""Protocol-neutral carrier layer: pool, routing, ids, api, protocols; smpp/ and cmpp/ below.
 
 May import: ops, config, model, errors, smstext; never store, policy or pipeline.
 """

@@ -39,9 +39,15 @@ class SubmitOutcome:
     segments: int = 0  # billing count; with message_payload one PDU carries several
     ref: int = -1  # the concatenation reference of a multipart message
     status: int = 0  # command_status of the (first) failing part
-    status_name: str = ""  # "ESME_RINVDSTADR", or "0x00000401" for vendor codes
+    # The protocol's name: "ESME_RINVDSTADR", "0x00000401" (SMPP vendor codes),
+    # "CMPP_FLOW_CONTROL", "CMPP_RESULT_77" (CMPP vendor codes)
+    status_name: str = ""
     kind: FailureKind = ""  # "retry": try again later; "permanent": end as failed
     reason: str = ""
+    # The carrier wants us slower or could not take it now (throttled, flow control,
+    # never written, no bound carrier): retried without using an attempt, whatever the
+    # protocol's name for it.
+    backpressure: bool = False
 
     @property
     def partial(self) -> bool:

@@ -12,42 +12,21 @@ message's outcome is known once all its slots are resolved:
   is reported with the accepted parts' ids (``SubmitOutcome.partial``), so the retry
   sends only the rest (``SubmitRequest.done_parts``);
 * otherwise a failure, of the worst part's kind (permanent > refused > lost with the
-  bind > throttled or never written; carrier/smpp/status.outcome_rank).
+  bind > throttled or never written; the protocol's StatusTable.rank).
+
+Result codes are the protocol's own (SMPP command_status, CMPP Result): each message
+carries its engine's ``StatusTable``, so one batch may span carriers of both protocols.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from gatewayd.carrier.api import SubmitOutcome, SubmitRequest
 from gatewayd.carrier.ids import normalise_id
-from gatewayd.carrier.smpp import status as S
+from gatewayd.carrier.protocols import NOT_SENT, Link, StatusTable, Waiter
 
-
-class Waiter:
-    """The parts of one submit batch: results by slot, one future for all of them, and
-    an event set at every result (for the stragglers' task, which finishes each message
-    on its own)."""
-
-    __slots__ = ("changed", "future", "remaining", "results")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.remaining = n
-        self.results: list[tuple[int, str] | None] = [None] * n
-        self.changed = asyncio.Event()
-        if n == 0:
-            self.future.set_result(None)
-
-    def resolve(self, slot: int, status: int, message_id: str) -> None:
-        if self.results[slot] is not None:
-            return
-        self.results[slot] = (status, message_id)
-        self.remaining -= 1
-        self.changed.set()
-        if self.remaining == 0 and not self.future.done():
-            self.future.set_result(None)
+__all__ = ["Planned", "Waiter", "failed_slots", "needs_resend", "outcome", "resolved"]
 
 
 @dataclass(slots=True)
@@ -56,11 +35,12 @@ class Planned:
 
     index: int  # in the batch's requests
     carrier: str
-    bind: object  # the bind it was put on (opaque here: the pool's business)
+    bind: Link  # the link it was put on
     slots: list[int]  # per part: its slot, or -1 for a part accepted by an earlier attempt
     bodies: list[bytes]  # per part: the PDU body (resends send the same bytes)
     segments: int
     ref: int
+    statuses: StatusTable  # the carrier's protocol's result codes
 
 
 def resolved(p: Planned, results: list[tuple[int, str] | None]) -> bool:
@@ -81,7 +61,7 @@ def needs_resend(p: Planned, results: list[tuple[int, str] | None]) -> bool:
             return False  # not answered yet
         if r[0] == 0:
             accepted = True
-        elif S.status_kind(r[0]) == "permanent":
+        elif p.statuses.kind(r[0]) == "permanent":
             return False
         else:
             failed = True
@@ -102,6 +82,7 @@ def failed_slots(p: Planned, results: list[tuple[int, str] | None]) -> list[int]
 def outcome(req: SubmitRequest, p: Planned, results: list[tuple[int, str] | None]
             ) -> SubmitOutcome:
     done = req.done_parts
+    st = p.statuses
     ids: list[str] = []
     worst: int | None = None
     accepted = 0
@@ -111,23 +92,24 @@ def outcome(req: SubmitRequest, p: Planned, results: list[tuple[int, str] | None
             accepted += 1
             continue
         r = results[s]
-        status, mid = r if r is not None else (S.NOT_SENT, "")
+        status, mid = r if r is not None else (NOT_SENT, "")
         if status == 0:
             ids.append(normalise_id(mid))
             accepted += 1
         else:
             ids.append("")
-            if worst is None or S.outcome_rank(status) > S.outcome_rank(worst):
+            if worst is None or st.rank(status) > st.rank(worst):
                 worst = status
     if worst is None:
         return SubmitOutcome(msg_id=req.msg_id, carrier=p.carrier, ok=True, smsc_ids=ids,
                              segments=p.segments, ref=p.ref)
-    kind = S.status_kind(worst)
-    name = S.status_name(worst)
+    kind = st.kind(worst)
+    name = st.name(worst)
     parts = len(p.slots)
     return SubmitOutcome(
         msg_id=req.msg_id, carrier=p.carrier, ok=False, smsc_ids=ids if accepted else [],
         segments=p.segments, ref=p.ref, status=max(worst, 0), status_name=name,
         kind="permanent" if kind == "permanent" else "retry",
+        backpressure=kind == "throttle" or worst == NOT_SENT,
         reason=f"{name} ({parts - accepted} of {parts} parts failed)" if parts > 1 else name,
     )

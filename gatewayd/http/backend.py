@@ -19,6 +19,11 @@ class FieldError(msgspec.Struct):
     reason: str
 
 
+# The reason an item's ``id`` error starts with when the id is another message's (the
+# server answers 409 when every refused item is one).
+DUPLICATE_ID = "duplicate_id"
+
+
 class EnqueueResult(msgspec.Struct, omit_defaults=True):
     """Outcome of one submitted item, in request order (``index`` into the request)."""
 

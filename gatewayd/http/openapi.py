@@ -34,12 +34,17 @@ _TIME = {
     "oneOf": [{"type": "number"}, {"type": "string", "format": "date-time"}],
 }
 
+_SCHEDULED = {**_TIME, "description": f"{_TIME['description']}; at most "
+                                      "queue.schedule_horizon_s ahead (default status_ttl_s)"}
+
 _SCHEMAS: dict[str, Any] = {
     "Message": {
         "type": "object",
-        "description": "One SMS job; the same fields as a stream entry. Unknown fields are "
-                       "rejected. Validation beyond this schema (known category, segment "
-                       "count, ...) answers 422 with the field and reason.",
+        "description": "One SMS job; the same fields as a stream entry. Unknown fields, "
+                       "and gatewayd's internal ones (attempts, enqueued_at, campaign, "
+                       "variant, links, ...), are rejected. Validation beyond this schema "
+                       "(known category, segment count, ...) answers 422 with the field and "
+                       "reason.",
         "required": ["to", "text"],
         "additionalProperties": False,
         "properties": {
@@ -60,17 +65,11 @@ _SCHEMAS: dict[str, Any] = {
                                 "description": "A repeat within 24 h answers the first id "
                                                "with duplicate=true"},
             "carrier": {"type": "string", "description": "Force a carrier by name"},
-            "not_before": _TIME,
-            "expires_at": _TIME,
-            "enqueued_at": _TIME,
-            "attempts": {"type": "integer", "minimum": 0},
+            "not_before": _SCHEDULED,
+            "expires_at": _SCHEDULED,
             "template": {"type": "string", "pattern": _CODE,
                          "description": "The template the text came from (a label here; "
                                         "see TemplateMessage to render one)"},
-            "campaign": {"type": "string", "pattern": "^[A-Za-z0-9_\\-]{1,40}$"},
-            "variant": {"type": "string", "pattern": "^[A-Za-z0-9_\\-]{1,16}$"},
-            "links": {"type": "integer", "minimum": 0, "maximum": 10,
-                      "description": "Short links in the text (set by template rendering)"},
         },
     },
     "FieldError": {
@@ -453,6 +452,10 @@ def openapi_spec(
                     **auth_errors,
                     "408": _err("The body did not arrive within http.body_timeout_s"),
                     "413": _err(f"Body over {max_body_bytes} bytes or over {max_items} items"),
+                    "409": _json_body(_ref("Partial"),
+                                      "Some items reuse an id already used by another "
+                                      "message (and no other item is invalid); the "
+                                      "others were queued"),
                     "422": _json_body(_ref("Partial"),
                                       "Some items are invalid; the valid ones were queued"),
                     "503": _err("The gateway is draining (shutting down), Redis is "

@@ -53,7 +53,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gatewayd.consent.records import encode
 from gatewayd.http import campaigns as campaign_routes
-from gatewayd.http.backend import Backend, EnqueueResult, OptoutAction
+from gatewayd.http.backend import DUPLICATE_ID, Backend, EnqueueResult, OptoutAction
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
@@ -494,6 +494,15 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
     if not bad:
         return _json(202, {"results": out})
     queued = count - bad
+    if all(e["field"] == "id" and e["reason"].startswith(DUPLICATE_ID)
+           for r in out for e in r.get("errors", ())):
+        # Only ids already used by other messages: a conflict, not a malformed request.
+        return _json(409, {
+            "error": {"code": DUPLICATE_ID,
+                      "message": f"{bad} of {count} messages reuse an id already used by "
+                                 f"another message; the {queued} others were queued"},
+            "accepted": queued, "rejected": bad, "results": out,
+        })
     return _json(422, {
         "error": {"code": "invalid_items",
                   "message": f"{bad} of {count} messages are invalid; "

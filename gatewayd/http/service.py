@@ -11,10 +11,10 @@ from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
 from gatewayd.consent import records
 from gatewayd.errors import MessageError
-from gatewayd.http.backend import EnqueueResult, FieldError
+from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake
-from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
@@ -63,14 +63,26 @@ class DaemonBackend:
             except MessageError as e:
                 results.append(EnqueueResult(index=i, errors=[FieldError(e.field, e.reason)]))
                 continue
+            except Exception as e:  # whatever one item's parsing raises is that item's
+                results.append(EnqueueResult(index=i, errors=[FieldError(
+                    "$", f"unparsable: {type(e).__name__}: {e}"[:300])]))
+                continue
             if new:
                 links[len(valid)] = new
             valid.append((i, msg))
         if valid:
-            ids = await self.queue.enqueue([m for _, m in valid], source=source, now=now,
-                                             links=links, link_ttl_s=intake.link_ttl_s)
-            for (i, _), (msg_id, dup) in zip(valid, ids, strict=True):
-                results.append(EnqueueResult(index=i, id=msg_id, duplicate=dup))
+            ids = await self.queue.enqueue_each([m for _, m in valid], source=source,
+                                                now=now, links=links,
+                                                link_ttl_s=intake.link_ttl_s)
+            for (i, _), (msg_id, outcome) in zip(valid, ids, strict=True):
+                if outcome == ID_TAKEN:
+                    results.append(EnqueueResult(index=i, errors=[FieldError(
+                        "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "
+                              "message (give each message its own id, or an "
+                              "idempotency_key to make a resend safe)")]))
+                else:
+                    results.append(EnqueueResult(index=i, id=msg_id,
+                                                 duplicate=outcome == DUPLICATE))
         results.sort(key=lambda r: r.index)
         return results
 

@@ -10,9 +10,19 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
+# process_open_fds, process_max_fds, process_start_time_seconds, ...), from /proc.
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RECEIPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
@@ -65,7 +75,8 @@ POLICY_RELOAD_FAILED = Gauge(
     registry=REGISTRY,
 )
 
-# SMPP ----------------------------------------------------------------------------------
+# Carrier binds, any protocol (SMPP binds, CMPP connections): names kept from the
+# SMPP-only days so dashboards and alerts keep working; CMPP status names are CMPP_*.
 BIND_UP = Gauge(
     "gatewayd_bind_up", "1 when the bind is bound", ["carrier", "bind"], registry=REGISTRY
 )
@@ -108,10 +119,12 @@ SPOOL_PENDING = Gauge(
     registry=REGISTRY,
 )
 SUBMITS = Counter(
-    "gatewayd_submit_sm_total", "submit_sm PDUs sent", ["carrier"], registry=REGISTRY
+    "gatewayd_submit_sm_total", "Submit PDUs sent (SMPP submit_sm, CMPP_SUBMIT)", ["carrier"],
+    registry=REGISTRY,
 )
 COMMAND_STATUS = Counter(
-    "gatewayd_smpp_command_status_total", "Responses received by command and status",
+    "gatewayd_smpp_command_status_total",
+    "Responses received by command and status (SMPP ESME_*, CMPP CMPP_*)",
     ["carrier", "command", "status"], registry=REGISTRY,
 )
 SUBMIT_LATENCY = Histogram(
@@ -129,6 +142,15 @@ RECEIPTS = Counter(
 INBOUND = Counter(
     "gatewayd_inbound_total", "Mobile-originated messages received", ["carrier"],
     registry=REGISTRY,
+)
+MO_RESULTS = Counter(
+    "gatewayd_mo_total",
+    "MO handled by the inbound path, by result: stored (new), redelivered (an SMSC "
+    "redelivery of one whose opt-out/opt-in step had not completed: done now), "
+    "duplicate (a redelivery: stored before, not again), no_number (an opt-out/opt-in "
+    "reply from a sender that is no valid number: stored, not applied), failed (its "
+    "opt-out/opt-in step raised: stored, retried on redelivery)",
+    ["result"], registry=REGISTRY,
 )
 OPTOUTS = Counter(
     "gatewayd_optouts_total", "Opt-outs and opt-ins recorded", ["action", "source"],
@@ -165,6 +187,54 @@ SIGNATURE_MESSAGES = Gauge(
     "gatewayd_signature_messages",
     "Campaign funnel stages summed by the templates' 【signature】 (bounded like "
     "gatewayd_campaign_messages)", ["signature", "stage"], registry=REGISTRY,
+)
+
+# Webhooks (gatewayd.webhooks): labels are endpoint names (configured or added by an
+# operator: bounded); every message's own callback_url counts under "callback".
+_WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+WEBHOOK_DELIVERED = Counter(
+    "gatewayd_webhook_events_delivered_total", "Events an endpoint answered 2xx to",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_FAILED = Counter(
+    "gatewayd_webhook_requests_failed_total",
+    "Webhook requests that failed, by class: 4xx, 5xx, timeout, connection, refused",
+    ["endpoint", "status_class"], registry=REGISTRY,
+)
+WEBHOOK_DEAD = Counter(
+    "gatewayd_webhook_events_dead_total",
+    "Events moved to an endpoint's dead-letter stream (a 4xx, or retried past retry_for_s)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_LATENCY = Histogram(
+    "gatewayd_webhook_request_seconds", "Webhook request time (sent -> answered)",
+    ["endpoint"], buckets=_WEBHOOK_BUCKETS, registry=REGISTRY,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "gatewayd_webhook_backlog_events",
+    "Events waiting for an endpoint: in memory, in flight and in its retry queue",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_OLDEST = Gauge(
+    "gatewayd_webhook_oldest_pending_seconds",
+    "Age of the oldest event an endpoint has not yet taken (0: none waiting)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_OPEN = Gauge(
+    "gatewayd_webhook_circuit_open",
+    "1 while an endpoint is failing (its events wait in Redis, retried with back-off)",
+    ["endpoint"], registry=REGISTRY,
+)
+WEBHOOK_GAPS = Counter(
+    "gatewayd_webhook_stream_gaps_total",
+    "Times the events stream's cap (queue.events_maxlen) passed events the webhook "
+    "sender had not read yet (they are lost to the webhooks)",
+    ["stream"], registry=REGISTRY,
+)
+WEBHOOK_LAG = Gauge(
+    "gatewayd_webhook_stream_lag_seconds",
+    "Age of the oldest event the webhook sender has not yet read (0 when caught up)",
+    ["stream"], registry=REGISTRY,
 )
 
 # Process -------------------------------------------------------------------------------
@@ -208,6 +278,47 @@ HTTP_LATENCY = Histogram(
     "gatewayd_http_request_duration_seconds", "HTTP API request handling time",
     ["route"], buckets=_LAT_BUCKETS, registry=REGISTRY,
 )
+
+
+# Label values known before they happen: each gets a 0 sample at start (zero_known), so
+# that increase() and rate() see the first event (a series born at 1 has no increase).
+DEAD_LETTER_REASONS = ("invalid", "too_many_deliveries")
+REDIS_OPS = ("dispatch", "housekeeping")
+ENQUEUE_SOURCES = ("http", "client", "cli", "stream", "campaign")
+OPTOUT_ACTIONS = ("opt_out", "opt_in")
+OPTOUT_SOURCES = ("mo", "api", "cli", "admin", "import", "other")
+MO_RESULT_VALUES = ("stored", "redelivered", "duplicate", "no_number", "failed")
+RECEIPT_RESULTS = ("final", "late", "partial", "missing", "interim", "unmatched",
+                   "unparseable")
+PDU_ERROR_KINDS = ("body", "tlv")
+SPOOL_KINDS, SPOOL_ACTIONS = ("receipt", "mo"), ("spooled", "replayed", "bad")
+RELOAD_RESULTS = ("ok", "error")
+FANOUT_RESULTS = ("queued", "invalid")
+LINK_KINDS = ("click", "repeat", "preview", "unknown")
+
+
+def zero_known(classes: Iterable[str], carriers: Iterable[str]) -> None:
+    """Create every labelled counter's series whose label values are known now (at 0)."""
+    classes, carriers = list(classes), list(carriers)
+    for counter, label_sets in (
+        (DEAD_LETTERS, [(r,) for r in DEAD_LETTER_REASONS]),
+        (REDIS_ERRORS, [(op,) for op in REDIS_OPS]),
+        (MESSAGES_ENQUEUED, [(k, s) for k in classes for s in ENQUEUE_SOURCES]),
+        (DUPLICATES, [(k,) for k in classes]),
+        (OPTOUTS, [(a, s) for a in OPTOUT_ACTIONS for s in OPTOUT_SOURCES]),
+        (MO_RESULTS, [(r,) for r in MO_RESULT_VALUES]),
+        (RECEIPTS, [(c, r) for c in carriers for r in RECEIPT_RESULTS]),
+        (INBOUND, [(c,) for c in carriers]),
+        (SUBMITS, [(c,) for c in carriers]),
+        (PART_RESENDS, [(c,) for c in carriers]),
+        (PDU_ERRORS, [(c, k) for c in carriers for k in PDU_ERROR_KINDS]),
+        (SPOOLED, [(k, a) for k in SPOOL_KINDS for a in SPOOL_ACTIONS]),
+        (POLICY_RELOADS, [(r,) for r in RELOAD_RESULTS]),
+        (FANOUT, [(r,) for r in FANOUT_RESULTS]),
+        (LINK_REQUESTS, [(k,) for k in LINK_KINDS]),
+    ):
+        for labels in label_sets:
+            counter.labels(*labels)
 
 
 def observe_many(child: Any, values: Iterable[float]) -> None:

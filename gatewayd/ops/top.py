@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
-_OK_STATUS: Final = frozenset({"ESME_ROK", "ROK", "OK", "ok", "0", "0x00000000"})
+_OK_STATUS: Final = frozenset({"ESME_ROK", "CMPP_OK", "ROK", "OK", "ok", "0", "0x00000000"})
 _CLEAR: Final = "\x1b[H\x1b[2J"
 _RED, _GREEN, _BOLD, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[1m", "\x1b[0m"
 

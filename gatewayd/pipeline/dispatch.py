@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -43,16 +43,19 @@ from gatewayd.model import FINAL_STATES, OutboundMessage
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Book, Ledger
 from gatewayd.pipeline.intake import _ID_RE, Resume, parse_message
-from gatewayd.pipeline.queue import AckBatch, Entry, QueueStore
+from gatewayd.pipeline.queue import COUNTED_AT_INTAKE, AckBatch, Entry, QueueStore, is_raw
 from gatewayd.policy.engine import PolicyEngine, Verdict
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import Redis
+from gatewayd.store.connection import Redis, load_script, pipe_script
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import FIELD as SEAL_FIELD
+from gatewayd.store.seal import Seal
 
 log = logging.getLogger("gatewayd.dispatch")
 
 # Carrier back-pressure or our own shutdown, not a failure of the message: retried
-# without using an attempt (names from carrier/smpp/status.py and carrier/pool.py).
+# without using an attempt. The carrier layer says so in SubmitOutcome.backpressure,
+# whatever the protocol; these names cover outcomes built without it (tests, tools).
 _BACKPRESSURE = frozenset(
     {"ESME_RTHROTTLED", "ESME_RMSGQFUL", "NO_BOUND_CARRIER", "NOT_SENT", "STOPPING"}
 )
@@ -63,6 +66,9 @@ _LOST = "BIND_LOST"
 _LATER_RECORD_S = 60.0
 
 
+# A message read again whose record says this is only acknowledged.
+_DONE = FINAL_STATES | {"submitted"}
+
 # A paused campaign's queued messages are looked at again this often.
 _PAUSED_RETRY_S = 30.0
 
@@ -70,6 +76,21 @@ _PAUSED_RETRY_S = 30.0
 # and these are hit once a message.
 _queue_wait: dict[str, Any] = {}
 _verdicts: dict[tuple[str, str], Any] = {}
+_enqueued: dict[tuple[str, str], Any] = {}
+# Intake markers a label may carry (anything else an upstream writes counts as "stream").
+_INTAKES: Final = frozenset(metrics.ENQUEUE_SOURCES) | {"demo"}
+
+
+def _intake_label(intake: str, fields: dict[str, str]) -> str:
+    """The source a first read counts in gatewayd_messages_enqueued_total: an intake
+    not counted where it happened (the client's, the CLI's: other processes), or
+    "stream" for an upstream XADD; "" for HTTP (counted at intake) and for gatewayd's
+    own re-queued entries."""
+    if intake:
+        if intake in COUNTED_AT_INTAKE:
+            return ""
+        return intake if intake in _INTAKES else "stream"
+    return "stream" if is_raw(fields) else ""
 
 
 def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
@@ -102,6 +123,9 @@ class _Held(Container[str]):
 class _Item:
     entry: Entry
     msg: OutboundMessage
+    # Written by gatewayd (intake, retries, the fan-out: gatewayd.store.seal), so its
+    # id was checked when it was first queued; otherwise a raw entry (lua/claim.lua).
+    sealed: bool = False
     expires: float = 0.0  # Unix time; 0 = never (the validity period sent to the SMSC)
     resume: Resume | None = None
 
@@ -131,6 +155,7 @@ class Dispatcher:
         self.account = account_names(cfg)
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
         self.campaigns = StatusCache(redis, keys)
+        self._claim = load_script(redis, "claim")
         self.processed = 0
         self.idle = asyncio.Event()
         # Entry ids held by a batch of ours right now: never reclaimed from under it.
@@ -226,37 +251,53 @@ class Dispatcher:
                        express: str = "") -> list[Entry]:
         now = self.clock()
         q = self.cfg.queue
+        seal = self.queue.seal or await self.queue.sealer()
         items: list[_Item] = []
         pipe = self.redis.pipeline(transaction=False)
         book = self.ledger.book()
         acks = AckBatch()
+        bad: list[tuple[Entry, str]] = []  # dead letters, recorded after the look-ups
+        counted: dict[tuple[str, str], int] = {}  # (class, intake) -> first reads
         for e in entries:
             if e.fields is None:
                 self.queue.ack(pipe, e, acks)
                 continue
+            if e.raw is not None:
+                bad.append((e, "invalid:encoding: a field name or value is not UTF-8"))
+                continue
             if e.deliveries > q.max_deliveries:
-                self._invalid(pipe, book, acks, e,
-                              f"too_many_deliveries: read {e.deliveries} times", now)
+                bad.append((e, f"too_many_deliveries: read {e.deliveries} times"))
                 continue
-            fields = dict(e.fields)
-            # Deterministic id for entries pushed without one, so a redelivered entry
-            # is recognised as the same message.
-            fields.setdefault("id", f"{e.klass}-{e.entry_id}")
-            fields.setdefault("category", e.klass)
+            # Each entry on its own: whatever its parsing raises dead-letters that entry,
+            # never its batch (issue 14: one deep `json` failed 40 neighbours).
             try:
-                msg = parse_message(
-                    fields, classes=q.classes, max_segments=q.max_segments, now=now
-                )
-                if msg.category != e.klass:
-                    raise MessageError(
-                        "category", f"{msg.category!r} does not match stream class {e.klass!r}"
-                    )
+                try:
+                    msg = self._parse(e, now, seal)
+                except MessageError as err:
+                    if err.code != "seal" or seal is (seal := await self.queue.sealer(
+                            reload=True)):
+                        raise
+                    # Redis lost the seal's key (restarted empty, flushed) and another
+                    # process made a new one: read it again.
+                    msg = self._parse(e, now, seal)
             except MessageError as err:
-                self._invalid(pipe, book, acks, e, f"invalid:{err.field}: {err.reason}", now)
+                bad.append((e, err.dead_reason))
                 continue
-            items.append(_Item(e, msg))
-        items = await self._drop_already_done(pipe, acks, items)
-        items = await self._check_idempotency(pipe, book, acks, items, now)
+            except Exception as err:  # any bug in parsing: this entry only
+                log.warning("entry %s %s: parsing raised %s", e.klass, e.entry_id,
+                            type(err).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                bad.append((e, f"invalid:unparsable: {type(err).__name__}: {err}"[:300]))
+                continue
+            if e.deliveries <= 1:
+                label = _intake_label(msg.intake, e.fields)
+                if label:
+                    counted[(e.klass, label)] = counted.get((e.klass, label), 0) + 1
+            msg.intake = ""  # counted: its retries and deferrals are not new intakes
+            items.append(_Item(e, msg, sealed=SEAL_FIELD in e.fields))
+        for key, n in counted.items():
+            _child(_enqueued, metrics.MESSAGES_ENQUEUED, *key).inc(n)
+        if items or bad:
+            items = await self._lookups(pipe, book, acks, items, bad, now)
         if any(it.msg.campaign for it in items):
             items = await self._campaign_gate(pipe, book, acks, items, now)
         sendable: list[_Item] = []
@@ -376,34 +417,104 @@ class Dispatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _parse(self, e: Entry, now: float, seal: Seal) -> OutboundMessage:
+        q = self.cfg.queue
+        fields = dict(e.fields or ())
+        # Deterministic id for entries pushed without one, so a redelivered entry
+        # is recognised as the same message.
+        fields.setdefault("id", f"{e.klass}-{e.entry_id}")
+        fields.setdefault("category", e.klass)
+        msg = parse_message(fields, classes=q.classes, max_segments=q.max_segments, now=now,
+                            seal=seal, horizon_s=q.horizon_s)
+        if msg.category != e.klass:
+            raise MessageError(
+                "category", f"{msg.category!r} does not match stream class {e.klass!r}")
+        return msg
+
     def _invalid(
-        self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float
+        self, pipe: Pipeline, book: Book, acks: AckBatch, e: Entry, reason: str, now: float,
+        *, record: bool = True,
     ) -> None:
         self.queue.dead_letter(pipe, e, reason, acks)
         msg_id = (e.fields or {}).get("id", "")
-        if msg_id and _ID_RE.fullmatch(msg_id):
+        if record and msg_id and _ID_RE.fullmatch(msg_id):
             # Upstream named the message: tell it why it will never be sent.
-            stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", ""), text="",
+            stub = OutboundMessage(id=msg_id, to=(e.fields or {}).get("to", "")[:32], text="",
                                    category=e.klass)
             self.ledger.record(book, stub, "rejected", now, reason=reason)
 
-    async def _drop_already_done(
-        self, pipe: Pipeline, acks: AckBatch, items: list[_Item]
-    ) -> list[_Item]:
-        """A reclaimed entry whose message was already submitted or ended is only acked."""
-        again = [it for it in items if it.entry.deliveries > 1]
-        if not again:
+    async def _lookups(self, pipe: Pipeline, book: Book, acks: AckBatch,
+                       items: list[_Item], bad: list[tuple[Entry, str]], now: float
+                       ) -> list[_Item]:
+        """The batch's look-ups in ONE round trip, only when it has something to look up:
+        each raw entry's claim on its id (lua/claim.lua: an id already another message's
+        is refused, never overwritten), raw entries' idempotency keys (the first one
+        wins), and the state of sealed entries read again (already submitted or final:
+        only acknowledged). Dead letters (``bad``) are recorded here too: a raw one's
+        named id gets its rejected record only when the entry holds that id."""
+        raw = [it for it in items if not it.sealed]
+        keyed = [it for it in raw if it.msg.idempotency_key]
+        again = [it for it in items if it.sealed and it.entry.deliveries > 1]
+        named: list[tuple[Entry, str, str]] = []  # raw dead letters naming a valid id
+        for e, reason in bad:
+            msg_id = (e.fields or {}).get("id", "")
+            if not msg_id or not _ID_RE.fullmatch(msg_id):
+                self.queue.dead_letter(pipe, e, reason, acks)
+            elif SEAL_FIELD in (e.fields or {}) and e.raw is None:
+                self._invalid(pipe, book, acks, e, reason, now)  # gatewayd's own entry
+            else:
+                named.append((e, reason, msg_id))
+        if not (raw or again or named):
             return items
+        ttl = self.ledger.status_ttl
         async with self.redis.pipeline(transaction=False) as p:
+            for it in raw:
+                pipe_script(p, self._claim, [self.keys.status(it.msg.id)],
+                            [f"{it.entry.klass} {it.entry.entry_id}", ttl, now])
+            for e, _, msg_id in named:
+                pipe_script(p, self._claim, [self.keys.status(msg_id)],
+                            [f"{e.klass} {e.entry_id}", ttl, now])
+            for it in keyed:
+                k = self.keys.idempotency(it.msg.category, it.msg.idempotency_key)
+                p.set(k, it.msg.id, nx=True, ex=24 * 3600)
+                p.get(k)
             for it in again:
                 p.hget(self.keys.status(it.msg.id), "state")
-            states = await p.execute()
-        done: set[int] = set()
-        for it, state in zip(again, states, strict=True):
-            if state == "submitted" or state in FINAL_STATES:
+            replies = iter(await p.execute())
+        claims = {id(it): next(replies) for it in raw}
+        for e, reason, _ in named:
+            held = int(next(replies)[0]) == 1
+            self._invalid(pipe, book, acks, e, reason, now, record=held)
+        owners = {id(it): (bool(next(replies)), next(replies)) for it in keyed}
+        states = {id(it): next(replies) for it in again}
+        out: list[_Item] = []
+        for it in items:
+            m = it.msg
+            if it.sealed:
+                if states.get(id(it)) in _DONE:
+                    self.queue.ack(pipe, it.entry, acks)  # read again, already done
+                else:
+                    out.append(it)
+                continue
+            held, state = int(claims[id(it)][0]) == 1, claims[id(it)][1]
+            took, owner = owners.get(id(it), (False, None))
+            if not held:
+                if owner == m.id and not took:  # the same keyed message pushed again
+                    self.queue.ack(pipe, it.entry, acks)
+                    continue
+                if took:  # the key was set for an id this entry does not hold
+                    pipe.delete(self.keys.idempotency(m.category, m.idempotency_key))
+                self.queue.dead_letter(pipe, it.entry, f"duplicate_id: {m.id} is already "
+                                       "used by another message", acks)
+            elif state in _DONE:
+                self.queue.ack(pipe, it.entry, acks)  # our own, read again, already done
+            elif owner is not None and owner != m.id:
+                self.ledger.record(book, m, "rejected", now,
+                                   reason=f"duplicate:idempotency_key of {owner}")
                 self.queue.ack(pipe, it.entry, acks)
-                done.add(id(it))
-        return [it for it in items if id(it) not in done]
+            else:
+                out.append(it)
+        return out
 
     async def _campaign_gate(
         self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
@@ -428,29 +539,6 @@ class Dispatcher:
             else:
                 out.append(it)
         return out
-
-    async def _check_idempotency(
-        self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
-    ) -> list[_Item]:
-        """Entries XADDed directly with an idempotency_key: the first one wins."""
-        keyed = [it for it in items if it.msg.idempotency_key]
-        if not keyed:
-            return items
-        async with self.redis.pipeline(transaction=False) as p:
-            for it in keyed:
-                k = self.keys.idempotency(it.msg.category, it.msg.idempotency_key)
-                p.set(k, it.msg.id, nx=True, ex=24 * 3600)
-                p.get(k)
-            replies = await p.execute()
-        dup: set[int] = set()
-        for i, it in enumerate(keyed):
-            owner = replies[2 * i + 1]
-            if owner is not None and owner != it.msg.id:
-                self.ledger.record(book, it.msg, "rejected", now,
-                                   reason=f"duplicate:idempotency_key of {owner}")
-                self.queue.ack(pipe, it.entry, acks)
-                dup.add(id(it))
-        return [it for it in items if id(it) not in dup]
 
     async def _apply_policies(
         self, pipe: Pipeline, book: Book, acks: AckBatch, items: list[_Item], now: float
@@ -546,7 +634,7 @@ class Dispatcher:
             # failed write, and must not count its attempt twice.
             m = msgspec.structs.replace(m)
             q = self.cfg.queue
-            backpressure = out.status_name in _BACKPRESSURE
+            backpressure = out.backpressure or out.status_name in _BACKPRESSURE
             lost = out.status_name == _LOST
             if lost:
                 m.losses += 1

@@ -252,6 +252,8 @@ class Ledger:
             status["ref"] = msg.ref
         if msg.tenant:
             status["tenant"] = msg.tenant
+        if msg.callback_url:  # its webhooks' own endpoint (gatewayd.webhooks)
+            status["callback"] = msg.callback_url
         if msg.campaign or msg.template:
             if msg.campaign:
                 status["campaign"] = msg.campaign

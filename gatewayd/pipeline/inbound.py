@@ -57,7 +57,9 @@ from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
 from gatewayd.pipeline.spool import Kind, Spool
 from gatewayd.policy.engine import PolicyEngine
+from gatewayd.policy.numbers import INTERNATIONAL, to_e164
 from gatewayd.policy.optout import opt_out, resubscribe
+from gatewayd.policy.replies import Reply
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script, pipe_script
 from gatewayd.store.keys import Keys
@@ -67,12 +69,20 @@ log = logging.getLogger("gatewayd.inbound")
 # Prometheus children by label values (labels() per receipt showed in the profile).
 _receipts_by: dict[tuple[str, str], Any] = {}
 _latency_by: dict[str, Any] = {}
+_mo_by: dict[str, Any] = {}
 
 
 def is_outage(e: BaseException) -> bool:
     """Redis unreachable (not a bug or a bad reply): what the spool is for."""
     return isinstance(e, (RedisConnectionError, RedisTimeoutError, ConnectionError,
                           TimeoutError, OSError))
+
+
+def _count_mo(result: str) -> None:
+    c = _mo_by.get(result)
+    if c is None:
+        c = _mo_by[result] = metrics.MO_RESULTS.labels(result)
+    c.inc()
 
 
 def _count_receipt(carrier: str, kind: str, n: int = 1) -> None:
@@ -134,7 +144,10 @@ class InboundHandler:
         self._lease_ms = int(max(2.0, 3 * cfg.daemon.housekeeping_interval_s) * 1000)
         self.claim_lease_s = _CLAIM_LEASE_S
         self.events_maxlen = cfg.queue.events_maxlen
-        self.mo_cc = {c.name: c.mo_country_code for c in cfg.carrier}
+        # "" (a CarrierConfig made in code; a config file must say): international.
+        self.mo_cc = {c.name: c.mo_country_code or INTERNATIONAL for c in cfg.carrier}
+        self.mo_dedup_s = cfg.queue.mo_dedup_s
+        self._mo_store = load_script(redis, "mo_store")
         self.early_hold_s = cfg.queue.early_receipt_hold_s
         self.optout_window_s = cfg.campaigns.optout_window_days * 86400
         # carrier entry -> the names its receipts' keys may carry: the account's first,
@@ -484,61 +497,89 @@ class InboundHandler:
         await self._spooled("m", messages, self._inbound_now)
 
     async def _inbound_now(self, messages: list[InboundMessage]) -> None:
+        """Store each MO once and act on opt-out/opt-in replies from valid numbers.
+
+        Nothing one message holds makes its chunk fail: a sender that is no number
+        (a short code, nothing, 41 digits) is stored as received and cannot opt out; a
+        failing opt-out step is logged and left for a redelivery to retry. Only Redis
+        being away raises (the spool takes the chunk)."""
         engine = self.policy()
         now = self.clock()
+        replies: list[Reply | None] = []
+        numbers: list[str | None] = []
         for m in messages:
-            m.source = e164(m.source, self.mo_cc.get(m.carrier, ""))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m in messages:
-                metrics.INBOUND.labels(m.carrier).inc()
-                fields: dict[Any, Any] = self.keys.mo_sender(m.source)
-                pipe.xadd(self.keys.inbound, {
-                    **fields, "to": m.destination, "text": m.text,
-                    "carrier": m.carrier, "at": m.received_at or now, "parts": m.parts,
-                }, maxlen=self.events_maxlen, approximate=True)
-            await pipe.execute()
-        for m in messages:
+            numbers.append(to_e164(m.source, self.mo_cc.get(m.carrier, INTERNATIONAL)))
             reply = engine.classify_reply(m.text) if engine is not None else None
-            if engine is None or reply is None or not reply.kind:
+            replies.append(reply if reply is not None and reply.kind else None)
+        seen_keys = [self.keys.mo_seen(m.carrier, m.source, m.destination, m.text,
+                                       m.smsc_id) for m in messages]
+        args: list[Any] = [self.events_maxlen, max(1, round(self.mo_dedup_s)), len(messages)]
+        for m, number, reply in zip(messages, numbers, replies, strict=True):
+            # The sender as received, or its E.164 form when it is a valid number.
+            fields: dict[str, Any] = self.keys.mo_sender(number or m.source)
+            fields.update({"to": m.destination, "text": m.text, "carrier": m.carrier,
+                           "at": m.received_at or now, "parts": m.parts})
+            args += [0 if reply is not None and number else 1, 2 * len(fields),
+                     *itertools.chain.from_iterable(fields.items())]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe_script(pipe, self._mo_store, [self.keys.inbound, *seen_keys], args)
+        [stored] = await pipe.execute()
+        done: list[str] = []
+        acted: set[str] = set()  # copies of one MO in this chunk act once
+        for m, number, reply, seen, flag in zip(messages, numbers, replies, seen_keys,
+                                                stored, strict=True):
+            result = ("stored", "redelivered", "duplicate")[int(flag)]
+            if seen in acted:
+                result = "duplicate"
+            acted.add(seen)
+            if result == "duplicate" or reply is None:
+                _count_mo(result)
                 continue
-            # The reply's text goes into the consent record: it is the evidence.
-            retention = engine.policy.consent_retention_s
-            source = f"mo:{m.carrier}"
-            try:
-                if reply.kind == "optout":
-                    await opt_out(self.redis, self.keys, m.source, scope="*", source=source,
-                                  at=now, text=m.text, retention_s=retention)
-                    # Counted in the funnels of campaigns that sent to it lately.
-                    await attribute_optout(self.redis, self.keys, m.source.lstrip("+"), now,
-                                           self.optout_window_s,
-                                           self.cfg.campaigns.recipient_ttl_days * 86400)
-                else:
-                    await resubscribe(self.redis, self.keys, m.source, source=source,
-                                      at=now, text=m.text, retention_s=retention)
-            except ValueError as e:  # a sender that is no number (alphanumeric): its own
-                log.warning("MO %s not recorded: %s", reply.kind, e,
+            if number is None:
+                # Stored, but no number to opt out: a short code, nothing, 41 digits.
+                _count_mo("no_number")
+                log.warning("MO %s from a sender that is not a valid number (%s): stored, "
+                            "not applied", reply.kind, mask_number(m.source),
                             extra={"carrier": m.carrier})
                 continue
-            await self.redis.xadd(self.keys.events, {
-                "id": "", "state": reply.kind, "at": now, "to": mask_number(m.source),
-                "carrier": m.carrier, "reason": "mo_keyword",
-            }, maxlen=self.events_maxlen, approximate=True)
-            log.info("%s by MO reply", "opt-out" if reply.kind == "optout" else "opt-in",
-                     extra={"number": mask_number(m.source), "rule": reply.rule})
+            try:
+                await self._apply_reply(engine, m, number, reply, now)
+            except Exception as e:
+                if is_outage(e):
+                    raise
+                # Its neighbours go on; the SMSC's redelivery (if any) tries it again.
+                _count_mo("failed")
+                log.exception("MO %s from %s could not be applied", reply.kind,
+                              mask_number(number), extra={"carrier": m.carrier})
+                continue
+            _count_mo(result)
+            done.append(seen)
+        if done:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for seen in done:
+                    pipe.set(seen, "done", keepttl=True, xx=True)
+                await pipe.execute()
 
-
-def e164(number: str, country_code: str) -> str:
-    """+E.164 form of an MO sender: "0086138..." and "86138..." -> "+86138...";
-    a national number gets ``country_code`` (when configured) in front."""
-    n = number.strip().replace(" ", "").replace("-", "")
-    if n.startswith("+"):
-        return n
-    if n.startswith("00"):
-        return "+" + n[2:]
-    if not n.isdigit():
-        return number  # alphanumeric sender: leave it alone
-    if country_code and not n.startswith(country_code):
-        return "+" + country_code + n.lstrip("0")
-    if country_code or len(n) > 11:
-        return "+" + n
-    return n
+    async def _apply_reply(self, engine: PolicyEngine | None, m: InboundMessage,
+                           number: str, reply: Reply, now: float) -> None:
+        if engine is None:  # pragma: no cover - a reply is only classified by an engine
+            return
+        # The reply's text goes into the consent record: it is the evidence.
+        retention = engine.policy.consent_retention_s
+        source = f"mo:{m.carrier}"
+        if reply.kind == "optout":
+            await opt_out(self.redis, self.keys, number, scope="*", source=source,
+                          at=now, text=m.text, retention_s=retention)
+            # Counted in the funnels of campaigns that sent to it lately.
+            await attribute_optout(self.redis, self.keys, number.lstrip("+"), now,
+                                   self.optout_window_s,
+                                   self.cfg.campaigns.recipient_ttl_days * 86400)
+        else:
+            await resubscribe(self.redis, self.keys, number, source=source,
+                              at=now, text=m.text, retention_s=retention)
+        await self.redis.xadd(self.keys.events, {
+            "id": "", "state": reply.kind, "at": now, "to": mask_number(number),
+            "carrier": m.carrier, "reason": "mo_keyword",
+        }, maxlen=self.events_maxlen, approximate=True)
+        log.info("%s by MO reply", "opt-out" if reply.kind == "optout" else "opt-in",
+                 extra={"number": mask_number(number), "rule": reply.rule})

@@ -28,16 +28,27 @@ from gatewayd.errors import MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
+from gatewayd.store.seal import FIELD as SEAL_FIELD
+from gatewayd.store.seal import Seal, SealError
 
 _NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+_CALLBACK_RE = re.compile(r"https?://[^\s/?#@]+[^\s]*")
 _FIELDS: Final = frozenset(
     f.encode_name for f in msgspec.structs.fields(OutboundMessage)
 )
+# Set by gatewayd only (retries, intake, template rendering, the campaign fan-out):
+# they travel sealed in one field (gatewayd.store.seal), never bare; a client that sets
+# one is refused (an enqueued_at of 1 expired an OTP at once; a made-up resume record
+# skipped the policies).
+INTERNAL: Final = frozenset({"attempts", "losses", "resume", "enqueued_at", "campaign",
+                             "variant", "links", "intake"})
+CLIENT_FIELDS: Final = (_FIELDS - INTERNAL) | {"params"}
 CAMPAIGN_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,40}")
 VARIANT_RE: Final = re.compile(r"[A-Za-z0-9_\-]{1,16}")
 _TIME_FIELDS: Final = ("not_before", "expires_at", "enqueued_at")
 MAX_TEXT_CHARS: Final = 2000
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 class Templates(Protocol):
@@ -57,6 +68,8 @@ def render(data: dict[str, Any], templates: Templates | None,
             params = json.loads(params)
         except ValueError as e:
             raise MessageError("params", f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise MessageError("params", "nested too deeply", code="json_depth") from None
     if not isinstance(code, str) or not code:
         raise MessageError("template", "params need a template code")
     if templates is None:
@@ -97,7 +110,11 @@ def _finite(field: str, t: float) -> float:
 
 def _to_time(field: str, value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _finite(field, float(value))
+        try:
+            return _finite(field, float(value))
+        except OverflowError:  # an int of 400 digits
+            raise MessageError(field, "must be a finite time (Unix seconds or ISO "
+                                      "8601)") from None
     if isinstance(value, str):
         v = value.strip()
         if not v:
@@ -126,13 +143,29 @@ def parse_message(
     now: float | None = None,
     templates: Templates | None = None,
     link: Callable[[str], str] | None = None,
+    seal: Seal | None = None,
+    horizon_s: float = 0.0,
 ) -> OutboundMessage:
     """Validate one message; raise MessageError(field, reason) at the first problem.
 
     ``template`` + ``params`` render through ``templates``; ``link(url)`` gives a url
-    variable's short URL (and remembers the link for the caller to write)."""
+    variable's short URL (and remembers the link for the caller to write). Internal
+    fields are taken only sealed (``_gw``, checked with ``seal``). ``horizon_s``: how
+    far ahead ``not_before`` and ``expires_at`` may be (0: any time)."""
     if not isinstance(raw, Mapping):
         raise MessageError("$", "expected an object with at least 'to' and 'text'")
+    internal: dict[str, Any] | None = None
+    if SEAL_FIELD in raw:
+        if seal is None:
+            raise MessageError(SEAL_FIELD, "sealed entries are read by gatewayd only",
+                               code="seal")
+        try:
+            internal = seal.open(raw)
+        except (SealError, TypeError) as e:
+            raise MessageError(SEAL_FIELD, str(e), code="seal") from None
+        if not isinstance(internal, dict) or not INTERNAL.issuperset(internal):
+            raise MessageError(SEAL_FIELD, "holds fields that are not internal", code="seal")
+        raw = {k: v for k, v in raw.items() if k != SEAL_FIELD}
     if "json" in raw:
         # The other wire form: one field holding the whole message as a JSON object
         # (flat fields beside it, such as the dispatcher's defaults, come second).
@@ -140,20 +173,39 @@ def parse_message(
             decoded = json.loads(raw["json"])
         except (TypeError, ValueError) as e:
             raise MessageError("json", f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise MessageError("json", "nested too deeply", code="json_depth") from None
         if not isinstance(decoded, Mapping):
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
-    if not _FIELDS.issuperset(raw):
-        unknown = sorted(k for k in raw if k not in _FIELDS and k != "params")
-        if unknown:
-            raise MessageError(unknown[0],
-                               f"unknown field; known fields: {', '.join(sorted(_FIELDS))}")
+    if not CLIENT_FIELDS.issuperset(raw):
+        for k in sorted(k for k in raw if k in INTERNAL):
+            raise MessageError(k, "set by gatewayd only, never by a client",
+                               code="internal_field")
+        unknown = sorted(k for k in raw if k not in CLIENT_FIELDS)
+        raise MessageError(unknown[0], "unknown field; known fields: "
+                                       f"{', '.join(sorted(CLIENT_FIELDS))}")
     data = dict(raw)
+    if internal:
+        data.update(internal)
     if "params" in data:
         render(data, templates, link)
+    for k, v in data.items():
+        # JSON's \ud800 escapes decode to lone surrogates (here, or in params rendered
+        # into the text), which no Redis write can encode: one such value failed its
+        # whole batch's pipeline.
+        if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
+            raise MessageError(k, "not valid Unicode text (a lone surrogate)",
+                               code="encoding")
     for f in _TIME_FIELDS:
         if f in data:
             data[f] = _to_time(f, data[f])
+    if horizon_s:
+        limit = (time.time() if now is None else now) + horizon_s
+        for f in ("not_before", "expires_at"):
+            if f in data and data[f] > limit:
+                raise MessageError(f, f"more than {horizon_s:.0f} s ahead (the limit is "
+                                      "queue.schedule_horizon_s)")
     try:
         msg = msgspec.convert(data, OutboundMessage, strict=False)
     except msgspec.ValidationError as e:
@@ -185,6 +237,10 @@ def parse_message(
         raise MessageError("idempotency_key", "at most 128 characters")
     if len(msg.ref) > 128 or len(msg.tenant) > 64:
         raise MessageError("ref" if len(msg.ref) > 128 else "tenant", "too long")
+    if msg.callback_url and (len(msg.callback_url) > 512
+                             or not _CALLBACK_RE.fullmatch(msg.callback_url)):
+        raise MessageError("callback_url", "an http:// or https:// URL of at most 512 "
+                           "characters, no spaces")
     if msg.attempts < 0 or msg.losses < 0:
         raise MessageError("attempts" if msg.attempts < 0 else "losses", "must not be negative")
     if msg.resume:
@@ -235,14 +291,22 @@ _resume_enc = msgspec.json.Encoder()
 _resume_dec = msgspec.json.Decoder(Resume)
 
 
-def to_fields(msg: OutboundMessage) -> dict[str, str]:
-    """Flat stream fields for XADD (defaults omitted)."""
+def to_fields(msg: OutboundMessage, seal: Seal | None = None) -> dict[str, str]:
+    """Flat stream fields for XADD (defaults omitted): the client fields, and with
+    ``seal`` the internal ones sealed in ``_gw`` (without, they are left out: what a
+    client may XADD itself)."""
     out: dict[str, str] = {}
+    internal: dict[str, Any] = {}
     for name, value in msgspec.structs.asdict(msg).items():
-        field = "from" if name == "sender" else name
         if value in ("", 0, 0.0):
             continue
+        if name in INTERNAL:
+            internal[name] = value
+            continue
+        field = "from" if name == "sender" else name
         out[field] = repr(value) if isinstance(value, float) else str(value)
+    if internal and seal is not None:
+        out[SEAL_FIELD] = seal.seal(out, internal)
     return out
 
 
@@ -260,6 +324,7 @@ class TemplateIntake:
         self.link_ttl_s = int(lk.ttl_s)
         q = cfg.queue
         self.classes, self.max_segments = list(q.classes), q.max_segments
+        self.horizon_s = q.horizon_s
 
     async def prepare(self, items: list[Any]) -> None:
         codes = [str(i.get("template", "")) for i in items
@@ -281,5 +346,6 @@ class TemplateIntake:
 
         msg = parse_message(item, classes=self.classes, max_segments=self.max_segments,
                             now=now, templates=self.templates,
-                            link=link if maker is not None else None)
+                            link=link if maker is not None else None,
+                            horizon_s=self.horizon_s)
         return msg, pending

@@ -8,19 +8,22 @@ after ``reclaim_idle_s``; one read too often goes to the dead-letter stream.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from redis.asyncio.client import Pipeline
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
+from gatewayd.errors import MessageError
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
@@ -34,10 +37,32 @@ from gatewayd.store.connection import (
     pipe_script,
 )
 from gatewayd.store.keys import GROUP, Keys
+from gatewayd.store.seal import FIELD as SEAL_FIELD
+from gatewayd.store.seal import Seal, load_seal
 
 log = logging.getLogger("gatewayd.queue")
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# QueueStore.enqueue_each's outcomes
+QUEUED: Final = "queued"
+DUPLICATE: Final = "duplicate"
+ID_TAKEN: Final = "id_taken"
+
+
+# Queue reads ask Redis for raw bytes (NEVER_DECODE) and decode entry by entry: with a
+# decoding client one field that is not UTF-8 failed the whole read, so its batch (and
+# every reclaim of it) stayed pending for ever (issue 14).
+_RAW: Final = {NEVER_DECODE: True}
+
+
+# Intakes counted where they happen, in the daemon (the reader skips them).
+COUNTED_AT_INTAKE: Final = frozenset({"http"})
+
+
+def is_raw(fields: dict[str, str]) -> bool:
+    """An entry upstream pushed itself: gatewayd's writers (intake, the fan-out, its
+    own retries and deferrals) always seal their entries (``_gw``)."""
+    return SEAL_FIELD not in fields
 
 
 @dataclass(slots=True)
@@ -46,6 +71,9 @@ class Entry:
     entry_id: str
     fields: dict[str, str] | None  # None: the entry was deleted while pending
     deliveries: int = 1
+    # The entry's fields as read, when they are not valid UTF-8 (``fields`` then holds
+    # them decoded with replacement characters, for the record only): dead-lettered.
+    raw: list[bytes] | None = None
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -53,6 +81,50 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     iterator zipped with itself is ~40 % cheaper than two slices)."""
     it = iter(flat)
     return dict(zip(it, it))  # noqa: B905 - one iterator: strict= would consume a pair
+
+
+def _text(b: bytes | str) -> str:
+    return b if isinstance(b, str) else b.decode()
+
+
+def decode_entry(klass: str, entry_id: bytes | str,
+                 kv: list[bytes] | dict[bytes, bytes] | None, deliveries: int = 1) -> Entry:
+    """One raw stream entry -> Entry: its fields decoded as UTF-8, or, when they are
+    not, kept raw (``Entry.raw``) for the dead-letter stream; never an exception.
+    ``kv``: [name, value, ...] as Redis sends it, or {name: value} as redis-py's
+    response callbacks make it (commands sent with execute_command)."""
+    eid = _text(entry_id)
+    if not kv:
+        return Entry(klass, eid, None, deliveries)
+    if isinstance(kv, dict):
+        kv = [x for pair in kv.items() for x in pair]
+    try:
+        fields = _pairs([b.decode() for b in kv])
+    except UnicodeDecodeError:
+        shown = _pairs([b.decode(errors="replace") for b in kv])
+        return Entry(klass, eid, shown, deliveries, raw=list(kv))
+    return Entry(klass, eid, fields or None, deliveries)
+
+
+def _stream_items(reply: Any) -> list[tuple[str, list[Any]]]:
+    """An XREADGROUP reply -> [(stream, [(entry id, fields), ...])]: RESP2
+    [[stream, entries]] or RESP3 {stream: entries}, raw or through redis-py's response
+    callback (the cluster path), which wraps RESP3 entries in one more list."""
+    if not reply:
+        return []
+    out: list[tuple[str, list[Any]]] = []
+    for stream, items in (reply.items() if isinstance(reply, dict) else reply):
+        if (len(items) == 1 and isinstance(items[0], list) and items[0]
+                and isinstance(items[0][0], (list, tuple))):
+            items = items[0]
+        out.append((_text(stream), items))
+    return out
+
+
+def raw_fields_b64(raw: list[bytes]) -> str:
+    """The exact bytes of an entry's fields, for its dead letter: a JSON list of base64
+    strings, field name and value alternating (``raw_b64``)."""
+    return json.dumps([base64.b64encode(b).decode() for b in raw])
 
 
 class AckBatch:
@@ -106,10 +178,15 @@ class QueueStore:
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
         self.ledger = Ledger(keys, cfg, redis)
+        # The deployment's seal for internal fields (``sealer()`` loads it once).
+        self.seal: Seal | None = None
+        self._seal_loaded = 0.0
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
 
     async def ensure_groups(self) -> None:
+        """The consumer groups (made when missing), and the seal (``sealer``)."""
+        await self.sealer()
         for stream in self.streams.values():
             try:
                 # "0": entries XADDed before the group existed are read too
@@ -117,6 +194,15 @@ class QueueStore:
             except ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+
+    async def sealer(self, *, reload: bool = False) -> Seal:
+        """The seal (gatewayd.store.seal), loaded from Redis once; ``reload``: read it
+        again (at most once a second), for entries sealed after Redis lost its key."""
+        now = time.monotonic()
+        if self.seal is None or (reload and now - self._seal_loaded >= 1.0):
+            self.seal = await load_seal(self.redis, self.keys)
+            self._seal_loaded = now
+        return self.seal
 
     # Intake -------------------------------------------------------------------------
     async def enqueue(
@@ -126,17 +212,63 @@ class QueueStore:
         """Queue validated messages; returns (id, duplicate) for each, in order.
 
         A repeat of an idempotency_key within 24 h returns the first message's id and
-        queues nothing. ``links``: message index -> its short links, written before it.
+        queues nothing. MessageError (code ``duplicate_id``) when an id is already
+        another message's, after the others were queued (``enqueue_each`` says which).
+        """
+        out = await self.enqueue_each(msgs, source=source, now=now, links=links,
+                                      link_ttl_s=link_ttl_s)
+        taken = [i for i, outcome in out if outcome == ID_TAKEN]
+        if taken:
+            raise MessageError("id", f"{', '.join(taken)}: already used by another message "
+                                     "(the others were queued)", code="duplicate_id")
+        return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    async def enqueue_each(
+        self, msgs: list[OutboundMessage], *, source: str, now: float | None = None,
+        links: dict[int, list[shortlinks.NewLink]] | None = None, link_ttl_s: int = 0,
+    ) -> list[tuple[str, str]]:
+        """Queue validated messages; returns (id, outcome) for each, in order: QUEUED;
+        DUPLICATE (an idempotency_key's repeat: the first message's id, nothing queued);
+        ID_TAKEN (the id is another message's: refused, its record left alone).
+
+        ``links``: message index -> its short links, written before it.
         """
         now = time.time() if now is None else now
-        results: list[tuple[str, bool]] = []
-        at: list[int] = []  # index of each message's XADD/script reply
-        # Status first, entry second: a running daemon may read, submit and record the
-        # entry before a later "queued" write would land on top of it. A keyed message's
-        # event waits for the dedup verdict (a duplicate is never announced as queued).
-        keyed: dict[int, tuple[str, dict[Any, Any]]] = {}
+        seal = await self.sealer()
+        # 1. Each message's "queued" status record, created only where none exists
+        #    (lua/queued.lua), and the idempotency keys' owners. Status before entry: a
+        #    running daemon may read, submit and record the entry before a later
+        #    "queued" write would land on top of it; and an id already used is refused,
+        #    never overwritten (issue 14).
+        statuses: list[tuple[str, dict[Any, Any]]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for n, m in enumerate(msgs):
+            for m in msgs:
+                key, status = self.ledger.build(m, "queued", now)
+                statuses.append((key, status))
+                pipe_script(pipe, self._queued, [key],
+                            [self.ledger.status_ttl, *(x for kv in status.items() for x in kv)])
+                if m.idempotency_key:
+                    pipe.get(self.keys.idempotency(m.category, m.idempotency_key))
+            replies = iter(await pipe.execute())
+        outcomes: list[tuple[str, str]] = []
+        go: list[int] = []  # messages to queue
+        at: dict[int, int] = {}  # keyed message -> index of its enqueue.lua reply
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for n, (m, (key, _status)) in enumerate(zip(msgs, statuses, strict=True)):
+                created = int(next(replies)) == 1
+                owner = next(replies) if m.idempotency_key else None
+                if owner is not None:  # a repeat: the first message's id
+                    outcomes.append((str(owner), DUPLICATE))
+                    if created:  # the repeat's own record: it was never queued
+                        pipe.delete(key)
+                    continue
+                if not created:
+                    outcomes.append((m.id, ID_TAKEN))
+                    continue
+                outcomes.append((m.id, QUEUED))
+                go.append(n)
+                # 2. The queued ones: links, entry (keyed: lua/enqueue.lua, which takes
+                #    the idempotency key atomically) and, unkeyed, the queued event.
                 for ln in (links or {}).get(n, ()):
                     fk = self.keys.funnel(funnel_name(m.campaign, m.template, m.tenant))
                     digits = m.to.lstrip("+")
@@ -144,44 +276,51 @@ class QueueStore:
                         ln.target, m.id, fk, m.variant, m.campaign, m.template,
                         self.keys.recipient(digits), repr(now),
                         masked=mask_number(m.to) if self.keys.privacy else ""), link_ttl_s)
-                fields = to_fields(m)
+                # Who queued it, for gatewayd_messages_enqueued_total: a daemon counts
+                # its HTTP intake as it takes it, and every other intake (the client and
+                # CLI run elsewhere: their counters are never scraped) when it first
+                # reads the entry (dispatch; raw XADDs, without it, likewise). Sealed
+                # with the other internal fields: a producer cannot set it.
+                m.intake = source
+                fields = to_fields(m, seal)
                 stream = self.streams[m.category]
                 if m.idempotency_key:
-                    key, status = self.ledger.build(m, "queued", now)
-                    keyed[n] = (key, event_of(m.id, status))
-                    pipe_script(pipe, self._queued, [key],
-                                      [self.ledger.status_ttl,
-                                       *(x for kv in status.items() for x in kv)])
                     flat = [x for kv in fields.items() for x in kv]
                     pipe_script(
                         pipe, self._enqueue,
                         [stream, self.keys.idempotency(m.category, m.idempotency_key)],
                         [m.id, IDEMPOTENCY_TTL_S, *flat],
                     )
+                    at[n] = len(pipe) - 1
                 else:
-                    self.ledger.record(pipe, m, "queued", now)
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                at.append(len(pipe) - 1)
-            replies = await pipe.execute()
+                    self._announce(pipe, m, statuses[n][1], source, now)
+            replies2 = await pipe.execute() if len(pipe) else []
+        keyed = [n for n in go if msgs[n].idempotency_key]
+        if not keyed:
+            return outcomes
+        # 3. A keyed message's event waits for enqueue.lua's verdict (a duplicate that
+        #    raced the look-up above is never announced as queued).
         async with self.redis.pipeline(transaction=False) as pipe:
-            for n, (m, i) in enumerate(zip(msgs, at, strict=True)):
-                reply = replies[i]
-                if n in keyed:
-                    key, event = keyed[n]
-                    created = int(replies[i - 1]) == 1
-                    if int(reply[0]) == 0:
-                        results.append((str(reply[1]), True))
-                        if created:  # the duplicate's own record: it was never queued
-                            pipe.delete(key)
-                        continue
-                    self.ledger.event_only(pipe, event)
-                    self.ledger.count_only(pipe, m, "queued", now)
-                    count_state("queued", "")
-                results.append((m.id, False))
-                metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
+            for n in keyed:
+                m, reply = msgs[n], replies2[at[n]]
+                if int(reply[0]) == 0:
+                    outcomes[n] = (str(reply[1]), DUPLICATE)
+                    pipe.delete(statuses[n][0])
+                    continue
+                self._announce(pipe, m, statuses[n][1], source, now)
             if len(pipe):
                 await pipe.execute()
-        return results
+        return outcomes
+
+    def _announce(self, pipe: Pipeline, m: OutboundMessage, status: dict[Any, Any],
+                  source: str, now: float) -> None:
+        """A queued message's event, counters and funnel count (its record is written)."""
+        self.ledger.event_only(pipe, event_of(m.id, status))
+        self.ledger.count_only(pipe, m, "queued", now)
+        count_state("queued", "")
+        if source in COUNTED_AT_INTAKE:
+            metrics.MESSAGES_ENQUEUED.labels(m.category, source).inc()
 
     # Reading ------------------------------------------------------------------------
     async def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
@@ -244,17 +383,19 @@ class QueueStore:
         return not self.cluster and (bool(klass) or not self._weights)
 
     def queue_read(self, pipe: Pipeline, count: int, klass: str = "") -> None:
-        """Queue a non-blocking read on ``pipe`` (raw replies): the strict-priority one,
-        or of one class; ``parse_read`` turns its reply into entries."""
+        """Queue a non-blocking read on ``pipe`` (raw replies, not decoded): the
+        strict-priority one, or of one class; ``parse_read`` turns its reply into entries."""
         classes = [klass] if klass else self.classes
-        pipe_script(pipe, self._read, [self.streams[k] for k in classes],
-                    [GROUP, self.consumer, count])
+        keys = [self.streams[k] for k in classes]
+        # pipe_script's EVAL, with the reply left undecoded (see _RAW)
+        pipe.execute_command("EVAL", self._read.script, len(keys), *keys,
+                             GROUP, self.consumer, count, **_RAW)
 
     def parse_read(self, reply: Any, klass: str = "") -> list[Entry]:
         if not reply:
             return []
         klass = klass or self.classes[int(reply[0]) - 1]
-        return [Entry(klass, entry_id, _pairs(kv) or None) for entry_id, kv in reply[1]]
+        return [decode_entry(klass, entry_id, kv) for entry_id, kv in reply[1]]
 
     async def on_read_error(self, e: ResponseError) -> None:
         """NOGROUP: Redis restarted empty (or was flushed): recreate the groups."""
@@ -277,24 +418,20 @@ class QueueStore:
 
     async def _xreadgroup(self, streams: dict[str, str], count: int, block: int | None) -> Any:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            if not fastpipe.raw_ok(pipe):  # a cluster: redis-py parses the reply
-                return await self.redis.xreadgroup(
-                    GROUP, self.consumer, streams, count=count, block=block  # type: ignore[arg-type]
-                )
-            # The raw reply, parsed below: redis-py's own parsing of the nested lists
-            # was ~5 % of the daemon's CPU in bench/e2e. RESP3 (redis-py's default
-            # when the server speaks it) gives {stream: entries}, RESP2 [[stream, entries]].
+            # The raw reply, parsed below (and not decoded: see _RAW): redis-py's own
+            # parsing of the nested lists was ~5 % of the daemon's CPU in bench/e2e.
+            # RESP3 (redis-py's default when the server speaks it) gives
+            # {stream: entries}, RESP2 [[stream, entries]].
             blocking = ("BLOCK", block) if block is not None else ()
-            pipe.execute_command("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
-                                 *blocking, "STREAMS", *streams, *streams.values())
-            [reply] = await fastpipe.execute(pipe, raw=True)
-            if not reply:
-                return []
-            return [(stream, [(entry_id, dict(zip(kv[::2], kv[1::2], strict=True))
-                                         if kv else None)
-                              for entry_id, kv in items])
-                    for stream, items in (reply.items() if isinstance(reply, dict) else reply)]
+            args = ("XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", count,
+                    *blocking, "STREAMS", *streams, *streams.values())
+            pipe = self.redis.pipeline(transaction=False)
+            if fastpipe.raw_ok(pipe):
+                pipe.execute_command(*args, **_RAW)
+                [reply] = await fastpipe.execute(pipe, raw=True)
+            else:  # a cluster: one stream, routed by redis-py
+                reply = await self.redis.execute_command(*args, **_RAW)  # type: ignore[no-untyped-call]
+            return _stream_items(reply)
         except ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -308,8 +445,8 @@ class QueueStore:
         stream: str
         for stream, items in reply or []:
             klass = self._by_stream[stream]
-            for entry_id, fields in items:
-                out.append(Entry(klass, entry_id, fields or None))
+            for entry_id, kv in items:
+                out.append(decode_entry(klass, entry_id, kv))
         return out
 
     async def reclaim(self, count: int, in_flight: Container[str] | None = None, *,
@@ -366,14 +503,20 @@ class QueueStore:
                     continue
                 taken += len(counts)
                 # XCLAIM re-checks idleness, so two daemons never both take an entry.
-                claimed: list[tuple[str, dict[str, str] | None]] = cast(
-                    Any, await self.redis.xclaim(
-                        stream, GROUP, self.consumer, max(1, min_idle), list(counts)))
-                for entry_id, fields in claimed:
+                # Raw replies, decoded entry by entry (see _RAW).
+                claimed: list[Any] = cast(Any, await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XCLAIM", stream, GROUP, self.consumer, max(1, min_idle), *counts,
+                    **_RAW))
+                got: set[str] = set()
+                for item in claimed or ():
+                    if not item:  # Redis < 7: an entry deleted while pending is nil
+                        continue
+                    entry_id = _text(item[0])
+                    got.add(entry_id)
                     deliveries = counts.get(entry_id, 1) + 1
-                    out.append(Entry(klass, entry_id, fields or None, deliveries))
+                    out.append(decode_entry(klass, entry_id, item[1], deliveries))
                     metrics.DUPLICATES.labels(klass).inc()
-                missing = set(counts) - {e for e, _ in claimed}
+                missing = set(counts) - got
                 if missing:
                     # deleted while pending (already dispositioned): just clear them
                     await self.redis.xack(stream, GROUP, *missing)
@@ -400,12 +543,15 @@ class QueueStore:
             "at": repr(time.time()),
             "raw": json.dumps(entry.fields or {}, ensure_ascii=False),
         }
+        if entry.raw is not None:
+            record["raw_b64"] = raw_fields_b64(entry.raw)
         pipe.xadd(self.keys.dead, record, maxlen=self.q.dead_maxlen, approximate=True)  # type: ignore[arg-type]
         self.ack(pipe, entry, acks)
         metrics.DEAD_LETTERS.labels(reason.split(":", 1)[0][:40]).inc()
 
     def delay(self, pipe: Pipeline, msg: OutboundMessage, due: float) -> None:
-        member = json.dumps(to_fields(msg), ensure_ascii=False, sort_keys=True)
+        assert self.seal is not None, "sealer() first"  # the dispatcher loads it
+        member = json.dumps(to_fields(msg, self.seal), ensure_ascii=False, sort_keys=True)
         pipe.zadd(self.keys.delayed(msg.category), {member: due})
 
     # Housekeeping -------------------------------------------------------------------

@@ -10,8 +10,8 @@ from gatewayd.store.keys import Keys
 _NUMERIC = {"updated_at", "enqueued_at", "submitted_at", "done_at", "until", "converted_at"}
 _INT = {"segments", "attempts", "receipts"}
 # Bookkeeping kept with the status, not part of it: the claim on publishing the final
-# event (lua/receipt.lua).
-_INTERNAL = {"event_claim", "fk"}
+# event (lua/receipt.lua), the funnel key, the raw entry that holds the id (lua/claim.lua).
+_INTERNAL = {"event_claim", "fk", "entry"}
 
 
 async def read_status(redis: Redis, keys: Keys, msg_id: str) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError, MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.policy.engine import PolicyEngine
-from gatewayd.policy.normalize import number_key
+from gatewayd.policy.numbers import from_person
 from gatewayd.policy.optout import opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import client_url, connect_config
 from gatewayd.store.keys import keys_for
@@ -59,7 +59,11 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_optout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["add", "remove", "check"])
-    parser.add_argument("number", help="E.164 number, e.g. +8613800138000")
+    parser.add_argument("number", help="E.164 number, e.g. +8613800138000 (a national "
+                                       "number needs --country)")
+    parser.add_argument("--country", default="", metavar="CC",
+                        help="country calling code for a number written without + (e.g. "
+                             "86: 13800138000 is +8613800138000)")
     parser.add_argument("--scope", default="*",
                         help="\"*\" (everything, default) or a signature/sender")
     parser.add_argument("--category", default="",
@@ -186,9 +190,8 @@ def _print_explain(engine: PolicyEngine, msg: OutboundMessage, now: float,
 def run_optout(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, need_secrets=False)
     try:
-        number_ok = 6 <= len(number_key(args.number)) <= 15
-        if not number_ok:
-            raise ValueError(f"{args.number!r}: not an E.164 number, e.g. +8613800138000")
+        # Never guessed: 13900000000 without + is a national number (--country), not +1.
+        args.number = from_person(args.number, args.country)
         return asyncio.run(_optout(cfg, args))
     except ValueError as e:
         print(f"gatewayd: {e}", file=sys.stderr)

@@ -37,7 +37,7 @@ from gatewayd.policy.normalize import number_key
 from gatewayd.store.keys import Keys
 
 # Metric label vocabulary (labels stay bounded whatever callers pass as source).
-_SOURCES: Final = frozenset({"mo", "api", "cli", "admin", "import"})
+_SOURCES: Final = frozenset(metrics.OPTOUT_SOURCES) - {"other"}
 
 
 def check_number(number: str) -> str:

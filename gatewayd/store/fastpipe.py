@@ -6,7 +6,8 @@ side of Redis the largest cost of a message (bench/e2e profile). ``execute`` bel
 sends the same command stack packed by hiredis in one write and reads the replies
 under ONE timeout (the connection's socket_timeout), then applies redis-py's own
 response callbacks, so callers see exactly what ``pipe.execute()`` returns (~4 us a
-command). Scripts queued with ``Script(client=pipe)`` are loaded first, as redis-py does.
+command). Scripts queued with ``Script(client=pipe)`` are loaded first, as redis-py does;
+a command queued with the ``NEVER_DECODE`` option gets its reply as bytes, as there.
 
 Anything unusual (a cluster pipeline, MULTI/WATCH, no hiredis) goes through redis-py's
 own ``execute``. Any failure or cancellation after the write disconnects the
@@ -73,9 +74,9 @@ async def execute(pipe_: Any, *, raw: bool = False) -> list[Any]:
     stack = pipe.command_stack
     if not stack:
         return []
-    if any(NEVER_DECODE in o or EMPTY_RESPONSE in o for _, o in stack):
+    if any(EMPTY_RESPONSE in o for _, o in stack):
         if raw:
-            raise ValueError("raw replies and NEVER_DECODE/EMPTY_RESPONSE do not mix")
+            raise ValueError("raw replies and EMPTY_RESPONSE do not mix")
         return list(await pipe.execute())
     try:
         if pipe.scripts:
@@ -88,9 +89,11 @@ async def execute(pipe_: Any, *, raw: bool = False) -> list[Any]:
         try:
             async with asyncio.timeout(conn.socket_timeout):
                 await conn.send_packed_command(data)
-                for _ in stack:
+                for _, opts in stack:
                     try:
-                        replies.append(await conn.read_response(timeout=math.inf))
+                        # NEVER_DECODE: bytes, as redis-py's own execute gives them
+                        replies.append(await conn.read_response(
+                            timeout=math.inf, disable_decoding=NEVER_DECODE in opts))
                     except ResponseError as e:
                         replies.append(e)
         except TimeoutError:
@@ -107,8 +110,9 @@ async def execute(pipe_: Any, *, raw: bool = False) -> list[Any]:
                 raise r
             cb = None if raw else callbacks.get(args[0])
             if cb is not None:
-                if "keys" in options:
-                    options = {k: v for k, v in options.items() if k != "keys"}
+                if "keys" in options or NEVER_DECODE in options:
+                    options = {k: v for k, v in options.items()
+                               if k != "keys" and k != NEVER_DECODE}
                 r = cb(r, **options)
                 if inspect.isawaitable(r):
                     r = await r

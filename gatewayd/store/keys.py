@@ -12,6 +12,7 @@ keep a number.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 from gatewayd.config import Config
@@ -60,6 +61,20 @@ class Keys:
     def inbound(self) -> str:
         """Stream of mobile-originated messages, for upstream apps (capped)."""
         return f"{self.prefix}mo"
+
+    def mo_seen(self, carrier: str, source: str, destination: str, text: str,
+                smsc_id: str = "") -> str:
+        """STRING "stored" | "done" (TTL ``queue.mo_dedup_s``): an MO already in the MO
+        stream, named by a digest of what an SMSC redelivery repeats: the carrier's id
+        of the MO where it has one (CMPP), else its sender, destination and text (keyed
+        in privacy mode: no number can be tested against it). Tagged with the MO
+        stream's name so one script call writes the stream and these keys (one slot on
+        a cluster)."""
+        data = "\x00".join((carrier, source, destination, text, smsc_id)
+                           if not smsc_id else (carrier, source, smsc_id)).encode()
+        digest = (self.privacy.mac(data) if self.privacy is not None
+                  else hashlib.blake2b(data, digest_size=16).hexdigest())
+        return f"{self.prefix}mo:seen:{{{self.inbound}}}:{digest}"
 
     def idempotency(self, klass: str, key: str) -> str:
         """STRING: idempotency key -> first message id (24 h); scoped per class so the
@@ -211,6 +226,51 @@ class Keys:
         """STRING "<time> <variant>": a campaign's last send to a recipient (opt-out
         attribution; one SET EX a message). Always ``marketing(number) + ":" + id``."""
         return self.freq(number, f"mk:{campaign}")
+
+    @property
+    def seal(self) -> str:
+        """STRING: the deployment's secret that seals queue entries' internal fields
+        (gatewayd.store.seal; made on first use; producers that only XADD must not
+        read it)."""
+        return f"{self.prefix}seal"
+
+    # Webhooks (gatewayd.webhooks) ----------------------------------------------------
+    @property
+    def webhook_endpoints(self) -> str:
+        """HASH: endpoint name -> its spec as JSON (endpoints added at run time)."""
+        return f"{self.prefix}wh:endpoints"
+
+    @property
+    def webhook_cursor(self) -> str:
+        """HASH: "events" / "mo" -> the stream entry id up to which every event is done
+        (delivered, or in a retry queue or dead-letter stream): the sender resumes there."""
+        return f"{self.prefix}wh:cursor"
+
+    @property
+    def webhook_callbacks(self) -> str:
+        """HASH: message id -> its callback_url, from its first event with one until its
+        final event (final receipts' events do not carry it)."""
+        return f"{self.prefix}wh:callbacks"
+
+    @property
+    def webhook_callback_urls(self) -> str:
+        """HASH: callback endpoint name (``cb-<digest>``) -> its URL, so a restarted
+        sender finds the retry queues of callback URLs."""
+        return f"{self.prefix}wh:cb:urls"
+
+    @property
+    def webhook_paused(self) -> str:
+        """SET: names of paused endpoints (their events wait in their retry queues)."""
+        return f"{self.prefix}wh:paused"
+
+    def webhook_queue(self, endpoint: str) -> str:
+        """ZSET: an endpoint's events waiting for a retry (or a resume): the event as
+        JSON -> its events-stream time (ms), so they go out in stream order."""
+        return f"{self.prefix}wh:{{{endpoint}}}:q"
+
+    def webhook_dead(self, endpoint: str) -> str:
+        """STREAM: an endpoint's events given up on: event (JSON), error, at, attempts."""
+        return f"{self.prefix}wh:{{{endpoint}}}:dead"
 
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:

@@ -1,8 +1,9 @@
 """One configured CMPP connection: connect + authenticate, keep alive, reconnect; rate, window.
 
-The same shape and the same sending interface as carrier/smpp/bind.py (``reserve`` window
-space and tokens, ``send`` a run of SUBMIT bodies in one write, ``release``; ``start``,
-``shutdown``, ``status``), so the pool can drive either protocol's binds.
+A carrier.protocols.Link, as carrier/smpp/bind.py is (``reserve`` window space and
+tokens, ``send`` a run of SUBMIT bodies in one write, ``release``; ``start``,
+``shutdown``, ``status``, ``show_limit``, ``meter``, ``latency``), so the pool drives
+either protocol's links alike.
 
 CONNECT: Source_Addr = the carrier's system_id (SP_Id), AuthenticatorSource = MD5(SP_Id
 + 9 NULs + secret + MMDDHHMMSS in the ISMG's time zone). An answer with Status 0 must
@@ -15,11 +16,12 @@ within response_timeout_s it is sent again, and after ``active_test_retries`` un
 ones the link counts as dead (the specification's C / T / N timers). The ISMG's own
 ACTIVE_TEST is answered by the session at once.
 
-Rate: a token bucket of tps / binds a second, burst 50 ms worth. Result 8 (flow control)
-halves the rate (at most once a second, down to 2 %) and empties the bucket; after a
-second without it the rate grows back by 10 % of the base a second, as for SMPP's
-ESME_RTHROTTLED. Reconnects back off exponentially with jitter; a refused CONNECT waits
-auth_retry_s. ``shutdown`` sends CMPP_TERMINATE and waits (bounded) for its answer.
+Rate: a token bucket of tps / binds a second, burst 50 ms worth, under the account's
+learned rate (the pool's rate gate). Result 8 (flow control) is counted into the
+account's throttle meter, which lowers that shared rate exactly as ESME_RTHROTTLED does
+(carrier/throttle.py); the connection shows "throttled" for two seconds. Reconnects
+back off exponentially with jitter; a refused CONNECT waits auth_retry_s. ``shutdown``
+sends CMPP_TERMINATE and waits (bounded) for its answer.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from gatewayd.carrier.cmpp import status as S
 from gatewayd.carrier.cmpp import times
 from gatewayd.carrier.cmpp.session import Session
 from gatewayd.carrier.cmpp.settings import CmppSettings
-from gatewayd.carrier.smpp.session import Waiter
+from gatewayd.carrier.protocols import Meter, Waiter
 from gatewayd.config import CarrierConfig
 from gatewayd.errors import BindRefused, SmppError
 from gatewayd.ops import metrics as M
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatewayd.carrier")
 
 _pack_header = P.HEADER.pack
+# A flow-controlled connection shows "throttled" this long after the ISMG's last result 8.
+_THROTTLED_SHOWN_S = 2.0
 
 
 class CmppBind:
@@ -76,12 +80,14 @@ class CmppBind:
         self.reserved = 0
         self.base_rate = carrier.tps / carrier.binds
         self.rate = self.base_rate
-        self.min_rate = self.base_rate * 0.02
+        self.limit = self.base_rate  # shown: min(own rate, share of the learned rate)
         self.burst = max(1.0, self.base_rate / 20)
         self.tokens = self.burst
         self._t_tokens = 0.0
         self._last_throttle = -1e9
-        self._last_recover = 0.0
+        # Submit latency, a moving average of one sample a parsed chunk (stragglers' grace).
+        self.latency = 0.0
+        self.meter: Meter | None = None
         self.space = asyncio.Event()
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -117,7 +123,7 @@ class CmppBind:
     def status(self) -> BindStatus:
         return BindStatus(
             carrier=self.carrier, index=self.index, state=self.state, mode=self.mode,
-            window=self.window, in_flight=self.in_flight, tps_limit=round(self.rate, 3),
+            window=self.window, in_flight=self.in_flight, tps_limit=round(self.limit, 3),
             submitted=self.submitted, reconnects=self.reconnects, last_error=self.last_error,
         )
 
@@ -191,7 +197,7 @@ class CmppBind:
                 continue
             attempt = 0
             self.last_error = ""
-            self._set_state("throttled" if self.rate < self.base_rate else "bound")
+            self._set_state("bound")
             log.info("%s[%d]: CMPP %s connected to %s:%d", self.carrier, self.index,
                      self.settings.version, self.cfg.host, self.cfg.port)
             await self._serve(session)
@@ -354,6 +360,10 @@ class CmppBind:
                 self._count("cmpp_submit", S.result_name(code), count)
         if latency is not None:
             self._m_latency.observe(latency)
+            self.latency += 0.1 * (latency - self.latency)
+        meter = self.meter
+        if meter is not None and (throttled or meter.open):
+            meter.count(ok, throttled)
         if throttled:
             self._throttle()
         if in_flight < self.window:
@@ -393,26 +403,16 @@ class CmppBind:
 
     # -- flow control ----------------------------------------------------------------------------
     def _throttle(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._last_throttle < 1.0:
-            return
-        self._last_throttle = now
-        self._last_recover = now
-        self.rate = max(self.min_rate, self.rate / 2)
-        self.tokens = 0.0
-        self._t_tokens = now
-        if self.state == "bound":
+        """The ISMG flow-controlled a SUBMIT: shown; the meter lowers the account rate."""
+        self._last_throttle = asyncio.get_running_loop().time()
+        if self.state == "bound":  # not over "unbinding" while a TERMINATE waits
             self._set_state("throttled")
-        self._m_tps.set(self.rate)
-        log.info("%s[%d]: flow control from the ISMG; rate now %.1f/s", self.carrier,
-                 self.index, self.rate)
 
     def _recover(self, now: float) -> None:
-        if self.rate >= self.base_rate or now - self._last_throttle < 1.0:
-            return
-        elapsed = now - self._last_recover
-        self._last_recover = now
-        self.rate = min(self.base_rate, self.rate + self.base_rate * 0.1 * elapsed)
-        self._m_tps.set(self.rate)
-        if self.rate >= self.base_rate and self.state == "throttled":
+        if self.state == "throttled" and now - self._last_throttle >= _THROTTLED_SHOWN_S:
             self._set_state("bound")
+
+    def show_limit(self, share: float) -> None:
+        """The connection's share of its account's learned rate, on the gauge and in status."""
+        self.limit = min(self.base_rate, share)
+        self._m_tps.set(self.limit)

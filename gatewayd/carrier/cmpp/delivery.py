@@ -29,7 +29,7 @@ from gatewayd.carrier.cmpp import status as S
 from gatewayd.carrier.cmpp.receipts import to_receipt
 from gatewayd.carrier.cmpp.session import Session
 from gatewayd.carrier.cmpp.text import decode
-from gatewayd.carrier.smpp.mo import Assembled, GroupKey, Part, Reassembler
+from gatewayd.carrier.reassembly import Assembled, GroupKey, Part, Reassembler
 from gatewayd.model import InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics as M
 
@@ -104,8 +104,10 @@ class Deliveries:
                 immediate.append(P.deliver_resp_pdu(seq, d.msg_id, S.DELIVER_OK, v3))
                 continue
             key, assembled = done
-            completes.append(_Complete(self._message(assembled, now), seq, d.msg_id, key,
-                                       assembled))
+            message = self._message(assembled, now)
+            # The completing part's Msg_Id: what the ISMG repeats when it redelivers.
+            message.smsc_id = str(d.msg_id)
+            completes.append(_Complete(message, seq, d.msg_id, key, assembled))
         if immediate:
             session.write(b"".join(immediate))
         if receipts or completes:

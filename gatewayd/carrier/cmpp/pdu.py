@@ -171,7 +171,9 @@ def parse_submit_resp(body: bytes) -> tuple[int, int]:
 
 
 # -- DELIVER ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~3x (object.__setattr__ per field),
+# and one is built per DELIVER on the receipt path. Treated as read-only all the same.
+@dataclass(slots=True)
 class Deliver:
     msg_id: int  # the ISMG's id of this DELIVER (echoed in DELIVER_RESP)
     dest_id: str  # our access number (+ extension) the subscriber wrote to
@@ -207,7 +209,9 @@ def parse_deliver(body: bytes, v3: bool) -> Deliver:
     )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~3x (object.__setattr__ per field),
+# and one is built per DELIVER on the receipt path. Treated as read-only all the same.
+@dataclass(slots=True)
 class Report:
     msg_id: int  # the Msg_Id SUBMIT_RESP gave the part this report is about
     stat: str

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 from gatewayd.carrier.cmpp import msgid
 from gatewayd.carrier.cmpp import pdu as P
 from gatewayd.carrier.cmpp import status as S
-from gatewayd.carrier.smpp.session import Waiter
+from gatewayd.carrier.protocols import Waiter
 
 if TYPE_CHECKING:
     from gatewayd.config import CarrierConfig

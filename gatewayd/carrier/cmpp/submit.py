@@ -56,15 +56,18 @@ class SubmitEncoder:
         refs[destination] = (ref + 1) & 0xFF
         return ref
 
-    def encode(self, req: SubmitRequest) -> tuple[list[bytes], int]:
-        """SUBMIT bodies for the request and its part count; Unsendable if it cannot go."""
+    def encode(self, req: SubmitRequest) -> tuple[list[bytes], int, int]:
+        """SUBMIT bodies for the request, its part count and UDH reference (-1: one
+        part); Unsendable if it cannot go. A resumed long message (``req.ref`` >= 0)
+        keeps its reference, so the parts sent now join those the ISMG took before."""
         st = self.settings
         dest = text.destination(req.destination, st.national_destinations)
         if not dest.isdigit() or len(dest) > self._template.dest_width:
             raise Unsendable(f"destination {req.destination!r} is not a number CMPP can carry")
         try:
             src = text.src_id(self.access_number, req.source)
-            enc = text.encode(req.text, lambda: self._next_ref(dest), st.encoding)
+            enc = text.encode(req.text, req.ref & 0xFF if req.ref >= 0
+                              else lambda: self._next_ref(dest), st.encoding)
         except ValueError as e:
             raise Unsendable(str(e)) from e
         now = self._clock()
@@ -77,4 +80,5 @@ class SubmitEncoder:
                  src_id=src, destination=dest, content=part)
             for i, part in enumerate(enc.parts, 1)
         ]
-        return bodies, total
+        ref = enc.parts[0][3] if enc.udhi else -1  # UDH 05 00 03 <ref> <total> <n>
+        return bodies, total, ref

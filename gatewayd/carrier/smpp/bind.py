@@ -20,10 +20,10 @@ import asyncio
 import logging
 import random
 import ssl
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from gatewayd.carrier.api import BindStatus
-from gatewayd.carrier.batch import Waiter
+from gatewayd.carrier.protocols import Meter, Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
 from gatewayd.carrier.smpp.session import Session
@@ -39,15 +39,6 @@ log = logging.getLogger("gatewayd.carrier")
 _pack_header = P.HEADER.pack
 # A throttled bind shows "throttled" this long after the SMSC's last throttle.
 _THROTTLED_SHOWN_S = 2.0
-
-
-class Meter(Protocol):
-    """The account's throttle meter (carrier.throttle.ThrottleMeter), fed by its binds."""
-
-    @property
-    def open(self) -> bool: ...
-
-    def count(self, accepted: int, throttled: int) -> None: ...
 
 
 class Bind:

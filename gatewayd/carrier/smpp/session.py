@@ -31,7 +31,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from gatewayd.carrier.batch import Waiter
+from gatewayd.carrier.protocols import Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
 

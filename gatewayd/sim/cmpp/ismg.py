@@ -159,9 +159,12 @@ class IsmgSimulator:
 
     async def inject_mo(
         self, source: str, dest_id: str, text: str, *, parts: int = 1, shuffle: bool = False,
-        gbk: bool = False, wait: bool = False, timeout_s: float = 10.0,
+        gbk: bool = False, wait: bool = False, timeout_s: float = 10.0, copies: int = 1,
     ) -> None:
         """An MO from handset ``source`` to access number ``dest_id``.
+
+        ``copies`` > 1 delivers each DELIVER that many times with the same Msg_Id, as an
+        ISMG redelivers one whose DELIVER_RESP it did not see.
 
         ASCII text goes as Msg_Fmt 0, other text as UCS-2 (8) or, with gbk, GBK (15).
         parts > 1 cuts the text into that many concatenated parts (UDH 05 00 03), in a
@@ -189,11 +192,12 @@ class IsmgSimulator:
         futures: list[asyncio.Future[None]] = []
         items: list[Outgoing] = []
         for d in datas:
-            fut: asyncio.Future[None] | None = self.loop.create_future() if wait else None
-            if fut is not None:
-                futures.append(fut)
-            items.append(Outgoing(self._mo(source, dest_id, fmt, d, parts > 1), KIND_MO,
-                                  future=fut))
+            mo = self._mo(source, dest_id, fmt, d, parts > 1)
+            for _ in range(copies):
+                fut: asyncio.Future[None] | None = self.loop.create_future() if wait else None
+                if fut is not None:
+                    futures.append(fut)
+                items.append(Outgoing(mo, KIND_MO, future=fut))
         self._deliver(items, self.loop.time())
         if futures:
             await asyncio.wait_for(asyncio.gather(*futures), timeout_s)

@@ -113,6 +113,7 @@ class SimStats:
     receipts_abandoned: int = 0  # gave up after receipt_max_attempts
     mo_sent: int = 0
     mo_acked: int = 0
+    mo_nacked: int = 0  # MO deliver_sm answered with an error status (then resent)
     unacked: int = 0  # deliver_sm (receipts and MO) written, not yet answered
     held: int = 0  # deliver_sm waiting for a receiver to bind
     held_dropped: int = 0

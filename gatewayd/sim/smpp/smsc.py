@@ -238,14 +238,36 @@ class SmscSimulator:
         wait=True returns only when every part was answered with deliver_sm_resp ESME_ROK
         (TimeoutError after timeout_s).
         """
+        pdus = self._mo_pdus(source, destination, text, parts=parts, udh_bits=udh_bits,
+                             use_sar=use_sar, shuffle=shuffle)
+        await self._send_mo(pdus, wait=wait, timeout_s=timeout_s)
+
+    async def inject_mo_chunk(
+        self, messages: list[tuple[str, str, str]], *, copies: int = 1, wait: bool = False,
+        timeout_s: float = 10.0,
+    ) -> None:
+        """Single-part MO (source, destination, text), written in one go so that they
+        reach the ESME in one read; each ``copies`` times, the same deliver_sm again, as
+        an SMSC resends one whose deliver_sm_resp it did not see. The source goes out
+        exactly as given (any bytes a cstring may hold: empty, 41 digits, letters)."""
+        pdus: list[bytes] = []
+        for source, destination, text in messages:
+            pdus += self._mo_pdus(source, destination, text, raw_source=True) * copies
+        await self._send_mo(pdus, wait=wait, timeout_s=timeout_s)
+
+    def _mo_pdus(
+        self, source: str, destination: str, text: str, *, parts: int = 1,
+        udh_bits: int = 8, use_sar: bool = False, shuffle: bool = False,
+        raw_source: bool = False,
+    ) -> list[bytes]:
         if udh_bits not in (8, 16):
             raise ValueError("udh_bits must be 8 or 16")
         if parts < 1 or parts > 255:
             raise ValueError("parts must be between 1 and 255")
         encoding: smstext.Encoding = "gsm7" if smstext.gsm7_septets(text) is not None else "ucs2"
         dc = 8 if encoding == "ucs2" else 0
-        src, dst = source.lstrip("+"), destination.lstrip("+")
-        system_id = self.settings.system_id
+        src = source if raw_source else source.lstrip("+")
+        dst = destination.lstrip("+")
         pdus: list[bytes] = []
         if parts == 1:
             data = smstext.encode(text, encoding)
@@ -284,6 +306,10 @@ class SmscSimulator:
                 self.rng.shuffle(pdus)
                 if pdus == in_order:
                     pdus.reverse()
+        return pdus
+
+    async def _send_mo(self, pdus: list[bytes], *, wait: bool, timeout_s: float) -> None:
+        system_id = self.settings.system_id
         futures: list[asyncio.Future[None]] = []
         items: list[Outgoing] = []
         for p in pdus:
@@ -458,6 +484,8 @@ class SmscSimulator:
             return
         if o.kind == KIND_RECEIPT:
             stats.receipts_nacked += 1
+        else:
+            stats.mo_nacked += 1
         if status in _PERMANENT or o.attempts >= self.settings.receipt_max_attempts:
             self._abandon(o, f"refused with {pdu.status_name(status)}")
         else:

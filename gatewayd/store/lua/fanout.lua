@@ -14,7 +14,9 @@
 -- ARGV[21] '1' = privacy mode (Keys.privacy): each recipient with k > 0 links carries its
 -- key-name token after k, which its links store instead of the digits, with the masked
 -- number last; then V x (variant name, template code); then per recipient: message id,
--- number, masked number, text, variant index (1-based), ref, k links, [token,]
+-- number, masked number, text, variant index (1-based), ref, its sealed internal fields
+-- (the entry's "_gw": campaign, variant, enqueued_at, links; gatewayd.store.seal, made
+-- by campaigns.fanout over exactly the fields written here), k links, [token,]
 -- k x (code, URL).
 -- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
 -- offset} when the cursor moved on meanwhile.
@@ -41,8 +43,7 @@ for i = 1, nv do
 end
 -- Tables made once a call and refilled per recipient (a table per recipient was Redis
 -- CPU: allocation and garbage), sent with unpack(t, 1, m).
-local e = {'id', '', 'to', '', 'text', '', 'category', category, 'campaign', cid,
-  'variant', '', 'template', '', 'enqueued_at', now}
+local e = {'id', '', 'to', '', 'text', '', 'category', category, 'template', '', '_gw', ''}
 local s = {'state', 'queued', 'updated_at', now, 'category', category, 'to', '',
   'attempts', '0', 'campaign', cid, 'variant', '', 'template', '', 'fk', funnel,
   'enqueued_at', now}
@@ -53,10 +54,10 @@ local ev = {'id', '', 'state', 'queued', 'at', now, 'category', category, 'to', 
 local sep = '\31'
 local ltail = sep .. now
 for _ = 1, n do
-  local id, to, masked, text, vi, ref = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    tonumber(ARGV[a + 4]), ARGV[a + 5]
-  local k = tonumber(ARGV[a + 6])
-  a = a + 7
+  local id, to, masked, text, vi, ref, sealed = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
+  local k = tonumber(ARGV[a + 7])
+  a = a + 8
   local variant, template = vname[vi], vtpl[vi]
   vcount[vi] = vcount[vi] + 1
   if k > 0 then
@@ -90,9 +91,8 @@ for _ = 1, n do
     if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
     rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
   end
-  e[2], e[4], e[6], e[12], e[14] = id, to, text, variant, template
-  m = 16
-  if k > 0 then e[m + 1] = 'links'; e[m + 2] = tostring(k); m = m + 2 end
+  e[2], e[4], e[6], e[10], e[12] = id, to, text, template, sealed
+  m = 12
   if tenant ~= '' then e[m + 1] = 'tenant'; e[m + 2] = tenant; m = m + 2 end
   if ref ~= '' then e[m + 1] = 'ref'; e[m + 2] = ref; m = m + 2 end
   if sender ~= '' then e[m + 1] = 'from'; e[m + 2] = sender; m = m + 2 end

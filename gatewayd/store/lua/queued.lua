@@ -1,7 +1,8 @@
--- The "queued" status record of a message enqueued with an idempotency key, written
--- BEFORE its entry (enqueue.lua) so a daemon that reads the entry at once never has its
--- "submitted" overwritten by a late "queued"; and never over an existing record of the
--- same id (a repeat whose first copy may be long delivered).
+-- A message's "queued" status record, written by intake (QueueStore.enqueue_each)
+-- BEFORE its entry, so a daemon that reads the entry at once never has its "submitted"
+-- overwritten by a late "queued"; and never over an existing record of the same id: a
+-- repeat whose first copy may be long delivered, or another message reusing the id
+-- (refused: duplicate_id).
 -- KEYS[1] status hash; ARGV[1] TTL (s); ARGV[2..] field/value pairs
 -- Returns 1 when written, 0 when a record existed.
 if redis.call('EXISTS', KEYS[1]) == 1 then

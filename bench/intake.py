@@ -1,0 +1,316 @@
+"""HTTP intake: what a message costs through POST /v1/messages, against the client.
+
+The rig of bench/e2e (private Redis, the SMSC simulator in its own process, gatewayd in
+its own process with every policy on), and Debian's ``wrk`` as the load generator (a C
+client: its own CPU is printed, so that a saturated generator is seen, not mistaken for
+the server's limit). Each run, in one process of this script:
+
+  client     N messages queued through gatewayd.client (Client.send, chunks of 2,000):
+             the baseline, Redis's CPU a message through the library
+  http-1     the same N over HTTP, one message a request, from --connections keep-alive
+             connections (200), with the daemon's carrier unreachable, so that gatewayd
+             does intake only (a daemon with no bound carrier leaves the queue alone)
+  http-100   the same N over HTTP, 100 messages a request, 8 connections
+  e2e-http   the same N over HTTP one message a request into a daemon bound to the
+             simulator, with receipts: the end-to-end rate (first submit .. last final)
+
+Figures per phase: messages/s, gatewayd, Redis and wrk CPU a message, request latency
+p50/p99 (wrk's), and for e2e-http the final states per second. Median of --runs with min
+and max; writes bench/results/intake.json. Targets (issue 17): gatewayd <= 60 us a
+message one a request, <= 10 us in batches of 100, Redis no more via HTTP than via the
+client; e2e over HTTP >= 6,700/s.
+
+    python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench import harness
+from bench.common import ProcSampler, summary, table, write_result
+from bench.e2e import analyse
+from gatewayd.config import QueueConfig
+from gatewayd.store.embedded import free_port
+
+API_KEY = "bench-intake-key"
+
+# Bodies are read into a table at start; each request takes the next one (or the next
+# batch), round the table again if wrk asks for more (it calls request() more often than
+# it sends: on connect and on reconnects). Once as many requests as there are bodies have
+# been accepted (202), the script drops a marker file with the answers it got, and the
+# bench stops wrk with SIGINT (wrk then reports the time it really ran; its own
+# thread:stop() would still wait out -d). A few requests in flight then are accepted
+# too: the figures are per accepted message, counted in Redis.
+_WRK_LUA = """
+local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+local next_body = 0
+local accepted = 0
+local codes = {}
+local post_headers = {["Content-Type"] = "application/json",
+                      ["Authorization"] = "Bearer %s"}
+request = function()
+  next_body = next_body %% #bodies + 1
+  return wrk.format("POST", "/v1/messages", post_headers, bodies[next_body])
+end
+response = function(status, headers, body)
+  codes[status] = (codes[status] or 0) + 1
+  if status == 202 then
+    accepted = accepted + 1
+    if accepted == #bodies then
+      local f = io.open("%s", "w")
+      for code, count in pairs(codes) do f:write(code, " ", count, "\\n") end
+      f:close()
+    end
+  end
+end
+"""
+
+
+def _bodies(n: int, run: int, batch: int) -> list[str]:
+    """JSON bodies: the e2e mix (codes, notices, Chinese marketing), one message each
+    or arrays of ``batch``; recipients unique per run so no cap or window defers."""
+    msgs = harness.make_messages(n, run=run)
+    for m in msgs:
+        m.pop("id", None)
+    enc = [json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in msgs]
+    if batch == 1:
+        return enc
+    return ["[" + ",".join(enc[i:i + batch]) + "]" for i in range(0, n, batch)]
+
+
+def _config(rig: harness.Rig, http_port: int, carrier_port: int, name: str) -> Path:
+    cfg = rig.config(harness.GatewaydOptions(name=name))
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    text = cfg.read_text(encoding="utf-8")
+    text = text.replace("[http]\nenabled = false", f"""[http]
+enabled = true
+listen = "127.0.0.1:{http_port}"
+api_keys = ["{digest}"]""")
+    text = re.sub(r"(\[\[carrier\]\][^\[]*?port = )\d+", rf"\g<1>{carrier_port}", text)
+    cfg.write_text(text, encoding="utf-8")
+    return cfg
+
+
+def _wait_http(port: int, timeout_s: float = 30.0) -> None:
+    import urllib.request
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("gatewayd's HTTP listener did not come up")
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
+    def ms(v: str) -> float:
+        num, unit = re.match(r"([\d.]+)(\w+)", v).groups()  # type: ignore[union-attr]
+        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    assert m, out
+    secs = float(m.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(3)]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": int(m.group(1)), "wall_s": secs,
+            "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]),
+            "non_2xx": int(bad.group(1)) if bad else 0}
+
+
+def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections: int,
+           gw_pid: int, tag: str) -> dict[str, Any]:
+    """wrk until every body is answered; CPU of gatewayd, Redis and wrk meanwhile."""
+    f = rig.dir / f"bodies-{tag}.txt"
+    f.write_text("\n".join(bodies) + "\n", encoding="utf-8")
+    script = rig.dir / f"wrk-{tag}.lua"
+    marker = rig.dir / f"done-{tag}"
+    script.write_text(_WRK_LUA % (f, API_KEY, marker), encoding="utf-8")
+    conns = min(connections, len(bodies))
+    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--latency", "-s", str(script),
+           f"http://127.0.0.1:{port}"]
+    with ProcSampler(gw_pid) as gw, ProcSampler(rig.redis_pid or gw_pid) as red:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        with ProcSampler(proc.pid) as load:
+            deadline = time.monotonic() + 600
+            while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
+    r = _parse_wrk(out)
+    if marker.exists():  # status -> count, e.g. {"202": 39990, "503": 10}
+        r["statuses"] = dict(line.split() for line in marker.read_text().splitlines())
+    r.update(gw_cpu_s=gw.cpu_s, redis_cpu_s=red.cpu_s if rig.redis_pid else 0.0,
+             wrk_cpu_s=load.cpu_s)
+    return r
+
+
+def _queued(rig: harness.Rig) -> int:
+    async def go() -> int:
+        r = aioredis.from_url(rig.redis_url, decode_responses=True)
+        n = 0
+        for k in QueueConfig().classes:
+            n += int(await r.xlen(f"{harness.PREFIX}q:{{{k}}}"))
+            n += int(await r.zcard(f"{harness.PREFIX}delayed:{{{k}}}"))
+        await r.aclose()
+        return n
+    return asyncio.run(go())
+
+
+def _all_statuses(rig: harness.Rig) -> list[dict[str, str]]:
+    async def go() -> list[dict[str, str]]:
+        r = aioredis.from_url(rig.redis_url, decode_responses=True)
+        keys = [k async for k in r.scan_iter(f"{harness.PREFIX}msg:*", count=5000)]
+        out: list[dict[str, str]] = []
+        for start in range(0, len(keys), 5000):
+            async with r.pipeline(transaction=False) as p:
+                for k in keys[start:start + 5000]:
+                    p.hgetall(k)
+                out += await p.execute()
+        await r.aclose()
+        return out
+    return asyncio.run(go())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _per_msg(r: dict[str, Any], n: int) -> dict[str, Any]:
+    n = max(1, n)
+    return {"msg_per_s": n / r["wall_s"] if r["wall_s"] else 0.0,
+            "gw_us": 1e6 * r["gw_cpu_s"] / n, "redis_us": 1e6 * r["redis_cpu_s"] / n,
+            "wrk_us": 1e6 * r["wrk_cpu_s"] / n, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+            "non_2xx": r["non_2xx"], "statuses": r.get("statuses", {})}
+
+
+def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int
+            ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+
+    # client: the library's path, this process as the producer.
+    rig.flush()
+    items = harness.make_messages(n, run=run * 4)
+    with ProcSampler(os.getpid()) as me, ProcSampler(rig.redis_pid or os.getpid()) as red:
+        t0 = time.perf_counter()
+        rig.enqueue(items)
+        wall = time.perf_counter() - t0
+    out["client"] = {"msg_per_s": n / wall, "gw_us": 1e6 * me.cpu_s / n,
+                     "redis_us": 1e6 * red.cpu_s / n if rig.redis_pid else 0.0}
+
+    # http-1 and http-100: intake only (the carrier's port has no listener).
+    for tag, batch, conns in (("http-1", 1, connections), ("http-100", 100, 8)):
+        rig.flush()
+        port = free_port()
+        cfg = _config(rig, port, free_port(), "intake")
+        gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
+        try:
+            _wait_http(port)
+            r = _drive(rig, wrk, port, _bodies(n, run * 4 + (1 if batch == 1 else 2), batch),
+                       conns, gw.pid, f"{tag}-{run}")
+        finally:
+            _stop(gw)
+        queued = _queued(rig)  # accepted: the bodies, and a few in flight at the end
+        out[tag] = _per_msg(r, queued) | {"queued": queued}
+
+    # e2e-http: one message a request into a bound daemon, with receipts.
+    rig.flush()
+    port = free_port()
+    cfg = _config(rig, port, rig.sim_port, "e2e-http")
+    gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
+    try:
+        _wait_http(port)
+        r = _drive(rig, wrk, port, _bodies(n, run * 4 + 3, 1), connections, gw.pid,
+                   f"e2e-{run}")
+        deadline = time.monotonic() + 120
+        while rig.backlog() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        _stop(gw)
+    statuses = _all_statuses(rig)
+    a = analyse(statuses)
+    out["e2e-http"] = _per_msg(r, len(statuses)) | {"final_per_s": a["final_per_s"],
+                                                    "final": a["final"],
+                                                    "queued": len(statuses)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench intake",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=40_000, help="messages per phase")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="-n 4000 --runs 1 unless given")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n = 4000 if args.n == 40_000 else args.n
+        args.runs = 1
+    wrk = shutil.which("wrk")
+    if not wrk:
+        print("intake: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    runs: list[dict[str, dict[str, Any]]] = []
+    with harness.Rig() as rig:
+        print(f"intake: {args.n:,} messages a phase, {args.runs} runs; "
+              f"Redis {rig.redis_version()}", flush=True)
+        for i in range(args.runs):
+            r = one_run(rig, wrk, args.n, i, args.connections)
+            runs.append(r)
+            for tag, f in r.items():
+                extra = (f", {f['final_per_s']:,.0f} final/s ({f['final']:,.0f} final)"
+                         if "final_per_s" in f else "")
+                lat = (f", p50/p99 {f['p50_ms']:.1f}/{f['p99_ms']:.1f} ms, wrk "
+                       f"{f['wrk_us']:.0f} us, answers {f['statuses']}" if "p50_ms" in f
+                       else "")
+                print(f"run {i + 1} {tag:9}: {f['msg_per_s']:,.0f} msg/s; CPU a message "
+                      f"gatewayd {f['gw_us']:.1f} us, Redis {f['redis_us']:.1f} us{lat}{extra}",
+                      flush=True)
+
+    def s(tag: str, key: str) -> dict[str, float]:
+        return summary([r[tag][key] for r in runs])
+
+    result: dict[str, Any] = {"n": args.n, "connections": args.connections, "runs": runs}
+    rows: list[tuple[str, str]] = []
+    for tag in ("client", "http-1", "http-100", "e2e-http"):
+        result[tag] = {k: s(tag, k) for k in runs[0][tag] if k != "statuses"}
+        who = "client (this process)" if tag == "client" else "gatewayd"
+        rows.append((f"{tag}: msg/s", f"{result[tag]['msg_per_s']['median']:,.0f} (min "
+                     f"{result[tag]['msg_per_s']['min']:,.0f}, max "
+                     f"{result[tag]['msg_per_s']['max']:,.0f})"))
+        rows.append((f"{tag}: CPU a message {who} / Redis",
+                     f"{result[tag]['gw_us']['median']:.1f} / "
+                     f"{result[tag]['redis_us']['median']:.1f} us"))
+    rows.append(("e2e-http: final/s", f"{result['e2e-http']['final_per_s']['median']:,.0f}"))
+    redis_ratio = (result["http-1"]["redis_us"]["median"]
+                   / max(1e-9, result["client"]["redis_us"]["median"]))
+    rows.append(("Redis a message, http-1 / client", f"{redis_ratio:.2f}"))
+    path = write_result("intake", result)
+    print(table(rows))
+    print(f"-> {path}")
+    bad = any(r[t]["non_2xx"] for r in runs for t in ("http-1", "http-100", "e2e-http"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

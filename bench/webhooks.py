@@ -1,0 +1,324 @@
+"""Webhooks (issue 18): what the sender delivers, and what it costs the message rate.
+
+1. deliveries/s with 1, 10 and 100 endpoints: N synthetic state-change events are put
+   in the events stream (the webhook group created first), then ``gatewayd webhooks
+   run`` delivers them to a receiver process (aiohttp, one path an endpoint, events
+   spread evenly over the endpoints' tenants). Figures: deliveries/s from the first
+   request to the last event received, the sender's CPU per delivered event, the
+   receiver's CPU.
+2. e2e cost: bench.e2e's run (pre-queued messages, every policy on, the simulator with
+   receipts) without webhooks, and with one endpoint that wants every state ("*"),
+   with the sender in the daemon (webhooks.enabled) and as a separate process,
+   alternated in each round. Figures: final/s of each and its ratio to the run without
+   in the same round (target: >= 0.85); the stricter "until all pushed": messages a
+   second from the first submit until the receiver had every event (a burst daemon that
+   stops before its sender caught up leaves the tail to a `gatewayd webhooks run`);
+   daemon (+ sender) CPU per message in the steady part.
+
+Median of --runs with min and max; writes bench/results/webhooks.json.
+
+    python -m bench webhooks [--quick] [-n 20000] [--events 60000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench import e2e, harness
+from bench.common import ProcSampler, cpu_seconds, summary, table, write_result
+from gatewayd.store.embedded import free_port
+
+PREFIX = harness.PREFIX
+
+
+# The receiver: a process of its own, so its CPU is not the sender's ----------------------
+def serve(port: int) -> None:
+    from aiohttp import web
+
+    counts: dict[str, int] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        # Counting without decoding: each event is one '"event_id"' in the body.
+        counts[request.path] = counts.get(request.path, 0) + body.count(b'"event_id"')
+        return web.Response(text="ok")
+
+    async def count(_request: web.Request) -> web.Response:
+        return web.json_response({"events": sum(counts.values()), "paths": len(counts)})
+
+    app = web.Application()
+    app.router.add_get("/count", count)
+    app.router.add_post("/{tail:.*}", hook)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+class ReceiverProc:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.webhooks", "--serve",
+                                      str(self.port)], cwd=harness.ROOT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.count()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise SystemExit("receiver did not start")
+
+    def count(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/count", timeout=5) as r:
+            return int(__import__("json").loads(r.read())["events"])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def webhooks_section(recv: ReceiverProc, endpoints: int, *, enabled: bool,
+                     events: str = '["*"]', per_tenant: bool = False) -> str:
+    out = [f"""
+[webhooks]
+enabled = {'true' if enabled else 'false'}
+allow_private = true
+batch = 100
+"""]
+    for i in range(endpoints):
+        tenant = f"t{i}" if per_tenant else "*"
+        out.append(f"""
+[[webhooks.endpoints]]
+name = "ep{i}"
+url = "{recv.url(f'/ep{i}')}"
+tenant = "{tenant}"
+events = {events}
+secret = "bench-secret-{i}"
+concurrency = 4
+""")
+    return "".join(out)
+
+
+def _config(rig: harness.Rig, opts: harness.GatewaydOptions, extra: str) -> Path:
+    path = rig.config(opts)
+    path.write_text(path.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return path
+
+
+async def _prepare_cursor(url: str) -> None:
+    """The sender's cursor at the streams' ends now: what comes next is what it sends."""
+    r = aioredis.from_url(url, decode_responses=True)
+    for name, stream in (("events", f"{PREFIX}events"), ("mo", f"{PREFIX}mo")):
+        last = await r.xrevrange(stream, count=1)
+        await r.hset(f"{PREFIX}wh:cursor", name, last[0][0] if last else "0-0")
+    await r.aclose()
+
+
+async def _fill(url: str, n: int, endpoints: int) -> None:
+    r = aioredis.from_url(url, decode_responses=True)
+    now = time.time()
+    for start in range(0, n, 5000):
+        async with r.pipeline(transaction=False) as p:
+            for k in range(start, min(n, start + 5000)):
+                p.xadd(f"{PREFIX}events", {
+                    "id": f"m{k // 2:09d}", "state": "submitted" if k % 2 == 0 else "delivered",
+                    "at": repr(now), "category": "transactional", "to": "+86138****8000",
+                    "carrier": "sim", "carrier_id": f"{k:x}", "segments": 1,
+                    "tenant": f"t{(k // 2) % endpoints}", "ref": f"order-{k // 2}"})
+            await p.execute()
+    await r.aclose()
+
+
+def _sender(cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "gatewayd", "webhooks", "run", "-c",
+                             str(cfg)], cwd=harness.ROOT, stderr=subprocess.PIPE)
+
+
+def _wait_count(recv: ReceiverProc, want: int, timeout_s: float) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout_s
+    got = recv.count()
+    while got < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = recv.count()
+    return got, time.time()
+
+
+def deliveries(rig: harness.Rig, recv: ReceiverProc, n: int, endpoints: int) -> dict[str, Any]:
+    rig.flush()
+    asyncio.run(_prepare_cursor(rig.redis_url))
+    asyncio.run(_fill(rig.redis_url, n, endpoints))
+    cfg = _config(rig, harness.GatewaydOptions(), webhooks_section(
+        recv, endpoints, enabled=False, per_tenant=True))
+    base = recv.count()
+    proc = _sender(cfg)
+    try:
+        # From the first event received: the sender's start-up (imports, connections)
+        # is not delivery work.
+        _first, t0 = _wait_count(recv, base + 1, 60)
+        cpu0, r_cpu0 = cpu_seconds(proc.pid), cpu_seconds(recv.proc.pid)
+        first = recv.count()
+        got, t1 = _wait_count(recv, base + n, max(60.0, n / 500))
+        cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    done = got - first  # after the first request: the steady part
+    return {"endpoints": endpoints, "events": n, "delivered": got - base,
+            "per_s": done / (t1 - t0) if done > 0 and t1 > t0 else 0.0,
+            "sender_cpu_us_per_event": 1e6 * cpu / max(1, done),
+            "receiver_cpu_us_per_event": 1e6 * (cpu_seconds(recv.proc.pid) - r_cpu0)
+            / max(1, done)}
+
+
+def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
+            ) -> dict[str, Any]:
+    """One bench.e2e run; mode "off", "daemon" (sender inside) or "apart"."""
+    rig.flush()
+    extra = "" if mode == "off" else webhooks_section(recv, 1, enabled=mode == "daemon")
+    if mode != "off":
+        asyncio.run(_prepare_cursor(rig.redis_url))
+    items = harness.make_messages(n, run=run)
+    ids = rig.enqueue(items)
+    cfg = _config(rig, harness.GatewaydOptions(), extra)
+    base = recv.count()
+    sender = _sender(cfg) if mode == "apart" else None
+    try:
+        with ProcSampler(sender.pid if sender else os.getpid()) as sp:
+            out = harness.run_gatewayd(rig, cfg, timeout_s=max(120.0, n / 500))
+            if out.code != 0:
+                raise SystemExit(f"gatewayd exited {out.code}: {out.stderr}")
+            want = asyncio.run(_xlen(rig.redis_url)) if mode != "off" else 0
+            got, t_pushed = 0, 0.0
+            if mode == "apart":
+                got, t_pushed = _wait_count(recv, base + want, 120)
+                got -= base
+            elif mode == "daemon":
+                got = recv.count() - base
+                if got < want:  # the burst daemon stopped first: a sender finishes the tail
+                    tail = _sender(cfg)
+                    try:
+                        _got, t_pushed = _wait_count(recv, base + want, 120)
+                    finally:
+                        tail.terminate()
+                        tail.wait(10)
+                else:
+                    t_pushed = time.time()
+    finally:
+        if sender is not None:
+            sender.terminate()
+            sender.wait(10)
+    res = e2e.analyse(rig.statuses(ids))
+    # CPU in the steady part (first submit .. last final), as bench.e2e's "steady".
+    t0, t1 = res["first_submit_at"], res["last_final_at"]
+    steady = max(1, res["final"])
+    sender_cpu = sp.cpu_between(t0, t1) if sender is not None else 0.0
+    pushed_per_s = (res["final"] / (t_pushed - t0) if t_pushed > t0 else 0.0)
+    return {"mode": mode, "final_per_s": res["final_per_s"], "states": res["states"],
+            # Messages a second until every event of every message was pushed.
+            "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
+            "gw_cpu_us_per_msg": 1e6 * out.gw.cpu_between(t0, t1) / steady,
+            "sender_cpu_us_per_msg": 1e6 * sender_cpu / steady,
+            "events": want, "pushed": got}
+
+
+async def _xlen(url: str) -> int:
+    r = aioredis.from_url(url, decode_responses=True)
+    n = int(await r.xlen(f"{PREFIX}events"))
+    await r.aclose()
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench webhooks",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=20_000, help="messages per e2e run")
+    ap.add_argument("--events", type=int, default=60_000, help="events per delivery run")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="-n 2000 --events 5000 --runs 1")
+    ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if args.quick:
+        args.n, args.events, args.runs = min(args.n, 2000), min(args.events, 5000), 1
+    result: dict[str, Any] = {"n": args.n, "events": args.events}
+    rows: list[tuple[str, str]] = []
+    with harness.Rig(0.2) as rig:
+        recv = ReceiverProc()
+        try:
+            for eps in (1, 10, 100):
+                runs = [deliveries(rig, recv, args.events, eps) for _ in range(args.runs)]
+                key = f"endpoints_{eps}"
+                result[key] = {"per_s": summary([r["per_s"] for r in runs]),
+                               "sender_cpu_us_per_event": summary(
+                                   [r["sender_cpu_us_per_event"] for r in runs]),
+                               "receiver_cpu_us_per_event": summary(
+                                   [r["receiver_cpu_us_per_event"] for r in runs]),
+                               "runs": runs}
+                s = result[key]
+                print(f"{eps} endpoint(s): {s['per_s']['median']:,.0f} deliveries/s, sender "
+                      f"{s['sender_cpu_us_per_event']['median']:.1f} us/event", flush=True)
+                rows.append((f"deliveries/s, {eps} endpoint(s)",
+                             f"{s['per_s']['median']:,.0f} (min {s['per_s']['min']:,.0f}, "
+                             f"max {s['per_s']['max']:,.0f}); sender "
+                             f"{s['sender_cpu_us_per_event']['median']:.1f} us/event"))
+            e2e_runs: dict[str, list[dict[str, Any]]] = {"off": [], "daemon": [], "apart": []}
+            for i in range(args.runs):
+                for mode in ("off", "daemon", "apart"):
+                    r = e2e_run(rig, recv, args.n, i, mode)
+                    e2e_runs[mode].append(r)
+                    print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
+                          f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
+                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, events pushed "
+                          f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
+                          f"pushed at {r['pushed_per_s']:,.0f} msg/s", flush=True)
+        finally:
+            recv.stop()
+    for mode in ("off", "daemon", "apart"):
+        rs = e2e_runs[mode]
+        result[f"e2e_{mode}"] = {
+            "final_per_s": summary([r["final_per_s"] for r in rs]),
+            "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
+            "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
+            "runs": rs}
+        if mode != "off":
+            ratios = [r["final_per_s"] / o["final_per_s"]
+                      for r, o in zip(rs, e2e_runs["off"], strict=True)]
+            result[f"ratio_{mode}"] = summary(ratios)
+            # Stricter: until every event was pushed, against the rate without webhooks.
+            result[f"ratio_pushed_{mode}"] = summary(
+                [r["pushed_per_s"] / o["final_per_s"]
+                 for r, o in zip(rs, e2e_runs["off"], strict=True)])
+    for mode, label in (("off", "no webhooks"), ("daemon", "sender in the daemon"),
+                        ("apart", "sender apart")):
+        e = result[f"e2e_{mode}"]
+        line = (f"{e['final_per_s']['median']:,.0f} final/s; gatewayd "
+                f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
+        if mode == "apart":
+            line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
+        if mode != "off":
+            r = result[f"ratio_{mode}"]
+            p = result[f"ratio_pushed_{mode}"]
+            line += (f"; ratio {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}); "
+                     f"until all pushed {p['median']:.2f}")
+        rows.append((f"e2e, {label}", line))
+    path = write_result("webhooks", result)
+    print(table(rows))
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

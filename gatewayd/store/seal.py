@@ -1,0 +1,79 @@
+"""Sealed internal fields: what only gatewayd may write into a queue entry.
+
+A message's internal fields (its attempts and bind losses, when it was first queued,
+a partial resend's state, the campaign, variant and link count the fan-out and
+template rendering set) travel in ONE field, ``_gw``: their JSON behind a MAC
+(keyed BLAKE2b, 128 bits) over that JSON and every other field of the entry. The key
+is a random per-deployment secret kept in Redis (``Keys.seal``, made on first use with
+SET NX). So a producer that may only XADD (the README's producer ACL) cannot forge
+attempts or an old enqueue time, skip the policies with a made-up resume record, or
+move a sealed entry's internal fields onto another message or another text.
+
+Whoever can read the secret is trusted like gatewayd itself (the daemon, the CLI and
+``gatewayd.client``, which queue validated messages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgspec
+
+from gatewayd.store.keys import Keys
+
+FIELD: Final = "_gw"
+_MAC_HEX: Final = 32  # 16 bytes
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(dict[str, Any])
+
+
+class SealError(ValueError):
+    """A ``_gw`` field that gatewayd did not write (or wrote for other fields)."""
+
+
+class Seal:
+    __slots__ = ("_mac0",)
+
+    def __init__(self, secret: str) -> None:
+        # The keyed state made once; each MAC starts from a copy of it.
+        self._mac0 = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(),
+                                     digest_size=_MAC_HEX // 2)
+
+    def _mac(self, payload: str, others: dict[str, str]) -> str:
+        h = self._mac0.copy()
+        h.update(_enc.encode([payload, sorted(others.items())]))
+        return h.hexdigest()
+
+    def seal(self, fields: Mapping[str, str], internal: Mapping[str, Any]) -> str:
+        """The ``_gw`` value for an entry of ``fields`` carrying ``internal``."""
+        payload = _enc.encode(internal).decode()
+        others = dict(fields)
+        others.pop(FIELD, None)
+        return self._mac(payload, others) + payload
+
+    def open(self, fields: Mapping[str, str]) -> dict[str, Any]:
+        """The internal fields sealed in ``fields[_gw]``; SealError unless its MAC holds
+        for these fields."""
+        others = dict(fields)
+        value = others.pop(FIELD)
+        mac, payload = value[:_MAC_HEX], value[_MAC_HEX:]
+        if not secrets.compare_digest(mac, self._mac(payload, others)):
+            raise SealError("not sealed by this deployment's gatewayd, or altered")
+        try:
+            return _dec.decode(payload)
+        except msgspec.DecodeError:  # pragma: no cover - a MAC that holds over junk
+            raise SealError("unreadable") from None
+
+
+async def load_seal(redis: Any, keys: Keys) -> Seal:
+    """The deployment's seal: its secret from Redis, made there on first use."""
+    secret = None
+    while secret is None:  # (deleted between the two calls: make it again)
+        await redis.set(keys.seal, secrets.token_hex(32), nx=True)
+        secret = await redis.get(keys.seal)
+    if isinstance(secret, bytes):
+        secret = secret.decode()
+    return Seal(str(secret))

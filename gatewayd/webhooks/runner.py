@@ -1,0 +1,394 @@
+"""The webhook sender's reader: the events and MO streams, read from a saved cursor.
+
+The outbox is the streams themselves: the scripts that record a state change append its
+event in the same call, so sending webhooks adds no write to the hot path. One runner at
+a time holds the lease (``Keys.lease("webhooks")``: in a daemon with webhooks.enabled,
+or ``gatewayd webhooks run``) and reads each stream from its cursor
+(``Keys.webhook_cursor``). Each entry becomes its JSON once, is routed in memory to the
+endpoints that want it, and is done when every one of them is done with it: answered
+2xx, or the event is in that endpoint's retry queue or dead-letter stream. The cursor
+moves past an entry only when it and every entry before it are done, so a runner that
+dies (kill -9) or loses Redis sends again, from the cursor, what was not done: at least
+once, never lost. Delivering costs Redis one XREAD a batch and one HSET a flush; only
+failures write more.
+
+Retention: the events stream is capped (queue.events_maxlen, trimmed by the scripts that
+append to it). Entries the runner has not read when the cap passes them are lost to the
+webhooks: gatewayd_webhook_stream_lag_seconds and the GatewaydWebhookSenderLagging alert
+say when it falls behind long before that (a million entries at the default), and
+gatewayd_webhook_stream_gaps_total counts a cap that passed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any, cast
+
+import aiohttp
+import msgspec
+
+from gatewayd.config import Config
+from gatewayd.model import FINAL_STATES
+from gatewayd.ops import metrics
+from gatewayd.store.connection import Redis, is_cluster, load_script
+from gatewayd.store.keys import Keys
+from gatewayd.webhooks import body as bodies
+from gatewayd.webhooks import subscriptions as subs
+from gatewayd.webhooks.sender import EndpointSender, Entry, Item
+
+log = logging.getLogger("gatewayd.webhooks")
+_NAMES = {"e": "events", "m": "mo"}
+# An endpoint whose in-memory queue stays above its high-water mark this long is slow:
+# its later events wait in its retry queue instead of holding the reader back.
+SLOW_AFTER_S = 5.0
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class WebhookRunner:
+    def __init__(self, redis: Redis, keys: Keys, cfg: Config, *, read_count: int = 1000,
+                 block_ms: int = 50) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.cfg = cfg
+        self.read_count = read_count
+        self.block_ms = block_ms
+        self.streams = {"e": keys.events, "m": keys.inbound}
+        self.senders: dict[str, EndpointSender] = {}
+        self.router = subs.Router([])
+        self.session: aiohttp.ClientSession
+        self._lease = load_script(redis, "lease")
+        self._token = uuid.uuid4().hex
+        self.holding = False
+        self.backlog_reading = False
+        # Entries read and not yet passed by the cursor, in stream order, per stream.
+        self.order: dict[str, deque[Entry]] = {"e": deque(), "m": deque()}
+        self.read_pos: dict[str, str] = {}  # the last entry read (where XREAD goes on)
+        self.cursor: dict[str, str] = {}  # the last entry done with everything before it
+        self._saved: dict[str, str] = {}
+        self.max_in_memory = max(1000, 4 * cfg.webhooks.max_in_memory)
+        self.ready = asyncio.Event()  # set once the runner holds the lease and reads
+        self._gap_seen: dict[str, bool] = {"e": False, "m": False}
+        # Messages with a callback_url (message id -> URL) until their final event, and
+        # one sender per callback URL (dropped once idle).
+        self.callbacks: dict[str, str] = {}
+        self.callback_senders: dict[str, EndpointSender] = {}
+        self._callback_writes: list[tuple[str, str]] = []  # (id, url or "" to forget)
+
+    def in_memory(self) -> int:
+        return len(self.order["e"]) + len(self.order["m"])
+
+    # The cursor ----------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Make the cursor if there is none yet: at the streams' ends (what they hold is
+        history). The daemon calls this before it dispatches, so that its first events
+        are sent even when the reader starts a moment later."""
+        for s, stream in self.streams.items():
+            last = cast(list[Any], await self.redis.xrevrange(stream, count=1))
+            await self.redis.hsetnx(self.keys.webhook_cursor, _NAMES[s],
+                                    last[0][0] if last else "0-0")
+
+    async def _load_cursor(self) -> None:
+        await self.prepare()
+        saved = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_cursor))
+        for s in self.streams:
+            pos = saved[_NAMES[s]]
+            self.cursor[s] = self.read_pos[s] = self._saved[s] = pos
+            self.order[s].clear()
+        self.callbacks = cast(dict[str, str],
+                              await self.redis.hgetall(self.keys.webhook_callbacks))
+        urls = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_callback_urls))
+        for name, url in urls.items():
+            if await self.redis.zcard(self.keys.webhook_queue(name)):
+                self._callback_sender(url)
+            else:
+                await self.redis.hdel(self.keys.webhook_callback_urls, name)
+
+    async def save_cursor(self) -> None:
+        changed: dict[Any, Any] = {}
+        for s, order in self.order.items():
+            last = None
+            while order and order[0].left <= 0:
+                last = order.popleft().id
+            if last is not None:
+                self.cursor[s] = last
+            if self.cursor.get(s) and self.cursor[s] != self._saved.get(s):
+                changed[_NAMES[s]] = self.cursor[s]
+        if changed:
+            await self.redis.hset(self.keys.webhook_cursor, mapping=changed)
+            for s, name in _NAMES.items():
+                if name in changed:
+                    self._saved[s] = changed[name]
+
+    # Subscriptions -------------------------------------------------------------------
+    async def reload(self) -> None:
+        raw = cast(dict[str, str], await self.redis.hgetall(self.keys.webhook_endpoints))
+        paused = set(await self.redis.smembers(self.keys.webhook_paused))
+        configured = {c.name for c in self.cfg.webhooks.endpoints}
+        endpoints = subs.from_config(self.cfg) + [
+            e for e in subs.from_redis(raw, self.cfg) if e.name not in configured]
+        wanted = {e.name: e for e in endpoints}
+        for name in list(self.senders):
+            s = self.senders[name]
+            if name not in wanted or wanted[name] != s.ep:
+                if s.live or s.in_flight or s.spill:
+                    continue  # removed or changed: applied once what it holds went
+                del self.senders[name]
+                await s.close()
+        for name, e in wanted.items():
+            if name not in self.senders:
+                s = self.senders[name] = EndpointSender(e, self)
+                s.stored = int(await self.redis.zcard(s.qkey))
+                if s.stored:
+                    s.queued = True  # what waits from before goes first
+                    s.wake.set()
+            self.senders[name].set_paused(name in paused)
+        self.router = subs.Router([s.ep for s in self.senders.values()
+                                   if s.ep.name in wanted])
+        now = time.monotonic()
+        for name, s in list(self.callback_senders.items()):
+            if s.live or s.in_flight or s.spill or s.queued:
+                s.idle_since = 0.0
+            elif not s.idle_since:
+                s.idle_since = now
+            elif now - s.idle_since > 60.0:
+                del self.callback_senders[name]
+                await s.close()
+                await self.redis.hdel(self.keys.webhook_callback_urls, name)
+
+    # Reading -------------------------------------------------------------------------
+    def route(self, s: str, rows: list[tuple[str, dict[str, str]]]) -> None:
+        senders = self.senders
+        route = self.router.route
+        order = self.order[s]
+        callbacks = self.callbacks
+        for entry_id, fields in rows:
+            kind = bodies.kind_of(s, fields)
+            eps = route(fields.get("tenant", ""), kind)
+            if callbacks or "callback" in fields:
+                cb = self._callback(s, fields, kind)
+                if cb is not None:
+                    eps = (*eps, cb.ep)
+            if not eps:
+                if order:
+                    order.append(Entry(s, entry_id, 0))
+                else:
+                    self.cursor[s] = entry_id  # nothing before it is waiting
+                continue
+            event = bodies.event_of(s, entry_id, fields)
+            data = bodies.encode(event)
+            entry = Entry(s, entry_id, len(eps))
+            order.append(entry)
+            msg = fields.get("id", "") if s == "e" else ""
+            for ep in eps:
+                (senders.get(ep.name) or self.callback_senders[ep.name]).offer(
+                    Item(entry, data, msg, entry_id, event))
+        if rows:
+            self.read_pos[s] = rows[-1][0]
+
+    def _callback(self, s: str, fields: dict[str, str], kind: str) -> EndpointSender | None:
+        """The sender of the message's own callback_url, if it has one its tenant may
+        name (webhooks.callback_prefixes); remembers it until the final event."""
+        if s != "e":
+            return None
+        msg = fields.get("id", "")
+        url = fields.get("callback", "")
+        if url:
+            if msg and self.callbacks.get(msg) != url and kind not in FINAL_STATES:
+                self.callbacks[msg] = url
+                self._callback_writes.append((msg, url))
+        elif msg:
+            url = self.callbacks.get(msg, "")
+        if not url:
+            return None
+        if kind in FINAL_STATES and msg in self.callbacks:
+            del self.callbacks[msg]
+            self._callback_writes.append((msg, ""))
+        if not subs.callback_allowed(url, fields.get("tenant", ""), self.cfg):
+            metrics.WEBHOOK_FAILED.labels("callback", "refused").inc()
+            return None
+        return self._callback_sender(url)
+
+    def _callback_sender(self, url: str) -> EndpointSender:
+        ep = subs.callback_endpoint(url, self.cfg)
+        sender = self.callback_senders.get(ep.name)
+        if sender is None:
+            sender = self.callback_senders[ep.name] = EndpointSender(ep, self)
+            sender.stored = 1  # the next tick counts its retry queue
+            self._callback_writes.append((ep.name, "url:" + url))
+        sender.idle_since = 0.0
+        return sender
+
+    async def _read(self, block: int | None) -> int:
+        if is_cluster(self.redis):  # one slot a call on a cluster
+            replies: list[Any] = []
+            for s in self.streams:
+                r = await self.redis.xread({self.streams[s]: self.read_pos[s]},
+                                           count=self.read_count, block=None)
+                replies.extend(r or [])
+            if not replies and block:
+                await asyncio.sleep(block / 1000)
+        else:
+            streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
+            replies = cast(list[Any], await self.redis.xread(
+                streams, count=self.read_count, block=block) or [])
+        tag = {v: k for k, v in self.streams.items()}
+        now_ms = time.time() * 1000
+        n = 0
+        for stream, rows in replies:
+            s = tag[stream if isinstance(stream, str) else stream.decode()]
+            if rows:
+                full = len(rows) >= self.read_count
+                lag = (now_ms - _id(rows[0][0])[0]) / 1000 if full else 0.0
+                metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
+            self.route(s, rows)
+            n += len(rows)
+        self.backlog_reading = n >= self.read_count
+        if not replies:
+            for name in _NAMES.values():
+                metrics.WEBHOOK_LAG.labels(name).set(0.0)
+        return n
+
+    async def _flush(self) -> None:
+        if self._callback_writes:
+            writes, self._callback_writes = self._callback_writes, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for msg, url in writes:
+                        if url.startswith("url:"):
+                            pipe.hset(self.keys.webhook_callback_urls, msg, url[4:])
+                        elif url:
+                            pipe.hset(self.keys.webhook_callbacks, msg, url)
+                        else:
+                            pipe.hdel(self.keys.webhook_callbacks, msg)
+                    await pipe.execute()
+            except BaseException:
+                self._callback_writes[:0] = writes
+                raise
+        senders = [s for s in (*self.senders.values(), *self.callback_senders.values())
+                   if s.spill]
+        if senders:
+            await asyncio.gather(*(s.store_spill() for s in senders))
+        await self.save_cursor()
+
+    def _congested(self) -> bool:
+        """Wait before reading more while a healthy endpoint is briefly behind (its
+        events stay in memory); one behind for SLOW_AFTER_S is slow and spills instead."""
+        now = time.monotonic()
+        wait = False
+        for s in self.senders.values():
+            if not s.queued and len(s.live) >= s.high_water:
+                if not s.congested_since:
+                    s.congested_since = now
+                if now - s.congested_since < SLOW_AFTER_S:
+                    wait = True
+                else:
+                    s.slow = True
+            else:
+                s.congested_since = 0.0
+        return wait
+
+    async def _hold_lease(self) -> bool:
+        ttl = int(max(3.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
+        held = bool(await self._lease(keys=[self.keys.lease("webhooks")],
+                                      args=[self._token, ttl]))
+        if held != self.holding:
+            log.info("webhooks: %s the sender's lease", "holding" if held else "lost")
+        self.holding = held
+        return held
+
+    async def _tick(self) -> None:
+        """Once a second: lease, subscriptions, per-endpoint gauges, a passed cap."""
+        await self._hold_lease()
+        await self.reload()
+        now = time.time()
+        for s in (*self.senders.values(), *self.callback_senders.values()):
+            s.stored = int(await self.redis.zcard(s.qkey))
+            if s.stored and not s.queued:  # put there by `gatewayd webhooks replay`
+                s.queued = True
+                s.wake.set()
+            oldest = 0.0
+            if s.stored:
+                first = cast(list[tuple[str, float]],
+                             await self.redis.zrange(s.qkey, 0, 0, withscores=True))
+                if first:
+                    oldest = now - first[0][1] / 4096 / 1000
+            elif s.live:
+                oldest = now - s.live[0].position() / 4096 / 1000
+            metrics.WEBHOOK_BACKLOG.labels(s.label).set(s.backlog())
+            metrics.WEBHOOK_OLDEST.labels(s.label).set(max(0.0, oldest))
+        for tag, stream in self.streams.items():
+            if tag not in self.read_pos:
+                continue
+            head = cast(list[Any], await self.redis.xrange(stream, count=1))
+            gap = bool(head) and _id(head[0][0]) > _id(self.read_pos[tag]) and \
+                await self.redis.xlen(stream) >= 0.9 * self.cfg.queue.events_maxlen
+            if gap and not self._gap_seen[tag]:
+                metrics.WEBHOOK_GAPS.labels(_NAMES[tag]).inc()
+                log.error("webhooks: the %s stream's cap passed events not yet sent "
+                          "(queue.events_maxlen); some are lost to the webhooks",
+                          _NAMES[tag])
+            self._gap_seen[tag] = gap
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            json_serialize=lambda o: msgspec.json.encode(o).decode())
+        try:
+            await self._run(stop)
+        finally:
+            for s in (*self.senders.values(), *self.callback_senders.values()):
+                await s.close()
+            try:
+                await self.save_cursor()
+            except Exception:
+                pass
+            await self.session.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        last_tick = 0.0
+        started = False
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+                    await self._tick()
+                if not self.holding:
+                    if started:  # another runner took over: it resends what we held
+                        for s in (*self.senders.values(), *self.callback_senders.values()):
+                            await s.close()
+                        self.senders.clear()
+                        self.callback_senders.clear()
+                    started = False
+                    await _wait(stop, 1.0)
+                    continue
+                if not started:
+                    await self._load_cursor()
+                    started = True
+                    self.ready.set()
+                if self.in_memory() >= self.max_in_memory or self._congested():
+                    await self._flush()
+                    await _wait(stop, 0.005)
+                    continue
+                await self._read(self.block_ms)
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: what is in memory waits, nothing is lost
+                log.warning("webhooks: %s: %s", type(e).__name__, e)
+                await _wait(stop, 1.0)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,419 @@
+"""One endpoint's deliveries: its in-memory queue, requests, retries and dead letters.
+
+An endpoint is either live (events go from memory to it, up to ``concurrency`` requests
+at once, at most ``rate_per_s`` a second) or queued: failing, paused or too slow, its
+events wait in its Redis retry queue (a sorted set scored by stream position) and go
+out from there one request at a time, after an exponential back-off with jitter (the
+circuit breaker: one probe request per back-off while it fails). Nothing of one
+endpoint waits for another's: each has its own task and queue.
+
+Order: a later event of a message is held while an earlier one of the same message is
+in flight, and the retry queue is read in stream order, so a final event never reaches
+an endpoint before that message's ``submitted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from typing import Any, Protocol, cast
+
+import aiohttp
+import msgspec
+from yarl import URL
+
+from gatewayd.config import Config
+from gatewayd.ops import metrics
+from gatewayd.store.connection import Redis
+from gatewayd.store.keys import Keys
+from gatewayd.webhooks import body as bodies
+from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
+from gatewayd.webhooks.subscriptions import Endpoint, TargetRefused, check_target
+
+
+class Host(Protocol):
+    """What a sender needs of the runner that owns it (gatewayd.webhooks.runner)."""
+
+    redis: Redis
+    keys: Keys
+    cfg: Config
+    session: aiohttp.ClientSession
+    backlog_reading: bool  # the last read was a full one: more events are coming
+
+log = logging.getLogger("gatewayd.webhooks")
+_decode = msgspec.json.decode
+# How long a partial batch waits for more while the reader has a backlog.
+LINGER_S = 0.02
+# Scores: stream time (ms) * 4096 + sequence, exact in a double until the year 2500.
+SEQ = 4096
+
+
+def score_of(entry_id: str) -> float:
+    ms, _, seq = entry_id.partition("-")
+    return float(int(ms) * SEQ + min(int(seq or 0), SEQ - 1))
+
+
+class Entry:
+    """One stream entry; done once every endpoint it went to is done with it (the
+    runner's cursor passes it then)."""
+
+    __slots__ = ("id", "left", "stream")
+
+    def __init__(self, stream: str, entry_id: str, left: int) -> None:
+        self.stream, self.id, self.left = stream, entry_id, left
+
+    def done(self) -> None:
+        self.left -= 1
+
+
+class Item:
+    """One event on its way to one endpoint (``entry`` None: read from its retry queue;
+    ``score`` 0 until it is needed, computed from ``sid``, its stream entry id)."""
+
+    __slots__ = ("body", "entry", "event", "msg", "score", "sid")
+
+    def __init__(self, entry: Entry | None, body: bytes, msg: str, sid: str,
+                 event: dict[str, Any] | None, score: float = 0.0) -> None:
+        self.entry, self.body, self.msg, self.sid, self.event = entry, body, msg, sid, event
+        self.score = score
+
+    def position(self) -> float:
+        if not self.score:
+            self.score = score_of(self.sid)
+        return self.score
+
+    def finish(self) -> None:
+        if self.entry is not None:
+            self.entry.done()
+            self.entry = None
+
+    def decoded(self) -> dict[str, Any]:
+        if self.event is None:
+            self.event = _decode(self.body)
+        return self.event
+
+
+class Outcome:
+    OK, RETRY, DEAD = "ok", "retry", "dead"
+
+
+class EndpointSender:
+    def __init__(self, ep: Endpoint, runner: Host) -> None:
+        self.ep = ep
+        self.runner = runner
+        self.label = "callback" if ep.source == "callback" else ep.name
+        cfg = runner.cfg.webhooks
+        self.max_in_memory = cfg.max_in_memory
+        # Above this many events in memory the reader waits for it (SLOW_AFTER_S at
+        # most; then it is ``slow`` and its later events wait in its retry queue).
+        self.high_water = min(self.max_in_memory, max(200, 2 * ep.batch * ep.concurrency))
+        self.congested_since = 0.0
+        self.idle_since = 0.0  # a callback_url's sender: dropped after a minute idle
+        self.slow = False
+        self.live: deque[Item] = deque()
+        self.busy: dict[str, int] = {}  # message id -> its events in flight
+        self.flights: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+        self.queued = False  # its events go to its Redis retry queue until that drains
+        self.failing = False
+        self.paused = False
+        self.spill: list[Item] = []
+        self.spilling = 0
+        self.stored = 0  # events in its retry queue when last counted
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.last_error = ""
+        self.next_send = 0.0
+        self.target_ok = False
+        self.wake = asyncio.Event()
+        self.sem = asyncio.Semaphore(ep.concurrency)
+        self.qkey = runner.keys.webhook_queue(ep.name)
+        self.dkey = runner.keys.webhook_dead(ep.name)
+        self.closed = False
+        self.task = asyncio.create_task(self.run(), name=f"webhook:{ep.name}")
+
+    # Taking events -------------------------------------------------------------------
+    def offer(self, item: Item) -> None:
+        if self.queued or self.paused:
+            self.spill.append(item)
+        elif self.slow or len(self.live) >= self.max_in_memory:
+            # Too slow for the traffic: later events wait in Redis, sent once it catches up.
+            self.queued = True
+            self.spill.append(item)
+        else:
+            self.live.append(item)
+            self.wake.set()
+
+    def set_paused(self, paused: bool) -> None:
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            self.queued = True
+            self.spill.extend(self.live)
+            self.live.clear()
+        self.wake.set()
+
+    async def store_spill(self) -> None:
+        """Write the events waiting to go to the retry queue, then let their entries go."""
+        if not self.spill:
+            return
+        items, self.spill = self.spill, []
+        self.spilling += 1
+        try:
+            await self.runner.redis.zadd(self.qkey, {i.body: i.position() for i in items})
+        except BaseException:
+            self.spill[:0] = items
+            raise
+        finally:
+            self.spilling -= 1
+        self.stored += len(items)
+        for i in items:
+            i.finish()
+
+    def backlog(self) -> int:
+        return len(self.live) + self.in_flight + len(self.spill) + self.stored
+
+    # The loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self.closed:
+            try:
+                if self.live and not self.failing:
+                    await self._send_live()
+                elif self.queued and not self.live and not self.paused:
+                    if self.flights:  # failures of earlier requests go first
+                        await asyncio.wait(set(self.flights))
+                        continue
+                    await self._drain()
+                else:
+                    await self.wake.wait()
+                    self.wake.clear()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis away: try again shortly
+                log.warning("webhook %s: %s: %s", self.ep.name, type(e).__name__, e)
+                await asyncio.sleep(1.0)
+
+    async def _send_live(self) -> None:
+        if len(self.live) < self.ep.batch and self.runner.backlog_reading:
+            # The reader has more to read: a fuller batch soon costs fewer requests (with
+            # 100 endpoints a read brings each only a few events).
+            loop = asyncio.get_running_loop()
+            until = loop.time() + LINGER_S
+            while len(self.live) < self.ep.batch and self.runner.backlog_reading:
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), left)
+                except TimeoutError:
+                    break
+        batch: list[Item] = []
+        held: list[Item] = []
+        seen: set[str] = set()
+        limit = self.ep.batch
+        busy = self.busy
+        while self.live and len(batch) < limit:
+            item = self.live.popleft()
+            m = item.msg
+            if m and m in busy and m not in seen:
+                held.append(item)  # an earlier event of its message is in flight
+                if len(held) > 4 * limit:
+                    break
+                continue
+            if m:
+                seen.add(m)
+            batch.append(item)
+        if held:
+            self.live.extendleft(reversed(held))
+            # Items behind a held one of the same message must stay behind it.
+        if not batch:
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        for m in seen:
+            busy[m] = busy.get(m, 0) + 1
+        await self.sem.acquire()
+        if self.ep.rate_per_s > 0:
+            now = time.monotonic()
+            if self.next_send > now:
+                await asyncio.sleep(self.next_send - now)
+            self.next_send = max(now, self.next_send) + 1.0 / self.ep.rate_per_s
+        self.in_flight += len(batch)
+        t = asyncio.create_task(self._fly(batch, seen))
+        self.flights.add(t)
+        t.add_done_callback(self.flights.discard)
+
+    async def _fly(self, batch: list[Item], msgs: set[str]) -> None:
+        try:
+            outcome, error = await self._post(batch)
+            if outcome == Outcome.OK:
+                for i in batch:
+                    i.finish()
+            elif outcome == Outcome.DEAD:
+                await self._dead(batch, error)
+            else:
+                self._fail(error)
+                self.spill.extend(batch)
+                self.spill.extend(self.live)
+                self.live.clear()
+                await self._store_until_done()
+        finally:
+            self.in_flight -= len(batch)
+            for m in msgs:
+                n = self.busy[m] - 1
+                if n:
+                    self.busy[m] = n
+                else:
+                    del self.busy[m]
+            self.sem.release()
+            self.wake.set()
+
+    async def _store_until_done(self) -> None:
+        while self.spill:
+            try:
+                await self.store_spill()
+            except Exception as e:
+                log.warning("webhook %s: retry queue: %s", self.ep.name, e)
+                await asyncio.sleep(1.0)
+
+    def _fail(self, error: str) -> None:
+        self.queued = True
+        if not self.failing:
+            log.warning("webhook %s failing: %s", self.ep.name, error)
+        self.failing = True
+        self.last_error = error
+        self.attempts += 1
+        base = self.runner.cfg.webhooks.backoff_min_s * (2 ** min(self.attempts - 1, 30))
+        delay = min(self.runner.cfg.webhooks.backoff_max_s, base)
+        self.retry_at = time.time() + delay * random.uniform(0.5, 1.0)
+        metrics.WEBHOOK_OPEN.labels(self.label).set(1)
+
+    async def _drain(self) -> None:
+        """Send the retry queue in stream order, one request at a time."""
+        now = time.time()
+        if self.retry_at > now:
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.retry_at - now)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            return
+        await self._store_until_done()
+        redis = self.runner.redis
+        rows = cast(list[tuple[str, float]],
+                    await redis.zrange(self.qkey, 0, self.ep.batch - 1, withscores=True))
+        if not rows:
+            if not self.spill and not self.spilling:
+                self.queued = self.failing = self.slow = False
+                self.attempts = 0
+                self.stored = 0
+                metrics.WEBHOOK_OPEN.labels(self.label).set(0)
+            return
+        batch = [Item(None, b.encode() if isinstance(b, str) else b, "", "", None, s)
+                 for b, s in rows]
+        self.in_flight += len(batch)
+        try:
+            outcome, error = await self._post(batch)
+        finally:
+            self.in_flight -= len(batch)
+        members = [b for b, _s in rows]
+        if outcome == Outcome.OK:
+            await redis.zrem(self.qkey, *members)
+            self.stored = max(0, self.stored - len(members))
+            if self.failing:
+                log.info("webhook %s delivering again", self.ep.name)
+            self.failing = False
+            self.attempts = 0
+            metrics.WEBHOOK_OPEN.labels(self.label).set(0)
+            return
+        if outcome == Outcome.DEAD:
+            await self._dead(batch, error, members)
+            return
+        self._fail(error)
+        # Events retried past retry_for_s go to the dead-letter stream.
+        horizon = (time.time() - self.runner.cfg.webhooks.retry_for_s) * 1000 * SEQ
+        old = [(i, m) for i, m in zip(batch, members, strict=True) if i.score < horizon]
+        if old:
+            await self._dead([i for i, _m in old], error, [m for _i, m in old])
+
+    async def _dead(self, batch: list[Item], error: str,
+                    members: list[str] | None = None) -> None:
+        now = time.time()
+        while True:
+            try:
+                async with self.runner.redis.pipeline(transaction=True) as pipe:
+                    for i in batch:
+                        pipe.xadd(self.dkey, {"event": i.body, "error": error[:500], "at": now,
+                                              "attempts": self.attempts})
+                    if members:
+                        pipe.zrem(self.qkey, *members)
+                    await pipe.execute()
+                break
+            except Exception as e:
+                log.warning("webhook %s: dead-letter stream: %s", self.ep.name, e)
+                await asyncio.sleep(1.0)
+        if members:
+            self.stored = max(0, self.stored - len(members))
+        metrics.WEBHOOK_DEAD.labels(self.label).inc(len(batch))
+        log.warning("webhook %s: %d event(s) to its dead-letter stream: %s",
+                    self.ep.name, len(batch), error)
+        for i in batch:
+            i.finish()
+
+    # The request ---------------------------------------------------------------------
+    async def _post(self, batch: list[Item]) -> tuple[str, str]:
+        ep = self.ep
+        if not self.target_ok:
+            try:
+                await check_target(ep.url, self.runner.cfg.webhooks.allow_private)
+            except TargetRefused as e:
+                metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
+                return Outcome.DEAD, f"refused: {e}"
+            self.target_ok = True
+        at = int(time.time())
+        if ep.format == "kannel":
+            method, data = "GET", b""
+            url, signed = bodies.kannel_request(ep.url, batch[0].decoded())
+        else:
+            method, url = "POST", ep.url
+            data = signed = bodies.batch_body([i.body for i in batch])
+        headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-webhooks"}
+        if ep.secret:
+            headers[HEADER] = sign(ep.secret, signed, at)
+        if len(batch) == 1:
+            headers[EVENT_ID_HEADER] = str(batch[0].decoded().get("event_id", ""))
+        t0 = time.perf_counter()
+        try:
+            async with self.runner.session.request(
+                    method, URL(url, encoded=True), data=data or None, headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
+                status = resp.status
+                await resp.read()
+        except TimeoutError:
+            metrics.WEBHOOK_FAILED.labels(self.label, "timeout").inc()
+            return Outcome.RETRY, f"timeout after {ep.timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as e:
+            metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
+            return Outcome.RETRY, f"{type(e).__name__}: {e}"
+        metrics.WEBHOOK_LATENCY.labels(self.label).observe(time.perf_counter() - t0)
+        if 200 <= status < 300:
+            metrics.WEBHOOK_DELIVERED.labels(self.label).inc(len(batch))
+            return Outcome.OK, ""
+        cls = f"{status // 100}xx"
+        metrics.WEBHOOK_FAILED.labels(self.label, cls).inc()
+        if status in (408, 425, 429) or status >= 500:
+            return Outcome.RETRY, f"HTTP {status}"
+        return Outcome.DEAD, f"HTTP {status}"
+
+    async def close(self) -> None:
+        self.closed = True
+        self.task.cancel()
+        for t in list(self.flights):
+            t.cancel()
+        await asyncio.gather(self.task, *self.flights, return_exceptions=True)
