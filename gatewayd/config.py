@@ -56,7 +56,9 @@ class RedisConfig(_Section, kw_only=True, frozen=True):
     # Connections the core may open (dispatch workers, receipts and MO, housekeeping,
     # campaigns), and, apart from them, those the HTTP API and the redirector share:
     # a request flood waits for (then gets 503 from) its own pool, never the core's.
-    # Both pools wait for a free connection instead of failing (per node on a cluster).
+    # Both pools wait for a free connection instead of failing. On a cluster they are
+    # per node, and redis-py's cluster client raises when all are busy (a Redis error
+    # the caller retries; the API answers 503).
     connections: int = 64
     intake_connections: int = 16
 

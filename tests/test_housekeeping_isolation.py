@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -37,6 +38,15 @@ async def test_a_poisoned_step_stops_no_other_and_is_not_redis_down(
     moved_before = sample("gatewayd_housekeeping_errors_total", step="move_due")
     early_before = sample("gatewayd_housekeeping_errors_total", step="retry_early")
     caplog.set_level(logging.INFO, logger="gatewayd.daemon")
+    try:
+        await _run_poisoned(cfg, redis, keys, sim, caplog, moved_before, early_before)
+    finally:  # the poison stays here, not in the next test's daemon
+        await redis.delete(keys.delayed("otp"), keys.early_receipts)
+
+
+async def _run_poisoned(cfg: Any, redis: aioredis.Redis, keys: Keys, sim: Any,
+                        caplog: pytest.LogCaptureFixture, moved_before: float,
+                        early_before: float) -> None:
     async with running_daemon(cfg) as daemon:
         # A deferred transactional message: the mover must still move it although the
         # otp class before it fails each tick.

@@ -24,7 +24,9 @@ CAP = 20
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path, redis_url: str, smsc: Smsc) -> AsyncIterator[Daemon]:
+async def daemon(tmp_path: Path, redis_url: str, redis: Any, smsc: Smsc
+                 ) -> AsyncIterator[Daemon]:
+    # `redis`: a flushed database, so no earlier test's keys reach this daemon's log.
     sim = await smsc()
     p = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, http=True)
     digest = hashlib.sha256(KEY.encode()).hexdigest()

@@ -147,6 +147,8 @@ class BodyTimeout(Exception):
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
     """The whole body (bounded by the app's client_max_size), within ``timeout_s``."""
+    if request.content.is_eof():  # all of it came with the head: no timer needed
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
