@@ -5,11 +5,15 @@ the loop, the signals and the shutdown order.
 
 Decisions (also in the README's operations section):
 
-* Auth: ``Authorization: Bearer <key>``; the config holds SHA-256 hex digests of the keys.
-  The presented key is hashed and compared with ``hmac.compare_digest`` against *every*
-  configured digest (no early exit), so timing says nothing about which digest matched.
-  /v1/* and /admin/* need a key; /metrics, /healthz, /readyz and /openapi.json do not
-  (Prometheus, systemd and load-balancer probes carry no secrets and read nothing personal).
+* Auth: ``Authorization: Bearer <key>``. Two roles: admin keys (the config holds their
+  SHA-256 hex digests, http.api_keys; the presented key is hashed and compared with
+  ``hmac.compare_digest`` against *every* configured digest, no early exit, so timing
+  says nothing about which matched), and accounts' keys (``gwk_...``, gatewayd.accounts,
+  looked up in a one-second in-process cache): the sending role, limited to
+  gatewayd.http.accounts.ACCOUNT_ROUTES, sending as its account's tenant only.
+  /v1/* and /admin/* need a key; /metrics, /healthz, /readyz[/carriers] and /openapi.json
+  do not (Prometheus, systemd and load-balancer probes carry no secrets and read nothing
+  personal).
 * No keys configured: the API is open only when the listener is loopback (a warning is
   logged at start). On any other address without keys the server still starts, so
   metrics and probes keep working, but every authenticated route answers 401 (fail
