@@ -173,11 +173,17 @@ async def test_account_keys_limits_and_usage_across_two_daemons(
         rc, _ = await cli(capsys, "set-limits", "-c", str(path), "acme",
                     '{"daily": {"*": 100}, "rate_per_s": 1, "burst": 2}')
         assert rc == 0
-        for base in (a, b):
+        for base in (a, b):  # requests of 2 empty the shared bucket (burst 2, 1/s)
             got = await until_status(http, "POST", f"{base}/v1/messages", 429,
                                      "rate_limited", headers=bearer(key),
-                                     json=[msg(20), msg(21), msg(22)])
+                                     json=[msg(20), msg(21)])
             assert got["limit"]["limit"] == "rate" and got["limit"]["allowed"] == 1
+        async with http.post(f"{b}/v1/messages", headers=bearer(key),
+                             json=[msg(22), msg(23), msg(24)]) as r:
+            assert r.status == 429
+            got = await r.json()
+        assert got["limit"]["limit"] == "burst" and "at most 2 a request" in \
+            got["error"]["message"]
 
         # Rotation: a second key works beside the first; the first, revoked, stops
         # working on both daemons; last-used times are kept per key.

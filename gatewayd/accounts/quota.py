@@ -40,7 +40,7 @@ def next_month(t: float) -> float:
 class Refusal:
     """Which limit refused a request, and when it lets the account send again."""
 
-    limit: str  # "daily", "monthly" or "rate"
+    limit: str  # "daily", "monthly", "rate" or "burst" (a request larger than the bucket)
     category: str  # "*" for all categories together; "" for the rate
     allowed: float  # the quota, or the rate (messages/s)
     used: int
@@ -48,6 +48,9 @@ class Refusal:
 
     def message(self) -> str:
         reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.resets_at))
+        if self.limit == "burst":
+            return (f"a request of {self.used} messages is more than this account's burst "
+                    f"of {int(self.allowed)}: send at most {int(self.allowed)} a request")
         if self.limit == "rate":
             return (f"rate limit of {self.allowed:g} messages/s exceeded; "
                     f"retry after {reset}")
@@ -78,10 +81,13 @@ class Charger:
         if not categories:
             return
         lim = account.limits
+        burst = max(lim.burst, int(lim.rate_per_s), 1)
+        if lim.rate_per_s > 0 and len(categories) > burst:  # the bucket never holds enough
+            raise QuotaExceeded(Refusal("burst", "", float(burst), len(categories), now))
         counts = Counter(categories)
         counts["*"] = len(categories)
         args: list[str | int | float] = [
-            repr(now), repr(lim.rate_per_s), max(lim.burst, int(lim.rate_per_s), 1),
+            repr(now), repr(lim.rate_per_s), burst,
             len(categories), DAY_TTL_S, MONTH_TTL_S]
         for cat, n in counts.items():
             args += [cat, n, lim.daily.get(cat, -1), lim.monthly.get(cat, -1)]

@@ -608,7 +608,8 @@ def openapi_spec(
                                       "categories, prefixes, senders or signatures); the "
                                       "valid ones were queued"),
                     "429": _err("An account's rate (rate_limited) or daily/monthly quota "
-                                "(quota_exceeded) would be exceeded: nothing was queued; "
+                                "(quota_exceeded) would be exceeded, or the request holds more "
+                                "messages than its burst: nothing was queued; "
                                 "the body's limit says which (limit, category, allowed, "
                                 "used, resets_at) and Retry-After when to retry"),
                     "503": _err("The gateway is draining (shutting down), Redis is "

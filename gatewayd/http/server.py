@@ -385,7 +385,7 @@ class HttpServer:
                 results = await self.backend.enqueue(items, source="http", account=principal)
         except QuotaExceeded as e:
             r = e.refusal
-            return error(429, "rate_limited" if r.limit == "rate" else "quota_exceeded",
+            return error(429, "rate_limited" if r.limit in ("rate", "burst") else "quota_exceeded",
                          str(e), headers={"Retry-After": account_routes.retry_after(
                              r.resets_at)}, limit=r.body())
         return _enqueue_answer(results, len(items))
