@@ -232,6 +232,13 @@ async def test_account_keys_limits_and_usage_across_two_daemons(
             assert {x["tenant"] for x in (await r.json())["accounts"]} == {"acme", "globex"}
         rc, _ = await cli(capsys, "show", "-c", str(path), "nobody")
         assert rc == 1
+        capsys.readouterr()
+        assert await asyncio.to_thread(cli_main, ["account", "list", "-c", str(path)]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [x["tenant"] for x in listed] == ["acme", "globex"]
+        assert not any("digest" in json.dumps(x) for x in listed)
+        rc, _ = await cli(capsys, "set-limits", "-c", str(path), "acme", '{"daily": {"*": -1}}')
+        assert rc == 2
 
         # The legacy admin key still sends, naming the tenant in the body.
         async with http.post(f"{a}/v1/messages", headers=ADMIN_AUTH,
