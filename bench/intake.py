@@ -14,13 +14,18 @@ the server's limit). Each run, in one process of this script:
   e2e-http   the same N over HTTP one message a request into a daemon bound to the
              simulator, with receipts: the end-to-end rate (first submit .. last final)
 
+With --accounts, http-1 and http-100 run a second time right after, with an account's
+key (gatewayd.accounts: the key's cache lookup, the per-item limit checks and the one
+rate/quota Lua call a request) instead of the admin key: "http-1-acct", "http-100-acct",
+and their ratio to the admin-key phases of the same run.
+
 Figures per phase: messages/s, gatewayd, Redis and wrk CPU a message, request latency
 p50/p99 (wrk's), and for e2e-http the final states per second. Median of --runs with min
 and max; writes bench/results/intake.json. Targets (issue 17): gatewayd <= 60 us a
 message one a request, <= 10 us in batches of 100, Redis no more via HTTP than via the
 client; e2e over HTTP >= 6,700/s.
 
-    python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200]
+    python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200] [--accounts]
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from bench import harness
 from bench.common import ProcSampler, summary, table, write_result
 from bench.e2e import analyse
+from gatewayd.accounts.model import Limits
 from gatewayd.config import QueueConfig
 from gatewayd.store.embedded import free_port
 
@@ -82,12 +89,15 @@ end
 """
 
 
-def _bodies(n: int, run: int, batch: int) -> list[str]:
+def _bodies(n: int, run: int, batch: int, account: bool = False) -> list[str]:
     """JSON bodies: the e2e mix (codes, notices, Chinese marketing), one message each
-    or arrays of ``batch``; recipients unique per run so no cap or window defers."""
+    or arrays of ``batch``; recipients unique per run so no cap or window defers. For an
+    account's key, no tenant (the key's is theirs)."""
     msgs = harness.make_messages(n, run=run)
     for m in msgs:
         m.pop("id", None)
+        if account:
+            m.pop("tenant", None)
     enc = [json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in msgs]
     if batch == 1:
         return enc
@@ -133,14 +143,31 @@ def _parse_wrk(out: str) -> dict[str, float]:
             "non_2xx": int(bad.group(1)) if bad else 0}
 
 
+def _account_key(rig: harness.Rig) -> str:
+    """An account with limits that never refuse the bench (checked all the same)."""
+    from gatewayd.accounts.store import AccountStore
+    from gatewayd.store.keys import Keys
+
+    async def go() -> str:
+        r = aioredis.from_url(rig.redis_url, decode_responses=True)
+        store = AccountStore(r, Keys(harness.PREFIX), list(QueueConfig().classes))
+        await store.create("bench", msgspec.convert(
+            {"rate_per_s": 1e9, "daily": {"*": 10**12}, "monthly": {"*": 10**12},
+             "prefixes": ["+86"]}, Limits))
+        _entry, key = await store.add_key("bench")
+        await r.aclose()
+        return key
+    return asyncio.run(go())
+
+
 def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections: int,
-           gw_pid: int, tag: str) -> dict[str, Any]:
+           gw_pid: int, tag: str, key: str = API_KEY) -> dict[str, Any]:
     """wrk until every body is answered; CPU of gatewayd, Redis and wrk meanwhile."""
     f = rig.dir / f"bodies-{tag}.txt"
     f.write_text("\n".join(bodies) + "\n", encoding="utf-8")
     script = rig.dir / f"wrk-{tag}.lua"
     marker = rig.dir / f"done-{tag}"
-    script.write_text(_WRK_LUA % (f, API_KEY, marker), encoding="utf-8")
+    script.write_text(_WRK_LUA % (f, key, marker), encoding="utf-8")
     conns = min(connections, len(bodies))
     cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--latency", "-s", str(script),
            f"http://127.0.0.1:{port}"]
@@ -204,8 +231,8 @@ def _per_msg(r: dict[str, Any], n: int) -> dict[str, Any]:
             "non_2xx": r["non_2xx"], "statuses": r.get("statuses", {})}
 
 
-def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int
-            ) -> dict[str, dict[str, Any]]:
+def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
+            accounts: bool = False) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
     # client: the library's path, this process as the producer.
@@ -219,15 +246,21 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int
                      "redis_us": 1e6 * red.cpu_s / n if rig.redis_pid else 0.0}
 
     # http-1 and http-100: intake only (the carrier's port has no listener).
-    for tag, batch, conns in (("http-1", 1, connections), ("http-100", 100, 8)):
+    phases = [("http-1", 1, connections, False), ("http-100", 100, 8, False)]
+    if accounts:
+        phases = [phases[0], ("http-1-acct", 1, connections, True),
+                  phases[1], ("http-100-acct", 100, 8, True)]
+    for tag, batch, conns, acct in phases:
         rig.flush()
+        key = _account_key(rig) if acct else API_KEY
         port = free_port()
         cfg = _config(rig, port, free_port(), "intake")
         gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
         try:
             _wait_http(port)
-            r = _drive(rig, wrk, port, _bodies(n, run * 4 + (1 if batch == 1 else 2), batch),
-                       conns, gw.pid, f"{tag}-{run}")
+            r = _drive(rig, wrk, port,
+                       _bodies(n, run * 4 + (1 if batch == 1 else 2), batch, acct),
+                       conns, gw.pid, f"{tag}-{run}", key)
         finally:
             _stop(gw)
         queued = _queued(rig)  # accepted: the bodies, and a few in flight at the end
@@ -262,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="-n 4000 --runs 1 unless given")
+    ap.add_argument("--accounts", action="store_true",
+                    help="also http-1 and http-100 with an account's key")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = 4000 if args.n == 40_000 else args.n
@@ -275,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"intake: {args.n:,} messages a phase, {args.runs} runs; "
               f"Redis {rig.redis_version()}", flush=True)
         for i in range(args.runs):
-            r = one_run(rig, wrk, args.n, i, args.connections)
+            r = one_run(rig, wrk, args.n, i, args.connections, args.accounts)
             runs.append(r)
             for tag, f in r.items():
                 extra = (f", {f['final_per_s']:,.0f} final/s ({f['final']:,.0f} final)"
@@ -292,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"n": args.n, "connections": args.connections, "runs": runs}
     rows: list[tuple[str, str]] = []
-    for tag in ("client", "http-1", "http-100", "e2e-http"):
+    tags = ["client", "http-1", "http-100", "e2e-http"]
+    if args.accounts:
+        tags[2:2] = ["http-1-acct"]
+        tags[4:4] = ["http-100-acct"]
+    for tag in tags:
         result[tag] = {k: s(tag, k) for k in runs[0][tag] if k != "statuses"}
         who = "client (this process)" if tag == "client" else "gatewayd"
         rows.append((f"{tag}: msg/s", f"{result[tag]['msg_per_s']['median']:,.0f} (min "
@@ -305,10 +344,19 @@ def main(argv: list[str] | None = None) -> int:
     redis_ratio = (result["http-1"]["redis_us"]["median"]
                    / max(1e-9, result["client"]["redis_us"]["median"]))
     rows.append(("Redis a message, http-1 / client", f"{redis_ratio:.2f}"))
+    if args.accounts:
+        for base in ("http-1", "http-100"):
+            acct = result[f"{base}-acct"]
+
+            def ratio(k: str, base: str = base, acct: dict[str, Any] = acct) -> str:
+                return f"{acct[k]['median'] / max(1e-9, result[base][k]['median']):.2f}"
+
+            rows.append((f"{base}-acct / {base}: gatewayd, Redis CPU a message; msg/s",
+                         f"{ratio('gw_us')}, {ratio('redis_us')}; {ratio('msg_per_s')}"))
     path = write_result("intake", result)
     print(table(rows))
     print(f"-> {path}")
-    bad = any(r[t]["non_2xx"] for r in runs for t in ("http-1", "http-100", "e2e-http"))
+    bad = any(r[t]["non_2xx"] for r in runs for t in tags if t != "client")
     return 1 if bad else 0
 
 

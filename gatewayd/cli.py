@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "resume | test | dead | replay")
     webhooks_cli.add_arguments(p)
 
+    from gatewayd.accounts import cli as accounts_cli
+
+    p = sub.add_parser("account", help="accounts: create | list | show | usage | add-key | "
+                                       "revoke-key | set-limits | suspend | resume")
+    accounts_cli.add_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -178,6 +184,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gatewayd.webhooks import cli as webhooks_cli
 
         return webhooks_cli.run(args, load_config(args.config, need_secrets=False))
+    if cmd == "account":
+        from gatewayd.accounts import cli as accounts_cli
+
+        return accounts_cli.run(args, load_config(args.config, need_secrets=False))
     if cmd == "top":
         from gatewayd.ops import top
 

@@ -38,6 +38,7 @@ from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.errors import ConfigError, GatewayError, StoreError
+from gatewayd.http.accounts import AccountApi
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
@@ -212,6 +213,7 @@ class Daemon:
                 api_key_hashes=list(cfg.http.api_keys),
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
                 campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
+                accounts=AccountApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE,

@@ -89,8 +89,9 @@ def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # never flush a real one
     env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "intake", "--quick", "-n", "400", "--connections", "16"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+        [sys.executable, "-m", "bench", "intake", "--quick", "-n", "400", "--connections", "16",
+         "--accounts"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads((tmp_path / "intake.json").read_text())
@@ -98,7 +99,8 @@ def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
     # Every request of a phase was accepted (202: none refused), each phase queued every
     # message (and the few sent while wrk was being stopped), and the end-to-end phase
     # took every one it queued to a final state.
-    for tag in ("http-1", "http-100", "e2e-http"):
+    # With --accounts, the same through an account's key (issue 21).
+    for tag in ("http-1", "http-100", "e2e-http", "http-1-acct", "http-100-acct"):
         assert set(run[tag]["statuses"]) == {"202"}, (tag, run[tag]["statuses"])
         assert run[tag]["queued"] >= 400, tag
     assert run["e2e-http"]["final"] == run["e2e-http"]["queued"]

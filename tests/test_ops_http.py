@@ -392,12 +392,18 @@ async def test_healthz_and_readyz(
         assert await r.json() == {"status": "ok", "uptime_s": 1.0, "consumer": "test-1"}
     async with http.get(url(server, "/readyz")) as r:
         assert r.status == 200
-        assert await r.json() == {"ready": True, "redis": "ok", "carriers": {"cmcc": "bound"}}
-    backend.carriers["unicom"] = "no bind up"
+        assert await r.json() == {"ready": True, "redis": "ok", "carriers": {"cmcc": "bound"},
+                                  "carriers_bound": True}
+    # Binds down: intake is still ready (messages queue); /readyz/carriers says so.
+    backend.carriers["cmcc"] = "no bind up"
     async with http.get(url(server, "/readyz")) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["ready"] is True and body["carriers_bound"] is False
+    async with http.get(url(server, "/readyz/carriers")) as r:
         assert r.status == 503
         body = await r.json()
-    assert body["ready"] is False and body["carriers"]["unicom"] == "no bind up"
+    assert body["ready"] is False and body["carriers"]["cmcc"] == "no bind up"
 
 
 async def test_readyz_when_redis_is_unreachable(start: Start, http: aiohttp.ClientSession,

@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from gatewayd.accounts.cache import Principal
+
 
 class FieldError(msgspec.Struct):
     """One validation problem: which field (``$`` for the item itself) and why."""
@@ -37,8 +39,12 @@ OptoutAction = Literal["add", "remove", "check"]
 
 
 class Backend(Protocol):
-    async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
-        """Validate each item exactly like the stream path and queue the valid ones."""
+    async def enqueue(self, items: list[Any], *, source: str,
+                      account: Principal | None = None) -> list[EnqueueResult]:
+        """Validate each item exactly like the stream path and queue the valid ones.
+        With an ``account``: the tenant is the account's (an item naming another is
+        refused), its limits are checked per item, and its rate and quotas for the
+        request as a whole (gatewayd.accounts.quota.QuotaExceeded: nothing queued)."""
         ...
 
     async def status(self, msg_id: str) -> dict[str, Any] | None:
@@ -62,7 +68,8 @@ class Backend(Protocol):
         ...
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, why): Redis reachable and at least one bind per carrier."""
+        """(ready, why): this process can accept intake (Redis reachable); ``why``
+        also says which carriers are bound (gatewayd.http.server's /readyz/carriers)."""
         ...
 
     def liveness(self) -> dict[str, Any]:

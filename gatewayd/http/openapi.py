@@ -260,9 +260,153 @@ _SCHEMAS: dict[str, Any] = {
             "carriers": {"type": "object", "additionalProperties": {"type": "string"},
                          "example": {"cmcc": "bound", "unicom": "no bind up"}},
             "error": {"type": "string"},
+            "carriers_bound": {"type": "boolean",
+                               "description": "At least one carrier bind is up (/readyz "
+                                              "does not depend on it: messages queue)"},
+        },
+    },
+    "Limits": {
+        "type": "object",
+        "description": "What an account may send; empty lists and 0 mean no limit",
+        "additionalProperties": False,
+        "properties": {
+            "rate_per_s": {"type": "number", "minimum": 0,
+                           "description": "Token bucket shared by every daemon (429 "
+                                          "rate_limited)"},
+            "burst": {"type": "integer", "minimum": 0},
+            "daily": {"type": "object", "additionalProperties": {"type": "integer",
+                                                                 "minimum": 0},
+                      "description": "category (or * for all) -> messages a UTC day "
+                                     "(429 quota_exceeded, resets at 00:00 UTC)"},
+            "monthly": {"type": "object", "additionalProperties": {"type": "integer",
+                                                                   "minimum": 0},
+                        "description": "category (or *) -> messages a UTC month"},
+            "categories": {"type": "array", "items": {"type": "string"}},
+            "priority_ceiling": {"type": "string",
+                                 "description": "The highest class allowed, e.g. "
+                                                "transactional: no otp"},
+            "signatures": {"type": "array", "items": {"type": "string"},
+                           "description": "Allowed 【signatures】, without brackets"},
+            "senders": {"type": "array", "items": {"type": "string"}},
+            "prefixes": {"type": "array", "items": {"type": "string", "example": "+86"}},
+        },
+    },
+    "Account": {
+        "type": "object",
+        "required": ["tenant", "keys", "limits", "suspended"],
+        "additionalProperties": True,
+        "properties": {
+            "tenant": {"type": "string"},
+            "created_at": {"type": "number"},
+            "suspended": {"type": "boolean"},
+            "keys": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "label": {"type": "string"},
+                "created_at": {"type": "number"},
+                "expires_at": {"type": "number", "nullable": True},
+                "last_used_at": {"type": "number", "nullable": True}}}},
+            "limits": _ref("Limits"),
+            "webhooks": {"type": "array", "items": {"type": "object"},
+                         "description": "The tenant's webhook endpoints (show only)"},
+        },
+    },
+    "NewKey": {
+        "type": "object",
+        "required": ["id", "key"],
+        "properties": {"id": {"type": "string"},
+                       "key": {"type": "string", "description": "Shown once, here"},
+                       "expires_at": {"type": "number", "nullable": True}},
+    },
+    "Usage": {
+        "type": "object",
+        "description": "Counts by UTC day (newest first) and this month: "
+                       "{what: {category: n}}; what is sent (accepted by the API, what "
+                       "quotas count) or a final state from receipts (delivered, "
+                       "undeliverable, expired...)",
+        "additionalProperties": True,
+        "properties": {
+            "tenant": {"type": "string"},
+            "days": {"type": "array", "items": {"type": "object"}},
+            "month": {"type": "object"},
         },
     },
 }
+
+
+def _account_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    """Accounts (gatewayd/http/accounts.py): /admin/accounts... need an admin key,
+    /v1/account... an account's own key."""
+    tenant = {"name": "tenant", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}}
+    days = {"name": "days", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 40, "default": 7}}
+    missing = {"404": _err("No such account, or accounts are not served here")}
+    bad = {"422": _err("Invalid input (the message says which field)")}
+    forbidden = {"403": _err("An account's key (sending role) on an admin route, or a "
+                             "suspended account")}
+    errs = {**auth_errors, **forbidden, **missing}
+    account = _json_body(_ref("Account"), "The account")
+    usage = _json_body(_ref("Usage"), "Usage")
+    body = {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "properties": {
+            "expires_at": {"type": "number", "minimum": 0},
+            "label": {"type": "string"}}}}}}
+
+    def post(op: str, summary: str) -> dict[str, Any]:
+        return {"post": {"operationId": op, "summary": summary, "parameters": [tenant],
+                         "responses": {"200": account, **errs}}}
+
+    return {
+        "/admin/accounts": {
+            "get": {"operationId": "listAccounts", "summary": "Every account",
+                    "responses": {"200": _json_body({"type": "object", "properties": {
+                        "accounts": {"type": "array", "items": _ref("Account")}}},
+                        "Accounts"), **errs}},
+            "post": {"operationId": "createAccount",
+                     "summary": "Create an account and (unless key is false) its first key",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["tenant"], "properties": {
+                             "tenant": {"type": "string"}, "limits": _ref("Limits"),
+                             "key": {"type": "boolean", "default": True}}}}}},
+                     "responses": {"201": _json_body({"type": "object", "properties": {
+                         "account": _ref("Account"), "key": _ref("NewKey")}},
+                         "Created; the key is shown once"),
+                         **errs, "409": _err("The account exists"), **bad}},
+        },
+        "/admin/accounts/{tenant}": {"get": {
+            "operationId": "showAccount",
+            "summary": "An account: key ids and times, limits, webhook endpoints",
+            "parameters": [tenant], "responses": {"200": account, **errs}}},
+        "/admin/accounts/{tenant}/usage": {"get": {
+            "operationId": "accountUsage", "summary": "An account's usage",
+            "parameters": [tenant, days], "responses": {"200": usage, **errs, **bad}}},
+        "/admin/accounts/{tenant}/keys": {"post": {
+            "operationId": "addAccountKey",
+            "summary": "A new key (old keys stay valid: rotation)", "parameters": [tenant],
+            "requestBody": body,
+            "responses": {"201": _json_body(_ref("NewKey"), "The key, shown once"),
+                          **errs, **bad}}},
+        "/admin/accounts/{tenant}/keys/{key_id}": {"delete": {
+            "operationId": "revokeAccountKey", "summary": "Revoke a key",
+            "parameters": [tenant, {"name": "key_id", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+            "responses": {"200": _json_body({"type": "object", "properties": {
+                "revoked": {"type": "string"}}}, "Revoked"), **errs}}},
+        "/admin/accounts/{tenant}/limits": {"patch": {
+            "operationId": "setAccountLimits",
+            "summary": "Merge these limits into the account's", "parameters": [tenant],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("Limits")}}},
+            "responses": {"200": account, **errs, **bad}}},
+        "/admin/accounts/{tenant}/suspend": post(
+            "suspendAccount", "Refuse the account's requests (403) until resumed"),
+        "/admin/accounts/{tenant}/resume": post("resumeAccount", "Accept them again"),
+        "/v1/account": {"get": {
+            "operationId": "myAccount", "summary": "The key's own account",
+            "responses": {"200": account, **errs}}},
+        "/v1/account/usage": {"get": {
+            "operationId": "myUsage", "summary": "The key's own account's usage",
+            "parameters": [days], "responses": {"200": usage, **errs, **bad}}},
+    }
 
 
 def _campaign_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +523,9 @@ def openapi_spec(
 ) -> dict[str, Any]:
     """The spec, with the live limits (and, when given, the configured classes) filled in."""
     auth_errors = {
-        "401": _err("Missing or wrong API key"),
+        "401": _err("Missing or wrong API key (unknown, revoked or expired)"),
+        "403": _err("An account's key on a route of the admin role, or a suspended "
+                    "account"),
         "503": _err("Redis unreachable, or the API's Redis connections busy (overload); "
                     "retry after the Retry-After header's seconds"),
     }
@@ -457,7 +603,15 @@ def openapi_spec(
                                       "message (and no other item is invalid); the "
                                       "others were queued"),
                     "422": _json_body(_ref("Partial"),
-                                      "Some items are invalid; the valid ones were queued"),
+                                      "Some items are invalid (with an account's key also: "
+                                      "naming another tenant, or outside the account's "
+                                      "categories, prefixes, senders or signatures); the "
+                                      "valid ones were queued"),
+                    "429": _err("An account's rate (rate_limited) or daily/monthly quota "
+                                "(quota_exceeded) would be exceeded, or the request holds more "
+                                "messages than its burst: nothing was queued; "
+                                "the body's limit says which (limit, category, allowed, "
+                                "used, resets_at) and Retry-After when to retry"),
                     "503": _err("The gateway is draining (shutting down), Redis is "
                                 "unreachable, or the API's Redis connections are busy "
                                 "(overload); retry after the Retry-After header's seconds"),
@@ -518,6 +672,7 @@ def openapi_spec(
                 },
             }},
             **_campaign_paths(auth_errors),
+            **_account_paths(auth_errors),
             "/metrics": {"get": {
                 "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
                 "responses": {"200": {"description": "Prometheus text format 0.0.4",
@@ -531,11 +686,22 @@ def openapi_spec(
             }},
             "/readyz": {"get": {
                 "operationId": "readyz",
-                "summary": "Readiness: Redis reachable and a bind up per carrier",
+                "summary": "Readiness for load balancers: this process accepts intake "
+                           "(Redis reachable, not draining); carriers_bound says whether "
+                           "binds are up, but messages queue while they are not",
                 "security": [],
                 "responses": {
                     "200": _json_body(_ref("Ready"), "Ready"),
                     "503": _json_body(_ref("Ready"), "Not ready; the body says why"),
+                },
+            }},
+            "/readyz/carriers": {"get": {
+                "operationId": "readyzCarriers",
+                "summary": "At least one carrier bind is up (for monitoring)",
+                "security": [],
+                "responses": {
+                    "200": _json_body(_ref("Ready"), "Bound"),
+                    "503": _json_body(_ref("Ready"), "No bind up; the body says which"),
                 },
             }},
             "/openapi.json": {"get": {
@@ -548,8 +714,10 @@ def openapi_spec(
         "components": {
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
-                "description": "An API key; the config stores its SHA-256 digest "
-                               "(gatewayd hash-key KEY)",
+                "description": "An API key: an admin key (http.api_keys holds its "
+                               "SHA-256 digest, gatewayd hash-key KEY) or an account's key "
+                               "(gwk_..., gatewayd account add-key), whose account is the "
+                               "tenant of everything it sends",
             }},
             "schemas": schemas,
         },

@@ -5,11 +5,15 @@ the loop, the signals and the shutdown order.
 
 Decisions (also in the README's operations section):
 
-* Auth: ``Authorization: Bearer <key>``; the config holds SHA-256 hex digests of the keys.
-  The presented key is hashed and compared with ``hmac.compare_digest`` against *every*
-  configured digest (no early exit), so timing says nothing about which digest matched.
-  /v1/* and /admin/* need a key; /metrics, /healthz, /readyz and /openapi.json do not
-  (Prometheus, systemd and load-balancer probes carry no secrets and read nothing personal).
+* Auth: ``Authorization: Bearer <key>``. Two roles: admin keys (the config holds their
+  SHA-256 hex digests, http.api_keys; the presented key is hashed and compared with
+  ``hmac.compare_digest`` against *every* configured digest, no early exit, so timing
+  says nothing about which matched), and accounts' keys (``gwk_...``, gatewayd.accounts,
+  looked up in a one-second in-process cache): the sending role, limited to
+  gatewayd.http.accounts.ACCOUNT_ROUTES, sending as its account's tenant only.
+  /v1/* and /admin/* need a key; /metrics, /healthz, /readyz[/carriers] and /openapi.json
+  do not (Prometheus, systemd and load-balancer probes carry no secrets and read nothing
+  personal).
 * No keys configured: the API is open only when the listener is loopback (a warning is
   logged at start). On any other address without keys the server still starts, so
   metrics and probes keep working, but every authenticated route answers 401 (fail
@@ -51,7 +55,11 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from gatewayd.accounts.cache import Principal
+from gatewayd.accounts.quota import QuotaExceeded
+from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
+from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http.backend import DUPLICATE_ID, Backend, EnqueueResult, OptoutAction
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
@@ -65,7 +73,8 @@ _NUMBER_RE: Final = re.compile(r"\+?[1-9][0-9]{5,14}")
 _SCOPE_RE: Final = re.compile(r"[^\x00-\x1f|]{1,64}")
 _CATEGORY_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-_PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/openapi.json"})
+_PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/readyz/carriers",
+                            "/openapi.json"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,6 +147,7 @@ class HttpServer:
         registry: CollectorRegistry = metrics.REGISTRY,
         classes: list[str] | None = None,
         campaigns: campaign_routes.CampaignApi | None = None,
+        accounts: account_routes.AccountApi | None = None,
         max_connections: int = 1024,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
@@ -152,6 +162,7 @@ class HttpServer:
         self.unavailable = unavailable
         self.limited = RateLimitedLog(log)
         self.campaigns = campaigns
+        self.accounts = accounts
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
@@ -231,8 +242,10 @@ class HttpServer:
         r.add_get("/metrics", self.get_metrics)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
+        r.add_get("/readyz/carriers", self.readyz_carriers)
         r.add_get("/openapi.json", self.openapi)
         campaign_routes.register(app, self.campaigns)
+        account_routes.register(app, self.accounts)
         return app
 
     @web.middleware
@@ -283,26 +296,52 @@ class HttpServer:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in _PUBLIC or request.match_info.http_exception is not None:
             return await handler(request)
-        if not self._authorized(request.headers.get("Authorization", "")):
+        header = request.headers.get("Authorization", "")
+        if self._authorized(header):  # the admin role
+            return await handler(request)
+        principal = await self._account(header)
+        if principal is None:
             self.limited.warning("unauthorized", "http: unauthorized request",
                                  path=request.path, remote=request.remote or "")
             return error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <key>'")
+        if (request.method, _route_of(request)) not in account_routes.ACCOUNT_ROUTES:
+            return error(403, "forbidden", "an account's key may not use this route "
+                         "(it needs an admin key)")
+        if principal.account.suspended:
+            return error(403, "suspended", f"account {principal.tenant!r} is suspended")
+        request[account_routes.PRINCIPAL] = principal
         return await handler(request)
 
     def _authorized(self, header: str) -> bool:
-        if not self._hashes:
-            return self._loopback
+        """The admin role: a key in http.api_keys (or no keys on a loopback listener,
+        unless the request presents an account's key)."""
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = key.strip()
+        if not self._hashes:
+            return self._loopback and not (self.accounts is not None
+                                           and key.startswith(KEY_PREFIX))
+        if scheme.lower() != "bearer" or not key:
             return False
         try:
-            presented = hash_key(key.strip()).encode("ascii")
+            presented = hash_key(key).encode("ascii")
         except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them escaped)
             return False
         ok = False
         for h in self._hashes:  # all of them, always: no early exit
             ok |= hmac.compare_digest(presented, h)
         return ok
+
+    async def _account(self, header: str) -> Principal | None:
+        """The sending role: an account's key, from the in-process cache."""
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if self.accounts is None or scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX):
+            return None
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return await self.accounts.lookup(key)
 
     # Intake -------------------------------------------------------------------------
     async def post_messages(self, request: web.Request) -> web.Response:
@@ -338,7 +377,17 @@ class HttpServer:
         if len(items) > MAX_ITEMS:
             return error(413, "too_many_items",
                          f"{len(items)} messages in one request; the limit is {MAX_ITEMS}")
-        results = await self.backend.enqueue(items, source="http")
+        principal: Principal | None = request.get(account_routes.PRINCIPAL)
+        try:
+            if principal is None:
+                results = await self.backend.enqueue(items, source="http")
+            else:
+                results = await self.backend.enqueue(items, source="http", account=principal)
+        except QuotaExceeded as e:
+            r = e.refusal
+            return error(429, "rate_limited" if r.limit in ("rate", "burst") else "quota_exceeded",
+                         str(e), headers={"Retry-After": account_routes.retry_after(
+                             r.resets_at)}, limit=r.body())
         return _enqueue_answer(results, len(items))
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -346,6 +395,10 @@ class HttpServer:
         if not _ID_RE.fullmatch(msg_id):
             return error(404, "not_found", "no such message")
         record = await self.backend.status(msg_id)
+        principal: Principal | None = request.get(account_routes.PRINCIPAL)
+        if record is not None and principal is not None \
+                and record.get("tenant") != principal.tenant:
+            record = None  # another tenant's message: as if unknown
         if record is None:
             return error(404, "not_found", "no status for this id (unknown or expired)")
         return _json(200, record)
@@ -434,14 +487,29 @@ class HttpServer:
         return _json(200, {**self.backend.liveness(), "status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.draining:
+        """Can this process accept intake (Redis reachable, not draining)? Whether
+        carriers are bound is its own field and endpoint (/readyz/carriers): queuing
+        while binds are down is normal, so a load balancer keeps sending here."""
+        return await self._ready(request, carriers=False)
+
+    async def readyz_carriers(self, request: web.Request) -> web.Response:
+        """Is at least one carrier bind up (for monitoring, not load balancing)?"""
+        return await self._ready(request, carriers=True)
+
+    async def _ready(self, request: web.Request, *, carriers: bool) -> web.Response:
+        if self.draining and not carriers:
             return _json(503, {"ready": False, "draining": True})
         try:
             ready, why = await self.backend.readiness()
         except Exception as e:  # a probe answers, it does not crash
             log.warning("readiness check failed: %s: %s", type(e).__name__, e)
             return _json(503, {"ready": False, "error": f"{type(e).__name__}: {e}"})
-        return _json(200 if ready else 503, {**why, "ready": ready})
+        intake = why.get("redis") == "ok" if "redis" in why else ready
+        binds = why.get("carriers")
+        bound = (any(v == "bound" for v in binds.values()) if isinstance(binds, dict)
+                 else ready)
+        ok = bound if carriers else intake
+        return _json(200 if ok else 503, {**why, "carriers_bound": bound, "ready": ok})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(200, openapi_spec(MAX_ITEMS, self.max_body_bytes, self.classes))

@@ -6,6 +6,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
 
+from gatewayd.accounts.cache import Principal
+from gatewayd.accounts.model import refusal
+from gatewayd.accounts.quota import Charger
 from gatewayd.campaigns.funnel import attribute_optout
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config
@@ -47,17 +50,25 @@ class DaemonBackend:
         self.redis = redis
         self.queue = queue
         self._intake: TemplateIntake | None = None
+        self._charger: Charger | None = None
 
-    async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
+    async def enqueue(self, items: list[Any], *, source: str,
+                      account: Principal | None = None) -> list[EnqueueResult]:
         now = time.time()
         results: list[EnqueueResult] = []
         valid: list[tuple[int, OutboundMessage]] = []
+        refused: dict[int, FieldError] = {}
+        if account is not None:  # the tenant comes from the key, never from the body
+            items, refused = _as_tenant(items, account.tenant)
         if self._intake is None:
             self._intake = TemplateIntake(self.redis, self.d.keys, self.d.cfg)
         intake = self._intake
         await intake.prepare(items)
         links: dict[int, list[NewLink]] = {}
         for i, item in enumerate(items):
+            if i in refused:
+                results.append(EnqueueResult(index=i, errors=[refused[i]]))
+                continue
             try:
                 msg, new = intake.parse(item, now)
             except MessageError as e:
@@ -67,9 +78,20 @@ class DaemonBackend:
                 results.append(EnqueueResult(index=i, errors=[FieldError(
                     "$", f"unparsable: {type(e).__name__}: {e}"[:300])]))
                 continue
+            if account is not None:
+                why = refusal(msg, account.account.limits, account.categories)
+                if why is not None:
+                    results.append(EnqueueResult(index=i, errors=[FieldError(*why)]))
+                    continue
             if new:
                 links[len(valid)] = new
             valid.append((i, msg))
+        if account is not None and valid:
+            if self._charger is None:
+                self._charger = Charger(self.redis, self.d.keys)
+            # One call for the request: rate and quotas, all or nothing (QuotaExceeded).
+            await self._charger.charge(account.account, [m.category for _, m in valid], now)
+        unqueued: list[str] = []
         if valid:
             failed: dict[int, str] = {}
             try:
@@ -78,12 +100,15 @@ class DaemonBackend:
                     link_ttl_s=intake.link_ttl_s))
             except IntakeError as e:  # a cluster failing over past the retries
                 ids, failed = e.results, e.reasons
-            for n, ((i, _), r) in enumerate(zip(valid, ids, strict=True)):
+            for n, ((i, m), r) in enumerate(zip(valid, ids, strict=True)):
                 if r is None:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "$", f"not_queued: {failed.get(n, 'Redis unavailable')}")]))
+                    unqueued.append(m.category)
                     continue
                 msg_id, outcome = r
+                if outcome in (ID_TAKEN, DUPLICATE):
+                    unqueued.append(m.category)
                 if outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "
@@ -92,6 +117,8 @@ class DaemonBackend:
                 else:
                     results.append(EnqueueResult(index=i, id=msg_id,
                                                  duplicate=outcome == DUPLICATE))
+        if account is not None and unqueued and self._charger is not None:
+            await self._charger.refund(account.tenant, unqueued, now)
         results.sort(key=lambda r: r.index)
         return results
 
@@ -141,3 +168,18 @@ class DaemonBackend:
             "uptime_s": round(time.time() - self.d.started_at, 1),
             "consumer": self.d.consumer,
         }
+
+
+def _as_tenant(items: list[Any], tenant: str) -> tuple[list[Any], dict[int, FieldError]]:
+    """Items with the account's tenant set; those naming another tenant refused."""
+    out: list[Any] = []
+    refused: dict[int, FieldError] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            named = item.get("tenant")
+            if named not in (None, "", tenant):
+                refused[i] = FieldError("tenant", f"this key is account {tenant!r}'s; the "
+                                        "tenant comes from the key (leave it out)")
+            item = {**item, "tenant": tenant}
+        out.append(item)
+    return out, refused

@@ -1,4 +1,4 @@
 """The message's path: intake, queue, dispatch, inbound, events (the ledger), status.
 
-May import: campaigns, policy, carrier, store, ops, config, model, errors, smstext.
+May import: accounts, campaigns, policy, carrier, store, ops, config, model, errors, smstext.
 """

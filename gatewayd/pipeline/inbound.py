@@ -42,6 +42,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -49,6 +50,7 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gatewayd.accounts.quota import DAY_TTL_S, day_of
 from gatewayd.campaigns.funnel import Tally, attribute_optout
 from gatewayd.carrier.ids import receipt_candidates
 from gatewayd.config import Config, account_names, accounts
@@ -247,6 +249,7 @@ class InboundHandler:
             cs = self.correlation_keys(r)
             keys += cs
             args += [r.state, r.err, len(cs)]
+        args += [*self.keys.account_day("\x00", day_of(now)).split("\x00"), DAY_TTL_S]
         # Through a pipeline so hiredis packs the few thousand arguments (redis-py's
         # own packer showed in the profile).
         pipe = self.redis.pipeline(transaction=False)
@@ -377,6 +380,7 @@ class InboundHandler:
                 for msg_id, res, _carrier in finals:
                     pipe.xadd(self.keys.events, cast(Any, self._event(msg_id, res, now)),
                               maxlen=self.events_maxlen, approximate=True)
+                self._count_usage(pipe, finals, now)
                 await fastpipe.execute(pipe)
             for msg_id, res, carrier in finals:
                 self._count_final(res[1], res[3] or carrier, res[9], now)
@@ -388,6 +392,22 @@ class InboundHandler:
                 for msg_id in published:
                     pipe_script(pipe, self._mark_published, [self.keys.status(msg_id)], [])
                 await fastpipe.execute(pipe)
+
+    def _count_usage(self, pipe: Any, finals: list[_FinalEvent], now: float) -> None:
+        """Accounts' usage (gatewayd.accounts): final states by tenant and category,
+        counted in the pipeline that publishes them (a few HINCRBY a batch, no round
+        trip of their own)."""
+        counts: dict[str, Counter[str]] = {}
+        for _msg_id, res, _carrier in finals:
+            state, category, tenant = res[1], res[2], res[7]
+            if tenant:
+                counts.setdefault(tenant, Counter())[f"{state}:{category or '?'}"] += 1
+        day = day_of(now)
+        for tenant, c in counts.items():
+            key = self.keys.account_day(tenant, day)
+            for field, n in c.items():
+                pipe.hincrby(key, field, n)
+            pipe.expire(key, DAY_TTL_S)
 
     @staticmethod
     def _event(msg_id: str, res: list[str], now: float) -> dict[str, Any]:

@@ -272,6 +272,36 @@ class Keys:
         """STREAM: an endpoint's events given up on: event (JSON), error, at, attempts."""
         return f"{self.prefix}wh:{{{endpoint}}}:dead"
 
+    # Accounts (gatewayd.accounts) ---------------------------------------------------
+    # A tenant's own keys share its hash tag: the quota script touches them together.
+    @property
+    def accounts(self) -> str:
+        """HASH: tenant -> its account (JSON: keys' digests, limits, suspended)."""
+        return f"{self.prefix}acct:all"
+
+    @property
+    def account_keys(self) -> str:
+        """HASH: SHA-256 hex digest of an API key -> "<tenant> <key id>" (the lookup)."""
+        return f"{self.prefix}acct:keys"
+
+    def account_used(self, tenant: str) -> str:
+        """HASH: key id -> last time (Unix s) the key was used, written at most every
+        second or so per daemon."""
+        return f"{self.prefix}acct:{{{tenant}}}:used"
+
+    def account_bucket(self, tenant: str) -> str:
+        """HASH {t, ts}: the account's token bucket (rate limit), shared by daemons."""
+        return f"{self.prefix}acct:{{{tenant}}}:bucket"
+
+    def account_day(self, tenant: str, day: str) -> str:
+        """HASH: one UTC day's (YYYYMMDD) usage: "sent:<category>" (accepted by the API,
+        what quotas count), "<final state>:<category>" from receipts -> count. 40 days."""
+        return f"{self.prefix}acct:{{{tenant}}}:d:{day}"
+
+    def account_month(self, tenant: str, month: str) -> str:
+        """HASH: one UTC month's (YYYYMM) "sent:<category>" -> count. 400 days."""
+        return f"{self.prefix}acct:{{{tenant}}}:m:{month}"
+
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:
         return f"{self.prefix}alive:{consumer}"

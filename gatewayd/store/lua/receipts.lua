@@ -5,7 +5,10 @@
 -- KEYS[1] events stream, KEYS[2] awaiting-receipt zset, KEYS[3..] every receipt's
 -- correlation key candidates, in order.
 -- ARGV[1] now, ARGV[2] events MAXLEN (~), ARGV[3] / ARGV[4] status key prefix / suffix
--- around the message id, ARGV[5] n; then per receipt: part state, err, candidate count.
+-- around the message id, ARGV[5] n; then per receipt: part state, err, candidate count;
+-- last, the accounts' usage key of today (gatewayd.accounts) as prefix / suffix around
+-- the tenant, and its TTL (s): each published final of a tenant's message is counted
+-- there ("<state>:<category>"), summed and written once at the end.
 -- A message that carries a funnel key (campaigns.funnel) has its final state counted
 -- there too. Returns 6 values a receipt: kind (unmatched|early|missing|partial|final|late), message
 -- id, state, carrier, submitted_at, published (1 when its final event was written here).
@@ -28,6 +31,7 @@ local ev = {'id', '', 'state', '', 'at', now}
 local counts = {}
 local a, k = 6, 3
 local funnels = {}  -- funnel key -> field -> count (campaign and template messages)
+local usage = {}  -- tenant -> "<state>:<category>" -> count
 for _ = 1, n do
   local pstate, err = ARGV[a], ARGV[a + 1]
   local nc = counts[ARGV[a + 2]]
@@ -83,6 +87,12 @@ for _ = 1, n do
       rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
       rcall('ZREM', awaiting, id)
       published = 1
+      if tenant ~= '' then
+        local per = usage[tenant]
+        if not per then per = {}; usage[tenant] = per end
+        local f = state .. ':' .. (category ~= '' and category or '?')
+        per[f] = (per[f] or 0) + 1
+      end
     end
     out[o + 1] = kind; out[o + 2] = id; out[o + 3] = state or ''
     out[o + 4] = carrier or ''; out[o + 5] = submitted_at or ''; out[o + 6] = published
@@ -91,5 +101,11 @@ for _ = 1, n do
 end
 for fk, per in pairs(funnels) do
   for field, c in pairs(per) do rcall('HINCRBY', fk, field, c) end
+end
+local na = #ARGV
+for tenant, per in pairs(usage) do
+  local uk = ARGV[na - 2] .. tenant .. ARGV[na - 1]
+  for field, c in pairs(per) do rcall('HINCRBY', uk, field, c) end
+  rcall('EXPIRE', uk, ARGV[na])
 end
 return out
