@@ -6,6 +6,7 @@ this client adds validation, ids, idempotency and the initial `queued` record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
@@ -14,9 +15,10 @@ import redis.asyncio as aioredis
 
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config, QueueConfig
+from gatewayd.errors import MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake, parse_message
-from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
 from gatewayd.store.keys import Keys, keys_for
@@ -76,6 +78,75 @@ class Client:
         for start in range(0, len(msgs), chunk):
             out += await self._queue.enqueue(msgs[start:start + chunk], source=source, now=now)
         return out
+
+    async def send_many(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
+                        chunk: int = 2000) -> list[tuple[str, bool]]:
+        """``send`` for big lists (issue 17: >= 100,000 messages/s from one process):
+        every item is validated first (MessageError, nothing queued, at the first invalid
+        one), then each chunk of plain messages is ONE Redis call (lua/enqueue_many.lua:
+        status record, idempotency key, entry and event of each); while it runs, the
+        next chunk is packed. Returns (id, duplicate) per item, in order; MessageError
+        ``duplicate_id`` as ``send``. Items with ``params`` (templates) go as ``send``.
+        """
+        assert self._queue is not None, "use `async with Client(...)`"
+        now = time.time()
+        raw = items if isinstance(items, list) else list(items)
+        if any("params" in i for i in raw):
+            return await self._send_templated([dict(i) for i in raw], source, chunk, now)
+        q = self.qcfg
+        msgs = [parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
+                              horizon_s=q.horizon_s) for i in raw]
+        chunks = [msgs[s:s + chunk] for s in range(0, len(msgs), chunk)]
+        return await self._enqueue_chunks(chunks, source, now)
+
+    async def _enqueue_chunks(self, chunks: list[list[OutboundMessage]], source: str,
+                              now: float) -> list[tuple[str, bool]]:
+        """The seam where chunks meet Redis (one round trip each; a retrying caller
+        wraps ``_enqueue_chunk``). Two chunks are in flight at once (one packed in
+        Python while Redis runs the other) unless an id or idempotency key repeats
+        across the list: then they go one by one, so the first copy is the one queued.
+        Every chunk is queued; ids already another message's are refused and named in
+        one MessageError ``duplicate_id`` at the end (as QueueStore.enqueue does)."""
+        keys: set[tuple[str, str]] = set()
+        total = 0
+        for part in chunks:
+            for m in part:
+                keys.add(("", m.id))
+                total += 1
+                if m.idempotency_key:
+                    keys.add((m.category, m.idempotency_key))
+                    total += 1
+        results: list[list[tuple[str, str]]] = []
+        if len(keys) < total or len(chunks) < 2:
+            for part in chunks:
+                results.append(await self._enqueue_chunk(part, source, now))
+        else:
+            # Tasks start in creation order: chunk k is sent before k+1 is packed.
+            pending: asyncio.Task[list[tuple[str, str]]] | None = None
+            try:
+                for part in chunks:
+                    task = asyncio.ensure_future(self._enqueue_chunk(part, source, now))
+                    if pending is not None:
+                        results.append(await pending)
+                    pending = task
+                assert pending is not None
+                results.append(await pending)
+                pending = None
+            finally:
+                if pending is not None:  # a failed chunk: the other one still ends
+                    await asyncio.gather(pending, return_exceptions=True)
+        out = [r for part in results for r in part]
+        taken = [i for i, outcome in out if outcome == ID_TAKEN]
+        if taken:
+            raise MessageError("id", f"{', '.join(taken)}: already used by another message "
+                                     "(the others were queued)", code="duplicate_id")
+        return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    async def _enqueue_chunk(self, msgs: list[OutboundMessage], source: str,
+                             now: float) -> list[tuple[str, str]]:
+        """One chunk, one Redis call: (id, QUEUED | DUPLICATE | ID_TAKEN) per message."""
+        assert self._queue is not None, "use `async with Client(...)`"
+        return await self._queue.enqueue_each(msgs, source=source, now=now)
 
     async def _send_templated(self, raw: list[dict[str, Any]], source: str, chunk: int,
                               now: float) -> list[tuple[str, bool]]:
