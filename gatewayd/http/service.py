@@ -13,6 +13,7 @@ from gatewayd.consent import records
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
 from gatewayd.model import OutboundMessage
+from gatewayd.pipeline.coalesce import Coalescer
 from gatewayd.pipeline.intake import TemplateIntake
 from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
@@ -46,6 +47,7 @@ class DaemonBackend:
         self.d = daemon
         self.redis = redis
         self.queue = queue
+        self.coalescer = Coalescer(queue)
         self._intake: TemplateIntake | None = None
 
     async def enqueue(self, items: list[Any], *, source: str) -> list[EnqueueResult]:
@@ -71,9 +73,14 @@ class DaemonBackend:
                 links[len(valid)] = new
             valid.append((i, msg))
         if valid:
-            ids = await self.queue.enqueue_each([m for _, m in valid], source=source,
-                                                now=now, links=links,
-                                                link_ttl_s=intake.link_ttl_s)
+            msgs = [m for _, m in valid]
+            if not links and not any(m.campaign or m.template for m in msgs):
+                # shared with the other requests of this loop turn: one Redis call
+                ids = await self.coalescer.enqueue_each(msgs, source=source)
+            else:
+                ids = await self.queue.enqueue_each(msgs, source=source, now=now,
+                                                    links=links,
+                                                    link_ttl_s=intake.link_ttl_s)
             for (i, _), (msg_id, outcome) in zip(valid, ids, strict=True):
                 if outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(

@@ -250,10 +250,7 @@ class QueueStore:
                 if type(v) is not str:
                     status[k] = repr(v) if isinstance(v, float) else str(v)
             ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
-            rows.append([key, m.id, ikey, streams[m.category],
-                         [x for kv in status.items() for x in kv],
-                         [x for kv in to_fields(m, seal).items() for x in kv],
-                         [x for kv in event_of(m.id, status).items() for x in kv]])
+            rows.append([key, m.id, ikey, streams[m.category], status, to_fields(m, seal)])
         pipe = self.redis.pipeline(transaction=False)
         pipe.execute_command("EVAL", self._enqueue_many.script, 1, keys.events,
                              msgspec.msgpack.encode(rows), led.status_ttl,
