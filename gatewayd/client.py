@@ -66,7 +66,9 @@ class Client:
 
     async def send(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
                    chunk: int = 1000) -> list[tuple[str, bool]]:
-        """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError."""
+        """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError,
+        or QueueFull (gatewayd.errors; retryable) when a class's queue.max_queued is
+        reached (the chunk's others were queued)."""
         assert self._queue is not None, "use `async with Client(...)`"
         now = time.time()
         raw = [dict(i) for i in items]
@@ -86,7 +88,8 @@ class Client:
         one), then each chunk of plain messages is ONE Redis call (lua/enqueue_many.lua:
         status record, idempotency key, entry and event of each); while it runs, the
         next chunk is packed. Returns (id, duplicate) per item, in order; MessageError
-        ``duplicate_id`` as ``send``. Items with ``params`` (templates) go as ``send``.
+        ``duplicate_id`` and QueueFull (queue.max_queued: retry later) as ``send``.
+        Items with ``params`` (templates) go as ``send``.
         """
         assert self._queue is not None, "use `async with Client(...)`"
         now = time.time()
@@ -105,8 +108,9 @@ class Client:
         wraps ``_enqueue_chunk``). Two chunks are in flight at once (one packed in
         Python while Redis runs the other) unless an id or idempotency key repeats
         across the list: then they go one by one, so the first copy is the one queued.
-        Every chunk is queued; ids already another message's are refused and named in
-        one MessageError ``duplicate_id`` at the end (as QueueStore.enqueue does)."""
+        Every chunk is queued; messages past their class's queue.max_queued are refused
+        (QueueFull, retryable, naming them), ids already another message's too
+        (MessageError ``duplicate_id``), at the end (as QueueStore.enqueue does)."""
         keys: set[tuple[str, str]] = set()
         total = 0
         for part in chunks:
@@ -136,6 +140,8 @@ class Client:
                 if pending is not None:  # a failed chunk: the other one still ends
                     await asyncio.gather(pending, return_exceptions=True)
         out = [r for part in results for r in part]
+        assert self._queue is not None
+        self._queue.raise_full([m for part in chunks for m in part], out)
         taken = [i for i, outcome in out if outcome == ID_TAKEN]
         if taken:
             raise MessageError("id", f"{', '.join(taken)}: already used by another message "

@@ -107,6 +107,9 @@ _SCHEMAS: dict[str, Any] = {
             "error": _ref("ErrorDetail"),
             "accepted": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 1},
+            "depth": {"type": "integer", "minimum": 0,
+                      "description": "429 only: the messages the refused items' queue "
+                                     "holds (queue.max_queued reached)"},
             "results": {"type": "array", "items": _ref("ItemResult")},
         },
     },
@@ -458,6 +461,11 @@ def openapi_spec(
                                       "others were queued"),
                     "422": _json_body(_ref("Partial"),
                                       "Some items are invalid; the valid ones were queued"),
+                    "429": _json_body(_ref("Partial"),
+                                      "Some items' queue is full (queue.max_queued; "
+                                      "``depth`` says how full) and no item is invalid; "
+                                      "the others were queued; retry the refused ones "
+                                      "after the Retry-After header's seconds"),
                     "503": _err("The gateway is draining (shutting down), Redis is "
                                 "unreachable, or the API's Redis connections are busy "
                                 "(overload); retry after the Retry-After header's seconds"),

@@ -12,10 +12,11 @@ from gatewayd.config import Config
 from gatewayd.consent import records
 from gatewayd.errors import MessageError
 from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
+from gatewayd.http.backend import QUEUE_FULL as QUEUE_FULL_CODE
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.coalesce import Coalescer
 from gatewayd.pipeline.intake import TemplateIntake
-from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QUEUE_FULL, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
@@ -81,8 +82,14 @@ class DaemonBackend:
                 ids = await self.queue.enqueue_each(msgs, source=source, now=now,
                                                     links=links,
                                                     link_ttl_s=intake.link_ttl_s)
-            for (i, _), (msg_id, outcome) in zip(valid, ids, strict=True):
-                if outcome == ID_TAKEN:
+            for (i, m), (msg_id, outcome) in zip(valid, ids, strict=True):
+                if outcome == QUEUE_FULL:
+                    depth = self.queue.full_depth.get(m.category, 0)
+                    limit = self.d.cfg.queue.max_queued.get(m.category, 0)
+                    results.append(EnqueueResult(index=i, depth=depth, errors=[FieldError(
+                        "$", f"{QUEUE_FULL_CODE}: queue {m.category!r} holds {depth} "
+                             f"messages (queue.max_queued {limit}); retry later")]))
+                elif outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "
                               "message (give each message its own id, or an "

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
-from gatewayd.errors import MessageError
+from gatewayd.errors import MessageError, QueueFull
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import Ledger, count_state, event_of
@@ -47,6 +47,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 QUEUED: Final = "queued"
 DUPLICATE: Final = "duplicate"
 ID_TAKEN: Final = "id_taken"
+QUEUE_FULL: Final = "queue_full"  # its class holds queue.max_queued (QueueStore.full_depth)
 
 
 # Queue reads ask Redis for raw bytes (NEVER_DECODE) and decode entry by entry: with a
@@ -172,6 +173,10 @@ class QueueStore:
         # The deployment's seal for internal fields (``sealer()`` loads it once).
         self.seal: Seal | None = None
         self._seal_loaded = 0.0
+        # stream -> queue.max_queued; class -> its depth when intake last refused one
+        self.limits = {self.streams[k]: n for k, n in cfg.queue.max_queued.items()
+                       if k in self.streams}
+        self.full_depth: dict[str, int] = {}
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
 
@@ -208,11 +213,20 @@ class QueueStore:
         """
         out = await self.enqueue_each(msgs, source=source, now=now, links=links,
                                       link_ttl_s=link_ttl_s)
+        self.raise_full(msgs, out)
         taken = [i for i, outcome in out if outcome == ID_TAKEN]
         if taken:
             raise MessageError("id", f"{', '.join(taken)}: already used by another message "
                                      "(the others were queued)", code="duplicate_id")
         return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    def raise_full(self, msgs: list[OutboundMessage], out: list[tuple[str, str]]) -> None:
+        """QueueFull when any message was refused for its class's max_queued."""
+        full = [m for m, (_, o) in zip(msgs, out, strict=True) if o == QUEUE_FULL]
+        if full:
+            klass = full[0].category
+            raise QueueFull(klass, self.full_depth.get(klass, 0),
+                            self.q.max_queued.get(klass, 0), [m.id for m in full])
 
     async def enqueue_each(
         self, msgs: list[OutboundMessage], *, source: str, now: float | None = None,
@@ -220,7 +234,9 @@ class QueueStore:
     ) -> list[tuple[str, str]]:
         """Queue validated messages; returns (id, outcome) for each, in order: QUEUED;
         DUPLICATE (an idempotency_key's repeat: the first message's id, nothing queued);
-        ID_TAKEN (the id is another message's: refused, its record left alone).
+        ID_TAKEN (the id is another message's: refused, its record left alone);
+        QUEUE_FULL (its class's stream holds queue.max_queued: refused; the depth is
+        in ``full_depth``).
 
         ``links``: message index -> its short links, written before it.
 
@@ -235,7 +251,40 @@ class QueueStore:
         if not self.cluster and not links and not any(m.campaign or m.template
                                                        for m in msgs):
             return await self._enqueue_script(msgs, seal, source, now)
+        if any(self.streams[m.category] in self.limits for m in msgs):
+            return await self._enqueue_limited(msgs, seal, source, now, links, link_ttl_s)
         return await self._enqueue_pipelined(msgs, seal, source, now, links, link_ttl_s)
+
+    async def _enqueue_limited(
+        self, msgs: list[OutboundMessage], seal: Seal, source: str, now: float,
+        links: dict[int, list[shortlinks.NewLink]] | None, link_ttl_s: int,
+    ) -> list[tuple[str, str]]:
+        """The pipelined path with max_queued: the depths read first (one XLEN each),
+        the messages past a limit refused, the others queued. Checked a call at a time
+        (not atomically, as the script path does): concurrent calls may together pass
+        a limit by their sizes."""
+        limited = sorted({self.streams[m.category] for m in msgs} & set(self.limits))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in limited:
+                pipe.xlen(stream)
+            depth = dict(zip(limited, map(int, await pipe.execute()), strict=True))
+        keep: list[int] = []
+        for n, m in enumerate(msgs):
+            stream = self.streams[m.category]
+            if stream in depth:
+                if depth[stream] >= self.limits[stream]:
+                    self.full_depth[m.category] = depth[stream]
+                    continue
+                depth[stream] += 1
+            keep.append(n)
+        new_index = {old: new for new, old in enumerate(keep)}
+        kept_links = {new_index[i]: v for i, v in (links or {}).items() if i in new_index}
+        got = (await self._enqueue_pipelined([msgs[n] for n in keep], seal, source, now,
+                                             kept_links, link_ttl_s) if keep else [])
+        outcomes = [(m.id, QUEUE_FULL) for m in msgs]
+        for n, o in zip(keep, got, strict=True):
+            outcomes[n] = o
+        return outcomes
 
     async def _enqueue_script(self, msgs: list[OutboundMessage], seal: Seal, source: str,
                               now: float) -> list[tuple[str, str]]:
@@ -254,7 +303,8 @@ class QueueStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.execute_command("EVAL", self._enqueue_many.script, 1, keys.events,
                              msgspec.msgpack.encode(rows), led.status_ttl,
-                             IDEMPOTENCY_TTL_S, led.events_maxlen)
+                             IDEMPOTENCY_TTL_S, led.events_maxlen,
+                             msgspec.msgpack.encode(self.limits))
         [replies] = await fastpipe.execute(pipe, raw=fastpipe.raw_ok(pipe))
         outcomes: list[tuple[str, str]] = []
         queued: dict[str, int] = {}
@@ -264,6 +314,9 @@ class QueueStore:
                 queued[m.category] = queued.get(m.category, 0) + 1
             elif r == 0:
                 outcomes.append((m.id, ID_TAKEN))
+            elif isinstance(r, int):  # -1 - depth: past max_queued
+                outcomes.append((m.id, QUEUE_FULL))
+                self.full_depth[m.category] = -1 - r
             else:
                 outcomes.append((_text(r), DUPLICATE))
         if queued:  # counted once a call, not a message

@@ -17,13 +17,18 @@
 --                   fields as events.event_of (and lua/record.lua) do: "id" first,
 --                   "updated_at" renamed "at", NOT_IN_EVENT left out.
 -- ARGV[2] status TTL (s), ARGV[3] idempotency TTL (s), ARGV[4] events MAXLEN (~)
--- Returns one reply a message: 1 queued, 0 id taken, or the owner's id (a string).
+-- ARGV[5] msgpack {stream: max_queued} (back-pressure: a message whose stream holds
+--         that many entries is refused; checked after the two refusals above)
+-- Returns one reply a message: 1 queued, 0 id taken, the owner's id (a string), or
+-- -1 - depth: refused, its stream holds depth entries (queue.max_queued).
 local rcall, unpack = redis.call, unpack
 local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
   done_at = true, fk = true, receipts = true, sent_parts = true}
 local msgs = cmsgpack.unpack(ARGV[1])
 local ttl, ittl, maxlen = ARGV[2], ARGV[3], ARGV[4]
 local events = KEYS[1]
+local limits = cmsgpack.unpack(ARGV[5])
+local depths = {}  -- stream -> entries, once read (XLEN), counting this call's own
 local out = {}
 for i = 1, #msgs do
   local m = msgs[i]
@@ -36,7 +41,14 @@ for i = 1, #msgs do
     out[i] = owner
   elseif rcall('EXISTS', skey) == 1 then
     out[i] = 0
+  elseif limits[m[4]] and (depths[m[4]] or rcall('XLEN', m[4])) >= limits[m[4]] then
+    local d = depths[m[4]] or rcall('XLEN', m[4])
+    depths[m[4]] = d
+    out[i] = -1 - d
   else
+    if limits[m[4]] then
+      depths[m[4]] = (depths[m[4]] or rcall('XLEN', m[4])) + 1
+    end
     local st, ev, n = {}, {'id', id}, 2
     local k = 0
     for f, v in pairs(m[5]) do
