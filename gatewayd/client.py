@@ -6,6 +6,7 @@ this client adds validation, ids, idempotency and the initial `queued` record.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, cast
@@ -15,10 +16,10 @@ from redis.exceptions import RedisError
 
 from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config, QueueConfig
-from gatewayd.errors import IntakeError
+from gatewayd.errors import IntakeError, MessageError
 from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import TemplateIntake, parse_message
-from gatewayd.pipeline.queue import QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
 from gatewayd.store.keys import Keys, keys_for
@@ -85,9 +86,10 @@ class Client:
     async def send(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
                    chunk: int = 1000) -> list[tuple[str, bool]]:
         """Validate and enqueue; returns (id, duplicate) per item. Raises MessageError
-        (nothing queued), or IntakeError when Redis failed past the retries: its
-        ``results`` say per item what was queued (None: not queued; later chunks are not
-        tried)."""
+        (nothing queued); QueueFull (gatewayd.errors; retryable) when a class's
+        queue.max_queued is reached (the chunk's others were queued); or IntakeError
+        when Redis failed past the retries (a cluster failover): its ``results`` say per
+        item what was queued (None: not queued; later chunks are not tried)."""
         assert self._queue is not None, "use `async with Client(...)`"
         now = time.time()
         raw = [dict(i) for i in items]
@@ -101,6 +103,79 @@ class Client:
             await _chunk(out, len(msgs), self._queue.enqueue(part, source=source, now=now),
                          len(part))
         return cast(list[tuple[str, bool]], out)
+
+    async def send_many(self, items: Iterable[Mapping[str, Any]], *, source: str = "client",
+                        chunk: int = 2000) -> list[tuple[str, bool]]:
+        """``send`` for big lists (issue 17: >= 100,000 messages/s from one process):
+        every item is validated first (MessageError, nothing queued, at the first invalid
+        one), then each chunk of plain messages is ONE Redis call (lua/enqueue_many.lua:
+        status record, idempotency key, entry and event of each); while it runs, the
+        next chunk is packed. Returns (id, duplicate) per item, in order; MessageError
+        ``duplicate_id`` and QueueFull (queue.max_queued: retry later) as ``send``.
+        Items with ``params`` (templates) go as ``send``.
+        """
+        assert self._queue is not None, "use `async with Client(...)`"
+        now = time.time()
+        raw = items if isinstance(items, list) else list(items)
+        if any("params" in i for i in raw):
+            return await self._send_templated([dict(i) for i in raw], source, chunk, now)
+        q = self.qcfg
+        msgs = [parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
+                              horizon_s=q.horizon_s) for i in raw]
+        chunks = [msgs[s:s + chunk] for s in range(0, len(msgs), chunk)]
+        return await self._enqueue_chunks(chunks, source, now)
+
+    async def _enqueue_chunks(self, chunks: list[list[OutboundMessage]], source: str,
+                              now: float) -> list[tuple[str, bool]]:
+        """The seam where chunks meet Redis (one round trip each; a retrying caller
+        wraps ``_enqueue_chunk``). Two chunks are in flight at once (one packed in
+        Python while Redis runs the other) unless an id or idempotency key repeats
+        across the list: then they go one by one, so the first copy is the one queued.
+        Every chunk is queued; messages past their class's queue.max_queued are refused
+        (QueueFull, retryable, naming them), ids already another message's too
+        (MessageError ``duplicate_id``), at the end (as QueueStore.enqueue does)."""
+        keys: set[tuple[str, str]] = set()
+        total = 0
+        for part in chunks:
+            for m in part:
+                keys.add(("", m.id))
+                total += 1
+                if m.idempotency_key:
+                    keys.add((m.category, m.idempotency_key))
+                    total += 1
+        results: list[list[tuple[str, str]]] = []
+        if len(keys) < total or len(chunks) < 2:
+            for part in chunks:
+                results.append(await self._enqueue_chunk(part, source, now))
+        else:
+            # Tasks start in creation order: chunk k is sent before k+1 is packed.
+            pending: asyncio.Task[list[tuple[str, str]]] | None = None
+            try:
+                for part in chunks:
+                    task = asyncio.ensure_future(self._enqueue_chunk(part, source, now))
+                    if pending is not None:
+                        results.append(await pending)
+                    pending = task
+                assert pending is not None
+                results.append(await pending)
+                pending = None
+            finally:
+                if pending is not None:  # a failed chunk: the other one still ends
+                    await asyncio.gather(pending, return_exceptions=True)
+        out = [r for part in results for r in part]
+        assert self._queue is not None
+        self._queue.raise_full([m for part in chunks for m in part], out)
+        taken = [i for i, outcome in out if outcome == ID_TAKEN]
+        if taken:
+            raise MessageError("id", f"{', '.join(taken)}: already used by another message "
+                                     "(the others were queued)", code="duplicate_id")
+        return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    async def _enqueue_chunk(self, msgs: list[OutboundMessage], source: str,
+                             now: float) -> list[tuple[str, str]]:
+        """One chunk, one Redis call: (id, QUEUED | DUPLICATE | ID_TAKEN) per message."""
+        assert self._queue is not None, "use `async with Client(...)`"
+        return await self._queue.enqueue_each(msgs, source=source, now=now)
 
     async def _send_templated(self, raw: list[dict[str, Any]], source: str, chunk: int,
                               now: float) -> list[tuple[str, bool]]:

@@ -70,6 +70,10 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     )
     # Optional anti-starvation weights: class -> share of reads when all classes have work.
     weights: dict[str, int] = msgspec.field(default_factory=dict)
+    # Back-pressure: class -> most messages its stream may hold (ready + being sent);
+    # intake past it is refused (HTTP 429 with the depth, client QueueFull) instead of
+    # queued. A class not named has no limit.
+    max_queued: dict[str, int] = msgspec.field(default_factory=dict)
     # Per-class default time to live (seconds) when a message has no expires_at.
     default_ttl_s: dict[str, float] = msgspec.field(default_factory=lambda: {"otp": 300.0})
     # Small batches keep the event loop's turns and Redis's queue short, so a code read
@@ -507,7 +511,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
     for name in q.classes:
         if not re.fullmatch(r"[a-z0-9_-]{1,32}", name):
             raise bad("queue.classes", f"{name!r}: use 1-32 characters of a-z 0-9 _ -")
-    for key, table in (("queue.weights", q.weights), ("queue.default_ttl_s", q.default_ttl_s)):
+    for key, table in (("queue.weights", q.weights), ("queue.default_ttl_s", q.default_ttl_s),
+                       ("queue.max_queued", q.max_queued)):
         for name, value in table.items():
             if name not in q.classes:
                 raise bad(f"{key}.{name}", f"not a class in queue.classes {q.classes}")

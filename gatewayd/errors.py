@@ -13,6 +13,23 @@ class ConfigError(GatewayError, ValueError):
     """A configuration (or policy) file is wrong; the message names file, key and fix."""
 
 
+class QueueFull(GatewayError):
+    """Intake refused messages because their class's queue holds ``depth`` messages,
+    at or past its ``queue.max_queued`` (``limit``): back-pressure, not a fault of the
+    messages. Retryable: send them again later (the others of the call were queued;
+    ``ids`` names the refused ones)."""
+
+    retryable = True
+
+    def __init__(self, klass: str, depth: int, limit: int, ids: list[str]) -> None:
+        super().__init__(f"queue {klass!r} holds {depth} messages (queue.max_queued "
+                         f"{limit}); {len(ids)} refused, retry later")
+        self.klass = klass
+        self.depth = depth
+        self.limit = limit
+        self.ids = ids
+
+
 class MessageError(GatewayError, ValueError):
     """A queued message is malformed; ``field`` names the offending field, ``code`` the
     kind of problem as dead letters name it (``invalid:<code>: ...``; the field's name

@@ -105,3 +105,19 @@ def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
         assert run[tag]["queued"] >= 400, tag
     assert run["e2e-http"]["final"] == run["e2e-http"]["queued"]
     assert {"median", "min", "max"} <= set(data["http-1"]["gw_us"])
+
+
+def test_bench_client_intake_quick_writes_its_result(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.client_intake", "--quick"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((tmp_path / "client_intake.json").read_text())
+    assert set(data["phases"]) == {"xadd", "send", "send_many"}
+    for runs in data["phases"].values():
+        (run,) = runs
+        assert {"msgs_s", "client_us", "redis_us"} <= set(run)
+    assert "send_many / raw xadd" in proc.stdout

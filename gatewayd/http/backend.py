@@ -24,6 +24,9 @@ class FieldError(msgspec.Struct):
 # The reason an item's ``id`` error starts with when the id is another message's (the
 # server answers 409 when every refused item is one).
 DUPLICATE_ID = "duplicate_id"
+# ... and when its class's queue is full (queue.max_queued: 429 when every refused item
+# is one; ``EnqueueResult.depth`` says how full).
+QUEUE_FULL = "queue_full"
 
 
 class EnqueueResult(msgspec.Struct, omit_defaults=True):
@@ -33,6 +36,7 @@ class EnqueueResult(msgspec.Struct, omit_defaults=True):
     id: str = ""
     duplicate: bool = False
     errors: list[FieldError] = []
+    depth: int = 0  # QUEUE_FULL: the messages its class's queue holds
 
 
 OptoutAction = Literal["add", "remove", "check"]

@@ -107,6 +107,9 @@ _SCHEMAS: dict[str, Any] = {
             "error": _ref("ErrorDetail"),
             "accepted": {"type": "integer", "minimum": 0},
             "rejected": {"type": "integer", "minimum": 1},
+            "depth": {"type": "integer", "minimum": 0,
+                      "description": "429 only: the messages the refused items' queue "
+                                     "holds (queue.max_queued reached)"},
             "results": {"type": "array", "items": _ref("ItemResult")},
         },
     },
@@ -607,11 +610,16 @@ def openapi_spec(
                                       "naming another tenant, or outside the account's "
                                       "categories, prefixes, senders or signatures); the "
                                       "valid ones were queued"),
-                    "429": _err("An account's rate (rate_limited) or daily/monthly quota "
-                                "(quota_exceeded) would be exceeded, or the request holds more "
-                                "messages than its burst: nothing was queued; "
-                                "the body's limit says which (limit, category, allowed, "
-                                "used, resets_at) and Retry-After when to retry"),
+                    "429": _json_body({"oneOf": [_ref("Error"), _ref("Partial")]},
+                                      "Back-pressure, nothing wrong with the items: an "
+                                      "account's rate (rate_limited) or daily/monthly quota "
+                                      "(quota_exceeded) would be exceeded, or the request "
+                                      "holds more messages than its burst (an Error body: "
+                                      "nothing was queued; its limit, category, allowed, "
+                                      "used and resets_at say which); or some items' queue "
+                                      "is full (queue_full, queue.max_queued: a Partial body "
+                                      "whose depth says how full; the others were queued). "
+                                      "Retry after the Retry-After header's seconds"),
                     "503": _err("The gateway is draining (shutting down), Redis is "
                                 "unreachable, or the API's Redis connections are busy "
                                 "(overload); retry after the Retry-After header's seconds"),

@@ -61,7 +61,13 @@ from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
 from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
-from gatewayd.http.backend import DUPLICATE_ID, Backend, EnqueueResult, OptoutAction
+from gatewayd.http.backend import (
+    DUPLICATE_ID,
+    QUEUE_FULL,
+    Backend,
+    EnqueueResult,
+    OptoutAction,
+)
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
@@ -575,6 +581,16 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
         })
         resp.headers["Retry-After"] = "5"
         return resp
+    full = [r.depth for r in results if r.depth]
+    if len(full) == bad:
+        # Only items refused for their queue's depth (queue.max_queued): back-pressure.
+        return _json(429, {
+            "error": {"code": QUEUE_FULL,
+                      "message": f"{bad} of {count} messages refused: their queue holds "
+                                 f"{max(full)} messages (queue.max_queued); the {queued} "
+                                 "others were queued; retry the refused ones later"},
+            "depth": max(full), "accepted": queued, "rejected": bad, "results": out,
+        }, {"Retry-After": "1"})
     if all(e["field"] == "id" and e["reason"].startswith(DUPLICATE_ID)
            for r in out for e in r.get("errors", ())):
         # Only ids already used by other messages: a conflict, not a malformed request.

@@ -15,9 +15,11 @@ from gatewayd.config import Config
 from gatewayd.consent import records
 from gatewayd.errors import IntakeError, MessageError
 from gatewayd.http.backend import DUPLICATE_ID, EnqueueResult, FieldError
+from gatewayd.http.backend import QUEUE_FULL as QUEUE_FULL_CODE
 from gatewayd.model import OutboundMessage
+from gatewayd.pipeline.coalesce import Coalescer
 from gatewayd.pipeline.intake import TemplateIntake
-from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
+from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QUEUE_FULL, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
@@ -49,6 +51,7 @@ class DaemonBackend:
         self.d = daemon
         self.redis = redis
         self.queue = queue
+        self.coalescer = Coalescer(queue)
         self._intake: TemplateIntake | None = None
         self._charger: Charger | None = None
 
@@ -93,11 +96,18 @@ class DaemonBackend:
             await self._charger.charge(account.account, [m.category for _, m in valid], now)
         unqueued: list[str] = []
         if valid:
+            msgs = [m for _, m in valid]
             failed: dict[int, str] = {}
             try:
-                ids: list[tuple[str, Any] | None] = list(await self.queue.enqueue_each(
-                    [m for _, m in valid], source=source, now=now, links=links,
-                    link_ttl_s=intake.link_ttl_s))
+                if (not self.queue.cluster and not links
+                        and not any(m.campaign or m.template for m in msgs)):
+                    # shared with the other requests of this loop turn: one Redis call
+                    got = await self.coalescer.enqueue_each(msgs, source=source)
+                else:
+                    got = await self.queue.enqueue_each(msgs, source=source, now=now,
+                                                        links=links,
+                                                        link_ttl_s=intake.link_ttl_s)
+                ids: list[tuple[str, Any] | None] = list(got)
             except IntakeError as e:  # a cluster failing over past the retries
                 ids, failed = e.results, e.reasons
             for n, ((i, m), r) in enumerate(zip(valid, ids, strict=True)):
@@ -107,9 +117,15 @@ class DaemonBackend:
                     unqueued.append(m.category)
                     continue
                 msg_id, outcome = r
-                if outcome in (ID_TAKEN, DUPLICATE):
+                if outcome in (ID_TAKEN, DUPLICATE, QUEUE_FULL):
                     unqueued.append(m.category)
-                if outcome == ID_TAKEN:
+                if outcome == QUEUE_FULL:
+                    depth = self.queue.full_depth.get(m.category, 0)
+                    limit = self.d.cfg.queue.max_queued.get(m.category, 0)
+                    results.append(EnqueueResult(index=i, depth=depth, errors=[FieldError(
+                        "$", f"{QUEUE_FULL_CODE}: queue {m.category!r} holds {depth} "
+                             f"messages (queue.max_queued {limit}); retry later")]))
+                elif outcome == ID_TAKEN:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
                         "id", f"{DUPLICATE_ID}: {msg_id} is already used by another "
                               "message (give each message its own id, or an "

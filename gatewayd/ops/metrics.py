@@ -34,6 +34,16 @@ MESSAGES_ENQUEUED = Counter(
     "gatewayd_messages_enqueued_total", "Messages accepted into a priority queue",
     ["klass", "source"], registry=REGISTRY,
 )
+INTAKE_BATCHES = Counter(
+    "gatewayd_intake_batches_total",
+    "Enqueue calls made to Redis for HTTP intake (requests of one event-loop turn share one)",
+    registry=REGISTRY,
+)
+INTAKE_REQUESTS = Counter(
+    "gatewayd_intake_batched_requests_total",
+    "HTTP requests whose messages went to Redis in a shared enqueue call",
+    registry=REGISTRY,
+)
 MESSAGES_STATE = Counter(
     "gatewayd_messages_state_total",
     "State transitions recorded (final and intermediate), by state and reason",

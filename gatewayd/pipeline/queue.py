@@ -16,6 +16,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+import msgspec
 from redis.asyncio.client import Pipeline
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
@@ -23,7 +24,7 @@ from redis.exceptions import ResponseError
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
 from gatewayd.config import Config
-from gatewayd.errors import IntakeError, MessageError
+from gatewayd.errors import IntakeError, MessageError, QueueFull
 from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline import staging
@@ -48,6 +49,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 QUEUED: Final = "queued"
 DUPLICATE: Final = "duplicate"
 ID_TAKEN: Final = "id_taken"
+QUEUE_FULL: Final = "queue_full"  # its class holds queue.max_queued (QueueStore.full_depth)
 
 
 # Queue reads ask Redis for raw bytes (NEVER_DECODE) and decode entry by entry: with a
@@ -175,6 +177,7 @@ class QueueStore:
         self._by_stream = {v: k for k, v in self.streams.items()}
         self._enqueue = load_script(redis, "enqueue")
         self._queued = load_script(redis, "queued")
+        self._enqueue_many = load_script(redis, "enqueue_many")
         self._read = load_script(redis, "read")
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
@@ -182,6 +185,10 @@ class QueueStore:
         # The deployment's seal for internal fields (``sealer()`` loads it once).
         self.seal: Seal | None = None
         self._seal_loaded = 0.0
+        # stream -> queue.max_queued; class -> its depth when intake last refused one
+        self.limits = {self.streams[k]: n for k, n in cfg.queue.max_queued.items()
+                       if k in self.streams}
+        self.full_depth: dict[str, int] = {}
         total = sum(cfg.queue.weights.values())
         self._weights = {k: w / total for k, w in cfg.queue.weights.items()} if total else {}
 
@@ -222,11 +229,20 @@ class QueueStore:
         except IntakeError as e:  # a cluster past its retries: say it in enqueue's terms
             e.results = [None if r is None else (r[0], r[1] == DUPLICATE) for r in e.results]
             raise
+        self.raise_full(msgs, out)
         taken = [i for i, outcome in out if outcome == ID_TAKEN]
         if taken:
             raise MessageError("id", f"{', '.join(taken)}: already used by another message "
                                      "(the others were queued)", code="duplicate_id")
         return [(i, outcome == DUPLICATE) for i, outcome in out]
+
+    def raise_full(self, msgs: list[OutboundMessage], out: list[tuple[str, str]]) -> None:
+        """QueueFull when any message was refused for its class's max_queued."""
+        full = [m for m, (_, o) in zip(msgs, out, strict=True) if o == QUEUE_FULL]
+        if full:
+            klass = full[0].category
+            raise QueueFull(klass, self.full_depth.get(klass, 0),
+                            self.q.max_queued.get(klass, 0), [m.id for m in full])
 
     async def enqueue_each(
         self, msgs: list[OutboundMessage], *, source: str, now: float | None = None,
@@ -234,19 +250,112 @@ class QueueStore:
     ) -> list[tuple[str, str]]:
         """Queue validated messages; returns (id, outcome) for each, in order: QUEUED;
         DUPLICATE (an idempotency_key's repeat: the first message's id, nothing queued);
-        ID_TAKEN (the id is another message's: refused, its record left alone).
+        ID_TAKEN (the id is another message's: refused, its record left alone);
+        QUEUE_FULL (its class's stream holds queue.max_queued: refused; the depth is
+        in ``full_depth``).
 
         ``links``: message index -> its short links, written before it. On a cluster:
         pipeline/staging.py (retried across a failover; errors.IntakeError names the
-        messages not queued).
+        messages not queued; queue.max_queued is not checked there).
+
+        Plain messages (no campaign, template or links) on a single Redis take one
+        script call for the whole list (``_enqueue_script``); others take three
+        pipelined round trips (``_enqueue_pipelined``), with the same outcomes.
         """
         now = time.time() if now is None else now
         seal = await self.sealer()
+        if not msgs:
+            return []
         if self.cluster:  # the entry only after its record, across nodes: staging.py
             return await staging.enqueue(
                 self.redis, self.keys, self.ledger, self.streams, msgs, source=source,
                 now=now, links=links or {}, link_ttl_s=link_ttl_s,
                 idempotency_ttl_s=IDEMPOTENCY_TTL_S, seal=seal)
+        if not self.cluster and not links and not any(m.campaign or m.template
+                                                       for m in msgs):
+            return await self._enqueue_script(msgs, seal, source, now)
+        if any(self.streams[m.category] in self.limits for m in msgs):
+            return await self._enqueue_limited(msgs, seal, source, now, links, link_ttl_s)
+        return await self._enqueue_pipelined(msgs, seal, source, now, links, link_ttl_s)
+
+    async def _enqueue_limited(
+        self, msgs: list[OutboundMessage], seal: Seal, source: str, now: float,
+        links: dict[int, list[shortlinks.NewLink]] | None, link_ttl_s: int,
+    ) -> list[tuple[str, str]]:
+        """The pipelined path with max_queued: the depths read first (one XLEN each),
+        the messages past a limit refused, the others queued. Checked a call at a time
+        (not atomically, as the script path does): concurrent calls may together pass
+        a limit by their sizes."""
+        limited = sorted({self.streams[m.category] for m in msgs} & set(self.limits))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in limited:
+                pipe.xlen(stream)
+            depth = dict(zip(limited, map(int, await pipe.execute()), strict=True))
+        keep: list[int] = []
+        for n, m in enumerate(msgs):
+            stream = self.streams[m.category]
+            if stream in depth:
+                if depth[stream] >= self.limits[stream]:
+                    self.full_depth[m.category] = depth[stream]
+                    continue
+                depth[stream] += 1
+            keep.append(n)
+        new_index = {old: new for new, old in enumerate(keep)}
+        kept_links = {new_index[i]: v for i, v in (links or {}).items() if i in new_index}
+        got = (await self._enqueue_pipelined([msgs[n] for n in keep], seal, source, now,
+                                             kept_links, link_ttl_s) if keep else [])
+        outcomes = [(m.id, QUEUE_FULL) for m in msgs]
+        for n, o in zip(keep, got, strict=True):
+            outcomes[n] = o
+        return outcomes
+
+    async def _enqueue_script(self, msgs: list[OutboundMessage], seal: Seal, source: str,
+                              now: float) -> list[tuple[str, str]]:
+        """One lua/enqueue_many.lua call for all of ``msgs`` (one round trip); the
+        arguments go as one msgpack blob, packed by msgspec (cheaper than redis-py or
+        hiredis packing ~30 arguments a message)."""
+        led, keys, streams = self.ledger, self.keys, self.streams
+        rows: list[list[Any]] = []
+        for m in msgs:
+            m.intake = source  # sealed: who queued it (gatewayd_messages_enqueued_total)
+            key, status = led.build(m, "queued", now)
+            for k, v in status.items():  # strings only: Lua would print a float short
+                if type(v) is not str:
+                    status[k] = repr(v) if isinstance(v, float) else str(v)
+            ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
+            rows.append([key, m.id, ikey, streams[m.category], status, to_fields(m, seal)])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("EVAL", self._enqueue_many.script, 1, keys.events,
+                             msgspec.msgpack.encode(rows), led.status_ttl,
+                             IDEMPOTENCY_TTL_S, led.events_maxlen,
+                             msgspec.msgpack.encode(self.limits))
+        [replies] = await fastpipe.execute(pipe, raw=fastpipe.raw_ok(pipe))
+        outcomes: list[tuple[str, str]] = []
+        queued: dict[str, int] = {}
+        for m, r in zip(msgs, replies, strict=True):
+            if r == 1:
+                outcomes.append((m.id, QUEUED))
+                queued[m.category] = queued.get(m.category, 0) + 1
+            elif r == 0:
+                outcomes.append((m.id, ID_TAKEN))
+            elif isinstance(r, int):  # -1 - depth: past max_queued
+                outcomes.append((m.id, QUEUE_FULL))
+                self.full_depth[m.category] = -1 - r
+            else:
+                outcomes.append((_text(r), DUPLICATE))
+        if queued:  # counted once a call, not a message
+            count_state("queued", "", sum(queued.values()))
+            if source in COUNTED_AT_INTAKE:  # the others when a daemon first reads them
+                for klass, n in queued.items():
+                    metrics.MESSAGES_ENQUEUED.labels(klass, source).inc(n)
+        return outcomes
+
+    async def _enqueue_pipelined(
+        self, msgs: list[OutboundMessage], seal: Seal, source: str, now: float,
+        links: dict[int, list[shortlinks.NewLink]] | None, link_ttl_s: int,
+    ) -> list[tuple[str, str]]:
+        """enqueue_each in three pipelined round trips: a cluster, or messages with
+        funnel counts or short links."""
         # 1. Each message's "queued" status record, created only where none exists
         #    (lua/queued.lua), and the idempotency keys' owners. Status before entry: a
         #    running daemon may read, submit and record the entry before a later

@@ -1,0 +1,113 @@
+"""Concurrent HTTP requests share Redis round trips (issue 17 item 4), each keeping its
+own exact answer: ids, duplicates of a shared idempotency key, 422 for a bad item beside
+a good one, 409 for an id already in use."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from gatewayd.store.embedded import free_port
+from gatewayd.store.keys import Keys
+from tests.e2e_helpers import load, running_daemon, write_config
+from tests.test_daemon_http import metric
+
+KEY = "test-api-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+async def _eval_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_eval", {}).get("calls", 0))
+
+
+async def test_concurrent_requests_share_calls_and_keep_their_answers(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    # No carrier listening: the daemon does intake only and leaves the queue alone, so
+    # the EVALs counted below are intake's (and housekeeping's few).
+    p = write_config(tmp_path, redis_url=redis_url, sim_port=free_port(), http=True)
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    p.write_text(p.read_text().replace('listen = "127.0.0.1:0"',
+                                       f'listen = "127.0.0.1:0"\napi_keys = ["{digest}"]'))
+    n = 160
+    conn = aiohttp.TCPConnector(limit=n)
+    async with running_daemon(load(p)) as daemon, aiohttp.ClientSession(connector=conn) as http:
+        assert daemon.http is not None
+        base = f"http://127.0.0.1:{daemon.http.port}"
+        url = f"{base}/v1/messages"
+        taken = [{"id": f"taken-{i}", "to": "+8613800000000", "text": "first", "ref": "old"}
+                 for i in range(n)]
+        async with http.post(url, json=taken, headers=AUTH) as r:
+            assert r.status == 202
+
+        def body(i: int) -> Any:
+            to = f"+86139{i:08d}"
+            kind = i % 4
+            if kind == 0:  # plain
+                return {"to": to, "text": f"hello {i}", "ref": f"r-{i}"}
+            if kind == 1:  # requests 1 and 5, 9 and 13, ... repeat one key
+                return {"to": to, "text": f"keyed {i}", "ref": f"r-{i}",
+                        "idempotency_key": f"shared-{i // 8}"}
+            if kind == 2:  # one good, one bad: 422, the good one queued
+                return [{"to": to, "text": f"good {i}", "ref": f"r-{i}"},
+                        {"to": "not-a-number", "text": "bad"}]
+            return {"id": f"taken-{i}", "to": to, "text": "reuse", "ref": f"r-{i}"}
+
+        async def post(i: int) -> tuple[int, dict[str, Any]]:
+            async with http.post(url, json=body(i), headers=AUTH) as r:
+                return r.status, await r.json()
+
+        # every connection open first, so the requests below arrive together
+        await asyncio.gather(*(http.get(f"{base}/healthz") for _ in range(n)))
+        m0 = await (await http.get(f"{base}/metrics")).text()
+        e0 = await _eval_calls(redis)
+        answers = await asyncio.gather(*(post(i) for i in range(n)))
+        e1 = await _eval_calls(redis)
+        m1 = await (await http.get(f"{base}/metrics")).text()
+
+        keyed: dict[str, list[tuple[str, bool]]] = {}
+        for i, (status, doc) in enumerate(answers):
+            kind = i % 4
+            if kind == 0:
+                assert status == 202, doc
+                [res] = doc["results"]
+                assert not res["duplicate"]
+                assert await redis.hget(keys.status(res["id"]), "ref") == f"r-{i}"
+            elif kind == 1:
+                assert status == 202, doc
+                [res] = doc["results"]
+                keyed.setdefault(f"shared-{i // 8}", []).append((res["id"], res["duplicate"]))
+            elif kind == 2:
+                assert status == 422, doc
+                good, bad = doc["results"]
+                assert await redis.hget(keys.status(good["id"]), "ref") == f"r-{i}"
+                assert [e["field"] for e in bad["errors"]] == ["to"]
+            else:
+                assert status == 409, doc
+                assert doc["error"]["code"] == "duplicate_id"
+                [res] = doc["results"]
+                assert res["errors"][0]["reason"].startswith(f"duplicate_id: taken-{i}")
+                assert await redis.hget(keys.status(f"taken-{i}"), "ref") == "old"
+        # each shared key: one request queued it, the other got the same id, a duplicate
+        assert len(keyed) == n // 8
+        for pair in keyed.values():
+            assert sorted(d for _, d in pair) == [False, True]
+            assert pair[0][0] == pair[1][0]
+            assert await redis.hget(keys.status(pair[0][0]), "state") == "queued"
+        queued = sum([await redis.xlen(keys.queue(k)) for k in ("otp", "transactional",
+                                                                "marketing")])
+        assert queued == n + n // 4 + n // 8 + n // 4  # taken-*, plain, keyed, good halves
+
+    calls = metric(m1, "gatewayd_intake_batches_total") - metric(
+        m0, "gatewayd_intake_batches_total")
+    requests = metric(m1, "gatewayd_intake_batched_requests_total") - metric(
+        m0, "gatewayd_intake_batched_requests_total")
+    assert requests == n  # every request had a message to queue
+    assert 1 <= calls < n / 4  # shared: far fewer Redis calls than requests
+    assert e1 - e0 < n / 2  # and Redis saw as much (EVALs, housekeeping's included)
