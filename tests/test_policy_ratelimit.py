@@ -232,8 +232,8 @@ async def test_carrier_rate_bound_over_three_processes_and_a_lost_bucket(
 
     tps = 2000.0
     p = tmp_path / "gw.toml"
-    p.write_text('[[carrier]]\nname = "cm"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
-                 f'password = "b"\ntps = {tps:.0f}\n', encoding="utf-8")
+    p.write_text('[[carrier]]\nmo_country_code = "86"\nname = "cm"\nhost = "127.0.0.1"\n'
+                 f'system_id = "a"\npassword = "b"\ntps = {tps:.0f}\n', encoding="utf-8")
     cfg = load_config(p)
     clock = SimClock()
     clients = [aioredis.from_url(redis_url) for _ in range(3)]
