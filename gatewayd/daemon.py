@@ -43,6 +43,7 @@ from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
+from gatewayd.http.webhooks import WebhookApi
 from gatewayd.ops import metrics
 from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
@@ -214,6 +215,7 @@ class Daemon:
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
                 campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
                 accounts=AccountApi(edge, self.keys, cfg),
+                webhooks=WebhookApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE,

@@ -61,6 +61,7 @@ from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
 from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
+from gatewayd.http import webhooks as webhook_routes
 from gatewayd.http.backend import (
     DUPLICATE_ID,
     QUEUE_FULL,
@@ -154,6 +155,7 @@ class HttpServer:
         classes: list[str] | None = None,
         campaigns: campaign_routes.CampaignApi | None = None,
         accounts: account_routes.AccountApi | None = None,
+        webhooks: webhook_routes.WebhookApi | None = None,
         max_connections: int = 1024,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
@@ -169,6 +171,7 @@ class HttpServer:
         self.limited = RateLimitedLog(log)
         self.campaigns = campaigns
         self.accounts = accounts
+        self.webhooks = webhooks
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
@@ -252,6 +255,7 @@ class HttpServer:
         r.add_get("/openapi.json", self.openapi)
         campaign_routes.register(app, self.campaigns)
         account_routes.register(app, self.accounts)
+        webhook_routes.register(app, self.webhooks)
         return app
 
     @web.middleware

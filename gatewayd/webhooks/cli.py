@@ -17,22 +17,13 @@ import asyncio
 import json
 import signal
 import sys
-import time
-from typing import Any, cast
-
-import aiohttp
-import msgspec
-from yarl import URL
+from typing import Any
 
 from gatewayd.config import Config
-from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis, client_url, connect_config
 from gatewayd.store.keys import keys_for
-from gatewayd.webhooks import body as bodies
-from gatewayd.webhooks import subscriptions as subs
-from gatewayd.webhooks.sender import SEQ
-from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
+from gatewayd.webhooks import admin
 
 EXIT_PROBLEM, EXIT_CONFIG = 1, 2
 
@@ -124,135 +115,51 @@ async def _admin(args: argparse.Namespace, cfg: Config) -> int:
         await redis.aclose()
 
 
-async def _endpoints(cfg: Config, redis: Redis, keys: Any) -> dict[str, subs.Endpoint]:
-    raw = cast(dict[str, str], await redis.hgetall(keys.webhook_endpoints))
-    out = {e.name: e for e in subs.from_redis(raw, cfg)}
-    out.update({e.name: e for e in subs.from_config(cfg)})  # the config wins
-    return out
-
-
 async def _command(args: argparse.Namespace, cfg: Config, redis: Redis, keys: Any) -> int:
     cmd = args.webhooks_command
-    if cmd == "add":
-        if args.name in {e.name for e in cfg.webhooks.endpoints}:
-            raise ConfigError(f"{args.name}: an endpoint of the config; change it there")
-        spec: dict[str, Any] = {
-            "name": args.name, "url": args.url, "tenant": args.tenant,
-            "events": [k.strip() for k in args.events.split(",") if k.strip()],
-            "secret": args.secret, "secret_env": args.secret_env, "format": args.format,
-            "batch": args.batch, "concurrency": args.concurrency, "rate_per_s": args.rate,
-            "timeout_s": args.timeout}
-        parsed = subs.parse_spec(spec, cfg)
-        if not cfg.webhooks.allow_private:
-            try:
-                await subs.check_target(parsed.url, False)
-            except subs.TargetRefused as refused:
-                raise ConfigError(f"{args.name}: {refused}") from None
-        await redis.hset(keys.webhook_endpoints, args.name,
-                         msgspec.json.encode(parsed).decode())
-        print(f"{args.name}: added (senders pick it up within a second)")
-        return 0
-    endpoints = await _endpoints(cfg, redis, keys)
-    if cmd == "list":
-        paused = set(await redis.smembers(keys.webhook_paused))
-        for e in endpoints.values():
-            queued = await redis.zcard(keys.webhook_queue(e.name))
-            dead = await redis.xlen(keys.webhook_dead(e.name))
-            print(json.dumps({
-                "name": e.name, "url": e.url, "tenant": e.tenant, "source": e.source,
-                "events": sorted(e.kinds), "format": e.format, "batch": e.batch,
-                "concurrency": e.concurrency, "rate_per_s": e.rate_per_s,
-                "signed": bool(e.secret), "paused": e.name in paused,
-                "queued": queued, "dead": dead}))
-        return 0
-    name = args.name
-    if cmd == "remove":
-        if name in {e.name for e in cfg.webhooks.endpoints}:
-            raise ConfigError(f"{name}: an endpoint of the config; remove it there")
-        if not await redis.hdel(keys.webhook_endpoints, name):
-            print(f"gatewayd: no endpoint {name!r} in Redis", file=sys.stderr)
-            return EXIT_PROBLEM
-        print(f"{name}: removed")
-        return 0
-    if name not in endpoints:
-        print(f"gatewayd: no endpoint {name!r}", file=sys.stderr)
-        return EXIT_PROBLEM
-    if cmd == "pause":
-        await redis.sadd(keys.webhook_paused, name)
-        print(f"{name}: paused")
-        return 0
-    if cmd == "resume":
-        await redis.srem(keys.webhook_paused, name)
-        print(f"{name}: resumed")
-        return 0
-    if cmd == "test":
-        return await _test_fire(endpoints[name], cfg)
-    if cmd == "dead":
-        rows = cast(list[tuple[str, dict[str, str]]],
-                    await redis.xrange(keys.webhook_dead(name), count=args.count or None))
-        for sid, fields in rows:
-            print(json.dumps({"dead_id": sid, "error": fields.get("error", ""),
-                              "at": float(fields.get("at", 0)),
-                              "event": json.loads(fields.get("event", "{}"))},
-                             ensure_ascii=False))
-        return 0
-    if cmd == "replay":
-        return await _replay(redis, keys, name, args.count)
-    return EXIT_CONFIG
-
-
-async def _replay(redis: Redis, keys: Any, name: str, count: int) -> int:
-    """Dead letters back into the retry queue (at their stream position), then deleted:
-    in one MULTI, so a crash moves each either wholly or not at all."""
-    rows = cast(list[tuple[str, dict[str, str]]],
-                await redis.xrange(keys.webhook_dead(name), count=count or None))
-    if not rows:
-        print(f"{name}: no dead letters")
-        return EXIT_PROBLEM
-    moved: dict[str, float] = {}
-    for _sid, fields in rows:
-        data = fields.get("event", "")
-        try:
-            event_id = str(json.loads(data).get("event_id", ""))
-            ms, _, seq = event_id[1:].partition("-")
-            moved[data] = float(int(ms) * SEQ + min(int(seq or 0), SEQ - 1))
-        except (ValueError, AttributeError):
-            continue
-    async with redis.pipeline(transaction=True) as pipe:
-        if moved:
-            pipe.zadd(keys.webhook_queue(name), moved)
-        pipe.xdel(keys.webhook_dead(name), *[sid for sid, _f in rows])
-        await pipe.execute()
-    print(f"{name}: {len(moved)} event(s) back in its queue")
-    return 0
-
-
-async def _test_fire(ep: subs.Endpoint, cfg: Config) -> int:
-    now = time.time()
-    event: dict[str, Any] = {"event_id": f"test-{int(now * 1000)}", "kind": "test",
-                             "message_id": "", "state": "test", "at": now}
-    data = bodies.batch_body([bodies.encode(event)])
     try:
-        await subs.check_target(ep.url, cfg.webhooks.allow_private)
-    except subs.TargetRefused as e:
+        if cmd == "add":
+            spec: dict[str, Any] = {
+                "name": args.name, "url": args.url, "tenant": args.tenant,
+                "events": [k.strip() for k in args.events.split(",") if k.strip()],
+                "secret": args.secret, "secret_env": args.secret_env, "format": args.format,
+                "batch": args.batch, "concurrency": args.concurrency,
+                "rate_per_s": args.rate, "timeout_s": args.timeout}
+            await admin.add(cfg, redis, keys, spec)
+            print(f"{args.name}: added (senders pick it up within a second)")
+            return 0
+        if cmd == "list":
+            for row in await admin.listing(cfg, redis, keys):
+                print(json.dumps(row))
+            return 0
+        name = args.name
+        if cmd == "remove":
+            await admin.remove(cfg, redis, keys, name)
+            print(f"{name}: removed")
+            return 0
+        if cmd in ("pause", "resume"):
+            await admin.pause(cfg, redis, keys, name, cmd == "pause")
+            print(f"{name}: {cmd}d")
+            return 0
+        if cmd == "test":
+            out = await admin.test_fire(await admin.must(cfg, redis, keys, name), cfg)
+            if "error" in out:
+                print(f"{name}: failed: {out['error']}", file=sys.stderr)
+            else:
+                print(f"{name}: HTTP {out['status']} in {out['elapsed_s']:.3f} s {out['body']}")
+            return 0 if out["ok"] else EXIT_PROBLEM
+        if cmd == "dead":
+            for row in await admin.dead(cfg, redis, keys, name, args.count):
+                print(json.dumps(row, ensure_ascii=False))
+            return 0
+        if cmd == "replay":
+            moved = await admin.replay(cfg, redis, keys, name, args.count)
+            if not moved:
+                print(f"{name}: no dead letters")
+                return EXIT_PROBLEM
+            print(f"{name}: {moved} event(s) back in its queue")
+            return 0
+    except admin.NotFound as e:
         print(f"gatewayd: {e}", file=sys.stderr)
         return EXIT_PROBLEM
-    if ep.format == "kannel":
-        url, signed = bodies.kannel_request(ep.url, event)
-        method, payload = "GET", None
-    else:
-        method, url, signed, payload = "POST", ep.url, data, data
-    headers = {"Content-Type": "application/json", EVENT_ID_HEADER: str(event["event_id"])}
-    if ep.secret:
-        headers[HEADER] = sign(ep.secret, signed, int(now))
-    try:
-        async with aiohttp.ClientSession() as session, session.request(
-                method, URL(url, encoded=True), data=payload, headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
-            text = (await resp.text())[:200]
-            print(f"{ep.name}: HTTP {resp.status} in {time.time() - now:.3f} s {text}")
-            return 0 if 200 <= resp.status < 300 else EXIT_PROBLEM
-    except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        print(f"{ep.name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_PROBLEM
+    return EXIT_CONFIG
