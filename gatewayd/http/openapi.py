@@ -332,7 +332,118 @@ _SCHEMAS: dict[str, Any] = {
             "month": {"type": "object"},
         },
     },
+    "WebhookEndpoint": {
+        "type": "object",
+        "description": "An endpoint with its state and backlog (the secret is never shown)",
+        "required": ["name", "url", "tenant", "source", "events", "paused", "queued", "dead"],
+        "properties": {
+            "name": {"type": "string"}, "url": {"type": "string"},
+            "tenant": {"type": "string"},
+            "source": {"type": "string", "enum": ["config", "redis"]},
+            "events": {"type": "array", "items": {"type": "string"}},
+            "format": {"type": "string", "enum": ["json", "kannel"]},
+            "batch": {"type": "integer"}, "concurrency": {"type": "integer"},
+            "rate_per_s": {"type": "number"}, "signed": {"type": "boolean"},
+            "paused": {"type": "boolean"},
+            "queued": {"type": "integer", "description": "Events in its retry queue"},
+            "dead": {"type": "integer", "description": "Dead letters"},
+        },
+    },
+    "WebhookSpec": {
+        "type": "object",
+        "description": "An endpoint kept in Redis (added or replaced), checked as the "
+                       "config checks its endpoints; a private target (loopback, RFC 1918, "
+                       "link-local...) is refused unless webhooks.allow_private",
+        "required": ["name", "url"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": "string", "description": "http(s); for format kannel, with "
+                                                     "Kannel's dlr-url escapes"},
+            "tenant": {"type": "string", "default": "",
+                       "description": "\"\" the default endpoint, \"*\" every event, or "
+                                      "one tenant's"},
+            "events": {"type": "array", "items": {"type": "string"},
+                       "default": ["submitted", "final"],
+                       "description": "Kinds: states, final, deferred, queued, mo, optout, "
+                                      "optin, clicked or *"},
+            "secret": {"type": "string", "description": "HMAC signing secret"},
+            "secret_env": {"type": "string",
+                           "description": "Read the secret from this environment variable"},
+            "format": {"type": "string", "enum": ["json", "kannel"], "default": "json"},
+            "batch": {"type": "integer", "minimum": 0, "default": 0},
+            "concurrency": {"type": "integer", "minimum": 1, "default": 4},
+            "rate_per_s": {"type": "number", "minimum": 0, "default": 0},
+            "timeout_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                          "default": 10},
+        },
+    },
 }
+
+
+def _webhook_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    """Webhook endpoints (gatewayd/http/webhooks.py), the admin role only: the same
+    operations as `gatewayd webhooks ...`."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    count = {"name": "count", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 0},
+             "description": "At most this many, oldest first (0: all)"}
+    missing = {"404": _err("No such endpoint, or webhook admin is not served here")}
+    bad = {"422": _err("Invalid input (the message says which field), a private target, "
+                       "or a config endpoint (changed in the config)")}
+    errs = {**auth_errors, **missing}
+    state = _json_body({"type": "object", "properties": {
+        "name": {"type": "string"}, "paused": {"type": "boolean"}}}, "Its state")
+
+    def op(method: str, op_id: str, summary: str, ok: dict[str, Any],
+           params: list[dict[str, Any]] | None = None,
+           more: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {method: {"operationId": op_id, "summary": summary,
+                         "parameters": params or [name],
+                         "responses": {"200": ok, **errs, **(more or {})}}}
+
+    return {
+        "/admin/webhooks": {
+            "get": {"operationId": "listWebhooks",
+                    "summary": "Every endpoint (config and Redis) with state and backlog",
+                    "responses": {"200": _json_body({"type": "object", "properties": {
+                        "endpoints": {"type": "array", "items": _ref("WebhookEndpoint")}}},
+                        "Endpoints"), **errs}},
+            "post": {"operationId": "addWebhook",
+                     "summary": "Add or replace an endpoint kept in Redis (senders pick it "
+                                "up within a second)",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": _ref("WebhookSpec")}}},
+                     "responses": {"201": _json_body(_ref("WebhookEndpoint"), "Added"),
+                                   **errs, **bad}},
+        },
+        "/admin/webhooks/{name}": op(
+            "delete", "removeWebhook", "Remove an endpoint kept in Redis",
+            _json_body({"type": "object", "properties": {"removed": {"type": "string"}}},
+                       "Removed"), more=bad),
+        "/admin/webhooks/{name}/pause": op(
+            "post", "pauseWebhook", "Hold its deliveries (events wait in Redis)", state),
+        "/admin/webhooks/{name}/resume": op(
+            "post", "resumeWebhook", "Deliver its events again", state),
+        "/admin/webhooks/{name}/test": op(
+            "post", "testWebhook", "One signed test event to it now; its answer",
+            _json_body({"type": "object", "required": ["ok", "status"], "properties": {
+                "ok": {"type": "boolean"},
+                "status": {"type": "integer", "description": "HTTP status; 0 no answer"},
+                "elapsed_s": {"type": "number"}, "body": {"type": "string"},
+                "error": {"type": "string"}}}, "The test request's outcome")),
+        "/admin/webhooks/{name}/dead": op(
+            "get", "webhookDeadLetters", "Its dead letters, oldest first",
+            _json_body({"type": "object", "properties": {"dead": {"type": "array",
+                "items": {"type": "object", "properties": {
+                    "dead_id": {"type": "string"}, "error": {"type": "string"},
+                    "at": {"type": "number"}, "event": {"type": "object"}}}}}},
+                "Dead letters"), [name, count], bad),
+        "/admin/webhooks/{name}/replay": op(
+            "post", "replayWebhook", "Its dead letters back into its retry queue",
+            _json_body({"type": "object", "properties": {"replayed": {"type": "integer"}}},
+                       "How many went back (0: none were dead)"), [name, count], bad),
+    }
 
 
 def _account_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
@@ -681,6 +792,7 @@ def openapi_spec(
             }},
             **_campaign_paths(auth_errors),
             **_account_paths(auth_errors),
+            **_webhook_paths(auth_errors),
             "/metrics": {"get": {
                 "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
                 "responses": {"200": {"description": "Prometheus text format 0.0.4",
