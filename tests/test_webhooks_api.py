@@ -111,6 +111,7 @@ async def test_endpoints_through_the_admin_api(
             for body in ({"url": recv.url("/x")}, {"name": "x", "url": "ftp://h/"},
                          {"name": "x", "url": recv.url("/x"), "events": ["nope"]},
                          {"name": "x", "url": recv.url("/x"), "batch": "many"},
+                         {"name": "x", "url": recv.url("/x"), "bogus": 1},
                          {"name": "conf", "url": recv.url("/x")}, [1, 2]):
                 async with http.post(base, headers=AUTH, json=body) as r:
                     assert r.status == 422, (body, r.status, await r.text())
