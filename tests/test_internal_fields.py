@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.client import Client
 from gatewayd.config import Config
 from gatewayd.pipeline.intake import INTERNAL, parse_message, to_fields
 from gatewayd.store.keys import GROUP, Keys
-from gatewayd.store.seal import FIELD, load_seal
+from gatewayd.store.seal import FIELD, SealError, load_seal
 from tests.e2e_helpers import Smsc, load, running_daemon, wait_final, write_config
 
 KEY = "test-api-key"
@@ -145,3 +146,34 @@ async def test_seal_round_trip_and_what_a_client_may_xadd(
     # Without a seal: only what a client may write itself (no internal field at all).
     plain = to_fields(m)
     assert set(plain) == {"id", "to", "text", "category"}
+
+
+async def test_prepared_seal_is_the_seal_and_still_binds_each_entry(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    # The fan-out seals a slice's entries with Seal.prepared: the same MAC as Seal.seal
+    # over the whole entry, whichever fields it has, so Seal.open verifies every one,
+    # and one entry's seal does not fit another's fields.
+    seal = await load_seal(redis, keys)
+    internal = {"campaign": "c1", "variant": "A", "enqueued_at": 1733550000.25, "links": 2}
+    cases: list[tuple[dict[str, str], tuple[str, ...], tuple[str | None, ...]]] = [
+        ({"category": "marketing", "from": "1069", "template": "A", "tenant": "shop"},
+         ("id", "to", "text", "ref"), ("c1.1", "+8613900000001", '【京东】"会员"\x01\\ é', "r1")),
+        ({"category": "marketing", "template": "A"},
+         ("id", "to", "text", "ref"), ("c1.2", "+8613900000002", "hi", None)),
+        ({}, ("id", "to"), ("c1.3", "+8613900000003")),
+        ({}, ("id",), (None,)),
+        ({"a": "1", "c": "3"}, ("b",), (None,)),
+        ({"z": "9"}, ("a", "b"), ("1", None)),
+    ]
+    for fixed, varying, values in cases:
+        p = seal.prepared(internal, fixed, varying)
+        fields = {**fixed, **{k: v for k, v in zip(varying, values, strict=True) if v}}
+        value = p.seal(values)
+        assert value == seal.seal(fields, internal)
+        assert seal.open({**fields, FIELD: value}) == internal
+        if "to" in fields:  # moved onto another number: refused
+            with pytest.raises(SealError):
+                seal.open({**fields, "to": "+8613900000999", FIELD: value})
+    with pytest.raises(ValueError):
+        seal.prepared(internal, {"id": "x"}, ("id",))

@@ -43,11 +43,12 @@ from gatewayd.smstext import segments
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
-from gatewayd.store.seal import Seal, load_seal
+from gatewayd.store.seal import Prepared, Seal, load_seal
 
 log = logging.getLogger("gatewayd.campaigns")
 
 _LEASE_MS = 10_000
+_VARYING = ("id", "to", "text", "ref")  # an entry's own fields (the rest: the slice's)
 
 
 @dataclass(slots=True)
@@ -184,17 +185,27 @@ class FanOut:
         n = 0
         if self.links is not None:
             await self.links.reserve(len(rows) * max(t.url_vars for t in compiled))
+        links: list[str] = []
+
+        def link(url: str) -> str:
+            assert self.links is not None
+            code = self.links.take()
+            links.extend((code, url))
+            return self.links.url(code)
+
+        lk = link if self.links is not None else None
+        # The entry's client fields exactly as lua/fanout.lua writes them, and its
+        # internal fields sealed over them (gatewayd.store.seal): the fields a slice
+        # shares and each (variant, link count)'s internal JSON sealed once a slice.
+        fixed = {"category": c.category}
+        if c.tenant:
+            fixed["tenant"] = c.tenant
+        if c.sender:
+            fixed["from"] = c.sender
+        sealers: dict[tuple[int, int], Prepared] = {}
         for seq, number, vi, params, ref in rows:
             t = compiled[vi]
-            links: list[str] = []
-
-            def link(url: str, links: list[str] = links) -> str:
-                assert self.links is not None
-                code = self.links.take()
-                links += (code, url)
-                return self.links.url(code)
-
-            lk = link if self.links is not None else None
+            links.clear()
             if trusted:  # validated row by row at upload
                 text = render_checked_before(t, params, lk)
             else:
@@ -206,23 +217,17 @@ class FanOut:
                     invalid += 1
                     continue
             msg_id, k = f"{c.id}.{seq}", len(links) // 2
-            # The entry's client fields exactly as lua/fanout.lua writes them, and its
-            # internal fields sealed over them (gatewayd.store.seal).
-            variant = c.variants[vi]
-            fields = {"id": msg_id, "to": number, "text": text, "category": c.category,
-                      "template": variant.template}
-            if c.tenant:
-                fields["tenant"] = c.tenant
-            if ref:
-                fields["ref"] = ref
-            if c.sender:
-                fields["from"] = c.sender
-            internal: dict[str, Any] = {"campaign": c.id, "variant": variant.name,
-                                        "enqueued_at": now}
-            if k:
-                internal["links"] = k
+            sealer = sealers.get((vi, k))
+            if sealer is None:
+                variant = c.variants[vi]
+                internal: dict[str, Any] = {"campaign": c.id, "variant": variant.name,
+                                            "enqueued_at": now}
+                if k:
+                    internal["links"] = k
+                sealer = sealers[vi, k] = seal.prepared(
+                    internal, {**fixed, "template": variant.template}, _VARYING)
             recips += (msg_id, number, number[:-8] + "****" + number[-4:], text,
-                       vi + 1, ref or "", seal.seal(fields, internal), k)
+                       vi + 1, ref or "", sealer.seal((msg_id, number, text, ref or None)), k)
             if links:
                 if private:  # the links hold the number's token, not the number
                     recips.append(self.keys.recipient(number.lstrip("+")))
