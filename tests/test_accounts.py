@@ -293,3 +293,61 @@ async def test_readyz_is_intake_and_carriers_have_their_own(
         assert ready["carriers_bound"] is False
         async with http.post(f"{base}/v1/messages", headers=ADMIN_AUTH, json=msg(1)) as r:
             assert r.status == 202
+
+
+async def test_a_charge_is_refunded_when_the_enqueue_fails_after_it(
+    tmp_path: Path, smsc: Smsc,
+) -> None:
+    """The charge (rate and quotas) runs before the enqueue; an enqueue that then fails
+    as a whole (here the Redis ACL refuses XLEN, which the queue-depth check runs before
+    any write) answers 503 and gives the quota back, so the client's retry is not
+    charged twice and a day's quota is not eaten by requests that queued nothing."""
+    from gatewayd.store.embedded import EmbeddedRedis, free_port
+    from tests.security_helpers import GATEWAYD_ACL
+
+    server = EmbeddedRedis(tmp_path / "acl-redis", port=free_port(), extra_args=[
+        "--user", "gatewayd", ">gw-pass-1", *GATEWAYD_ACL, "+xlen", "+hincrbyfloat",
+        "+hexists", "+scan", "+keys", "+type", "+ttl", "+pttl", "+incr", "+hlen",
+    ])
+    server.start()
+    admin = aioredis.from_url(server.url, decode_responses=True)
+    try:
+        sim = await smsc()
+        user_url = f"redis://gatewayd:gw-pass-1@127.0.0.1:{server.port}/0"
+        path = config(tmp_path, user_url, sim.port, "a")
+        path.write_text(path.read_text() + "\n[queue]\nmax_queued = { transactional = 100 }\n")
+        async with running_daemon(load(path)) as d, aiohttp.ClientSession() as http:
+            assert d.http is not None
+            base = f"http://127.0.0.1:{d.http.port}"
+            async with http.post(f"{base}/admin/accounts", headers=ADMIN_AUTH, json={
+                    "tenant": "acme", "limits": {"daily": {"*": 2}}}) as r:
+                assert r.status == 201, await r.text()
+                key = (await r.json())["key"]["key"]
+            await admin.execute_command("ACL", "SETUSER", "gatewayd", "-xlen")
+            for n in range(3):  # more than the quota: none of them is charged
+                async with http.post(f"{base}/v1/messages", headers=bearer(key),
+                                     json=msg(n, id=f"refund.{n}")) as r:
+                    body = await r.json()
+                    assert r.status == 503, body
+                    assert body["error"]["code"] == "store_denied"
+                    assert r.headers["Retry-After"] == "5"
+                async with http.get(f"{base}/v1/messages/refund.{n}",
+                                    headers=bearer(key)) as r:
+                    assert r.status == 404  # nothing half-written
+            async with http.get(f"{base}/v1/account/usage", headers=bearer(key)) as r:
+                usage = await r.json()
+            assert usage["days"][0].get("sent", {}).get("*", 0) == 0, usage
+            await admin.execute_command("ACL", "SETUSER", "gatewayd", "+xlen")
+            for n in range(2):  # the whole quota is still there
+                async with http.post(f"{base}/v1/messages", headers=bearer(key),
+                                     json=msg(10 + n)) as r:
+                    assert r.status == 202, await r.text()
+            async with http.post(f"{base}/v1/messages", headers=bearer(key),
+                                 json=msg(12)) as r:
+                assert r.status == 429, await r.text()
+            async with http.get(f"{base}/metrics") as r:
+                text = await r.text()
+            assert 'gatewayd_redis_denied_total{op="http"} 3.0' in text
+    finally:
+        await admin.aclose()
+        server.stop()

@@ -733,7 +733,9 @@ def openapi_spec(
                                       "Retry after the Retry-After header's seconds"),
                     "503": _err("The gateway is draining (shutting down), Redis is "
                                 "unreachable, or the API's Redis connections are busy "
-                                "(overload); retry after the Retry-After header's seconds"),
+                                "(overload), or the Redis ACL refused a command "
+                                "(store_denied); retry after the Retry-After header's "
+                                "seconds"),
                 },
             }},
             "/v1/messages/{id}": {"get": {

@@ -72,6 +72,7 @@ from gatewayd.http.backend import (
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
+from gatewayd.store.connection import denied
 
 log = logging.getLogger("gatewayd.http")
 
@@ -298,7 +299,16 @@ class HttpServer:
                                  path=request.path)
             return error(503, "unavailable", "the gateway's store is busy or unreachable; "
                          "retry shortly", headers={"Retry-After": "1"})
-        except Exception:
+        except Exception as e:
+            if denied(e):
+                # The Redis ACL refused a command (a deployment's ACL lacking one the
+                # README lists): not the caller's fault and not ours to retry at once.
+                metrics.REDIS_DENIED.labels("http").inc()
+                self.limited.warning("store_denied", f"http: Redis ACL refused: {e}",
+                                     path=request.path)
+                return error(503, "store_denied", "the gateway's Redis user may not run a "
+                             "command this request needs (see the README's minimal ACL); "
+                             "retry later", headers={"Retry-After": "5"})
             log.exception("http: unhandled error", extra={"path": request.path})
             return error(500, "internal", "internal error; see the gateway's log")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
@@ -25,6 +27,8 @@ from gatewayd.policy.engine import PolicyEngine
 from gatewayd.policy.optout import check_number, opt_in, opt_out, optout_status, preferences
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
+
+log = logging.getLogger("gatewayd.http")
 
 
 class Host(Protocol):
@@ -110,6 +114,15 @@ class DaemonBackend:
                 ids: list[tuple[str, Any] | None] = list(got)
             except IntakeError as e:  # a cluster failing over past the retries
                 ids, failed = e.results, e.reasons
+            except BaseException:
+                # Redis away, the pool saturated, an ACL refusal, a cancelled request:
+                # the caller gets a 503 (or nothing) and will send again, so the charge
+                # goes back as a whole (a retry would otherwise be charged twice; one
+                # that did reach the queue comes back as a refunded duplicate).
+                if account is not None and self._charger is not None:
+                    await self._refund_quietly(account.tenant, [m.category for m in msgs],
+                                               now)
+                raise
             for n, ((i, m), r) in enumerate(zip(valid, ids, strict=True)):
                 if r is None:
                     results.append(EnqueueResult(index=i, errors=[FieldError(
@@ -137,6 +150,17 @@ class DaemonBackend:
             await self._charger.refund(account.tenant, unqueued, now)
         results.sort(key=lambda r: r.index)
         return results
+
+    async def _refund_quietly(self, tenant: str, categories: list[str], now: float) -> None:
+        """Refund on the way out of a failed request: a refund that fails too (Redis
+        still away) is logged, and the request's own error is the one the caller sees."""
+        assert self._charger is not None
+        try:
+            await asyncio.shield(self._charger.refund(tenant, categories, now))
+        except BaseException as e:  # the original error (or cancellation) wins
+            log.warning("account %s: refunding %d unqueued messages failed (%s: %s); its "
+                        "quota counts them until the period ends", tenant, len(categories),
+                        type(e).__name__, e)
 
     async def status(self, msg_id: str) -> dict[str, Any] | None:
         return await read_status(self.redis, self.d.keys, msg_id)
