@@ -7,6 +7,7 @@ state directory) later. Every error names the file, the key and what to do about
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -104,6 +105,12 @@ class QueueConfig(_Section, kw_only=True, frozen=True):
     # A receipt that matches no message yet (it beat its submit_sm_resp, or belongs to a
     # submission never recorded) is retried this long, then counted as unmatched.
     early_receipt_hold_s: float = 120.0
+    # Upgrading from a version without the seal (issue 14): entries queued before this
+    # time (Unix seconds, by their stream id's Redis clock) may carry gatewayd's internal
+    # fields bare, as that version wrote them, and are read as they are instead of being
+    # dead-lettered. 0 (the default): every entry's internal fields must be sealed. Set it
+    # to the upgrade's time, and back to 0 once those entries are drained.
+    unsealed_before: float = 0.0
     max_segments: int = 10
     dispatch_workers: int = 4
     # An extra worker that reads only the highest class, this many at a time, so a
@@ -535,6 +542,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         raise bad("queue.express_batch", "must be 0 (off) or more")
     if q.schedule_horizon_s < 0:
         raise bad("queue.schedule_horizon_s", "must be 0 (status_ttl_s) or more")
+    if q.unsealed_before < 0 or not math.isfinite(q.unsealed_before):
+        raise bad("queue.unsealed_before", "must be 0 (off) or a time in Unix seconds")
     if q.block_ms < 1:
         raise bad("queue.block_ms", "must be at least 1 (0 would block forever)")
     if not cfg.carrier:

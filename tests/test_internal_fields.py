@@ -177,3 +177,45 @@ async def test_prepared_seal_is_the_seal_and_still_binds_each_entry(
                 seal.open({**fields, "to": "+8613900000999", FIELD: value})
     with pytest.raises(ValueError):
         seal.prepared(internal, {"id": "x"}, ("id",))
+
+
+async def test_entries_queued_before_the_upgrade_keep_their_bare_internal_fields(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """queue.unsealed_before: an upgrade from a version without the seal need not drain
+    the queues first. Entries older than that time (their stream id's Redis clock) are
+    read with bare internal fields, as the old version wrote them; newer ones with bare
+    fields are still dead-lettered."""
+    sim = await smsc(receipt_delay_s=0.01)
+    tx = keys.queue("transactional")
+    base = {"to": "+8613800138000", "text": "【京东】订单已发货", "category": "transactional"}
+    await redis.xadd(tx, {**base, "id": "old-1", "attempts": "2",
+                          "enqueued_at": repr(time.time())})
+    await redis.xadd(tx, {**base, "id": "old-2", "campaign": "", "losses": "1"})
+    sec, usec = await redis.time()
+    upgrade = sec + usec / 1e6 + 0.001
+    await asyncio.sleep(0.01)  # later entries get later ids
+    await redis.xadd(tx, {**base, "id": "new-1", "attempts": "2"})
+    await redis.xadd(tx, {**base, "id": "new-2"})
+    p = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                     extra=f"[queue]\nunsealed_before = {upgrade!r}\n")
+    cfg = load(p)
+    assert cfg.queue.unsealed_before == upgrade
+    async with running_daemon(cfg):
+        final = await wait_final(redis, keys, ["old-1", "old-2", "new-2"], 30)
+        dead = await dead_by_id(redis, keys, 1)
+    assert {i: r["state"] for i, r in final.items()} == {
+        "old-1": "delivered", "old-2": "delivered", "new-2": "delivered"}
+    assert list(dead) == ["new-1"]
+    assert dead["new-1"].startswith("invalid:internal_field: attempts")
+    # The bare fields of an old entry are honoured, not dropped: its earlier attempts count.
+    assert int(final["old-1"].get("attempts", 0)) >= 2, final["old-1"]
+
+
+def test_unsealed_before_must_be_a_time(tmp_path: Path) -> None:
+    from gatewayd.config import ConfigError
+
+    p = write_config(tmp_path, redis_url="redis://127.0.0.1:1/0", sim_port=1,
+                     extra="[queue]\nunsealed_before = -5\n")
+    with pytest.raises(ConfigError, match=r"queue\.unsealed_before"):
+        load(p)

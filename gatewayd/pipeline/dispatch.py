@@ -94,6 +94,12 @@ def _intake_label(intake: str, fields: dict[str, str]) -> str:
     return "stream" if is_raw(fields) else ""
 
 
+def _entry_ms(entry_id: str) -> int:
+    """The Redis time (ms) a stream entry was added, from its id ("<ms>-<seq>")."""
+    ms, _, _ = entry_id.partition("-")
+    return int(ms) if ms.isdigit() else 0
+
+
 def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
     key = values[0] if len(values) == 1 else values
     c = cache.get(key)
@@ -155,6 +161,7 @@ class Dispatcher:
         # Receipts are correlated per SMSC account (config.account_names).
         self.account = account_names(cfg)
         self.receipt_ttl = int(cfg.queue.receipt_timeout_s)
+        self._unsealed_before_ms = int(cfg.queue.unsealed_before * 1000)
         self.campaigns = StatusCache(redis, keys)
         self._claim = load_script(redis, "claim")
         self.processed = 0
@@ -448,7 +455,8 @@ class Dispatcher:
         fields.setdefault("id", f"{e.klass}-{e.entry_id}")
         fields.setdefault("category", e.klass)
         msg = parse_message(fields, classes=q.classes, max_segments=q.max_segments, now=now,
-                            seal=seal, horizon_s=q.horizon_s)
+                            seal=seal, horizon_s=q.horizon_s,
+                            legacy=_entry_ms(e.entry_id) < self._unsealed_before_ms)
         if msg.category != e.klass:
             raise MessageError(
                 "category", f"{msg.category!r} does not match stream class {e.klass!r}")

@@ -176,13 +176,16 @@ def parse_message(
     link: Callable[[str], str] | None = None,
     seal: Seal | None = None,
     horizon_s: float = 0.0,
+    legacy: bool = False,
 ) -> OutboundMessage:
     """Validate one message; raise MessageError(field, reason) at the first problem.
 
     ``template`` + ``params`` render through ``templates``; ``link(url)`` gives a url
     variable's short URL (and remembers the link for the caller to write). Internal
     fields are taken only sealed (``_gw``, checked with ``seal``). ``horizon_s``: how
-    far ahead ``not_before`` and ``expires_at`` may be (0: any time)."""
+    far ahead ``not_before`` and ``expires_at`` may be (0: any time). ``legacy``: an
+    entry queued before the seal existed (``queue.unsealed_before``), whose internal
+    fields are taken bare when it has no seal."""
     if not isinstance(raw, Mapping):
         raise MessageError("$", "expected an object with at least 'to' and 'text'")
     internal: dict[str, Any] | None = None
@@ -209,6 +212,9 @@ def parse_message(
         if not isinstance(decoded, Mapping):
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
+    if legacy and internal is None and not INTERNAL.isdisjoint(raw):
+        internal = {k: v for k, v in raw.items() if k in INTERNAL}
+        raw = {k: v for k, v in raw.items() if k not in INTERNAL}
     if not CLIENT_FIELDS.issuperset(raw):
         for k in sorted(k for k in raw if k in INTERNAL):
             raise MessageError(k, "set by gatewayd only, never by a client",
