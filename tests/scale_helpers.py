@@ -153,6 +153,18 @@ def shares(sim: SmscSimulator) -> dict[str, int]:
     return dict(collections.Counter(s.source for s in sim.submissions))
 
 
+def busiest_window(times: list[float], width_s: float) -> int:
+    """The most submissions in any sliding window of ``width_s`` seconds (a bound to
+    check, unlike a rate: a slow machine sends less, never more)."""
+    ts = sorted(times)
+    best = lo = 0
+    for hi, t in enumerate(ts):
+        while t - ts[lo] > width_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
 def steady_rate(times: list[float], lo: float = 0.2, hi: float = 0.8) -> float:
     """Submissions per second between the lo and hi fractions of the run (by count):
     leaves out the start (binds, first bucket burst) and the tail (the last daemon

@@ -5,9 +5,11 @@ account) drain one queue against the SMSC simulator running in the test process.
 
 - Exactly once when nobody dies: every message submitted once, one final event each.
 - The carrier's TPS cap is the account's, not the process's: the shared Redis token
-  bucket (policy/ratelimit.py CarrierRateGate) holds the SUM of both daemons' submit
-  rates within 5 % of the cap. The cap is set below what one daemon manages alone, so
-  per-process buckets would show about twice the cap.
+  bucket (policy/ratelimit.py CarrierRateGate) bounds the SUM of both daemons' submits
+  (any 2-s window at the SMSC <= 2.2 x the cap: the promised 1.1 x a second, over two
+  seconds so the SMSC's receive jitter does not count). The cap is set below what one
+  daemon manages alone, so per-process buckets would show about twice the cap. No
+  lower bound: a loaded machine sends slower, and speed belongs in bench/.
 - SIGKILL one daemon mid-run: the survivor reclaims its pending entries; every
   message still ends exactly once and the SMSC sees at most the killed daemon's
   in-flight entries twice (dispatch_workers x read_batch).
@@ -29,7 +31,15 @@ from gatewayd.client import Client
 from gatewayd.config import QueueConfig
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.keys import Keys
-from tests.scale_helpers import daemon_config, shares, spawn, steady_rate, stop_all, tally
+from tests.scale_helpers import (
+    busiest_window,
+    daemon_config,
+    shares,
+    spawn,
+    steady_rate,
+    stop_all,
+    tally,
+)
 
 TOTAL = int(os.environ.get("GW_SCALE_TOTAL", "50000"))
 CAPPED_TOTAL = int(os.environ.get("GW_SCALE_CAPPED_TOTAL", "12000"))
@@ -95,12 +105,14 @@ async def test_two_daemons_hold_the_shared_carrier_tps_cap(
         assert not t.not_one_final[:3], t.not_one_final[:3]
         assert t.finals == {"delivered": CAPPED_TOTAL}
         assert t.duplicates == 0
-        rate = steady_rate([s.received_at for s in sim.submissions])
+        times = [s.received_at for s in sim.submissions]
         # Both daemons did a real share of the work (else this proves nothing).
         work = shares(sim)
         assert min(work.values()) > CAPPED_TOTAL // 5, work
-        print(f"2 daemons, shared cap {CAP_TPS:.0f}/s: steady {rate:.0f}/s")
-        assert abs(rate - CAP_TPS) <= 0.05 * CAP_TPS, rate
+        busiest = busiest_window(times, 2.0)
+        print(f"2 daemons, shared cap {CAP_TPS:.0f}/s: steady {steady_rate(times):.0f}/s, "
+              f"busiest 2 s {busiest}")
+        assert busiest <= 2.2 * CAP_TPS, busiest
     finally:
         await stop_all(procs)
         await sim.stop()
