@@ -307,3 +307,43 @@ async def test_a_cancelled_campaign_still_finishes_a_half_sent_long_message(
     assert sorted(u[2] for u in got if u is not None) == list(range(2, got[0][1] + 1))
     assert not [s for s in sim.submissions if s.destination in ("8613900000002",
                                                                  "8613900000003")]
+
+
+async def test_a_campaign_never_writes_over_an_id_a_client_took(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    """The fan-out names its messages "<campaign>.<row>". A client that took such an id
+    before the campaign existed keeps its message (the fan-out skips that row, counted
+    as refused); once the campaign exists, intake refuses ids of its namespace like any
+    taken id; ids of that shape for no campaign are an ordinary client's."""
+    from gatewayd.client import Client
+    from gatewayd.errors import MessageError
+
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=LINKS))
+    mine = {"to": "+8613800000001", "text": "【京东】您的订单已发货", "category": "transactional"}
+    async with Client(redis_url, queue=cfg.queue) as client:
+        await client.send([{**mine, "id": "c1.2"}])
+        c = await setup_ab(redis, keys)
+        await model.upload(redis, keys, c, await compiled(redis, keys, "A", "B"),
+                           iter(rows(5)), fmt="jsonl",
+                           link_sample="https://s.example.cn/0000abcdefg", max_segments=5)
+        await model.change(redis, keys, "c1", "start")
+        await model.change(redis, keys, "c1", "run")
+        c = await model.get(redis, keys, "c1")
+        assert c is not None
+        assert await FanOut(redis, keys, cfg).step(c) == ("queued", 4)
+        c = await model.get(redis, keys, "c1")
+        assert c is not None and (c.produced, c.invalid) == (4, 1)
+        # The client's message is as it queued it; the campaign's row 2 was not queued.
+        status = await redis.hgetall(keys.status("c1.2"))
+        assert status["category"] == "transactional" and "campaign" not in status
+        entries = await redis.xrange(keys.queue("marketing"))
+        assert sorted(f["id"] for _s, f in entries) == ["c1.1", "c1.3", "c1.4", "c1.5"]
+        assert (await funnel.read(redis, keys, "c1"))["queued"] == 4
+        # Now that c1 exists, its namespace is refused at intake (HTTP gives 409 the same
+        # way), alone or among others; the same shape for no campaign is fine.
+        with pytest.raises(MessageError) as e:
+            await client.send([{**mine, "id": "c1.9"}, {**mine, "id": "order.9"}])
+        assert e.value.code == "duplicate_id" and "c1.9" in str(e.value)
+        assert await redis.exists(keys.status("order.9"))
+        assert not await redis.exists(keys.status("c1.9"))
+        assert await client.send_many([{**mine, "id": "c2.9"}]) == [("c2.9", False)]

@@ -305,12 +305,17 @@ class FanOut:
             if int(reply[0]) != 1:
                 ok = False
                 break
-            n += sl.n
-            metrics.FANOUT.labels("queued").inc(sl.n)
+            taken = int(reply[2])  # ids a client had taken: skipped, not written over
+            queued = sl.n - taken
+            n += queued
+            metrics.FANOUT.labels("queued").inc(queued)
             if c.category:
-                metrics.MESSAGES_ENQUEUED.labels(c.category, "campaign").inc(sl.n)
-            if sl.invalid:
-                metrics.FANOUT.labels("invalid").inc(sl.invalid)
+                metrics.MESSAGES_ENQUEUED.labels(c.category, "campaign").inc(queued)
+            if sl.invalid or taken:
+                metrics.FANOUT.labels("invalid").inc(sl.invalid + taken)
+            if taken:
+                log.warning("campaign %s: %d recipients skipped: their message ids were "
+                            "already taken by other messages", c.id, taken)
             if sl.done_entry:
                 done_entries.append(sl.done_entry)
         if done_entries:  # those chunks are queued: their rows are not needed any more

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Container
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 QUEUED: Final = "queued"
 DUPLICATE: Final = "duplicate"
 ID_TAKEN: Final = "id_taken"
+# A campaign's fan-out names its messages "<campaign id>.<row>" (campaigns.model.ID_RE).
+_CAMPAIGN_MSG_ID: Final = re.compile(r"([A-Za-z0-9_\-]{1,40})\.\d+")
 QUEUE_FULL: Final = "queue_full"  # its class holds queue.max_queued (QueueStore.full_depth)
 
 
@@ -263,9 +266,52 @@ class QueueStore:
         pipelined round trips (``_enqueue_pipelined``), with the same outcomes.
         """
         now = time.time() if now is None else now
-        seal = await self.sealer()
         if not msgs:
             return []
+        taken = await self._in_campaigns(msgs)
+        if not taken:
+            return await self._enqueue_each(msgs, source, now, links, link_ttl_s)
+        # Ids in a campaign's namespace ("<campaign>.<n>", what its fan-out names its
+        # messages) are refused like any taken id: the fan-out would meet them later.
+        keep = [n for n in range(len(msgs)) if n not in taken]
+        new_index = {old: new for new, old in enumerate(keep)}
+        kept_links = {new_index[i]: v for i, v in (links or {}).items() if i in new_index}
+        out: list[tuple[str, str] | None] = [(m.id, ID_TAKEN) for m in msgs]
+        try:
+            got = (await self._enqueue_each([msgs[n] for n in keep], source, now,
+                                            kept_links, link_ttl_s) if keep else [])
+        except IntakeError as e:
+            for new, old in enumerate(keep):
+                out[old] = e.results[new]
+            raise IntakeError(out, {keep[k]: why for k, why in e.reasons.items()}) from e
+        for new, old in enumerate(keep):
+            out[old] = got[new]
+        return [o for o in out if o is not None]
+
+    async def _in_campaigns(self, msgs: list[OutboundMessage]) -> set[int]:
+        """Indexes of client messages whose id is "<campaign>.<digits>" for a campaign
+        that exists (one EXISTS a campaign; no round trip when no id has that shape)."""
+        wanted: dict[str, list[int]] = {}
+        for n, m in enumerate(msgs):
+            if m.id and not m.campaign and "." in m.id:
+                hit = _CAMPAIGN_MSG_ID.fullmatch(m.id)
+                if hit is not None:
+                    wanted.setdefault(hit[1], []).append(n)
+        if not wanted:
+            return set()
+        names = list(wanted)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(self.keys.campaign(name))
+            found = await pipe.execute()
+        return {n for name, hit in zip(names, found, strict=True) if int(hit)
+                for n in wanted[name]}
+
+    async def _enqueue_each(
+        self, msgs: list[OutboundMessage], source: str, now: float,
+        links: dict[int, list[shortlinks.NewLink]] | None, link_ttl_s: int,
+    ) -> list[tuple[str, str]]:
+        seal = await self.sealer()
         if self.cluster:  # the entry only after its record, across nodes: staging.py
             return await staging.enqueue(
                 self.redis, self.keys, self.ledger, self.streams, msgs, source=source,

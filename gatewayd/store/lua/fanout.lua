@@ -18,8 +18,11 @@
 -- (the entry's "_gw": campaign, variant, enqueued_at, links; gatewayd.store.seal, made
 -- by campaigns.fanout over exactly the fields written here), k links, [token,]
 -- k x (code, URL).
--- Returns {1, n} when queued, {0, status} when the campaign is not running, {2, cursor,
--- offset} when the cursor moved on meanwhile.
+-- A recipient whose message id already has a status record (a client took "<campaign>.<n>"
+-- before the campaign existed; intake refuses such ids once it does) is skipped, never
+-- written over: no entry, no links, counted in the campaign's "invalid" rows.
+-- Returns {1, queued, skipped} when queued, {0, status} when the campaign is not running,
+-- {2, cursor, offset} when the cursor moved on meanwhile.
 local rcall, tonumber, unpack = redis.call, tonumber, unpack
 local camp, stream, events, funnel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local c = rcall('HMGET', camp, 'status', 'cursor', 'offset')
@@ -53,12 +56,21 @@ local ev = {'id', '', 'state', 'queued', 'at', now, 'category', category, 'to', 
 -- campaign, template, recipient (digits, or the token), created[, masked number].
 local sep = '\31'
 local ltail = sep .. now
+local taken = 0
 for _ = 1, n do
   local id, to, masked, text, vi, ref, sealed = ARGV[a], ARGV[a + 1], ARGV[a + 2],
     ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
   local k = tonumber(ARGV[a + 7])
   a = a + 8
   local variant, template = vname[vi], vtpl[vi]
+  local skey = spre .. id .. ssuf
+  if rcall('EXISTS', skey) == 1 then
+    taken = taken + 1
+    if k > 0 then
+      a = a + 2 * k
+      if private then a = a + 1 end
+    end
+  else
   vcount[vi] = vcount[vi] + 1
   if k > 0 then
     local rest
@@ -82,7 +94,6 @@ for _ = 1, n do
     m = 20
     if ref ~= '' then s[m + 1] = 'ref'; s[m + 2] = ref; m = m + 2 end
     if tenant ~= '' then s[m + 1] = 'tenant'; s[m + 2] = tenant; m = m + 2 end
-    local skey = spre .. id .. ssuf
     rcall('HSET', skey, unpack(s, 1, m))
     rcall('EXPIRE', skey, sttl)
     ev[2], ev[10], ev[14], ev[16] = id, masked, variant, template
@@ -97,14 +108,17 @@ for _ = 1, n do
   if ref ~= '' then e[m + 1] = 'ref'; e[m + 2] = ref; m = m + 2 end
   if sender ~= '' then e[m + 1] = 'from'; e[m + 2] = sender; m = m + 2 end
   rcall('XADD', stream, '*', unpack(e, 1, m))
+  end
 end
-if n > 0 then
-  rcall('HINCRBY', funnel, 'queued', n)
+local queued = n - taken
+if queued > 0 then
+  rcall('HINCRBY', funnel, 'queued', queued)
   for i = 1, nv do
     if vcount[i] > 0 then rcall('HINCRBY', funnel, 'queued|' .. vname[i], vcount[i]) end
   end
 end
 rcall('HSET', camp, 'cursor', ARGV[3], 'offset', ARGV[4])
-rcall('HINCRBY', camp, 'produced', n)
-if ARGV[17] ~= '0' then rcall('HINCRBY', camp, 'invalid', tonumber(ARGV[17])) end
-return {1, n}
+rcall('HINCRBY', camp, 'produced', queued)
+local invalid = tonumber(ARGV[17]) + taken
+if invalid > 0 then rcall('HINCRBY', camp, 'invalid', invalid) end
+return {1, queued, taken}
