@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from gatewayd.store import fastpipe
-from gatewayd.store.connection import is_cluster
+from gatewayd.store.connection import is_cluster, script_source
 
 
 class LuaScript:
@@ -24,9 +23,8 @@ class LuaScript:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = resources.files("gatewayd.store").joinpath("lua", f"{name}.lua").read_text(
-            "utf-8"
-        )
+        # Includes filled in, comments left out (what load_script sends too).
+        self.source = script_source(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(

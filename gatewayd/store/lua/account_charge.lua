@@ -4,6 +4,7 @@
 -- messages, ARGV[5] day TTL s, ARGV[6] month TTL s, then per category (and "*" for all
 -- together) 4 values: category, count, daily limit, monthly limit (-1 = none).
 -- Returns {"ok"} or {"daily"|"monthly", category, limit, used} or {"rate", "", rate, wait s}.
+--#include bucket_lib
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local total = tonumber(ARGV[4])
 for i = 7, #ARGV, 4 do
@@ -20,21 +21,13 @@ for i = 7, #ARGV, 4 do
   end
 end
 if rate > 0 then
-  local s = redis.call('HMGET', KEYS[1], 't', 'ts')
-  local tokens, ts = tonumber(s[1]), tonumber(s[2])
-  if tokens == nil or ts == nil then
-    tokens, ts = burst, now
-  elseif now > ts then
-    tokens = math.min(burst, tokens + (now - ts) * rate)
-    ts = now
-  end
+  local tokens, ts = bucket_refill(KEYS[1], rate, burst, now)
   if tokens + 1e-6 < total then
     local wait = (total - tokens) / rate
     return {'rate', '', tostring(rate), string.format('%.3f', wait)}
   end
   tokens = math.max(0, tokens - total)
-  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+  bucket_save(KEYS[1], tokens, ts, rate, burst)
 end
 for i = 7, #ARGV, 4 do
   local f, n = 'sent:' .. ARGV[i], tonumber(ARGV[i + 1])

@@ -3,23 +3,16 @@
 -- ARGV[1] rate (tokens/s, > 0), ARGV[2] burst (>= 1), ARGV[3] now (Unix s), ARGV[4] wanted.
 -- Returns {granted, seconds until the next whole token (string; "0" when granted all)}.
 -- A caller whose clock is behind the last writer's does not refill backwards.
+--#include bucket_lib
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now, want = tonumber(ARGV[3]), tonumber(ARGV[4])
-local s = redis.call('HMGET', KEYS[1], 't', 'ts')
-local tokens, ts = tonumber(s[1]), tonumber(s[2])
-if tokens == nil or ts == nil then
-  tokens, ts = burst, now
-elseif now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate)
-  ts = now
-end
+local tokens, ts = bucket_refill(KEYS[1], rate, burst, now)
 -- 1e-6: a caller that slept exactly the advertised wait must get its token despite
 -- the float rounding of (now - ts) * rate.
 local got = math.floor(math.min(want, tokens + 1e-6))
 if got < 0 then got = 0 end
 tokens = math.max(0, tokens - got)
-redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+bucket_save(KEYS[1], tokens, ts, rate, burst)
 local wait = 0
 if got < want then
   wait = (1 - tokens) / rate
