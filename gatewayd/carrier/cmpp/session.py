@@ -35,6 +35,11 @@ log = logging.getLogger("gatewayd.carrier")
 
 _unpack_header = P.HEADER.unpack_from
 MAX_PDUS_PER_TURN: Final = 256
+# Handler tasks (one a parsed chunk of receipts/MO, awaiting Redis) a session lets run
+# before it stops reading: the carrier's window bounds them in practice, but one that
+# ignores it while Redis is slow would pile up tasks and memory. Paused, TCP pushes
+# back on the sender; reading resumes at half.
+MAX_ANSWERING: Final = 32
 TERMINATE_WAIT_MAX_S: Final = 5.0
 _THROTTLE: Final = frozenset(c for c, (_, kind) in S.RESULTS.items() if kind == "throttle")
 
@@ -84,6 +89,7 @@ class Session(asyncio.Protocol):
         self.last_read = self.loop.time()
         self._more: asyncio.Handle | None = None
         self._paused = False
+        self._held = False  # reading paused by us: MAX_ANSWERING handler tasks run
         self.answering = 0  # handler tasks that will write DELIVER_RESP on this session
         self._terminates: list[int] | None = None
         self._terminate_timer: asyncio.TimerHandle | None = None
@@ -153,9 +159,15 @@ class Session(asyncio.Protocol):
         """``task`` writes DELIVER_RESP on this session: a TERMINATE is answered after it."""
         self.answering += 1
         task.add_done_callback(self._answered)
+        if self.answering >= MAX_ANSWERING and not self._held:
+            self._held = True
+            self._reading()
 
     def _answered(self, _: asyncio.Task[None]) -> None:
         self.answering -= 1
+        if self._held and self.answering <= MAX_ANSWERING // 2:
+            self._held = False
+            self._reading()
         if self._terminates is not None:
             self._answer_terminate()
 
@@ -205,6 +217,17 @@ class Session(asyncio.Protocol):
         return len(expired)
 
     # -- input ------------------------------------------------------------------------------
+    def _reading(self) -> None:
+        """Pause or resume the transport: paused while a backlog is parsed turn by
+        turn or while MAX_ANSWERING handler tasks run, reading otherwise."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._paused or self._held:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self.last_read = self.loop.time()
@@ -291,16 +314,14 @@ class Session(asyncio.Protocol):
                 break
         if pos:
             del buf[:pos]
-        transport = self.transport
         if not limit and n - pos >= P.HEADER_LEN:
             self._more = self.loop.call_soon(self._continue)
-            if not self._paused and transport is not None and not transport.is_closing():
+            if not self._paused:
                 self._paused = True
-                transport.pause_reading()
+                self._reading()
         elif self._paused:
             self._paused = False
-            if transport is not None and not transport.is_closing():
-                transport.resume_reading()
+            self._reading()
         if out:
             self.write(b"".join(out))
         if ok or results:
