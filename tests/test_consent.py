@@ -328,3 +328,24 @@ async def test_an_mo_opt_out_from_an_odd_sender_fails_alone(
     ])
     assert await optout_status(redis, keys, CN) == {"*": T0}
     assert await redis.xlen(keys.inbound) == 2  # both replies kept in the MO stream
+
+
+async def test_an_opt_out_never_changes_without_its_record(
+        redis: aioredis.Redis, keys: Keys) -> None:
+    """The record goes first and the opt-out HASH last, in one script: when the record
+    cannot be written (here the consent stream's key holds a string), the opt-out is
+    left as it was, for a single change and for a bulk import alike."""
+    from redis.exceptions import ResponseError
+
+    await opt_out(redis, keys, "+8613800138000", scope="*", source="api", at=1.0)
+    await redis.delete(keys.optout_audit)
+    await redis.set(keys.optout_audit, "not a stream")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await opt_in(redis, keys, "+8613800138000", scope="*", source="api", at=2.0)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await opt_out(redis, keys, "+8613900139000", scope="*", source="api", at=2.0)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await bulk.import_optouts(redis, keys, ["+8613700137000"])
+    assert await optout_status(redis, keys, "8613800138000") == {"*": 1.0}  # still out
+    assert not await redis.exists(keys.optout("8613900139000"))
+    assert not await redis.exists(keys.optout("8613700137000"))

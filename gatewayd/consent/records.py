@@ -47,6 +47,7 @@ _CHUNK: Final = 5000  # entries an XRANGE call while exporting
 INDEX_MAX: Final = 24_000
 _APPEND: Final = script_source("consent_append")
 _INDEX: Final = script_source("consent_index")
+_CHANGE: Final = script_source("consent_change")
 # Entries one consent_find.lua call scans: ~7 us each inside Redis, so a call holds
 # Redis ~7 ms (a code's queue read waits at most that long behind it).
 _FIND_CHUNK: Final = 1000
@@ -132,6 +133,37 @@ async def write(redis: Any, keys: Keys, changes: list[Change], retention_s: floa
         for c, sid in zip(changes, ids, strict=True):
             index_entry(pipe, keys, c.digits, _text(sid), retention_s)
         await pipe.execute()
+
+
+async def write_change(redis: Any, keys: Keys, changes: list[Change], retention_s: float,
+                       *, fields: list[str], at: float) -> None:
+    """One number's opt-out HASH change with its records (``changes``, all of that
+    number): set ``fields`` to ``at`` when the changes are opt-outs, delete them when
+    opt-ins. On a single Redis one script writes the records first and the HASH last
+    (lua/consent_change.lua), so the HASH never changes without its records; on a
+    cluster (different slots) the HASH change is pipelined before the records
+    (``write``)."""
+    digits, action = changes[0].digits, changes[0].action
+    hash_key = keys.optout(digits)
+    r = cast(Any, redis)
+    if is_cluster(r):
+        def change_hash(pipe: Any) -> None:
+            if action == "out":
+                for f in fields:
+                    pipe.hset(hash_key, f, repr(at))
+            else:
+                pipe.hdel(hash_key, *fields)
+        await write(r, keys, changes, retention_s, before=change_hash)
+        return
+    if any(c.digits != digits or c.action != action for c in changes):
+        raise ValueError("write_change: one number and one action a call")
+    bucket, first = _args(keys, changes[0], retention_s)
+    # minid, TTL, max, number; the HASH change; then each record's field/value pairs.
+    args = [*first[:4], action, repr(at), str(len(fields)), *fields]
+    for c in changes:
+        pairs = _args(keys, c, retention_s)[1][4:]
+        args += [str(len(pairs)), *pairs]
+    await r.eval(_CHANGE, 3, keys.optout_audit, bucket, hash_key, *args)
 
 
 def index_entry(pipe: Any, keys: Keys, digits: str, sid: str, retention_s: float) -> None:

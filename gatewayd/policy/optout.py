@@ -80,20 +80,16 @@ async def record(redis: aioredis.Redis, keys: Keys, number: str, *,
     scope = check_scope(scope)
     name = field(scope, category)
 
-    def change_hash(pipe: Any) -> None:
-        if action == "out":
-            pipe.hset(keys.optout(digits), name, repr(at))
-        else:
-            pipe.hdel(keys.optout(digits), name, *also_remove)
-
+    fields = [name] if action == "out" else [name, *also_remove]
     changes = []
-    for f in (name, *also_remove):
+    for f in fields:
         s, c = parse_field(f)
         changes.append(records.Change(action=action, digits=digits, scope=s, category=c,
                                       source=source, at=at, text=text, note=note))
-    # One transaction keeps the record and its consent entry together (on Redis Cluster
-    # they live in different slots: there they are pipelined, records.write).
-    await records.write(redis, keys, changes, retention_s, before=change_hash)
+    # One script writes the records, then the opt-out (a failure leaves the opt-out as it
+    # was, never changed without its record); on Redis Cluster they live in different
+    # slots and are pipelined (records.write_change).
+    await records.write_change(redis, keys, changes, retention_s, fields=fields, at=at)
     kind = source.split(":", 1)[0]  # "mo:cmcc" counts as "mo"
     label = kind if kind in _SOURCES else "other"
     metrics.OPTOUTS.labels("opt_out" if action == "out" else "opt_in", label).inc(

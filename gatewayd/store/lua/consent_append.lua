@@ -8,16 +8,6 @@
 -- the number as the record stores it (the bucket's field); then the record's field/value
 -- pairs. Single Redis only: on a cluster the two keys live in different slots and
 -- records.write pipelines the same commands instead.
-local id = redis.call('XADD', KEYS[1], 'MINID', ARGV[1], '*', unpack(ARGV, 5))
-local ix, num = KEYS[2], ARGV[4]
-local v = redis.call('HGET', ix, num)
-if v then
-  v = v .. ' ' .. id
-  local max = tonumber(ARGV[3])
-  if #v > max then v = string.sub(v, string.find(v, ' ', #v - max, true) + 1) end
-else
-  v = id
-end
-redis.call('HSET', ix, num, v)
-redis.call('EXPIRE', ix, ARGV[2])
-return id
+--#include consent_lib
+return consent_append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
+  unpack(ARGV, 5))

@@ -1,6 +1,6 @@
--- Bulk opt-out import (gatewayd.consent.bulk): per number, the opt-out HASH field (HSETNX:
--- an earlier opt-out keeps its own, older time), its consent record and the record's index
--- entry, in one atomic call per chunk, so the opt-out and its record never diverge.
+-- Bulk opt-out import (gatewayd.consent.bulk): per number, its consent record and the
+-- record's index entry, then the opt-out HASH field (HSETNX: an earlier opt-out keeps its
+-- own, older time), in one atomic call per chunk, so the opt-out and its record never diverge.
 -- Single Redis only (the numbers' keys span every slot; on a cluster the importer
 -- pipelines plain commands instead).
 -- KEYS[1] the consent stream. ARGV[1] HASH field, ARGV[2] at, ARGV[3] scope, ARGV[4]
@@ -17,7 +17,8 @@ local ttl, max = ARGV[8], tonumber(ARGV[9])
 local new = 0
 local touched = {}
 for i = 10, #ARGV, 4 do
-  new = new + rcall('HSETNX', ARGV[i], field, at)
+  -- The record (and its index entry) before the opt-out: a failing XADD leaves this
+  -- number's opt-out unchanged rather than changed without its record.
   local id
   if ARGV[i + 3] == '' then
     id = rcall('XADD', stream, '*', 'action', 'out', 'number', ARGV[i + 2], 'scope', scope,
@@ -35,6 +36,7 @@ for i = 10, #ARGV, 4 do
     rcall('HSET', ix, num, v)
   end
   touched[ix] = true
+  new = new + rcall('HSETNX', ARGV[i], field, at)
 end
 -- Each bucket's TTL renewed once a call, not once a number.
 for ix in pairs(touched) do rcall('EXPIRE', ix, ttl) end
