@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 from gatewayd.carrier.cmpp import msgid
 from gatewayd.carrier.cmpp import pdu as P
 from gatewayd.carrier.cmpp import status as S
+from gatewayd.carrier.flow import set_reading
 from gatewayd.carrier.protocols import Waiter
 
 if TYPE_CHECKING:
@@ -218,15 +219,9 @@ class Session(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------------------
     def _reading(self) -> None:
-        """Pause or resume the transport: paused while a backlog is parsed turn by
-        turn or while MAX_ANSWERING handler tasks run, reading otherwise."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if self._paused or self._held:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
+        """Paused while a backlog is parsed turn by turn or while MAX_ANSWERING handler
+        tasks run, reading otherwise."""
+        set_reading(self.transport, self._paused or self._held)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -31,6 +31,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
+from gatewayd.carrier.flow import set_reading
 from gatewayd.carrier.protocols import Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
@@ -237,15 +238,9 @@ class Session(asyncio.Protocol):
 
     # -- input ------------------------------------------------------------------------
     def _reading(self) -> None:
-        """Pause or resume the transport: paused while a backlog is parsed turn by
-        turn or while MAX_ANSWERING handler tasks run, reading otherwise."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if self._paused or self._held:
-            transport.pause_reading()
-        else:
-            transport.resume_reading()
+        """Paused while a backlog is parsed turn by turn or while MAX_ANSWERING handler
+        tasks run, reading otherwise."""
+        set_reading(self.transport, self._paused or self._held)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
