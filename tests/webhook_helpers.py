@@ -35,6 +35,8 @@ class Receiver:
         self.bad_signatures = 0
         self.hang = False  # every request waits (a dead-but-listening endpoint)
         self.delay_s = 0.0  # every request takes this long (a slow app)
+        self.open = 0  # requests received and not answered yet
+        self.answered = 0
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -53,6 +55,14 @@ class Receiver:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.open += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.open -= 1
+            self.answered += 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
         body = await request.read()

@@ -242,6 +242,9 @@ class WebhookRunner:
         tag = {v: k for k, v in self.streams.items()}
         now_ms = time.time() * 1000
         n = 0
+        if replies:
+            for snd in (*self.senders.values(), *self.callback_senders.values()):
+                snd.fed = False
         for stream, rows in replies:
             s = tag[stream if isinstance(stream, str) else stream.decode()]
             if rows:
@@ -279,8 +282,11 @@ class WebhookRunner:
         await self.save_cursor()
 
     def _congested(self) -> bool:
-        """Wait before reading more while a healthy endpoint is briefly behind (its
-        events stay in memory); one behind for SLOW_AFTER_S is slow and spills instead."""
+        """Wait before reading more while an endpoint is briefly behind (its events stay
+        in memory, no Redis write), but only while no other endpoint of the traffic has
+        run out of events: the wait never delays another endpoint (nor a callback URL's),
+        it only spares the one behind its retry queue. One behind for SLOW_AFTER_S is slow
+        and takes its later events through its retry queue."""
         now = time.monotonic()
         wait = False
         for s in self.senders.values():
@@ -293,7 +299,24 @@ class WebhookRunner:
                     s.slow = True
             else:
                 s.congested_since = 0.0
+        if wait:
+            for s in (*self.senders.values(), *self.callback_senders.values()):
+                if s.fed and not s.live and not s.queued and not s.paused:
+                    return False  # it waits for what the next read brings
         return wait
+
+    async def _unpin(self) -> None:
+        """The entries in memory reached their bound: the endpoints holding the oldest
+        not-done ones (a hung request, a queue behind) put what they hold in their retry
+        queues, so that the cursor moves on and the reader reads for the others."""
+        await self.save_cursor()
+        if self.in_memory() < self.max_in_memory:
+            return
+        heads = [order[0] for order in self.order.values() if order]
+        for s in (*self.senders.values(), *self.callback_senders.values()):
+            if any(s.holds(h) for h in heads):
+                await s.secure()
+        await self.save_cursor()
 
     async def _hold_lease(self) -> bool:
         ttl = int(max(3.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
@@ -374,6 +397,8 @@ class WebhookRunner:
                     await self._load_cursor()
                     started = True
                     self.ready.set()
+                if self.in_memory() >= self.max_in_memory:
+                    await self._unpin()
                 if self.in_memory() >= self.max_in_memory or self._congested():
                     await self._flush()
                     await _wait(stop, 0.005)

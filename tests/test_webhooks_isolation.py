@@ -1,0 +1,58 @@
+"""Webhooks (issue 18): a hung endpoint (it takes the connection and never answers)
+delays no other endpoint and not dispatch, and loses nothing once it answers again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from gatewayd.store.keys import Keys
+from tests.e2e_helpers import Smsc, load, running_daemon, wait_final, write_config
+from tests.test_webhooks import complete, send
+from tests.webhook_helpers import Receiver, endpoint_toml, wait_for, webhooks_toml
+
+
+async def test_a_hung_endpoint_holds_up_no_other_and_loses_nothing(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """Endpoint "hung" accepts its first request and does not answer it (a timeout far
+    beyond the test); "ok" answers. With 2,000 events, more than the sender holds in
+    memory (max_in_memory = 100: 1,000 entries), the hung request would pin the cursor:
+    instead its events go to its retry queue and the reader goes on. Every message goes
+    final and "ok" gets every event while "hung"'s first request is still open; once it
+    answers, "hung" gets every event too, submitted before final."""
+    hung, ok = Receiver(), Receiver()
+    hung.hang = True
+    await hung.start()
+    await ok.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        eps = (endpoint_toml(hung, "hung", "/a", batch=10, concurrency=1, timeout_s=600)
+               + endpoint_toml(ok, "ok", "/b", batch=50))
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                                extra=webhooks_toml(ok, endpoints=eps,
+                                                    extra="max_in_memory = 100")))
+        async with running_daemon(cfg) as daemon:
+            assert daemon.webhooks is not None
+            ids = await send(redis_url, cfg, 1000)
+            await wait_final(redis, keys, ids, timeout_s=60)
+            assert await wait_for(lambda: complete(ok, "/b", ids), 60)
+            # All of "ok"'s events arrived while "hung" holds its first request unanswered.
+            assert hung.requests["/a"] == 1 and hung.open == 1 and hung.answered == 0
+            # Its events wait in its retry queue (the cursor did not wait for them).
+            assert await redis.zcard(keys.webhook_queue("hung")) > 0
+            hung.hang = False
+            assert await wait_for(lambda: complete(hung, "/a", ids), 60)
+            assert await wait_for(lambda: daemon.webhooks is not None
+                                  and not daemon.webhooks.senders["hung"].queued, 10)
+        assert hung.bad_signatures == 0 and ok.bad_signatures == 0
+        assert all(hung.by_message("/a")[m][:2] == ["submitted", "delivered"] for m in ids)
+        assert await redis.zcard(keys.webhook_queue("hung")) == 0
+        assert await redis.xlen(keys.webhook_dead("hung")) == 0
+        last = await redis.xrevrange(keys.events, count=1)
+        assert await redis.hget(keys.webhook_cursor, "events") == last[0][0]
+    finally:
+        hung.hang = False
+        await hung.stop()
+        await ok.stop()
