@@ -32,6 +32,7 @@ class Receiver:
         self.script: dict[str, list[str]] = collections.defaultdict(list)
         self.events: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.requests: collections.Counter[str] = collections.Counter()
+        self.hosts: collections.Counter[str] = collections.Counter()  # Host headers
         self.bad_signatures = 0
         self.hang = False  # every request waits (a dead-but-listening endpoint)
         self.delay_s = 0.0  # every request takes this long (a slow app)
@@ -65,6 +66,7 @@ class Receiver:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
+        self.hosts[request.headers.get("Host", "")] += 1
         body = await request.read()
         signed = body if request.method == "POST" else request.raw_path.encode()
         if not verify_webhook(self.secret, signed, request.headers.get(HEADER, "")):

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver
 
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
@@ -38,6 +39,7 @@ from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks import subscriptions as subs
+from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
@@ -54,7 +56,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 class WebhookRunner:
     def __init__(self, redis: Redis, keys: Keys, cfg: Config, *, read_count: int = 1000,
-                 block_ms: int = 50) -> None:
+                 block_ms: int = 50, resolver: AbstractResolver | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.cfg = cfg
@@ -64,6 +66,9 @@ class WebhookRunner:
         self.senders: dict[str, EndpointSender] = {}
         self.router = subs.Router([])
         self.session: aiohttp.ClientSession
+        # Names to addresses (None: the system's resolver); every connection's addresses
+        # are checked on the way (targets.GuardedResolver) and used as they were checked.
+        self.resolver = resolver
         self._lease = load_script(redis, "lease")
         self._token = uuid.uuid4().hex
         self.holding = False
@@ -362,7 +367,8 @@ class WebhookRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            connector=targets.connector(self.cfg.webhooks.allow_private, self.resolver,
+                                        limit=0, ttl_dns_cache=60),
             json_serialize=lambda o: msgspec.json.encode(o).decode())
         try:
             await self._run(stop)

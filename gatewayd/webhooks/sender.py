@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from gatewayd.config import Config
@@ -30,6 +31,7 @@ from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
+from gatewayd.webhooks import targets
 from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
 from gatewayd.webhooks.subscriptions import Endpoint, TargetRefused, check_target
 
@@ -41,6 +43,7 @@ class Host(Protocol):
     keys: Keys
     cfg: Config
     session: aiohttp.ClientSession
+    resolver: AbstractResolver | None  # names to addresses (None: the system's)
     backlog_reading: bool  # the last read was a full one: more events are coming
 
 log = logging.getLogger("gatewayd.webhooks")
@@ -436,7 +439,8 @@ class EndpointSender:
         ep = self.ep
         if not self.target_ok:
             try:
-                await check_target(ep.url, self.runner.cfg.webhooks.allow_private)
+                await check_target(ep.url, self.runner.cfg.webhooks.allow_private,
+                                   self.runner.resolver)
             except TargetRefused as e:
                 metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
                 return Outcome.DEAD, f"refused: {e}"
@@ -465,6 +469,10 @@ class EndpointSender:
             metrics.WEBHOOK_FAILED.labels(self.label, "timeout").inc()
             return Outcome.RETRY, f"timeout after {ep.timeout_s:g} s"
         except (aiohttp.ClientError, OSError) as e:
+            bad = targets.refused(e)
+            if bad is not None:  # the name now resolves to a private address: refused
+                metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
+                return Outcome.DEAD, f"refused: {bad}"
             metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
             return Outcome.RETRY, f"{type(e).__name__}: {e}"
         metrics.WEBHOOK_LATENCY.labels(self.label).observe(time.perf_counter() - t0)
