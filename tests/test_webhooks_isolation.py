@@ -3,13 +3,14 @@ delays no other endpoint and not dispatch, and loses nothing once it answers aga
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, load, running_daemon, wait_final, write_config
-from tests.test_webhooks import complete, send
+from tests.test_webhooks import complete, send, wait_for_async
 from tests.webhook_helpers import Receiver, endpoint_toml, wait_for, webhooks_toml
 
 
@@ -52,6 +53,43 @@ async def test_a_hung_endpoint_holds_up_no_other_and_loses_nothing(
         assert await redis.xlen(keys.webhook_dead("hung")) == 0
         last = await redis.xrevrange(keys.events, count=1)
         assert await redis.hget(keys.webhook_cursor, "events") == last[0][0]
+    finally:
+        hung.hang = False
+        await hung.stop()
+        await ok.stop()
+
+
+async def test_an_endpoint_that_never_answers_gets_its_events_dead_lettered(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """"hung" never answers (each request times out); once its events are older than
+    retry_for_s they go to its dead-letter stream with the last error, every one of
+    them, while "ok" has had everything."""
+    hung, ok = Receiver(), Receiver()
+    hung.hang = True
+    await hung.start()
+    await ok.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        eps = (endpoint_toml(hung, "hung", "/a", batch=50, concurrency=2, timeout_s=0.5)
+               + endpoint_toml(ok, "ok", "/b", batch=50))
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                                extra=webhooks_toml(ok, endpoints=eps,
+                                                    extra="retry_for_s = 1.0")))
+        async with running_daemon(cfg):
+            ids = await send(redis_url, cfg, 100)
+            await wait_final(redis, keys, ids, timeout_s=60)
+            assert await wait_for(lambda: complete(ok, "/b", ids), 60)
+            assert await wait_for_async(
+                lambda: redis.xlen(keys.webhook_dead("hung")), 2 * len(ids), 60)
+            assert await redis.zcard(keys.webhook_queue("hung")) == 0
+        rows = await redis.xrange(keys.webhook_dead("hung"))
+        events = [json.loads(f["event"]) for _i, f in rows]
+        assert {e["message_id"] for e in events} == set(ids)
+        assert sorted(e["kind"] for e in events) == sorted(
+            ["submitted"] * len(ids) + ["delivered"] * len(ids))
+        assert all(f["error"] == "timeout after 0.5 s" for _i, f in rows)
+        assert hung.answered == 0 and not hung.events["/a"]
     finally:
         hung.hang = False
         await hung.stop()
