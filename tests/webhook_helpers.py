@@ -32,9 +32,12 @@ class Receiver:
         self.script: dict[str, list[str]] = collections.defaultdict(list)
         self.events: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.requests: collections.Counter[str] = collections.Counter()
+        self.hosts: collections.Counter[str] = collections.Counter()  # Host headers
         self.bad_signatures = 0
         self.hang = False  # every request waits (a dead-but-listening endpoint)
         self.delay_s = 0.0  # every request takes this long (a slow app)
+        self.open = 0  # requests received and not answered yet
+        self.answered = 0
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
@@ -53,8 +56,17 @@ class Receiver:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.open += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.open -= 1
+            self.answered += 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.requests[path] += 1
+        self.hosts[request.headers.get("Host", "")] += 1
         body = await request.read()
         signed = body if request.method == "POST" else request.raw_path.encode()
         if not verify_webhook(self.secret, signed, request.headers.get(HEADER, "")):

@@ -17,6 +17,7 @@ from gatewayd.errors import ConfigError
 from gatewayd.store.connection import Redis
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks import subscriptions as subs
+from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import SEQ
 from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
 
@@ -142,7 +143,8 @@ async def test_fire(ep: subs.Endpoint, cfg: Config) -> dict[str, Any]:
     if ep.secret:
         headers[HEADER] = sign(ep.secret, signed, int(now))
     try:
-        async with aiohttp.ClientSession() as session, session.request(
+        async with aiohttp.ClientSession(connector=targets.connector(
+                cfg.webhooks.allow_private)) as session, session.request(
                 method, URL(url, encoded=True), data=payload, headers=headers,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
@@ -150,5 +152,6 @@ async def test_fire(ep: subs.Endpoint, cfg: Config) -> dict[str, Any]:
             return {"ok": 200 <= resp.status < 300, "status": resp.status,
                     "elapsed_s": round(time.time() - now, 3), "body": text}
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        bad = targets.refused(e)
         return {"ok": False, "status": 0, "elapsed_s": round(time.time() - now, 3),
-                "error": f"{type(e).__name__}: {e}"}
+                "error": f"refused: {bad}" if bad else f"{type(e).__name__}: {e}"}

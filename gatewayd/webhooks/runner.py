@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver
 
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
@@ -38,6 +39,7 @@ from gatewayd.store.connection import Redis, is_cluster, load_script
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks import subscriptions as subs
+from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
@@ -54,7 +56,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 class WebhookRunner:
     def __init__(self, redis: Redis, keys: Keys, cfg: Config, *, read_count: int = 1000,
-                 block_ms: int = 50) -> None:
+                 block_ms: int = 50, resolver: AbstractResolver | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.cfg = cfg
@@ -64,6 +66,9 @@ class WebhookRunner:
         self.senders: dict[str, EndpointSender] = {}
         self.router = subs.Router([])
         self.session: aiohttp.ClientSession
+        # Names to addresses (None: the system's resolver); every connection's addresses
+        # are checked on the way (targets.GuardedResolver) and used as they were checked.
+        self.resolver = resolver
         self._lease = load_script(redis, "lease")
         self._token = uuid.uuid4().hex
         self.holding = False
@@ -242,6 +247,9 @@ class WebhookRunner:
         tag = {v: k for k, v in self.streams.items()}
         now_ms = time.time() * 1000
         n = 0
+        if replies:
+            for snd in (*self.senders.values(), *self.callback_senders.values()):
+                snd.fed = False
         for stream, rows in replies:
             s = tag[stream if isinstance(stream, str) else stream.decode()]
             if rows:
@@ -279,8 +287,11 @@ class WebhookRunner:
         await self.save_cursor()
 
     def _congested(self) -> bool:
-        """Wait before reading more while a healthy endpoint is briefly behind (its
-        events stay in memory); one behind for SLOW_AFTER_S is slow and spills instead."""
+        """Wait before reading more while an endpoint is briefly behind (its events stay
+        in memory, no Redis write), but only while no other endpoint of the traffic has
+        run out of events: the wait never delays another endpoint (nor a callback URL's),
+        it only spares the one behind its retry queue. One behind for SLOW_AFTER_S is slow
+        and takes its later events through its retry queue."""
         now = time.monotonic()
         wait = False
         for s in self.senders.values():
@@ -293,7 +304,24 @@ class WebhookRunner:
                     s.slow = True
             else:
                 s.congested_since = 0.0
+        if wait:
+            for s in (*self.senders.values(), *self.callback_senders.values()):
+                if s.fed and not s.live and not s.queued and not s.paused:
+                    return False  # it waits for what the next read brings
         return wait
+
+    async def _unpin(self) -> None:
+        """The entries in memory reached their bound: the endpoints holding the oldest
+        not-done ones (a hung request, a queue behind) put what they hold in their retry
+        queues, so that the cursor moves on and the reader reads for the others."""
+        await self.save_cursor()
+        if self.in_memory() < self.max_in_memory:
+            return
+        heads = [order[0] for order in self.order.values() if order]
+        for s in (*self.senders.values(), *self.callback_senders.values()):
+            if any(s.holds(h) for h in heads):
+                await s.secure()
+        await self.save_cursor()
 
     async def _hold_lease(self) -> bool:
         ttl = int(max(3.0, 5 * self.cfg.daemon.housekeeping_interval_s) * 1000)
@@ -339,7 +367,8 @@ class WebhookRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            connector=targets.connector(self.cfg.webhooks.allow_private, self.resolver,
+                                        limit=0, ttl_dns_cache=60),
             json_serialize=lambda o: msgspec.json.encode(o).decode())
         try:
             await self._run(stop)
@@ -374,6 +403,8 @@ class WebhookRunner:
                     await self._load_cursor()
                     started = True
                     self.ready.set()
+                if self.in_memory() >= self.max_in_memory:
+                    await self._unpin()
                 if self.in_memory() >= self.max_in_memory or self._congested():
                     await self._flush()
                     await _wait(stop, 0.005)

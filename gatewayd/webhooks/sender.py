@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from gatewayd.config import Config
@@ -30,6 +31,7 @@ from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
+from gatewayd.webhooks import targets
 from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
 from gatewayd.webhooks.subscriptions import Endpoint, TargetRefused, check_target
 
@@ -41,6 +43,7 @@ class Host(Protocol):
     keys: Keys
     cfg: Config
     session: aiohttp.ClientSession
+    resolver: AbstractResolver | None  # names to addresses (None: the system's)
     backlog_reading: bool  # the last read was a full one: more events are coming
 
 log = logging.getLogger("gatewayd.webhooks")
@@ -96,6 +99,16 @@ class Item:
         return self.event
 
 
+class Flight:
+    """One request's events; ``secured`` once copies of them sit in the retry queue (the
+    request is stuck: its entries were let go so that the cursor does not wait for it)."""
+
+    __slots__ = ("items", "landed", "secured")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items, self.secured, self.landed = items, False, False
+
+
 class Outcome:
     OK, RETRY, DEAD = "ok", "retry", "dead"
 
@@ -115,7 +128,9 @@ class EndpointSender:
         self.slow = False
         self.live: deque[Item] = deque()
         self.busy: dict[str, int] = {}  # message id -> its events in flight
-        self.flights: set[asyncio.Task[None]] = set()
+        self.flights: dict[asyncio.Task[None], Flight] = {}
+        self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
+        self.fed = False  # the reader's last read brought it events
         self.in_flight = 0
         self.queued = False  # its events go to its Redis retry queue until that drains
         self.failing = False
@@ -137,6 +152,7 @@ class EndpointSender:
 
     # Taking events -------------------------------------------------------------------
     def offer(self, item: Item) -> None:
+        self.fed = True
         if self.queued or self.paused:
             self.spill.append(item)
         elif self.slow or len(self.live) >= self.max_in_memory:
@@ -173,6 +189,32 @@ class EndpointSender:
         self.stored += len(items)
         for i in items:
             i.finish()
+
+    def holds(self, entry: Entry) -> bool:
+        return any(i.entry is entry for i in self.live) or any(
+            i.entry is entry for f in self.flights.values() for i in f.items)
+
+    async def secure(self) -> None:
+        """Put every event it holds in memory, waiting or in flight, in its retry queue and
+        let their entries go: the reader's cursor never waits for a stuck endpoint. A
+        request still open goes on; if it is answered 2xx its copies are removed, else they
+        are sent again from the retry queue (at least once)."""
+        if self.live:
+            self.queued = True
+            self.spill.extend(self.live)
+            self.live.clear()
+        async with self.secure_lock:
+            flights = [f for f in self.flights.values() if not f.secured and not f.landed
+                       and any(i.entry is not None for i in f.items)]
+            items = [i for f in flights for i in f.items]
+            if items:
+                await self.runner.redis.zadd(self.qkey, {i.body: i.position() for i in items})
+                self.stored += len(items)
+                for f in flights:
+                    f.secured = True
+                for i in items:
+                    i.finish()
+        await self.store_spill()
 
     def backlog(self) -> int:
         return len(self.live) + self.in_flight + len(self.spill) + self.stored
@@ -212,6 +254,18 @@ class EndpointSender:
                     await asyncio.wait_for(self.wake.wait(), left)
                 except TimeoutError:
                     break
+        # A free request slot first, then the batch: events wait for a slot in ``live``,
+        # where secure() finds them, never in a batch of no request.
+        await self.sem.acquire()
+        try:
+            if self.ep.rate_per_s > 0:
+                now = time.monotonic()
+                if self.next_send > now:
+                    await asyncio.sleep(self.next_send - now)
+                self.next_send = max(now, self.next_send) + 1.0 / self.ep.rate_per_s
+        except BaseException:
+            self.sem.release()
+            raise
         batch: list[Item] = []
         held: list[Item] = []
         seen: set[str] = set()
@@ -231,34 +285,42 @@ class EndpointSender:
         if held:
             self.live.extendleft(reversed(held))
             # Items behind a held one of the same message must stay behind it.
-        if not batch:
+        if not batch:  # secure() took them meanwhile, or each waits for its message
+            self.sem.release()
+            if not self.live:
+                return
             self.wake.clear()
             await self.wake.wait()
             return
         for m in seen:
             busy[m] = busy.get(m, 0) + 1
-        await self.sem.acquire()
-        if self.ep.rate_per_s > 0:
-            now = time.monotonic()
-            if self.next_send > now:
-                await asyncio.sleep(self.next_send - now)
-            self.next_send = max(now, self.next_send) + 1.0 / self.ep.rate_per_s
         self.in_flight += len(batch)
-        t = asyncio.create_task(self._fly(batch, seen))
-        self.flights.add(t)
-        t.add_done_callback(self.flights.discard)
+        flight = Flight(batch)
+        t = asyncio.create_task(self._fly(flight, seen))
+        self.flights[t] = flight
+        t.add_done_callback(self._landed)
 
-    async def _fly(self, batch: list[Item], msgs: set[str]) -> None:
+    def _landed(self, t: asyncio.Task[None]) -> None:
+        self.flights.pop(t, None)
+
+    async def _fly(self, flight: Flight, msgs: set[str]) -> None:
+        batch = flight.items
         try:
             outcome, error = await self._post(batch)
+            async with self.secure_lock:  # copies being written land before they are dropped
+                flight.landed = True
+                copies = [i.body for i in batch] if flight.secured else None
             if outcome == Outcome.OK:
                 for i in batch:
                     i.finish()
+                if copies:
+                    await self._drop_copies(copies)
             elif outcome == Outcome.DEAD:
-                await self._dead(batch, error)
+                await self._dead(batch, error, copies)
             else:
                 self._fail(error)
-                self.spill.extend(batch)
+                if not copies:  # else they wait in the retry queue already
+                    self.spill.extend(batch)
                 self.spill.extend(self.live)
                 self.live.clear()
                 await self._store_until_done()
@@ -272,6 +334,13 @@ class EndpointSender:
                     del self.busy[m]
             self.sem.release()
             self.wake.set()
+
+    async def _drop_copies(self, members: list[bytes]) -> None:
+        try:
+            await self.runner.redis.zrem(self.qkey, *members)
+            self.stored = max(0, self.stored - len(members))
+        except Exception as e:  # they stay queued: sent again, at least once
+            log.warning("webhook %s: retry queue: %s", self.ep.name, e)
 
     async def _store_until_done(self) -> None:
         while self.spill:
@@ -342,7 +411,7 @@ class EndpointSender:
             await self._dead([i for i, _m in old], error, [m for _i, m in old])
 
     async def _dead(self, batch: list[Item], error: str,
-                    members: list[str] | None = None) -> None:
+                    members: list[str] | list[bytes] | None = None) -> None:
         now = time.time()
         while True:
             try:
@@ -370,7 +439,8 @@ class EndpointSender:
         ep = self.ep
         if not self.target_ok:
             try:
-                await check_target(ep.url, self.runner.cfg.webhooks.allow_private)
+                await check_target(ep.url, self.runner.cfg.webhooks.allow_private,
+                                   self.runner.resolver)
             except TargetRefused as e:
                 metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
                 return Outcome.DEAD, f"refused: {e}"
@@ -399,6 +469,10 @@ class EndpointSender:
             metrics.WEBHOOK_FAILED.labels(self.label, "timeout").inc()
             return Outcome.RETRY, f"timeout after {ep.timeout_s:g} s"
         except (aiohttp.ClientError, OSError) as e:
+            bad = targets.refused(e)
+            if bad is not None:  # the name now resolves to a private address: refused
+                metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
+                return Outcome.DEAD, f"refused: {bad}"
             metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
             return Outcome.RETRY, f"{type(e).__name__}: {e}"
         metrics.WEBHOOK_LATENCY.labels(self.label).observe(time.perf_counter() - t0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -13,10 +12,12 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
+from aiohttp.abc import AbstractResolver
 
 from gatewayd.config import WEBHOOK_KINDS, Config, WebhookEndpointConfig
 from gatewayd.errors import ConfigError
 from gatewayd.model import FINAL_STATES
+from gatewayd.webhooks import targets
 
 ALL_KINDS: Final = frozenset(WEBHOOK_KINDS - {"final", "*"})
 
@@ -134,25 +135,30 @@ class TargetRefused(Exception):
     pass
 
 
-async def check_target(url: str, allow_private: bool) -> None:
+async def check_target(url: str, allow_private: bool,
+                       resolver: AbstractResolver | None = None) -> None:
     """Refuse (TargetRefused) a URL whose host resolves to a private, loopback,
     link-local, multicast or reserved address, unless ``allow_private``: no SSRF into
-    the gateway's own network through an endpoint or a message's callback_url."""
+    the gateway's own network through an endpoint or a message's callback_url. An early,
+    clear refusal: the connections themselves are checked again, on the addresses they
+    use, by gatewayd.webhooks.targets.GuardedResolver."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TargetRefused(f"{url!r}: not an http(s) URL")
     if allow_private:
         return
     host = parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, parts.port or (443 if parts.scheme == "https" else 80),
-            type=socket.SOCK_STREAM)
+        if resolver is None:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+            addresses = [str(info[4][0]) for info in infos]
+        else:
+            addresses = [h["host"] for h in await resolver.resolve(
+                host, port, family=socket.AF_UNSPEC)]
     except OSError as e:
         raise TargetRefused(f"{host}: does not resolve ({e})") from None
-    for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
-                or addr.is_reserved or addr.is_unspecified):
-            raise TargetRefused(f"{host} resolves to {addr}, a private address "
-                                "(webhooks.allow_private = true allows it)")
+    why = targets.refusal(host, addresses)
+    if why:
+        raise TargetRefused(why)
