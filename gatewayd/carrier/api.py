@@ -104,3 +104,8 @@ class RateGate(Protocol):
 
     def rate(self, carrier: str) -> float:
         """The account's current rate limit (learned), for gauges."""
+
+    def set_cap(self, carrier: str, tps: float) -> None:
+        """The configured tps of the carrier's account changed live (an operator's
+        override): the learned rate stays under it; one that sat at the old cap moves to
+        the new one at once (else it grows towards it by probing)."""

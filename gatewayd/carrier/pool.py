@@ -37,6 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from gatewayd.carrier import batch as B
 from gatewayd.carrier.api import (
@@ -80,27 +81,110 @@ class CarrierPool:
         self._accounts = account_names(cfg)
         self._engines: dict[str, Engine] = {}
         self._binds: dict[str, list[Link]] = {}
+        self._all: list[Link] = []
+        self._tx: dict[str, list[Link]] = {}
         # One throttle meter per SMSC account: every bind of every entry on it feeds it.
         self._meters: dict[str, ThrottleMeter] = {}
-        for c in cfg.carrier:
-            engine = engine_for(c, cfg.carrier_password(c), handler, clock)
-            self._engines[c.name] = engine
-            binds = engine.links
-            account = self._accounts[c.name]
-            meter = self._meters.get(account)
-            if meter is None:
-                meter = self._meters[account] = ThrottleMeter(self._reporter(c.name))
-            for b in binds:
-                b.meter = meter
-            self._binds[c.name] = binds
-        self._all = [b for binds in self._binds.values() for b in binds]
-        self._tx = {name: [b for b in binds if b.transmits] for name, binds in self._binds.items()}
-        self._learned = {name: M.CARRIER_RATE.labels(name) for name in self._binds}
+        self._learned: dict[str, Any] = {}
         self._m_stragglers = M.STRAGGLERS
-        self._m_resends = {name: M.PART_RESENDS.labels(name) for name in self._binds}
-        self._accepting = False
+        self._m_resends: dict[str, Any] = {}
+        self._m_suspended: dict[str, Any] = {}
+        self._m_tps: dict[str, Any] = {}
+        self._m_window: dict[str, Any] = {}
+        # Live control (gatewayd/control): kept by carrier NAME, not on engines or links,
+        # so an engine replaced by a reload keeps its carrier's suspension and tuning.
+        self._suspended: set[str] = set()
+        self._tuning: dict[str, tuple[float | None, int | None]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
+        for c in cfg.carrier:
+            self._adopt(c.name, engine_for(c, cfg.carrier_password(c), handler, clock))
+        self._accepting = False
         self._later: set[asyncio.Task[None]] = set()
+
+    def _adopt(self, name: str, engine: Engine) -> None:
+        """Wire a carrier entry's engine and its links into the pool: the one place this
+        happens (construction, and a reload replacing an entry). The entry's config must be
+        in ``self._carriers``. The carrier's suspension and tuning overrides apply to the
+        new links; in a started pool they are started (the old engine's links, if any, are
+        the caller's to drain and shut down)."""
+        self._engines[name] = engine
+        binds = list(engine.links)
+        account = self._accounts[name]
+        meter = self._meters.get(account)
+        if meter is None:
+            meter = self._meters[account] = ThrottleMeter(self._reporter(name))
+        for b in binds:
+            b.meter = meter
+        self._binds[name] = binds
+        self._tx[name] = [b for b in binds if b.transmits]
+        self._all = [b for bs in self._binds.values() for b in bs]
+        self._learned[name] = M.CARRIER_RATE.labels(name)
+        self._m_resends[name] = M.PART_RESENDS.labels(name)
+        self._m_suspended[name] = M.CARRIER_SUSPENDED.labels(name)
+        self._m_tps[name] = M.CARRIER_TPS.labels(name)
+        self._m_window[name] = M.CARRIER_WINDOW.labels(name)
+        self._apply(name)
+        if self._housekeeper is not None:
+            for b in binds:
+                b.start()
+
+    # -- live control (gatewayd/control applies Redis state through these) ---------------
+    def effective(self, name: str) -> tuple[float, int]:
+        """The carrier's tps and window now: its override, else its config."""
+        c = self._carriers[name]
+        tps, window = self._tuning.get(name, (None, None))
+        return (c.tps if tps is None else tps), (c.window if window is None else window)
+
+    def suspended(self, name: str) -> bool:
+        return name in self._suspended
+
+    def suspend(self, name: str, on: bool) -> None:
+        """A suspended carrier gets no new submits (routing takes the next carrier of the
+        chain); its binds stay up, so receipts and MO keep coming."""
+        self._known(name)
+        if on:
+            self._suspended.add(name)
+        else:
+            self._suspended.discard(name)
+        self._m_suspended[name].set(1 if on else 0)
+
+    def set_tuning(self, name: str, tps: float | None, window: int | None) -> None:
+        """Override the carrier's tps and window (None: back to the config value), on its
+        links and on the account's shared rate cap."""
+        self._known(name)
+        if tps is not None and not tps > 0:
+            raise ValueError(f"{name}: tps must be greater than 0, got {tps}")
+        if window is not None and window < 1:
+            raise ValueError(f"{name}: window must be at least 1, got {window}")
+        if tps is None and window is None:
+            self._tuning.pop(name, None)
+        else:
+            self._tuning[name] = (tps, window)
+        self._apply(name)
+
+    async def restart_binds(self, name: str) -> None:
+        """Bring the carrier's binds down and up again: each stops taking submits, waits
+        (bounded by the response timeout) for its outstanding answers, unbinds and
+        reconnects at once; what is still unanswered ends as on a bind loss (retried)."""
+        self._known(name)
+        await asyncio.gather(*(b.restart() for b in self._binds[name]))
+
+    def _known(self, name: str) -> None:
+        if name not in self._engines:
+            raise KeyError(f"no carrier named {name!r}")
+
+    def _apply(self, name: str) -> None:
+        """The carrier's overrides onto its links, gauges and the account's rate cap."""
+        tps, window = self.effective(name)
+        for b in self._binds[name]:
+            b.retune(tps, window)
+        self._m_suspended[name].set(1 if name in self._suspended else 0)
+        self._m_tps[name].set(tps)
+        self._m_window[name].set(window)
+        account = self._accounts[name]
+        cap = min(self.effective(n)[0] for n, a in self._accounts.items()
+                  if a == account and n in self._engines)
+        self._gate.set_cap(name, cap)
 
     def _reporter(self, carrier: str) -> Callable[[int, int], Awaitable[None]]:
         gate = self._gate
@@ -219,7 +303,8 @@ class CarrierPool:
                 outcomes[i] = SubmitOutcome(
                     msg_id=req.msg_id, carrier="", ok=False, status_name=e.status_name,
                     kind=e.kind, reason=e.reason,
-                    backpressure=e.status_name in ("STOPPING", "NO_BOUND_CARRIER"),
+                    backpressure=e.status_name in ("STOPPING", "NO_BOUND_CARRIER",
+                                                   "CARRIER_SUSPENDED"),
                 )
                 continue
             group = groups.get(bind)
@@ -379,10 +464,16 @@ class CarrierPool:
         chain = self._router.carriers_for(req.destination, req.carrier)
         if not chain:
             raise Unsendable("permanent", "UNKNOWN_CARRIER", f"no carrier named {req.carrier!r}")
+        suspended = self._suspended
         for name in chain:
+            if name in suspended:
+                continue
             best = self._least_loaded(name, load)
             if best is not None:
                 return name, best
+        if suspended and all(name in suspended for name in chain):
+            raise Unsendable("retry", "CARRIER_SUSPENDED",
+                             f"carrier suspended: {', '.join(chain)}")
         raise Unsendable("retry", "NO_BOUND_CARRIER",
                        f"no bound transmitting bind on {', '.join(chain)}")
 

@@ -183,6 +183,14 @@ class LocalRateGate:
         log.info("%s: throttled (%d of %d answers in %.1f s); learned rate now %.1f/s",
                  carrier, throttled, accepted + throttled, st.k.window_s, st.rate)
 
+    def set_cap(self, carrier: str, tps: float) -> None:
+        st = self._of(carrier)
+        st.advance(self._clock())
+        at_cap = st.rate >= st.cap
+        st.cap = tps
+        st.rate = tps if at_cap else min(st.rate, tps)
+        st.tokens = min(st.tokens, max(1.0, st.rate / 10))
+
     def rate(self, carrier: str) -> float:
         st = self._of(carrier)
         st.advance(self._clock())

@@ -108,6 +108,21 @@ CARRIER_RATE = Gauge(
     "The carrier account's send rate learned from throttling (shared by binds and daemons)",
     ["carrier"], registry=REGISTRY,
 )
+CARRIER_SUSPENDED = Gauge(
+    "gatewayd_carrier_suspended",
+    "1 while an operator has the carrier suspended (no new submits; receipts and MO flow)",
+    ["carrier"], registry=REGISTRY,
+)
+CARRIER_TPS = Gauge(
+    "gatewayd_carrier_tps",
+    "The carrier's effective tps: an operator's live override, else the configured value",
+    ["carrier"], registry=REGISTRY,
+)
+CARRIER_WINDOW = Gauge(
+    "gatewayd_carrier_window",
+    "The carrier's effective window: an operator's live override, else the configured value",
+    ["carrier"], registry=REGISTRY,
+)
 STRAGGLERS = Counter(
     "gatewayd_submit_stragglers_total",
     "Messages whose outcome was left to a background task (no answer within a batch's "
