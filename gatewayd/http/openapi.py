@@ -181,8 +181,29 @@ _SCHEMAS: dict[str, Any] = {
     "Reload": {
         "type": "object",
         "required": ["ok", "message"],
-        "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"},
-                       "error": _ref("ErrorDetail")},
+        "properties": {
+            "ok": {"type": "boolean"},
+            "message": {"type": "string",
+                        "description": "What was applied; on failure the file, the key "
+                                       "and the fix"},
+            "carriers": {
+                "type": "object",
+                "description": "Carrier entries by name: added and changed ones bind "
+                               "before the old binds drain; re-tuned ones (tps, window "
+                               "only) change in place",
+                "properties": {k: {"type": "array", "items": {"type": "string"}}
+                               for k in ("added", "removed", "changed", "retuned")},
+            },
+            "routing": {"type": "boolean", "description": "[routing] changed (applied)"},
+            "http": {"type": "array", "items": {"type": "string"},
+                     "description": "[http] keys applied to the running listener"},
+            "restart_needed": {
+                "type": "array", "items": {"type": "string"},
+                "description": "Dotted keys that changed but apply only after a restart "
+                               "(e.g. redis.url, http.listen); they keep their running "
+                               "values"},
+            "error": _ref("ErrorDetail"),
+        },
     },
     "Health": {
         "type": "object",
@@ -781,13 +802,17 @@ def openapi_spec(
                         "responses": {**optout_ok, **auth_errors, **invalid_number}},
             },
             "/admin/reload": {"post": {
-                "operationId": "reloadPolicies",
-                "summary": "Reload the policy files (like SIGHUP)",
+                "operationId": "reloadConfig",
+                "summary": "Reload the config and policy files (like SIGHUP; admin role)",
+                "description": "Carriers, routing and the [http] limits and keys apply "
+                               "live, without losing messages in flight; keys that cannot "
+                               "are listed in restart_needed.",
                 "responses": {
-                    "200": _json_body(_ref("Reload"), "Reloaded"),
+                    "200": _json_body(_ref("Reload"), "Reloaded: what changed"),
                     **auth_errors,
-                    "500": _json_body(_ref("Reload"),
-                                      "The new files are invalid; the previous policy stays"),
+                    "422": _json_body(_ref("Reload"),
+                                      "The file fails its checks; the running "
+                                      "configuration stays (message says why)"),
                 },
             }},
             **_campaign_paths(auth_errors),

@@ -1,0 +1,4 @@
+"""Operator control of a running daemon: carrier overrides, config reload.
+
+May import: carrier, policy, ops, config, errors.
+"""
