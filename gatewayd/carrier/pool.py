@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from gatewayd.carrier import batch as B
@@ -66,6 +66,10 @@ _MAX_RESEND_ROUNDS = 4
 # response timeout.
 _GRACE_LATENCIES = 4.0
 _GRACE_FLOOR_S = 0.01
+# A reload's retired links keep taking receipts and MO this long after their last submit
+# was answered: SMSCs send most receipts within a second or two of the answer; later ones
+# wait at the SMSC for the account's next bind.
+_RECEIPT_LINGER_S = 2.0
 
 
 class CarrierPool:
@@ -96,6 +100,9 @@ class CarrierPool:
         self._suspended: set[str] = set()
         self._tuning: dict[str, tuple[float | None, int | None]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
+        self._handler = handler
+        # Links a reload took out of service, draining (stop() shuts them down too).
+        self._draining: set[Link] = set()
         for c in cfg.carrier:
             self._adopt(c.name, engine_for(c, cfg.carrier_password(c), handler, clock))
         self._accepting = False
@@ -168,6 +175,107 @@ class CarrierPool:
         reconnects at once; what is still unanswered ends as on a bind loss (retried)."""
         self._known(name)
         await asyncio.gather(*(b.restart() for b in self._binds[name]))
+
+    # -- config reload (gatewayd.control.reload says what changed) -----------------------
+    async def apply_carriers(self, cfg: Config, *, changed: Iterable[str] = (),
+                             retuned: Iterable[str] = (), bind_wait_s: float = 10.0) -> None:
+        """A reloaded config's carriers and routes, without losing a message in flight.
+
+        Added and ``changed`` entries get new engines, whose links start at once; the old
+        links of a changed entry keep taking submits meanwhile. Once the new links are
+        bound (or ``bind_wait_s`` has passed: then a warning, and the switch anyway), the
+        new routes apply and the replaced links, and those of removed entries, stop
+        taking submits and drain: their outstanding submits are answered (bounded by the
+        response timeout; what stays unanswered ends as on a bind loss, retried),
+        receipts and MO are still taken for a while (_RECEIPT_LINGER_S), then they
+        unbind. Returns when they have. ``retuned`` entries (tps, window) change in
+        place. Operator overrides (suspension, tps, window) are kept by carrier name,
+        so they survive."""
+        new = {c.name: c for c in cfg.carrier}
+        added = [n for n in new if n not in self._engines]
+        removed = [n for n in self._engines if n not in new]
+        replaced = [n for n in changed if n in self._engines and n in new]
+        self.cfg = cfg
+        self._carriers.update(new)  # removed entries' too: their stragglers need them
+        self._accounts.update(account_names(cfg))
+        self._gate.learn_carriers(cfg)
+        for name in retuned:
+            if name in self._engines:
+                self._apply(name)
+        old: dict[str, tuple[Engine, list[Link]]] = {}
+        fresh: list[Link] = []
+        for name in [*added, *replaced]:
+            c = new[name]
+            previous = (self._engines[name], self._binds[name]) if name in replaced else None
+            engine = engine_for(c, cfg.carrier_password(c), self._handler, self._clock)
+            self._adopt(name, engine)
+            fresh += engine.links
+            if previous is not None:
+                old[name] = previous
+                self._binds[name] = [*self._binds[name], *previous[1]]
+                # The carrier's submits are encoded by its (new) engine: the old links
+                # may carry them only in the same protocol.
+                if previous[0].protocol == engine.protocol:
+                    self._tx[name] = [*self._tx[name],
+                                      *(b for b in previous[1] if b.transmits)]
+        self._rewire()
+        if fresh and self._housekeeper is not None and not await self._bound(fresh,
+                                                                            bind_wait_s):
+            log.warning("reload: not every new bind came up within %.0f s; switching to "
+                        "the new carrier config anyway (messages wait for them queued)",
+                        bind_wait_s)
+        self._router = Router(cfg)
+        retiring: list[tuple[Engine, list[Link]]] = []
+        for name, (engine, links) in old.items():
+            self._binds[name] = list(self._engines[name].links)
+            self._tx[name] = [b for b in self._binds[name] if b.transmits]
+            retiring.append((engine, links))
+        for name in removed:
+            engine = self._engines.pop(name)
+            retiring.append((engine, self._binds.pop(name)))
+            self._tx.pop(name, None)
+        self._rewire()
+        if retiring:
+            log.info("reload: draining the binds of %s",
+                     ", ".join(sorted({*old, *removed})))
+            await asyncio.gather(*(self._retire(e, links) for e, links in retiring))
+        for name in removed:
+            if name not in self._engines:
+                self._carriers.pop(name, None)
+        for name in old:  # the old links' last state set the shared gauges
+            for b in self._binds[name]:
+                M.BIND_UP.labels(name, str(b.index)).set(1 if b.bound else 0)
+
+    def _rewire(self) -> None:
+        self._all = [b for bs in self._binds.values() for b in bs]
+
+    async def _bound(self, links: list[Link], timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not all(b.bound for b in links):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def _retire(self, engine: Engine, links: list[Link]) -> None:
+        """Drain links out of service (no submit is routed to them any more)."""
+        self._draining.update(links)
+        try:
+            loop = asyncio.get_running_loop()
+            wait = max((b.cfg.response_timeout_s for b in links), default=0.0)
+            deadline = loop.time() + wait
+            while True:
+                if not any(b.in_flight for b in links) or loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(_RECEIPT_LINGER_S)
+            tasks = engine.deliveries.tasks
+            if tasks:
+                await asyncio.wait(set(tasks), timeout=wait or 1.0)
+            await asyncio.gather(*(b.shutdown() for b in links))
+        finally:
+            self._draining.difference_update(links)
 
     def _known(self, name: str) -> None:
         if name not in self._engines:
@@ -245,7 +353,7 @@ class CarrierPool:
         tasks = [t for e in self._engines.values() for t in e.deliveries.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
-        await asyncio.gather(*(b.shutdown() for b in self._all))
+        await asyncio.gather(*(b.shutdown() for b in [*self._all, *self._draining]))
         for m in self._meters.values():
             m.close()
         if self._housekeeper is not None:

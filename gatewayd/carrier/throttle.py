@@ -153,6 +153,14 @@ class LocalRateGate:
         now = clock()
         self._state = {name: _Learned(a.tps, now, k) for name, a in accounts(cfg).items()}
         self._clock = clock
+        self._k = k
+
+    def learn_carriers(self, cfg: Config) -> None:
+        self._account.update(account_names(cfg))
+        now = self._clock()
+        for name, a in accounts(cfg).items():
+            if name not in self._state:
+                self._state[name] = _Learned(a.tps, now, self._k)
 
     def _of(self, carrier: str) -> _Learned:
         try:

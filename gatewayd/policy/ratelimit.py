@@ -156,9 +156,17 @@ class CarrierRateGate:
     """gatewayd.carrier.api.RateGate over one LearnedBucket per SMSC account."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, cfg: Config) -> None:
+        self.redis = redis
+        self.keys = keys
         self.account = account_names(cfg)
         self.buckets = {name: LearnedBucket(redis, keys, name, a.tps)
                         for name, a in accounts(cfg).items()}
+
+    def learn_carriers(self, cfg: Config) -> None:
+        self.account.update(account_names(cfg))
+        for name, a in accounts(cfg).items():
+            if name not in self.buckets:
+                self.buckets[name] = LearnedBucket(self.redis, self.keys, name, a.tps)
 
     def _bucket(self, carrier: str) -> LearnedBucket:
         try:
