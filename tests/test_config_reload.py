@@ -102,7 +102,8 @@ async def test_a_carrier_moved_under_load_loses_no_message(
     """The carrier's host/port changes while messages flow: the new binds come up, then
     the old ones stop taking submits, get their answers and receipts, and unbind. Every
     message ends in exactly one final state, each one submitted once."""
-    old = await smsc(receipt_delay_s=0.05)
+    # Slow answers: submits are outstanding on the old binds when they are replaced.
+    old = await smsc(receipt_delay_s=0.05, response_delay_s=0.05)
     new = await smsc(receipt_delay_s=0.05)
     path = write_config(tmp_path, redis_url=redis_url, sim_port=old.port, http=True,
                         tps=400.0)
@@ -248,3 +249,37 @@ async def test_http_keys_apply_live_and_the_listen_address_needs_a_restart(
         assert daemon.cfg.http.listen == "127.0.0.1:0"
         assert daemon.cfg.redis.prefix == "gw:"
         assert daemon.http.port == port
+
+
+async def test_operator_overrides_survive_a_reload_and_tps_changes_in_place(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    a = await smsc(receipt_delay_s=0.01)
+    b = await smsc(receipt_delay_s=0.01)
+    moved = await smsc(receipt_delay_s=0.01)
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True,
+                        tps=500.0, extra_carrier=carrier("b", b.port))
+    async with running_daemon(load(path)) as daemon:
+        pool = daemon.pool
+        assert pool is not None
+        pool.set_tuning("sim", 50.0, None)  # an operator's live tps
+        pool.suspend("b", True)
+        links = pool.links("sim")
+        # "sim": only its tps changes (re-tuned in place); "b": a new port (re-bound).
+        write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True, tps=800.0,
+                     extra_carrier=carrier("b", moved.port))
+        status, body = await post_reload(daemon)
+        assert status == 200, body
+        assert body["carriers"]["retuned"] == ["sim"]
+        assert body["carriers"]["changed"] == ["b"]
+        assert pool.links("sim") == links  # the same binds, never dropped
+        assert pool.effective("sim") == (50.0, 100)  # the override wins over the file
+        assert pool.suspended("b")  # on the new engine too
+        assert await until(lambda: b.bound_count() == 0)
+        assert moved.bound_count() == 1
+        pool.set_tuning("sim", None, None)  # back to the (reloaded) config
+        assert pool.effective("sim") == (800.0, 100)
+        await send(redis, keys, {"o-1": "+8613800000001"})
+        rec = await wait_final(redis, keys, ["o-1"], timeout_s=20)
+    assert rec["o-1"]["carrier"] == "sim"  # b is suspended
+    assert not moved.submissions
