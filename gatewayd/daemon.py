@@ -326,6 +326,12 @@ class Daemon:
                     pass
 
     async def _shutdown(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()  # the pool's stop below shuts its binds down
+            try:
+                await self._reload_task
+            except (asyncio.CancelledError, Exception):
+                pass
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -366,6 +372,9 @@ class Daemon:
         self._reload_task = asyncio.create_task(self._hup(), name="reload")
 
     async def _hup(self) -> None:
+        # A HUP during start applies once started: the start builds from the config it
+        # began with.
+        await self.started.wait()
         self.notifier.reloading()
         try:
             await self.reload()

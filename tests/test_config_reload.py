@@ -112,7 +112,10 @@ async def test_a_carrier_moved_under_load_loses_no_message(
     async with running_daemon(load(path)) as daemon:
         await send(redis, keys, ids)
         assert await until(lambda: len(old.submissions) >= 200)
-        write_config(tmp_path, redis_url=redis_url, sim_port=new.port, http=True, tps=400.0)
+        # Another SMSC account name too: receipts of messages recorded under the old
+        # one are still correlated (the carrier block ends where extra_carrier starts).
+        write_config(tmp_path, redis_url=redis_url, sim_port=new.port, http=True, tps=400.0,
+                     extra_carrier='account = "moved"\n')
         status, body = await post_reload(daemon)
         assert status == 200, body
         assert body["carriers"]["changed"] == ["sim"]

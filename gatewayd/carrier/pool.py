@@ -259,23 +259,22 @@ class CarrierPool:
         return True
 
     async def _retire(self, engine: Engine, links: list[Link]) -> None:
-        """Drain links out of service (no submit is routed to them any more)."""
+        """Drain links out of service (no submit is routed to them any more). Until they
+        are shut down they are in ``_draining``: a stop meanwhile shuts them down too."""
         self._draining.update(links)
-        try:
-            loop = asyncio.get_running_loop()
-            wait = max((b.cfg.response_timeout_s for b in links), default=0.0)
-            deadline = loop.time() + wait
-            while True:
-                if not any(b.in_flight for b in links) or loop.time() >= deadline:
-                    break
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(_RECEIPT_LINGER_S)
-            tasks = engine.deliveries.tasks
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=wait or 1.0)
-            await asyncio.gather(*(b.shutdown() for b in links))
-        finally:
-            self._draining.difference_update(links)
+        loop = asyncio.get_running_loop()
+        wait = max((b.cfg.response_timeout_s for b in links), default=0.0)
+        deadline = loop.time() + wait
+        while True:
+            if not any(b.in_flight for b in links) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(_RECEIPT_LINGER_S)
+        tasks = engine.deliveries.tasks
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=wait or 1.0)
+        await asyncio.gather(*(b.shutdown() for b in links))
+        self._draining.difference_update(links)
 
     def _known(self, name: str) -> None:
         if name not in self._engines:
