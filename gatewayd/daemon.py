@@ -112,7 +112,7 @@ class Daemon:
         self._last_reclaim = 0.0
         self._failing: dict[str, str] = {}  # housekeeping step -> the error it last logged
         self._signals = 0
-        self._reload_task: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()  # SIGHUPs being applied
         self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
 
@@ -326,10 +326,10 @@ class Daemon:
                     pass
 
     async def _shutdown(self) -> None:
-        if self._reload_task is not None and not self._reload_task.done():
-            self._reload_task.cancel()  # the pool's stop below shuts its binds down
+        for task in list(self._reloads):
+            task.cancel()  # the pool's stop below shuts their draining binds down
             try:
-                await self._reload_task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
         if self.http is not None:
@@ -369,7 +369,9 @@ class Daemon:
         self.stop_event.set()
 
     def _on_hup(self) -> None:
-        self._reload_task = asyncio.create_task(self._hup(), name="reload")
+        task = asyncio.create_task(self._hup(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _hup(self) -> None:
         # A HUP during start applies once started: the start builds from the config it
