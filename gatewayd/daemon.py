@@ -41,9 +41,11 @@ from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.control import reload as reloading
+from gatewayd.control.watch import CarrierWatch
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.http.accounts import AccountApi
 from gatewayd.http.campaigns import CampaignApi
+from gatewayd.http.carriers import CarrierApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
@@ -101,6 +103,7 @@ class Daemon:
         self.sim: SmscSimulator | None = None
         self.ismg: IsmgSimulator | None = None
         self.pool: CarrierPool | None = None
+        self.control: CarrierWatch | None = None
         self.queue: QueueStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.inbound: InboundHandler | None = None
@@ -156,8 +159,6 @@ class Daemon:
                                 max_body_bytes=h.max_body_bytes,
                                 max_connections=h.max_connections,
                                 idle_timeout_s=h.idle_timeout_s, body_timeout_s=h.body_timeout_s)
-            if self.http.campaigns is not None:
-                self.http.campaigns.cfg = cfg
         if plan.carriers or plan.routing:
             metrics.zero_known(cfg.queue.classes, [c.name for c in cfg.carrier])
             # Before the pool: a submit answered on a new carrier is recorded, and a
@@ -171,6 +172,11 @@ class Daemon:
                     cfg, changed=plan.changed, retuned=plan.retuned,
                     bind_wait_s=_BIND_WAIT_S)
         self.cfg = cfg
+        if self.http is not None:  # the routes that read the config: its live keys
+            if self.http.campaigns is not None:
+                self.http.campaigns.cfg = cfg
+            if self.http.carriers is not None:
+                self.http.carriers.cfg = cfg
         metrics.CONFIG_RELOADS.labels("ok").inc()
         message = plan.message()
         log.info(message, extra=plan.summary())
@@ -246,6 +252,9 @@ class Daemon:
         self.inbound = InboundHandler(redis, self.keys, cfg, self.policy)
         self.inbound.spool = self.spool
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
+        # The operator's carrier overrides (suspended, tps, window) before the first submit.
+        self.control = CarrierWatch(redis, self.keys, self.pool, self.consumer)
+        await self.control.apply_once()
         await self.pool.start()
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
         await self.load_templates()
@@ -266,6 +275,7 @@ class Daemon:
                 campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
                 accounts=AccountApi(edge, self.keys, cfg),
                 webhooks=WebhookApi(edge, self.keys, cfg),
+                carriers=CarrierApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE,
@@ -291,9 +301,18 @@ class Daemon:
                if self.campaigns is not None else None)
         hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
                  if self.webhooks is not None else None)
+        control = (asyncio.create_task(self.control.run(self.stop_event), name="carrier-control")
+                   if self.control is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if control is not None and self.control is not None:
+                control.cancel()
+                try:
+                    await control
+                except (asyncio.CancelledError, Exception):
+                    pass
+                await self.control.close()
             if hooks is not None:  # unacknowledged events are sent again by the next run
                 hooks.cancel()
                 try:
@@ -582,10 +601,13 @@ class Daemon:
         why: dict[str, Any] = {"redis": "ok" if self.redis_ok else "unreachable"}
         carriers: dict[str, str] = {}
         if self.pool is not None:
+            pool = self.pool
             by: dict[str, bool] = {}
-            for b in self.pool.snapshot():
+            for b in pool.snapshot():
                 by[b.carrier] = by.get(b.carrier, False) or b.state == "bound"
-            carriers = {c: ("bound" if up else "no bind up") for c, up in by.items()}
+            # A suspended carrier takes no submits, bound or not: not "bound" here.
+            carriers = {c: ("suspended" if pool.suspended(c) else
+                            "bound" if up else "no bind up") for c, up in by.items()}
         why["carriers"] = carriers
         ok = self.redis_ok and bool(carriers) and any(v == "bound" for v in carriers.values())
         return ok, why

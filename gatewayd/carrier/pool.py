@@ -142,8 +142,16 @@ class CarrierPool:
         tps, window = self._tuning.get(name, (None, None))
         return (c.tps if tps is None else tps), (c.window if window is None else window)
 
+    def carriers(self) -> list[str]:
+        """The carrier entries' names, in file order."""
+        return list(self._engines)
+
     def suspended(self, name: str) -> bool:
         return name in self._suspended
+
+    def tuning(self, name: str) -> tuple[float | None, int | None]:
+        """The carrier's overrides (None: the config's value)."""
+        return self._tuning.get(name, (None, None))
 
     def suspend(self, name: str, on: bool) -> None:
         """A suspended carrier gets no new submits (routing takes the next carrier of the

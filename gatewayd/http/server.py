@@ -61,6 +61,7 @@ from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
 from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
+from gatewayd.http import carriers as carrier_routes
 from gatewayd.http import webhooks as webhook_routes
 from gatewayd.http.backend import (
     DUPLICATE_ID,
@@ -156,6 +157,7 @@ class HttpServer:
         campaigns: campaign_routes.CampaignApi | None = None,
         accounts: account_routes.AccountApi | None = None,
         webhooks: webhook_routes.WebhookApi | None = None,
+        carriers: carrier_routes.CarrierApi | None = None,
         max_connections: int = 1024,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
@@ -172,6 +174,7 @@ class HttpServer:
         self.campaigns = campaigns
         self.accounts = accounts
         self.webhooks = webhooks
+        self.carriers = carriers
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
@@ -277,6 +280,7 @@ class HttpServer:
         campaign_routes.register(app, self.campaigns)
         account_routes.register(app, self.accounts)
         webhook_routes.register(app, self.webhooks)
+        carrier_routes.register(app, self.carriers)
         return app
 
     @web.middleware

@@ -180,6 +180,8 @@ class CmppBind:
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._task = None
+        self.reconnects += 1  # the new connection is an attempt after the first
+        self._m_reconnects.inc()
         self.start()
 
     def retune(self, tps: float, window: int) -> None:
