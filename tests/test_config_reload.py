@@ -257,29 +257,39 @@ async def test_operator_overrides_survive_a_reload_and_tps_changes_in_place(
     a = await smsc(receipt_delay_s=0.01)
     b = await smsc(receipt_delay_s=0.01)
     moved = await smsc(receipt_delay_s=0.01)
+    c = await smsc(receipt_delay_s=0.01)
     path = write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True,
                         tps=500.0, extra_carrier=carrier("b", b.port))
-    async with running_daemon(load(path)) as daemon:
+    async with running_daemon(load(path)) as daemon, aiohttp.ClientSession() as http:
         pool = daemon.pool
-        assert pool is not None
-        pool.set_tuning("sim", 50.0, None)  # an operator's live tps
-        pool.suspend("b", True)
+        assert pool is not None and daemon.http is not None
+        api = f"http://127.0.0.1:{daemon.http.port}/admin/carriers"
+        # The operator's overrides (gatewayd carrier tune/suspend), applied by the watcher.
+        async with http.patch(f"{api}/sim", json={"tps": 50}) as r:
+            assert r.status == 200
+        async with http.post(f"{api}/b/suspend") as r:
+            assert r.status == 200
+        assert await until(lambda: pool.effective("sim") == (50.0, 100) and pool.suspended("b"))
         links = pool.links("sim")
-        # "sim": only its tps changes (re-tuned in place); "b": a new port (re-bound).
+        # "sim": only its tps changes (re-tuned in place); "b": a new port (re-bound);
+        # "c": new.
         write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True, tps=800.0,
-                     extra_carrier=carrier("b", moved.port))
+                     extra_carrier=carrier("b", moved.port) + carrier("c", c.port))
         status, body = await post_reload(daemon)
         assert status == 200, body
-        assert body["carriers"]["retuned"] == ["sim"]
-        assert body["carriers"]["changed"] == ["b"]
+        assert body["carriers"] == {"added": ["c"], "removed": [], "changed": ["b"],
+                                    "retuned": ["sim"]}
         assert pool.links("sim") == links  # the same binds, never dropped
         assert pool.effective("sim") == (50.0, 100)  # the override wins over the file
         assert pool.suspended("b")  # on the new engine too
         assert await until(lambda: b.bound_count() == 0)
-        assert moved.bound_count() == 1
-        pool.set_tuning("sim", None, None)  # back to the (reloaded) config
-        assert pool.effective("sim") == (800.0, 100)
+        assert moved.bound_count() == 1 and c.bound_count() == 1
+        async with http.get(f"{api}/c") as r:  # the admin API knows the added carrier
+            assert r.status == 200
+        async with http.patch(f"{api}/sim", json={"tps": None}) as r:
+            assert r.status == 200  # back to the (reloaded) config's tps
+        assert await until(lambda: pool.effective("sim") == (800.0, 100))
         await send(redis, keys, {"o-1": "+8613800000001"})
         rec = await wait_final(redis, keys, ["o-1"], timeout_s=20)
-    assert rec["o-1"]["carrier"] == "sim"  # b is suspended
+    assert rec["o-1"]["carrier"] == "sim"
     assert not moved.submissions
