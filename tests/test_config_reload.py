@@ -293,3 +293,35 @@ async def test_operator_overrides_survive_a_reload_and_tps_changes_in_place(
         rec = await wait_final(redis, keys, ["o-1"], timeout_s=20)
     assert rec["o-1"]["carrier"] == "sim"
     assert not moved.submissions
+
+
+def test_the_plan_names_each_change_and_adopts_only_live_keys(tmp_path: Path) -> None:
+    """control.reload.diff/adopt on two real files: which carriers are re-tuned in place
+    or rebuilt, which keys apply live, which need a restart (in file order)."""
+    from gatewayd.control.reload import adopt, diff
+
+    url = "redis://127.0.0.1:6390/0"
+    old = load(write_config(tmp_path, redis_url=url, sim_port=2775, http=True,
+                            extra_carrier=carrier("b", 2776) + carrier("gone", 2777)))
+    changed_b = carrier("b", 2776).replace('password = "demo"', 'password = "other"')
+    new_text = write_config(tmp_path, redis_url=url, sim_port=2775, http=True, tps=5.0,
+                            extra_carrier=changed_b + carrier("c", 2778),
+                            extra='[routing]\ndefault = ["c"]\n[queue]\nread_batch = 32\n',
+                            name="new.toml").read_text(encoding="utf-8")
+    new_text = new_text.replace('listen = "127.0.0.1:0"',
+                                'listen = "127.0.0.1:9"\nbody_timeout_s = 3.0')
+    (tmp_path / "new.toml").write_text(new_text.replace(
+        'log_level = "warning"', 'log_level = "debug"'), encoding="utf-8")
+    new = load(tmp_path / "new.toml")
+    plan = diff(old, new)
+    assert (plan.added, plan.removed, plan.changed, plan.retuned) == (
+        ("c",), ("gone",), ("b",), ("sim",))
+    assert plan.routing and plan.http == ("body_timeout_s",)
+    assert plan.restart == ("daemon.log_level", "queue.read_batch", "http.listen")
+    running = adopt(old, new)
+    assert [c.name for c in running.carrier] == ["sim", "b", "c"]
+    assert running.routing.default == ["c"] and running.http.body_timeout_s == 3.0
+    assert running.http.listen == old.http.listen
+    assert running.queue.read_batch == old.queue.read_batch
+    assert running.daemon.log_level == "warning"
+    assert diff(old, old) == type(plan)()
