@@ -594,7 +594,10 @@ class Daemon:
         queued = sum(d["ready"] + d["delayed"] for d in depths.values())
         bound = sum(1 for b in (self.pool.snapshot() if self.pool else []) if b.state == "bound")
         done = self.dispatcher.processed if self.dispatcher else 0
-        return f"processed {done}; queued {queued}; binds up {bound}"
+        line = f"processed {done}; queued {queued}; binds up {bound}"
+        pool = self.pool
+        suspended = [c for c in pool.carriers() if pool.suspended(c)] if pool else []
+        return line + (f"; suspended {', '.join(suspended)}" if suspended else "")
 
     # For the HTTP backend ------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:

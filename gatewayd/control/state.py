@@ -84,7 +84,9 @@ async def tune(redis: Redis, keys: Keys, name: str, changes: dict[str, float | i
     """``changes``: "tps" and/or "window" -> a value, or None (back to the config's)."""
     sets = {f"{name}:{k}": repr(v) for k, v in changes.items() if v is not None}
     drops = [f"{name}:{k}" for k, v in changes.items() if v is None]
-    async with redis.pipeline(transaction=True) as pipe:
+    # Not a transaction (cluster pipelines need none): each field stands alone, and the
+    # daemons read the hash whole each second.
+    async with redis.pipeline(transaction=False) as pipe:
         if sets:
             pipe.hset(keys.carrier_control, mapping=cast(Any, sets))
         if drops:

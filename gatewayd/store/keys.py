@@ -153,7 +153,9 @@ class Keys:
         return f"{self.prefix}fc:{{{self._n(number)}}}:{bucket}"
 
     def token_bucket(self, name: str) -> str:
-        """HASH: tokens + last refill time of a shared token bucket."""
+        """HASH: tokens + last refill time of a shared token bucket (a carrier account's
+        also its learned rate, last cut and probe, and the cap last passed:
+        lua/carrier_bucket.lua)."""
         return f"{self.prefix}tb:{{{name}}}"
 
     # Campaigns (gatewayd.campaigns) ------------------------------------------------
