@@ -72,6 +72,8 @@ class Plan:
             parts.append("routing changed")
         if self.http:
             parts.append(f"http: {', '.join(self.http)}")
+        if self.policy_file:
+            parts.append("policy file changed")
         done = "; ".join(parts) if parts else "no carrier, routing or http change"
         if self.restart:
             done += f"; needs a restart: {', '.join(self.restart)}"
