@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "revoke-key | set-limits | suspend | resume")
     accounts_cli.add_arguments(p)
 
+    from gatewayd.control import cli as control_cli
+
+    p = sub.add_parser("carrier", help="carriers, live: list | show | suspend | resume | "
+                                       "restart | tune")
+    control_cli.add_arguments(p)
+
     from gatewayd.ops import top
 
     p = sub.add_parser("top", help="live view of a running daemon (from /metrics)")
@@ -188,6 +194,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gatewayd.accounts import cli as accounts_cli
 
         return accounts_cli.run(args, load_config(args.config, need_secrets=False))
+    if cmd == "carrier":
+        from gatewayd.control import cli as control_cli
+
+        return control_cli.run(args, load_config(args.config, need_secrets=False))
     if cmd == "top":
         from gatewayd.ops import top
 

@@ -5,7 +5,10 @@ consumer) -> Redis (or the embedded server) -> consumer groups -> policies -> si
 (demo only) -> carrier binds -> HTTP -> READY=1. Signal handlers only set flags; the loops do
 the work. TERM/INT drain: stop HTTP intake and reading, let in-flight batches finish
 (bounded by shutdown_timeout_s), unbind, close Redis. A second TERM/INT forces exit.
-HUP reloads the policy files atomically (a broken file keeps the old policy).
+HUP (and ``POST /admin/reload``) reloads the config file and the policy files: carriers,
+routing and the [http] limits and keys change live, keys that cannot (Redis, the listen
+address, ...) are reported as needing a restart (gatewayd.control.reload); a file that
+fails its checks changes nothing and says why.
 
 The consumer name is stable per instance (``<hostname>-<digest of state_dir>`` unless
 ``daemon.consumer`` says otherwise), so a restarted daemon takes back the entries its
@@ -37,9 +40,12 @@ from gatewayd.campaigns import registry as templates
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
+from gatewayd.control import reload as reloading
+from gatewayd.control.watch import CarrierWatch
 from gatewayd.errors import ConfigError, GatewayError, StoreError
 from gatewayd.http.accounts import AccountApi
 from gatewayd.http.campaigns import CampaignApi
+from gatewayd.http.carriers import CarrierApi
 from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
@@ -65,6 +71,10 @@ from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
+
+# A reload waits this long for a new or changed carrier's binds to come up before its
+# old binds stop taking submits (then switches anyway, and says so).
+_BIND_WAIT_S = 10.0
 
 
 def default_consumer(cfg: Config) -> str:
@@ -93,6 +103,7 @@ class Daemon:
         self.sim: SmscSimulator | None = None
         self.ismg: IsmgSimulator | None = None
         self.pool: CarrierPool | None = None
+        self.control: CarrierWatch | None = None
         self.queue: QueueStore | None = None
         self.dispatcher: Dispatcher | None = None
         self.inbound: InboundHandler | None = None
@@ -104,7 +115,8 @@ class Daemon:
         self._last_reclaim = 0.0
         self._failing: dict[str, str] = {}  # housekeeping step -> the error it last logged
         self._signals = 0
-        self._templates_task: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()  # SIGHUPs being applied
+        self._reload_lock = asyncio.Lock()
         self.started_at = time.time()
 
     # Policy (swapped atomically on reload) -------------------------------------------
@@ -115,19 +127,63 @@ class Daemon:
         path = self.cfg.resolve(self.cfg.policy.file) if self.cfg.policy.file else None
         return PolicyEngine.load(path, classes=list(self.cfg.queue.classes))
 
-    def reload(self) -> tuple[bool, str]:
+    async def reload(self) -> tuple[bool, str, dict[str, Any]]:
+        """Reload the config file and the policy (SIGHUP, POST /admin/reload), one at a
+        time: (ok, message, what changed). A file that fails check-config's checks
+        changes nothing: the running configuration stays whole."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> tuple[bool, str, dict[str, Any]]:
+        running = self.cfg
         try:
-            engine = self.load_policy()
+            if running.source:
+                new, engine = await asyncio.to_thread(
+                    reloading.prepare, running.source, classes=list(running.queue.classes))
+            else:  # a config made in code: only the policy can be read again
+                new, engine = running, self.load_policy()
         except ConfigError as e:
+            metrics.CONFIG_RELOADS.labels("error").inc()
             metrics.POLICY_RELOADS.labels("error").inc()
             metrics.POLICY_RELOAD_FAILED.set(1)
-            log.error("policy reload failed; the previous policy stays in force: %s", e)
-            return False, str(e)
+            log.error("reload failed; the running configuration stays: %s", e)
+            return False, str(e), {}
+        plan = reloading.diff(running, new)
+        cfg = reloading.adopt(running, new)
         self._engine = engine
         metrics.POLICY_RELOADS.labels("ok").inc()
         metrics.POLICY_RELOAD_FAILED.set(0)
-        log.info("policies reloaded")
-        return True, "reloaded"
+        if self.http is not None and plan.http:
+            h = cfg.http
+            self.http.configure(api_key_hashes=list(h.api_keys),
+                                max_body_bytes=h.max_body_bytes,
+                                max_connections=h.max_connections,
+                                idle_timeout_s=h.idle_timeout_s, body_timeout_s=h.body_timeout_s)
+        if plan.carriers or plan.routing:
+            metrics.zero_known(cfg.queue.classes, [c.name for c in cfg.carrier])
+            # Before the pool: a submit answered on a new carrier is recorded, and a
+            # receipt arriving on its binds is correlated, from the first one.
+            if self.dispatcher is not None:
+                self.dispatcher.learn_carriers(cfg)
+            if self.inbound is not None:
+                self.inbound.learn_carriers(cfg)
+            if self.pool is not None:
+                await self.pool.apply_carriers(
+                    cfg, changed=plan.changed, retuned=plan.retuned,
+                    bind_wait_s=_BIND_WAIT_S)
+        self.cfg = cfg
+        if self.http is not None:  # the routes that read the config: its live keys
+            if self.http.campaigns is not None:
+                self.http.campaigns.cfg = cfg
+            if self.http.carriers is not None:
+                self.http.carriers.cfg = cfg
+        metrics.CONFIG_RELOADS.labels("ok").inc()
+        message = plan.message()
+        log.info(message, extra=plan.summary())
+        if plan.restart:
+            log.warning("reload: these keys changed but need a restart to apply; they "
+                        "keep their running values: %s", ", ".join(plan.restart))
+        return True, message, plan.summary()
 
     # Run ----------------------------------------------------------------------------
     async def run(self) -> int:
@@ -196,6 +252,9 @@ class Daemon:
         self.inbound = InboundHandler(redis, self.keys, cfg, self.policy)
         self.inbound.spool = self.spool
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
+        # The operator's carrier overrides (suspended, tps, window) before the first submit.
+        self.control = CarrierWatch(redis, self.keys, self.pool, self.consumer)
+        await self.control.apply_once()
         await self.pool.start()
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
         await self.load_templates()
@@ -216,6 +275,7 @@ class Daemon:
                 campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
                 accounts=AccountApi(edge, self.keys, cfg),
                 webhooks=WebhookApi(edge, self.keys, cfg),
+                carriers=CarrierApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE,
@@ -241,9 +301,18 @@ class Daemon:
                if self.campaigns is not None else None)
         hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
                  if self.webhooks is not None else None)
+        control = (asyncio.create_task(self.control.run(self.stop_event), name="carrier-control")
+                   if self.control is not None else None)
         try:
             await self.stop_event.wait()
         finally:
+            if control is not None and self.control is not None:
+                control.cancel()
+                try:
+                    await control
+                except (asyncio.CancelledError, Exception):
+                    pass
+                await self.control.close()
             if hooks is not None:  # unacknowledged events are sent again by the next run
                 hooks.cancel()
                 try:
@@ -276,6 +345,12 @@ class Daemon:
                     pass
 
     async def _shutdown(self) -> None:
+        for task in list(self._reloads):
+            task.cancel()  # the pool's stop below shuts their draining binds down
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -313,10 +388,22 @@ class Daemon:
         self.stop_event.set()
 
     def _on_hup(self) -> None:
+        task = asyncio.create_task(self._hup(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _hup(self) -> None:
+        # A HUP during start applies once started: the start builds from the config it
+        # began with.
+        await self.started.wait()
         self.notifier.reloading()
-        self.reload()
-        self._templates_task = asyncio.create_task(self.load_templates())
-        self.notifier.ready()
+        try:
+            await self.reload()
+            await self.load_templates()
+        except Exception:  # a reload that fails half-way is logged; the daemon goes on
+            log.exception("reload failed")
+        finally:
+            self.notifier.ready()
 
     async def load_templates(self) -> None:
         """Upsert ``[campaigns] templates_file`` (at start and on SIGHUP); a broken
@@ -507,17 +594,23 @@ class Daemon:
         queued = sum(d["ready"] + d["delayed"] for d in depths.values())
         bound = sum(1 for b in (self.pool.snapshot() if self.pool else []) if b.state == "bound")
         done = self.dispatcher.processed if self.dispatcher else 0
-        return f"processed {done}; queued {queued}; binds up {bound}"
+        line = f"processed {done}; queued {queued}; binds up {bound}"
+        pool = self.pool
+        suspended = [c for c in pool.carriers() if pool.suspended(c)] if pool else []
+        return line + (f"; suspended {', '.join(suspended)}" if suspended else "")
 
     # For the HTTP backend ------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         why: dict[str, Any] = {"redis": "ok" if self.redis_ok else "unreachable"}
         carriers: dict[str, str] = {}
         if self.pool is not None:
+            pool = self.pool
             by: dict[str, bool] = {}
-            for b in self.pool.snapshot():
+            for b in pool.snapshot():
                 by[b.carrier] = by.get(b.carrier, False) or b.state == "bound"
-            carriers = {c: ("bound" if up else "no bind up") for c, up in by.items()}
+            # A suspended carrier takes no submits, bound or not: not "bound" here.
+            carriers = {c: ("suspended" if pool.suspended(c) else
+                            "bound" if up else "no bind up") for c, up in by.items()}
         why["carriers"] = carriers
         ok = self.redis_ok and bool(carriers) and any(v == "bound" for v in carriers.values())
         return ok, why

@@ -353,6 +353,7 @@ async def test_rate_gate_is_asked_for_every_part(smsc: PySmsc) -> None:
     class Gate:
         def __init__(self) -> None:
             self.parts: dict[str, int] = {}
+            self.caps: dict[str, float] = {}
 
         async def acquire(self, carrier: str, n: int) -> None:
             self.parts[carrier] = self.parts.get(carrier, 0) + n
@@ -362,6 +363,9 @@ async def test_rate_gate_is_asked_for_every_part(smsc: PySmsc) -> None:
 
         def rate(self, carrier: str) -> float:
             return 100.0
+
+        def set_cap(self, carrier: str, tps: float) -> None:
+            self.caps[carrier] = tps
 
     gate = Gate()
     pool = await started(CarrierPool(config(carrier("a", smsc.port)), Recorder(), rate_gate=gate))

@@ -118,13 +118,14 @@ async def test_policy_reload_keeps_the_old_policy_when_the_file_breaks(
     async with running_daemon(load(path)) as daemon, aiohttp.ClientSession() as http:
         first = daemon.policy()
         policy.write_text("[category.otp]\ncaps = [{ limit = 0 }\n")  # broken TOML
-        daemon._on_hup()
+        ok, message, _ = await daemon.reload()
+        assert not ok and "policy.toml" in message
         assert daemon.policy() is first
         assert _gauge("gatewayd_policy_reload_failed") == 1.0
         assert daemon.http is not None
         url = f"http://127.0.0.1:{daemon.http.port}/admin/reload"
         async with http.post(url) as r:
-            assert r.status == 500
+            assert r.status == 422
             assert "policy.toml" in (await r.json())["message"]
         policy.write_text((ROOT / "tests" / "data" / "no_policy.toml").read_text()
                           + '\n[[keywords]]\nname = "x"\nfile = "words.txt"\n')

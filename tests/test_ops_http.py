@@ -75,8 +75,9 @@ class RedisBackend:
         return records.read(self.redis, self.keys, number=number.lstrip("+"), since=since,
                             until=until)
 
-    async def reload(self) -> tuple[bool, str]:
-        return (True, "reloaded") if self.reload_ok else (False, "policy.toml: bad keyword")
+    async def reload(self) -> tuple[bool, str, dict[str, Any]]:
+        return ((True, "reloaded", {}) if self.reload_ok
+                else (False, "policy.toml: bad keyword", {}))
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         try:
@@ -376,7 +377,7 @@ async def test_reload_ok_and_failed(
         assert await r.json() == {"ok": True, "message": "reloaded"}
     backend.reload_ok = False
     async with http.post(url(server, "/admin/reload")) as r:
-        assert r.status == 500
+        assert r.status == 422  # the file's fault, not the server's
         body = await r.json()
     assert body["ok"] is False and "bad keyword" in body["message"]
     assert body["error"]["code"] == "reload_failed"

@@ -59,6 +59,34 @@ def test_rates_binds_receipts_and_errors_from_deltas() -> None:
     assert "unmatched" in frame.split("RECEIPTS", 1)[1]
 
 
+def test_a_suspended_carrier_is_shown_suspended() -> None:
+    c = "topsusp"  # bound (receipts and MO flow) but taking no submits
+    metrics.BIND_UP.labels(c, "0").set(1)
+    metrics.CARRIER_SUSPENDED.labels(c).set(1)
+    try:
+        view = top.View(url="u")
+        view.update(scrape_registry(), 1.0)
+        frame = top.render(view)
+        # (other tests' carriers share the registry: look for this one in the list)
+        assert c in _suspended_in_header(frame)
+        row = next(line.split() for line in frame.splitlines() if line.startswith(f"{c} "))
+        assert row[:3] == [c, "0", "SUSP"]
+        metrics.CARRIER_SUSPENDED.labels(c).set(0)
+        view.update(scrape_registry(), 2.0)
+        frame = top.render(view)
+        assert c not in _suspended_in_header(frame)
+        row = next(line.split() for line in frame.splitlines() if line.startswith(f"{c} "))
+        assert row[:3] == [c, "0", "up"]
+    finally:
+        metrics.CARRIER_SUSPENDED.labels(c).set(0)
+        metrics.BIND_UP.labels(c, "0").set(0)
+
+
+def _suspended_in_header(frame: str) -> list[str]:
+    words = frame.splitlines()[1].split()
+    return words[words.index("suspended") + 1].split(",") if "suspended" in words else []
+
+
 def test_counter_reset_counts_from_zero() -> None:
     name = "gatewayd_submit_sm_total"
     view = top.View(url="u")

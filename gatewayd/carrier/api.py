@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from gatewayd.config import Config
 from gatewayd.model import InboundMessage, Receipt
 
 FailureKind = Literal["", "retry", "permanent"]
@@ -104,3 +105,12 @@ class RateGate(Protocol):
 
     def rate(self, carrier: str) -> float:
         """The account's current rate limit (learned), for gauges."""
+
+    def set_cap(self, carrier: str, tps: float) -> None:
+        """The configured tps of the carrier's account changed live (an operator's
+        override): the learned rate stays under it; one that sat at the old cap moves to
+        the new one at once (else it grows towards it by probing)."""
+
+    def learn_carriers(self, cfg: Config) -> None:
+        """The carriers of a reloaded config: a new SMSC account gets its own rate at its
+        tps; a known one keeps its learned rate (the pool sets its cap with set_cap)."""

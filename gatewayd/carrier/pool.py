@@ -36,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from gatewayd.carrier import batch as B
 from gatewayd.carrier.api import (
@@ -65,6 +66,10 @@ _MAX_RESEND_ROUNDS = 4
 # response timeout.
 _GRACE_LATENCIES = 4.0
 _GRACE_FLOOR_S = 0.01
+# A reload's retired links keep taking receipts and MO this long after their last submit
+# was answered: SMSCs send most receipts within a second or two of the answer; later ones
+# wait at the SMSC for the account's next bind.
+_RECEIPT_LINGER_S = 2.0
 
 
 class CarrierPool:
@@ -80,27 +85,221 @@ class CarrierPool:
         self._accounts = account_names(cfg)
         self._engines: dict[str, Engine] = {}
         self._binds: dict[str, list[Link]] = {}
+        self._all: list[Link] = []
+        self._tx: dict[str, list[Link]] = {}
         # One throttle meter per SMSC account: every bind of every entry on it feeds it.
         self._meters: dict[str, ThrottleMeter] = {}
-        for c in cfg.carrier:
-            engine = engine_for(c, cfg.carrier_password(c), handler, clock)
-            self._engines[c.name] = engine
-            binds = engine.links
-            account = self._accounts[c.name]
-            meter = self._meters.get(account)
-            if meter is None:
-                meter = self._meters[account] = ThrottleMeter(self._reporter(c.name))
-            for b in binds:
-                b.meter = meter
-            self._binds[c.name] = binds
-        self._all = [b for binds in self._binds.values() for b in binds]
-        self._tx = {name: [b for b in binds if b.transmits] for name, binds in self._binds.items()}
-        self._learned = {name: M.CARRIER_RATE.labels(name) for name in self._binds}
+        self._learned: dict[str, Any] = {}
         self._m_stragglers = M.STRAGGLERS
-        self._m_resends = {name: M.PART_RESENDS.labels(name) for name in self._binds}
-        self._accepting = False
+        self._m_resends: dict[str, Any] = {}
+        self._m_suspended: dict[str, Any] = {}
+        self._m_tps: dict[str, Any] = {}
+        self._m_window: dict[str, Any] = {}
+        # Live control (gatewayd/control): kept by carrier NAME, not on engines or links,
+        # so an engine replaced by a reload keeps its carrier's suspension and tuning.
+        self._suspended: set[str] = set()
+        self._tuning: dict[str, tuple[float | None, int | None]] = {}
         self._housekeeper: asyncio.Task[None] | None = None
+        self._handler = handler
+        # Links a reload took out of service, draining (stop() shuts them down too).
+        self._draining: set[Link] = set()
+        for c in cfg.carrier:
+            self._adopt(c.name, engine_for(c, cfg.carrier_password(c), handler, clock))
+        self._accepting = False
         self._later: set[asyncio.Task[None]] = set()
+
+    def _adopt(self, name: str, engine: Engine) -> None:
+        """Wire a carrier entry's engine and its links into the pool: the one place this
+        happens (construction, and a reload replacing an entry). The entry's config must be
+        in ``self._carriers``. The carrier's suspension and tuning overrides apply to the
+        new links; in a started pool they are started (the old engine's links, if any, are
+        the caller's to drain and shut down)."""
+        self._engines[name] = engine
+        binds = list(engine.links)
+        account = self._accounts[name]
+        meter = self._meters.get(account)
+        if meter is None:
+            meter = self._meters[account] = ThrottleMeter(self._reporter(name))
+        for b in binds:
+            b.meter = meter
+        self._binds[name] = binds
+        self._tx[name] = [b for b in binds if b.transmits]
+        self._all = [b for bs in self._binds.values() for b in bs]
+        self._learned[name] = M.CARRIER_RATE.labels(name)
+        self._m_resends[name] = M.PART_RESENDS.labels(name)
+        self._m_suspended[name] = M.CARRIER_SUSPENDED.labels(name)
+        self._m_tps[name] = M.CARRIER_TPS.labels(name)
+        self._m_window[name] = M.CARRIER_WINDOW.labels(name)
+        self._apply(name)
+        if self._housekeeper is not None:
+            for b in binds:
+                b.start()
+
+    # -- live control (gatewayd/control applies Redis state through these) ---------------
+    def effective(self, name: str) -> tuple[float, int]:
+        """The carrier's tps and window now: its override, else its config."""
+        c = self._carriers[name]
+        tps, window = self._tuning.get(name, (None, None))
+        return (c.tps if tps is None else tps), (c.window if window is None else window)
+
+    def carriers(self) -> list[str]:
+        """The carrier entries' names, in file order."""
+        return list(self._engines)
+
+    def suspended(self, name: str) -> bool:
+        return name in self._suspended
+
+    def tuning(self, name: str) -> tuple[float | None, int | None]:
+        """The carrier's overrides (None: the config's value)."""
+        return self._tuning.get(name, (None, None))
+
+    def suspend(self, name: str, on: bool) -> None:
+        """A suspended carrier gets no new submits (routing takes the next carrier of the
+        chain); its binds stay up, so receipts and MO keep coming."""
+        self._known(name)
+        if on:
+            self._suspended.add(name)
+        else:
+            self._suspended.discard(name)
+        self._m_suspended[name].set(1 if on else 0)
+
+    def set_tuning(self, name: str, tps: float | None, window: int | None) -> None:
+        """Override the carrier's tps and window (None: back to the config value), on its
+        links and on the account's shared rate cap."""
+        self._known(name)
+        if tps is not None and not tps > 0:
+            raise ValueError(f"{name}: tps must be greater than 0, got {tps}")
+        if window is not None and window < 1:
+            raise ValueError(f"{name}: window must be at least 1, got {window}")
+        if tps is None and window is None:
+            self._tuning.pop(name, None)
+        else:
+            self._tuning[name] = (tps, window)
+        self._apply(name)
+
+    async def restart_binds(self, name: str) -> None:
+        """Bring the carrier's binds down and up again: each stops taking submits, waits
+        (bounded by the response timeout) for its outstanding answers, unbinds and
+        reconnects at once; what is still unanswered ends as on a bind loss (retried)."""
+        self._known(name)
+        await asyncio.gather(*(b.restart() for b in self._binds[name]))
+
+    # -- config reload (gatewayd.control.reload says what changed) -----------------------
+    async def apply_carriers(self, cfg: Config, *, changed: Iterable[str] = (),
+                             retuned: Iterable[str] = (), bind_wait_s: float = 10.0) -> None:
+        """A reloaded config's carriers and routes, without losing a message in flight.
+
+        Added and ``changed`` entries get new engines, whose links start at once; the old
+        links of a changed entry keep taking submits meanwhile. Once the new links are
+        bound (or ``bind_wait_s`` has passed: then a warning, and the switch anyway), the
+        new routes apply and the replaced links, and those of removed entries, stop
+        taking submits and drain: their outstanding submits are answered (bounded by the
+        response timeout; what stays unanswered ends as on a bind loss, retried),
+        receipts and MO are still taken for a while (_RECEIPT_LINGER_S), then they
+        unbind. Returns when they have. ``retuned`` entries (tps, window) change in
+        place. Operator overrides (suspension, tps, window) are kept by carrier name,
+        so they survive."""
+        new = {c.name: c for c in cfg.carrier}
+        added = [n for n in new if n not in self._engines]
+        removed = [n for n in self._engines if n not in new]
+        replaced = [n for n in changed if n in self._engines and n in new]
+        self.cfg = cfg
+        self._carriers.update(new)  # removed entries' too: their stragglers need them
+        self._accounts.update(account_names(cfg))
+        self._gate.learn_carriers(cfg)
+        for name in retuned:
+            if name in self._engines:
+                self._apply(name)
+        old: dict[str, tuple[Engine, list[Link]]] = {}
+        fresh: list[Link] = []
+        for name in [*added, *replaced]:
+            c = new[name]
+            previous = (self._engines[name], self._binds[name]) if name in replaced else None
+            engine = engine_for(c, cfg.carrier_password(c), self._handler, self._clock)
+            self._adopt(name, engine)
+            fresh += engine.links
+            if previous is not None:
+                old[name] = previous
+                self._binds[name] = [*self._binds[name], *previous[1]]
+                # The carrier's submits are encoded by its (new) engine: the old links
+                # may carry them only in the same protocol.
+                if previous[0].protocol == engine.protocol:
+                    self._tx[name] = [*self._tx[name],
+                                      *(b for b in previous[1] if b.transmits)]
+        self._rewire()
+        if fresh and self._housekeeper is not None and not await self._bound(fresh,
+                                                                            bind_wait_s):
+            log.warning("reload: not every new bind came up within %.0f s; switching to "
+                        "the new carrier config anyway (messages wait for them queued)",
+                        bind_wait_s)
+        self._router = Router(cfg)
+        retiring: list[tuple[Engine, list[Link]]] = []
+        for name, (engine, links) in old.items():
+            self._binds[name] = list(self._engines[name].links)
+            self._tx[name] = [b for b in self._binds[name] if b.transmits]
+            retiring.append((engine, links))
+        for name in removed:
+            engine = self._engines.pop(name)
+            retiring.append((engine, self._binds.pop(name)))
+            self._tx.pop(name, None)
+        self._rewire()
+        if retiring:
+            log.info("reload: draining the binds of %s",
+                     ", ".join(sorted({*old, *removed})))
+            await asyncio.gather(*(self._retire(e, links) for e, links in retiring))
+        for name in removed:
+            if name not in self._engines:
+                self._carriers.pop(name, None)
+        for name in old:  # the old links' last state set the shared gauges
+            for b in self._binds[name]:
+                M.BIND_UP.labels(name, str(b.index)).set(1 if b.bound else 0)
+
+    def _rewire(self) -> None:
+        self._all = [b for bs in self._binds.values() for b in bs]
+
+    async def _bound(self, links: list[Link], timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not all(b.bound for b in links):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def _retire(self, engine: Engine, links: list[Link]) -> None:
+        """Drain links out of service (no submit is routed to them any more). Until they
+        are shut down they are in ``_draining``: a stop meanwhile shuts them down too."""
+        self._draining.update(links)
+        loop = asyncio.get_running_loop()
+        wait = max((b.cfg.response_timeout_s for b in links), default=0.0)
+        deadline = loop.time() + wait
+        while True:
+            if not any(b.in_flight for b in links) or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(_RECEIPT_LINGER_S)
+        tasks = engine.deliveries.tasks
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=wait or 1.0)
+        await asyncio.gather(*(b.shutdown() for b in links))
+        self._draining.difference_update(links)
+
+    def _known(self, name: str) -> None:
+        if name not in self._engines:
+            raise KeyError(f"no carrier named {name!r}")
+
+    def _apply(self, name: str) -> None:
+        """The carrier's overrides onto its links, gauges and the account's rate cap."""
+        tps, window = self.effective(name)
+        for b in self._binds[name]:
+            b.retune(tps, window)
+        self._m_suspended[name].set(1 if name in self._suspended else 0)
+        self._m_tps[name].set(tps)
+        self._m_window[name].set(window)
+        account = self._accounts[name]
+        cap = min(self.effective(n)[0] for n, a in self._accounts.items()
+                  if a == account and n in self._engines)
+        self._gate.set_cap(name, cap)
 
     def _reporter(self, carrier: str) -> Callable[[int, int], Awaitable[None]]:
         gate = self._gate
@@ -161,7 +360,7 @@ class CarrierPool:
         tasks = [t for e in self._engines.values() for t in e.deliveries.tasks]
         if tasks:
             await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
-        await asyncio.gather(*(b.shutdown() for b in self._all))
+        await asyncio.gather(*(b.shutdown() for b in [*self._all, *self._draining]))
         for m in self._meters.values():
             m.close()
         if self._housekeeper is not None:
@@ -219,7 +418,8 @@ class CarrierPool:
                 outcomes[i] = SubmitOutcome(
                     msg_id=req.msg_id, carrier="", ok=False, status_name=e.status_name,
                     kind=e.kind, reason=e.reason,
-                    backpressure=e.status_name in ("STOPPING", "NO_BOUND_CARRIER"),
+                    backpressure=e.status_name in ("STOPPING", "NO_BOUND_CARRIER",
+                                                   "CARRIER_SUSPENDED"),
                 )
                 continue
             group = groups.get(bind)
@@ -379,10 +579,16 @@ class CarrierPool:
         chain = self._router.carriers_for(req.destination, req.carrier)
         if not chain:
             raise Unsendable("permanent", "UNKNOWN_CARRIER", f"no carrier named {req.carrier!r}")
+        suspended = self._suspended
         for name in chain:
+            if name in suspended:
+                continue
             best = self._least_loaded(name, load)
             if best is not None:
                 return name, best
+        if suspended and all(name in suspended for name in chain):
+            raise Unsendable("retry", "CARRIER_SUSPENDED",
+                             f"carrier suspended: {', '.join(chain)}")
         raise Unsendable("retry", "NO_BOUND_CARRIER",
                        f"no bound transmitting bind on {', '.join(chain)}")
 

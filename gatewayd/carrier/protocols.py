@@ -123,6 +123,14 @@ class Link(Protocol):
 
     async def shutdown(self) -> None: ...
 
+    async def restart(self) -> None:
+        """Stop taking submits, await the outstanding answers (bounded), close and
+        connect again at once (an operator's restart of the carrier's binds)."""
+
+    def retune(self, tps: float, window: int) -> None:
+        """Apply the carrier's tps (the link takes its share, tps / binds) and window
+        live (gatewayd/control: an operator's override, or back to the config)."""
+
     def status(self) -> BindStatus: ...
 
     def show_limit(self, share: float) -> None:

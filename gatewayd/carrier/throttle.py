@@ -153,6 +153,14 @@ class LocalRateGate:
         now = clock()
         self._state = {name: _Learned(a.tps, now, k) for name, a in accounts(cfg).items()}
         self._clock = clock
+        self._k = k
+
+    def learn_carriers(self, cfg: Config) -> None:
+        self._account.update(account_names(cfg))
+        now = self._clock()
+        for name, a in accounts(cfg).items():
+            if name not in self._state:
+                self._state[name] = _Learned(a.tps, now, self._k)
 
     def _of(self, carrier: str) -> _Learned:
         try:
@@ -182,6 +190,14 @@ class LocalRateGate:
         st.tokens = min(st.tokens, max(1.0, st.rate / 10))
         log.info("%s: throttled (%d of %d answers in %.1f s); learned rate now %.1f/s",
                  carrier, throttled, accepted + throttled, st.k.window_s, st.rate)
+
+    def set_cap(self, carrier: str, tps: float) -> None:
+        st = self._of(carrier)
+        st.advance(self._clock())
+        at_cap = st.rate >= st.cap
+        st.cap = tps
+        st.rate = tps if at_cap else min(st.rate, tps)
+        st.tokens = min(st.tokens, max(1.0, st.rate / 10))
 
     def rate(self, carrier: str) -> float:
         st = self._of(carrier)

@@ -1,4 +1,4 @@
 """The HTTP API: aiohttp server, the daemon-side service, OpenAPI, listener limits.
 
-May import: pipeline, campaigns, accounts, webhooks, policy, consent, store, ops, config, model, errors.
+May import: pipeline, campaigns, accounts, webhooks, control, policy, consent, store, ops, config, model, errors.
 """

@@ -67,8 +67,10 @@ class Backend(Protocol):
         (0 = open); rows as gatewayd.consent.records.EXPORT_FIELDS."""
         ...
 
-    async def reload(self) -> tuple[bool, str]:
-        """Reload policies: (ok, message). A failed reload keeps the previous policy."""
+    async def reload(self) -> tuple[bool, str, dict[str, Any]]:
+        """Reload the config and policy files: (ok, message, what changed: carriers,
+        routing, http keys, keys that need a restart). A file that fails its checks
+        changes nothing (ok False, the message says why)."""
         ...
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -181,8 +181,29 @@ _SCHEMAS: dict[str, Any] = {
     "Reload": {
         "type": "object",
         "required": ["ok", "message"],
-        "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"},
-                       "error": _ref("ErrorDetail")},
+        "properties": {
+            "ok": {"type": "boolean"},
+            "message": {"type": "string",
+                        "description": "What was applied; on failure the file, the key "
+                                       "and the fix"},
+            "carriers": {
+                "type": "object",
+                "description": "Carrier entries by name: added and changed ones bind "
+                               "before the old binds drain; re-tuned ones (tps, window "
+                               "only) change in place",
+                "properties": {k: {"type": "array", "items": {"type": "string"}}
+                               for k in ("added", "removed", "changed", "retuned")},
+            },
+            "routing": {"type": "boolean", "description": "[routing] changed (applied)"},
+            "http": {"type": "array", "items": {"type": "string"},
+                     "description": "[http] keys applied to the running listener"},
+            "restart_needed": {
+                "type": "array", "items": {"type": "string"},
+                "description": "Dotted keys that changed but apply only after a restart "
+                               "(e.g. redis.url, http.listen); they keep their running "
+                               "values"},
+            "error": _ref("ErrorDetail"),
+        },
     },
     "Health": {
         "type": "object",
@@ -378,7 +399,93 @@ _SCHEMAS: dict[str, Any] = {
                           "default": 10},
         },
     },
+
+    "Carrier": {
+        "type": "object",
+        "description": "A carrier: its effective settings (the operator's override, else "
+                       "the config's), what each live daemon applied, and every daemon's "
+                       "binds with state and counters",
+        "required": ["name", "suspended", "tps", "window", "override", "binds"],
+        "additionalProperties": True,
+        "properties": {
+            "name": {"type": "string"},
+            "protocol": {"type": "string", "enum": ["smpp", "cmpp"]},
+            "host": {"type": "string"}, "port": {"type": "integer"},
+            "suspended": {"type": "boolean",
+                          "description": "No new submits (routing takes the next carrier "
+                                         "of the chain); receipts and MO still flow"},
+            "tps": {"type": "number"}, "window": {"type": "integer"},
+            "config": {"type": "object", "properties": {
+                "tps": {"type": "number"}, "window": {"type": "integer"},
+                "binds": {"type": "integer"}}},
+            "override": {"type": "object", "properties": {
+                "suspended": {"type": "boolean"},
+                "tps": {"type": "number", "nullable": True},
+                "window": {"type": "integer", "nullable": True},
+                "restart": {"type": "integer",
+                            "description": "Restart generation (each request adds one)"}}},
+            "daemons": {"type": "object", "description": "consumer -> {suspended, tps, "
+                                                         "window, restart} it applied",
+                        "additionalProperties": {"type": "object"}},
+            "binds": {"type": "array", "items": {"type": "object", "properties": {
+                "daemon": {"type": "string"}, "index": {"type": "integer"},
+                "state": {"type": "string"}, "mode": {"type": "string"},
+                "window": {"type": "integer"}, "in_flight": {"type": "integer"},
+                "tps_limit": {"type": "number"}, "submitted": {"type": "integer"},
+                "reconnects": {"type": "integer"}, "last_error": {"type": "string"}}}},
+            "submitted": {"type": "integer"}, "in_flight": {"type": "integer"},
+            "bound": {"type": "integer", "description": "Binds up, every daemon"},
+        },
+    },
 }
+
+
+def _carrier_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    """Carrier control (gatewayd/http/carriers.py), the admin role only: the same
+    operations as `gatewayd carrier ...`; every daemon applies a change within a second."""
+    name = {"name": "name", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,32}$"}}
+    errs = {**auth_errors,
+            "404": _err("No such carrier, or carrier control is not served here")}
+    one = _json_body(_ref("Carrier"), "The carrier after the change")
+
+    def post(op_id: str, summary: str) -> dict[str, Any]:
+        return {"post": {"operationId": op_id, "summary": summary, "parameters": [name],
+                         "responses": {"200": one, **errs}}}
+
+    return {
+        "/admin/carriers": {"get": {
+            "operationId": "listCarriers",
+            "summary": "Every carrier: settings, suspension, every daemon's binds",
+            "responses": {"200": _json_body({"type": "object", "properties": {
+                "carriers": {"type": "array", "items": _ref("Carrier")}}}, "Carriers"),
+                **errs}}},
+        "/admin/carriers/{name}": {
+            "get": {"operationId": "showCarrier", "summary": "One carrier",
+                    "parameters": [name], "responses": {"200": one, **errs}},
+            "patch": {"operationId": "tuneCarrier",
+                      "summary": "Change its tps and/or window live (null: the config's)",
+                      "parameters": [name],
+                      "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": {"type": "object", "additionalProperties": False,
+                                     "minProperties": 1, "properties": {
+                                         "tps": {"type": "number", "nullable": True,
+                                                 "exclusiveMinimum": True, "minimum": 0,
+                                                 "maximum": 1000000},
+                                         "window": {"type": "integer", "nullable": True,
+                                                    "minimum": 1, "maximum": 65535,
+                                                    "description": "CMPP: at most 64"}}}}}},
+                      "responses": {"200": one, **errs,
+                                    "422": _err("Invalid tps or window (the message says "
+                                                "which)")}},
+        },
+        "/admin/carriers/{name}/suspend": post(
+            "suspendCarrier", "No new submits to it (traffic fails over by routing, or "
+                              "waits queued); receipts and MO still flow"),
+        "/admin/carriers/{name}/resume": post("resumeCarrier", "Submit to it again"),
+        "/admin/carriers/{name}/restart": post(
+            "restartCarrier", "Every daemon unbinds its binds and binds again"),
+    }
 
 
 def _webhook_paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
@@ -783,18 +890,23 @@ def openapi_spec(
                         "responses": {**optout_ok, **auth_errors, **invalid_number}},
             },
             "/admin/reload": {"post": {
-                "operationId": "reloadPolicies",
-                "summary": "Reload the policy files (like SIGHUP)",
+                "operationId": "reloadConfig",
+                "summary": "Reload the config and policy files (like SIGHUP; admin role)",
+                "description": "Carriers, routing and the [http] limits and keys apply "
+                               "live, without losing messages in flight; keys that cannot "
+                               "are listed in restart_needed.",
                 "responses": {
-                    "200": _json_body(_ref("Reload"), "Reloaded"),
+                    "200": _json_body(_ref("Reload"), "Reloaded: what changed"),
                     **auth_errors,
-                    "500": _json_body(_ref("Reload"),
-                                      "The new files are invalid; the previous policy stays"),
+                    "422": _json_body(_ref("Reload"),
+                                      "The file fails its checks; the running "
+                                      "configuration stays (message says why)"),
                 },
             }},
             **_campaign_paths(auth_errors),
             **_account_paths(auth_errors),
             **_webhook_paths(auth_errors),
+            **_carrier_paths(auth_errors),
             "/metrics": {"get": {
                 "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
                 "responses": {"200": {"description": "Prometheus text format 0.0.4",

@@ -61,6 +61,7 @@ from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
 from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
+from gatewayd.http import carriers as carrier_routes
 from gatewayd.http import webhooks as webhook_routes
 from gatewayd.http.backend import (
     DUPLICATE_ID,
@@ -157,6 +158,7 @@ class HttpServer:
         campaigns: campaign_routes.CampaignApi | None = None,
         accounts: account_routes.AccountApi | None = None,
         webhooks: webhook_routes.WebhookApi | None = None,
+        carriers: carrier_routes.CarrierApi | None = None,
         max_connections: int = 1024,
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
@@ -173,6 +175,7 @@ class HttpServer:
         self.campaigns = campaigns
         self.accounts = accounts
         self.webhooks = webhooks
+        self.carriers = carriers
         self.backend = backend
         self.registry = registry
         self.max_body_bytes = max_body_bytes
@@ -182,6 +185,7 @@ class HttpServer:
         self.draining = False
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._cap: ConnectionCap | None = None
         self.app = self._build_app()
 
     # Lifecycle ----------------------------------------------------------------------
@@ -212,15 +216,35 @@ class HttpServer:
         await runner.setup()
         assert runner.server is not None
         # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory.
+        self._cap = ConnectionCap(runner.server, self.max_connections, "api")
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                ConnectionCap(runner.server, self.max_connections, "api"),
+                self._cap,
                 self.host or None, self._port, backlog=1024, reuse_address=True)
         except OSError:
             await runner.cleanup()
             raise
         self._runner = runner
         log.info("http: listening", extra={"listen": f"{self.host}:{self.port}"})
+
+    def configure(self, *, api_key_hashes: list[str], max_body_bytes: int,
+                  max_connections: int, idle_timeout_s: float, body_timeout_s: float) -> None:
+        """New [http] limits and keys for the running listener (a config reload). The
+        open connections keep their idle time-out; new ones get the new one. The
+        listen address is the listener's: it changes with a restart only."""
+        self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self.max_body_bytes = max_body_bytes
+        # aiohttp reads both per request and per connection from these (no public
+        # setter): the size cap of the next request's body, the next connection's
+        # keep-alive time-out.
+        self.app._client_max_size = max_body_bytes
+        self.max_connections = max_connections
+        if self._cap is not None:
+            self._cap.limit = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        if self._runner is not None and self._runner.server is not None:
+            self._runner.server._kwargs["keepalive_timeout"] = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
 
     def drain(self) -> None:
         """Stop intake (503) and fail /readyz; everything else keeps answering."""
@@ -257,6 +281,7 @@ class HttpServer:
         campaign_routes.register(app, self.campaigns)
         account_routes.register(app, self.accounts)
         webhook_routes.register(app, self.webhooks)
+        carrier_routes.register(app, self.carriers)
         return app
 
     @web.middleware
@@ -492,10 +517,13 @@ class HttpServer:
 
     # Admin and operations -----------------------------------------------------------
     async def admin_reload(self, request: web.Request) -> web.Response:
-        ok, message = await self.backend.reload()
+        """Reload the config and policy files (like SIGHUP). A file that fails its
+        checks changes nothing: 422 with the reason (the file, the key, the fix)."""
+        ok, message, *more = await self.backend.reload()
+        details = more[0] if more else {}
         if ok:
-            return _json(200, {"ok": True, "message": message})
-        return _json(500, {"ok": False, "message": message,
+            return _json(200, {"ok": True, "message": message, **details})
+        return _json(422, {"ok": False, "message": message,
                            "error": {"code": "reload_failed", "message": message}})
 
     async def get_metrics(self, request: web.Request) -> web.Response:

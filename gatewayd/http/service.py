@@ -40,7 +40,7 @@ class Host(Protocol):
     started_at: float
     consumer: str
 
-    def reload(self) -> tuple[bool, str]: ...
+    async def reload(self) -> tuple[bool, str, dict[str, Any]]: ...
 
     def policy(self) -> PolicyEngine | None: ...
 
@@ -196,8 +196,8 @@ class DaemonBackend:
         return records.read(self.redis, self.d.keys, number=digits, since=since,
                             until=until)
 
-    async def reload(self) -> tuple[bool, str]:
-        return self.d.reload()
+    async def reload(self) -> tuple[bool, str, dict[str, Any]]:
+        return await self.d.reload()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.d.readiness()

@@ -79,6 +79,11 @@ POLICY_VERDICTS = Counter(
 POLICY_RELOADS = Counter(
     "gatewayd_policy_reloads_total", "Policy reloads by result", ["result"], registry=REGISTRY
 )
+CONFIG_RELOADS = Counter(
+    "gatewayd_config_reloads_total",
+    "Config reloads (SIGHUP, POST /admin/reload) by result: error = the file failed its "
+    "checks and the running configuration stays", ["result"], registry=REGISTRY,
+)
 POLICY_RELOAD_FAILED = Gauge(
     "gatewayd_policy_reload_failed",
     "1 while the last policy reload failed (the previous policy is still in force)",
@@ -106,6 +111,21 @@ BIND_TPS = Gauge(
 CARRIER_RATE = Gauge(
     "gatewayd_carrier_tps_learned",
     "The carrier account's send rate learned from throttling (shared by binds and daemons)",
+    ["carrier"], registry=REGISTRY,
+)
+CARRIER_SUSPENDED = Gauge(
+    "gatewayd_carrier_suspended",
+    "1 while an operator has the carrier suspended (no new submits; receipts and MO flow)",
+    ["carrier"], registry=REGISTRY,
+)
+CARRIER_TPS = Gauge(
+    "gatewayd_carrier_tps",
+    "The carrier's effective tps: an operator's live override, else the configured value",
+    ["carrier"], registry=REGISTRY,
+)
+CARRIER_WINDOW = Gauge(
+    "gatewayd_carrier_window",
+    "The carrier's effective window: an operator's live override, else the configured value",
     ["carrier"], registry=REGISTRY,
 )
 STRAGGLERS = Counter(
@@ -329,6 +349,7 @@ def zero_known(classes: Iterable[str], carriers: Iterable[str]) -> None:
         (PDU_ERRORS, [(c, k) for c in carriers for k in PDU_ERROR_KINDS]),
         (SPOOLED, [(k, a) for k in SPOOL_KINDS for a in SPOOL_ACTIONS]),
         (POLICY_RELOADS, [(r,) for r in RELOAD_RESULTS]),
+        (CONFIG_RELOADS, [(r,) for r in RELOAD_RESULTS]),
         (FANOUT, [(r,) for r in FANOUT_RESULTS]),
         (LINK_REQUESTS, [(k,) for k in LINK_KINDS]),
     ):

@@ -163,12 +163,15 @@ def render(view: View) -> str:
     reload_failed = total(s, "gatewayd_policy_reload_failed")
     binds = by(s, "gatewayd_bind_up", "carrier", "bind")
     up = sum(1 for v in binds.values() if v >= 1)
+    suspended = {carrier for (carrier,), v in by(s, "gatewayd_carrier_suspended",
+                                                 "carrier").items() if v >= 1}
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.cur_t or time.time()))
     lines.append(paint(f"gatewayd {version}  {view.url}  {stamp}", _BOLD))
     lines.append(
         f"redis {paint('up', _GREEN) if redis_up >= 1 else paint('DOWN', _RED)}   "
         f"binds up {up}/{len(binds)}   "
-        f"policy {paint('RELOAD FAILED', _RED) if reload_failed >= 1 else 'ok'}"
+        + (paint(f"suspended {','.join(sorted(suspended))}", _RED) + "   " if suspended else "")
+        + f"policy {paint('RELOAD FAILED', _RED) if reload_failed >= 1 else 'ok'}"
     )
 
     lines += ["", f"{'BINDS':<12}{'bind':>5}  {'state':<6}{'window':>8}{'tps limit':>11}"
@@ -178,6 +181,8 @@ def render(view: View) -> str:
     shown: set[str] = set()
     for (carrier, idx), v in sorted(binds.items()):
         state = paint("up  ", _GREEN) if v >= 1 else paint("DOWN", _RED)
+        if carrier in suspended:  # bound for receipts and MO, no submits (gatewayd carrier)
+            state = paint("SUSP", _RED)
         # submit_sm is counted per carrier: show its rate on the carrier's first bind row.
         rate = "" if carrier in shown else _fmt_rate(
             view.rate("gatewayd_submit_sm_total", carrier=carrier))

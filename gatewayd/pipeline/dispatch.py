@@ -172,6 +172,12 @@ class Dispatcher:
         self.detached: set[str] = set()
         self._later: set[asyncio.Task[None]] = set()
 
+    def learn_carriers(self, cfg: Config) -> None:
+        """The carriers of a reloaded config (removed ones stay known: their stragglers
+        are still recorded)."""
+        self.receipts_by_carrier.update({c.name: c.registered_delivery for c in cfg.carrier})
+        self.account.update(account_names(cfg))
+
     def held_ids(self) -> _Held:
         """Entries of ours that reclaim must leave alone: in a batch, or stragglers. A
         live view, not a copy: reclaim checks it after its round trips, when batches

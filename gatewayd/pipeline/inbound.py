@@ -161,6 +161,19 @@ class InboundHandler:
         }
         self.spool: Spool | None = None
 
+    def learn_carriers(self, cfg: Config) -> None:
+        """The carriers of a reloaded config. A carrier whose account changed keeps its
+        old account's key names after the new ones: receipts of messages sent before the
+        reload were recorded under those. Removed carriers stay known (their binds drain,
+        and their receipts may come later on another entry of the account)."""
+        self.mo_cc.update({c.name: c.mo_country_code or INTERNATIONAL for c in cfg.carrier})
+        names = account_names(cfg)
+        by_account = accounts(cfg)
+        for c, a in names.items():
+            fresh = (a, *by_account[a].legacy_names)
+            before = self._key_names.get(c, ())
+            self._key_names[c] = (*fresh, *(n for n in before if n not in fresh))
+
     # The spool ------------------------------------------------------------------------
     async def _spooled(self, kind: Kind, items: list[Any],
                        now: Callable[[list[Any]], Any]) -> None:

@@ -143,6 +143,11 @@ class LearnedBucket(SharedTokenBucket):
     async def take(self, want: int) -> tuple[int, float]:
         return await self._call(want, 0, 0)
 
+    def set_cap(self, tps: float) -> None:
+        self.cap = float(tps)
+        if self.rate > self.cap:
+            self._learned(self.cap)
+
     async def report(self, accepted: int, throttled: int) -> None:
         await self._call(0, accepted, throttled)
 
@@ -151,9 +156,17 @@ class CarrierRateGate:
     """gatewayd.carrier.api.RateGate over one LearnedBucket per SMSC account."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, cfg: Config) -> None:
+        self.redis = redis
+        self.keys = keys
         self.account = account_names(cfg)
         self.buckets = {name: LearnedBucket(redis, keys, name, a.tps)
                         for name, a in accounts(cfg).items()}
+
+    def learn_carriers(self, cfg: Config) -> None:
+        self.account.update(account_names(cfg))
+        for name, a in accounts(cfg).items():
+            if name not in self.buckets:
+                self.buckets[name] = LearnedBucket(self.redis, self.keys, name, a.tps)
 
     def _bucket(self, carrier: str) -> LearnedBucket:
         try:
@@ -171,6 +184,11 @@ class CarrierRateGate:
         if bucket.rate < before:
             log.info("%s: throttled (%d of %d answers); learned rate now %.1f/s", carrier,
                      throttled, accepted + throttled, bucket.rate)
+
+    def set_cap(self, carrier: str, tps: float) -> None:
+        # The next script call of every daemon passes the new cap: the shared rate is
+        # held under it, and one at the old cap moves to it (lua/carrier_bucket.lua).
+        self._bucket(carrier).set_cap(tps)
 
     def rate(self, carrier: str) -> float:
         return self._bucket(carrier).rate

@@ -153,7 +153,9 @@ class Keys:
         return f"{self.prefix}fc:{{{self._n(number)}}}:{bucket}"
 
     def token_bucket(self, name: str) -> str:
-        """HASH: tokens + last refill time of a shared token bucket."""
+        """HASH: tokens + last refill time of a shared token bucket (a carrier account's
+        also its learned rate, last cut and probe, and the cap last passed:
+        lua/carrier_bucket.lua)."""
         return f"{self.prefix}tb:{{{name}}}"
 
     # Campaigns (gatewayd.campaigns) ------------------------------------------------
@@ -301,6 +303,20 @@ class Keys:
     def account_month(self, tenant: str, month: str) -> str:
         """HASH: one UTC month's (YYYYMM) "sent:<category>" -> count. 400 days."""
         return f"{self.prefix}acct:{{{tenant}}}:m:{month}"
+
+    # Live control of carriers (gatewayd.control) -------------------------------------
+    @property
+    def carrier_control(self) -> str:
+        """HASH: "<carrier>:suspended" -> "1", "<carrier>:tps", "<carrier>:window" (the
+        operator's overrides; absent: the config's), "<carrier>:restart" (a generation:
+        each daemon restarts the carrier's binds when it goes up). Kept until changed."""
+        return f"{self.prefix}carrier:control"
+
+    @property
+    def carrier_binds(self) -> str:
+        """HASH: consumer -> JSON {at, binds, carriers}: each daemon's binds and what it
+        applied, written every second (gatewayd carrier list reads them)."""
+        return f"{self.prefix}carrier:binds"
 
     # Operations ---------------------------------------------------------------------
     def heartbeat(self, consumer: str) -> str:

@@ -1,7 +1,7 @@
 -- A carrier account's shared token bucket at its learned rate (gatewayd.carrier.throttle:
 -- this script is that module's cut() and probed() in Lua, parameters passed in).
 -- KEYS[1] bucket HASH {t = tokens, ts = last refill, r = learned rate, tc = last cut,
--- tp = last probe} (Unix s); an absent bucket is empty, at the configured rate (new, or
+-- tp = last probe (Unix s), c = the cap last passed}; an absent bucket is empty, at the configured rate (new, or
 -- lost in a failover: a full one would add a second burst to the 1-s bound, issue 15).
 -- Burst: a twentieth of the rate (policy/ratelimit.py says why: the 1.1 x bound).
 -- ARGV[1] cap (configured tps, > 0), ARGV[2] now, ARGV[3] tokens wanted (0: none),
@@ -15,9 +15,13 @@ local accepted, throttled = tonumber(ARGV[4]), tonumber(ARGV[5])
 local margin, max_cut, floor = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local cooldown, hold, probe = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local ttl = tonumber(ARGV[12])
-local s = redis.call('HMGET', KEYS[1], 't', 'ts', 'r', 'tc', 'tp')
+local s = redis.call('HMGET', KEYS[1], 't', 'ts', 'r', 'tc', 'tp', 'c')
 local rate = tonumber(s[3]) or cap
 if rate > cap then rate = cap end  -- the configured tps was lowered
+-- Raised (an operator's live tps, gatewayd/control): a rate that sat at the old cap was
+-- not learned from throttling, so it moves to the new cap now rather than by probing.
+local old_cap = tonumber(s[6])
+if old_cap ~= nil and cap > old_cap and rate >= old_cap then rate = cap end
 local tc = tonumber(s[4]) or -1e18
 local tp = tonumber(s[5]) or now
 local burst = math.max(1, rate / 20)
@@ -52,7 +56,7 @@ if want > 0 then
 end
 redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'ts', string.format('%.17g', ts),
   'r', string.format('%.17g', rate), 'tc', string.format('%.17g', tc),
-  'tp', string.format('%.17g', tp))
+  'tp', string.format('%.17g', tp), 'c', string.format('%.17g', cap))
 -- Long enough to remember what was learned between bursts of traffic.
 redis.call('EXPIRE', KEYS[1], ttl)
 local wait = 0
