@@ -184,9 +184,12 @@ async def test_campaign_through_the_daemon_with_pause_and_cancel(
     assert final is not None and final.status == "done" and final.produced == 400
     counts = await funnel.read(redis, keys, "c1")
     assert counts["queued"] == counts["submitted"] == counts["delivered"] == 400
-    # Without campaigns.queued_records a message's record starts at its submission.
+    # Without campaigns.queued_records a message's record starts at its first transition:
+    # its submission, or a deferral when the dispatcher read it while c1 was paused (a
+    # slow machine sends fewer before the pause).
     ev = [f["state"] for _sid, f in await redis.xrange(keys.events) if f["id"] == "c1.7"]
-    assert ev == ["submitted", "delivered"]
+    assert "queued" not in ev and ev[-2:] == ["submitted", "delivered"], ev
+    assert set(ev[:-2]) <= {"deferred"}, ev
     assert counts["delivered|A"] + counts["delivered|B"] == 400
     assert await redis.sismember(keys.campaigns_active, "c1") == 0
     sc = await model.get(redis, keys, "s1")
