@@ -232,6 +232,11 @@ async def test_suspend_fails_over_on_every_daemon_receipts_and_mo_flow_resume_re
     await wait_until(lambda: rig.applied_everywhere("a", suspended=True),
                      "both daemons applied the suspension")
     taken_by_a = len(sim_a.submissions)
+    rc, out, err = await cli(rig.config_path, "list")
+    assert rc == 0, err
+    rows = {row["name"]: row for row in map(json.loads, out.splitlines())}
+    assert rows["a"]["suspended"] is True and rows["b"]["suspended"] is False
+    assert {b["daemon"] for b in rows["a"]["binds"] if b["state"] == "bound"} == {"d1", "d2"}
 
     status, ready = await rig.api("GET", "/readyz/carriers")
     assert status == 200 and ready["carriers"] == {"a": "suspended", "b": "bound"}
@@ -336,6 +341,19 @@ async def test_tps_and_window_reach_every_daemon_and_the_shared_bucket(rig: Rig)
     assert rc == 2 and "window" in err
     rc, _, err = await cli(rig.config_path, "suspend", "nosuch")
     assert rc == 1 and "nosuch" in err
+    # The admin role only: an account's key (the sending role) is refused.
+    status, made = await rig.api("POST", "/admin/accounts", {"tenant": "acme"})
+    assert status == 201, made
+    status, _ = await rig.api("POST", "/admin/carriers/a/suspend", key=made["key"]["key"])
+    assert status == 403
+    # A value written into Redis by hand that no override can take is ignored (the
+    # config's), and does not stop the others applying.
+    await rig.redis.hset(rig.keys.carrier_control, mapping={"a:tps": "fast", "a:window": "-1"})
+    assert (await rig.carrier("a"))["override"]["tps"] is None
+    status, _ = await rig.api("PATCH", "/admin/carriers/b", {"window": 9})
+    assert status == 200
+    await wait_until(lambda: rig.applied_everywhere("b", window=9), "b at window 9")
+    assert (await rig.carrier("a"))["daemons"]["d2"]["tps"] == 1000.0
 
 
 async def test_restart_brings_binds_back_and_loses_nothing(rig: Rig) -> None:
