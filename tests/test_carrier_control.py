@@ -98,6 +98,7 @@ reclaim_idle_s = 1.0
 
 [routing]
 default = ["a", "b"]
+prefixes = {{ "861399" = ["a"] }}
 {carriers}"""
     p = tmp_path / f"{name}.toml"
     p.write_text(text, encoding="utf-8")
@@ -231,6 +232,11 @@ async def test_suspend_fails_over_on_every_daemon_receipts_and_mo_flow_resume_re
     await wait_until(lambda: rig.applied_everywhere("a", suspended=True),
                      "both daemons applied the suspension")
     taken_by_a = len(sim_a.submissions)
+    rc, out, err = await cli(rig.config_path, "list")
+    assert rc == 0, err
+    rows = {row["name"]: row for row in map(json.loads, out.splitlines())}
+    assert rows["a"]["suspended"] is True and rows["b"]["suspended"] is False
+    assert {b["daemon"] for b in rows["a"]["binds"] if b["state"] == "bound"} == {"d1", "d2"}
 
     status, ready = await rig.api("GET", "/readyz/carriers")
     assert status == 200 and ready["carriers"] == {"a": "suspended", "b": "bound"}
@@ -266,27 +272,28 @@ async def test_suspend_fails_over_on_every_daemon_receipts_and_mo_flow_resume_re
     assert ready["carriers"] == {"a": "bound", "b": "bound"}
 
 
-async def test_suspended_chain_waits_queued_then_goes_on_resume(rig: Rig) -> None:
-    """Both carriers suspended: messages wait (deferred, no attempt used), and go out
-    when one is resumed."""
-    for c in ("a", "b"):
-        status, _ = await rig.api("POST", f"/admin/carriers/{c}/suspend", daemon="d2")
-        assert status == 200
-    for c in ("a", "b"):
-        await wait_until(lambda c=c: rig.applied_everywhere(c, suspended=True),  # type: ignore[misc]
-                         f"{c} suspended everywhere")
-    ids = await rig.send(10, "3")
+async def test_a_suspended_chain_waits_then_goes_on_resume(rig: Rig) -> None:
+    """Numbers routed to a alone (routing.prefixes) wait while a is suspended: deferred
+    as back-pressure (no attempt used), never sent elsewhere; resumed, they go out."""
+    status, _ = await rig.api("POST", "/admin/carriers/a/suspend", daemon="d2")
+    assert status == 200
+    await wait_until(lambda: rig.applied_everywhere("a", suspended=True),
+                     "a suspended everywhere")
+    ids = await rig.send(10, "9")  # +861399...: routing.prefixes "861399" = ["a"]
 
     async def deferred() -> bool:
         events = await events_by_id(rig.redis, rig.keys)
-        return all(any(e["state"] == "deferred" for e in events.get(i, [])) for i in ids)
+        return all(any(e["state"] == "deferred" and "CARRIER_SUSPENDED" in e.get("reason", "")
+                       for e in events.get(i, [])) for i in ids)
     await wait_until(deferred, "every message deferred while its chain is suspended")
-    assert not submitted_to(rig.sims["a"], "3") and not submitted_to(rig.sims["b"], "3")
+    assert not submitted_to(rig.sims["a"], "9") and not submitted_to(rig.sims["b"], "9")
     assert not any((await rig.finals(ids)).values())
-    status, _ = await rig.api("POST", "/admin/carriers/b/resume")
+    records = [await rig.redis.hgetall(rig.keys.status(i)) for i in ids]
+    assert all(r.get("attempts", "0") == "0" for r in records), records[:2]
+    status, _ = await rig.api("POST", "/admin/carriers/a/resume")
     assert status == 200
     await rig.expect_delivered_once(ids)
-    assert sum(submitted_to(rig.sims["b"], "3").values()) == 10
+    assert sum(submitted_to(rig.sims["a"], "9").values()) == 10
 
 
 async def test_tps_and_window_reach_every_daemon_and_the_shared_bucket(rig: Rig) -> None:
@@ -334,6 +341,19 @@ async def test_tps_and_window_reach_every_daemon_and_the_shared_bucket(rig: Rig)
     assert rc == 2 and "window" in err
     rc, _, err = await cli(rig.config_path, "suspend", "nosuch")
     assert rc == 1 and "nosuch" in err
+    # The admin role only: an account's key (the sending role) is refused.
+    status, made = await rig.api("POST", "/admin/accounts", {"tenant": "acme"})
+    assert status == 201, made
+    status, _ = await rig.api("POST", "/admin/carriers/a/suspend", key=made["key"]["key"])
+    assert status == 403
+    # A value written into Redis by hand that no override can take is ignored (the
+    # config's), and does not stop the others applying.
+    await rig.redis.hset(rig.keys.carrier_control, mapping={"a:tps": "fast", "a:window": "-1"})
+    assert (await rig.carrier("a"))["override"]["tps"] is None
+    status, _ = await rig.api("PATCH", "/admin/carriers/b", {"window": 9})
+    assert status == 200
+    await wait_until(lambda: rig.applied_everywhere("b", window=9), "b at window 9")
+    assert (await rig.carrier("a"))["daemons"]["d2"]["tps"] == 1000.0
 
 
 async def test_restart_brings_binds_back_and_loses_nothing(rig: Rig) -> None:

@@ -191,6 +191,55 @@ async def test_learned_rate_is_shared_cut_once_and_probed_back(
         await c2.aclose()
 
 
+async def test_a_live_cap_binds_the_shared_rate_and_a_raised_one_is_taken_at_once(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """set_cap (an operator's live tps, gatewayd/control): two daemons' gates on one
+    account. Lowered, the shared rate is held under it at the next call of either; raised
+    while the rate sat at the old cap, it moves to the new one at once (not by probing);
+    a rate learned below the cap from throttling stays learned."""
+    p = tmp_path / "gw.toml"
+    p.write_text('[[carrier]]\n'
+                 'mo_country_code = "86"\nname = "cm"\nhost = "127.0.0.1"\nsystem_id = "a"\n'
+                 'password = "b"\ntps = 1000\n', encoding="utf-8")
+    cfg = load_config(p)
+    clock = SimClock()
+    assert not await redis.exists(keys.token_bucket("carrier:cm"))  # flushed (fixture)
+    c1, c2 = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    key = keys.token_bucket("carrier:cm")
+    try:
+        g1, g2 = CarrierRateGate(c1, keys, cfg), CarrierRateGate(c2, keys, cfg)
+        for g in (g1, g2):
+            b = g.buckets["cm"]
+            b.clock, b.sleep = clock, clock.sleep
+        await g1.acquire("cm", 1)
+        for g in (g1, g2):
+            g.set_cap("cm", 100.0)
+        assert g1.rate("cm") == 100.0  # locally at once
+        await g2.buckets["cm"].take(0)
+        assert [float(v) for v in await c1.hmget(key, "r", "c")] == [100.0, 100.0]
+        # Tokens flow at the new cap: 50 take half a second, less the burst (5).
+        t0 = clock.t
+        await g1.acquire("cm", 50)
+        assert clock.t - t0 == pytest.approx(45 / 100, rel=0.1)
+        for g in (g1, g2):
+            g.set_cap("cm", 400.0)
+        await g1.buckets["cm"].take(0)
+        assert g1.rate("cm") == 400.0 and float(await c1.hget(key, "r")) == 400.0
+        # Learned below the cap (a throttled window): a raised cap leaves it learned.
+        clock.t += 2.0
+        await g1.throttled("cm", 250, 250)
+        learned = g1.rate("cm")
+        assert learned < 400.0
+        for g in (g1, g2):
+            g.set_cap("cm", 800.0)
+        await g2.buckets["cm"].take(0)
+        assert g2.rate("cm") == pytest.approx(learned)
+    finally:
+        await c1.aclose()
+        await c2.aclose()
+
+
 async def test_tenant_rate_defers_a_little_and_spreads(tmp_path: Path, redis: aioredis.Redis,
                                                        keys: Keys) -> None:
     p = tmp_path / "policy.toml"

@@ -29,6 +29,15 @@ retry resends only the rest. With message_payload a long message is one submit_s
 receipt expected). A bind lost after a submit_sm was written gives BIND_LOST although
 the SMSC may have accepted it: at-least-once, duplicates counted upstream. "Bind" below
 means a link of any protocol (an SMPP bind, a CMPP connection).
+
+Live control (gatewayd/control applies an operator's Redis-kept settings through these):
+``suspend`` takes a carrier out of routing (``_choose`` skips it; a chain of nothing but
+suspended carriers is CARRIER_SUSPENDED, back-pressure) while its binds stay up for
+receipts and MO; ``set_tuning`` overrides its tps and window on its links and its
+account's cap on the rate gate; ``restart_binds`` takes its links down and up. The
+overrides are kept by carrier name, so ``_adopt`` (the one place an entry's engine and
+links are wired in, at construction and when a reload replaces an entry) applies them to
+new links too.
 """
 
 from __future__ import annotations
@@ -335,8 +344,13 @@ class CarrierPool:
         return True
 
     def ready(self) -> bool:
-        """Submits can go somewhere: at least one carrier has a bound transmitting bind."""
-        return self._accepting and any(b.can_submit for b in self._all)
+        """Submits can go somewhere: at least one carrier that is not suspended has a
+        bound transmitting bind (else the dispatcher leaves messages queued)."""
+        if not self._accepting:
+            return False
+        suspended = self._suspended
+        return any(b.can_submit for name, tx in self._tx.items() if name not in suspended
+                   for b in tx)
 
     def links(self, carrier: str) -> list[Link]:
         """The carrier's binds (connections), transmitting and receiving."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -60,16 +61,26 @@ async def read(redis: Redis, keys: Keys) -> dict[str, Override]:
             fields.setdefault(name, {})[what] = value
     out = {}
     for name, f in fields.items():
-        tps = f.get("tps")
-        window = f.get("window")
         restart = f.get("restart", "0")
         out[name] = Override(
             suspended=f.get("suspended") == "1",
-            tps=float(tps) if tps else None,
-            window=int(window) if window and window.isdigit() else None,
+            tps=_parsed(f.get("tps"), float, check_tps),
+            window=_parsed(f.get("window"), int, check_window),
             restart=int(restart) if restart.isdigit() else 0,
         )
     return out
+
+
+def _parsed(text: str | None, kind: Callable[[str], Any], check: Callable[[Any], Any]
+            ) -> Any:
+    """A stored value, or None (the config's) when absent or not one the override can
+    take (written by hand): one bad field must not stop the others applying."""
+    if not text:
+        return None
+    try:
+        return check(kind(text))
+    except ValueError:
+        return None
 
 
 async def suspend(redis: Redis, keys: Keys, name: str, on: bool) -> None:

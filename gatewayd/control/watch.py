@@ -37,7 +37,7 @@ class CarrierWatch:
         self.consumer = consumer
         self.interval_s = interval_s
         self._restart_seen: dict[str, int] = {}
-        self._restarts: set[asyncio.Task[None]] = set()
+        self._restarts: dict[str, asyncio.Task[None]] = {}
         self._passes = 0
 
     async def apply_once(self) -> None:
@@ -67,10 +67,20 @@ class CarrierWatch:
                 self._restart(name)
 
     def _restart(self, name: str) -> None:
+        running = self._restarts.get(name)
+        if running is not None and not running.done():
+            # Requests while one runs: the binds it brings up are new ones already.
+            log.warning("%s: a restart of its binds is under way; this one joins it", name)
+            return
         log.warning("%s: restarting its binds (operator)", name)
-        task = asyncio.create_task(self.pool.restart_binds(name), name=f"restart-{name}")
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
+        task = asyncio.create_task(self._restart_binds(name), name=f"restart-{name}")
+        self._restarts[name] = task
+
+    async def _restart_binds(self, name: str) -> None:
+        try:
+            await self.pool.restart_binds(name)
+        except Exception:  # the binds' own loops go on; say why this one failed
+            log.exception("%s: restarting its binds failed", name)
 
     def applied(self) -> dict[str, Any]:
         """This daemon's binds and the settings its pool holds (the published doc)."""
@@ -100,10 +110,11 @@ class CarrierWatch:
                 pass
 
     async def close(self) -> None:
-        for t in list(self._restarts):
-            t.cancel()
-        if self._restarts:
-            await asyncio.gather(*self._restarts, return_exceptions=True)
+        tasks = list(self._restarts.values())
+        for t in tasks:
+            t.cancel()  # before the pool stops: a restart must not start binds again
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await state.unpublish(self.redis, self.keys, self.consumer)
         except (RedisError, OSError):
