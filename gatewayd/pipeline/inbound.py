@@ -203,7 +203,7 @@ class InboundHandler:
 
     def correlation_keys(self, r: Receipt) -> list[str]:
         """Every key the receipt's message may be correlated under, in look-up order."""
-        cs = receipt_candidates(r.smsc_id)
+        cs = [r.smsc_id] if r.exact_id and r.smsc_id else receipt_candidates(r.smsc_id)
         names = self._key_names.get(r.carrier, (r.carrier,))
         correlation = self.keys.correlation
         if len(names) == 1:
