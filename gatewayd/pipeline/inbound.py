@@ -6,7 +6,8 @@ account (config.account_names): a receipt arriving on any bind of any carrier en
 the account (split transmitter/receiver binds, two entries sharing an account) finds
 its message. A receipt is looked up under every form its id may have had at submit
 (hex/decimal, leading zeros, case: carrier.ids.receipt_candidates), so it matches
-whichever form the SMSC uses. Keys an older gatewayd wrote under every candidate form,
+whichever form the SMSC uses; one whose carrier renders ids identically on both sides
+(Receipt.exact_id: CMPP's binary Msg_Id) only under its own. Keys an older gatewayd wrote under every candidate form,
 or under the carrier entry's name where that is not the account's (before accounts
 existed), are still found: they are looked up last, so a matching receipt pays nothing
 for them. A receipt that arrives before its submit_sm_resp was recorded is parked in a
