@@ -7,11 +7,12 @@ the account (split transmitter/receiver binds, two entries sharing an account) f
 its message. A receipt is looked up under every form its id may have had at submit
 (hex/decimal, leading zeros, case: carrier.ids.receipt_candidates), so it matches
 whichever form the SMSC uses; one whose carrier renders ids identically on both sides
-(Receipt.exact_id: CMPP's binary Msg_Id) only under its own. Keys an older gatewayd wrote under every candidate form,
-or under the carrier entry's name where that is not the account's (before accounts
-existed), are still found: they are looked up last, so a matching receipt pays nothing
-for them. A receipt that arrives before its submit_sm_resp was recorded is parked in a
-sorted set and retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
+(Receipt.exact_id: CMPP's binary Msg_Id) only under its own. Keys an older gatewayd
+wrote under every candidate form, or under the carrier entry's name where that is not
+the account's (before accounts existed), are still found: they are looked up last, so a
+matching receipt pays nothing for them. A receipt that arrives before its submit_sm_resp
+was recorded is parked in a sorted set and retried by the housekeeping tick for
+``queue.early_receipt_hold_s``.
 
 On a single Redis a chunk of receipts is correlated, applied and its final events
 published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
