@@ -592,9 +592,13 @@ class Daemon:
 
     def _status_line(self, depths: dict[str, dict[str, int]]) -> str:
         queued = sum(d["ready"] + d["delayed"] for d in depths.values())
-        bound = sum(1 for b in (self.pool.snapshot() if self.pool else []) if b.state == "bound")
+        up: dict[str, int] = {}  # by protocol, so systemctl status tells SMPP from CMPP
+        for b in self.pool.snapshot() if self.pool else []:
+            up[b.protocol] = up.get(b.protocol, 0) + (b.state == "bound")
         done = self.dispatcher.processed if self.dispatcher else 0
-        line = f"processed {done}; queued {queued}; binds up {bound}"
+        each = ", ".join(f"{p} {n}" for p, n in sorted(up.items()))
+        line = (f"processed {done}; queued {queued}; binds up {sum(up.values())}"
+                + (f" ({each})" if each else ""))
         pool = self.pool
         suspended = [c for c in pool.carriers() if pool.suspended(c)] if pool else []
         return line + (f"; suspended {', '.join(suspended)}" if suspended else "")
@@ -603,15 +607,18 @@ class Daemon:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         why: dict[str, Any] = {"redis": "ok" if self.redis_ok else "unreachable"}
         carriers: dict[str, str] = {}
+        binds: list[dict[str, Any]] = []
         if self.pool is not None:
             pool = self.pool
             by: dict[str, bool] = {}
             for b in pool.snapshot():
                 by[b.carrier] = by.get(b.carrier, False) or b.state == "bound"
+                binds.append(b.public())
             # A suspended carrier takes no submits, bound or not: not "bound" here.
             carriers = {c: ("suspended" if pool.suspended(c) else
                             "bound" if up else "no bind up") for c, up in by.items()}
         why["carriers"] = carriers
+        why["binds"] = binds
         ok = self.redis_ok and bool(carriers) and any(v == "bound" for v in carriers.values())
         return ok, why
 

@@ -101,6 +101,11 @@ class Receipt(msgspec.Struct, kw_only=True):
     submit_date: float = 0.0
     done_date: float = 0.0
     received_at: float = 0.0
+    # The carrier writes the id the same way in the submit response and in the receipt
+    # (CMPP: the same 8 octets, rendered by one function): it is looked up as it is,
+    # not under the other bases carrier.ids.receipt_candidates tries for SMSCs that mix
+    # hex and decimal (one correlation key instead of three).
+    exact_id: bool = False
 
 
 class InboundMessage(msgspec.Struct, kw_only=True):

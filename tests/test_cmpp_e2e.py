@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import generate_latest
 
 from gatewayd.client import Client
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
+from gatewayd.ops import metrics, top
 from gatewayd.sim.cmpp.ismg import IsmgSettings, IsmgSimulator
 from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
@@ -345,8 +347,27 @@ default = ["sim"]
     items: list[dict[str, object]] = [{"to": f"+86{p}{n:08d}", "text": f"n{n}"}
                                       for p in ("138", "186") for n in range(50)]
     ids = await send(redis_url, cfg, items)
-    async with running_daemon(cfg):
+    async with running_daemon(cfg) as daemon:
         records = await wait_final(redis, keys, ids, timeout_s=30)
+        # Which protocol each bind speaks: in its status, the readiness answer and the
+        # daemon's status line (systemd), and as a metric label.
+        assert {(b.carrier, b.protocol, b.version) for b in daemon.pool.snapshot()} == {
+            ("cmcc", "cmpp", "3.0"), ("sim", "smpp", "3.4")}
+        binds = daemon.readiness()[1]["binds"]
+        assert {(b["carrier"], b["protocol"], b["state"]) for b in binds} == {
+            ("cmcc", "cmpp", "bound"), ("sim", "smpp", "bound")}
+        assert daemon._status_line({}).endswith("binds up 2 (cmpp 1, smpp 1)")
+        text = generate_latest(metrics.REGISTRY).decode()
+        for line in ('gatewayd_bind_info{bind="0",carrier="cmcc",protocol="cmpp",'
+                     'version="3.0"} 1.0',
+                     'gatewayd_bind_info{bind="0",carrier="sim",protocol="smpp",'
+                     'version="3.4"} 1.0'):
+            assert line in text.splitlines()
+        samples = top.parse(text)
+        assert top.total(samples, "gatewayd_submits_total", carrier="cmcc",
+                         protocol="cmpp") >= 50
+        assert top.total(samples, "gatewayd_command_status_total", carrier="cmcc",
+                         protocol="cmpp", command="cmpp_submit", status="CMPP_OK") >= 50
     assert {r["state"] for r in records.values()} == {"delivered"}
     assert {(r["to"][:6], r["carrier"]) for r in records.values()} == {
         ("+86138", "cmcc"), ("+86186", "sim")}

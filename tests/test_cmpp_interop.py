@@ -1,18 +1,24 @@
-"""Interoperability with a CMPP implementation gatewayd did not write: PyPI `pycmpp`.
+"""Interoperability with CMPP implementations gatewayd did not write: PyPI `pycmpp`
+(CMPP 2.0) and `cmppy` (CMPP 3.0).
 
-What could be installed here (issue 22, item 5): PyPI has two small CMPP 2.0 *clients*
-(pycmpp 2.0.2, cmppy 0.3), npm and Debian none, and Go's module proxy (gocmpp) is not
-reachable. pycmpp is the fuller one: it packs CONNECT, SUBMIT (long messages split with
-its own UDH), ACTIVE_TEST and TERMINATE, and parses SUBMIT on the ISMG's side. So:
+What could be installed here (issue 22, item 5): PyPI has two small CMPP *clients*,
+pycmpp 2.0.2 (CMPP 2.0) and cmppy 0.3 (CMPP 3.0: its CONNECT says 0x30, its SUBMIT has
+3.0's 32-byte terminal ids and LinkID, it reads 3.0's 4-byte CONNECT_RESP Status); npm
+has no CMPP package to install (`cmpp`, `node-cmpp` and `node-cmpp-3` are not in the
+registry), Debian none, and Go's module proxy (gocmpp) is not reachable. Neither client
+handles CMPP_DELIVER (no status reports, no MO), so reports and MO are not exercised here.
 
 * pycmpp as the SP against our ISMG simulator: its authentication is accepted, its
   SUBMITs (short and concatenated) decode to its text, its parsers read our answers;
 * pycmpp's own SUBMIT parser reads every SUBMIT our CmppClient writes (CMPP 2.0) and
-  finds the fields we meant.
+  finds the fields we meant;
+* cmppy as a CMPP 3.0 SP against our ISMG: its CONNECT is accepted, its 3.0 SUBMIT
+  decodes to its text and fields, its parsers read our 3.0 CONNECT_RESP, SUBMIT_RESP
+  (the Msg_Id we recorded) and TERMINATE_RESP.
 
-The test installs pycmpp (pure Python) into a cache directory on first use
+The tests install the clients (pure Python) into a cache directory on first use
 (GATEWAYD_INTEROP_PY_DIR, default ~/.cache/gatewayd-test/py) with this interpreter's pip;
-it is a test tool only (GPL-3.0), never a dependency of gatewayd.
+they are test tools only (pycmpp GPL-3.0, cmppy Apache), never dependencies of gatewayd.
 """
 
 from __future__ import annotations
@@ -38,24 +44,42 @@ from tests.cmpp_helpers import ACCESS, SECRET, SP_ID, cmpp_carrier, ismg
 from tests.interop.pysmsc import Recorder, wait_until
 
 PYCMPP = "pycmpp==2.0.2"
+CMPPY = "cmppy==0.3"
+
+
+def _installed(spec: str, probe: str) -> Path:
+    """The directory holding ``spec`` (pip-installed there once); ``probe`` is a file of
+    the package that shows it is."""
+    base = Path(os.environ.get("GATEWAYD_INTEROP_PY_DIR",
+                               Path.home() / ".cache" / "gatewayd-test" / "py"))
+    if not (base / probe).exists():
+        base.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(base),
+             spec], capture_output=True, text=True, timeout=180,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"pip install {spec} into {base} failed:\n{done.stderr[-2000:]}")
+    return base
 
 
 @pytest.fixture(scope="session")
 def pycmpp() -> Iterator[dict[str, ModuleType]]:
-    base = Path(os.environ.get("GATEWAYD_INTEROP_PY_DIR",
-                               Path.home() / ".cache" / "gatewayd-test" / "py"))
-    if not (base / "pycmpp" / "request.py").exists():
-        base.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(base),
-             PYCMPP], capture_output=True, text=True, timeout=180,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"pip install {PYCMPP} into {base} failed:\n{done.stderr[-2000:]}")
+    base = _installed(PYCMPP, "pycmpp/request.py")
     sys.path.insert(0, str(base))
     try:
         yield {name: importlib.import_module(f"pycmpp.{name}")
                for name in ("cmpp", "request", "response", "utils")}
+    finally:
+        sys.path.remove(str(base))
+
+
+@pytest.fixture(scope="session")
+def cmppy() -> Iterator[ModuleType]:
+    base = _installed(CMPPY, "cmppy/request/SubmitReq.py")
+    sys.path.insert(0, str(base))
+    try:
+        yield importlib.import_module("cmppy")
     finally:
         sys.path.remove(str(base))
 
@@ -195,3 +219,52 @@ async def test_pycmpp_parses_the_submits_our_client_writes(
         (3, 1, 1), (3, 2, 1), (3, 3, 1)]
     assert {p["msg_head"][:3] for p in rest} == {"\x05\x00\x03"}
     assert "".join(p["msg_content"] for p in rest) == long_text
+
+
+def _cmppy_session(cmppy: ModuleType, port: int, texts: list[tuple[str, str]]) -> dict[str, Any]:
+    """cmppy's own session steps (its public request() opens a connection for one
+    request; several SUBMITs on one connection use the steps it is made of): CONNECT,
+    a SUBMIT a (number, text), TERMINATE."""
+    c = cmppy.Cmppy("127.0.0.1", port, SP_ID, SECRET)
+    c._so.settimeout(10)
+    out: dict[str, Any] = {"submits": []}
+    assert c._commence(), "cmppy: CONNECT refused"  # CONNECT, CONNECT_RESP Status 0
+    try:
+        for number, text in texts:
+            c._write(cmppy.SubmitReq(SP_ID, text, src_id=ACCESS + "7",
+                                     dest_terminal_id=[number], service_id="MJS0019905",
+                                     registered_delivery=0).message)
+            r = cmppy.parse_response(c._read())
+            out["submits"].append((type(r).__name__, r.result, r.msg_id))
+        c._terminate()  # TERMINATE, its answer parsed, close
+        out["terminated"] = True
+    finally:
+        c._close()
+    return out
+
+
+async def test_cmppy_cmpp30_client_against_our_ismg(cmppy: ModuleType) -> None:
+    """A CMPP 3.0 SP we did not write: our ISMG accepts its CONNECT, decodes its SUBMITs
+    (UCS2, 3.0 layout), and its parsers read our 3.0 answers."""
+    texts = [("13800000003", "【京东】验证码482913，5分钟内有效"),
+             ("13800000004", "【顺丰】您的快递已到驿站，取件码 8-2-1107")]
+    async with ismg(version="3.0") as sim:
+        got = await asyncio.to_thread(_cmppy_session, cmppy, sim.port, texts)
+        # One request through its public API too (its own connection: CONNECT, SUBMIT,
+        # TERMINATE), answered with our SUBMIT_RESP.
+        one = await asyncio.to_thread(cmppy.Cmppy("127.0.0.1", sim.port, SP_ID, SECRET).request,
+                                      cmppy.SubmitReq(SP_ID, "回TD退订", src_id=ACCESS,
+                                                      dest_terminal_id=["13800000005"]))
+        assert got["terminated"]
+        assert [(kind, result) for kind, result, _ in got["submits"]] == [("SubmitRes", 0)] * 2
+        assert type(one).__name__ == "SubmitRes" and one.result == 0
+        assert [mid for _, _, mid in got["submits"]] + [one.msg_id] == [
+            s.msg_id for s in sim.submissions]
+        for number, text in texts:
+            assert sim.texts_to(number) == [text]
+        assert sim.texts_to("13800000005") == ["回TD退订"]
+        first = sim.submissions[0]
+        assert (first.src_id, first.service_id, first.sp_id, first.v3, first.msg_fmt) == (
+            ACCESS + "7", "MJS0019905", SP_ID, True, 8)
+        assert sim.stats.connects == 2 and sim.stats.terminates == 2
+        assert sim.stats.malformed == 0

@@ -295,3 +295,14 @@ def test_simulator_is_independent_of_the_client() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("gatewayd.carrier"), path
     assert IsmgSimulator  # the simulator's own codec is what checks the client's
+
+
+async def test_keep_submissions_bounds_the_simulators_record() -> None:
+    """The ISMG keeps at most keep_submissions SUBMITs, the newest (trimmed in chunks,
+    not one list shift a SUBMIT once past the bound)."""
+    async with ismg(keep_submissions=50, receipts=False) as sim, client(sim) as (c, _):
+        outs = await c.submit_batch(reqs(120))
+        assert all(o.ok for o in outs)
+        assert 45 <= len(sim.submissions) <= 50
+        assert int(outs[-1].smsc_ids[0]) in {s.msg_id for s in sim.submissions}
+        assert sim.stats.submits == 120

@@ -74,6 +74,9 @@ async def test_http_intake_status_and_metrics_add_up(
             text = await r.text()
         async with http.get(f"{base}/readyz") as r:
             assert r.status == 200
+        async with http.get(f"{base}/readyz/carriers") as r:
+            assert r.status == 200
+            ready = await r.json()
     events = await events_by_id(redis, keys)
     last = events[ids[0]][-1]
     assert status["state"] == last["state"] == "delivered"
@@ -83,7 +86,17 @@ async def test_http_intake_status_and_metrics_add_up(
     assert cli["state"] == "delivered" and cli["carrier_id"] == status["carrier_id"]
     # The counters add up to what was sent.
     assert metric(text, "gatewayd_messages_state_total", state="submitted") >= 40
-    assert metric(text, "gatewayd_submit_sm_total", carrier="sim") >= 40
+    assert metric(text, "gatewayd_submits_total", carrier="sim", protocol="smpp") >= 40
+    # The deprecated name (one release) counts the same submits.
+    assert metric(text, "gatewayd_submit_sm_total", carrier="sim") == metric(
+        text, "gatewayd_submits_total", carrier="sim", protocol="smpp")
+    assert metric(text, "gatewayd_command_status_total", carrier="sim", protocol="smpp",
+                  command="submit_sm", status="ESME_ROK") >= 40
+    assert metric(text, "gatewayd_bind_info", carrier="sim", protocol="smpp",
+                  version="3.4") == 1
+    assert {(b["carrier"], b["protocol"], b["version"]) for b in ready["binds"]} == {
+        ("sim", "smpp", "3.4")}
+    assert "last_error" not in ready["binds"][0]  # a public probe shows no error text
     assert metric(text, "gatewayd_receipts_total", result="final") >= 40
     assert re.search(r'gatewayd_bind_up\{.*carrier="sim".*\} 1\.0', text)
 

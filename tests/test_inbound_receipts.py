@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from gatewayd.carrier.cmpp import msgid
+from gatewayd.carrier.cmpp.pdu import Report
+from gatewayd.carrier.cmpp.receipts import to_receipt
 from gatewayd.config import Config, QueueConfig
 from gatewayd.model import Receipt
 from gatewayd.pipeline.events import Ledger
@@ -182,3 +185,21 @@ async def test_the_expiry_sweep_racing_receipts_publishes_each_message_once(
         for e in events:
             assert await redis.hget(keys.status(e["id"]), "state") == e["state"]
         assert await redis.zcard(keys.awaiting_receipt) == 0
+
+
+async def test_an_exact_id_is_looked_up_as_it_is(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    """A CMPP report's Msg_Id (exact_id) has one correlation key, not the other bases'
+    readings an SMPP receipt's id gets; it still ends its message, on both paths."""
+    mid = msgid.pack(msgid.MsgIdFields(12, 7, 12, 0, 1, 0x2A0F1, 7))
+    smsc_id = msgid.canonical(mid)
+    r = to_receipt("cm", Report(mid, "DELIVRD", "2612071200", "2612071201", "13800138000", 7),
+                   NOW, 8.0)
+    assert r.exact_id and r.smsc_id == smsc_id
+    assert handler.correlation_keys(r) == [keys.correlation("cm", smsc_id)]
+    assert len(handler.correlation_keys(rcpt(smsc_id))) == 3  # decimal, hex, read as hex
+    await submitted(redis, keys, "m9", [smsc_id])
+    await handler.on_receipts([r])
+    assert await redis.hget(keys.status("m9"), "state") == "delivered"
+    assert [ev["id"] for ev in await finals(redis, keys)] == ["m9"]

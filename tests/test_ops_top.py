@@ -31,31 +31,36 @@ def test_rates_binds_receipts_and_errors_from_deltas() -> None:
     metrics.BIND_UP.labels(c, "1").set(0)
     metrics.WINDOW_IN_USE.labels(c, "0").set(37)
     metrics.BIND_TPS.labels(c, "0").set(200)
+    metrics.BIND_INFO.labels(c, "0", "cmpp", "3.0").set(1)
+    metrics.BIND_INFO.labels(c, "1", "cmpp", "3.0").set(1)
     metrics.QUEUE_DEPTH.labels("toptest-otp").set(12)
     metrics.QUEUE_PENDING.labels("toptest-otp").set(3)
     view = top.View(url="http://x/metrics")
     view.update(scrape_registry(), 1000.0)
-    assert view.rate("gatewayd_submit_sm_total", carrier=c) is None  # one scrape: no rate yet
-    metrics.SUBMITS.labels(c).inc(50)
+    assert view.rate("gatewayd_submits_total", carrier=c) is None  # one scrape: no rate yet
+    metrics.SUBMITS.labels(c, "cmpp").inc(50)
     metrics.MESSAGES_ENQUEUED.labels("toptest-otp", "http").inc(20)
     metrics.RECEIPTS.labels(c, "final").inc(8)
     metrics.RECEIPTS.labels(c, "unmatched").inc(2)
-    metrics.COMMAND_STATUS.labels(c, "submit_sm", "ESME_RTHROTTLED").inc(4)
-    metrics.COMMAND_STATUS.labels(c, "submit_sm", "ESME_ROK").inc(46)
+    metrics.COMMAND_STATUS.labels(c, "cmpp", "cmpp_submit", "CMPP_FLOW_CONTROL").inc(4)
+    metrics.COMMAND_STATUS.labels(c, "cmpp", "cmpp_submit", "CMPP_OK").inc(46)
     metrics.PDU_ERRORS.labels(c, "bad_length").inc()
     view.update(scrape_registry(), 1002.0)
+    assert view.rate("gatewayd_submits_total", carrier=c) == 25.0
+    # The deprecated name still counts the same submits (derived at scrape time).
     assert view.rate("gatewayd_submit_sm_total", carrier=c) == 25.0
     assert view.rate("gatewayd_messages_enqueued_total", klass="toptest-otp") == 10.0
     frame = top.render(view)
     bind_rows = [line.split() for line in frame.splitlines() if line.startswith(f"{c} ")]
-    assert bind_rows == [[c, "0", "up", "37", "200", "25.0"], [c, "1", "DOWN", "0", "0"]]
+    assert bind_rows == [[c, "0", "cmpp-3.0", "up", "37", "200", "25.0"],
+                         [c, "1", "cmpp-3.0", "DOWN", "0", "0"]]
     klass = next(line.split() for line in frame.splitlines() if line.startswith("toptest-otp"))
     assert klass == ["toptest-otp", "12", "3", "10.0"]
     assert "\x1b[" not in frame  # no colour unless asked
     errors = frame.split("RECENT ERRORS", 1)[1]
-    assert f"smpp {c} submit_sm ESME_RTHROTTLED +4" in errors
+    assert f"cmpp {c} cmpp_submit CMPP_FLOW_CONTROL +4" in errors
     assert f"pdu error {c} bad_length +1" in errors
-    assert "ESME_ROK" not in errors
+    assert "CMPP_OK" not in errors
     assert "unmatched" in frame.split("RECEIPTS", 1)[1]
 
 
@@ -70,13 +75,13 @@ def test_a_suspended_carrier_is_shown_suspended() -> None:
         # (other tests' carriers share the registry: look for this one in the list)
         assert c in _suspended_in_header(frame)
         row = next(line.split() for line in frame.splitlines() if line.startswith(f"{c} "))
-        assert row[:3] == [c, "0", "SUSP"]
+        assert row[:4] == [c, "0", "-", "SUSP"]  # "-": no protocol reported
         metrics.CARRIER_SUSPENDED.labels(c).set(0)
         view.update(scrape_registry(), 2.0)
         frame = top.render(view)
         assert c not in _suspended_in_header(frame)
         row = next(line.split() for line in frame.splitlines() if line.startswith(f"{c} "))
-        assert row[:3] == [c, "0", "up"]
+        assert row[:4] == [c, "0", "-", "up"]
     finally:
         metrics.CARRIER_SUSPENDED.labels(c).set(0)
         metrics.BIND_UP.labels(c, "0").set(0)
@@ -85,6 +90,20 @@ def test_a_suspended_carrier_is_shown_suspended() -> None:
 def _suspended_in_header(frame: str) -> list[str]:
     words = frame.splitlines()[1].split()
     return words[words.index("suspended") + 1].split(",") if "suspended" in words else []
+
+
+def test_an_older_daemons_metric_names() -> None:
+    """top against a daemon from before the protocol label: the old names are read."""
+    old = "gatewayd_submit_sm_total"
+    status = "gatewayd_smpp_command_status_total"
+    labels = (("carrier", "old"), ("command", "submit_sm"), ("status", "ESME_RTHROTTLED"))
+    view = top.View(url="u")
+    view.update({(old, (("carrier", "old"),)): 10.0, (status, labels): 1.0}, 1.0)
+    view.update({(old, (("carrier", "old"),)): 30.0, (status, labels): 3.0}, 3.0)
+    frame = top.render(view)
+    submits = next(line.split() for line in frame.splitlines() if line.startswith("submits"))
+    assert submits == ["submits", "30", "10.0"]
+    assert "smpp old submit_sm ESME_RTHROTTLED +2" in frame.split("RECENT ERRORS", 1)[1]
 
 
 def test_counter_reset_counts_from_zero() -> None:
@@ -116,6 +135,7 @@ async def test_once_against_a_live_server(
     redis: aioredis.Redis, keys: Keys, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metrics.BIND_UP.labels("toplive", "0").set(1)
+    metrics.BIND_INFO.labels("toplive", "0", "smpp", "3.4").set(1)
     server = HttpServer("127.0.0.1:0", RedisBackend(redis, keys), api_key_hashes=[],
                         max_body_bytes=1024)
     await server.start()
@@ -129,7 +149,8 @@ async def test_once_against_a_live_server(
     frame = capsys.readouterr().out
     assert code == 0
     assert frame.startswith("gatewayd ") and url in frame
-    assert any(line.split()[:3] == ["toplive", "0", "up"] for line in frame.splitlines())
+    assert any(line.split()[:4] == ["toplive", "0", "smpp-3.4", "up"]
+               for line in frame.splitlines())
     for section in ("BINDS", "QUEUES", "MESSAGES", "RECEIPTS", "RECENT ERRORS"):
         assert section in frame
 

@@ -10,6 +10,7 @@ from gatewayd.config import Config
 from gatewayd.model import InboundMessage, Receipt
 
 FailureKind = Literal["", "retry", "permanent"]
+BindProtocol = Literal["smpp", "cmpp"]
 
 
 @dataclass(slots=True)
@@ -70,6 +71,10 @@ class Submitted:
 class BindStatus:
     carrier: str
     index: int
+    # The wire protocol and its version: ("smpp", "3.4"), ("cmpp", "2.0" | "3.0"). The
+    # rest of gatewayd does not care; operators do (which ISMG/SMSC a bind talks to).
+    protocol: BindProtocol
+    version: str
     # "connecting" | "bound" | "throttled" | "unbinding" | "refused" | "closed"
     state: str
     mode: str
@@ -79,6 +84,12 @@ class BindStatus:
     submitted: int
     reconnects: int
     last_error: str = ""
+
+    def public(self) -> dict[str, str | int]:
+        """What an unauthenticated probe (/readyz) may show: no error text (it can name
+        hosts and accounts), no counters."""
+        return {"carrier": self.carrier, "bind": self.index, "protocol": self.protocol,
+                "version": self.version, "state": self.state}
 
 
 class DeliveryHandler(Protocol):

@@ -283,10 +283,27 @@ _SCHEMAS: dict[str, Any] = {
             "redis": {"type": "string", "example": "ok"},
             "carriers": {"type": "object", "additionalProperties": {"type": "string"},
                          "example": {"cmcc": "bound", "unicom": "no bind up"}},
+            "binds": {"type": "array", "description": "Each carrier bind (an SMPP bind or "
+                      "a CMPP connection): its protocol and state",
+                      "items": {"$ref": "#/components/schemas/Bind"}},
             "error": {"type": "string"},
             "carriers_bound": {"type": "boolean",
                                "description": "At least one carrier bind is up (/readyz "
                                               "does not depend on it: messages queue)"},
+        },
+    },
+    "Bind": {
+        "type": "object",
+        "required": ["carrier", "bind", "protocol", "version", "state"],
+        "additionalProperties": False,
+        "properties": {
+            "carrier": {"type": "string", "example": "cmcc"},
+            "bind": {"type": "integer", "minimum": 0},
+            "protocol": {"type": "string", "enum": ["smpp", "cmpp"]},
+            "version": {"type": "string", "example": "3.0",
+                        "description": "3.4 for SMPP; 2.0 or 3.0 for CMPP"},
+            "state": {"type": "string", "enum": ["connecting", "bound", "throttled",
+                                                 "unbinding", "refused", "closed"]},
         },
     },
     "Limits": {

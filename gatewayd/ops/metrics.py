@@ -18,6 +18,7 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The standard process metrics (process_resident_memory_bytes, process_cpu_seconds_total,
@@ -67,7 +68,7 @@ QUEUE_PENDING = Gauge(
 )
 DELAYED = Gauge("gatewayd_delayed", "Messages waiting in the delayed set", registry=REGISTRY)
 QUEUE_WAIT = Histogram(
-    "gatewayd_queue_wait_seconds", "Time from enqueue to submit_sm", ["klass"],
+    "gatewayd_queue_wait_seconds", "Time from enqueue to submit (any protocol)", ["klass"],
     buckets=_LAT_BUCKETS, registry=REGISTRY,
 )
 
@@ -90,17 +91,25 @@ POLICY_RELOAD_FAILED = Gauge(
     registry=REGISTRY,
 )
 
-# Carrier binds, any protocol (SMPP binds, CMPP connections): names kept from the
-# SMPP-only days so dashboards and alerts keep working; CMPP status names are CMPP_*.
+# Carrier binds, any protocol (SMPP binds, CMPP connections). Counters the SMPP-only days
+# named after SMPP have protocol-neutral names with a protocol label; the old names are
+# still exported, derived at scrape time (DeprecatedAlias below), for one release.
 BIND_UP = Gauge(
     "gatewayd_bind_up", "1 when the bind is bound", ["carrier", "bind"], registry=REGISTRY
+)
+# An info series (always 1) to join on (carrier, bind): the other bind series keep their
+# labels, so no dashboard or alert breaks for the protocol being known.
+BIND_INFO = Gauge(
+    "gatewayd_bind_info", "Always 1: the protocol (smpp, cmpp) and version a bind speaks",
+    ["carrier", "bind", "protocol", "version"], registry=REGISTRY,
 )
 BIND_RECONNECTS = Counter(
     "gatewayd_bind_reconnects_total", "Connection attempts after the first",
     ["carrier", "bind"], registry=REGISTRY,
 )
 WINDOW_IN_USE = Gauge(
-    "gatewayd_bind_window_in_use", "submit_sm awaiting a response", ["carrier", "bind"],
+    "gatewayd_bind_window_in_use", "Submits awaiting a response (submit_sm, CMPP_SUBMIT)",
+    ["carrier", "bind"],
     registry=REGISTRY,
 )
 BIND_TPS = Gauge(
@@ -149,20 +158,58 @@ SPOOL_PENDING = Gauge(
     registry=REGISTRY,
 )
 SUBMITS = Counter(
-    "gatewayd_submit_sm_total", "Submit PDUs sent (SMPP submit_sm, CMPP_SUBMIT)", ["carrier"],
-    registry=REGISTRY,
+    "gatewayd_submits_total", "Submit PDUs sent (SMPP submit_sm, CMPP_SUBMIT)",
+    ["carrier", "protocol"], registry=REGISTRY,
 )
 COMMAND_STATUS = Counter(
-    "gatewayd_smpp_command_status_total",
+    "gatewayd_command_status_total",
     "Responses received by command and status (SMPP ESME_*, CMPP CMPP_*)",
-    ["carrier", "command", "status"], registry=REGISTRY,
+    ["carrier", "protocol", "command", "status"], registry=REGISTRY,
 )
+class DeprecatedAlias:
+    """A counter under its old name, computed from its successor at scrape time (no cost
+    on the hot path): the successor's samples summed over the labels the old name lacked
+    (``protocol``). Exported for one release so dashboards and alerts can move."""
+
+    def __init__(self, name: str, source: Counter, labelnames: tuple[str, ...],
+                 documentation: str) -> None:
+        self.name, self.source, self.documentation = name, source, documentation
+        self._labelnames = labelnames  # the attribute Counter has, for tooling that reads it
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)]
+
+    def collect(self) -> list[Metric]:
+        sums: dict[tuple[str, ...], float] = {}
+        for family in self.source.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue  # _created
+                values = tuple(sample.labels[n] for n in self._labelnames)
+                sums[values] = sums.get(values, 0.0) + sample.value
+        out = CounterMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        for values, v in sorted(sums.items()):
+            out.add_metric(list(values), v)
+        return [out]
+
+
+REGISTRY.register(DeprecatedAlias(
+    "gatewayd_submit_sm", SUBMITS, ("carrier",),
+    "DEPRECATED (removed in the next release): gatewayd_submits_total without protocol",
+))
+REGISTRY.register(DeprecatedAlias(
+    "gatewayd_smpp_command_status", COMMAND_STATUS, ("carrier", "command", "status"),
+    "DEPRECATED (removed in the next release): gatewayd_command_status_total without "
+    "protocol",
+))
 SUBMIT_LATENCY = Histogram(
-    "gatewayd_submit_latency_seconds", "submit_sm -> submit_sm_resp", ["carrier"],
+    "gatewayd_submit_latency_seconds", "Submit -> its response (submit_sm_resp, "
+    "CMPP_SUBMIT_RESP)", ["carrier"],
     buckets=_LAT_BUCKETS, registry=REGISTRY,
 )
 RECEIPT_LATENCY = Histogram(
-    "gatewayd_receipt_latency_seconds", "submit_sm_resp -> delivery receipt", ["carrier"],
+    "gatewayd_receipt_latency_seconds", "Submit response -> delivery receipt (status report)",
+    ["carrier"],
     buckets=_RECEIPT_BUCKETS, registry=REGISTRY,
 )
 RECEIPTS = Counter(
@@ -344,7 +391,6 @@ def zero_known(classes: Iterable[str], carriers: Iterable[str]) -> None:
         (MO_RESULTS, [(r,) for r in MO_RESULT_VALUES]),
         (RECEIPTS, [(c, r) for c in carriers for r in RECEIPT_RESULTS]),
         (INBOUND, [(c,) for c in carriers]),
-        (SUBMITS, [(c,) for c in carriers]),
         (PART_RESENDS, [(c,) for c in carriers]),
         (PDU_ERRORS, [(c, k) for c in carriers for k in PDU_ERROR_KINDS]),
         (SPOOLED, [(k, a) for k in SPOOL_KINDS for a in SPOOL_ACTIONS]),

@@ -72,6 +72,18 @@ def _select(samples: Samples, name: str) -> Iterable[tuple[dict[str, str], float
             yield dict(labels), value
 
 
+def present(samples: Samples, name: str, old: str) -> str:
+    """``name``, or the name an older daemon exports it under when only that is there
+    (gatewayd_submits_total was gatewayd_submit_sm_total before it had a protocol)."""
+    if any(n == name for n, _ in samples) or not any(n == old for n, _ in samples):
+        return name
+    return old
+
+
+SUBMITS, OLD_SUBMITS = "gatewayd_submits_total", "gatewayd_submit_sm_total"
+STATUS, OLD_STATUS = "gatewayd_command_status_total", "gatewayd_smpp_command_status_total"
+
+
 def total(samples: Samples, name: str, **match: str) -> float:
     return sum(v for labels, v in _select(samples, name)
                if all(labels.get(k) == want for k, want in match.items()))
@@ -117,8 +129,12 @@ class View:
 
     def _note_errors(self, stamp: str) -> None:
         assert self.prev is not None
+        status = present(self.cur, STATUS, OLD_STATUS)
         checks: list[tuple[str, str, tuple[str, ...]]] = [
-            ("gatewayd_smpp_command_status_total", "smpp", ("carrier", "command", "status")),
+            # The protocol's name (smpp, cmpp) leads the line; "smpp" from an older daemon.
+            (status, "" if status == STATUS else "smpp",
+             ("protocol", "carrier", "command", "status") if status == STATUS
+             else ("carrier", "command", "status")),
             ("gatewayd_pdu_errors_total", "pdu error", ("carrier", "kind")),
             ("gatewayd_redis_errors_total", "redis error", ("op",)),
             ("gatewayd_dead_letters_total", "dead letter", ("reason",)),
@@ -132,12 +148,12 @@ class View:
                 d = v - old_v.get(key, 0.0)
                 if d <= 0 or _benign(name, key):
                     continue
-                self.errors.append(f"{stamp} {what} {' '.join(key)} +{d:g}")
+                self.errors.append(" ".join(x for x in (stamp, what, *key, f"+{d:g}") if x))
 
 
 def _benign(name: str, key: tuple[str, ...]) -> bool:
-    if name == "gatewayd_smpp_command_status_total":
-        return key[2] in _OK_STATUS
+    if name in (STATUS, OLD_STATUS):
+        return key[-1] in _OK_STATUS
     if name == "gatewayd_policy_reloads_total":
         return key[0] != "error"
     if name == "gatewayd_http_requests_total":
@@ -174,8 +190,11 @@ def render(view: View) -> str:
         + f"policy {paint('RELOAD FAILED', _RED) if reload_failed >= 1 else 'ok'}"
     )
 
-    lines += ["", f"{'BINDS':<12}{'bind':>5}  {'state':<6}{'window':>8}{'tps limit':>11}"
-              f"{'submit/s':>10}"]
+    lines += ["", f"{'BINDS':<12}{'bind':>5}  {'protocol':<10}{'state':<6}{'window':>8}"
+              f"{'tps limit':>11}{'submit/s':>10}"]
+    protocol = {(c, i): f"{p}-{v}" for (c, i, p, v) in
+                by(s, "gatewayd_bind_info", "carrier", "bind", "protocol", "version")}
+    submits = present(s, SUBMITS, OLD_SUBMITS)
     window = by(s, "gatewayd_bind_window_in_use", "carrier", "bind")
     tps = by(s, "gatewayd_bind_tps_limit", "carrier", "bind")
     shown: set[str] = set()
@@ -183,11 +202,12 @@ def render(view: View) -> str:
         state = paint("up  ", _GREEN) if v >= 1 else paint("DOWN", _RED)
         if carrier in suspended:  # bound for receipts and MO, no submits (gatewayd carrier)
             state = paint("SUSP", _RED)
-        # submit_sm is counted per carrier: show its rate on the carrier's first bind row.
-        rate = "" if carrier in shown else _fmt_rate(
-            view.rate("gatewayd_submit_sm_total", carrier=carrier))
+        # Submits are counted per carrier: show their rate on the carrier's first bind row.
+        rate = "" if carrier in shown else _fmt_rate(view.rate(submits, carrier=carrier))
         shown.add(carrier)
-        lines.append(f"{carrier:<12}{idx:>5}  {state}  {window.get((carrier, idx), 0):>8g}"
+        proto = protocol.get((carrier, idx), "-")
+        lines.append(f"{carrier:<12}{idx:>5}  {proto:<10}{state}  "
+                     f"{window.get((carrier, idx), 0):>8g}"
                      f"{tps.get((carrier, idx), 0):>11g}{rate:>10}")
     if not binds:
         lines.append("  (no binds reported yet)")
@@ -205,7 +225,7 @@ def render(view: View) -> str:
     lines += ["", f"{'MESSAGES':<16}{'total':>12}{'per s':>10}"]
     rows: list[tuple[str, str, dict[str, str]]] = [
         ("enqueued", "gatewayd_messages_enqueued_total", {}),
-        ("submit_sm", "gatewayd_submit_sm_total", {}),
+        ("submits", present(s, SUBMITS, OLD_SUBMITS), {}),
     ]
     rows += [(st, "gatewayd_messages_state_total", {"state": st})
              for st in ("submitted", "delivered", "undeliverable", "expired", "rejected",

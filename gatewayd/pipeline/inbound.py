@@ -6,11 +6,13 @@ account (config.account_names): a receipt arriving on any bind of any carrier en
 the account (split transmitter/receiver binds, two entries sharing an account) finds
 its message. A receipt is looked up under every form its id may have had at submit
 (hex/decimal, leading zeros, case: carrier.ids.receipt_candidates), so it matches
-whichever form the SMSC uses. Keys an older gatewayd wrote under every candidate form,
-or under the carrier entry's name where that is not the account's (before accounts
-existed), are still found: they are looked up last, so a matching receipt pays nothing
-for them. A receipt that arrives before its submit_sm_resp was recorded is parked in a
-sorted set and retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
+whichever form the SMSC uses; one whose carrier renders ids identically on both sides
+(Receipt.exact_id: CMPP's binary Msg_Id) only under its own. Keys an older gatewayd
+wrote under every candidate form, or under the carrier entry's name where that is not
+the account's (before accounts existed), are still found: they are looked up last, so a
+matching receipt pays nothing for them. A receipt that arrives before its submit_sm_resp
+was recorded is parked in a sorted set and retried by the housekeeping tick for
+``queue.early_receipt_hold_s``.
 
 On a single Redis a chunk of receipts is correlated, applied and its final events
 published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
@@ -216,7 +218,7 @@ class InboundHandler:
 
     def correlation_keys(self, r: Receipt) -> list[str]:
         """Every key the receipt's message may be correlated under, in look-up order."""
-        cs = receipt_candidates(r.smsc_id)
+        cs = [r.smsc_id] if r.exact_id and r.smsc_id else receipt_candidates(r.smsc_id)
         names = self._key_names.get(r.carrier, (r.carrier,))
         correlation = self.keys.correlation
         if len(names) == 1:

@@ -97,7 +97,8 @@ class CmppBind:
         self._m_reconnects = M.BIND_RECONNECTS.labels(*label)
         self._m_window = M.WINDOW_IN_USE.labels(*label)
         self._m_tps = M.BIND_TPS.labels(*label)
-        self._m_submits = M.SUBMITS.labels(carrier.name)
+        self._m_submits = M.SUBMITS.labels(carrier.name, "cmpp")
+        M.BIND_INFO.labels(*label, "cmpp", settings.version).set(1)
         self._m_latency = M.SUBMIT_LATENCY.labels(carrier.name)
         self._m_status: dict[tuple[str, str], Any] = {}
         self._m_pdu_errors: dict[str, Any] = {}
@@ -122,7 +123,9 @@ class CmppBind:
 
     def status(self) -> BindStatus:
         return BindStatus(
-            carrier=self.carrier, index=self.index, state=self.state, mode=self.mode,
+            carrier=self.carrier, index=self.index, protocol="cmpp",
+            version=self.settings.version,
+            state=self.state, mode=self.mode,
             window=self.window, in_flight=self.in_flight, tps_limit=round(self.limit, 3),
             submitted=self.submitted, reconnects=self.reconnects, last_error=self.last_error,
         )
@@ -434,7 +437,8 @@ class CmppBind:
         key = (command, name)
         child = self._m_status.get(key)
         if child is None:
-            child = self._m_status[key] = M.COMMAND_STATUS.labels(self.carrier, command, name)
+            child = self._m_status[key] = M.COMMAND_STATUS.labels(
+                self.carrier, "cmpp", command, name)
         child.inc(n)
 
     # -- flow control ----------------------------------------------------------------------------

@@ -87,17 +87,20 @@ class Deliveries:
         completes: list[_Complete] = []
         for seq, body in items:
             try:
-                d = P.parse_deliver(body, v3)
-                report = P.parse_report(d.content) if d.registered_delivery == 1 else None
+                # A report (nearly every DELIVER) needs only its Msg_Content parsed.
+                mid, regdel, content = P.deliver_frame(body, v3)
+                report = P.parse_report(content) if regdel == 1 else None
+                d = None if report is not None else P.parse_deliver(body, v3)
             except P.PduError as e:
                 self._m_body.inc()
                 log.warning("%s: malformed DELIVER seq %d: %s", self.carrier, seq, e)
                 mid = int.from_bytes(body[:8], "big") if len(body) >= 8 else 0
                 immediate.append(P.deliver_resp_pdu(seq, mid, S.DELIVER_MALFORMED, v3))
                 continue
-            if report is not None:
+            if d is None:
+                assert report is not None
                 receipts.append(to_receipt(self.carrier, report, now, self.utc_offset_h))
-                receipt_acks.append((seq, d.msg_id))
+                receipt_acks.append((seq, mid))
                 continue
             done = self.reassembler.add(d.source, d.dest_id, d.msg_fmt, split_part(d), now)
             if done is None:

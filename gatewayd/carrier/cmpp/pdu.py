@@ -144,20 +144,30 @@ class SubmitTemplate:
         self._tp_pid = bytes((tp_pid,))
         self._src = octets(msg_src, 6) + octets(fee_type, 2) + octets(fee_code, 6)
         self._tail = octets(link_id, 20) if self.v3 else b"\x00" * 8
+        # Everything before Msg_Content in one struct.pack (a join of 17 pieces and three
+        # octets() calls a part before): Msg_Id (0), Pk_total, Pk_number, the settings'
+        # fields up to TP_pId, TP_udhi, Msg_Fmt, Msg_src + FeeType + FeeCode,
+        # ValId_Time, At_Time (empty), Src_Id, DestUsr_tl, Dest_terminal_Id
+        # (+ Dest_terminal_type in 3.0), Msg_Length. "Ns" pads with NULs as octets() does;
+        # body() checks the lengths octets() checked.
+        self._fixed = self._regdel + self._fee + self._tp_pid
+        self._head = struct.Struct(
+            f">8xBB{len(self._fixed)}sBB{len(self._src)}s17s17x21sB{self.dest_width}s"
+            f"{'x' if self.v3 else ''}B")
 
     def body(
         self, *, pk_total: int, pk_number: int, udhi: bool, msg_fmt: int, valid: str,
         src_id: str, destination: str, content: bytes,
     ) -> bytes:
-        if len(content) > 255:
-            raise ValueError(f"Msg_Content of {len(content)} octets (at most 255)")
-        dest = octets(destination, self.dest_width) + (b"\x00" if self.v3 else b"")
-        return b"".join((
-            b"\x00" * 8, bytes((pk_total, pk_number)), self._regdel, self._fee, self._tp_pid,
-            b"\x01" if udhi else b"\x00", bytes((msg_fmt,)), self._src, octets(valid, 17),
-            b"\x00" * 17, octets(src_id, 21), b"\x01", dest, bytes((len(content),)), content,
-            self._tail,
-        ))
+        n = len(content)
+        if n > 255:
+            raise ValueError(f"Msg_Content of {n} octets (at most 255)")
+        dest, src, val = destination.encode("ascii"), src_id.encode("ascii"), valid.encode("ascii")
+        if len(dest) > self.dest_width or len(src) > 21 or len(val) > 17:
+            raise ValueError(f"Dest_terminal_Id {destination!r}, Src_Id {src_id!r} or "
+                             f"ValId_Time {valid!r} is longer than its field")
+        return self._head.pack(pk_total, pk_number, self._fixed, 1 if udhi else 0, msg_fmt,
+                               self._src, val, src, 1, dest, n) + content + self._tail
 
 
 def parse_submit_resp(body: bytes) -> tuple[int, int]:
@@ -192,14 +202,26 @@ _DELIVER_HEAD: Final = struct.Struct(">Q21s10sBBB")  # up to Src_terminal_Id
 _DELIVER_LAYOUT: Final = {False: (73, 64, 21, 8), True: (97, 76, 32, 20)}
 
 
+def _deliver_layout(body: bytes, v3: bool) -> bool:
+    """Whether a DELIVER body has 3.0's layout: ``v3``'s is tried first, then the other."""
+    for layout in (v3, not v3):
+        fixed, at, _, _ = _DELIVER_LAYOUT[layout]
+        if len(body) > at and len(body) == fixed + body[at]:
+            return layout
+    raise PduError(f"DELIVER body of {len(body)} octets fits neither 2.0 nor 3.0")
+
+
+def deliver_frame(body: bytes, v3: bool) -> tuple[int, int, bytes]:
+    """(Msg_Id, Registered_Delivery, Msg_Content) of a DELIVER body, its text fields left
+    alone: a status report needs no more (one arrives per part sent)."""
+    at = _DELIVER_LAYOUT[_deliver_layout(body, v3)][1]
+    return _U64.unpack_from(body)[0], body[at - 1], body[at + 1 : at + 1 + body[at]]
+
+
 def parse_deliver(body: bytes, v3: bool) -> Deliver:
     """A DELIVER body; the layout of ``v3`` is tried first, then the other one."""
-    for layout in (v3, not v3):
-        fixed, at, src_width, _ = _DELIVER_LAYOUT[layout]
-        if len(body) > at and len(body) == fixed + body[at]:
-            break
-    else:
-        raise PduError(f"DELIVER body of {len(body)} octets fits neither 2.0 nor 3.0")
+    layout = _deliver_layout(body, v3)
+    _, at, src_width, _ = _DELIVER_LAYOUT[layout]
     mid, dest, service, tp_pid, tp_udhi, msg_fmt = _DELIVER_HEAD.unpack_from(body)
     n = body[at]
     return Deliver(

@@ -39,4 +39,5 @@ def to_receipt(carrier: str, report: Report, received_at: float, utc_offset_h: f
         submit_date=times.report_time(report.submit_time, utc_offset_h),
         done_date=times.report_time(report.done_time, utc_offset_h),
         received_at=received_at,
+        exact_id=True,  # SUBMIT_RESP's Msg_Id went through msgid.canonical too
     )

@@ -80,7 +80,8 @@ class Bind:
         self._m_reconnects = M.BIND_RECONNECTS.labels(*label)
         self._m_window = M.WINDOW_IN_USE.labels(*label)
         self._m_tps = M.BIND_TPS.labels(*label)
-        self._m_submits = M.SUBMITS.labels(carrier.name)
+        self._m_submits = M.SUBMITS.labels(carrier.name, "smpp")
+        M.BIND_INFO.labels(*label, "smpp", "3.4").set(1)
         self._m_latency = M.SUBMIT_LATENCY.labels(carrier.name)
         self._m_status: dict[tuple[str, int], Any] = {}
         self._m_pdu_errors: dict[str, Any] = {}
@@ -105,7 +106,8 @@ class Bind:
 
     def status(self) -> BindStatus:
         return BindStatus(
-            carrier=self.carrier, index=self.index, state=self.state, mode=self.mode,
+            carrier=self.carrier, index=self.index, protocol="smpp", version="3.4",
+            state=self.state, mode=self.mode,
             window=self.window, in_flight=self.in_flight, tps_limit=round(self.limit, 3),
             submitted=self.submitted, reconnects=self.reconnects, last_error=self.last_error,
         )
@@ -410,7 +412,7 @@ class Bind:
         child = self._m_status.get(key)
         if child is None:
             child = self._m_status[key] = M.COMMAND_STATUS.labels(
-                self.carrier, command, S.status_name(status)
+                self.carrier, "smpp", command, S.status_name(status)
             )
         child.inc(n)
 

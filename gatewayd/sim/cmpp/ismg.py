@@ -59,6 +59,9 @@ class IsmgSimulator:
         self._sessions: set[Session] = set()
         self._held: deque[Outgoing] = deque()
         self._seq = self.rng.randrange(0x10000)
+        self._id_key: tuple[int, float, int] = (-1, 0.0, 0)
+        self._id_high = 0
+        self._stamps: dict[int, str] = {}
         self._tokens = 0.0
         self._tokens_at = 0.0
         self._server: asyncio.Server | None = None
@@ -264,10 +267,28 @@ class IsmgSimulator:
         return False
 
     def _next_msg_id(self, wall: float) -> int:
-        self._seq = (self._seq + 1) & 0xFFFF
-        t = time.gmtime(wall + self.settings.utc_offset_h * 3600)
-        return pdu.msg_id(t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
-                          self.settings.gateway_id, self._seq)
+        self._seq = seq = (self._seq + 1) & 0xFFFF
+        st = self.settings
+        # Every id of one second shares its upper 48 bits: time.gmtime once a second
+        # (it was a tenth of the simulator's CPU a message, twice a message).
+        key = (int(wall), st.utc_offset_h, st.gateway_id)
+        if key != self._id_key:
+            t = time.gmtime(key[0] + st.utc_offset_h * 3600)
+            self._id_key = key
+            self._id_high = pdu.msg_id(t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+                                       st.gateway_id, 0)
+        return self._id_high | seq
+
+    def _stamp(self, wall: float) -> str:
+        """YYMMDDHHMM in the ISMG's time (a report's Submit_time/Done_time), made once
+        a minute."""
+        minute = int(wall + self.settings.utc_offset_h * 3600) // 60
+        text = self._stamps.get(minute)
+        if text is None:
+            if len(self._stamps) > 64:
+                self._stamps.clear()
+            text = self._stamps[minute] = time.strftime("%y%m%d%H%M", time.gmtime(minute * 60))
+        return text
 
     def _admit(self, now: float) -> int:
         st = self.settings
@@ -307,9 +328,13 @@ class IsmgSimulator:
             udhi=bool(sub.tp_udhi & 1), content=sub.content, valid_time=sub.valid_time,
             registered_delivery=sub.registered_delivery, received_at=wall, v3=sub.v3,
         )
-        self.submissions.append(rec)
-        if st.keep_submissions >= 0 and len(self.submissions) > st.keep_submissions:
-            del self.submissions[: len(self.submissions) - st.keep_submissions]
+        subs = self.submissions
+        subs.append(rec)
+        keep = st.keep_submissions
+        if keep >= 0 and len(subs) > keep:
+            # Trim in chunks, as the SMSC simulator does: deleting from the head of a
+            # list is O(n), once a SUBMIT past the bound it was most of the simulator's CPU.
+            del subs[: len(subs) - keep + keep // 10]
         if result == 0 and st.receipts and sub.registered_delivery == 1:
             self.wheel.add(now + st.receipt_delay_s, (_REPORT, s, rec))
         if st.unanswered_fraction and self.rng.random() < st.unanswered_fraction:
@@ -363,9 +388,8 @@ class IsmgSimulator:
         stat = st.receipt_stat
         if st.undeliverable_fraction and self.rng.random() < st.undeliverable_fraction:
             stat = st.failure_stat
-        offset = st.utc_offset_h * 3600
-        stamp = time.strftime("%y%m%d%H%M", time.gmtime(sub.received_at + offset))
-        done = time.strftime("%y%m%d%H%M", time.gmtime(wall + offset))
+        stamp = self._stamp(sub.received_at)
+        done = self._stamp(wall)
         mid = self._next_msg_id(wall)
         smsc_seq = self._seq
 

@@ -141,26 +141,33 @@ def submit_resp(seq: int, msg_id: int, result: int, v3: bool) -> bytes:
                 _U64.pack(msg_id) + (_U32.pack(result) if v3 else bytes((result,))))
 
 
+# The header and the DELIVER's fields up to Msg_Length in one pack (struct's "Ns" pads
+# with NULs and cuts at N, as _fixed does): Total_Length, Command_Id, Sequence_Id,
+# Msg_Id, Dest_Id, Service_Id, TP_pid, TP_udhi, Msg_Fmt, Src_terminal_Id
+# (+ Src_terminal_type in 3.0), Registered_Delivery, Msg_Length.
+_DELIVER_HEAD: Final = {False: struct.Struct(">IIIQ21s10sBBB21sBB"),
+                        True: struct.Struct(">IIIQ21s10sBBB32sBBB")}
+_DELIVER_TAIL: Final = {False: bytes(8), True: bytes(20)}  # Reserve / LinkID
+_REPORT: Final = {False: struct.Struct(">Q7s10s10s21sI"), True: struct.Struct(">Q7s10s10s32sI")}
+
+
 def deliver(seq: int, *, msg_id: int, dest_id: str, service_id: str, msg_fmt: int,
             src_terminal: str, registered_delivery: int, content: bytes, udhi: bool,
             v3: bool) -> bytes:
-    term = 32 if v3 else 21
-    body = b"".join((
-        _U64.pack(msg_id), _fixed(dest_id.encode(), 21), _fixed(service_id.encode(), 10),
-        b"\x00", b"\x01" if udhi else b"\x00", bytes((msg_fmt,)),
-        _fixed(src_terminal.encode(), term), b"\x00" if v3 else b"",
-        bytes((registered_delivery, len(content))), content, bytes(20 if v3 else 8),
-    ))
-    return pack(DELIVER, seq, body)
+    head = _DELIVER_HEAD[v3]
+    tail = _DELIVER_TAIL[v3]
+    n = len(content)
+    fields = (head.size + n + len(tail), DELIVER, seq, msg_id, dest_id.encode(),
+              service_id.encode(), 0, 1 if udhi else 0, msg_fmt, src_terminal.encode())
+    if v3:
+        return head.pack(*fields, 0, registered_delivery, n) + content + tail
+    return head.pack(*fields, registered_delivery, n) + content + tail
 
 
 def report(msg_id: int, stat: str, submit_time: str, done_time: str, dest: str,
            smsc_seq: int, v3: bool) -> bytes:
-    return b"".join((
-        _U64.pack(msg_id), _fixed(stat.encode(), 7), _fixed(submit_time.encode(), 10),
-        _fixed(done_time.encode(), 10), _fixed(dest.encode(), 32 if v3 else 21),
-        _U32.pack(smsc_seq),
-    ))
+    return _REPORT[v3].pack(msg_id, stat.encode(), submit_time.encode(), done_time.encode(),
+                            dest.encode(), smsc_seq)
 
 
 def parse_deliver_resp(body: bytes) -> tuple[int, int]:
