@@ -527,3 +527,55 @@ async def test_intake_and_dispatch_across_a_master_failover(
             await cli.wait()
         await stop_all(procs)
         await sim.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_no_record_says_submitted_before_its_correlation_keys_are_written(
+    tmp_path: Path, local_cluster: LocalCluster, cluster_url: str, cluster: aioredis.Redis
+) -> None:
+    """Issue 15: a batch's correlation keys are confirmed before its records. A daemon
+    whose keys' writes fail (here its ACL user may not write them; in the failover test
+    a daemon killed -9, or a node handing over, while the keys were on their way)
+    leaves its messages `queued`, and the daemon that takes its entries over sends and
+    delivers every one. Before, the records landed `submitted` beside the failed keys:
+    the second daemon only acknowledged them (already submitted), their receipts
+    matched nothing and they stayed `submitted` (19 of 5,500 in the failover test)."""
+    keys = Keys()
+    total = 200
+    # Every gw:* key but the correlation keys (gw:smsc:...), on every node.
+    rules = [r for r in CLUSTER_ACL if r != "~gw:*"] + [
+        "~gw:[^s]*", "~gw:s[^m]*", "~gw:sm[^s]*"]
+    for port in local_cluster.nodes:
+        assert "OK" in local_cluster.cli(port, "ACL", "SETUSER", "nokeys", "reset", "on",
+                                         ">nk-pass", *rules)
+    nokeys_url = f"redis+cluster://nokeys:nk-pass@127.0.0.1:{local_cluster.ports[0]}/0"
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.02, keep_submissions=-1))
+    port = await sim.start()
+    procs = []
+    try:
+        async with Client(cluster_url) as client:
+            ids = [i for i, _ in await client.send(
+                [{"to": f"+86133{n:08d}", "text": f"keys {n}", "category": "otp"}
+                 for n in range(total)], chunk=100)]
+        cfg_a, cfg_b = (
+            daemon_config(tmp_path, name, redis_url=url, sim_port=port, tps=100_000,
+                          source_addr=f"106900{i}", read_batch=64)
+            for i, (name, url) in enumerate((("gw-a", nokeys_url), ("gw-b", cluster_url)), 1))
+        procs.append(await spawn(cfg_a, "gw-a", tmp_path, burst=False))
+        deadline = time.monotonic() + 60
+        while len({s.destination for s in sim.submissions}) < total:
+            assert time.monotonic() < deadline, procs[0].log_text()[-2000:]
+            await asyncio.sleep(0.05)
+        procs[0].kill()
+        await procs[0].wait(15)
+        records = await wait_final(cluster, keys, ids, timeout_s=0)
+        states = collections.Counter(r.get("state", "missing") for r in records.values())
+        assert states == {"queued": total}, states
+        procs.append(await spawn(cfg_b, "gw-b", tmp_path, burst=False))
+        records = await wait_final(cluster, keys, ids, timeout_s=60)
+        states = collections.Counter(r.get("state", "missing") for r in records.values())
+        assert states == {"delivered": total}, states
+        assert await cluster.xlen(keys.dead) == 0
+    finally:
+        await stop_all(procs)
+        await sim.stop()
