@@ -6,9 +6,9 @@ the single-Redis code path (``QueueStore.cluster`` off: before issue 14's merge 
 pipeline whose commands reach their nodes side by side, unordered; since, issue 14's
 two round trips, record then entry, with no staging), the baseline of what staging
 costs; and on the cluster as shipped (pipeline/staging.py: stage, record, announce,
-promote). Dispatch outcome: a batch of --batch "submitted"
-records with a correlation key each and their XACK/XDEL, as Dispatcher._process writes
-them: in one pipeline (single Redis; the cluster before) or records then acks (the
+promote). Dispatch outcome: a batch of --batch "submitted" records with a correlation
+key each and their XACK/XDEL, as Dispatcher._process writes them: in one pipeline
+(single Redis; the cluster before) or correlation keys, then records, then acks (the
 cluster as shipped). Figures: messages per second (wall) and client CPU per message,
 median of --runs with min and max. Loopback: round trips here cost ~0.1 ms, so on a
 network each extra round trip a chunk adds its RTT per 1000 messages at intake and per
@@ -75,6 +75,8 @@ async def _dispatch(qs: QueueStore, n: int, batch: int, tag: str,
                              carrier_id=mid, segments=1)
             book.correlate(qs.keys.correlation("sim", mid), f"{mid} 0")
             acks.add(qs.streams[klass], eid)
+        if ordered:
+            await book.confirm_correlations(redis)
         book.flush(pipe)
         if ordered:
             await pipe.execute()

@@ -3,9 +3,10 @@
 One batch at a time per worker, every Redis step batched: a read, one pipeline for
 the reclaim/idempotency look-ups, the policy engine's batched calls, one submit, one
 pipeline that records every outcome and acknowledges every entry. An entry is
-acknowledged only in that last pipeline (on a cluster: in the round trip after its
-records were confirmed), so a crash anywhere before it leaves the entry pending and it
-is reclaimed (at-least-once; see README "Guarantees").
+acknowledged only in that last pipeline (on a cluster, three confirmed round trips:
+the correlation keys, then the records, then the acknowledgements), so a crash anywhere
+before it leaves the entry pending and it is reclaimed (at-least-once; see README
+"Guarantees").
 
 Stragglers: the pool answers a batch a grace after its last write; messages whose
 outcome is not known by then (no submit_sm_resp yet, parts to resend) are recorded and
@@ -341,6 +342,8 @@ class Dispatcher:
             self._record_outcomes(pipe, book, acks, to_submit, reqs, sub.outcomes)
             if sub.later is not None:
                 self._detach(sub.later, to_submit, reqs, sub.outcomes, book.streaks)
+        if self.queue.cluster:
+            await book.confirm_correlations(self.redis)
         book.flush(pipe)
         pipe = await self._confirm_records(pipe, acks)
         # After every outcome record: in the same pipeline on a single Redis, in the
@@ -373,8 +376,7 @@ class Dispatcher:
             if out is not None:
                 self._record_outcome(pipe, book, acks, awaiting, waits, it, req, out, done)
         if awaiting:  # one ZADD for the batch; the score's text made once
-            deadline = repr(done + self.receipt_ttl)
-            pipe.zadd(self.keys.awaiting_receipt, dict.fromkeys(awaiting, deadline))
+            book.await_receipts(awaiting, repr(done + self.receipt_ttl))
         for klass, values in waits.items():
             metrics.observe_many(_child(_queue_wait, metrics.QUEUE_WAIT, klass), values)
 
@@ -424,8 +426,10 @@ class Dispatcher:
             book.streaks = streaks
             acks = AckBatch()
             self._record_outcomes(pipe, book, acks, items, reqs, outcomes)
-            book.flush(pipe)
             try:
+                if self.queue.cluster:
+                    await book.confirm_correlations(self.redis)
+                book.flush(pipe)
                 pipe = await self._confirm_records(pipe, acks)
                 acks.flush(pipe)
                 await fastpipe.execute(pipe)

@@ -17,7 +17,7 @@ land on a record another daemon had already made "submitted" (issue 15).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from redis.asyncio.client import Pipeline
 
@@ -79,12 +79,15 @@ def _digits(number: str) -> str:
 class Book:
     """One batch's state changes, written by ``flush`` into the batch's pipeline."""
 
-    __slots__ = ("correlations", "counts", "funnel", "ledger", "records", "sends", "streaks")
+    __slots__ = ("awaiting", "correlations", "counts", "funnel", "ledger", "records", "sends",
+                 "streaks")
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.records: list[tuple[str, str, dict[Any, Any]]] = []  # (id, key, status)
         self.correlations: list[tuple[str, str]] = []
+        # Messages that now wait for their receipts -> the deadline's text (one ZADD).
+        self.awaiting: dict[str, str] = {}
         # (state, reason) -> transitions: one counter update a batch, not a message
         self.counts: dict[tuple[str, str], int] = {}
         # Campaign and template messages only (None until the batch has one).
@@ -98,8 +101,43 @@ class Book:
         """A correlation key (carrier message id -> our id), kept for the receipt TTL."""
         self.correlations.append((key, value))
 
+    def await_receipts(self, msg_ids: list[str], deadline: str) -> None:
+        """Put messages in the awaiting-receipt set until ``deadline`` (Unix s, text)."""
+        self.awaiting.update(dict.fromkeys(msg_ids, deadline))
+
+    async def confirm_correlations(self, redis: Redis) -> None:
+        """On a cluster, write the batch's correlation keys and awaiting-receipt entries
+        in a round trip of their own, before its records: a receipt can only be matched
+        through its key, so a "submitted" record must never exist without it.
+
+        A cluster pipeline writes each node's commands side by side. With the keys
+        beside the records, a daemon killed mid-write, or a write to a node that was
+        handing over and never completed, left records "submitted" whose keys were
+        never written (issue 15: 41 of 5,500 in a CLUSTER FAILOVER test); the batch's
+        reclaim then only acknowledged them (their record says submitted), and their
+        receipts, matching nothing, were parked and dropped. Keys first: what dies
+        between the two leaves the message "queued", so it is reclaimed and sent again
+        (the duplicate window), and a receipt of its first copy, parked while the record
+        is not yet "submitted", applies once it is. Raises (RedisError) when a write
+        failed: nothing of the batch is recorded, its entries stay pending."""
+        if not self.correlations and not self.awaiting:
+            return
+        led = self.ledger
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, value in self.correlations:
+                pipe.set(key, value, ex=led.receipt_ttl)
+            if self.awaiting:
+                pipe.zadd(led.keys.awaiting_receipt, cast(Any, self.awaiting))
+            await pipe.execute()
+        self.correlations.clear()
+        self.awaiting.clear()
+
     def flush(self, pipe: Pipeline) -> None:
         led = self.ledger
+        if self.awaiting:
+            # Before the records, as the cluster path confirms it (confirm_correlations).
+            pipe.zadd(led.keys.awaiting_receipt, cast(Any, self.awaiting))
+            self.awaiting = {}
         for (state, reason), n in self.counts.items():
             count_state(state, reason, n)
         self.counts.clear()
