@@ -351,10 +351,14 @@ async def test_learned_rate_settles_under_the_smsc_cap_for_two_daemons(
     ok = sum(1 for s in late if s.status == 0)
     throttled = sum(1 for s in late if s.status == simpdu.ESME_RTHROTTLED)
     print(f"after 5 s: {ok / span:.0f} accepted/s, {throttled / len(late):.1%} throttled")
-    # Above the SMSC's cap is the bug this guards against; below it is also the
-    # machine's speed (two pumps on a loaded 2-core box fell to 237/s), so the floor is
-    # read from what the daemons learned (tps_limit below), not from the rate reached.
-    assert ok / span <= 310
+    # Sending above the SMSC's cap (the configured 1000/s, or a saw-tooth) is the bug
+    # this guards against: what both pools sent after 5 s stays within the SMSC's own
+    # bucket (300/s over the span plus its one second of burst, which a pool that fell
+    # behind on a loaded machine may catch up with) and is rarely throttled. Below the
+    # cap is also the machine's speed (two pumps on a loaded 2-core box fell to 237/s),
+    # so the floor is read from what the daemons learned (tps_limit below).
+    assert len(late) <= 300 * span + 300, (len(late), span)
+    assert ok / span <= 300 + 300 / span
     assert throttled / len(late) <= 0.05
     assert {b.carrier for b in pools[0].snapshot()} == {"sim"}
     assert 200 <= pools[0].snapshot()[0].tps_limit <= 330
