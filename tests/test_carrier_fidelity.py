@@ -358,7 +358,6 @@ async def test_learned_rate_settles_under_the_smsc_cap_for_two_daemons(
     # cap is also the machine's speed (two pumps on a loaded 2-core box fell to 237/s),
     # so the floor is read from what the daemons learned (tps_limit below).
     assert len(late) <= 300 * span + 300, (len(late), span)
-    assert ok / span <= 300 + 300 / span
     assert throttled / len(late) <= 0.05
     assert {b.carrier for b in pools[0].snapshot()} == {"sim"}
     assert 200 <= pools[0].snapshot()[0].tps_limit <= 330
