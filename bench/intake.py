@@ -117,6 +117,16 @@ api_keys = ["{digest}"]""")
     return cfg
 
 
+def with_workers(cfg: Path, workers: int) -> Path:
+    """The config with ``http.workers = workers`` (more intake processes; 1: none)."""
+    if workers > 1:
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text(text.replace("[http]\nenabled = true\n",
+                                    f"[http]\nenabled = true\nworkers = {workers}\n"),
+                       encoding="utf-8")
+    return cfg
+
+
 def _wait_http(port: int, timeout_s: float = 30.0) -> None:
     import urllib.request
     deadline = time.monotonic() + timeout_s
