@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from bench import harness
-from bench.common import ProcSampler, summary, table, write_result
+from bench.common import cpu_seconds, summary, table, write_result
 from bench.intake import (
     _WRK_LUA,
     API_KEY,
@@ -46,6 +46,8 @@ from bench.intake import (
     _parse_wrk,
     _stop,
     _wait_http,
+    gw_pids,
+    wait_workers,
     with_workers,
 )
 from gatewayd.store.embedded import free_port
@@ -106,15 +108,6 @@ async def _codes(port: int, rate: float, started: Path, done: Path, wrk: subproc
     return ids, lat, bad
 
 
-def _gw_pids(gw_pid: int) -> list[int]:
-    """The daemon and its intake workers (http.workers: its children)."""
-    try:
-        with open(f"/proc/{gw_pid}/task/{gw_pid}/children") as f:
-            return [gw_pid, *(int(p) for p in f.read().split())]
-    except OSError:
-        return [gw_pid]
-
-
 def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate: float,
             workers: int = 1) -> dict[str, Any]:
     rig.flush()
@@ -124,7 +117,8 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
     tag = f"hp-{run}"
     try:
         _wait_http(port)
-        time.sleep(1.0 if workers > 1 else 0.2)  # workers bound, binds up
+        wait_workers(port, workers)
+        time.sleep(0.2)  # binds up
         f = rig.dir / f"bodies-{tag}.txt"
         f.write_text("\n".join(_flood_bodies(n, run)) + "\n", encoding="utf-8")
         script = rig.dir / f"wrk-{tag}.lua"
@@ -139,20 +133,19 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
         cmd = [wrk, "-t", "1", "-c", str(min(connections, n)), "-d", "600s", "--latency",
                "-s", str(script), f"http://127.0.0.1:{port}"]
         assert rig.sim is not None
-        samplers = [ProcSampler(p) for p in _gw_pids(gw.pid)]
-        with ProcSampler(rig.redis_pid or gw.pid) as red, ProcSampler(rig.sim.pid) as sim, \
-                ProcSampler(os.getpid()) as me:
-            for s in samplers:
-                s.__enter__()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            with ProcSampler(proc.pid) as load:
-                try:
-                    ids, req_lat, bad = asyncio.run(_codes(port, rate, started, done, proc, run))
-                finally:
-                    proc.send_signal(signal.SIGINT)
-                    out, _ = proc.communicate(timeout=60)
-            for s in samplers:
-                s.__exit__()
+        # CPU read from /proc before and after (exact for a short flood too).
+        gws = gw_pids(gw.pid)
+        others = {"redis": rig.redis_pid, "sim": rig.sim.pid, "client": os.getpid()}
+        cpu0 = {p: cpu_seconds(p) for p in [*gws, *(p for p in others.values() if p)]}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        wrk0 = cpu_seconds(proc.pid)
+        try:
+            ids, req_lat, bad = asyncio.run(_codes(port, rate, started, done, proc, run))
+        finally:
+            wrk_cpu = cpu_seconds(proc.pid) - wrk0 if proc.poll() is None else 0.0
+            cpu = {p: cpu_seconds(p) - c for p, c in cpu0.items()}
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=60)
         w = _parse_wrk(out)
         # The codes were all answered; wait for them to be submitted (a few ms).
         deadline = time.monotonic() + 60
@@ -177,9 +170,9 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
         "otp_max_ms": 1000 * (lat[-1] if lat else 0.0),
         "otp_request_p50_ms": 1000 * harness.percentile(req_lat, 50),
         "otp_request_p99_ms": 1000 * harness.percentile(req_lat, 99),
-        "gw_us": per * sum(s.cpu_s for s in samplers), "workers": len(samplers),
-        "redis_us": per * red.cpu_s if rig.redis_pid else 0.0, "sim_us": per * sim.cpu_s,
-        "wrk_us": per * load.cpu_s, "client_us": per * me.cpu_s,
+        "gw_us": per * sum(cpu[p] for p in gws), "workers": len(gws),
+        "redis_us": per * cpu.get(rig.redis_pid, 0.0), "sim_us": per * cpu[others["sim"]],
+        "wrk_us": per * wrk_cpu, "client_us": per * cpu[others["client"]],
     }
 
 

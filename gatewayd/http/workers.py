@@ -61,22 +61,25 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    async def start(self, ready_timeout_s: float = 20.0) -> None:
-        """Serve the daemon's own metrics port, start every worker and wait (bounded)
-        until each serves its own."""
+    async def start(self) -> None:
+        """Serve the daemon's own metrics port and start every worker; their start is
+        not waited for (the daemon's dispatch must not wait on intake processes): a
+        worker not listening after ``ready_timeout_s`` is logged."""
         self._probes = await start_probes(self.cfg, 0, self.http)
         for i in range(1, self.count + 1):
             self._tasks.append(asyncio.create_task(self._keep(i), name=f"http-worker-{i}"))
-        deadline = time.monotonic() + ready_timeout_s
+        self._tasks.append(asyncio.create_task(self._ready(20.0), name="http-workers-ready"))
+
+    async def _ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
         host = parse_listen(self.cfg.http.listen)[0] or "127.0.0.1"
         for i in range(1, self.count + 1):
-            while time.monotonic() < deadline:
-                if await _answers(host, metrics_port(self.cfg, i)):
-                    break
+            while not await _answers(host, metrics_port(self.cfg, i)):
+                if time.monotonic() > deadline:
+                    log.warning("http worker %d is not listening after %g s", i, timeout_s)
+                    return
                 await asyncio.sleep(0.05)
-            else:
-                log.warning("http worker %d is not listening yet", i)
-        log.info("http workers started", extra={"workers": self.count})
+        log.info("http workers listening", extra={"workers": self.count})
 
     async def _spawn(self, i: int) -> asyncio.subprocess.Process:
         env = {**os.environ, ENV_REDIS_URL: self.redis_url, ENV_CONSUMER: self.consumer}
