@@ -117,7 +117,7 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
     tag = f"hp-{run}"
     try:
         _wait_http(port)
-        wait_workers(port, workers)
+        wait_workers(cfg, workers)
         time.sleep(0.2)  # binds up
         f = rig.dir / f"bodies-{tag}.txt"
         f.write_text("\n".join(_flood_bodies(n, run)) + "\n", encoding="utf-8")

@@ -42,6 +42,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,12 +123,22 @@ api_keys = ["{digest}"]""")
 
 
 def with_workers(cfg: Path, workers: int) -> Path:
-    """The config with ``http.workers = workers`` (more intake processes; 1: none)."""
+    """The config with ``http.workers = workers`` (more intake processes; 1: none) and
+    their own ports (worker_metrics_port: the daemon's, then one a worker) free now."""
     if workers > 1:
+        while True:
+            base = free_port()
+            try:
+                for p in range(base, base + workers):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            break
         text = cfg.read_text(encoding="utf-8")
         cfg.write_text(text.replace("[http]\nenabled = true\n",
-                                    f"[http]\nenabled = true\nworkers = {workers}\n"),
-                       encoding="utf-8")
+                                    f"[http]\nenabled = true\nworkers = {workers}\n"
+                                    f"worker_metrics_port = {base}\n"), encoding="utf-8")
     return cfg
 
 
@@ -140,11 +151,13 @@ def gw_pids(gw_pid: int) -> list[int]:
         return [gw_pid]
 
 
-def wait_workers(port: int, workers: int, timeout_s: float = 60.0) -> None:
+def wait_workers(cfg: Path, workers: int, timeout_s: float = 60.0) -> None:
     """Until each of the daemon's intake workers answers on its own port (the daemon's
-    listener is up before them: gatewayd.http.worker.metrics_port)."""
+    listener is up before them)."""
+    m = re.search(r"worker_metrics_port = (\d+)", cfg.read_text(encoding="utf-8"))
     for i in range(1, workers):
-        _wait_http(port + 1000 + i, timeout_s)
+        assert m is not None
+        _wait_http(int(m.group(1)) + i, timeout_s)
 
 
 def _wait_http(port: int, timeout_s: float = 30.0) -> None:
@@ -293,7 +306,7 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
         gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
         try:
             _wait_http(port)
-            wait_workers(port, workers)
+            wait_workers(cfg, workers)
             r = _drive(rig, wrk, port,
                        _bodies(n, run * 4 + (1 if batch == 1 else 2), batch, acct),
                        conns, gw.pid, f"{tag}-{run}", key)
@@ -309,7 +322,7 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
     gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
     try:
         _wait_http(port)
-        wait_workers(port, workers)
+        wait_workers(cfg, workers)
         r = _drive(rig, wrk, port, _bodies(n, run * 4 + 3, 1), connections, gw.pid,
                    f"e2e-{run}")
         deadline = time.monotonic() + 120

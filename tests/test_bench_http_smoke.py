@@ -41,6 +41,9 @@ def test_bench_http_priority_quick_prints_its_figures(tmp_path: Path, workers: i
     assert 0 < run["otp_p50_ms"] <= run["otp_p99_ms"] <= run["otp_max_ms"]
     for key in ("flood_msg_per_s", "gw_us", "redis_us", "sim_us", "wrk_us", "client_us"):
         assert {"median", "min", "max", "runs"} <= set(data[key]), key
-        assert data[key]["median"] > 0, key
+        # /proc counts CPU in 10 ms ticks: a tiny flood may leave the simulator, wrk or
+        # the codes' client at 0; the daemon and Redis did the work.
+        floor = 0.0 if key in ("sim_us", "wrk_us", "client_us") else 1e-9
+        assert data[key]["median"] >= floor, key
     for label in ("flood accepted msg/s", "OTP queue->submit p99", "CPU a flood message: wrk"):
         assert label in proc.stdout
