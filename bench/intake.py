@@ -25,7 +25,11 @@ and max; writes bench/results/intake.json. Targets (issue 17): gatewayd <= 60 us
 message one a request, <= 10 us in batches of 100, Redis no more via HTTP than via the
 client; e2e over HTTP >= 6,700/s.
 
+With --workers N the daemon runs with ``http.workers = N`` (N-1 intake-only processes
+sharing the port); "gatewayd" CPU is then the daemon's and its workers' together.
+
     python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200] [--accounts]
+                           [--workers N]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +122,44 @@ api_keys = ["{digest}"]""")
     return cfg
 
 
+def with_workers(cfg: Path, workers: int) -> Path:
+    """The config with ``http.workers = workers`` (more intake processes; 1: none) and
+    their own ports (worker_metrics_port: the daemon's, then one a worker) free now."""
+    if workers > 1:
+        while True:
+            base = free_port()
+            try:
+                for p in range(base, base + workers):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            break
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text(text.replace("[http]\nenabled = true\n",
+                                    f"[http]\nenabled = true\nworkers = {workers}\n"
+                                    f"worker_metrics_port = {base}\n"), encoding="utf-8")
+    return cfg
+
+
+def gw_pids(gw_pid: int) -> list[int]:
+    """The daemon and its intake workers (http.workers: its children)."""
+    try:
+        with open(f"/proc/{gw_pid}/task/{gw_pid}/children") as f:
+            return [gw_pid, *(int(p) for p in f.read().split())]
+    except OSError:
+        return [gw_pid]
+
+
+def wait_workers(cfg: Path, workers: int, timeout_s: float = 60.0) -> None:
+    """Until each of the daemon's intake workers answers on its own port (the daemon's
+    listener is up before them)."""
+    m = re.search(r"worker_metrics_port = (\d+)", cfg.read_text(encoding="utf-8"))
+    for i in range(1, workers):
+        assert m is not None
+        _wait_http(int(m.group(1)) + i, timeout_s)
+
+
 def _wait_http(port: int, timeout_s: float = 30.0) -> None:
     import urllib.request
     deadline = time.monotonic() + timeout_s
@@ -171,7 +214,10 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
     conns = min(connections, len(bodies))
     cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--latency", "-s", str(script),
            f"http://127.0.0.1:{port}"]
-    with ProcSampler(gw_pid) as gw, ProcSampler(rig.redis_pid or gw_pid) as red:
+    gws = [ProcSampler(p) for p in gw_pids(gw_pid)]  # the daemon and its workers
+    with ProcSampler(rig.redis_pid or gw_pid) as red:
+        for g in gws:
+            g.__enter__()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         with ProcSampler(proc.pid) as load:
             deadline = time.monotonic() + 600
@@ -179,10 +225,12 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
                 time.sleep(0.02)
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=60)
+        for g in gws:
+            g.__exit__()
     r = _parse_wrk(out)
     if marker.exists():  # status -> count, e.g. {"202": 39990, "503": 10}
         r["statuses"] = dict(line.split() for line in marker.read_text().splitlines())
-    r.update(gw_cpu_s=gw.cpu_s, redis_cpu_s=red.cpu_s if rig.redis_pid else 0.0,
+    r.update(gw_cpu_s=sum(g.cpu_s for g in gws), redis_cpu_s=red.cpu_s if rig.redis_pid else 0.0,
              wrk_cpu_s=load.cpu_s)
     return r
 
@@ -232,7 +280,7 @@ def _per_msg(r: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
-            accounts: bool = False) -> dict[str, dict[str, Any]]:
+            accounts: bool = False, workers: int = 1) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
     # client: the library's path, this process as the producer.
@@ -254,10 +302,11 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
         rig.flush()
         key = _account_key(rig) if acct else API_KEY
         port = free_port()
-        cfg = _config(rig, port, free_port(), "intake")
+        cfg = with_workers(_config(rig, port, free_port(), "intake"), workers)
         gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
         try:
             _wait_http(port)
+            wait_workers(cfg, workers)
             r = _drive(rig, wrk, port,
                        _bodies(n, run * 4 + (1 if batch == 1 else 2), batch, acct),
                        conns, gw.pid, f"{tag}-{run}", key)
@@ -269,10 +318,11 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
     # e2e-http: one message a request into a bound daemon, with receipts.
     rig.flush()
     port = free_port()
-    cfg = _config(rig, port, rig.sim_port, "e2e-http")
+    cfg = with_workers(_config(rig, port, rig.sim_port, "e2e-http"), workers)
     gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
     try:
         _wait_http(port)
+        wait_workers(cfg, workers)
         r = _drive(rig, wrk, port, _bodies(n, run * 4 + 3, 1), connections, gw.pid,
                    f"e2e-{run}")
         deadline = time.monotonic() + 120
@@ -297,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="-n 4000 --runs 1 unless given")
     ap.add_argument("--accounts", action="store_true",
                     help="also http-1 and http-100 with an account's key")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="http.workers: the daemon + workers-1 intake-only processes (their "
+                         "CPU is gatewayd's)")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = 4000 if args.n == 40_000 else args.n
@@ -307,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs: list[dict[str, dict[str, Any]]] = []
     with harness.Rig() as rig:
-        print(f"intake: {args.n:,} messages a phase, {args.runs} runs; "
+        print(f"intake: {args.n:,} messages a phase, {args.runs} runs, http.workers "
+              f"{args.workers}; "
               f"Redis {rig.redis_version()}", flush=True)
         for i in range(args.runs):
-            r = one_run(rig, wrk, args.n, i, args.connections, args.accounts)
+            r = one_run(rig, wrk, args.n, i, args.connections, args.accounts, args.workers)
             runs.append(r)
             for tag, f in r.items():
                 extra = (f", {f['final_per_s']:,.0f} final/s ({f['final']:,.0f} final)"
@@ -325,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     def s(tag: str, key: str) -> dict[str, float]:
         return summary([r[tag][key] for r in runs])
 
-    result: dict[str, Any] = {"n": args.n, "connections": args.connections, "runs": runs}
+    result: dict[str, Any] = {"n": args.n, "connections": args.connections,
+                              "workers": args.workers, "runs": runs}
     rows: list[tuple[str, str]] = []
     tags = ["client", "http-1", "http-100", "e2e-http"]
     if args.accounts:

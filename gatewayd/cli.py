@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit once every queue is drained and every receipt is in")
     p.add_argument("--burst-timeout", type=float, default=0.0, metavar="S",
                    help="with --burst: stop after S seconds even if work is left")
+    # http.workers: the daemon starts its intake-only processes with this (not for users).
+    p.add_argument("--intake-worker", type=int, default=0, help=argparse.SUPPRESS)
 
     p = sub.add_parser("check-config", help="validate a config file and its policy file")
     _add_config(p)
@@ -256,9 +258,14 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    daemon = Daemon(cfg, burst=args.burst, burst_timeout_s=args.burst_timeout)
+    if args.intake_worker:
+        from gatewayd.http.worker import IntakeWorker
+
+        runner: Any = IntakeWorker(cfg, args.intake_worker)
+    else:
+        runner = Daemon(cfg, burst=args.burst, burst_timeout_s=args.burst_timeout)
     try:
-        return asyncio.run(daemon.run())
+        return int(asyncio.run(runner.run()))
     except ConfigError:
         raise
     except (GatewayError, OSError, RedisError) as e:

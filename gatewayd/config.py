@@ -136,6 +136,12 @@ class HttpConfig(_Section, kw_only=True, frozen=True):
     idle_timeout_s: float = 15.0
     # A JSON body must arrive whole within this; a streamed upload, each chunk (408).
     body_timeout_s: float = 30.0
+    # Processes serving this listener: the daemon and workers - 1 intake-only processes
+    # it starts and supervises, sharing the port (SO_REUSEPORT; gatewayd.http.workers).
+    workers: int = 1
+    # Worker i (1 .. workers-1) serves its own /metrics, /healthz and /readyz on this
+    # port + i - 1 at the listener's host; 0: the listener's port + 1000.
+    worker_metrics_port: int = 0
 
 
 class PolicyConfig(_Section, kw_only=True, frozen=True):
@@ -636,6 +642,18 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
                    ("links.max_connections", cfg.links.max_connections)):
         if not 1 <= n <= 1_000_000:
             raise bad(key, f"{n}: must be 1-1000000 (keep it under the daemon's file limit)")
+    if not 1 <= cfg.http.workers <= 64:
+        raise bad("http.workers", f"{cfg.http.workers}: must be 1-64 processes")
+    if not 0 <= cfg.http.worker_metrics_port <= 65535 - 64:
+        raise bad("http.worker_metrics_port", "a TCP port (0: the listener's port + 1000)")
+    if cfg.http.enabled and cfg.http.workers > 1 and _listen_ok(listen):
+        port = int(listen.rpartition(":")[2])
+        if port == 0:
+            raise bad("http.workers", "the processes share http.listen's port: give it a "
+                                      "fixed port, not 0")
+        if not cfg.http.worker_metrics_port and port + 1000 + cfg.http.workers > 65535:
+            raise bad("http.worker_metrics_port", "the listener's port + 1000 is too high: "
+                                                  "set a port for the workers' /metrics")
     for key, v in (("http.idle_timeout_s", cfg.http.idle_timeout_s),
                    ("http.body_timeout_s", cfg.http.body_timeout_s)):
         if not 0.1 <= v <= 3600:

@@ -50,6 +50,7 @@ from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
 from gatewayd.http.webhooks import WebhookApi
+from gatewayd.http.workers import WorkerPool
 from gatewayd.ops import metrics
 from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
@@ -111,6 +112,7 @@ class Daemon:
         self.campaigns: CampaignRunner | None = None
         self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
         self.links: LinkServer | None = None
+        self.workers: WorkerPool | None = None  # http.workers > 1: intake-only processes
         self.redis_ok = False
         self._last_reclaim = 0.0
         self._failing: dict[str, str] = {}  # housekeeping step -> the error it last logged
@@ -278,9 +280,12 @@ class Daemon:
                 carriers=CarrierApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
-                unavailable=UNAVAILABLE,
+                unavailable=UNAVAILABLE, reuse_port=cfg.http.workers > 1,
             )
             await self.http.start()
+            if cfg.http.workers > 1:
+                self.workers = WorkerPool(cfg, self.store.url, self.consumer, self.http)
+                await self.workers.start()
         if cfg.links.enabled:
             self.links = LinkServer(cfg.links.listen, edge, self.keys, intake_queue.ledger,
                                     preview_agents=list(cfg.links.preview_agents),
@@ -351,6 +356,8 @@ class Daemon:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.workers is not None:
+            await self.workers.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -385,6 +392,8 @@ class Daemon:
         log.info("stop signal: draining")
         if self.http is not None:
             self.http.drain()  # intake and /readyz answer 503 from now on
+        if self.workers is not None:
+            self.workers.drain()  # so do the intake workers', then they stop
         self.stop_event.set()
 
     def _on_hup(self) -> None:
@@ -397,6 +406,8 @@ class Daemon:
         # began with.
         await self.started.wait()
         self.notifier.reloading()
+        if self.workers is not None:
+            self.workers.hup()  # each intake worker reloads its own copy of the file
         try:
             await self.reload()
             await self.load_templates()

@@ -111,3 +111,38 @@ async def test_concurrent_requests_share_calls_and_keep_their_answers(
     assert requests == n  # every request had a message to queue
     assert 1 <= calls < n / 4  # shared: far fewer Redis calls than requests
     assert e1 - e0 < n / 2  # and Redis saw as much (EVALs, housekeeping's included)
+
+
+async def test_codes_skip_the_coalescer_and_are_queued_at_once(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """A request of express-class messages only (otp) makes its own call instead of
+    waiting for the turn's shared one (issue 17 item 6); the others still share."""
+    p = write_config(tmp_path, redis_url=redis_url, sim_port=free_port(), http=True)
+    n = 40
+    conn = aiohttp.TCPConnector(limit=2 * n)
+    async with running_daemon(load(p)) as daemon, aiohttp.ClientSession(connector=conn) as http:
+        assert daemon.http is not None
+        base = f"http://127.0.0.1:{daemon.http.port}"
+
+        async def post(i: int) -> tuple[int, dict[str, Any]]:
+            item = ({"to": f"+86137{i:08d}", "text": f"code {i}", "category": "otp",
+                     "ref": f"c-{i}"} if i % 2 else
+                    {"to": f"+86136{i:08d}", "text": f"news {i}", "category": "marketing"})
+            async with http.post(f"{base}/v1/messages", json=item) as r:
+                return r.status, await r.json()
+
+        await asyncio.gather(*(http.get(f"{base}/healthz") for _ in range(2 * n)))
+        m0 = await (await http.get(f"{base}/metrics")).text()
+        answers = await asyncio.gather(*(post(i) for i in range(2 * n)))
+        m1 = await (await http.get(f"{base}/metrics")).text()
+    assert {s for s, _ in answers} == {202}
+    for i, (_, doc) in enumerate(answers):
+        if i % 2:
+            [res] = doc["results"]
+            assert await redis.hget(keys.status(res["id"]), "ref") == f"c-{i}"
+    assert await redis.xlen(keys.queue("otp")) == n
+    assert await redis.xlen(keys.queue("marketing")) == n
+    shared = metric(m1, "gatewayd_intake_batched_requests_total") - metric(
+        m0, "gatewayd_intake_batched_requests_total")
+    assert shared == n  # the marketing requests only

@@ -163,8 +163,10 @@ class HttpServer:
         idle_timeout_s: float = 15.0,
         body_timeout_s: float = 30.0,
         unavailable: tuple[type[BaseException], ...] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.host, self._port = parse_listen(listen)
+        self.reuse_port = reuse_port  # http.workers: processes sharing the port
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -220,7 +222,8 @@ class HttpServer:
         try:
             self._server = await asyncio.get_running_loop().create_server(
                 self._cap,
-                self.host or None, self._port, backlog=1024, reuse_address=True)
+                self.host or None, self._port, backlog=1024, reuse_address=True,
+                reuse_port=self.reuse_port or None)
         except OSError:
             await runner.cleanup()
             raise

@@ -352,6 +352,15 @@ HTTP_CONNECTIONS_REFUSED = Counter(
 for _listener in ("api", "links"):
     HTTP_CONNECTIONS.labels(_listener)
     HTTP_CONNECTIONS_REFUSED.labels(_listener)
+HTTP_WORKERS = Gauge(
+    "gatewayd_http_workers", "Intake-only worker processes running (http.workers - 1 when "
+    "all are up); each serves its own /metrics (README \"More intake processes\")",
+    registry=REGISTRY,
+)
+HTTP_WORKER_RESTARTS = Counter(
+    "gatewayd_http_worker_restarts_total", "Intake worker processes that exited while the "
+    "daemon ran and were started again", registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,
