@@ -2,7 +2,7 @@
 
 Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
 campaign_cost, campaign_priority, stragglers, throttle, consent, intake, http_priority,
-cmpp_e2e, webhooks, redis_pool (default: all, in that order).
+cmpp_e2e, webhooks, redis_pool, cluster_path (default: all, in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from bench import (
     campaign_cost,
     campaign_priority,
+    cluster_path,
     cmpp_e2e,
     consent,
     e2e,
@@ -47,11 +48,11 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "stragglers": stragglers.main, "throttle": throttle.main, "consent": consent.main,
     "intake": intake.main, "http_priority": http_priority.main, "cmpp_e2e": cmpp_e2e.main,
     "webhooks": webhooks.main,
-    "redis_pool": redis_pool.main,
+    "redis_pool": redis_pool.main, "cluster_path": cluster_path.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
          "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent",
-         "intake", "http_priority", "cmpp_e2e", "webhooks", "redis_pool"]
+         "intake", "http_priority", "cmpp_e2e", "webhooks", "redis_pool", "cluster_path"]
 
 
 def main(argv: list[str] | None = None) -> int:

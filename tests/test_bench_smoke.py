@@ -121,3 +121,19 @@ def test_bench_client_intake_quick_writes_its_result(tmp_path: Path) -> None:
         (run,) = runs
         assert {"msgs_s", "client_us", "redis_us"} <= set(run)
     assert "send_many / raw xadd" in proc.stdout
+
+
+def test_bench_cluster_path_quick_writes_its_result(tmp_path: Path) -> None:
+    """Issue 15's cluster bench, tiny, on its own local cluster: every path queued and
+    dispatched every message (the script path never ran on the cluster: it would fail
+    with CROSSSLOT), and each figure is there. Never a speed."""
+    proc, d = _bench(tmp_path, "cluster_path", "--quick", "-n", "300")
+    data = json.loads((d / "cluster_path.json").read_text())
+    paths = ("single", "cluster, single-Redis path", "cluster ordered (shipped)")
+    assert data["paths"]["counts"] == {p: [300, 300] for p in paths}
+    for stage in ("intake", "dispatch"):
+        for p in paths:
+            figures = data["paths"][f"{stage} {p}"]
+            for key in ("msg_s", "client_cpu_us", "redis_cpu_us"):
+                assert {"median", "min", "max", "runs"} <= set(figures[key]), (stage, p, key)
+    assert "cluster ordered (shipped)" in proc.stdout

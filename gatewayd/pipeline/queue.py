@@ -184,6 +184,9 @@ class QueueStore:
         self._read = load_script(redis, "read")
         self._move_due = load_script(redis, "move_due")
         self.cluster = is_cluster(redis)
+        # Whether lua/enqueue_many.lua can run: it touches keys in many slots, so never
+        # on a cluster client, whatever ``cluster`` (the ordering choice) is set to.
+        self._one_node = not self.cluster
         self.ledger = Ledger(keys, cfg, redis)
         # The deployment's seal for internal fields (``sealer()`` loads it once).
         self.seal: Seal | None = None
@@ -317,8 +320,7 @@ class QueueStore:
                 self.redis, self.keys, self.ledger, self.streams, msgs, source=source,
                 now=now, links=links or {}, link_ttl_s=link_ttl_s,
                 idempotency_ttl_s=IDEMPOTENCY_TTL_S, seal=seal)
-        if not self.cluster and not links and not any(m.campaign or m.template
-                                                       for m in msgs):
+        if self._one_node and not links and not any(m.campaign or m.template for m in msgs):
             return await self._enqueue_script(msgs, seal, source, now)
         if any(self.streams[m.category] in self.limits for m in msgs):
             return await self._enqueue_limited(msgs, seal, source, now, links, link_ttl_s)
