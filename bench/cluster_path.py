@@ -9,7 +9,9 @@ the cluster as shipped (pipeline/staging.py: stage, record, announce,
 promote). Dispatch outcome: a batch of --batch "submitted" records with a correlation
 key each and their XACK/XDEL, as Dispatcher._process writes them: in one pipeline
 (single Redis; the cluster before) or correlation keys, then records, then acks (the
-cluster as shipped). Figures: messages per second (wall), client CPU per message (the
+cluster as shipped). Receipts: one delivery receipt for each of those messages through
+InboundHandler.on_receipts, single Redis and the cluster as shipped (including the
+claims registration's round trip). Figures: messages per second (wall), client CPU per message (the
 CPU gatewayd's intake or dispatch spends on these writes) and Redis CPU per message
 (INFO cpu, summed over the nodes), median of --runs with min and max. Single Redis and
 cluster nodes run the same redis-server (bench.harness.bench_redis_server). Loopback:
@@ -35,7 +37,8 @@ from bench.common import summary, write_result
 from bench.harness import bench_redis_server, private_redis
 from bench.local_cluster import LocalCluster
 from gatewayd.config import Config
-from gatewayd.model import OutboundMessage
+from gatewayd.model import OutboundMessage, Receipt
+from gatewayd.pipeline.inbound import InboundHandler
 from gatewayd.pipeline.queue import AckBatch, QueueStore
 from gatewayd.store.connection import connect
 from gatewayd.store.keys import GROUP, Keys
@@ -93,6 +96,7 @@ async def _dispatch(qs: QueueStore, n: int, batch: int, tag: str,
                              carrier_id=mid, segments=1)
             book.correlate(qs.keys.correlation("sim", mid), f"{mid} 0")
             acks.add(qs.streams[klass], eid)
+        book.await_receipts(ids[start:start + batch], str(now + 3600))
         if ordered:
             await book.confirm_correlations(redis)
         book.flush(pipe)
@@ -103,6 +107,23 @@ async def _dispatch(qs: QueueStore, n: int, batch: int, tag: str,
         await pipe.execute()
     return (len(entries) / (time.perf_counter() - w0),
             (time.process_time() - c0) / max(1, len(entries)) * 1e6, len(entries))
+
+
+async def _receipts(qs: QueueStore, tag: str, n: int) -> tuple[float, float, int]:
+    """Delivery receipts for the n messages _dispatch recorded, in chunks of 256 as an
+    SMSC's deliver_sm arrive (InboundHandler.on_receipts: one lua/receipts.lua call a
+    chunk on a single Redis; on a cluster the look-ups, the claims registration, the
+    receipt scripts, the events, the removals). Rate, client CPU per receipt, and how
+    many messages are still awaiting a receipt after (0: every event published)."""
+    handler = InboundHandler(qs.redis, qs.keys, qs.cfg, lambda: None)
+    receipts = [Receipt(carrier="sim", smsc_id=f"{tag}-{i}", stat="DELIVRD",
+                        state="delivered", err="000") for i in range(n)]
+    w0, c0 = time.perf_counter(), time.process_time()
+    for start in range(0, n, 256):
+        await handler.on_receipts(receipts[start:start + 256])
+    rate = n / (time.perf_counter() - w0)
+    cpu = (time.process_time() - c0) / max(1, n) * 1e6
+    return rate, cpu, int(await qs.redis.zcard(qs.keys.awaiting_receipt))
 
 
 PATHS = ("single", "cluster, single-Redis path", "cluster ordered (shipped)")
@@ -151,6 +172,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     r2 = await _redis_cpu(nodes)
                     note(f"dispatch {name}", rate, cpu, (r2 - r1) / max(1, done) * 1e6)
                     counts.setdefault(name, []).extend((queued, done))
+                    if name != PATHS[1]:  # receipts take one path a topology
+                        rate, cpu, left = await _receipts(qs, tag, done)
+                        r3 = await _redis_cpu(nodes)
+                        note(f"receipts {name}", rate, cpu, (r3 - r2) / max(1, done) * 1e6)
+                        counts[name].append(left)
             for node in (*single_nodes, *cluster_nodes):
                 await node.aclose()
             await single.aclose()
@@ -159,10 +185,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cluster.stop()
     result: dict[str, Any] = {k: {m: summary(v) for m, v in d.items()} for k, d in out.items()}
     result["counts"] = counts
-    for stage in ("intake", "dispatch"):
+    for stage in ("intake", "dispatch", "receipts"):
         base = result[f"{stage} single"]["msg_s"]["median"]
-        before = result[f"{stage} {PATHS[1]}"]["msg_s"]["median"]
+        before = result.get(f"{stage} {PATHS[1]}", result[f"{stage} single"])["msg_s"]["median"]
         for name in PATHS:
+            if f"{stage} {name}" not in result:
+                continue
             r = result[f"{stage} {name}"]
             print(f"{stage:8s} {name:28s} {r['msg_s']['median']:9.0f} msg/s "
                   f"(min {r['msg_s']['min']:.0f}, max {r['msg_s']['max']:.0f}); "

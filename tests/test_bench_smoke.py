@@ -126,13 +126,18 @@ def test_bench_client_intake_quick_writes_its_result(tmp_path: Path) -> None:
 def test_bench_cluster_path_quick_writes_its_result(tmp_path: Path) -> None:
     """Issue 15's cluster bench, tiny, on its own local cluster: every path queued and
     dispatched every message (the script path never ran on the cluster: it would fail
-    with CROSSSLOT), and each figure is there. Never a speed."""
+    with CROSSSLOT), their receipts made every message final, and each figure is
+    there. Never a speed."""
     proc, d = _bench(tmp_path, "cluster_path", "--quick", "-n", "300")
     data = json.loads((d / "cluster_path.json").read_text())
     paths = ("single", "cluster, single-Redis path", "cluster ordered (shipped)")
-    assert data["paths"]["counts"] == {p: [300, 300] for p in paths}
-    for stage in ("intake", "dispatch"):
-        for p in paths:
+    # queued, dispatched, and (receipts: single Redis and the cluster as shipped) none
+    # left awaiting a receipt: every final event published.
+    assert data["paths"]["counts"] == {paths[0]: [300, 300, 0], paths[1]: [300, 300],
+                                       paths[2]: [300, 300, 0]}
+    for stage, ps in (("intake", paths), ("dispatch", paths),
+                      ("receipts", (paths[0], paths[2]))):
+        for p in ps:
             figures = data["paths"][f"{stage} {p}"]
             for key in ("msg_s", "client_cpu_us", "redis_cpu_us"):
                 assert {"median", "min", "max", "runs"} <= set(figures[key]), (stage, p, key)
