@@ -203,3 +203,34 @@ async def test_an_exact_id_is_looked_up_as_it_is(
     await handler.on_receipts([r])
     assert await redis.hget(keys.status("m9"), "state") == "delivered"
     assert [ev["id"] for ev in await finals(redis, keys)] == ["m9"]
+
+
+async def test_a_sweeper_killed_after_its_claim_is_replaced_after_the_lease(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    """The expiry sweep expires a message and claims its final event (lua/receipt.lua),
+    then publishes in a later round trip, on both paths. One killed between the two
+    leaves the message due in `awaiting`: another daemon's sweep leaves it while the
+    claim is live (Redis's clock) and publishes it once when the claim is stale."""
+    lease = 1.0
+    await submitted(redis, keys, "s1", ["z1"])
+    await redis.zadd(keys.awaiting_receipt, {"s1": NOW})  # its receipt deadline passed
+    # The dying sweeper's two steps, then nothing (killed before its event write).
+    assert await handler._expire(keys=[keys.status("s1")], args=[NOW + 5, "receipt_timeout"])
+    res = await handler._receipt(keys=[keys.status("s1")],
+                                 args=["-", "expired", NOW + 5, "", lease])
+    assert res[0] == "late" and res[-1] == 1
+    survivor = InboundHandler(redis, keys, handler.cfg, lambda: None, clock=lambda: NOW + 6)
+    survivor._receipts = handler._receipts  # the same path
+    survivor.claim_lease_s = lease
+    assert await survivor.expire_awaiting() == 1
+    assert await finals(redis, keys) == []  # the claim is live: left to its holder
+    assert await redis.zscore(keys.awaiting_receipt, "s1") is not None
+    await asyncio.sleep(lease + 0.05)
+    await survivor.expire_awaiting()
+    [ev] = await finals(redis, keys)
+    assert ev["id"] == "s1" and ev["state"] == "expired"
+    assert await redis.zscore(keys.awaiting_receipt, "s1") is None
+    await survivor.expire_awaiting()
+    await survivor.on_receipts([rcpt("z1")])  # a receipt after all: nothing more
+    assert len(await finals(redis, keys)) == 1
