@@ -550,6 +550,9 @@ class InboundHandler:
                 gone.append(item[0])
         if publish or gone:
             await self._publish_finals(publish, now, gone)
+        if publish:  # a daemon died (or failed) between applying receipts and publishing
+            log.warning("published %d final events whose receipt handler claimed them and "
+                        "did not publish within %.0f s", len(publish), self.claim_lease_s)
         return len(ids)
 
     async def expire_awaiting(self, limit: int = 1000) -> int:
