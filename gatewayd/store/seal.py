@@ -102,9 +102,18 @@ class Prepared:
         # Per entry: (name, fixed value or None, index into the values or -1).
         self._tail = [(k, fixed.get(k), index.get(k, -1)) for k in names[head:]]
 
+    @property
+    def payload(self) -> str:
+        """The internal fields' JSON: a ``_gw`` value is ``mac(values) + payload``."""
+        return self._payload
+
     def seal(self, values: Sequence[str | None]) -> str:
         """The ``_gw`` value for the entry whose varying fields are ``values`` (in the
         ``varying`` order; None: the entry has no such field)."""
+        return self.mac(values) + self._payload
+
+    def mac(self, values: Sequence[str | None]) -> str:
+        """The MAC part of ``seal(values)`` (hex), for a writer that has the payload."""
         pairs = []
         for k, v, i in self._tail:
             if i >= 0:
@@ -113,7 +122,7 @@ class Prepared:
                 pairs.append((k, v))
         h = self._h0.copy()
         h.update(self._sep + _enc.encode(pairs)[1:] + b"]" if pairs else b"]]")
-        return h.hexdigest() + self._payload
+        return h.hexdigest()
 
 
 async def load_seal(redis: Any, keys: Keys) -> Seal:
