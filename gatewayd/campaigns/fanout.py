@@ -183,17 +183,18 @@ class FanOut:
         private = self.keys.privacy is not None
         recips: list[Any] = []
         n = 0
+        links: list[str] = []
+        lk: Callable[[str], str] | None = None
         if self.links is not None:
             await self.links.reserve(len(rows) * max(t.url_vars for t in compiled))
-        links: list[str] = []
+            take, base = self.links.take, self.links.base_url
 
-        def link(url: str) -> str:
-            assert self.links is not None
-            code = self.links.take()
-            links.extend((code, url))
-            return self.links.url(code)
+            def link(url: str) -> str:
+                code = take()
+                links.extend((code, url))
+                return base + code  # LinkMaker.url
 
-        lk = link if self.links is not None else None
+            lk = link
         # The entry's client fields exactly as lua/fanout.lua writes them, and its
         # internal fields sealed over them (gatewayd.store.seal): the fields a slice
         # shares and each (variant, link count)'s internal JSON sealed once a slice.
