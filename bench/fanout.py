@@ -13,15 +13,21 @@ CPU per recipient, and this process's RSS after 10 % and at the end of the fan-o
 (memory stays flat however many recipients: rows are read a chunk at a time). Median
 of --runs with min and max; writes bench/results/fanout.json. Target: >= 50,000/s.
 
-    python -m bench fanout [--quick] [-n 200000] [--runs 3] [--batch 200]
+    python -m bench fanout [--quick] [-n 200000] [--runs 3] [--batch 200] [--profile]
+
+--profile: cProfile over the fan-out's calls (not the upload), its top functions printed
+after each run (the profiler slows Python about 2x: read shares, not the rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import io
 import json
 import os
+import pstats
 import resource
 import sys
 import tempfile
@@ -51,7 +57,8 @@ def recipients(n: int) -> Any:
             ensure_ascii=False)
 
 
-async def one_run(url: str, n: int, batch: int, redis_pid: int) -> dict[str, Any]:
+async def one_run(url: str, n: int, batch: int, redis_pid: int,
+                  profile: cProfile.Profile | None = None) -> dict[str, Any]:
     redis = connect(url)
     keys = Keys("gw:")
     await redis.flushdb()
@@ -87,7 +94,11 @@ async def one_run(url: str, n: int, batch: int, redis_pid: int) -> dict[str, Any
     while True:  # as the daemon's runner does, without its backlog cap
         camp = await model.get(redis, keys, "bench")
         assert camp is not None
+        if profile is not None:
+            profile.enable()
         result, k = await fan.run(camp, 16 * batch)
+        if profile is not None:
+            profile.disable()
         queued += k
         if not rss_10 and queued >= n // 10:
             rss_10 = rss_bytes(me)
@@ -117,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=CampaignsConfig().fanout_batch,
                     help="recipients a script call (campaigns.fanout_batch)")
     ap.add_argument("--quick", action="store_true", help="-n 5000 --runs 1")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the fan-out; print its top functions by own time")
     args = ap.parse_args(argv)
     if args.quick:
         args.n = 5000 if args.n == 200_000 else args.n
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             assert srv.proc is not None
             with ProcSampler(srv.proc.pid):
                 for i in range(args.runs):
-                    r = asyncio.run(one_run(url, args.n, args.batch, srv.proc.pid))
+                    prof = cProfile.Profile() if args.profile else None
+                    r = asyncio.run(one_run(url, args.n, args.batch, srv.proc.pid, prof))
                     runs.append(r)
                     print(f"run {i + 1}: {r['per_s']:,.0f} recipients/s queued "
                           f"(upload {r['upload_per_s']:,.0f}/s); {r['cpu_us']:.1f} us CPU here "
@@ -143,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['script_us']:.1f} us by Redis's own count); RSS "
                           f"{r['rss_10pct_mb']:.0f} MB at 10 % -> {r['rss_end_mb']:.0f} MB",
                           flush=True)
+                    if prof is not None:
+                        out = io.StringIO()
+                        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+                        print(out.getvalue(), flush=True)
         finally:
             srv.stop()
 

@@ -117,3 +117,10 @@ async def test_codes_are_unique_and_unguessable(redis: aioredis.Redis, keys: Key
     assert other.take()[:-7] not in {c[:-7] for c in codes}
     # The random parts differ even where counters are alike.
     assert len({c[-7:] for c in codes}) == 300
+    # A code's head is its counter in base 62, across the digits' carries (the maker
+    # keeps the leading digits of a run of counters).
+    for start in (3_840, 238_325, 14_776_333):
+        await redis.set(keys.link_seq, start - 1)
+        maker = LinkMaker(redis, keys, base_url="https://s.cn", random_chars=7, block=10)
+        await maker.reserve(8)
+        assert [maker.take()[:-7] for _ in range(8)] == [b62(start + i) for i in range(8)]

@@ -9,7 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.campaigns import funnel, links, registry
-from gatewayd.campaigns.templates import Template, compile_template, parse_body
+from gatewayd.campaigns.templates import (
+    Template,
+    compile_template,
+    parse_body,
+    render_checked_before,
+)
 from gatewayd.client import Client
 from gatewayd.config import load_config
 from gatewayd.errors import ConfigError, MessageError
@@ -56,6 +61,22 @@ def test_body_syntax_and_types() -> None:
         with pytest.raises(MessageError) as e:
             c.render(params, link=lambda u: "https://s.cn/abc")
         assert e.value.field == field and why in e.value.reason, (params, e.value)
+
+
+def test_the_fan_outs_renderer_makes_the_checked_renderers_text() -> None:
+    # The fan-out renders uploaded rows (checked at upload) from a plan of the fixed
+    # parts: variables first, last, side by side, after literal braces, numbers.
+    for body, params in [
+        ("{a:digits}{b:text} {{x}} 满{n:decimal}元 {u:url} 回TD退订",
+         {"a": 42, "b": "小明", "n": 9.5, "u": "https://x.cn/1"}),
+        ("{u:url}", {"u": "https://x.cn/2"}),
+        ("您好 {b:text}", {"b": "王"}),
+        ("no variables", {}),
+    ]:
+        c = compile_template(tpl(body))
+        shorten = lambda u: "https://s.cn/" + u[-1]  # noqa: E731
+        assert render_checked_before(c, params, shorten) == c.render(params, shorten)[0]
+        assert render_checked_before(c, params, None) == c.render(params)[0]
 
 
 @pytest.mark.parametrize(("body", "why"), [

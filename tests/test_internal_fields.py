@@ -165,6 +165,8 @@ async def test_prepared_seal_is_the_seal_and_still_binds_each_entry(
         ({}, ("id",), (None,)),
         ({"a": "1", "c": "3"}, ("b",), (None,)),
         ({"z": "9"}, ("a", "b"), ("1", None)),
+        ({"a": "100%", "c%s": "%d"}, ("b",), ("50%s",)),  # printf marks are only text
+        ({"category": "marketing"}, ("to",), ("+8613900000004",)),
     ]
     for fixed, varying, values in cases:
         p = seal.prepared(internal, fixed, varying)

@@ -183,17 +183,18 @@ class FanOut:
         private = self.keys.privacy is not None
         recips: list[Any] = []
         n = 0
+        links: list[str] = []
+        lk: Callable[[str], str] | None = None
         if self.links is not None:
             await self.links.reserve(len(rows) * max(t.url_vars for t in compiled))
-        links: list[str] = []
+            take, base = self.links.take, self.links.base_url
 
-        def link(url: str) -> str:
-            assert self.links is not None
-            code = self.links.take()
-            links.extend((code, url))
-            return self.links.url(code)
+            def link(url: str) -> str:
+                code = take()
+                links.extend((code, url))
+                return base + code  # LinkMaker.url
 
-        lk = link if self.links is not None else None
+            lk = link
         # The entry's client fields exactly as lua/fanout.lua writes them, and its
         # internal fields sealed over them (gatewayd.store.seal): the fields a slice
         # shares and each (variant, link count)'s internal JSON sealed once a slice.
@@ -202,7 +203,10 @@ class FanOut:
             fixed["tenant"] = c.tenant
         if c.sender:
             fixed["from"] = c.sender
-        sealers: dict[tuple[int, int], Prepared] = {}
+        # A kind = (variant, link count): its sealer, and its index into the kinds the
+        # slice sends once (variant, k, internal JSON); a recipient sends its kind and
+        # its entry's MAC, fanout.lua puts the entry's _gw together (MAC + JSON).
+        kinds: dict[tuple[int, int], tuple[int, Prepared]] = {}
         for seq, number, vi, params, ref in rows:
             t = compiled[vi]
             links.clear()
@@ -217,17 +221,17 @@ class FanOut:
                     invalid += 1
                     continue
             msg_id, k = f"{c.id}.{seq}", len(links) // 2
-            sealer = sealers.get((vi, k))
-            if sealer is None:
+            kind = kinds.get((vi, k))
+            if kind is None:
                 variant = c.variants[vi]
                 internal: dict[str, Any] = {"campaign": c.id, "variant": variant.name,
                                             "enqueued_at": now}
                 if k:
                     internal["links"] = k
-                sealer = sealers[vi, k] = seal.prepared(
-                    internal, {**fixed, "template": variant.template}, _VARYING)
-            recips += (msg_id, number, number[:-8] + "****" + number[-4:], text,
-                       vi + 1, ref or "", sealer.seal((msg_id, number, text, ref or None)), k)
+                kind = kinds[vi, k] = (len(kinds) + 1, seal.prepared(
+                    internal, {**fixed, "template": variant.template}, _VARYING))
+            recips += (msg_id, number, text, kind[0], ref or "",
+                       kind[1].mac((msg_id, number, text, ref or None)))
             if links:
                 if private:  # the links hold the number's token, not the number
                     recips.append(self.keys.recipient(number.lstrip("+")))
@@ -238,9 +242,11 @@ class FanOut:
                            int(self.cfg.links.ttl_s), *self.status_affix, *self.link_affix,
                            c.category, c.tenant, c.id, c.sender, str(invalid), n,
                            len(c.variants), "1" if self.cfg.campaigns.queued_records else "0",
-                           "1" if private else "0"]
+                           "1" if private else "0", len(kinds)]
         for v in c.variants:
             args += (v.name, v.template)
+        for (vi, k), (_, sealer) in kinds.items():  # in index order (dicts keep it)
+            args += (vi + 1, k, sealer.payload)
         args += recips
         return _Slice(args, n, invalid, done_entry, cursor, offset)
 

@@ -77,6 +77,7 @@ class LinkMaker:
         self._end = 0  # exclusive
         self._random = ""
         self._rpos = 0
+        self._high = (-1, "")  # (seq // 3844, its b62): a block's codes share it
 
     @property
     def available(self) -> int:
@@ -99,7 +100,13 @@ class LinkMaker:
             # 6 random bits a character: 3 bytes make 4 (one urandom call a few hundred)
             self._random, i = secrets.token_urlsafe(192 * k), 0
         self._rpos = i + k
-        return b62(seq) + self._random[i:i + k]
+        if seq < 3844:
+            return b62(seq) + self._random[i:i + k]
+        # b62(seq) is b62(seq // 3844) and two digits: the head made once in 3,844 codes.
+        high, low = divmod(seq, 3844)
+        if high != self._high[0]:
+            self._high = (high, b62(high))
+        return self._high[1] + _B62_PAIRS[low] + self._random[i:i + k]
 
     def url(self, code: str) -> str:
         return self.base_url + code

@@ -80,7 +80,7 @@ class Prepared:
     is the same bytes ``Seal._mac`` hashes (``[payload, sorted fields]`` in msgspec's
     JSON), its constant head hashed once and the keyed state copied per entry."""
 
-    __slots__ = ("_h0", "_payload", "_sep", "_tail")
+    __slots__ = ("_fmt", "_h0", "_order", "_payload", "_sep", "_tail")
 
     def __init__(self, mac0: hashlib.blake2b, payload: str, fixed: Mapping[str, str],
                  varying: Sequence[str]) -> None:
@@ -101,19 +101,43 @@ class Prepared:
         self._payload = payload
         # Per entry: (name, fixed value or None, index into the values or -1).
         self._tail = [(k, fixed.get(k), index.get(k, -1)) for k in names[head:]]
+        # An entry with every varying field (the fan-out's usual one): the rest of the
+        # MAC input is this format with each value's JSON put in (a string's JSON is
+        # the same alone or in a list), made in one C call instead of a loop of pairs.
+        pieces, order = [], []
+        for k, v, i in self._tail:
+            if i < 0:
+                pieces.append(_enc.encode([k, v]).replace(b"%", b"%%"))
+            else:
+                pieces.append(b"[" + _enc.encode(k).replace(b"%", b"%%") + b",%s]")
+                order.append(i)
+        self._fmt = self._sep + b",".join(pieces) + b"]]" if pieces else b"]]"
+        self._order = tuple(order)
+
+    @property
+    def payload(self) -> str:
+        """The internal fields' JSON: a ``_gw`` value is ``mac(values) + payload``."""
+        return self._payload
 
     def seal(self, values: Sequence[str | None]) -> str:
         """The ``_gw`` value for the entry whose varying fields are ``values`` (in the
         ``varying`` order; None: the entry has no such field)."""
+        return self.mac(values) + self._payload
+
+    def mac(self, values: Sequence[str | None]) -> str:
+        """The MAC part of ``seal(values)`` (hex), for a writer that has the payload."""
+        h = self._h0.copy()
+        if None not in values:
+            h.update(self._fmt % tuple([_enc.encode(values[i]) for i in self._order]))
+            return h.hexdigest()
         pairs = []
         for k, v, i in self._tail:
             if i >= 0:
                 v = values[i]
             if v is not None:
                 pairs.append((k, v))
-        h = self._h0.copy()
         h.update(self._sep + _enc.encode(pairs)[1:] + b"]" if pairs else b"]]")
-        return h.hexdigest() + self._payload
+        return h.hexdigest()
 
 
 async def load_seal(redis: Any, keys: Keys) -> Seal:

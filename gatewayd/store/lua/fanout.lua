@@ -12,12 +12,13 @@
 -- ARGV[17] invalid rows skipped in this slice, ARGV[18] n recipients, ARGV[19] V
 -- variants, ARGV[20] '1' = write each message's "queued" status record and event,
 -- ARGV[21] '1' = privacy mode (Keys.privacy): each recipient with k > 0 links carries its
--- key-name token after k, which its links store instead of the digits, with the masked
--- number last; then V x (variant name, template code); then per recipient: message id,
--- number, masked number, text, variant index (1-based), ref, its sealed internal fields
--- (the entry's "_gw": campaign, variant, enqueued_at, links; gatewayd.store.seal, made
--- by campaigns.fanout over exactly the fields written here), k links, [token,]
--- k x (code, URL).
+-- key-name token before its links, which they store instead of the digits, with the
+-- masked number last; ARGV[22] K kinds; then V x (variant name, template code); then
+-- K x (variant index (1-based), k links, the kind's internal JSON: the entry's sealed
+-- "_gw" after its MAC: campaign, variant, enqueued_at, links; gatewayd.store.seal); then
+-- per recipient: message id, number, text, kind (1-based), ref, the MAC of its "_gw"
+-- (made by campaigns.fanout over exactly the fields written here), [token,]
+-- k x (code, URL). The masked number (records, events, private links) is made here.
 -- A recipient whose message id already has a status record (a client took "<campaign>.<n>"
 -- before the campaign existed; intake refuses such ids once it does) is skipped, never
 -- written over: no entry, no links, counted in the campaign's "invalid" rows.
@@ -35,14 +36,25 @@ end
 local now, sttl, maxlen, lttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local spre, ssuf, lpre, lsuf = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local category, tenant, cid, sender = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-local n, nv = tonumber(ARGV[18]), tonumber(ARGV[19])
+local n, nv, nk = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[22])
 local records = ARGV[20] == '1'
 local private = ARGV[21] == '1'
 local vname, vtpl, vcount = {}, {}, {}
-local a = 22
+local a = 23
 for i = 1, nv do
   vname[i], vtpl[i], vcount[i] = ARGV[a], ARGV[a + 1], 0
   a = a + 2
+end
+local kvi, klinks, kjson = {}, {}, {}
+for i = 1, nk do
+  kvi[i], klinks[i], kjson[i] = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2]
+  a = a + 3
+end
+local ssub = string.sub
+-- As gatewayd.model.mask.
+local function mask(to)
+  if #to > 8 then return ssub(to, 1, -9) .. '****' .. ssub(to, -4) end
+  return ssub(to, 1, 3) .. '****'
 end
 -- Tables made once a call and refilled per recipient (a table per recipient was Redis
 -- CPU: allocation and garbage), sent with unpack(t, 1, m).
@@ -58,10 +70,10 @@ local sep = '\31'
 local ltail = sep .. now
 local taken = 0
 for _ = 1, n do
-  local id, to, masked, text, vi, ref, sealed = ARGV[a], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5], ARGV[a + 6]
-  local k = tonumber(ARGV[a + 7])
-  a = a + 8
+  local id, to, text, kind, ref, mac = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5]
+  local vi, k = kvi[kind], klinks[kind]
+  a = a + 6
   local variant, template = vname[vi], vtpl[vi]
   local skey = spre .. id .. ssuf
   if rcall('EXISTS', skey) == 1 then
@@ -72,6 +84,7 @@ for _ = 1, n do
     end
   else
   vcount[vi] = vcount[vi] + 1
+  local masked = (records or private) and mask(to) or ''
   if k > 0 then
     local rest
     if private then
@@ -102,7 +115,7 @@ for _ = 1, n do
     if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
     rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
   end
-  e[2], e[4], e[6], e[10], e[12] = id, to, text, template, sealed
+  e[2], e[4], e[6], e[10], e[12] = id, to, text, template, mac .. kjson[kind]
   m = 12
   if tenant ~= '' then e[m + 1] = 'tenant'; e[m + 2] = tenant; m = m + 2 end
   if ref ~= '' then e[m + 1] = 'ref'; e[m + 2] = ref; m = m + 2 end
