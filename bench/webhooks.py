@@ -11,9 +11,11 @@
    with the sender in the daemon (webhooks.enabled) and as a separate process,
    alternated in each round. Figures: final/s of each and its ratio to the run without
    in the same round (target: >= 0.85); the stricter "until all pushed": messages a
-   second from the first submit until the receiver had every event (a burst daemon that
-   stops before its sender caught up leaves the tail to a `gatewayd webhooks run`);
-   daemon (+ sender) CPU per message in the steady part.
+   second from the first submit until the receiver had every event (the receiver's own
+   time of its last request: not when a poll after the daemon's shutdown saw it; a
+   burst daemon that stops before its sender caught up leaves the tail to a `gatewayd
+   webhooks run`); daemon (+ sender) CPU per message in the steady part; events a
+   request.
 
 Median of --runs with min and max; writes bench/results/webhooks.json.
 
@@ -46,15 +48,20 @@ def serve(port: int) -> None:
     from aiohttp import web
 
     counts: dict[str, int] = {}
+    requests = [0]
+    last = [0.0]  # when the last request came (the sender's end, not our poll's)
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
         # Counting without decoding: each event is one '"event_id"' in the body.
         counts[request.path] = counts.get(request.path, 0) + body.count(b'"event_id"')
+        requests[0] += 1
+        last[0] = time.time()
         return web.Response(text="ok")
 
     async def count(_request: web.Request) -> web.Response:
-        return web.json_response({"events": sum(counts.values()), "paths": len(counts)})
+        return web.json_response({"events": sum(counts.values()), "paths": len(counts),
+                                  "requests": requests[0], "last_at": last[0]})
 
     app = web.Application()
     app.router.add_get("/count", count)
@@ -77,8 +84,20 @@ class ReceiverProc:
         raise SystemExit("receiver did not start")
 
     def count(self) -> int:
+        return self.counts()[0]
+
+    def counts(self) -> tuple[int, int]:
+        """(events, requests) received so far."""
+        got = self._get()
+        return int(got["events"]), int(got["requests"])
+
+    def last_at(self) -> float:
+        """When the receiver had its last request (time.time())."""
+        return float(self._get()["last_at"])
+
+    def _get(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/count", timeout=5) as r:
-            return int(__import__("json").loads(r.read())["events"])
+            return dict(__import__("json").loads(r.read()))
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -146,12 +165,15 @@ def _sender(cfg: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_count(recv: ReceiverProc, want: int, timeout_s: float) -> tuple[int, float]:
+    """(events received, when the last of them came): the receiver's own time of its
+    last request, not when this poll (50 ms apart, after the daemon's shutdown in an e2e
+    run) saw it."""
     deadline = time.monotonic() + timeout_s
     got = recv.count()
     while got < want and time.monotonic() < deadline:
         time.sleep(0.05)
         got = recv.count()
-    return got, time.time()
+    return got, recv.last_at()
 
 
 def deliveries(rig: harness.Rig, recv: ReceiverProc, n: int, endpoints: int) -> dict[str, Any]:
@@ -191,7 +213,7 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     items = harness.make_messages(n, run=run)
     ids = rig.enqueue(items)
     cfg = _config(rig, harness.GatewaydOptions(), extra)
-    base = recv.count()
+    base, base_requests = recv.counts()
     sender = _sender(cfg) if mode == "apart" else None
     try:
         with ProcSampler(sender.pid if sender else os.getpid()) as sp:
@@ -212,12 +234,13 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
                     finally:
                         tail.terminate()
                         tail.wait(10)
-                else:
-                    t_pushed = time.time()
+                else:  # all there before the daemon stopped: when the last came
+                    t_pushed = recv.last_at()
     finally:
         if sender is not None:
             sender.terminate()
             sender.wait(10)
+    requests = recv.counts()[1] - base_requests
     res = e2e.analyse(rig.statuses(ids))
     # CPU in the steady part (first submit .. last final), as bench.e2e's "steady".
     t0, t1 = res["first_submit_at"], res["last_final_at"]
@@ -229,7 +252,9 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
             "gw_cpu_us_per_msg": 1e6 * out.gw.cpu_between(t0, t1) / steady,
             "sender_cpu_us_per_msg": 1e6 * sender_cpu / steady,
-            "events": want, "pushed": got}
+            "events": want, "pushed": got,
+            # Fewer, fuller requests cost the sender less an event.
+            "events_per_request": want / requests if requests else 0.0}
 
 
 async def _xlen(url: str) -> int:
@@ -283,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
                           f"{r['sender_cpu_us_per_msg']:.0f} us/msg, events pushed "
                           f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
-                          f"pushed at {r['pushed_per_s']:,.0f} msg/s", flush=True)
+                          f"pushed at {r['pushed_per_s']:,.0f} msg/s, "
+                          f"{r['events_per_request']:.0f} events a request", flush=True)
         finally:
             recv.stop()
     for mode in ("off", "daemon", "apart"):
@@ -292,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_per_s": summary([r["final_per_s"] for r in rs]),
             "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
             "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
+            "events_per_request": summary([r.get("events_per_request", 0.0) for r in rs]),
             "runs": rs}
         if mode != "off":
             ratios = [r["final_per_s"] / o["final_per_s"]

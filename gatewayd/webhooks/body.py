@@ -14,11 +14,6 @@ from gatewayd.model import FINAL_STATES
 _encode = msgspec.json.Encoder().encode
 
 
-def kind_of(stream: str, fields: dict[str, str]) -> str:
-    """An event's kind: its state ("submitted", "delivered", "optout"...), or "mo"."""
-    return "mo" if stream == "m" else fields.get("state", "")
-
-
 def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """The JSON object of one stream entry. ``event_id`` ("e<entry id>" for state
     changes, "m<entry id>" for MO) is the same every time the event is sent: dedupe on it.
@@ -37,16 +32,22 @@ def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, An
         mid = out.pop("id", "")
         if mid:
             out["message_id"] = mid
-        out.pop("callback", None)  # where it goes, not what it says
+        if "callback" in out:  # where it goes, not what it says
+            del out["callback"]
         seg = out.get("segments")
         if seg and seg.isdigit():
             out["segments"] = int(seg)
-        until = out.get("until")
-        if until:
-            out["until"] = _number(until)
+        if "until" in out:
+            until = out["until"]
+            if until:
+                out["until"] = _number(until)
     at = out.get("at")
     if at:
-        out["at"] = _number(at)
+        # Inline, not _number(): one call fewer on every event.
+        try:
+            out["at"] = float(at)
+        except ValueError:
+            pass
     return out
 
 

@@ -117,14 +117,14 @@ class Router:
     def __init__(self, endpoints: list[Endpoint]) -> None:
         self.endpoints = {e.name: e for e in endpoints}
         self._own = {e.tenant for e in endpoints if e.tenant not in ("", "*")}
-        self._cache: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self.cache: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
 
     def route(self, tenant: str, kind: str) -> tuple[Endpoint, ...]:
         key = (tenant, kind)
-        hit = self._cache.get(key)
+        hit = self.cache.get(key)
         if hit is None:
             default = tenant not in self._own
-            hit = self._cache[key] = tuple(
+            hit = self.cache[key] = tuple(
                 e for e in self.endpoints.values()
                 if kind in e.kinds and (e.tenant == "*" or e.tenant == tenant
                                         or (default and e.tenant == "")))
