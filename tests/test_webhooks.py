@@ -420,3 +420,36 @@ async def test_callback_url_within_the_tenants_prefixes(
     finally:
         os.environ.pop("GW_TEST_CB_SECRET", None)
         await recv.stop()
+
+
+async def test_a_sender_stopping_cleanly_gives_its_lease_back(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """A sender that stops cleanly (a `--burst` daemon, a restart) deletes its lease
+    rather than leaving it to expire, so the next sender starts reading at once; a lease
+    another process holds is never deleted by a sender that lost it."""
+    from gatewayd.store.connection import connect, load_script
+    from gatewayd.webhooks.runner import WebhookRunner
+
+    recv = Receiver()
+    cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=webhooks_toml(
+        recv, endpoints=endpoint_toml(recv, "a", "/a")).replace(
+            "enabled = true", "enabled = false")))
+    lease = keys.lease("webhooks")
+    client = connect(redis_url)
+    try:
+        for _ in range(2):  # the second sender finds the lease free, as the first left it
+            runner = WebhookRunner(client, keys, cfg)
+            stop = asyncio.Event()
+            task = asyncio.create_task(runner.run(stop))
+            await asyncio.wait_for(runner.ready.wait(), 10)
+            assert await redis.get(lease) == runner._token
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            assert not await redis.exists(lease)
+        release = load_script(client, "lease_release")
+        await redis.set(lease, "another-sender", px=5000)
+        assert await release(keys=[lease], args=["not-the-holder"]) == 0
+        assert await redis.get(lease) == "another-sender"
+    finally:
+        await client.aclose()

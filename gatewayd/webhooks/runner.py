@@ -70,6 +70,7 @@ class WebhookRunner:
         # are checked on the way (targets.GuardedResolver) and used as they were checked.
         self.resolver = resolver
         self._lease = load_script(redis, "lease")
+        self._release = load_script(redis, "lease_release")
         self._token = uuid.uuid4().hex
         self.holding = False
         self.backlog_reading = False
@@ -385,7 +386,13 @@ class WebhookRunner:
                 await s.close()
             try:
                 await self.save_cursor()
-            except Exception:
+                if self.holding:
+                    # Given back, not left to expire: a sender taking over (after a
+                    # daemon's --burst run, a restart) starts at once, from the cursor.
+                    await self._release(keys=[self.keys.lease("webhooks")],
+                                        args=[self._token])
+                    self.holding = False
+            except Exception:  # Redis away: the lease expires on its own
                 pass
             await self.session.close()
 
