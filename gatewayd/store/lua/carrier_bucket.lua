@@ -10,6 +10,11 @@
 -- Returns {granted, seconds until the next whole token, the rate now} (strings but the
 -- first). Every process calls it with its own clock; one behind the last writer's does
 -- not refill, probe or cut backwards.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HMGET', 'HSET', 'EXPIRE')
+  if refused then return refused end
+end
 local cap, now, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local accepted, throttled = tonumber(ARGV[4]), tonumber(ARGV[5])
 local margin, max_cut, floor = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])

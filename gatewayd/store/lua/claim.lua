@@ -6,6 +6,11 @@
 -- Returns {1, state} when this entry holds the id (a new record, "queued"; or its own
 -- earlier claim, read again after a crash: the state it reached), {0, ''} when another
 -- message holds it.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'EXISTS', 'HGET', 'HSET', 'EXPIRE')
+  if refused then return refused end
+end
 local cur = redis.call('HGET', KEYS[1], 'entry')
 if cur == ARGV[1] then
   return {1, redis.call('HGET', KEYS[1], 'state') or ''}

@@ -3,6 +3,12 @@
 -- or 'p' (a link preview: counted apart, no event).
 -- Returns false for an unknown (or expired) code; else {packed fields, first (1 = the
 -- first click), clicks so far}. The counts hash expires with the link.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'EXISTS', 'GET', 'HINCRBY', 'PEXPIRE', 'PTTL',
+    'HSETNX')
+  if refused then return refused end
+end
 local packed = redis.call('GET', KEYS[1])
 if not packed then
   return false

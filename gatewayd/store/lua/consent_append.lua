@@ -8,6 +8,11 @@
 -- the number as the record stores it (the bucket's field); then the record's field/value
 -- pairs. Single Redis only: on a cluster the two keys live in different slots and
 -- records.write pipelines the same commands instead.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'XADD', 'HGET', 'HSET', 'EXPIRE')
+  if refused then return refused end
+end
 --#include consent_lib
 return consent_append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4],
   unpack(ARGV, 5))

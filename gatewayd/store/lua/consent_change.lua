@@ -9,6 +9,11 @@
 -- the fields to ARGV[6], the time) or "in" (HDEL them), ARGV[7] n fields, then the n
 -- HASH fields, then per record: its field/value count, then those values.
 -- Returns the records' stream ids.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'XADD', 'HGET', 'HSET', 'EXPIRE', 'HDEL')
+  if refused then return refused end
+end
 --#include consent_lib
 local stream, ix, hash = KEYS[1], KEYS[2], KEYS[3]
 local minid, ttl, max, num = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]

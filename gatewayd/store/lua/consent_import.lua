@@ -9,6 +9,11 @@
 -- consent_append.lua); then per number: its opt-out key, its index bucket, its "number"
 -- field, its "number_enc" field ("" = none).
 -- Returns how many numbers were new opt-outs (HSETNX wrote).
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'XADD', 'HSETNX', 'HGET', 'HSET', 'EXPIRE', 'XTRIM')
+  if refused then return refused end
+end
 local rcall, ARGV = redis.call, ARGV
 local stream = KEYS[1]
 local field, at, scope, category, source, note = ARGV[1], ARGV[2], ARGV[3], ARGV[4],

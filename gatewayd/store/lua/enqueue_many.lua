@@ -21,6 +21,12 @@
 --         that many entries is refused; checked after the two refusals above)
 -- Returns one reply a message: 1 queued, 0 id taken, the owner's id (a string), or
 -- -1 - depth: refused, its stream holds depth entries (queue.max_queued).
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'GET', 'EXISTS', 'XLEN', 'HSET', 'EXPIRE', 'SET',
+    'XADD')
+  if refused then return refused end
+end
 local rcall, unpack = redis.call, unpack
 local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
   done_at = true, fk = true, receipts = true, sent_parts = true}

@@ -24,6 +24,12 @@
 -- written over: no entry, no links, counted in the campaign's "invalid" rows.
 -- Returns {1, queued, skipped} when queued, {0, status} when the campaign is not running,
 -- {2, cursor, offset} when the cursor moved on meanwhile.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HMGET', 'EXISTS', 'SET', 'HSET', 'EXPIRE', 'XADD',
+    'HINCRBY')
+  if refused then return refused end
+end
 local rcall, tonumber, unpack = redis.call, tonumber, unpack
 local camp, stream, events, funnel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local c = rcall('HMGET', camp, 'status', 'cursor', 'offset')

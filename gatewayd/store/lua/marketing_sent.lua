@@ -6,6 +6,11 @@
 -- key, campaign ("" = none), variant, "1" to count it in the cooling-off streak.
 --   campaign: SET <marketing key>:<campaign> "<now> <variant>" PX ttl (one command)
 --   streak:   HINCRBY <marketing key> n 1, HSET last now, PEXPIRE
+--#include acl_lib
+do
+  local refused = acl_refused(ARGV[4], 'SET', 'HINCRBY', 'HSET', 'PEXPIRE')
+  if refused then return refused end
+end
 local rcall = redis.call
 local now, ttl = ARGV[1], ARGV[2]
 local a = 4

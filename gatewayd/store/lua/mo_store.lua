@@ -5,6 +5,11 @@
 -- Returns per message: 0 stored now, 1 stored before but its opt-out/opt-in step not
 -- yet done (a redelivery after a failure: do that step again), 2 stored and done
 -- (a redelivery: nothing to do).
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'GET', 'XADD', 'SET')
+  if refused then return refused end
+end
 local maxlen, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local a = 4

@@ -22,6 +22,26 @@
 -- string.format, numbers passed to redis.call (each is printed with "%.17g" there), and
 -- global lookups. Whatever depends only on the batch (now's texts, a caps spec's TTL) is
 -- computed once.
+--#include acl_lib
+do
+  -- The keys are in the blob: the check uses the first record's first key (a dry run
+  -- writes nothing and is not checked). A record names no key only when it needs no
+  -- Redis call (an opt-out-only record with no opt-out key).
+  local acl_key
+  if ARGV[2] ~= '1' then
+    for rec in string.gmatch(ARGV[3], '[^\30]+') do
+      -- fields 2, 4, 7 and 9: the opt-out, duplicate, frequency and bucket keys
+      local o, d, f, t = string.match(rec, '^[^\31]*\31([^\31]*)\31[^\31]*\31([^\31]*)'
+        .. '\31[^\31]*\31[^\31]*\31([^\31]*)\31[^\31]*\31([^\31]*)')
+      acl_key = (o ~= '' and o) or (d ~= '' and d) or (f ~= '' and f) or (t ~= '' and t)
+        or nil
+      if acl_key then break end
+    end
+  end
+  local refused = acl_refused(acl_key, 'HMGET', 'HGET', 'GET', 'ZRANGE', 'SET',
+    'ZREMRANGEBYSCORE', 'ZADD', 'PEXPIRE', 'HSET')
+  if refused then return refused end
+end
 local rcall, find, sub, format, unpack = redis.call, string.find, string.sub, string.format,
   unpack
 local now = tonumber(ARGV[1])

@@ -5,6 +5,11 @@
 -- KEYS[1] delayed ZSET, KEYS[2] priority stream (same slot); ARGV[1] member,
 -- ARGV[2..] stream field/value pairs.
 -- Returns 1 when queued now, 0 when it was no longer staged.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'ZREM', 'XADD')
+  if refused then return refused end
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
   return 0
 end

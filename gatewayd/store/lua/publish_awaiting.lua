@@ -6,6 +6,11 @@
 -- KEYS[1] events stream, KEYS[2] awaiting-receipt zset; ARGV[1] events MAXLEN (~),
 -- ARGV[2] n; then per event: message id, field count f, f fields and values.
 -- Returns n values: 1 when that event was published here, else 0.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'ZSCORE', 'XADD', 'ZREM')
+  if refused then return refused end
+end
 local rcall, unpack = redis.call, unpack
 local events, awaiting, maxlen = KEYS[1], KEYS[2], ARGV[1]
 local out, a = {}, 3

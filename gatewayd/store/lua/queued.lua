@@ -5,6 +5,11 @@
 -- (refused: duplicate_id).
 -- KEYS[1] status hash; ARGV[1] TTL (s); ARGV[2..] field/value pairs
 -- Returns 1 when written, 0 when a record existed.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'EXISTS', 'HSET', 'EXPIRE')
+  if refused then return refused end
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end

@@ -19,6 +19,11 @@
 -- TIME first, before any write (issue 15): a user whose ACL lacks +time got the receipt
 -- applied (state 'delivered') and then the call failed, so no event was ever published.
 -- A script fails before it writes.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'TIME', 'HMGET', 'HSET', 'HGET')
+  if refused then return refused end
+end
 --#include receipt_lib
 local lease = tonumber(ARGV[5])
 local t = lease and redis.call('TIME')

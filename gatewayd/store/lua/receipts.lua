@@ -16,6 +16,12 @@
 -- Cost (bench/record_script.py): this runs in Redis's single thread for every receipt,
 -- so the receipt loop makes no table (one event table serves the whole call, the reply
 -- is filled in place), converts no count text twice and reads no global.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'GET', 'HMGET', 'HSET', 'HGET', 'ZSCORE', 'XADD',
+    'ZREM', 'HINCRBY', 'EXPIRE')
+  if refused then return refused end
+end
 --#include receipt_lib
 local rcall, find, sub, unpack = redis.call, string.find, string.sub, unpack
 local KEYS, ARGV = KEYS, ARGV

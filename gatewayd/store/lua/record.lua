@@ -13,6 +13,11 @@
 --
 -- States only move forward (rank_lib): a record further along than its transition is
 -- left as it is, and that transition publishes no event.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD', 'SET')
+  if refused then return refused end
+end
 --#include rank_lib
 local rcall, unpack, tonumber, KEYS, ARGV = redis.call, unpack, tonumber, KEYS, ARGV
 local ttl, maxlen, cttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])

@@ -7,6 +7,11 @@
 -- ARGV[1] member (the message's fields, JSON), ARGV[2] due (Unix s), ARGV[3] message id,
 -- ARGV[4] idempotency TTL (s)
 -- Returns {1, id} when staged, {0, first id} for a duplicate.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'GET', 'ZSCORE', 'SET', 'ZADD')
+  if refused then return refused end
+end
 local prev = redis.call('GET', KEYS[2])
 if prev then
   if prev == ARGV[3] and redis.call('ZSCORE', KEYS[1], ARGV[1]) then

