@@ -13,25 +13,28 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
 from gatewayd.client import Client
-from gatewayd.config import Config
+from gatewayd.config import Config, load_config
 from gatewayd.errors import IntakeError
 from gatewayd.model import OutboundMessage, Receipt
 from gatewayd.pipeline.events import Ledger
 from gatewayd.pipeline.inbound import InboundHandler
 from gatewayd.pipeline.intake import parse_message
 from gatewayd.policy.redischecks import RedisBatch
+from gatewayd.sim.smpp.smsc import SmscSimulator
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import denied
 from gatewayd.store.embedded import EmbeddedRedis, free_port
 from gatewayd.store.keys import Keys
+from tests.e2e_helpers import running_daemon, wait_final, write_config
 from tests.security_helpers import GATEWAYD_ACL, redis7_binary
 
 REDIS7 = redis7_binary()
@@ -59,10 +62,13 @@ async def admin(server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
     finally:
         await r.aclose()
 
+Smsc = Callable[..., Awaitable[SmscSimulator]]
 
-async def user_url(admin: aioredis.Redis, server: EmbeddedRedis, without: str = "") -> str:
+
+async def user_url(admin: aioredis.Redis, server: EmbeddedRedis, without: str = "",
+                   name: str = "") -> str:
     """A user with the README's ACL, less ``+without``; its URL."""
-    name = f"gw-{without or 'full'}"
+    name = name or f"gw-{without or 'full'}"
     acl = [a for a in GATEWAYD_ACL if a != f"+{without}"]
     assert without == "" or len(acl) == len(GATEWAYD_ACL) - 1
     await admin.execute_command("ACL", "SETUSER", name, "reset", ">pw", *acl)
@@ -105,6 +111,33 @@ async def test_an_enqueue_refused_late_writes_nothing(
     keys = Keys("gw:")
     for mid, _ in sent:
         assert (await admin.hget(keys.status(mid), "state")) == "queued"
+
+
+async def test_an_http_enqueue_refused_late_answers_503_and_writes_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, tmp_path: Path, smsc: Smsc
+) -> None:
+    """POST /v1/messages through the daemon: the ACL loses +xadd while it runs; the
+    request is answered 503 store_denied, no status record is left, and the same
+    request is queued once the ACL is fixed."""
+    url = await user_url(admin, server, name="gw-http")
+    sim = await smsc()
+    cfg = load_config(write_config(tmp_path, redis_url=url, sim_port=sim.port, http=True))
+    keys = Keys(cfg.redis.prefix)
+    body = {"to": "+8613900000001", "text": "order shipped", "id": "acl7.1"}
+    async with running_daemon(cfg) as d, aiohttp.ClientSession() as http:
+        assert d.http is not None
+        post = f"http://127.0.0.1:{d.http.port}/v1/messages"
+        await admin.execute_command("ACL", "SETUSER", "gw-http", "-xadd")
+        async with http.post(post, json=body) as r:
+            answer = await r.json()
+            assert r.status == 503, answer
+            assert answer["error"]["code"] == "store_denied"
+        assert not await admin.exists(keys.status("acl7.1"))
+        await admin.execute_command("ACL", "SETUSER", "gw-http", "+xadd")
+        async with http.post(post, json=body) as r:
+            assert r.status == 202, await r.text()
+        records = await wait_final(admin, keys, ["acl7.1"], timeout_s=20)
+    assert records["acl7.1"]["state"] == "delivered"
 
 
 def _messages(n: int) -> list[tuple[OutboundMessage, str]]:
