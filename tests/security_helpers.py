@@ -36,6 +36,8 @@ GATEWAYD_ACL = (
     "+hincrby", "+incrby", "+sadd", "+srem", "+smembers", "+zrevrange",
     # Redis's clock in lua/receipt.lua (the cluster's receipt claims)
     "+time",
+    # a short link's TTL, which its click counts take on (lua/click.lua)
+    "+pttl",
 )
 # Redis Cluster adds redis-py's topology and key-position discovery.
 CLUSTER_ACL = (*GATEWAYD_ACL, "+cluster|slots", "+command")

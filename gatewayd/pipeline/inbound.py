@@ -713,8 +713,8 @@ class InboundHandler:
 
 def _note_denied(op: str, e: BaseException) -> None:
     """An ACL refusal is no outage: say so plainly (the SMSC is answered with an error
-    and redelivers, nothing is applied half: the scripts call TIME and their other
-    permission-sensitive commands before they write)."""
+    and redelivers, nothing is applied half: the scripts check every command they run
+    before they write, lua/acl_lib.lua, on Redis >= 7)."""
     if denied(e):
         metrics.REDIS_DENIED.labels(op).inc()
         log.error("Redis ACL refused a command (%s): %s; give the gatewayd user the "
