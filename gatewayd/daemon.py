@@ -139,28 +139,16 @@ class Daemon:
     async def _reload(self) -> tuple[bool, str, dict[str, Any]]:
         running = self.cfg
         try:
-            if running.source:
-                new, engine = await asyncio.to_thread(
-                    reloading.prepare, running.source, classes=list(running.queue.classes))
-            else:  # a config made in code: only the policy can be read again
-                new, engine = running, self.load_policy()
+            new, engine = await reloading.read_new(
+                running, self.load_policy, "daemon")
         except ConfigError as e:
-            metrics.CONFIG_RELOADS.labels("error").inc()
-            metrics.POLICY_RELOADS.labels("error").inc()
-            metrics.POLICY_RELOAD_FAILED.set(1)
-            log.error("reload failed; the running configuration stays: %s", e)
             return False, str(e), {}
         plan = reloading.diff(running, new)
         cfg = reloading.adopt(running, new)
         self._engine = engine
-        metrics.POLICY_RELOADS.labels("ok").inc()
-        metrics.POLICY_RELOAD_FAILED.set(0)
+        reloading.policy_taken()
         if self.http is not None and plan.http:
-            h = cfg.http
-            self.http.configure(api_key_hashes=list(h.api_keys),
-                                max_body_bytes=h.max_body_bytes,
-                                max_connections=h.max_connections,
-                                idle_timeout_s=h.idle_timeout_s, body_timeout_s=h.body_timeout_s)
+            reloading.apply_http(self.http, cfg)
         if plan.carriers or plan.routing:
             metrics.zero_known(cfg.queue.classes, [c.name for c in cfg.carrier])
             # Before the pool: a submit answered on a new carrier is recorded, and a

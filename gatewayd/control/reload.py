@@ -20,13 +20,20 @@ running configuration with the new one key by key:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from gatewayd.config import CarrierConfig, Config, load_config
+from gatewayd.errors import ConfigError
+from gatewayd.ops import metrics
 from gatewayd.policy.engine import PolicyEngine
+
+log = logging.getLogger("gatewayd.control")
 
 # [http] keys the running listener takes; the rest of the section needs a restart.
 HTTP_LIVE = ("api_keys", "max_body_bytes", "max_connections", "idle_timeout_s",
@@ -140,3 +147,42 @@ def adopt(old: Config, new: Config) -> Config:
     http = msgspec.structs.replace(old.http, **{k: getattr(new.http, k) for k in HTTP_LIVE})
     return msgspec.structs.replace(old, carrier=new.carrier, routing=new.routing,
                                    policy=new.policy, http=http)
+
+
+class Listener(Protocol):
+    """The running HTTP listener (gatewayd.http.server.HttpServer)."""
+
+    def configure(self, *, api_key_hashes: list[str], max_body_bytes: int,
+                  max_connections: int, idle_timeout_s: float,
+                  body_timeout_s: float) -> None: ...
+
+
+async def read_new(running: Config, load_policy: Callable[[], PolicyEngine],
+                   who: str) -> tuple[Config, PolicyEngine]:
+    """The file read again with ``prepare``'s checks (a config made in code: the running
+    one, with only its policy read again). A file that fails them raises ConfigError,
+    counted and logged as ``who``'s, and the caller changes nothing."""
+    try:
+        if running.source:
+            return await asyncio.to_thread(prepare, running.source,
+                                           classes=list(running.queue.classes))
+        return running, load_policy()
+    except ConfigError as e:
+        metrics.CONFIG_RELOADS.labels("error").inc()
+        metrics.POLICY_RELOADS.labels("error").inc()
+        metrics.POLICY_RELOAD_FAILED.set(1)
+        log.error("%s: reload failed; the running configuration stays: %s", who, e)
+        raise
+
+
+def policy_taken() -> None:
+    metrics.POLICY_RELOADS.labels("ok").inc()
+    metrics.POLICY_RELOAD_FAILED.set(0)
+
+
+def apply_http(listener: Listener, cfg: Config) -> None:
+    """The live [http] keys (HTTP_LIVE) onto the running listener."""
+    h = cfg.http
+    listener.configure(api_key_hashes=list(h.api_keys), max_body_bytes=h.max_body_bytes,
+                       max_connections=h.max_connections, idle_timeout_s=h.idle_timeout_s,
+                       body_timeout_s=h.body_timeout_s)

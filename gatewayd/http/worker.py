@@ -126,32 +126,22 @@ class IntakeWorker:
         them: a revoked key stops working here too. Carriers and routing are the
         daemon's; a broken file keeps this process's running configuration."""
         running = self.cfg
+
+        def policy_again() -> PolicyEngine:  # a config made in code: only the policy
+            path = running.resolve(running.policy.file) if running.policy.file else None
+            return PolicyEngine.load(path, classes=list(running.queue.classes))
+
         try:
-            if running.source:
-                new, engine = await asyncio.to_thread(
-                    reloading.prepare, running.source, classes=list(running.queue.classes))
-            else:  # a config made in code: only the policy can be read again
-                path = running.resolve(running.policy.file) if running.policy.file else None
-                new, engine = running, PolicyEngine.load(
-                    path, classes=list(running.queue.classes))
+            new, engine = await reloading.read_new(
+                running, policy_again, f"http worker {self.index}")
         except ConfigError as e:
-            metrics.CONFIG_RELOADS.labels("error").inc()
-            metrics.POLICY_RELOADS.labels("error").inc()
-            metrics.POLICY_RELOAD_FAILED.set(1)
-            log.error("http worker %d: reload failed; the running configuration stays: %s",
-                      self.index, e)
             return False, str(e), {}
         plan = reloading.diff(running, new)
         cfg = reloading.adopt(running, new)
         self._engine = engine
-        metrics.POLICY_RELOADS.labels("ok").inc()
-        metrics.POLICY_RELOAD_FAILED.set(0)
+        reloading.policy_taken()
         if self.http is not None and plan.http:
-            h = cfg.http
-            self.http.configure(api_key_hashes=list(h.api_keys),
-                                max_body_bytes=h.max_body_bytes,
-                                max_connections=h.max_connections,
-                                idle_timeout_s=h.idle_timeout_s, body_timeout_s=h.body_timeout_s)
+            reloading.apply_http(self.http, cfg)
         self.cfg = cfg
         if self.http is not None and self.http.campaigns is not None:
             self.http.campaigns.cfg = cfg

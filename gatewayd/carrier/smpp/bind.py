@@ -23,6 +23,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from gatewayd.carrier.api import BindStatus
+from gatewayd.carrier.linkops import OperatorOps
 from gatewayd.carrier.protocols import Meter, Waiter
 from gatewayd.carrier.smpp import pdu as P
 from gatewayd.carrier.smpp import status as S
@@ -41,7 +42,7 @@ _pack_header = P.HEADER.pack
 _THROTTLED_SHOWN_S = 2.0
 
 
-class Bind:
+class Bind(OperatorOps):
     def __init__(
         self, carrier: CarrierConfig, index: int, password: str, deliveries: Deliveries,
         *, mode: BindMode | None = None,
@@ -142,42 +143,6 @@ class Bind:
             except TimeoutError:
                 self._task.cancel()
         self._set_state("closed")
-
-    async def restart(self) -> None:
-        """Down and up again (an operator's restart): no new submits, the outstanding
-        answers awaited (bounded by the response timeout), a polite close, then a new
-        connection at once; a part still unanswered ends as on a connection loss."""
-        self._stopping = True  # can_submit is False: the pool routes around this link
-        self.space.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.response_timeout_s
-        while self.in_flight and self.session is not None:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            self.space.clear()  # set again by every chunk of answers and by a close
-            try:
-                await asyncio.wait_for(self.space.wait(), left)
-            except TimeoutError:
-                break
-        await self.shutdown()
-        self._stopping = False
-        self._stop_event = asyncio.Event()
-        self._task = None
-        self.reconnects += 1  # the new connection is an attempt after the first
-        self._m_reconnects.inc()
-        self.start()
-
-    def retune(self, tps: float, window: int) -> None:
-        """The carrier's tps (this link's share: tps / binds) and window, changed live."""
-        self.window = window
-        self.base_rate = tps / self.cfg.binds
-        self.rate = self.base_rate
-        self.burst = max(1.0, self.base_rate / 20)
-        self.tokens = min(self.tokens, self.burst)
-        self.limit = self.base_rate  # the pool's next show_limit adds the learned share
-        self._m_tps.set(self.limit)
-        self.space.set()  # a larger window frees room for waiting senders
 
     async def _sleep(self, seconds: float) -> None:
         try:
