@@ -11,6 +11,7 @@ users that lack one command a script needs late, against the README's full ACL.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,7 +34,7 @@ from gatewayd.sim.smpp.smsc import SmscSimulator
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import denied
 from gatewayd.store.embedded import EmbeddedRedis, free_port
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import GROUP, Keys
 from tests.e2e_helpers import running_daemon, wait_final, write_config
 from tests.security_helpers import GATEWAYD_ACL, redis7_binary
 
@@ -192,6 +193,52 @@ async def test_a_dispatch_record_refused_late_moves_no_status(
     assert await admin.xlen(keys.events) == len(msgs)
 
 
+async def test_a_dispatch_refused_its_keys_acknowledges_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, tmp_path: Path, smsc: Smsc
+) -> None:
+    """A single Redis, the twin of the cluster's test (test_cluster_e2e: no record says
+    submitted before its correlation keys). The daemon's user may write every gw:* key
+    but the correlation keys (gw:smsc:...): its record script is refused, and the
+    batch's acknowledgements, inside that script, are refused with it. The entries stay
+    pending and the messages queued; a daemon with the full ACL takes them over and
+    delivers each. Before, the XDEL/XACK pipelined after the refused script removed the
+    entries anyway (40 of 40 here): their messages stayed "queued" for ever."""
+    keys = Keys("gw:")
+    total = 40
+    rules = [r for r in GATEWAYD_ACL if r != "~gw:*"] + [
+        "~gw:[^s]*", "~gw:s[^m]*", "~gw:sm[^s]*"]
+    await admin.execute_command("ACL", "SETUSER", "nokeys", "reset", ">pw", *rules)
+    nokeys_url = f"redis://nokeys:pw@127.0.0.1:{server.port}/0"
+    full_url = await user_url(admin, server)
+    sim = await smsc(receipt_delay_s=0.02)
+    async with Client(full_url) as client:
+        ids = [i for i, _ in await client.send(
+            [{"to": f"+86133{n:08d}", "text": f"keys {n}", "category": "otp"}
+             for n in range(total)])]
+    quick = "[queue]\nreclaim_idle_s = 1.0\n"
+    cfg_a = load_config(write_config(tmp_path, redis_url=nokeys_url, sim_port=sim.port,
+                                     extra=quick, name="a.toml"))
+    async with running_daemon(cfg_a):
+        deadline = time.monotonic() + 30
+        while len({s.destination for s in sim.submissions}) < total:
+            assert time.monotonic() < deadline, len(sim.submissions)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # its receipts come back and match nothing
+    states = {await admin.hget(keys.status(i), "state") for i in ids}
+    assert states == {"queued"}, states
+    stream = keys.queue("otp")
+    assert await admin.xlen(stream) == total  # nothing deleted
+    assert (await admin.xpending(stream, GROUP))["pending"] == total  # nor acknowledged
+    assert not await admin.keys("gw:smsc:*")
+    cfg_b = load_config(write_config(tmp_path, redis_url=full_url, sim_port=sim.port,
+                                     extra=quick, name="b.toml"))
+    async with running_daemon(cfg_b):
+        records = await wait_final(admin, keys, ids, timeout_s=30)
+    assert {r["state"] for r in records.values()} == {"delivered"}
+    assert await admin.xlen(stream) == 0
+    assert await admin.xlen(keys.dead) == 0
+
+
 @pytest.mark.parametrize("without", ["zrem", "hincrby", "xadd"])
 async def test_receipts_refused_late_apply_nothing(
     admin: aioredis.Redis, server: EmbeddedRedis, without: str
@@ -290,9 +337,10 @@ def test_every_writing_script_checks_what_it_runs() -> None:
         if not any(writes.match(c) for c in used) or name in single:
             continue
         body = src.partition("local function acl_refused")[2]
-        m = re.search(r"acl_refused\([^,)]+,([^)]*)\)", body)
-        assert m, f"{name}.lua writes but checks no command first"
-        checked = set(re.findall(r"'(\w+)'", m.group(1)))
+        calls = re.findall(r"acl_refused\([^,)]+,([^)]*)\)", body)
+        assert calls, f"{name}.lua writes but checks no command first"
+        # (record.lua asks once a kind of key, each with its own first key)
+        checked = {c for call in calls for c in re.findall(r"'(\w+)'", call)}
         assert used <= checked, f"{name}.lua runs {sorted(used - checked)} unchecked"
         # ... each with its arity in acl_lib (a short argv crashes Redis 7.0's check)
         assert checked - {"TIME"} <= known, f"acl_lib has no arguments for {checked - known}"

@@ -344,10 +344,11 @@ class Dispatcher:
                 self._detach(sub.later, to_submit, reqs, sub.outcomes, book.streaks)
         if self.queue.cluster:
             await book.confirm_correlations(self.redis)
-        book.flush(pipe)
+        # The acknowledgements after every outcome record: on a single Redis inside the
+        # record script, after its writes (a refused or failed write acknowledges
+        # nothing); on a cluster in the next round trip (at-least-once).
+        book.flush(pipe, None if self.queue.cluster else acks)
         pipe = await self._confirm_records(pipe, acks)
-        # After every outcome record: in the same pipeline on a single Redis, in the
-        # next round trip on a cluster (at-least-once).
         acks.flush(pipe)
         read_ahead = read_ahead and self.queue.can_read_ahead(express)
         if read_ahead:
@@ -429,7 +430,7 @@ class Dispatcher:
             try:
                 if self.queue.cluster:
                     await book.confirm_correlations(self.redis)
-                book.flush(pipe)
+                book.flush(pipe, None if self.queue.cluster else acks)
                 pipe = await self._confirm_records(pipe, acks)
                 acks.flush(pipe)
                 await fastpipe.execute(pipe)
@@ -449,9 +450,10 @@ class Dispatcher:
         its acknowledgements: a cluster pipeline writes each node's commands side by
         side, so an XACK queued after a record on another node could commit without it
         (issue 15: entries acknowledged whose outcome was never recorded). Any failed
-        record raises (RedisError) and leaves the entries pending. On a single Redis a
-        pipeline runs in order on one connection: the acknowledgements follow the
-        records in the same round trip (``pipe`` returned as it is)."""
+        record raises (RedisError) and leaves the entries pending. On a single Redis
+        the record script acknowledges after its own writes (Book.flush), in the same
+        round trip (``pipe`` returned as it is); what ``acks`` still holds there (a
+        batch with nothing to record) follows in the same pipeline."""
         if not self.queue.cluster or not len(acks) or not len(pipe):
             return pipe
         await fastpipe.execute(pipe)

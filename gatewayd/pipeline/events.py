@@ -17,7 +17,7 @@ land on a record another daemon had already made "submitted" (issue 15).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from redis.asyncio.client import Pipeline
 
@@ -32,7 +32,7 @@ from gatewayd.store.connection import (
     pipe_script,
     script_source,
 )
-from gatewayd.store.keys import Keys
+from gatewayd.store.keys import GROUP, Keys
 
 _state_counters: dict[tuple[str, str], Any] = {}
 _STATUS_SCRIPT: Final = script_source("status")
@@ -74,6 +74,12 @@ def event_of(msg_id: str, status: dict[Any, Any]) -> dict[Any, Any]:
 
 def _digits(number: str) -> str:
     return number[1:] if number.startswith("+") else number
+
+
+class Acks(Protocol):
+    """A batch's acknowledgements (queue.AckBatch), handed over by stream."""
+
+    def take(self) -> dict[str, list[str]]: ...
 
 
 class Book:
@@ -132,7 +138,11 @@ class Book:
         self.correlations.clear()
         self.awaiting.clear()
 
-    def flush(self, pipe: Pipeline) -> None:
+    def flush(self, pipe: Pipeline, acks: Acks | None = None) -> None:
+        """Write the book into ``pipe``. With ``acks`` (a single Redis), the batch's
+        acknowledgements go into the record script, after its writes (lua/record.lua):
+        a refused or failed write leaves the entries pending. Without records to write
+        they stay in ``acks`` for the caller's ``acks.flush``."""
         led = self.ledger
         if self.awaiting:
             # Before the records, as the cluster path confirms it (confirm_correlations).
@@ -155,9 +165,11 @@ class Book:
             for key, value in self.correlations:
                 pipe.set(key, value, ex=led.receipt_ttl)
         else:
+            streams = acks.take() if acks is not None else {}
             keys: list[str] = [led.keys.events]
             args: list[Any] = [led.status_ttl, led.events_maxlen, led.receipt_ttl,
-                               len(self.records)]
+                               len(self.records), len(self.correlations), len(streams),
+                               GROUP]
             for msg_id, key, status in self.records:
                 keys.append(key)
                 args.append(msg_id)
@@ -166,6 +178,10 @@ class Book:
             for key, value in self.correlations:
                 keys.append(key)
                 args.append(value)
+            for stream, ids in streams.items():
+                keys.append(stream)
+                args.append(len(ids))
+                args.extend(ids)
             pipe_script(pipe, led.script, keys, args)
         self.records.clear()
         self.correlations.clear()

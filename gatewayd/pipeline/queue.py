@@ -157,6 +157,12 @@ class AckBatch:
     def __len__(self) -> int:
         return sum(len(v) for v in self._ids.values())
 
+    def take(self) -> dict[str, list[str]]:
+        """The ids by stream, handed to a script that acknowledges them after its own
+        writes (lua/record.lua); the batch is empty afterwards."""
+        ids, self._ids = self._ids, {}
+        return ids
+
     def flush(self, pipe: Pipeline) -> None:
         for stream, ids in self._ids.items():
             # XDEL first: a process killed in the middle of writing a big pipeline

@@ -17,6 +17,7 @@ local ACL_ARGS = {
   SET = {'v'}, EXPIRE = {'1'}, PEXPIRE = {'1'},
   HGET = {'f'}, HMGET = {'f'}, HDEL = {'f'}, HSET = {'f', 'v'}, HSETNX = {'f', 'v'},
   HINCRBY = {'f', '1'}, XADD = {'*', 'f', 'v'}, XTRIM = {'MAXLEN', '1'},
+  XDEL = {'0-1'}, XACK = {'g', '0-1'},
   ZADD = {'1', 'm'}, ZREM = {'m'}, ZSCORE = {'m'}, ZRANGE = {'0', '1'},
   ZRANGEBYSCORE = {'0', '1'}, ZREMRANGEBYSCORE = {'0', '1'}, SADD = {'m'}, SREM = {'m'},
 }

@@ -1,11 +1,23 @@
--- Record a batch of state changes in one call: status records, events, correlation keys.
+-- Record a batch of state changes in one call: correlation keys, status records, events,
+-- and the batch's queue entries acknowledged after them.
 -- Used on a single Redis only (a cluster spreads these keys over slots; there
--- events.Book writes them as separate pipelined commands instead).
--- KEYS[1] events stream; KEYS[2..n+1] the n status hashes; KEYS[n+2..] correlation keys
--- ARGV[1] status TTL (s), ARGV[2] events MAXLEN (~), ARGV[3] correlation TTL (s), ARGV[4] n;
--- then per record: message id, count, status field/value pairs; then one value per
--- correlation key. Each record's event is derived from its status fields as
--- events.event_of does: "id" first, "updated_at" renamed "at", NOT_IN_EVENT left out.
+-- events.Book writes them as separate pipelined commands, and the dispatcher confirms
+-- keys, then records, then acknowledges, each in a round trip of its own).
+-- KEYS[1] events stream; KEYS[2..n+1] the n status hashes; then c correlation keys;
+-- then s queue streams.
+-- ARGV[1] status TTL (s), ARGV[2] events MAXLEN (~), ARGV[3] correlation TTL (s), ARGV[4] n,
+-- ARGV[5] c, ARGV[6] s, ARGV[7] the consumer group; then per record: message id, count,
+-- status field/value pairs; then one value per correlation key; then per stream: the
+-- count of its entry ids, the ids. Each record's event is derived from its status fields
+-- as events.event_of does: "id" first, "updated_at" renamed "at", NOT_IN_EVENT left out.
+--
+-- Order (issue 15, the same rule as the cluster path): correlation keys first, then the
+-- records, then XDEL and XACK. Redis never rolls a script back, so a write that fails
+-- half-way (maxmemory) stops the script where it is: a "submitted" record never exists
+-- without the key its receipt is matched by, and an entry is acknowledged only once its
+-- outcome is recorded. The acknowledgements were pipelined after this script before,
+-- so a refused script (an ACL without +set, or whose key patterns leave out gw:smsc:*)
+-- still let them through: the entries were gone and their messages "queued" for ever.
 --
 -- Cost (bench/record_script.py): this runs in Redis's single thread for every message,
 -- so the record loop makes no table (one event table serves the whole call), converts
@@ -14,20 +26,33 @@
 -- States only move forward (rank_lib): a record further along than its transition is
 -- left as it is, and that transition publishes no event.
 --#include acl_lib
+local n, c, s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 do
-  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD', 'SET')
+  -- (A key pattern refusing one of KEYS, e.g. gw:smsc:*, refuses the EVAL itself.)
+  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD', 'SET', 'XDEL',
+                              'XACK')
   if refused then return refused end
 end
 --#include rank_lib
 local rcall, unpack, tonumber, KEYS, ARGV = redis.call, unpack, tonumber, KEYS, ARGV
-local ttl, maxlen, cttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ttl, maxlen, cttl, group = ARGV[1], ARGV[2], ARGV[3], ARGV[7]
 local stream = KEYS[1]
+-- Skip past the records to the correlation values: they are written first.
+local a = 8
+for _ = 1, n do
+  a = a + 2 + tonumber(ARGV[a + 1])
+end
+for k = n + 2, n + 1 + c do
+  rcall('SET', KEYS[k], ARGV[a], 'EX', cttl)
+  a = a + 1
+end
+local acks = a
 -- A record's field count is one of a few texts ("20", "22"...): each converted once.
 local counts = {}
 -- The event: "id", the id, then the kept fields; entries past m are a longer earlier
 -- event's, never sent (unpack(ev, 1, m)).
 local ev = {'id'}
-local a = 5
+a = 8
 for i = 1, n do
   local key = KEYS[1 + i]
   local ns = counts[ARGV[a + 1]]
@@ -58,8 +83,12 @@ for i = 1, n do
   end
   a = last + 1
 end
-for k = n + 2, #KEYS do
-  rcall('SET', KEYS[k], ARGV[a], 'EX', cttl)
-  a = a + 1
+-- XDEL before XACK, as AckBatch.flush explains.
+a = acks
+for k = n + c + 2, n + c + 1 + s do
+  local ids = tonumber(ARGV[a])
+  rcall('XDEL', KEYS[k], unpack(ARGV, a + 1, a + ids))
+  rcall('XACK', KEYS[k], group, unpack(ARGV, a + 1, a + ids))
+  a = a + 1 + ids
 end
 return n
