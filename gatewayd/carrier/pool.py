@@ -259,7 +259,9 @@ class CarrierPool:
         for name in removed:
             if name not in self._engines:
                 self._carriers.pop(name, None)
+                M.forget_bind_info(name)
         for name in old:  # the old links' last state set the shared gauges
+            M.forget_bind_info(name, keep={str(b.index) for b in self._binds[name]})
             for b in self._binds[name]:
                 M.BIND_UP.labels(name, str(b.index)).set(1 if b.bound else 0)
 

@@ -7,7 +7,7 @@ vocabulary, SMPP status names. Never phone numbers, message ids or free text.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -103,6 +103,26 @@ BIND_INFO = Gauge(
     "gatewayd_bind_info", "Always 1: the protocol (smpp, cmpp) and version a bind speaks",
     ["carrier", "bind", "protocol", "version"], registry=REGISTRY,
 )
+
+
+def set_bind_info(carrier: str, bind: str, protocol: str, version: str) -> None:
+    """Mark what a bind speaks, dropping the series of what it spoke before: a reload
+    that moves a carrier from SMPP to CMPP under one name left both exported, and a
+    join on (carrier, bind) then matched two protocols."""
+    for labels in list(BIND_INFO._metrics):  # the children by label values
+        if labels[:2] == (carrier, bind) and labels[2:] != (protocol, version):
+            BIND_INFO.remove(*labels)
+    BIND_INFO.labels(carrier, bind, protocol, version).set(1)
+
+
+def forget_bind_info(carrier: str, keep: Collection[str] = ()) -> None:
+    """Drop a carrier's info series but its binds in ``keep`` (a reload removed the
+    carrier, or left it fewer binds)."""
+    for labels in list(BIND_INFO._metrics):
+        if labels[0] == carrier and labels[1] not in keep:
+            BIND_INFO.remove(*labels)
+
+
 BIND_RECONNECTS = Counter(
     "gatewayd_bind_reconnects_total", "Connection attempts after the first",
     ["carrier", "bind"], registry=REGISTRY,

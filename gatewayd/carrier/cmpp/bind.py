@@ -99,7 +99,7 @@ class CmppBind(OperatorOps):
         self._m_window = M.WINDOW_IN_USE.labels(*label)
         self._m_tps = M.BIND_TPS.labels(*label)
         self._m_submits = M.SUBMITS.labels(carrier.name, "cmpp")
-        M.BIND_INFO.labels(*label, "cmpp", settings.version).set(1)
+        M.set_bind_info(*label, "cmpp", settings.version)
         self._m_latency = M.SUBMIT_LATENCY.labels(carrier.name)
         self._m_status: dict[tuple[str, str], Any] = {}
         self._m_pdu_errors: dict[str, Any] = {}

@@ -82,7 +82,7 @@ class Bind(OperatorOps):
         self._m_window = M.WINDOW_IN_USE.labels(*label)
         self._m_tps = M.BIND_TPS.labels(*label)
         self._m_submits = M.SUBMITS.labels(carrier.name, "smpp")
-        M.BIND_INFO.labels(*label, "smpp", "3.4").set(1)
+        M.set_bind_info(*label, "smpp", "3.4")
         self._m_latency = M.SUBMIT_LATENCY.labels(carrier.name)
         self._m_status: dict[tuple[str, int], Any] = {}
         self._m_pdu_errors: dict[str, Any] = {}
