@@ -337,23 +337,25 @@ def bind_info(carrier_name: str) -> set[tuple[str, str, str]]:
 async def test_a_carrier_switched_from_smpp_to_cmpp_exports_only_its_new_protocol(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
 ) -> None:
-    """A reload moves carrier "cmcc" from an SMSC (SMPP) to an ISMG (CMPP 3.0) under one
+    """A reload moves a carrier from an SMSC (SMPP) to an ISMG (CMPP 3.0) under one
     name: its gatewayd_bind_info series says cmpp only (the smpp one stayed exported
-    before, so a join on (carrier, bind) matched two protocols), and it delivers."""
+    before, so a join on (carrier, bind) matched two protocols), and it delivers. (A
+    name of its own: the registry is the process's, other tests' binds are in it.)"""
     from tests.cmpp_helpers import ismg, write_cmpp_config
 
     sim = await smsc(receipt_delay_s=0.01)
     path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port)
-    path.write_text(path.read_text().replace('name = "sim"', 'name = "cmcc"'))
+    path.write_text(path.read_text().replace('name = "sim"', 'name = "switched"'))
     async with ismg(receipt_delay_s=0.01) as gw, running_daemon(load(path)):
         assert await until(lambda: sim.bound_count() == 1)
-        assert bind_info("cmcc") == {("0", "smpp", "3.4")}
+        assert bind_info("switched") == {("0", "smpp", "3.4")}
         before = reloads("ok")
-        write_cmpp_config(tmp_path, redis_url=redis_url, port=gw.port)
+        cmpp = write_cmpp_config(tmp_path, redis_url=redis_url, port=gw.port)
+        cmpp.write_text(cmpp.read_text().replace('name = "cmcc"', 'name = "switched"'))
         os.kill(os.getpid(), signal.SIGHUP)
         assert await until(lambda: reloads("ok") == before + 1)
         assert await until(lambda: sim.bound_count() == 0)
-        assert bind_info("cmcc") == {("0", "cmpp", "3.0")}
+        assert bind_info("switched") == {("0", "cmpp", "3.0")}
         await send(redis, keys, {"over-cmpp": "+8613800000009"})
         rec = await wait_final(redis, keys, ["over-cmpp"], timeout_s=20)
     assert rec["over-cmpp"]["state"] == "delivered"
