@@ -212,8 +212,9 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
     marker = rig.dir / f"done-{tag}"
     script.write_text(_WRK_LUA % (f, key, marker), encoding="utf-8")
     conns = min(connections, len(bodies))
-    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--timeout", "60s", "--latency", "-s", str(script),
-           f"http://127.0.0.1:{port}"]
+    # --timeout: a request answered late counts in the latency, not as a socket error
+    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--timeout", "60s", "--latency",
+           "-s", str(script), f"http://127.0.0.1:{port}"]
     gws = [ProcSampler(p) for p in gw_pids(gw_pid)]  # the daemon and its workers
     with ProcSampler(rig.redis_pid or gw_pid) as red:
         for g in gws:
