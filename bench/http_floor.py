@@ -14,6 +14,8 @@ stacks (a shared machine's load moves in minutes); medians with min-max.
   aiohttp-server   aiohttp's low-level server (aiohttp.web.Server: no router, no app)
   granian-asgi     granian (Rust HTTP, PyPI) calling an ASGI app, one worker, uvloop
   granian-rsgi     granian with its own RSGI interface (cheaper than ASGI), one worker
+  httptools-proto  an asyncio.Protocol with httptools (llhttp) as the parser, each answer
+                   one write: how the short-link redirector is served (gatewayd/http/links.py)
   asyncio-proto    floor: a bare asyncio.Protocol parsing the request by hand (not a
                    server anyone should run: no limits, no chunked bodies; shows what
                    Python + uvloop alone cost a request)
@@ -44,7 +46,7 @@ from bench.intake import _parse_wrk, _wait_http, gw_pids
 from gatewayd.store.embedded import free_port
 
 STACKS = ["aiohttp-app", "aiohttp-app-mw3", "aiohttp-server", "granian-asgi",
-          "granian-rsgi", "asyncio-proto"]
+          "granian-rsgi", "httptools-proto", "asyncio-proto"]
 _ANSWER = b'{"results":[{"index":0,"id":"18f3a2b4c5d-0123456789ab","duplicate":false}]}'
 
 _WRK_LUA = """
@@ -148,6 +150,45 @@ def _asyncio_proto(port: int) -> None:
     uvloop.run(main())
 
 
+def _httptools_proto(port: int) -> None:
+    import asyncio
+
+    import httptools
+    import uvloop
+
+    accepted = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(_ANSWER)).encode() + b"\r\n\r\n" + _ANSWER)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t: Any = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_begin(self) -> None:
+            self.body = []
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            if self.parser.get_method() == b"POST":
+                _decode(b"".join(self.body))
+                self.t.write(accepted)
+            else:
+                self.t.write(ok)
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """granian-asgi's app."""
     if scope["type"] != "http":
@@ -186,6 +227,8 @@ def serve(stack: str, port: int) -> None:
         _aiohttp_server(port)
     elif stack == "asyncio-proto":
         _asyncio_proto(port)
+    elif stack == "httptools-proto":
+        _httptools_proto(port)
     else:
         raise SystemExit(f"unknown stack {stack}")
 
