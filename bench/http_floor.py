@@ -130,7 +130,8 @@ def _asyncio_proto(port: int) -> None:
                     break
                 hdr = buf[:end].lower()
                 i = hdr.find(b"content-length:")
-                n = int(hdr[i + 15:hdr.find(b"\r\n", i)]) if i >= 0 else 0
+                eol = hdr.find(b"\r\n", i)
+                n = int(hdr[i + 15:eol if eol >= 0 else len(hdr)]) if i >= 0 else 0
                 if len(buf) < end + 4 + n:
                     break
                 if n:
@@ -283,7 +284,9 @@ def one(stack: str, wrk: str, script: Path, duration: float, connections: int
             proc.kill()
             proc.wait()
     r = _parse_wrk(out)
-    n = max(1, r["requests"])
+    if not r["requests"]:
+        raise SystemExit(f"http_floor: {stack} answered no request: {out[-500:]}")
+    n = r["requests"]
     return {"req_per_s": r["requests"] / r["wall_s"],
             "server_us": 1e6 * sum(s.cpu_s for s in samplers) / n,
             "wrk_us": 1e6 * load.cpu_s / n, "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
