@@ -1,8 +1,8 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
 Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
-campaign_cost, campaign_priority, stragglers, throttle, consent, intake, http_priority,
-cmpp_e2e, webhooks, redis_pool, cluster_path (default: all, in that order).
+campaign_cost, campaign_priority, stragglers, throttle, consent, intake, http_floor,
+http_priority, cmpp_e2e, webhooks, redis_pool, cluster_path (default: all, in that order).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -24,6 +24,7 @@ from bench import (
     consent,
     e2e,
     fanout,
+    http_floor,
     http_priority,
     intake,
     priority,
@@ -46,13 +47,15 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "receipt_path": receipt_path.main, "redirect": redirect.main, "fanout": fanout.main,
     "campaign_cost": campaign_cost.main, "campaign_priority": campaign_priority.main,
     "stragglers": stragglers.main, "throttle": throttle.main, "consent": consent.main,
-    "intake": intake.main, "http_priority": http_priority.main, "cmpp_e2e": cmpp_e2e.main,
+    "intake": intake.main, "http_floor": http_floor.main,
+    "http_priority": http_priority.main, "cmpp_e2e": cmpp_e2e.main,
     "webhooks": webhooks.main,
     "redis_pool": redis_pool.main, "cluster_path": cluster_path.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
          "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent",
-         "intake", "http_priority", "cmpp_e2e", "webhooks", "redis_pool", "cluster_path"]
+         "intake", "http_floor", "http_priority", "cmpp_e2e", "webhooks", "redis_pool",
+         "cluster_path"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ With --workers N the daemon runs with ``http.workers = N`` (N-1 intake-only proc
 sharing the port); "gatewayd" CPU is then the daemon's and its workers' together.
 
     python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200] [--accounts]
-                           [--workers N]
+                           [--workers N] [--phases client,http-1,http-100,e2e-http]
+                           [--no-codes]
 """
 
 from __future__ import annotations
@@ -94,11 +95,16 @@ end
 """
 
 
+# The messages' mix: shares of otp / transactional / marketing (harness.make_messages);
+# --no-codes: no otp, so that no request takes the codes' own call (DaemonBackend.express)
+MIX = (0.3, 0.4, 0.3)
+
+
 def _bodies(n: int, run: int, batch: int, account: bool = False) -> list[str]:
     """JSON bodies: the e2e mix (codes, notices, Chinese marketing), one message each
     or arrays of ``batch``; recipients unique per run so no cap or window defers. For an
     account's key, no tenant (the key's is theirs)."""
-    msgs = harness.make_messages(n, run=run)
+    msgs = harness.make_messages(n, run=run, mix=MIX)
     for m in msgs:
         m.pop("id", None)
         if account:
@@ -212,8 +218,9 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
     marker = rig.dir / f"done-{tag}"
     script.write_text(_WRK_LUA % (f, key, marker), encoding="utf-8")
     conns = min(connections, len(bodies))
-    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--latency", "-s", str(script),
-           f"http://127.0.0.1:{port}"]
+    # --timeout: a request answered late counts in the latency, not as a socket error
+    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", "600s", "--timeout", "60s", "--latency",
+           "-s", str(script), f"http://127.0.0.1:{port}"]
     gws = [ProcSampler(p) for p in gw_pids(gw_pid)]  # the daemon and its workers
     with ProcSampler(rig.redis_pid or gw_pid) as red:
         for g in gws:
@@ -280,18 +287,16 @@ def _per_msg(r: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
-            accounts: bool = False, workers: int = 1) -> dict[str, dict[str, Any]]:
+            accounts: bool = False, workers: int = 1,
+            only: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
+    def wanted(tag: str) -> bool:
+        return not only or tag in only
+
     # client: the library's path, this process as the producer.
-    rig.flush()
-    items = harness.make_messages(n, run=run * 4)
-    with ProcSampler(os.getpid()) as me, ProcSampler(rig.redis_pid or os.getpid()) as red:
-        t0 = time.perf_counter()
-        rig.enqueue(items)
-        wall = time.perf_counter() - t0
-    out["client"] = {"msg_per_s": n / wall, "gw_us": 1e6 * me.cpu_s / n,
-                     "redis_us": 1e6 * red.cpu_s / n if rig.redis_pid else 0.0}
+    if wanted("client"):
+        _client_phase(rig, n, run, out)
 
     # http-1 and http-100: intake only (the carrier's port has no listener).
     phases = [("http-1", 1, connections, False), ("http-100", 100, 8, False)]
@@ -299,6 +304,8 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
         phases = [phases[0], ("http-1-acct", 1, connections, True),
                   phases[1], ("http-100-acct", 100, 8, True)]
     for tag, batch, conns, acct in phases:
+        if not wanted(tag):
+            continue
         rig.flush()
         key = _account_key(rig) if acct else API_KEY
         port = free_port()
@@ -315,6 +322,24 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
         queued = _queued(rig)  # accepted: the bodies, and a few in flight at the end
         out[tag] = _per_msg(r, queued) | {"queued": queued}
 
+    if wanted("e2e-http"):
+        _e2e_phase(rig, wrk, n, run, connections, workers, out)
+    return out
+
+
+def _client_phase(rig: harness.Rig, n: int, run: int, out: dict[str, dict[str, Any]]) -> None:
+    rig.flush()
+    items = harness.make_messages(n, run=run * 4)
+    with ProcSampler(os.getpid()) as me, ProcSampler(rig.redis_pid or os.getpid()) as red:
+        t0 = time.perf_counter()
+        rig.enqueue(items)
+        wall = time.perf_counter() - t0
+    out["client"] = {"msg_per_s": n / wall, "gw_us": 1e6 * me.cpu_s / n,
+                     "redis_us": 1e6 * red.cpu_s / n if rig.redis_pid else 0.0}
+
+
+def _e2e_phase(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, workers: int,
+               out: dict[str, dict[str, Any]]) -> None:
     # e2e-http: one message a request into a bound daemon, with receipts.
     rig.flush()
     port = free_port()
@@ -335,7 +360,6 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
     out["e2e-http"] = _per_msg(r, len(statuses)) | {"final_per_s": a["final_per_s"],
                                                     "final": a["final"],
                                                     "queued": len(statuses)}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,7 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="http.workers: the daemon + workers-1 intake-only processes (their "
                          "CPU is gatewayd's)")
+    ap.add_argument("--no-codes", action="store_true",
+                    help="no otp messages in the HTTP phases (each request of codes makes "
+                         "its own Redis call; the others share one a loop turn)")
+    ap.add_argument("--phases", default="",
+                    help="comma-separated subset, e.g. http-1,http-100 (default: all)")
     args = ap.parse_args(argv)
+    only = frozenset(p for p in args.phases.split(",") if p)
+    global MIX
+    if args.no_codes:
+        MIX = (0.0, 0.6, 0.4)
     if args.quick:
         args.n = 4000 if args.n == 40_000 else args.n
         args.runs = 1
@@ -364,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.workers}; "
               f"Redis {rig.redis_version()}", flush=True)
         for i in range(args.runs):
-            r = one_run(rig, wrk, args.n, i, args.connections, args.accounts, args.workers)
+            r = one_run(rig, wrk, args.n, i, args.connections, args.accounts, args.workers,
+                        only)
             runs.append(r)
             for tag, f in r.items():
                 extra = (f", {f['final_per_s']:,.0f} final/s ({f['final']:,.0f} final)"
@@ -386,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.accounts:
         tags[2:2] = ["http-1-acct"]
         tags[4:4] = ["http-100-acct"]
+    tags = [t for t in tags if t in runs[0]]
     for tag in tags:
         result[tag] = {k: s(tag, k) for k in runs[0][tag] if k != "statuses"}
         who = "client (this process)" if tag == "client" else "gatewayd"
@@ -395,12 +430,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"{tag}: CPU a message {who} / Redis",
                      f"{result[tag]['gw_us']['median']:.1f} / "
                      f"{result[tag]['redis_us']['median']:.1f} us"))
-    rows.append(("e2e-http: final/s", f"{result['e2e-http']['final_per_s']['median']:,.0f}"))
-    redis_ratio = (result["http-1"]["redis_us"]["median"]
-                   / max(1e-9, result["client"]["redis_us"]["median"]))
-    rows.append(("Redis a message, http-1 / client", f"{redis_ratio:.2f}"))
+    if "e2e-http" in result:
+        rows.append(("e2e-http: final/s",
+                     f"{result['e2e-http']['final_per_s']['median']:,.0f}"))
+    if "http-1" in result and "client" in result:
+        redis_ratio = (result["http-1"]["redis_us"]["median"]
+                       / max(1e-9, result["client"]["redis_us"]["median"]))
+        rows.append(("Redis a message, http-1 / client", f"{redis_ratio:.2f}"))
     if args.accounts:
         for base in ("http-1", "http-100"):
+            if base not in result or f"{base}-acct" not in result:
+                continue
             acct = result[f"{base}-acct"]
 
             def ratio(k: str, base: str = base, acct: dict[str, Any] = acct) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import gc
 import hashlib
 import logging
 import os
@@ -52,6 +51,7 @@ from gatewayd.http.service import DaemonBackend
 from gatewayd.http.webhooks import WebhookApi
 from gatewayd.http.workers import WorkerPool
 from gatewayd.ops import metrics
+from gatewayd.ops.gctune import tune_gc
 from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
 from gatewayd.pipeline.inbound import InboundHandler
@@ -280,9 +280,11 @@ class Daemon:
                                     fallback_url=cfg.links.fallback_url,
                                     max_connections=cfg.links.max_connections)
             await self.links.start()
+        # Before waiting for the binds: HTTP intake is served from here on, binds up
+        # or not (with a carrier down it would otherwise run 10 s untuned).
+        tune_gc()
         if not await self.pool.wait_bound(10.0):
             log.warning("not every carrier is bound yet; messages wait in their queues")
-        _tune_gc()
         self.notifier.ready()
         log.info("gatewayd started", extra={"consumer": self.consumer, "version": __version__})
 
@@ -621,12 +623,3 @@ class Daemon:
         ok = self.redis_ok and bool(carriers) and any(v == "bound" for v in carriers.values())
         return ok, why
 
-
-def _tune_gc() -> None:
-    """Startup objects (config, policy tables, metrics, modules) live for ever: freeze
-    them out of every collection. The hot path allocates short-lived containers by the
-    thousand a second, so collect gen0 less often. Collections were ~6 % of the CPU of a
-    bench/e2e run (py-spy --native); almost nothing we allocate later forms cycles."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)

@@ -124,6 +124,23 @@ async def test_keyed_enqueue_never_overwrites_a_later_state(
     assert await q.enqueue_each([msg(id="same-1")], source="t") == [("same-1", ID_TAKEN)]
 
 
+async def test_enqueue_script_survives_a_script_flush(redis: aioredis.Redis, keys: Keys) -> None:
+    """enqueue_many.lua goes by EVALSHA: after SCRIPT FLUSH (a Redis restarted) the
+    NOSCRIPT call ran nothing, the script is loaded and the batch sent again, each
+    message queued exactly once."""
+    q = make_queue(redis, keys)
+    await q.ensure_groups()
+    [(first, outcome)] = await q.enqueue_each([msg(ref="before")], source="t")
+    assert outcome == "queued"
+    await redis.script_flush()
+    got = await q.enqueue_each([msg(ref="after", idempotency_key="k-1"),
+                                msg(ref="again", idempotency_key="k-1")], source="t")
+    assert [o for _, o in got] == ["queued", "duplicate"]
+    assert got[1][0] == got[0][0] != first
+    assert await redis.xlen(keys.queue("otp")) == 2
+    assert await redis.hget(keys.status(got[0][0]), "state") == "queued"
+
+
 async def test_enqueue_records_queued_state_and_event(redis: aioredis.Redis, keys: Keys) -> None:
     q = make_queue(redis, keys)
     await q.ensure_groups()

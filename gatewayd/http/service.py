@@ -76,7 +76,8 @@ class DaemonBackend:
         if self._intake is None:
             self._intake = TemplateIntake(self.redis, self.d.keys, self.d.cfg)
         intake = self._intake
-        await intake.prepare(items)
+        if intake.needs_prepare(items):
+            await intake.prepare(items)
         links: dict[int, list[NewLink]] = {}
         for i, item in enumerate(items):
             if i in refused:

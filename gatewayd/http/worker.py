@@ -36,6 +36,7 @@ from gatewayd.http.server import HttpServer, error, parse_listen
 from gatewayd.http.service import DaemonBackend
 from gatewayd.http.webhooks import WebhookApi
 from gatewayd.ops import metrics
+from gatewayd.ops.gctune import tune_gc
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.engine import PolicyEngine
 from gatewayd.store.connection import UNAVAILABLE, Store, redacted
@@ -209,6 +210,7 @@ class IntakeWorker:
         self.http.daemon_metrics = f"http://{host}:{metrics_port(cfg, 0)}/metrics"
         self._probe_runner = await start_probes(cfg, self.index, self.http)
         await self.http.start()
+        tune_gc()  # as the daemon's (gatewayd.ops.gctune): this process is all hot path
         log.info("http worker started", extra={"worker": self.index, "pid": os.getpid()})
 
     async def _watch(self, parent: int) -> None:

@@ -371,6 +371,13 @@ class TemplateIntake:
         self.classes, self.max_segments = list(q.classes), q.max_segments
         self.horizon_s = q.horizon_s
 
+    @staticmethod
+    def needs_prepare(items: list[Any]) -> bool:
+        """Whether ``prepare`` has work (an item with params): the HTTP path skips the
+        await a request otherwise (dict first: isinstance(Mapping) is an ABC check)."""
+        return any((type(i) is dict or isinstance(i, Mapping)) and "params" in i
+                   for i in items)
+
     async def prepare(self, items: list[Any]) -> None:
         codes = [str(i.get("template", "")) for i in items
                  if isinstance(i, Mapping) and "params" in i]

@@ -20,7 +20,7 @@ from typing import Any, Final, cast
 import msgspec
 from redis.asyncio.client import Pipeline
 from redis.client import NEVER_DECODE
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gatewayd.campaigns import links as shortlinks
 from gatewayd.campaigns.funnel import funnel_name
@@ -378,12 +378,9 @@ class QueueStore:
                     status[k] = repr(v) if isinstance(v, float) else str(v)
             ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
             rows.append([key, m.id, ikey, streams[m.category], status, to_fields(m, seal)])
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("EVAL", self._enqueue_many.script, 1, keys.events,
-                             msgspec.msgpack.encode(rows), led.status_ttl,
-                             IDEMPOTENCY_TTL_S, led.events_maxlen,
-                             msgspec.msgpack.encode(self.limits))
-        [replies] = await fastpipe.execute(pipe, raw=fastpipe.raw_ok(pipe))
+        args = (1, keys.events, msgspec.msgpack.encode(rows), led.status_ttl,
+                IDEMPOTENCY_TTL_S, led.events_maxlen, msgspec.msgpack.encode(self.limits))
+        replies = await self._call_enqueue_many(args)
         outcomes: list[tuple[str, str]] = []
         queued: dict[str, int] = {}
         for m, r in zip(msgs, replies, strict=True):
@@ -403,6 +400,24 @@ class QueueStore:
                 for klass, n in queued.items():
                     metrics.MESSAGES_ENQUEUED.labels(klass, source).inc(n)
         return outcomes
+
+    async def _call_enqueue_many(self, args: tuple[Any, ...]) -> list[Any]:
+        """lua/enqueue_many.lua by EVALSHA, not EVAL with the source (as
+        connection.pipe_script does): the call is alone in its pipeline, so a NOSCRIPT
+        (Redis restarted or flushed) ran nothing and is sent again after a SCRIPT LOAD;
+        meanwhile Redis does not hash ~3.5 KB of source a call, and under HTTP intake
+        there is a call every few messages (codes: one a request)."""
+        script = self._enqueue_many
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", script.sha, *args)
+        try:
+            [replies] = await fastpipe.execute(pipe, raw=fastpipe.raw_ok(pipe))
+        except NoScriptError:
+            await self.redis.script_load(script.script)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", script.sha, *args)
+            [replies] = await fastpipe.execute(pipe, raw=fastpipe.raw_ok(pipe))
+        return cast(list[Any], replies)
 
     async def _enqueue_pipelined(
         self, msgs: list[OutboundMessage], seal: Seal, source: str, now: float,

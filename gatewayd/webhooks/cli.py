@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import signal
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 from gatewayd.config import Config
 from gatewayd.ops import metrics
+from gatewayd.ops.gctune import tune_gc
 from gatewayd.store.connection import Redis, client_url, connect_config
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks import admin
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _as_the_daemon_runs() -> None:
-    """The event loop and collector settings of ``gatewayd run`` (gatewayd.cli, daemon
-    _tune_gc), so that the sender costs the same CPU an event in its own process as in
+    """The event loop and collector settings of ``gatewayd run`` (gatewayd.cli,
+    gatewayd.ops.gctune), so that the sender costs the same CPU an event in its own process as in
     the daemon: uvloop, and startup objects frozen out of the collections (every event
     allocates a few short-lived containers)."""
     try:
@@ -85,9 +85,7 @@ def _as_the_daemon_runs() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    tune_gc()
 
 
 async def _serve(cfg: Config, listen: str) -> int:
