@@ -654,7 +654,7 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
         raise bad("http.workers", f"{cfg.http.workers}: must be 1-64 processes")
     if not 0 <= cfg.http.workers_nice <= 19:
         raise bad("http.workers_nice", f"{cfg.http.workers_nice}: a niceness of 0-19")
-    if not cfg.http.daemon_listens and cfg.http.workers < 2:
+    if cfg.http.enabled and not cfg.http.daemon_listens and cfg.http.workers < 2:
         raise bad("http.daemon_listens", "false leaves the API port to the intake workers: "
                                          "set http.workers >= 2")
     if not 0 <= cfg.http.worker_metrics_port <= 65535 - 64:
