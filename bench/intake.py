@@ -128,9 +128,10 @@ api_keys = ["{digest}"]""")
     return cfg
 
 
-def with_workers(cfg: Path, workers: int) -> Path:
+def with_workers(cfg: Path, workers: int, extra: str = "") -> Path:
     """The config with ``http.workers = workers`` (more intake processes; 1: none) and
-    their own ports (worker_metrics_port: the daemon's, then one a worker) free now."""
+    their own ports (worker_metrics_port: the daemon's, then one a worker) free now;
+    ``extra``: more [http] lines (e.g. ``daemon_listens = false``)."""
     if workers > 1:
         while True:
             base = free_port()
@@ -144,7 +145,8 @@ def with_workers(cfg: Path, workers: int) -> Path:
         text = cfg.read_text(encoding="utf-8")
         cfg.write_text(text.replace("[http]\nenabled = true\n",
                                     f"[http]\nenabled = true\nworkers = {workers}\n"
-                                    f"worker_metrics_port = {base}\n"), encoding="utf-8")
+                                    f"worker_metrics_port = {base}\n{extra}"),
+                     encoding="utf-8")
     return cfg
 
 

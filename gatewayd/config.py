@@ -142,6 +142,14 @@ class HttpConfig(_Section, kw_only=True, frozen=True):
     # Worker i (1 .. workers-1) serves its own /metrics, /healthz and /readyz on this
     # port + i - 1 at the listener's host; 0: the listener's port + 1000.
     worker_metrics_port: int = 0
+    # false (workers >= 2): the daemon does not take http.listen's connections, only its
+    # intake workers do, so an intake flood never runs in the dispatching loop; the
+    # daemon's whole API (admin, carriers, /metrics) is on its own port
+    # (worker_metrics_port + 0) instead of its probes alone.
+    daemon_listens: bool = True
+    # Niceness (0-19) the intake workers run at: when the cores are contended the
+    # kernel runs the dispatching daemon first, and intake takes what is left.
+    workers_nice: int = 0
 
 
 class PolicyConfig(_Section, kw_only=True, frozen=True):
@@ -644,6 +652,11 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(key, f"{n}: must be 1-1000000 (keep it under the daemon's file limit)")
     if not 1 <= cfg.http.workers <= 64:
         raise bad("http.workers", f"{cfg.http.workers}: must be 1-64 processes")
+    if not 0 <= cfg.http.workers_nice <= 19:
+        raise bad("http.workers_nice", f"{cfg.http.workers_nice}: a niceness of 0-19")
+    if cfg.http.enabled and not cfg.http.daemon_listens and cfg.http.workers < 2:
+        raise bad("http.daemon_listens", "false leaves the API port to the intake workers: "
+                                         "set http.workers >= 2")
     if not 0 <= cfg.http.worker_metrics_port <= 65535 - 64:
         raise bad("http.worker_metrics_port", "a TCP port (0: the listener's port + 1000)")
     if cfg.http.enabled and cfg.http.workers > 1 and _listen_ok(listen):

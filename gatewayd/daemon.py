@@ -49,8 +49,9 @@ from gatewayd.http.links import LinkServer
 from gatewayd.http.server import HttpServer
 from gatewayd.http.service import DaemonBackend
 from gatewayd.http.webhooks import WebhookApi
+from gatewayd.http.worker import daemon_listens, own_listen
 from gatewayd.http.workers import WorkerPool
-from gatewayd.ops import metrics
+from gatewayd.ops import looplag, metrics
 from gatewayd.ops.gctune import tune_gc
 from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
@@ -258,8 +259,12 @@ class Daemon:
         edge = self.store.intake
         intake_queue = QueueStore(edge, self.keys, cfg, self.consumer)
         if cfg.http.enabled:
+            # http.daemon_listens = false: the intake workers alone take the API port;
+            # the daemon's API (admin, carriers, /metrics) is on its own port.
+            shared = daemon_listens(cfg)
             self.http = HttpServer(
-                cfg.http.listen, DaemonBackend(self, edge, intake_queue),
+                cfg.http.listen if shared else own_listen(cfg, 0),
+                DaemonBackend(self, edge, intake_queue),
                 api_key_hashes=list(cfg.http.api_keys),
                 max_body_bytes=cfg.http.max_body_bytes, classes=list(cfg.queue.classes),
                 campaigns=CampaignApi(edge, self.keys, cfg, self.policy),
@@ -268,7 +273,7 @@ class Daemon:
                 carriers=CarrierApi(edge, self.keys, cfg),
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
-                unavailable=UNAVAILABLE, reuse_port=cfg.http.workers > 1,
+                unavailable=UNAVAILABLE, reuse_port=shared and cfg.http.workers > 1,
             )
             await self.http.start()
             if cfg.http.workers > 1:
@@ -292,6 +297,7 @@ class Daemon:
         assert self.dispatcher is not None
         pump = asyncio.create_task(self.dispatcher.run(self.stop_event), name="dispatch")
         tick = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        lag = asyncio.create_task(looplag.probe(self.stop_event), name="loop-lag")
         fan = (asyncio.create_task(self.campaigns.run(self.stop_event), name="campaigns")
                if self.campaigns is not None else None)
         hooks = (asyncio.create_task(self.webhooks.run(self.stop_event), name="webhooks")
@@ -333,7 +339,8 @@ class Daemon:
             if jobs:
                 await asyncio.wait(jobs, timeout=max(0.1, deadline - loop.time()))
             tick.cancel()
-            for t in (pump, tick, *jobs):
+            lag.cancel()
+            for t in (pump, tick, lag, *jobs):
                 try:
                     await t
                 except (asyncio.CancelledError, Exception):

@@ -5,6 +5,7 @@ funnel, on real Redis and a real SMSC simulator over SMPP."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,44 @@ async def test_a_campaign_never_writes_over_an_id_a_client_took(
         assert await redis.exists(keys.status("order.9"))
         assert not await redis.exists(keys.status("c1.9"))
         assert await client.send_many([{**mine, "id": "c2.9"}]) == [("c2.9", False)]
+
+
+async def test_the_fan_out_renders_one_slice_a_loop_turn(
+        redis: aioredis.Redis, redis_url: str, keys: Keys, tmp_path: Path) -> None:
+    """Slices of a group come from one decoded chunk without waiting on Redis; each is
+    rendered in a loop turn of its own, so the dispatchers (a code's hops) run between
+    them instead of waiting out a whole group's rendering."""
+    cfg = load_config(write_config(tmp_path, redis_url=redis_url, sim_port=1))
+    c = await setup_ab(redis, keys)
+    await model.upload(redis, keys, c, await compiled(redis, keys, "A", "B"), iter(rows(1000)),
+                       fmt="jsonl", link_sample="https://s.example.cn/0000abcdefg",
+                       max_segments=5)
+    await model.change(redis, keys, "c1", "start")
+    await model.change(redis, keys, "c1", "run")
+    c = await model.get(redis, keys, "c1")
+    assert c is not None
+    fan = FanOut(redis, keys, cfg)
+    turns = 0
+
+    async def other_task() -> None:  # stands for the dispatchers: counts its turns
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+    prepare = fan._prepare
+
+    async def counted(*args: Any) -> Any:
+        seen.append(turns)
+        return await prepare(*args)
+
+    fan._prepare = counted  # type: ignore[method-assign]
+    ticker = asyncio.create_task(other_task())
+    try:
+        assert (await fan.run(c, 1000, group=4))[1] == 1000
+    finally:
+        ticker.cancel()
+    assert len(seen) >= 5  # one chunk of 1,000 rows: 5 slices of 200, 4 in the first group
+    assert all(b > a for a, b in itertools.pairwise(seen)), seen
+    assert await redis.xlen(keys.queue("marketing")) == 1000

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,14 +94,15 @@ async def _wait_up(http: aiohttp.ClientSession, urls: list[str], proc: asyncio.s
             await asyncio.sleep(0.1)
 
 
-async def _start(tmp_path: Path, redis_url: str, sim_port: int
-                 ) -> tuple[asyncio.subprocess.Process, int, int]:
-    port, base = free_port(), _free_run(WORKERS)
+async def _start(tmp_path: Path, redis_url: str, sim_port: int, workers: int = WORKERS,
+                 http_extra: str = "") -> tuple[asyncio.subprocess.Process, int, int]:
+    port, base = free_port(), _free_run(workers)
     path = write_config(tmp_path, redis_url=redis_url, sim_port=sim_port, http=True,
                         extra="[queue]\nread_batch = 50\n")
     text = path.read_text(encoding="utf-8").replace(
         'listen = "127.0.0.1:0"',
-        f'listen = "127.0.0.1:{port}"\nworkers = {WORKERS}\nworker_metrics_port = {base}')
+        f'listen = "127.0.0.1:{port}"\nworkers = {workers}\nworker_metrics_port = {base}'
+        f'\n{http_extra}')
     path.write_text(text, encoding="utf-8")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gatewayd", "run", "-c", str(path),
@@ -235,3 +237,86 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
         assert re.search(r"http\.workers.*fixed port", str(e)), e
     else:
         raise AssertionError("http.workers with port 0 was accepted")
+
+
+def _nice(pid: int) -> int:
+    """The process's niceness (field 19 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+async def test_a_daemon_that_does_not_listen_leaves_intake_to_niced_workers(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """http.daemon_listens = false: the API port is the workers' alone (an intake flood
+    never runs in the dispatching loop), the daemon's whole API is on its own port,
+    and http.workers_nice lowers the workers' CPU priority; nothing is lost."""
+    sim = await smsc(receipt_delay_s=0.01)
+    proc, port, base = await _start(tmp_path, redis_url, sim.port, workers=3,
+                                    http_extra="daemon_listens = false\nworkers_nice = 7")
+    own = [f"http://127.0.0.1:{base + i}" for i in range(3)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _wait_up(http, [f"{u}/readyz" for u in own], proc)
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+            # The kernel's niceness: the daemon's own (the test runner's) + 7, at most 19.
+            assert {_nice(w) for w in workers} == {min(19, _nice(proc.pid) + 7)}
+            n = 120
+            ids = [f"d-{i}" for i in range(n)]
+            conn = aiohttp.TCPConnector(force_close=True, limit=16)
+            async with aiohttp.ClientSession(connector=conn) as fresh:
+                async def post(i: int) -> None:
+                    async with fresh.post(f"http://127.0.0.1:{port}/v1/messages", json={
+                            "to": f"+86137{i:08d}", "text": f"m{i}", "id": ids[i]}) as r:
+                        assert r.status == 202, await r.text()
+                await asyncio.gather(*(post(i) for i in range(n)))
+            served = []
+            for u in own:
+                m = await _get(http, f"{u}/metrics")
+                served.append(_sample(m, "gatewayd_http_requests_total",
+                                      route="/v1/messages", status="202"))
+            # Every request was a worker's; the daemon took none (its port is its own).
+            assert served[0] == 0 and sum(served) == n and all(served[1:]), served
+            records = await wait_final(redis, keys, ids, timeout_s=60)
+            assert {r.get("state") for r in records.values()} == {"delivered"}
+            sent = [s.destination.lstrip("+") for s in sim.submissions]
+            assert sorted(sent) == sorted(f"86137{i:08d}" for i in range(n))  # once each
+            # The daemon's own port serves its whole API: carriers (only it has them),
+            # and /metrics on the shared port is forwarded there by a worker.
+            async with http.get(f"{own[0]}/readyz/carriers") as r:
+                assert r.status == 200, await r.text()
+            async with http.get(f"{own[0]}/admin/carriers") as r:
+                assert r.status == 200, await r.text()
+            m = await _get(http, f"http://127.0.0.1:{port}/metrics")
+            assert _sample(m, "gatewayd_http_workers") == 2
+            assert _sample(m, "gatewayd_loop_lag_seconds_count") > 0  # the daemon's probe
+            # Both keys need a restart, and a reload on the daemon's port says so.
+            path = tmp_path / "gw.toml"
+            path.write_text(path.read_text(encoding="utf-8").replace(
+                "workers_nice = 7", "workers_nice = 3").replace(
+                "daemon_listens = false", "daemon_listens = true"), encoding="utf-8")
+            async with http.post(f"{own[0]}/admin/reload") as r:
+                body = await r.json()
+                assert r.status == 200, body
+            assert set(body["restart_needed"]) == {"http.daemon_listens", "http.workers_nice"}
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert not any(_alive(p) for p in workers)
+
+
+def test_daemon_listens_and_workers_nice_are_checked(tmp_path: Path) -> None:
+    """check-config refuses a daemon that listens nowhere for intake, and a bad nice."""
+    port = free_port()
+    for lines, want in (("daemon_listens = false", r"http\.daemon_listens.*workers >= 2"),
+                        ("workers = 2\nworkers_nice = 20", r"http\.workers_nice.*0-19")):
+        path = write_config(tmp_path, redis_url="redis://127.0.0.1:1", sim_port=1, http=True)
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\n{lines}'),
+            encoding="utf-8")
+        out = subprocess.run([sys.executable, "-m", "gatewayd", "check-config", "-c",
+                              str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert re.search(want, out.stderr + out.stdout), out.stderr + out.stdout

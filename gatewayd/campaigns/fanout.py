@@ -289,6 +289,10 @@ class FanOut:
                     break
                 slices.append(prep)
                 state = msgspec.structs.replace(state, cursor=prep.cursor, offset=prep.offset)
+                # One slice's rendering (~1-2 ms) a loop turn, not a group's: a code's
+                # dispatch waits out at most that (slices from a decoded chunk do not
+                # suspend on their own).
+                await asyncio.sleep(0)
             if flight is not None:
                 ok, n = await self._settle(c, *flight)
                 total += n

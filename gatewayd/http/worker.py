@@ -57,6 +57,19 @@ def metrics_port(cfg: Config, index: int) -> int:
     return base + index
 
 
+def own_listen(cfg: Config, index: int) -> str:
+    """``host:port`` of process ``index``'s own port (see metrics_port)."""
+    host = parse_listen(cfg.http.listen)[0]
+    return f"[{host}]:{metrics_port(cfg, index)}" if ":" in host else \
+        f"{host}:{metrics_port(cfg, index)}"
+
+
+def daemon_listens(cfg: Config) -> bool:
+    """Whether the daemon takes connections on http.listen itself (http.daemon_listens;
+    without workers it always does)."""
+    return cfg.http.daemon_listens or cfg.http.workers < 2
+
+
 async def start_probes(cfg: Config, index: int, http: HttpServer) -> web.AppRunner:
     """/metrics, /healthz, /readyz of this process on its own port."""
 

@@ -8,6 +8,10 @@ routes; the daemon keeps the carriers, dispatch, receipts and housekeeping. Each
 serves its own /metrics and probes on a port of its own (gatewayd.http.worker.metrics_port:
 the daemon's first), and /metrics on the shared port is the daemon's.
 
+``http.daemon_listens = false``: the daemon leaves the shared port to its workers (an
+intake flood then never runs in the dispatching loop) and serves its whole API on its
+own port instead of the probes alone. ``http.workers_nice``: the workers' niceness.
+
 Supervision: a worker that exits while the daemon runs is started again (after 0.5 s,
 doubling to 10 s while it keeps dying within 10 s of its start) and counted
 (``gatewayd_http_worker_restarts_total``); SIGHUP is forwarded; stopping the daemon
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -31,7 +36,13 @@ from aiohttp import web
 from gatewayd.config import Config
 from gatewayd.errors import ConfigError
 from gatewayd.http.server import HttpServer, parse_listen
-from gatewayd.http.worker import ENV_CONSUMER, ENV_REDIS_URL, metrics_port, start_probes
+from gatewayd.http.worker import (
+    ENV_CONSUMER,
+    ENV_REDIS_URL,
+    daemon_listens,
+    metrics_port,
+    start_probes,
+)
 from gatewayd.ops import metrics
 
 log = logging.getLogger("gatewayd.http.workers")
@@ -39,11 +50,15 @@ log = logging.getLogger("gatewayd.http.workers")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def _child_setup(nice: int) -> None:  # pragma: no cover - runs in the child before exec
+    """Die with the daemon, and run at ``http.workers_nice`` (the kernel then gives the
+    dispatching daemon the CPU first when the cores are contended)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass  # not Linux: the worker's own watch of its parent stops it
+    if nice:
+        os.nice(nice)
 
 
 class WorkerPool:
@@ -65,7 +80,8 @@ class WorkerPool:
         """Serve the daemon's own metrics port and start every worker; their start is
         not waited for (the daemon's dispatch must not wait on intake processes): a
         worker not listening after ``ready_timeout_s`` is logged."""
-        self._probes = await start_probes(self.cfg, 0, self.http)
+        if daemon_listens(self.cfg):  # else its whole API is on that port already
+            self._probes = await start_probes(self.cfg, 0, self.http)
         for i in range(1, self.count + 1):
             self._tasks.append(asyncio.create_task(self._keep(i), name=f"http-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._ready(20.0), name="http-workers-ready"))
@@ -86,7 +102,7 @@ class WorkerPool:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gatewayd", "run", "-c", self.cfg.source,
             "--intake-worker", str(i), env=env, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            preexec_fn=functools.partial(_child_setup, self.cfg.http.workers_nice))
 
     async def _keep(self, i: int) -> None:
         backoff = 0.5

@@ -67,6 +67,11 @@ QUEUE_PENDING = Gauge(
     registry=REGISTRY,
 )
 DELAYED = Gauge("gatewayd_delayed", "Messages waiting in the delayed set", registry=REGISTRY)
+LOOP_LAG = Histogram(
+    "gatewayd_loop_lag_seconds", "How late a 10 ms timer in the dispatching loop fires "
+    "(the loop turn a ready task waits out; gatewayd.ops.looplag)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1), registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "gatewayd_queue_wait_seconds", "Time from enqueue to submit (any protocol)", ["klass"],
     buckets=_LAT_BUCKETS, registry=REGISTRY,
