@@ -147,6 +147,11 @@ class EndpointSender:
         self.sem = asyncio.Semaphore(ep.concurrency)
         self.qkey = runner.keys.webhook_queue(ep.name)
         self.dkey = runner.keys.webhook_dead(ep.name)
+        # Made once, not per request: the URL, the timeout and the labelled metrics.
+        self.url: URL | None = None
+        self.timeout = aiohttp.ClientTimeout(total=ep.timeout_s)
+        self.m_delivered = metrics.WEBHOOK_DELIVERED.labels(self.label)
+        self.m_latency = metrics.WEBHOOK_LATENCY.labels(self.label)
         self.closed = False
         self.task = asyncio.create_task(self.run(), name=f"webhook:{ep.name}")
 
@@ -448,9 +453,12 @@ class EndpointSender:
         at = int(time.time())
         if ep.format == "kannel":
             method, data = "GET", b""
-            url, signed = bodies.kannel_request(ep.url, batch[0].decoded())
+            text, signed = bodies.kannel_request(ep.url, batch[0].decoded())
+            url = URL(text, encoded=True)
         else:
-            method, url = "POST", ep.url
+            if self.url is None:
+                self.url = URL(ep.url, encoded=True)
+            method, url = "POST", self.url
             data = signed = bodies.batch_body([i.body for i in batch])
         headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-webhooks"}
         if ep.secret:
@@ -460,9 +468,8 @@ class EndpointSender:
         t0 = time.perf_counter()
         try:
             async with self.runner.session.request(
-                    method, URL(url, encoded=True), data=data or None, headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
+                    method, url, data=data or None, headers=headers,
+                    allow_redirects=False, timeout=self.timeout) as resp:
                 status = resp.status
                 await resp.read()
         except TimeoutError:
@@ -475,9 +482,9 @@ class EndpointSender:
                 return Outcome.DEAD, f"refused: {bad}"
             metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
             return Outcome.RETRY, f"{type(e).__name__}: {e}"
-        metrics.WEBHOOK_LATENCY.labels(self.label).observe(time.perf_counter() - t0)
+        self.m_latency.observe(time.perf_counter() - t0)
         if 200 <= status < 300:
-            metrics.WEBHOOK_DELIVERED.labels(self.label).inc(len(batch))
+            self.m_delivered.inc(len(batch))
             return Outcome.OK, ""
         cls = f"{status // 100}xx"
         metrics.WEBHOOK_FAILED.labels(self.label, cls).inc()
