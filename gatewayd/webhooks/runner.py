@@ -65,6 +65,9 @@ class WebhookRunner:
         self.streams = {"e": keys.events, "m": keys.inbound}
         self.senders: dict[str, EndpointSender] = {}
         self.router = subs.Router([])
+        # Per router: (tenant, kind) -> the ``incoming`` lists of the senders it goes to.
+        self._targets: dict[tuple[str, str], tuple[list[Item], ...]] = {}
+        self._targets_of: subs.Router | None = None
         self.session: aiohttp.ClientSession
         # Names to addresses (None: the system's resolver); every connection's addresses
         # are checked on the way (targets.GuardedResolver) and used as they were checked.
@@ -173,12 +176,14 @@ class WebhookRunner:
     # Reading -------------------------------------------------------------------------
     def route(self, s: str, rows: list[Any]) -> None:
         """Route XREAD's entries as Redis sent them: [entry id, [field, value, ...]]."""
-        # Runs for every event: locals, the router's cache read here (a call less), and
+        # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
+        # senders' inboxes (each sender takes its inbox once a read, not an event a call);
         # each entry's event made straight from its field list (bodies.new_event inline:
         # one dict an event, not redis-py's dict and then ours).
-        senders = self.senders
-        cache = self.router.cache
-        route = self.router.route
+        if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
+            self._targets_of = self.router
+            self._targets.clear()
+        targets = self._targets
         order = self.order[s]
         callbacks = self.callbacks
         finish = bodies.finish_event
@@ -194,26 +199,28 @@ class WebhookRunner:
             else:
                 kind = event["kind"] = event.get("state", "")
             tenant = event.get("tenant", "")
-            eps = cache.get((tenant, kind))
-            if eps is None:
-                eps = route(tenant, kind)
+            inboxes = targets.get((tenant, kind))
+            if inboxes is None:
+                inboxes = targets[(tenant, kind)] = tuple(
+                    self.senders[ep.name].incoming for ep in self.router.route(tenant, kind))
             if callbacks or "callback" in event:
                 cb = self._callback(s, event, kind)
                 if cb is not None:
-                    eps = (*eps, cb.ep)
-            if not eps:
+                    inboxes = (*inboxes, cb.incoming)
+            if not inboxes:
                 if order:
-                    order.append(Entry(s, entry_id, 0))
+                    order.append(Entry(entry_id, 0))
                 else:
                     self.cursor[s] = entry_id  # nothing before it is waiting
                 continue
             msg = "" if mo else event.get("id", "")
             data = encode(finish(s, event))
-            entry = Entry(s, entry_id, len(eps))
+            entry = Entry(entry_id, len(inboxes))
             order.append(entry)
-            for ep in eps:
-                (senders.get(ep.name) or self.callback_senders[ep.name]).offer(
-                    Item(entry, data, msg, entry_id, event))
+            for inbox in inboxes:
+                inbox.append(Item(entry, data, msg, entry_id, event))
+        for snd in (*self.senders.values(), *self.callback_senders.values()):
+            snd.take()
         if rows:
             self.read_pos[s] = rows[-1][0]
 

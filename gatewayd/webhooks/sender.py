@@ -63,10 +63,10 @@ class Entry:
     """One stream entry; done once every endpoint it went to is done with it (the
     runner's cursor passes it then)."""
 
-    __slots__ = ("id", "left", "stream")
+    __slots__ = ("id", "left")
 
-    def __init__(self, stream: str, entry_id: str, left: int) -> None:
-        self.stream, self.id, self.left = stream, entry_id, left
+    def __init__(self, entry_id: str, left: int) -> None:
+        self.id, self.left = entry_id, left
 
     def done(self) -> None:
         self.left -= 1
@@ -127,6 +127,7 @@ class EndpointSender:
         self.idle_since = 0.0  # a callback_url's sender: dropped after a minute idle
         self.slow = False
         self.live: deque[Item] = deque()
+        self.incoming: list[Item] = []  # put here by the reader, taken once a read
         self.busy: dict[str, int] = {}  # message id -> its events in flight
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
@@ -157,16 +158,32 @@ class EndpointSender:
 
     # Taking events -------------------------------------------------------------------
     def offer(self, item: Item) -> None:
+        self.incoming.append(item)
+        self.take()
+
+    def take(self) -> None:
+        """Take the events the reader put in ``incoming`` (one call a read, not one an
+        event): to memory, or to its retry queue while it is queued, paused or full."""
+        items = self.incoming
+        if not items:
+            return
         self.fed = True
         if self.queued or self.paused:
-            self.spill.append(item)
+            self.spill.extend(items)
         elif self.slow or len(self.live) >= self.max_in_memory:
             # Too slow for the traffic: later events wait in Redis, sent once it catches up.
             self.queued = True
-            self.spill.append(item)
+            self.spill.extend(items)
         else:
-            self.live.append(item)
+            room = self.max_in_memory - len(self.live)
+            if len(items) > room:
+                self.live.extend(items[:room])
+                self.queued = True
+                self.spill.extend(items[room:])
+            else:
+                self.live.extend(items)
             self.wake.set()
+        items.clear()
 
     def set_paused(self, paused: bool) -> None:
         if paused == self.paused:
