@@ -17,6 +17,10 @@
    webhooks run`); daemon (+ sender) CPU per message in the steady part; events a
    request.
 
+3. the sender fed at e2e rates (--paced-rate, 20,000 events/s): --events state-change
+   events appended at that rate while ``gatewayd webhooks run`` sends them to 1
+   endpoint as they come (not from a backlog, as in 1.): its CPU an event.
+
 Median of --runs with min and max; writes bench/results/webhooks.json.
 
     python -m bench webhooks [--quick] [-n 20000] [--events 60000] [--runs 3]
@@ -213,6 +217,50 @@ def deliveries(rig: harness.Rig, recv: ReceiverProc, n: int, endpoints: int) -> 
             / max(1, done)}
 
 
+async def _feed(url: str, n: int, rate: float) -> None:
+    """n state-change events appended at ``rate`` a second (a pipeline every 5 ms)."""
+    r = aioredis.from_url(url, decode_responses=True)
+    step = 0.005
+    t0 = time.monotonic()
+    sent = 0
+    while sent < n:
+        k = min(n - sent, max(1, int(rate * step)))
+        async with r.pipeline(transaction=False) as p:
+            for j in range(sent, sent + k):
+                p.xadd(f"{PREFIX}events", {
+                    "id": f"p{j // 2:09d}", "state": "submitted" if j % 2 == 0 else "delivered",
+                    "at": repr(time.time()), "category": "transactional",
+                    "to": "+86138****8000", "carrier": "sim", "carrier_id": f"{j:x}",
+                    "segments": 1, "tenant": "t0", "ref": f"order-{j // 2}"})
+            await p.execute()
+        sent += k
+        await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
+    await r.aclose()
+
+
+def paced(rig: harness.Rig, recv: ReceiverProc, n: int, rate: float) -> dict[str, Any]:
+    """n events appended at ``rate`` a second while `gatewayd webhooks run` sends them to
+    1 endpoint as they come, as in e2e (not from a backlog, as deliveries() does): the
+    sender's CPU an event."""
+    rig.flush()
+    asyncio.run(_prepare_cursor(rig.redis_url))
+    cfg = _config(rig, harness.GatewaydOptions(), webhooks_section(recv, 1, enabled=False))
+    base = recv.count()
+    proc = _sender(cfg)
+    try:
+        asyncio.run(_feed(rig.redis_url, 1, rate))  # started and reading: its first event
+        _wait_count(recv, base + 1, 60)
+        cpu0 = cpu_seconds(proc.pid)
+        asyncio.run(_feed(rig.redis_url, n, rate))
+        got, _t1 = _wait_count(recv, base + 1 + n, max(60.0, n / 500))
+        cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"rate": rate, "events": n, "delivered": got - base - 1,
+            "sender_cpu_us_per_event": 1e6 * cpu / max(1, n)}
+
+
 def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             ) -> dict[str, Any]:
     """One bench.e2e run; mode "off", "daemon" (sender inside) or "apart"."""
@@ -282,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=100, help="events a request (webhooks.batch)")
     ap.add_argument("--e2e-only", action="store_true", help="skip the deliveries/s runs")
+    ap.add_argument("--paced-rate", type=float, default=20_000.0,
+                    help="events a second for the paced run (as they come in e2e)")
     ap.add_argument("--against", default="", metavar="DIR",
                     help="also run the e2e modes with the gatewayd in DIR (e.g. `git archive "
                          "main | tar -x -C DIR`), paired with this tree's in each round")
@@ -318,8 +368,28 @@ def main(argv: list[str] | None = None) -> int:
                              f"{s['per_s']['median']:,.0f} (min {s['per_s']['min']:,.0f}, "
                              f"max {s['per_s']['max']:,.0f}); sender "
                              f"{s['sender_cpu_us_per_event']['median']:.1f} us/event"))
-            e2e_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+            # The sender fed at e2e rates, paired with --against's in each run.
+            tags = ["", "@against"] if args.against else [""]
+            paced_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tags}
             own = harness.ROOT
+            for i in range(args.runs):
+                for tag in tags if i % 2 == 0 else tags[::-1]:
+                    harness.ROOT = Path(args.against) if tag else own
+                    try:
+                        pr = paced(rig, recv, args.events, args.paced_rate)
+                    finally:
+                        harness.ROOT = own
+                    paced_runs[tag].append(pr)
+                    print(f"paced{tag} {args.paced_rate:,.0f} events/s: sender "
+                          f"{pr['sender_cpu_us_per_event']:.1f} us/event", flush=True)
+            for tag, prs in paced_runs.items():
+                cpu = summary([r["sender_cpu_us_per_event"] for r in prs])
+                result[f"paced{tag}"] = {"rate": args.paced_rate, "sender_cpu_us_per_event": cpu,
+                                         "runs": prs}
+                rows.append((f"sender fed {args.paced_rate:,.0f} events/s{tag}",
+                             f"{cpu['median']:.1f} us/event (min {cpu['min']:.1f}, "
+                             f"max {cpu['max']:.1f})"))
+            e2e_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
             for i in range(args.runs):
                 # With --against: each mode with both trees in the same minute, in turn
                 # first (the machine's other work moves the rates more than a change).
