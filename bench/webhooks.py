@@ -17,9 +17,18 @@
    webhooks run`); daemon (+ sender) CPU per message in the steady part; events a
    request.
 
+3. the sender fed at e2e rates (--paced-rate, 20,000 events/s): --events state-change
+   events appended at that rate while ``gatewayd webhooks run`` sends them to 1
+   endpoint as they come (not from a backlog, as in 1.): its CPU an event.
+
 Median of --runs with min and max; writes bench/results/webhooks.json.
 
     python -m bench webhooks [--quick] [-n 20000] [--events 60000] [--runs 3]
+                             [--batch 100] [--e2e-only] [--against DIR]
+
+--against DIR pairs each e2e mode with the same mode run by the gatewayd in DIR (a
+before/after comparison: the rounds alternate which goes first); compare the CPU a
+message, which moves less than the rates with the machine's other work.
 """
 
 from __future__ import annotations
@@ -107,13 +116,18 @@ class ReceiverProc:
         self.proc.wait(10)
 
 
+# Events a request (webhooks.batch); --batch changes it (the endpoint's body limit
+# allowing: 500 events are ~120 KB).
+BATCH = [100]
+
+
 def webhooks_section(recv: ReceiverProc, endpoints: int, *, enabled: bool,
                      events: str = '["*"]', per_tenant: bool = False) -> str:
     out = [f"""
 [webhooks]
 enabled = {'true' if enabled else 'false'}
 allow_private = true
-batch = 100
+batch = {BATCH[0]}
 """]
     for i in range(endpoints):
         tenant = f"t{i}" if per_tenant else "*"
@@ -203,6 +217,50 @@ def deliveries(rig: harness.Rig, recv: ReceiverProc, n: int, endpoints: int) -> 
             / max(1, done)}
 
 
+async def _feed(url: str, n: int, rate: float) -> None:
+    """n state-change events appended at ``rate`` a second (a pipeline every 5 ms)."""
+    r = aioredis.from_url(url, decode_responses=True)
+    step = 0.005
+    t0 = time.monotonic()
+    sent = 0
+    while sent < n:
+        k = min(n - sent, max(1, int(rate * step)))
+        async with r.pipeline(transaction=False) as p:
+            for j in range(sent, sent + k):
+                p.xadd(f"{PREFIX}events", {
+                    "id": f"p{j // 2:09d}", "state": "submitted" if j % 2 == 0 else "delivered",
+                    "at": repr(time.time()), "category": "transactional",
+                    "to": "+86138****8000", "carrier": "sim", "carrier_id": f"{j:x}",
+                    "segments": 1, "tenant": "t0", "ref": f"order-{j // 2}"})
+            await p.execute()
+        sent += k
+        await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
+    await r.aclose()
+
+
+def paced(rig: harness.Rig, recv: ReceiverProc, n: int, rate: float) -> dict[str, Any]:
+    """n events appended at ``rate`` a second while `gatewayd webhooks run` sends them to
+    1 endpoint as they come, as in e2e (not from a backlog, as deliveries() does): the
+    sender's CPU an event."""
+    rig.flush()
+    asyncio.run(_prepare_cursor(rig.redis_url))
+    cfg = _config(rig, harness.GatewaydOptions(), webhooks_section(recv, 1, enabled=False))
+    base = recv.count()
+    proc = _sender(cfg)
+    try:
+        asyncio.run(_feed(rig.redis_url, 1, rate))  # started and reading: its first event
+        _wait_count(recv, base + 1, 60)
+        cpu0 = cpu_seconds(proc.pid)
+        asyncio.run(_feed(rig.redis_url, n, rate))
+        got, _t1 = _wait_count(recv, base + 1 + n, max(60.0, n / 500))
+        cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"rate": rate, "events": n, "delivered": got - base - 1,
+            "sender_cpu_us_per_event": 1e6 * cpu / max(1, n)}
+
+
 def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             ) -> dict[str, Any]:
     """One bench.e2e run; mode "off", "daemon" (sender inside) or "apart"."""
@@ -270,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=20_000, help="messages per e2e run")
     ap.add_argument("--events", type=int, default=60_000, help="events per delivery run")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=100, help="events a request (webhooks.batch)")
+    ap.add_argument("--e2e-only", action="store_true", help="skip the deliveries/s runs")
+    ap.add_argument("--paced-rate", type=float, default=20_000.0,
+                    help="events a second for the paced run (as they come in e2e)")
+    ap.add_argument("--against", default="", metavar="DIR",
+                    help="also run the e2e modes with the gatewayd in DIR (e.g. `git archive "
+                         "main | tar -x -C DIR`), paired with this tree's in each round")
     ap.add_argument("--quick", action="store_true", help="-n 2000 --events 5000 --runs 1")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -278,12 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.n, args.events, args.runs = min(args.n, 2000), min(args.events, 5000), 1
-    result: dict[str, Any] = {"n": args.n, "events": args.events}
+    BATCH[0] = args.batch
+    modes = ["off", "daemon", "apart"]
+    if args.against:
+        modes += ["daemon@against", "apart@against"]
+    result: dict[str, Any] = {"n": args.n, "events": args.events, "batch": args.batch}
     rows: list[tuple[str, str]] = []
     with harness.Rig(0.2) as rig:
         recv = ReceiverProc()
         try:
-            for eps in (1, 10, 100):
+            for eps in () if args.e2e_only else (1, 10, 100):
                 runs = [deliveries(rig, recv, args.events, eps) for _ in range(args.runs)]
                 key = f"endpoints_{eps}"
                 result[key] = {"per_s": summary([r["per_s"] for r in runs]),
@@ -299,10 +368,41 @@ def main(argv: list[str] | None = None) -> int:
                              f"{s['per_s']['median']:,.0f} (min {s['per_s']['min']:,.0f}, "
                              f"max {s['per_s']['max']:,.0f}); sender "
                              f"{s['sender_cpu_us_per_event']['median']:.1f} us/event"))
-            e2e_runs: dict[str, list[dict[str, Any]]] = {"off": [], "daemon": [], "apart": []}
+            # The sender fed at e2e rates, paired with --against's in each run.
+            tags = ["", "@against"] if args.against else [""]
+            paced_runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tags}
+            own = harness.ROOT
             for i in range(args.runs):
-                for mode in ("off", "daemon", "apart"):
-                    r = e2e_run(rig, recv, args.n, i, mode)
+                for tag in tags if i % 2 == 0 else tags[::-1]:
+                    harness.ROOT = Path(args.against) if tag else own
+                    try:
+                        pr = paced(rig, recv, args.events, args.paced_rate)
+                    finally:
+                        harness.ROOT = own
+                    paced_runs[tag].append(pr)
+                    print(f"paced{tag} {args.paced_rate:,.0f} events/s: sender "
+                          f"{pr['sender_cpu_us_per_event']:.1f} us/event", flush=True)
+            for tag, prs in paced_runs.items():
+                cpu = summary([r["sender_cpu_us_per_event"] for r in prs])
+                result[f"paced{tag}"] = {"rate": args.paced_rate, "sender_cpu_us_per_event": cpu,
+                                         "runs": prs}
+                rows.append((f"sender fed {args.paced_rate:,.0f} events/s{tag}",
+                             f"{cpu['median']:.1f} us/event (min {cpu['min']:.1f}, "
+                             f"max {cpu['max']:.1f})"))
+            e2e_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+            for i in range(args.runs):
+                # With --against: each mode with both trees in the same minute, in turn
+                # first (the machine's other work moves the rates more than a change).
+                turns = ["off"]
+                for m in ("daemon", "apart"):
+                    pair = [m, f"{m}@against"] if args.against else [m]
+                    turns += pair if i % 2 == 0 else pair[::-1]
+                for mode in turns:
+                    harness.ROOT = Path(args.against) if mode.endswith("@against") else own
+                    try:
+                        r = e2e_run(rig, recv, args.n, i, mode.split("@")[0])
+                    finally:
+                        harness.ROOT = own
                     e2e_runs[mode].append(r)
                     print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
@@ -312,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['events_per_request']:.0f} events a request", flush=True)
         finally:
             recv.stop()
-    for mode in ("off", "daemon", "apart"):
+    for mode in modes:
         rs = e2e_runs[mode]
         result[f"e2e_{mode}"] = {
             "final_per_s": summary([r["final_per_s"] for r in rs]),
@@ -328,12 +428,13 @@ def main(argv: list[str] | None = None) -> int:
             result[f"ratio_pushed_{mode}"] = summary(
                 [r["pushed_per_s"] / o["final_per_s"]
                  for r, o in zip(rs, e2e_runs["off"], strict=True)])
-    for mode, label in (("off", "no webhooks"), ("daemon", "sender in the daemon"),
-                        ("apart", "sender apart")):
+    labels = {"off": "no webhooks", "daemon": "sender in the daemon", "apart": "sender apart"}
+    for mode in modes:
+        label = labels[mode.split("@")[0]] + (" (--against)" if "@" in mode else "")
         e = result[f"e2e_{mode}"]
         line = (f"{e['final_per_s']['median']:,.0f} final/s; gatewayd "
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
-        if mode == "apart":
+        if mode.startswith("apart"):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
         if mode != "off":
             r = result[f"ratio_{mode}"]

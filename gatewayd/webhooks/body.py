@@ -4,6 +4,7 @@ endpoints), a batch body made by joining them, or a Kannel ``dlr-url``-style URL
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
@@ -17,23 +18,38 @@ _encode = msgspec.json.Encoder().encode
 def event_of(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """The JSON object of one stream entry. ``event_id`` ("e<entry id>" for state
     changes, "m<entry id>" for MO) is the same every time the event is sent: dedupe on it.
-    Written for speed (it runs for every event): the fields as they are, "id" renamed
-    "message_id", times and counts made numbers."""
+    The fields as they are, "id" renamed "message_id", times and counts made numbers."""
+    return finish_event(stream, new_event(stream, entry_id, fields.items()))
+
+
+def new_event(stream: str, entry_id: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """An entry's event with its fields as read (``finish_event`` makes it what is sent):
+    made straight from the entry's (field, value) pairs, one dict an event. The reader
+    inlines this (it runs for every event); this is its reference."""
     if stream == "m":
         out: dict[str, Any] = {"event_id": "m" + entry_id, "kind": "mo"}
-        out.update(fields)
+        out.update(pairs)
+        out["kind"] = "mo"
+    else:
+        out = {"event_id": "e" + entry_id, "kind": ""}
+        out.update(pairs)
+        out["kind"] = out.get("state", "")
+    return out
+
+
+def finish_event(stream: str, out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (from new_event) made what an endpoint receives, in place. Written for
+    speed (it runs for every event sent)."""
+    if stream == "m":
         out.pop("from_enc", None)
         parts = out.get("parts")
         if parts and parts.isdigit():
             out["parts"] = int(parts)
     else:
-        out = {"event_id": "e" + entry_id, "kind": fields.get("state", "")}
-        out.update(fields)
         mid = out.pop("id", "")
         if mid:
             out["message_id"] = mid
-        if "callback" in out:  # where it goes, not what it says
-            del out["callback"]
+        out.pop("callback", None)  # where it goes, not what it says
         seg = out.get("segments")
         if seg and seg.isdigit():
             out["segments"] = int(seg)

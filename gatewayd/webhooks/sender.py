@@ -63,10 +63,10 @@ class Entry:
     """One stream entry; done once every endpoint it went to is done with it (the
     runner's cursor passes it then)."""
 
-    __slots__ = ("id", "left", "stream")
+    __slots__ = ("id", "left")
 
-    def __init__(self, stream: str, entry_id: str, left: int) -> None:
-        self.stream, self.id, self.left = stream, entry_id, left
+    def __init__(self, entry_id: str, left: int) -> None:
+        self.id, self.left = entry_id, left
 
     def done(self) -> None:
         self.left -= 1
@@ -127,6 +127,7 @@ class EndpointSender:
         self.idle_since = 0.0  # a callback_url's sender: dropped after a minute idle
         self.slow = False
         self.live: deque[Item] = deque()
+        self.incoming: list[Item] = []  # put here by the reader, taken once a read
         self.busy: dict[str, int] = {}  # message id -> its events in flight
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
@@ -147,21 +148,42 @@ class EndpointSender:
         self.sem = asyncio.Semaphore(ep.concurrency)
         self.qkey = runner.keys.webhook_queue(ep.name)
         self.dkey = runner.keys.webhook_dead(ep.name)
+        # Made once, not per request: the URL, the timeout and the labelled metrics.
+        self.url: URL | None = None
+        self.timeout = aiohttp.ClientTimeout(total=ep.timeout_s)
+        self.m_delivered = metrics.WEBHOOK_DELIVERED.labels(self.label)
+        self.m_latency = metrics.WEBHOOK_LATENCY.labels(self.label)
         self.closed = False
         self.task = asyncio.create_task(self.run(), name=f"webhook:{ep.name}")
 
     # Taking events -------------------------------------------------------------------
     def offer(self, item: Item) -> None:
+        self.incoming.append(item)
+        self.take()
+
+    def take(self) -> None:
+        """Take the events the reader put in ``incoming`` (one call a read, not one an
+        event): to memory, or to its retry queue while it is queued, paused or full."""
+        items = self.incoming
+        if not items:
+            return
         self.fed = True
         if self.queued or self.paused:
-            self.spill.append(item)
+            self.spill.extend(items)
         elif self.slow or len(self.live) >= self.max_in_memory:
             # Too slow for the traffic: later events wait in Redis, sent once it catches up.
             self.queued = True
-            self.spill.append(item)
+            self.spill.extend(items)
         else:
-            self.live.append(item)
+            room = self.max_in_memory - len(self.live)
+            if len(items) > room:
+                self.live.extend(items[:room])
+                self.queued = True
+                self.spill.extend(items[room:])
+            else:
+                self.live.extend(items)
             self.wake.set()
+        items.clear()
 
     def set_paused(self, paused: bool) -> None:
         if paused == self.paused:
@@ -448,9 +470,12 @@ class EndpointSender:
         at = int(time.time())
         if ep.format == "kannel":
             method, data = "GET", b""
-            url, signed = bodies.kannel_request(ep.url, batch[0].decoded())
+            text, signed = bodies.kannel_request(ep.url, batch[0].decoded())
+            url = URL(text, encoded=True)
         else:
-            method, url = "POST", ep.url
+            if self.url is None:
+                self.url = URL(ep.url, encoded=True)
+            method, url = "POST", self.url
             data = signed = bodies.batch_body([i.body for i in batch])
         headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-webhooks"}
         if ep.secret:
@@ -460,9 +485,8 @@ class EndpointSender:
         t0 = time.perf_counter()
         try:
             async with self.runner.session.request(
-                    method, URL(url, encoded=True), data=data or None, headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
+                    method, url, data=data or None, headers=headers,
+                    allow_redirects=False, timeout=self.timeout) as resp:
                 status = resp.status
                 await resp.read()
         except TimeoutError:
@@ -475,9 +499,9 @@ class EndpointSender:
                 return Outcome.DEAD, f"refused: {bad}"
             metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
             return Outcome.RETRY, f"{type(e).__name__}: {e}"
-        metrics.WEBHOOK_LATENCY.labels(self.label).observe(time.perf_counter() - t0)
+        self.m_latency.observe(time.perf_counter() - t0)
         if 200 <= status < 300:
-            metrics.WEBHOOK_DELIVERED.labels(self.label).inc(len(batch))
+            self.m_delivered.inc(len(batch))
             return Outcome.OK, ""
         cls = f"{status // 100}xx"
         metrics.WEBHOOK_FAILED.labels(self.label, cls).inc()
