@@ -24,6 +24,7 @@ are the difference between two sets over N; ~25 s a set):
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import statistics
@@ -76,13 +77,20 @@ def steps(items: list[dict[str, str]]) -> dict[str, Callable[[], Any]]:
     def fields() -> None:
         st["fields"] = [to_fields(m, seal) for m in st["msgs"]]
 
+    # As QueueStore._enqueue_script: the record's values all str (build(text=True), or
+    # on an older tree, where build has no ``text``, its values made str after).
+    as_text = "text" in inspect.signature(led.build).parameters
+
     def status() -> None:
         out = []
         for m in st["msgs"]:
-            key, rec = led.build(m, "queued", now)
-            for k, v in rec.items():  # as QueueStore._enqueue_script
-                if type(v) is not str:
-                    rec[k] = repr(v) if isinstance(v, float) else str(v)
+            if as_text:
+                key, rec = led.build(m, "queued", now, text=True)
+            else:
+                key, rec = led.build(m, "queued", now)
+                for k, v in rec.items():
+                    if type(v) is not str:
+                        rec[k] = repr(v) if isinstance(v, float) else str(v)
             out.append((key, rec))
         st["status"] = out
 
