@@ -163,7 +163,9 @@ def _instructions(n: int, countries: bool, steps: list[str]) -> int:
            "-m", "bench.message_cost", "-n", str(n), "--runs", "1",
            *(["--countries"] if countries else []),
            *[a for s in (steps or ["none"]) for a in ("--step", s)]]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # A fixed hash seed: dict and set layouts (and so the counts) alike from run to run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     os.unlink(out)
     m = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     assert m, done.stderr[-2000:]

@@ -336,40 +336,28 @@ _resume_enc = msgspec.json.Encoder()
 _resume_dec = msgspec.json.Decoder(Resume)
 
 
-# The internal fields in field order (the sealed payload's JSON keeps that order).
-_INTERNAL_ORDER: Final = tuple(n for n in OutboundMessage.__struct_fields__ if n in INTERNAL)
-_to_builtins: Final = msgspec.to_builtins
-_BEFORE_CATEGORY: Final = OutboundMessage.__struct_encode_fields__[
-    :OutboundMessage.__struct_fields__.index("category")]
+_WIRE: Final = tuple((name, "from" if name == "sender" else name, name in INTERNAL)
+                     for name in OutboundMessage.__struct_fields__)
 
 
 def to_fields(msg: OutboundMessage, seal: Seal | None = None) -> dict[str, str]:
     """Flat stream fields for XADD (defaults omitted): the client fields, and with
     ``seal`` the internal ones sealed in ``_gw`` (without, they are left out: what a
     client may XADD itself)."""
-    # msgspec makes the dict in C: wire names ("from"), field order, defaults omitted
-    # (omit_defaults); a getattr loop over all 23 fields cost ~3x as much, and this runs
-    # for every message queued.
-    out: dict[str, Any] = _to_builtins(msg)
-    if "category" not in out:  # the default class (omitted by msgspec), in its place
-        out = {**{k: out[k] for k in _BEFORE_CATEGORY if k in out},
-               "category": msg.category, **out}
+    out: dict[str, str] = {}
     internal: dict[str, Any] = {}
-    if not INTERNAL.isdisjoint(out):
-        for name in _INTERNAL_ORDER:
-            if name in out:
-                value = out.pop(name)
-                if value:  # -0.0 is a default too
-                    internal[name] = value
-    zero: list[str] | None = None
-    for field, value in out.items():
-        if type(value) is not str:  # every field is a str, int or float
-            if not value:  # -0.0: equal to the default, yet kept by msgspec
-                zero = [*(zero or ()), field]
+    # Per field: attribute, wire name, internal (made once: this runs for every
+    # message queued; asdict() and a comparison with three defaults cost twice as much).
+    for name, field, inside in _WIRE:
+        value = getattr(msg, name)
+        if not value:  # the defaults: "", 0, 0.0 (every field is a str, int or float)
+            continue
+        if inside:
+            internal[name] = value
+        elif type(value) is str:
+            out[field] = value
+        else:
             out[field] = repr(value) if isinstance(value, float) else str(value)
-    if zero:
-        for field in zero:
-            del out[field]
     if internal and seal is not None:
         out[SEAL_FIELD] = seal.seal(out, internal)
     return out
