@@ -12,6 +12,7 @@ SMPP carries GSM-7 unpacked (one septet an octet) with data_coding 0.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, NamedTuple
 
 Encoding = Literal["gsm7", "ucs2"]
@@ -51,17 +52,33 @@ _ENCODE_TABLE: Final = {
 }
 
 
+# One regex scan a text instead of a set test a character (issuperset hashed each of
+# them: ~0.9 us for a 75-character OTP text, the regex ~0.4): a character not in GSM-7,
+# and the extension characters (two septets each).
+# The first scan stops at a character outside the basic table, where the others start.
+_NOT_BASIC: Final = re.compile("[^" + re.escape("".join(sorted(_BASIC_CODE))) + "]")
+_NOT_GSM7: Final = re.compile("[^" + re.escape("".join(sorted(_GSM7_ALL))) + "]")
+_EXT_RE: Final = re.compile("[" + re.escape("".join(_EXT_CHARS)) + "]")
+# Characters outside the BMP: two UTF-16 units (a surrogate pair) each.
+_ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]")
+
+
 def gsm7_septets(text: str) -> int | None:
     """Septets needed for text in GSM-7, or None when a character is not in GSM-7."""
-    if not _GSM7_ALL.issuperset(text):
-        return None
-    if _EXT_SET.isdisjoint(text):
+    first = _NOT_BASIC.search(text)
+    if first is None:
         return len(text)
-    return len(text) + sum(text.count(c) for c in _EXT_CHARS)
+    start = first.start()
+    if _NOT_GSM7.search(text, start) is not None:
+        return None
+    return len(text) + len(_EXT_RE.findall(text, start))
 
 
 def ucs2_units(text: str) -> int:
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+    # (a regex scan, not an encode to UTF-16 and its error handler's look-up)
+    if _ASTRAL.search(text) is None:
+        return len(text)
+    return len(text) + len(_ASTRAL.findall(text))
 
 
 # A message's text is segmented at intake, by content rules and again when encoded:
@@ -126,7 +143,7 @@ def decode(data: bytes, encoding: Encoding) -> str:
 
 def _chunks(text: str, encoding: Encoding, per_part: int) -> list[str]:
     if (_EXT_SET.isdisjoint(text) if encoding == "gsm7"
-            else len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text)):
+            else _ASTRAL.search(text) is None):
         # Every character one unit: plain slices (the loop below was ~7 % of the
         # daemon's CPU with 5 % long messages in bench/e2e).
         return [text[i : i + per_part] for i in range(0, len(text), per_part)] or [""]

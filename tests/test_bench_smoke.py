@@ -142,3 +142,16 @@ def test_bench_cluster_path_quick_writes_its_result(tmp_path: Path) -> None:
             for key in ("msg_s", "client_cpu_us", "redis_cpu_us"):
                 assert {"median", "min", "max", "runs"} <= set(figures[key]), (stage, p, key)
     assert "cluster ordered (shipped)" in proc.stdout
+
+
+def test_bench_message_cost_prints_every_step() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.message_cost", "-n", "300", "--runs", "1",
+         "--countries"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    steps = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()
+             if line.startswith("  ") and not line.startswith("  client")}
+    assert set(steps) == {"parse", "to_fields", "status", "pack", "reparse", "segments"}
+    assert all(us > 0 for us in steps.values())

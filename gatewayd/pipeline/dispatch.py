@@ -461,11 +461,13 @@ class Dispatcher:
 
     def _parse(self, e: Entry, now: float, seal: Seal) -> OutboundMessage:
         q = self.cfg.queue
-        fields = dict(e.fields or ())
-        # Deterministic id for entries pushed without one, so a redelivered entry
-        # is recognised as the same message.
-        fields.setdefault("id", f"{e.klass}-{e.entry_id}")
-        fields.setdefault("category", e.klass)
+        fields = e.fields or {}
+        if "id" not in fields or "category" not in fields:  # (parse_message copies)
+            fields = dict(fields)
+            # Deterministic id for entries pushed without one, so a redelivered entry
+            # is recognised as the same message.
+            fields.setdefault("id", f"{e.klass}-{e.entry_id}")
+            fields.setdefault("category", e.klass)
         msg = parse_message(fields, classes=q.classes, max_segments=q.max_segments, now=now,
                             seal=seal, horizon_s=q.horizon_s,
                             legacy=_entry_ms(e.entry_id) < self._unsealed_before_ms)

@@ -187,6 +187,10 @@ class Book:
         self.correlations.clear()
 
 
+def _str(value: float) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 class Ledger:
     def __init__(self, keys: Keys, cfg: Config, redis: Redis | None = None) -> None:
         self.keys = keys
@@ -293,9 +297,11 @@ class Ledger:
         segments: int = 0,
         until: float = 0.0,
         err: str = "",
+        text: bool = False,
     ) -> tuple[str, dict[Any, Any]]:
         """The status key and fields of a transition (not yet counted; its event is
-        ``event_of(msg.id, status)``)."""
+        ``event_of(msg.id, status)``). ``text``: every value a str (floats by repr),
+        for a caller that packs the record itself (Lua would print a float short)."""
         # A batch's transitions share one `now`: its text is made once, not by hiredis
         # for every record (repr() of a float costs more than packing a str).
         if now != self._now:
@@ -306,7 +312,7 @@ class Ledger:
             "updated_at": at,
             "category": msg.category,
             "to": mask_number(msg.to),
-            "attempts": msg.attempts,
+            "attempts": str(msg.attempts) if text else msg.attempts,
         }
         # Only the fields that have a value (written out: this runs for every transition).
         if reason:
@@ -316,9 +322,9 @@ class Ledger:
         if carrier_id:
             status["carrier_id"] = carrier_id
         if segments:
-            status["segments"] = segments
+            status["segments"] = _str(segments) if text else segments
         if until:
-            status["until"] = until
+            status["until"] = _str(until) if text else until
         if err:
             status["err"] = err
         if msg.ref:
@@ -338,7 +344,8 @@ class Ledger:
             status["fk"] = self.keys.funnel(funnel_name(msg.campaign, msg.template,
                                                         msg.tenant))
         if state == "queued":
-            status["enqueued_at"] = msg.enqueued_at or at
+            status["enqueued_at"] = (msg.enqueued_at or at if not text
+                                     else _str(msg.enqueued_at) if msg.enqueued_at else at)
         elif state == "submitted":
             status["submitted_at"] = at
         elif state in FINAL_STATES:

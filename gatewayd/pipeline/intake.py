@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import msgspec
 
@@ -166,6 +166,13 @@ def _to_time(field: str, value: Any) -> float:
     raise MessageError(field, "use Unix seconds or ISO 8601 with a UTC offset")
 
 
+def _lone_surrogate(data: dict[str, Any]) -> None:
+    for k, v in data.items():
+        if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
+            raise MessageError(k, "not valid Unicode text (a lone surrogate)",
+                               code="encoding")
+
+
 def parse_message(
     raw: Mapping[str, Any] | Any,
     *,
@@ -186,20 +193,21 @@ def parse_message(
     far ahead ``not_before`` and ``expires_at`` may be (0: any time). ``legacy``: an
     entry queued before the seal existed (``queue.unsealed_before``), whose internal
     fields are taken bare when it has no seal."""
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # (an ABC check: dict first)
         raise MessageError("$", "expected an object with at least 'to' and 'text'")
     internal: dict[str, Any] | None = None
+    owned = False  # raw is a dict made here (no copy needed before it is changed)
     if SEAL_FIELD in raw:
         if seal is None:
             raise MessageError(SEAL_FIELD, "sealed entries are read by gatewayd only",
                                code="seal")
         try:
-            internal = seal.open(raw)
+            internal, raw = seal.open_fields(raw)
         except (SealError, TypeError) as e:
             raise MessageError(SEAL_FIELD, str(e), code="seal") from None
         if not isinstance(internal, dict) or not INTERNAL.issuperset(internal):
             raise MessageError(SEAL_FIELD, "holds fields that are not internal", code="seal")
-        raw = {k: v for k, v in raw.items() if k != SEAL_FIELD}
+        owned = True
     if "json" in raw:
         # The other wire form: one field holding the whole message as a JSON object
         # (flat fields beside it, such as the dispatcher's defaults, come second).
@@ -212,6 +220,7 @@ def parse_message(
         if not isinstance(decoded, Mapping):
             raise MessageError("json", "must hold a JSON object")
         raw = {**{k: v for k, v in raw.items() if k != "json"}, **decoded}
+        owned = True
     if legacy and internal is None and not INTERNAL.isdisjoint(raw):
         internal = {k: v for k, v in raw.items() if k in INTERNAL}
         raw = {k: v for k, v in raw.items() if k not in INTERNAL}
@@ -222,18 +231,17 @@ def parse_message(
         unknown = sorted(k for k in raw if k not in CLIENT_FIELDS)
         raise MessageError(unknown[0], "unknown field; known fields: "
                                        f"{', '.join(sorted(CLIENT_FIELDS))}")
-    data = dict(raw)
+    data: dict[str, Any] = cast(dict[str, Any], raw) if owned else dict(raw)
     if internal:
         data.update(internal)
     if "params" in data:
         render(data, templates, link)
-    for k, v in data.items():
+    for v in data.values():
         # JSON's \ud800 escapes decode to lone surrogates (here, or in params rendered
         # into the text), which no Redis write can encode: one such value failed its
         # whole batch's pipeline.
         if isinstance(v, str) and not v.isascii() and _SURROGATE.search(v):
-            raise MessageError(k, "not valid Unicode text (a lone surrogate)",
-                               code="encoding")
+            _lone_surrogate(data)
     for f in _TIME_FIELDS:
         if f in data:
             data[f] = _to_time(f, data[f])

@@ -372,10 +372,8 @@ class QueueStore:
         rows: list[list[Any]] = []
         for m in msgs:
             m.intake = source  # sealed: who queued it (gatewayd_messages_enqueued_total)
-            key, status = led.build(m, "queued", now)
-            for k, v in status.items():  # strings only: Lua would print a float short
-                if type(v) is not str:
-                    status[k] = repr(v) if isinstance(v, float) else str(v)
+            # strings only: Lua would print a float short
+            key, status = led.build(m, "queued", now, text=True)
             ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
             rows.append([key, m.id, ikey, streams[m.category], status, to_fields(m, seal)])
         args = (1, keys.events, msgspec.msgpack.encode(rows), led.status_ttl,

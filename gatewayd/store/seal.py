@@ -42,7 +42,7 @@ class Seal:
         self._mac0 = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(),
                                      digest_size=_MAC_HEX // 2)
 
-    def _mac(self, payload: str, others: dict[str, str]) -> str:
+    def _mac(self, payload: str, others: Mapping[str, str]) -> str:
         h = self._mac0.copy()
         h.update(_enc.encode([payload, sorted(others.items())]))
         return h.hexdigest()
@@ -50,9 +50,11 @@ class Seal:
     def seal(self, fields: Mapping[str, str], internal: Mapping[str, Any]) -> str:
         """The ``_gw`` value for an entry of ``fields`` carrying ``internal``."""
         payload = _enc.encode(internal).decode()
-        others = dict(fields)
-        others.pop(FIELD, None)
-        return self._mac(payload, others) + payload
+        if FIELD in fields or type(fields) is not dict:  # (to_fields: a dict without)
+            others = dict(fields)
+            others.pop(FIELD, None)
+            fields = others
+        return self._mac(payload, fields) + payload
 
     def prepared(self, internal: Mapping[str, Any], fixed: Mapping[str, str],
                  varying: Sequence[str]) -> Prepared:
@@ -64,8 +66,16 @@ class Seal:
     def open(self, fields: Mapping[str, str]) -> dict[str, Any]:
         """The internal fields sealed in ``fields[_gw]``; SealError unless its MAC holds
         for these fields."""
+        return self.open_fields(fields)[0]
+
+    def open_fields(self, fields: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``open``, and the entry's other fields (a new dict, without ``_gw``): the
+        dispatcher's parse of every sealed entry needs both (one copy, not two)."""
         others = dict(fields)
         value = others.pop(FIELD)
+        return self._open(value, others), others
+
+    def _open(self, value: str, others: dict[str, str]) -> dict[str, Any]:
         mac, payload = value[:_MAC_HEX], value[_MAC_HEX:]
         if not secrets.compare_digest(mac, self._mac(payload, others)):
             raise SealError("not sealed by this deployment's gatewayd, or altered")
