@@ -2,7 +2,8 @@
 
 Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
 campaign_cost, campaign_priority, stragglers, throttle, consent, intake, http_priority,
-cmpp_e2e, webhooks, redis_pool, cluster_path (default: all, in that order).
+cmpp_e2e, webhooks, redis_pool, cluster_path, kannel (default: all, in that order;
+kannel needs Debian's kannel package and exits 2 without it).
 --quick runs each with small N and one run (the whole suite in about two minutes);
 without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
 prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
@@ -26,6 +27,7 @@ from bench import (
     fanout,
     http_priority,
     intake,
+    kannel,
     priority,
     receipt_path,
     redirect,
@@ -48,11 +50,12 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "stragglers": stragglers.main, "throttle": throttle.main, "consent": consent.main,
     "intake": intake.main, "http_priority": http_priority.main, "cmpp_e2e": cmpp_e2e.main,
     "webhooks": webhooks.main,
-    "redis_pool": redis_pool.main, "cluster_path": cluster_path.main,
+    "redis_pool": redis_pool.main, "cluster_path": cluster_path.main, "kannel": kannel.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
          "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent",
-         "intake", "http_priority", "cmpp_e2e", "webhooks", "redis_pool", "cluster_path"]
+         "intake", "http_priority", "cmpp_e2e", "webhooks", "redis_pool", "cluster_path",
+         "kannel"]
 
 
 def main(argv: list[str] | None = None) -> int:
