@@ -76,6 +76,12 @@ async def serve(expected: int, marker: Path) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Sink(counts), "127.0.0.1", 0)
     print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+
+    def progress() -> None:  # for a stalled run: how far the receipts came
+        Path(f"{marker}.progress").write_text(
+            f"{time.time():.3f} callbacks {counts.callbacks} final {len(counts.final)}\n")
+        loop.call_later(1.0, progress)
+    progress()
     # stdin closing (the bench ending) stops the sink.
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()

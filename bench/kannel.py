@@ -12,12 +12,14 @@ first), N messages of bench/harness's mix (30 % Chinese, 5 % long) a phase:
                  the last final state
   gw-send_many   the same through Client.send_many
   gw-http        a running, bound daemon; wrk POSTs /v1/messages, one message a request,
-                 --connections keep-alive connections (200): from wrk's start to the
+                 --connections keep-alive connections (200): from wrk's first message
+                 (each connection's first request is a warm-up GET: see _WRK_LUA) to the
                  last final state
   kannel-dlr     bearerbox + smsbox (one SMPP transceiver, max-pending-submits 1000,
                  internal DLR storage): wrk GETs /cgi-bin/sendsms, one message a request,
                  the same connections, dlr-mask 3 with a dlr-url to bench/dlr_sink.py:
-                 from wrk's start to the last message's final receipt counted by the sink
+                 from wrk's first message to the last message's final receipt counted by
+                 the sink
   kannel-nodlr   the same without DLR: to bearerbox's "sent" count reaching N (every
                  submit_sm answered)
 
@@ -74,28 +76,35 @@ TIMEOUT_S = 300.0
 # The SMSC's first message id: every id then has a hex letter ("00A0000001"). From its
 # default (0x2A1, all digits) gatewayd, which matches a receipt whichever base the SMSC
 # writes it in (gatewayd/carrier/ids.py), pairs some receipts with the wrong message
-# once ~1,000 are in flight (the id "0000000900" is 2,304 read as hex, 900 as decimal); Kannel is told the
-# bases instead (msg-id-type). --smsc-id-base 0x2A0 shows it.
+# once ~1,000 are in flight ("0000000900" is 2,304 read as hex, 900 as decimal); Kannel
+# is told the bases instead (msg-id-type). --smsc-id-base 0x2A0 shows it.
 ID_BASE = 0xA0000000
 
-# Each line of the file is one request: a JSON body to POST, or a path to GET. Every line
-# is sent once; after the last, wrk gets a filler request (its status FILLER, not
-# counted) until the bench stops it. wrk calls request() once more than it sends, before
-# it starts (to check the script, in the thread's own Lua state): that call gets the
-# filler, hence ``sent`` from -1. Once every line is sent, delay() parks each connection
-# that comes free (10 minutes before its next request), so that fillers do not load the
-# server while the last answers come in. Once every line is answered, the marker file gets
-# the answers' status counts (the bench then stops wrk with SIGINT).
+# Each line of the file is one request: a JSON body to POST, or a path to GET. Every
+# connection's first request is a filler (its status FILLER, not counted), so that the
+# lines go only to connections the server has accepted: Kannel listens with a backlog of
+# 10, and of 200 connections opened at once some wait seconds for the kernel to retry
+# their handshake; a line sent on one of those would stall the run's end. wrk also calls
+# request() once before it starts (to check the script): a filler too. The first line
+# sent drops the STARTED file (the bench's clock starts). Every line is sent once; once
+# all are sent, delay() parks each connection that comes free (10 minutes), and a
+# request asked for anyway gets a filler. Once every line is answered, the marker file
+# gets the answers' status counts (the bench then stops wrk with SIGINT).
 _WRK_LUA = """
 local lines = {}
 for line in io.lines("%(file)s") do lines[#lines + 1] = line end
-local sent = -1
+local calls = 0
+local sent = 0
 local answered = 0
 local codes = {}
 local headers = {%(headers)s}
 request = function()
+  calls = calls + 1
+  if calls <= %(warmups)d + 1 or sent >= #lines then
+    return wrk.format("GET", "%(filler)s")
+  end
   sent = sent + 1
-  if sent < 1 or sent > #lines then return wrk.format("GET", "%(filler)s") end
+  if sent == 1 then io.open("%(started)s", "w"):close() end
   %(make)s
 end
 delay = function()
@@ -158,11 +167,14 @@ class Watch:
 
 
 def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
-         post: bool, connections: int) -> tuple[subprocess.Popen[str], Path]:
+         post: bool, connections: int) -> tuple[subprocess.Popen[str], Path, Path]:
     f = rig.dir / f"lines-{tag}.txt"
     f.write_text("\n".join(lines) + "\n", encoding="utf-8")
     marker = rig.dir / f"answered-{tag}"
     marker.unlink(missing_ok=True)
+    started = rig.dir / f"started-{tag}"
+    started.unlink(missing_ok=True)
+    conns = min(connections, len(lines))
     if post:
         headers = ('["Content-Type"] = "application/json", '
                    f'["Authorization"] = "Bearer {intake.API_KEY}"')
@@ -175,11 +187,21 @@ def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
     script = rig.dir / f"wrk-{tag}.lua"
     script.write_text(_WRK_LUA % {"file": f, "headers": headers, "filler": filler,
                                   "make": make, "filler_status": filler_status,
-                                  "marker": marker}, encoding="utf-8")
-    cmd = [wrk, "-t", "1", "-c", str(min(connections, len(lines))), "-d", f"{TIMEOUT_S:.0f}s",
-           "-s", str(script), base_url]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True), marker
+                                  "marker": marker, "started": started, "warmups": conns},
+                      encoding="utf-8")
+    cmd = [wrk, "-t", "1", "-c", str(conns), "-d", f"{TIMEOUT_S:.0f}s", "-s", str(script),
+           base_url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, marker, started
+
+
+def _wait_started(proc: subprocess.Popen[str], started: Path, deadline: float) -> float:
+    """The time wrk sent its first line (polled: within ~2 ms)."""
+    while not started.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("kannel: wrk did not start sending")
+        time.sleep(0.002)
+    return time.time()
 
 
 def _wait_answered(proc: subprocess.Popen[str], marker: Path, deadline: float
@@ -254,11 +276,12 @@ def gw_phase(rig: NodeRig, wrk: str, phase: str, n: int, run: int, connections: 
                 intake._wait_http(port)
                 rig.smsc.wait_bind(binds)
                 if phase == "gw-http":
-                    t0 = time.time()
-                    proc, marker = _wrk(rig, wrk, f"{phase}-{run}",
-                                        intake._bodies(n, run, 1), f"http://127.0.0.1:{port}",
-                                        post=True, connections=connections)
+                    proc, marker, started = _wrk(rig, wrk, f"{phase}-{run}",
+                                                 intake._bodies(n, run, 1),
+                                                 f"http://127.0.0.1:{port}", post=True,
+                                                 connections=connections)
                     w.add("wrk", proc.pid)
+                    t0 = _wait_started(proc, started, deadline)
                     extra["answers"] = _wait_answered(proc, marker, deadline)
                 else:
                     api = phase.removeprefix("gw-")
@@ -308,11 +331,12 @@ def kannel_round(rig: NodeRig, wrk: str, binaries: tuple[str, str], n: int, run:
                 if sink:
                     w.add("sink", sink.pid)
                 sent0 = k.sent()
-                t0 = time.time()
-                proc, marker = _wrk(rig, wrk, f"{phase}-{run}",
-                                    _kannel_paths(items, sink.port if sink else 0),
-                                    k.sendsms_url(), post=False, connections=connections)
+                proc, marker, started = _wrk(rig, wrk, f"{phase}-{run}",
+                                             _kannel_paths(items, sink.port if sink else 0),
+                                             k.sendsms_url(), post=False,
+                                             connections=connections)
                 w.add("wrk", proc.pid)
+                t0 = _wait_started(proc, started, deadline)
                 answers = _wait_answered(proc, marker, deadline)
                 t1, got, extra = 0.0, 0, {}
                 while time.monotonic() < deadline:
@@ -411,13 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str]] = []
     for p in phases:
         rates = [r[p]["msg_per_s"] for r in runs]
-        cpu = {name: [r[p]["cpu_us"].get(name, 0.0) for r in runs] for name in PROCS
-               if name in runs[0][p]["cpu_us"]}
+        cpus = {name: [r[p]["cpu_us"].get(name, 0.0) for r in runs] for name in PROCS
+                if name in runs[0][p]["cpu_us"]}
         result[p] = {"msg_per_s": summary(rates),
-                     "cpu_us": {k: summary(v) for k, v in cpu.items()}}
+                     "cpu_us": {k: summary(v) for k, v in cpus.items()}}
         rows.append((f"{p} msg/s", _fmt(rates)))
         rows.append((f"{p} CPU us a message", ", ".join(
-            f"{k} {summary(v)['median']:.0f}" for k, v in cpu.items())))
+            f"{k} {summary(v)['median']:.0f}" for k, v in cpus.items())))
     ratios: dict[str, dict[str, float]] = {}
     if "kannel-dlr" in phases:
         for p in gw_phases + (["kannel-nodlr"] if "kannel-nodlr" in phases else []):

@@ -102,10 +102,11 @@ class NodeSmsc:
 
 
 def kannel_binaries() -> tuple[str, str] | None:
-    bb = shutil.which("bearerbox") or ("/usr/sbin/bearerbox"
-                                        if os.access("/usr/sbin/bearerbox", os.X_OK) else None)
-    sb = shutil.which("smsbox") or ("/usr/sbin/smsbox"
-                                     if os.access("/usr/sbin/smsbox", os.X_OK) else None)
+    """bearerbox and smsbox: in $BENCH_KANNEL_DIR when set, else on PATH or in /usr/sbin
+    (where Debian puts them)."""
+    where = os.environ.get("BENCH_KANNEL_DIR") or os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+    bb, sb = shutil.which("bearerbox", path=where), shutil.which("smsbox", path=where)
     return (bb, sb) if bb and sb else None
 
 
