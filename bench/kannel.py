@@ -80,16 +80,17 @@ TIMEOUT_S = 300.0
 # is told the bases instead (msg-id-type). --smsc-id-base 0x2A0 shows it.
 ID_BASE = 0xA0000000
 
-# Each line of the file is one request: a JSON body to POST, or a path to GET. Every
-# connection's first request is a filler (its status FILLER, not counted), so that the
-# lines go only to connections the server has accepted: Kannel listens with a backlog of
-# 10, and of 200 connections opened at once some wait seconds for the kernel to retry
-# their handshake; a line sent on one of those would stall the run's end. wrk also calls
-# request() once before it starts (to check the script): a filler too. The first line
-# sent drops the STARTED file (the bench's clock starts). Every line is sent once; once
-# all are sent, delay() parks each connection that comes free (10 minutes), and a
-# request asked for anyway gets a filler. Once every line is answered, the marker file
-# gets the answers' status counts (the bench then stops wrk with SIGINT).
+# Each line of the file is one request: a JSON body to POST, or a path to GET. Until the
+# bench drops the GO file, every request is a filler (its status FILLER, not counted;
+# one a connection every 50 ms): the bench drops it once the server has accepted every
+# connection. Kannel listens with a backlog of 10: of 200 connections opened at once some
+# wait seconds for the kernel to retry their handshake, and a line sent on one of those
+# stalled the run (or was lost with the connection). wrk also calls request() once
+# before it starts (to check the script): a filler too. The first line sent drops the
+# STARTED file (the bench's clock starts). Every line is sent once; once all are sent,
+# delay() parks each connection that comes free (10 minutes), and a request asked for
+# anyway gets a filler. Once every line is answered, the marker file gets the answers'
+# status counts (the bench then stops wrk with SIGINT).
 _WRK_LUA = """
 local lines = {}
 for line in io.lines("%(file)s") do lines[#lines + 1] = line end
@@ -98,9 +99,17 @@ local sent = 0
 local answered = 0
 local codes = {}
 local headers = {%(headers)s}
+local go = false
+local function gone()
+  if not go then
+    local f = io.open("%(go)s", "r")
+    if f then f:close(); go = true end
+  end
+  return go
+end
 request = function()
   calls = calls + 1
-  if calls <= %(warmups)d + 1 or sent >= #lines then
+  if calls == 1 or not gone() or sent >= #lines then
     return wrk.format("GET", "%(filler)s")
   end
   sent = sent + 1
@@ -109,6 +118,7 @@ request = function()
 end
 delay = function()
   if sent >= #lines then return 600000 end
+  if not go then return 50 end
   return 0
 end
 response = function(status, hdrs, body)
@@ -174,6 +184,8 @@ def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
     marker.unlink(missing_ok=True)
     started = rig.dir / f"started-{tag}"
     started.unlink(missing_ok=True)
+    go = rig.dir / f"go-{tag}"
+    go.unlink(missing_ok=True)
     conns = min(connections, len(lines))
     if post:
         headers = ('["Content-Type"] = "application/json", '
@@ -187,12 +199,25 @@ def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
     script = rig.dir / f"wrk-{tag}.lua"
     script.write_text(_WRK_LUA % {"file": f, "headers": headers, "filler": filler,
                                   "make": make, "filler_status": filler_status,
-                                  "marker": marker, "started": started, "warmups": conns},
+                                  "marker": marker, "started": started, "go": go},
                       encoding="utf-8")
     cmd = [wrk, "-t", "1", "-c", str(conns), "-d", f"{TIMEOUT_S:.0f}s", "-s", str(script),
            base_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = int(base_url.rsplit(":", 1)[1])
+    wait = time.monotonic() + 60
+    while _accepted(port) < conns and time.monotonic() < wait and proc.poll() is None:
+        time.sleep(0.02)
+    go.touch()
     return proc, marker, started
+
+
+def _accepted(port: int) -> int:
+    """Established connections on the server's side of ``port`` (a connection whose
+    handshake the server has not completed is not counted)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return len(out.splitlines())
 
 
 def _wait_started(proc: subprocess.Popen[str], started: Path, deadline: float) -> float:
