@@ -83,11 +83,12 @@ ID_BASE = 0xA0000000
 # Each line of the file is one request: a JSON body to POST, or a path to GET. Until the
 # bench drops the GO file, every request is a filler (its status FILLER, not counted;
 # one a connection every 50 ms): the bench drops it once the server has accepted every
-# connection. Kannel listens with a backlog of 10: of 200 connections opened at once some
-# wait seconds for the kernel to retry their handshake, and a line sent on one of those
-# stalled the run (or was lost with the connection). wrk also calls request() once
-# before it starts (to check the script): a filler too. The first line sent drops the
-# STARTED file (the bench's clock starts). Every line is sent once; once all are sent,
+# connection (or their count stood still for a second). Kannel listens with a backlog
+# of 10: of 200 connections opened at once some wait seconds (or a minute) for the kernel
+# to retry their handshake, and a line sent on one of those stalled the run (or was
+# lost with the connection). wrk also calls request() once before it starts (to check
+# the script): a filler too. The first line sent drops the STARTED file (the bench's
+# clock starts). Every line is sent once; once all are sent,
 # delay() parks each connection that comes free (10 minutes), and a request asked for
 # anyway gets a filler. Once every line is answered, the marker file gets the answers'
 # status counts (the bench then stops wrk with SIGINT).
@@ -204,9 +205,17 @@ def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
     cmd = [wrk, "-t", "1", "-c", str(conns), "-d", f"{TIMEOUT_S:.0f}s", "-s", str(script),
            base_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Go once every connection is accepted, or the count has stood still for a second
+    # (a connection still in its handshake then had a filler as its first request: it
+    # gets a line only after an answer, once the server has it).
     port = int(base_url.rsplit(":", 1)[1])
-    wait = time.monotonic() + 60
-    while _accepted(port) < conns and time.monotonic() < wait and proc.poll() is None:
+    wait, last, since = time.monotonic() + 30, -1, time.monotonic()
+    while proc.poll() is None and time.monotonic() < wait:
+        n = _accepted(port)
+        if n >= conns or (n == last and n > 0 and time.monotonic() - since >= 1.0):
+            break
+        if n != last:
+            last, since = n, time.monotonic()
         time.sleep(0.02)
     go.touch()
     return proc, marker, started
