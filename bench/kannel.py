@@ -83,7 +83,7 @@ ID_BASE = 0xA0000000
 # Each line of the file is one request: a JSON body to POST, or a path to GET. Until the
 # bench drops the GO file, every request is a filler (its status FILLER, not counted;
 # one a connection every 50 ms): the bench drops it once the server has accepted every
-# connection (or their count stood still for a second). Kannel listens with a backlog
+# connection (or after a minute). Kannel listens with a backlog
 # of 10: of 200 connections opened at once some wait seconds (or a minute) for the kernel
 # to retry their handshake, and a line sent on one of those stalled the run (or was
 # lost with the connection). wrk also calls request() once before it starts (to check
@@ -205,18 +205,15 @@ def _wrk(rig: NodeRig, wrk: str, tag: str, lines: list[str], base_url: str, *,
     cmd = [wrk, "-t", "1", "-c", str(conns), "-d", f"{TIMEOUT_S:.0f}s", "-s", str(script),
            base_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Go once every connection is accepted, or the count has stood still for a second
-    # (a connection still in its handshake then had a filler as its first request: it
-    # gets a line only after an answer, once the server has it).
+    # Go once every connection is accepted, or after a minute: by then a connection
+    # still in its handshake has given up (the kernel retries the handshake for ~1 min),
+    # and its first request was a filler anyway. (Going earlier, once the count stood
+    # still for a second, still put lines on connections that later failed: a run
+    # stalled.)
     port = int(base_url.rsplit(":", 1)[1])
-    wait, last, since = time.monotonic() + 30, -1, time.monotonic()
-    while proc.poll() is None and time.monotonic() < wait:
-        n = _accepted(port)
-        if n >= conns or (n == last and n > 0 and time.monotonic() - since >= 1.0):
-            break
-        if n != last:
-            last, since = n, time.monotonic()
-        time.sleep(0.02)
+    wait = time.monotonic() + 60
+    while _accepted(port) < conns and time.monotonic() < wait and proc.poll() is None:
+        time.sleep(0.05)
     go.touch()
     return proc, marker, started
 
