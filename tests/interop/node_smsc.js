@@ -1,14 +1,21 @@
 // A minimal SMSC built on the npm package `smpp` (farhadi/node-smpp), an implementation
 // gatewayd did not write. Usage: node node_smsc.js SYSTEM_ID PASSWORD
 // Prints JSON lines on stdout: listening (port), bind, submit (decoded by node-smpp),
-// deliver_resp. Answers submit_sm with a hex message_id and sends a delivery receipt
-// whose text carries the id in decimal and whose TLV carries it in lower-case hex.
+// deliver_resp; with NODE_SMSC_QUIET=1 only listening and bind (bench/kannel.py: a line a
+// message would spend the SMSC's CPU). Answers submit_sm with a hex message_id and sends a
+// delivery receipt whose text carries the id in decimal and whose TLV carries it in lower-case hex.
 'use strict';
 const smpp = require('smpp');
 
 const [systemId, password] = process.argv.slice(2);
-let counter = 0x2A0;
-const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+// NODE_SMSC_ID_BASE (e.g. 0xA0000000): ids from there, so that every one has a hex letter
+// (bench/kannel.py: all-digit hex ids collide across bases with 1,000 in flight).
+let counter = process.env.NODE_SMSC_ID_BASE ? Number(process.env.NODE_SMSC_ID_BASE) : 0x2A0;
+const quiet = process.env.NODE_SMSC_QUIET === '1';
+const out = (obj) => {
+  if (quiet && obj.event !== 'listening' && obj.event !== 'bind') return;
+  process.stdout.write(JSON.stringify(obj) + '\n');
+};
 
 function yymmddhhmm(d) {
   const p = (n) => String(n).padStart(2, '0');
