@@ -25,6 +25,9 @@ BindMode = Literal["transceiver", "transmitter", "receiver"]
 LongMessages = Literal["udh", "payload"]
 # How a message's remaining life goes into submit_sm's validity_period.
 ValidityFormat = Literal["relative", "absolute", "none"]
+# How the carrier writes a message's id in submit_sm_resp and in its receipt
+# (carrier.ids.receipt_keys; Kannel's msg-id-type): "auto" guesses across bases.
+ReceiptIds = Literal["auto", "same", "hex-to-decimal", "decimal-to-hex"]
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -247,6 +250,11 @@ class CarrierConfig(_Section, kw_only=True, frozen=True):
     # carry their country code, with or without +). An opt-out keyed under the wrong
     # form never matches the number's later messages.
     mo_country_code: str = ""
+    # How receipts' ids relate to submit_sm_resp's (README "Receipt ids"): "auto" tries
+    # the id as it is, then across hex/decimal, and can take another live message's key
+    # when the SMSC's ids are sequential all-digit hex; "same", "hex-to-decimal" (the
+    # response in hex, the receipt in decimal) or "decimal-to-hex" look up one key only.
+    receipt_ids: ReceiptIds = "auto"
 
 
 class RoutingConfig(_Section, kw_only=True, frozen=True):
@@ -618,6 +626,17 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
                       "code (1-3 digits without +, e.g. \"86\") nor \"international\"")
         if c.reconnect_max_s < c.reconnect_min_s:
             raise bad(f"{k}.reconnect_max_s", "must be >= reconnect_min_s")
+        if c.protocol == "cmpp" and c.receipt_ids not in ("auto", "same"):
+            raise bad(f"{k}.receipt_ids", "CMPP reports carry the SUBMIT_RESP's Msg_Id "
+                      "itself: leave it out (or \"same\")")
+    by_account: dict[str, CarrierConfig] = {}
+    account_of = account_names(cfg)
+    for i, c in enumerate(cfg.carrier):
+        first = by_account.setdefault(account_of[c.name], c)
+        if first.receipt_ids != c.receipt_ids:
+            raise bad(f"carrier[{i}].receipt_ids", f"{c.receipt_ids!r}, but {first.name!r} "
+                      f"on the same SMSC account says {first.receipt_ids!r}: a receipt may "
+                      "come on any entry of the account; give them one value")
     pv = cfg.privacy
     if pv.enabled and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pv.secret_env):
         raise bad("privacy.secret_env", "name the environment variable holding the secret, "

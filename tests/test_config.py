@@ -220,3 +220,26 @@ def test_the_example_config_ships_no_api_key(monkeypatch: pytest.MonkeyPatch) ->
     cfg = load_config(ROOT / "config" / "gatewayd.example.toml")
     assert cfg.http.api_keys == []
     assert all(c.mo_country_code for c in cfg.carrier)
+
+
+def test_receipt_ids_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config(write(tmp_path, GOOD)).carrier[0].receipt_ids == "auto"
+    cfg = load_config(write(tmp_path, GOOD + 'receipt_ids = "hex-to-decimal"\n'))
+    assert cfg.carrier[0].receipt_ids == "hex-to-decimal"
+    msg = refuse(tmp_path, GOOD + 'receipt_ids = "hex"\n')
+    assert ": carrier[0].receipt_ids: " in msg, msg
+    # CMPP reports carry the SUBMIT_RESP's own Msg_Id: no base to convert.
+    msg = refuse(tmp_path, CMPP.replace("window = 16",
+                                        'window = 16\nreceipt_ids = "decimal-to-hex"'))
+    assert ": carrier[0].receipt_ids: " in msg and "CMPP" in msg, msg
+    assert load_config(write(tmp_path, CMPP.replace(
+        "window = 16", 'window = 16\nreceipt_ids = "same"'))).carrier[0].receipt_ids == "same"
+    # Entries on one SMSC account (same host, port, system_id) share receipts: one value.
+    second = GOOD.replace('name = "a"', 'name = "b"')
+    msg = refuse(tmp_path, GOOD + 'receipt_ids = "same"\n' + second)
+    assert ": carrier[1].receipt_ids: " in msg and "same SMSC account" in msg, msg
+    p = write(tmp_path, GOOD + 'receipt_ids = "same"\n' + second + 'receipt_ids = "same"\n')
+    assert main(["check-config", "-c", str(p)]) == 0
+    p = write(tmp_path, GOOD + 'receipt_ids = "decimal"\n')
+    assert main(["check-config", "-c", str(p)]) == 2
+    assert "carrier[0].receipt_ids" in capsys.readouterr().err

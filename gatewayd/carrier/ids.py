@@ -21,11 +21,22 @@ canonical form cannot be right for both ("10" is ten in decimal and sixteen in h
   as "a1b"; receipt "2587" -> ["2587", "9607", "a1b"]. Submit "2587" is stored as
   "2587"; receipt "0A1B" -> ["a1b", "2587"]. Any value written in hex on one side and
   decimal on the other meets (tests/test_carrier_receipts_ids.py).
+* ``receipt_keys(raw, mode)``: what a receipt is looked up by under the carrier's
+  ``receipt_ids`` setting (config.ReceiptIds, Kannel's ``msg-id-type``). "auto" is
+  ``receipt_candidates``: a guess across bases, which mis-matches when the SMSC hands out
+  sequential all-digit hex ids ("300", "768"): a receipt whose own key is not written
+  yet (early) or gone falls through to a cross-base form that is ANOTHER live message's
+  key. An explicit mode says how the submit_sm_resp id and the receipt id relate, and
+  gives exactly one key: "same" (the same base on both sides), "hex-to-decimal" (the
+  response in hex, the receipt in decimal), "decimal-to-hex" (the other way round).
+  An id that cannot be read in the declared base keeps its primary form.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from gatewayd.config import ReceiptIds
 
 _HEX_DIGITS: Final = "0123456789abcdef"
 
@@ -60,3 +71,21 @@ def receipt_candidates(raw: str) -> list[str]:
             if as_hex not in out:
                 out.append(as_hex)
     return out
+
+
+def receipt_keys(raw: str, mode: ReceiptIds) -> list[str]:
+    """The keys a receipt id is looked up by under the carrier's ``receipt_ids``."""
+    if mode == "auto":
+        return receipt_candidates(raw)
+    primary = normalise_id(raw)
+    if not primary:
+        return []
+    if mode == "hex-to-decimal":
+        # The receipt says decimal; the submit side stored the hex form.
+        if len(primary) <= 40 and primary.isascii() and primary.isdigit():
+            return [format(int(primary), "x")]
+    elif mode == "decimal-to-hex":
+        # The receipt says hex; the submit side stored the decimal form.
+        if len(primary) <= 32 and not primary.strip(_HEX_DIGITS):
+            return [str(int(primary, 16))]
+    return [primary]

@@ -640,8 +640,9 @@ class Dispatcher:
     def _correlate(self, book: Book, m: OutboundMessage, carrier: str, ids: list[str],
                    skip: dict[int, str] | None) -> None:
         """One correlation key per accepted part, under the SMSC account; the receipt
-        side tries the other base (carrier.ids.receipt_candidates). Parts correlated by
-        an earlier attempt (``skip``) are not written again."""
+        side tries the other bases, or the one form the carrier's ``receipt_ids``
+        declares (carrier.ids.receipt_keys). Parts correlated by an earlier attempt
+        (``skip``) are not written again."""
         account = self.account.get(carrier, carrier)
         for part, smsc_id in enumerate(ids):
             if smsc_id and (skip is None or part not in skip):

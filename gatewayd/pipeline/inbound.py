@@ -3,16 +3,17 @@
 Receipts are correlated through ``<prefix>smsc:<account>:<id>`` keys written when the
 submit_sm_resp was recorded, one per part under the normalised SMSC id, keyed by SMSC
 account (config.account_names): a receipt arriving on any bind of any carrier entry on
-the account (split transmitter/receiver binds, two entries sharing an account) finds
-its message. A receipt is looked up under every form its id may have had at submit
+the account (split transmitter/receiver binds, two entries sharing an account) finds its
+message. A receipt is looked up under every form its id may have had at submit
 (hex/decimal, leading zeros, case: carrier.ids.receipt_candidates), so it matches
-whichever form the SMSC uses; one whose carrier renders ids identically on both sides
-(Receipt.exact_id: CMPP's binary Msg_Id) only under its own. Keys an older gatewayd
-wrote under every candidate form, or under the carrier entry's name where that is not
-the account's (before accounts existed), are still found: they are looked up last, so a
-matching receipt pays nothing for them. A receipt that arrives before its submit_sm_resp
-was recorded is parked in a sorted set and retried by the housekeeping tick for
-``queue.early_receipt_hold_s``.
+whichever form the SMSC uses, unless its carrier entry declares how its ids relate
+(``receipt_ids``: then under that one form, carrier.ids.receipt_keys); one whose carrier
+renders ids identically on both sides (Receipt.exact_id: CMPP's binary Msg_Id) only
+under its own. Keys an older gatewayd wrote under every candidate form, or under the
+carrier entry's name where that is not the account's (before accounts existed), are
+still found: they are looked up last, so a matching receipt pays nothing for them. A
+receipt that arrives before its submit_sm_resp was recorded is parked in a sorted set
+and retried by the housekeeping tick for ``queue.early_receipt_hold_s``.
 
 On a single Redis a chunk of receipts is correlated, applied and its final events
 published by ONE script call (lua/receipts.lua); on a cluster, whose keys live in
@@ -58,8 +59,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.accounts.quota import DAY_TTL_S, day_of
 from gatewayd.campaigns.funnel import Tally, attribute_optout
-from gatewayd.carrier.ids import receipt_candidates
-from gatewayd.config import Config, account_names, accounts
+from gatewayd.carrier.ids import receipt_keys
+from gatewayd.config import Config, ReceiptIds, account_names, accounts
 from gatewayd.model import FINAL_STATES, InboundMessage, Receipt, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline.events import count_state
@@ -155,6 +156,7 @@ class InboundHandler:
         self.events_maxlen = cfg.queue.events_maxlen
         # "" (a CarrierConfig made in code; a config file must say): international.
         self.mo_cc = {c.name: c.mo_country_code or INTERNATIONAL for c in cfg.carrier}
+        self._receipt_ids: dict[str, ReceiptIds] = {c.name: c.receipt_ids for c in cfg.carrier}
         self.mo_dedup_s = cfg.queue.mo_dedup_s
         self._mo_store = load_script(redis, "mo_store")
         self.early_hold_s = cfg.queue.early_receipt_hold_s
@@ -174,6 +176,7 @@ class InboundHandler:
         reload were recorded under those. Removed carriers stay known (their binds drain,
         and their receipts may come later on another entry of the account)."""
         self.mo_cc.update({c.name: c.mo_country_code or INTERNATIONAL for c in cfg.carrier})
+        self._receipt_ids.update({c.name: c.receipt_ids for c in cfg.carrier})
         names = account_names(cfg)
         by_account = accounts(cfg)
         for c, a in names.items():
@@ -223,7 +226,10 @@ class InboundHandler:
 
     def correlation_keys(self, r: Receipt) -> list[str]:
         """Every key the receipt's message may be correlated under, in look-up order."""
-        cs = [r.smsc_id] if r.exact_id and r.smsc_id else receipt_candidates(r.smsc_id)
+        if r.exact_id and r.smsc_id:
+            cs = [r.smsc_id]
+        else:
+            cs = receipt_keys(r.smsc_id, self._receipt_ids.get(r.carrier, "auto"))
         names = self._key_names.get(r.carrier, (r.carrier,))
         correlation = self.keys.correlation
         if len(names) == 1:

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="message_id format in submit_sm_resp (default %(default)s)")
     a("--receipt-id-format", choices=("same", "decimal", "hex"), default=d.receipt_id_format,
       help="id form in receipts (default %(default)s)")
+    a("--first-id", type=int, default=0, metavar="N",
+      help="hex/decimal ids count up from N, hex unpadded (node-smpp-like small "
+           "sequential ids); 0: from a random base")
     a("--receipt-seconds", action="store_true", help="receipt dates as YYMMDDhhmmss")
     a("--early-receipts", type=float, default=0.0, metavar="FRACTION",
       help="fraction of receipts sent before their submit_sm_resp")
@@ -97,6 +100,7 @@ def settings_from(args: argparse.Namespace) -> SimSettings:
         receipts=not args.no_receipts, receipt_delay_s=args.receipt_delay,
         receipt_stat=args.receipt_stat, undeliverable_fraction=args.undeliverable,
         id_format=args.id_format, receipt_id_format=args.receipt_id_format,
+        first_id=args.first_id,
         receipt_dates_with_seconds=args.receipt_seconds,
         early_receipt_fraction=args.early_receipts, throttle_fraction=args.throttle,
         error_fraction=args.error, max_tps=args.max_tps,

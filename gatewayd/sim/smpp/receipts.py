@@ -33,18 +33,22 @@ class IdGenerator:
 
     hex/decimal ids count up from a random base so that two simulators (or two runs)
     rarely hand out the same id; hex ids are 10+ lowercase digits, decimal 12+ digits.
+    ``first`` > 0 counts up from that value instead, hex unpadded, as small SMSCs do
+    (node-smpp servers: "2a1", "2a2", ... "300"): sequential hex ids that are often all
+    decimal digits, which a guess across bases cannot tell from decimal ones.
     """
 
-    def __init__(self, fmt: IdFormat, rng: random.Random) -> None:
+    def __init__(self, fmt: IdFormat, rng: random.Random, first: int = 0) -> None:
         self.fmt = fmt
         self._rng = rng
-        self._next = rng.randrange(1 << 32, 1 << 38)
+        self._pad = 0 if first else 10
+        self._next = first or rng.randrange(1 << 32, 1 << 38)
 
     def __call__(self) -> str:
         n = self._next
         self._next = n + 1
         if self.fmt == "hex":
-            return f"{n:010x}"
+            return f"{n:0{self._pad}x}"
         if self.fmt == "decimal":
             return str(n)
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))

@@ -15,7 +15,7 @@ _FRACTIONS = (
 )
 _NON_NEGATIVE = (
     "receipt_delay_s", "max_tps", "response_delay_s", "receipt_resend_s", "drop_after",
-    "max_binds", "receipt_max_attempts", "held_limit", "enquire_link_s",
+    "max_binds", "receipt_max_attempts", "held_limit", "enquire_link_s", "first_id",
 )
 
 
@@ -55,6 +55,7 @@ class SimSettings(msgspec.Struct, kw_only=True):
     undeliverable_fraction: float = 0.0
     id_format: Literal["hex", "decimal", "uuid"] = "hex"
     receipt_id_format: Literal["same", "decimal", "hex"] = "same"
+    first_id: int = 0  # > 0: hex/decimal ids count up from it (receipts.IdGenerator)
     receipt_dates_with_seconds: bool = False
     early_receipt_fraction: float = 0.0
     throttle_fraction: float = 0.0

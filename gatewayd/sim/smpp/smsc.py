@@ -75,7 +75,7 @@ class SmscSimulator:
         self.submissions: list[Submission] = []
         self.stats = SimStats()
         self.rng = random.Random(self.settings.seed)
-        self._ids = IdGenerator(self.settings.id_format, self.rng)
+        self._ids = IdGenerator(self.settings.id_format, self.rng, self.settings.first_id)
         self.ids_format: IdFormat = self.settings.id_format
         self.wall: Callable[[], float] = time.time
         self._dates = DateCache()
