@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -130,3 +131,72 @@ async def test_connections_go_to_the_resolved_address_under_the_name(
         assert recv.bad_signatures == 0
     finally:
         await recv.stop()
+
+
+async def test_https_to_a_pinned_address_checks_the_certificate_under_the_name(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc
+) -> None:
+    """An app behind a private CA (endpoint ``ca_file``), over https, the connection
+    pinned to the address the sender's resolver gave (127.0.0.1 for every name). The
+    certificate is checked under the URL's name, not the address: "localhost", which
+    the certificate names, gets every event; "hooks.rebind.test", connected to the same
+    address but not in the certificate, gets none (its events wait in its retry queue);
+    without ``ca_file`` the system's CAs do not know the app's CA and nothing goes
+    either. The TLS handshake carried the name (SNI): the receiver saw it."""
+    from tests.security_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    names: list[str] = []
+    server.sni_callback = lambda _s, name, _c: names.append(name or "") or None
+    recv = Receiver(tls=server)
+    await recv.start()
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        base = recv.url("")
+        eps = "".join((
+            endpoint_toml(recv, "named", "/tls", ca_file=str(pki.ca)).replace(
+                base, base.replace("127.0.0.1", "localhost")),
+            endpoint_toml(recv, "othername", "/wrong", ca_file=str(pki.ca)).replace(
+                base, base.replace("127.0.0.1", "hooks.rebind.test")),
+            endpoint_toml(recv, "noca", "/noca").replace(
+                base, base.replace("127.0.0.1", "localhost")),
+        ))
+        toml = webhooks_toml(recv, endpoints=eps).replace("enabled = true", "enabled = false")
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, extra=toml))
+        async with running_daemon(cfg), sender(redis_url, keys, cfg,
+                                               Rebinding("127.0.0.1", "127.0.0.1")):
+            ids = await send(redis_url, cfg, 3)
+            await wait_final(redis, keys, ids)
+            assert await wait_for(lambda: set(recv.by_message("/tls")) == set(ids), 30)
+            assert await wait_for_async(
+                lambda: _queued(redis, keys, ["othername", "noca"]), 2)
+        assert recv.requests["/wrong"] == recv.requests["/noca"] == 0
+        assert set(recv.hosts) == {f"localhost:{recv.port}"}
+        assert "localhost" in names and "hooks.rebind.test" in names
+        assert recv.bad_signatures == 0
+    finally:
+        await recv.stop()
+
+
+async def _queued(redis: aioredis.Redis, keys: Keys, endpoints: list[str]) -> int:
+    """How many of ``endpoints`` have events waiting in their retry queues."""
+    return sum([await redis.zcard(keys.webhook_queue(e)) > 0 for e in endpoints])
+
+
+@pytest.mark.parametrize("case", ["http", "missing", "not-pem"])
+def test_ca_file_is_checked_with_the_config(tmp_path: Path, redis_url: str,
+                                            case: str) -> None:
+    """check-config's checks: ca_file only for https, and a readable PEM of CAs."""
+    from gatewayd.errors import ConfigError
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    url, ca = {"http": ("http://app.test/x", str(junk)),
+               "missing": ("https://app.test/x", str(tmp_path / "none.pem")),
+               "not-pem": ("https://app.test/x", str(junk))}[case]
+    toml = (f'[webhooks]\nenabled = false\n[[webhooks.endpoints]]\nname = "x"\n'
+            f'url = "{url}"\nca_file = "{ca}"\n')
+    with pytest.raises(ConfigError, match=r"webhooks\.endpoints\[0\]\.ca_file"):
+        load(write_config(tmp_path, redis_url=redis_url, sim_port=1, extra=toml))

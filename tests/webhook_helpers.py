@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,8 +26,10 @@ class Receiver:
     connection), then "ok" for the rest. ``stop()`` / ``start()`` make it go away and
     come back on the same port."""
 
-    def __init__(self, secret: str = SECRET, slow_s: float = 3.0) -> None:
+    def __init__(self, secret: str = SECRET, slow_s: float = 3.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.secret = secret
+        self.tls = tls  # serve https with this context
         self.slow_s = slow_s
         self.port = free_port()
         self.script: dict[str, list[str]] = collections.defaultdict(list)
@@ -41,14 +44,14 @@ class Receiver:
         self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.tls).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -414,6 +414,10 @@ _SCHEMAS: dict[str, Any] = {
             "rate_per_s": {"type": "number", "minimum": 0, "default": 0},
             "timeout_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                           "default": 10},
+            "ca_file": {"type": "string", "default": "",
+                        "description": "PEM file (on the gateway's host) of the CAs an "
+                                       "https endpoint's certificate is checked against "
+                                       "instead of the system's"},
         },
     },
 

@@ -146,7 +146,7 @@ async def test_fire(ep: subs.Endpoint, cfg: Config) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=targets.connector(
                 cfg.webhooks.allow_private)) as session, session.request(
                 method, URL(url, encoded=True), data=payload, headers=headers,
-                allow_redirects=False,
+                allow_redirects=False, ssl=targets.tls_for(ep.ca_file),
                 timeout=aiohttp.ClientTimeout(total=ep.timeout_s)) as resp:
             text = (await resp.text(errors="replace"))[:200]
             return {"ok": 200 <= resp.status < 300, "status": resp.status,

@@ -151,6 +151,7 @@ class EndpointSender:
         # Made once, not per request: the URL, the timeout and the labelled metrics.
         self.url: URL | None = None
         self.timeout = aiohttp.ClientTimeout(total=ep.timeout_s)
+        self.ssl = targets.tls_for(ep.ca_file)
         self.m_delivered = metrics.WEBHOOK_DELIVERED.labels(self.label)
         self.m_latency = metrics.WEBHOOK_LATENCY.labels(self.label)
         self.closed = False
@@ -486,7 +487,7 @@ class EndpointSender:
         try:
             async with self.runner.session.request(
                     method, url, data=data or None, headers=headers,
-                    allow_redirects=False, timeout=self.timeout) as resp:
+                    allow_redirects=False, timeout=self.timeout, ssl=self.ssl) as resp:
                 status = resp.status
                 await resp.read()
         except TimeoutError:

@@ -34,6 +34,7 @@ class Endpoint:
     concurrency: int = 4
     rate_per_s: float = 0.0
     timeout_s: float = 10.0
+    ca_file: str = ""  # the CAs its https certificate is checked against ("": the system's)
     source: str = "config"  # "config", "redis" or "callback"
     spec: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -59,7 +60,7 @@ def endpoint_of(spec: WebhookEndpointConfig, default_batch: int, source: str) ->
         secret=secret.encode(), format=spec.format,
         batch=1 if spec.format == "kannel" else (spec.batch or default_batch),
         concurrency=spec.concurrency, rate_per_s=spec.rate_per_s, timeout_s=spec.timeout_s,
-        source=source, spec=msgspec.to_builtins(spec),
+        ca_file=spec.ca_file, source=source, spec=msgspec.to_builtins(spec),
     )
 
 

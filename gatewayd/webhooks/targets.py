@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from typing import Any
 
 import aiohttp
@@ -68,6 +69,13 @@ def connector(allow_private: bool, resolver: AbstractResolver | None = None,
     """A connector that connects only to addresses its guarded resolver checked."""
     return aiohttp.TCPConnector(
         resolver=GuardedResolver(resolver, allow_private=allow_private), **options)
+
+
+def tls_for(ca_file: str) -> ssl.SSLContext | bool:
+    """How an endpoint's https certificate is checked: against ``ca_file``'s CAs, or
+    (True) aiohttp's default, the system's. Either way against the URL's name, never
+    the pinned address the connection goes to."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
 def refused(e: BaseException) -> PrivateTarget | None:
