@@ -526,7 +526,8 @@ async def test_intake_and_dispatch_across_a_master_failover(
         await procs[0].wait(15)
         deadline = time.monotonic() + 60
         while await _pending_on(cluster, keys, "gw-a", classes):
-            assert time.monotonic() < deadline, "gw-b did not take gw-a's entries over"
+            assert time.monotonic() < deadline, (
+                "gw-b did not take gw-a's entries over:\n" + procs[1].log_text()[-4000:])
             await asyncio.sleep(0.2)
         # Started again (as systemd would) for the receipts it spooled, if any.
         procs.append(await spawn(cfgs[0], "gw-a", tmp_path, burst=False))
