@@ -66,6 +66,10 @@ class RedisConfig(_Section, kw_only=True, frozen=True):
     # the caller retries; the API answers 503).
     connections: int = 64
     intake_connections: int = 16
+    # At start, how long the daemon keeps trying a Redis that cannot answer (not up yet,
+    # a cluster master failing over, loading its data) before it gives up with exit 3
+    # (systemd then restarts it); 0: give up at the first failure.
+    startup_wait_s: float = 20.0
 
 
 class QueueConfig(_Section, kw_only=True, frozen=True):

@@ -28,11 +28,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from gatewayd import __version__
 from gatewayd.campaigns import registry as templates
@@ -41,7 +39,7 @@ from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.control import reload as reloading
 from gatewayd.control.watch import CarrierWatch
-from gatewayd.errors import ConfigError, GatewayError, StoreError
+from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.http.accounts import AccountApi
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.carriers import CarrierApi
@@ -67,7 +65,7 @@ from gatewayd.store.connection import (
     Store,
     is_cluster,
     is_unavailable,
-    redacted,
+    while_unavailable,
 )
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
@@ -217,16 +215,23 @@ class Daemon:
         self.spool = Spool(Path(self.state_dir) / "spool")
         await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
-        try:
-            await redis.ping()
-        except (RedisError, OSError) as e:
-            # One line and exit code 3 (cli._run), not redis-py's traceback.
-            raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}") from e
+        # Every start-up step on Redis waits out an unavailable Redis (redis.startup_wait_s),
+        # then fails in one line with exit code 3 (cli._run), not redis-py's traceback.
+        deadline = time.monotonic() + cfg.redis.startup_wait_s
+        said: list[str] = []
+
+        async def on_redis(what: str, step: Callable[[], Awaitable[Any]]) -> None:
+            await while_unavailable(step, what=what, url=self.store.url, deadline=deadline,
+                                    said=said)
+
+        await on_redis("ping", redis.ping)
+        if said:
+            log.info("start-up: Redis answers")
         self.redis_ok = True
         metrics.REDIS_UP.set(1)
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
-        await self.queue.ensure_groups()
-        await self._heartbeat()
+        await on_redis("consumer groups", self.queue.ensure_groups)
+        await on_redis("heartbeat", self._heartbeat)
         if cfg.simulator.enabled:
             s = cfg.simulator
             self.sim = SmscSimulator(SimSettings(
@@ -245,15 +250,15 @@ class Daemon:
         self.pool = CarrierPool(cfg, self.inbound, rate_gate=CarrierRateGate(redis, self.keys, cfg))
         # The operator's carrier overrides (suspended, tps, window) before the first submit.
         self.control = CarrierWatch(redis, self.keys, self.pool, self.consumer)
-        await self.control.apply_once()
+        await on_redis("carrier overrides", self.control.apply_once)
         await self.pool.start()
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
-        await self.load_templates()
+        await on_redis("templates", self.load_templates)
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
         if cfg.webhooks.enabled:
             self.webhooks = WebhookRunner(redis, self.keys, cfg)
-            await self.webhooks.prepare()
+            await on_redis("webhooks", self.webhooks.prepare)
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake

@@ -19,8 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.cli import main
+from gatewayd.client import Client
+from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
+from gatewayd.store.embedded import EmbeddedRedis
 from gatewayd.store.keys import Keys
-from tests.e2e_helpers import ROOT, write_config
+from tests.e2e_helpers import ROOT, wait_final, write_config
 
 
 def _config(tmp_path: Path, redis_url: str) -> Path:
@@ -127,9 +130,17 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
+def _startup_wait(cfg: Path, seconds: float) -> Path:
+    text = cfg.read_text()
+    assert "\n[redis]\n" in text
+    cfg.write_text(text.replace("\n[redis]\n", f"\n[redis]\nstartup_wait_s = {seconds}\n", 1))
+    return cfg
+
+
 def test_run_without_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
-    cfg = write_config(tmp_path, redis_url=url, sim_port=1)
+    # No wait: the first refusal is final (by default it is tried again for 20 s).
+    cfg = _startup_wait(write_config(tmp_path, redis_url=url, sim_port=1), 0)
     r = subprocess.run(_gatewayd("run", "-c", str(cfg)), capture_output=True, text=True,
                        timeout=120, env={k: v for k, v in os.environ.items()
                                          if k != "REDIS_URL"})
@@ -140,9 +151,55 @@ def test_run_without_redis_is_one_line_and_exit_3(tmp_path: Path) -> None:
     assert line["msg"].startswith("startup failed: cannot reach Redis at " + url)
 
 
+async def test_run_waits_for_a_redis_that_comes_up_within_startup_wait(
+    tmp_path: Path,
+) -> None:
+    """A daemon started before its Redis (or while a cluster master fails over: a CI
+    run saw a daemon exit there) says once that it waits, comes up when Redis does,
+    and delivers; it used to exit 3 at the first refused connection."""
+    rport = _free_port()
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
+    sim_port = await sim.start()
+    server = EmbeddedRedis(tmp_path / "r", port=rport)
+    cfg = _startup_wait(write_config(tmp_path, redis_url=server.url, sim_port=sim_port), 60)
+    log = tmp_path / "gw.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *_gatewayd("run", "-c", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
+            env={**{k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+                 "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while "Redis cannot answer" not in log.read_text():
+            assert proc.returncode is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # a few refusals more
+        assert proc.returncode is None, log.read_text()
+        await asyncio.to_thread(server.start)
+        async with Client(server.url) as client:
+            [(mid, _)] = await client.send([{"to": "+8613800000001", "text": "late redis"}])
+            r = aioredis.Redis.from_url(server.url, decode_responses=True)
+            try:
+                records = await wait_final(r, Keys(), [mid], timeout_s=60)
+            finally:
+                await r.aclose()
+        assert records[mid].get("state") == "delivered", (records, log.read_text()[-2000:])
+        waits = [json.loads(x) for x in log.read_text().splitlines()
+                 if "Redis cannot answer" in x]
+        assert len(waits) == 1 and waits[0]["level"] == "warning", waits
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
+        await sim.stop()
+        server.stop()
+
+
 def test_redis_password_is_not_printed(tmp_path: Path) -> None:
     url = f"redis://app:s3cret@127.0.0.1:{_free_port()}/0"
-    cfg = write_config(tmp_path, redis_url=url, sim_port=1)
+    # Waited for a second: the waiting line is checked too.
+    cfg = _startup_wait(write_config(tmp_path, redis_url=url, sim_port=1), 1)
     r = subprocess.run(_gatewayd("run", "-c", str(cfg)), capture_output=True, text=True,
                        timeout=120, env={k: v for k, v in os.environ.items()
                                          if k != "REDIS_URL"})

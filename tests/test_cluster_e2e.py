@@ -553,7 +553,9 @@ async def test_intake_and_dispatch_across_a_master_failover(
     finally:
         if cli is not None and cli.returncode is None:
             cli.kill()
-            await cli.wait()
+            # communicate() drains and closes its pipes: left open, their transports
+            # warn (ResourceWarning) in whichever later test the collector runs.
+            await cli.communicate()
         await stop_all(procs)
         await sim.stop()
 

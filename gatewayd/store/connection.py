@@ -18,28 +18,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import ClusterDownError, MaxConnectionsError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatewayd.config import Config
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.embedded import EmbeddedRedis
 
 log = logging.getLogger("gatewayd.store")
 
 Redis = aioredis.Redis
+T = TypeVar("T")
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
@@ -330,6 +337,30 @@ class Store:
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
+
+
+async def while_unavailable(step: Callable[[], Awaitable[T]], *, what: str, url: str,
+                            deadline: float, said: list[str]) -> T:
+    """Run a start-up step on Redis, again while Redis cannot answer (``is_unavailable``:
+    not up yet, a cluster master failing over, loading its data) until the monotonic
+    ``deadline``; then StoreError (one line, exit 3). A daemon started during a master's
+    failover used to exit at its first refused connection. ``said`` keeps the waiting
+    said once per start, not once per step."""
+    delay = 0.1
+    while True:
+        try:
+            return await step()
+        except Exception as e:
+            if not (is_unavailable(e) or isinstance(e, (OSError, RedisClusterException))):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StoreError(f"cannot reach Redis at {redacted(url)}: {e}") from e
+            if not said:
+                said.append(what)
+                log.warning("start-up: Redis cannot answer (%s: %s); trying again until "
+                            "redis.startup_wait_s has passed", what, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def redacted(url: str) -> str:
