@@ -45,6 +45,7 @@ async def _phase(url: str, name: str, items: list[dict[str, Any]]) -> dict[str, 
     r = aioredis.from_url(url)
     await r.flushdb()
     qcfg = QueueConfig()
+    fields: list[tuple[str, dict[str, str]]] = []
     async with Client(url, queue=qcfg) as c:
         if name == "xadd":  # the floor: entries made ahead, pipelined XADDs only
             msgs = [parse_message(i, classes=qcfg.classes, max_segments=qcfg.max_segments)

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -80,7 +80,8 @@ async def _dispatch(qs: QueueStore, n: int, batch: int, tag: str,
     await qs.ensure_groups()
     entries = []
     for klass in CLASSES:
-        got = await redis.xreadgroup(GROUP, "bench", {qs.streams[klass]: ">"}, count=n)
+        got = cast(list[tuple[str, list[tuple[str, Any]]]], await redis.xreadgroup(
+            GROUP, "bench", {qs.streams[klass]: ">"}, count=n))
         entries += [(klass, eid) for _, items in got for eid, _ in items]
     msgs = {f"{tag}-{i}": m for i, m in enumerate(_msgs(len(entries), tag))}
     w0, c0 = time.perf_counter(), time.process_time()

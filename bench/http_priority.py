@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -129,7 +129,8 @@ def _queued_ms(rig: harness.Rig, ids: list[str]) -> dict[str, float]:
         start = "-"
         try:
             while True:
-                got = await r.xrange(f"{harness.PREFIX}events", min=start, count=5000)
+                got = cast(list[tuple[str, dict[str, str]]], await r.xrange(
+                    f"{harness.PREFIX}events", min=start, count=5000))
                 for eid, f in got:
                     if f.get("state") == "queued" and f.get("id") in want:
                         out.setdefault(f["id"], float(eid.split("-")[0]))
@@ -193,6 +194,7 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
         w = _parse_wrk(out)
         # The codes were all answered; wait for them to be submitted (a few ms).
         deadline = time.monotonic() + 60
+        st: list[dict[str, str]] = []
         while time.monotonic() < deadline:
             st = rig.statuses(ids)
             if all(s.get("submitted_at") for s in st):

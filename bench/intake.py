@@ -236,7 +236,7 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
             out, _ = proc.communicate(timeout=60)
         for g in gws:
             g.__exit__()
-    r = _parse_wrk(out)
+    r: dict[str, Any] = dict(_parse_wrk(out))
     if marker.exists():  # status -> count, e.g. {"202": 39990, "503": 10}
         r["statuses"] = dict(line.split() for line in marker.read_text().splitlines())
     r.update(gw_cpu_s=sum(g.cpu_s for g in gws), redis_cpu_s=red.cpu_s if rig.redis_pid else 0.0,

@@ -172,12 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                     wcmd = [wrk, "-t", "1", "-c", str(args.connections), "-d",
                             f"{secs}s", "--latency", "-s", str(script),
                             f"http://127.0.0.1:{port}"]
-                    with ProcSampler(proc.pid) as s:
+                    with ProcSampler(proc.pid) as sampler:
                         out = subprocess.run((["taskset", "-c", "1"] if pin else []) + wcmd,
                                              capture_output=True, text=True, check=True).stdout
-                    r = _parse_wrk(out)
-                    r["cpu_pct"] = s.cpu_percent
-                    r["cpu_us_per_req"] = 1e6 * s.cpu_s / max(1, r["requests"])
+                    r: dict[str, Any] = dict(_parse_wrk(out))
+                    r["cpu_pct"] = sampler.cpu_percent
+                    r["cpu_us_per_req"] = 1e6 * sampler.cpu_s / max(1, r["requests"])
                     r["load_1m"] = os.getloadavg()[0]
                     r["mode"] = mode
                     if mode == "calibrate":
