@@ -47,13 +47,20 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from bench import harness
-from bench.common import bucket_quantile, cpu_seconds, histogram, summary, table, write_result
+from bench.common import (
+    bucket_quantile,
+    cpu_seconds,
+    histogram,
+    summary,
+    table,
+    write_result,
+    wrk_figures,
+)
 from bench.intake import (
     _WRK_LUA,
     API_KEY,
     _all_statuses,
     _config,
-    _parse_wrk,
     _stop,
     _wait_http,
     gw_pids,
@@ -191,7 +198,7 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=60)
         lag1 = histogram(lag_url, "gatewayd_loop_lag_seconds")
-        w = _parse_wrk(out)
+        w = wrk_figures(out)
         # The codes were all answered; wait for them to be submitted (a few ms).
         deadline = time.monotonic() + 60
         st: list[dict[str, str]] = []
