@@ -414,3 +414,38 @@ async def test_a_reload_that_cannot_be_applied_keeps_the_running_config_and_says
         assert status == 200 and body["carriers"]["added"] == ["b"], body
     assert rec["kept"]["state"] == "delivered" and rec["kept"]["carrier"] == "sim"
     assert not b.texts_to("8613800000001")
+
+
+async def test_a_failure_after_the_carriers_switched_says_the_new_config_runs(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Draining the old binds fails (injected, after they are drained): the carriers
+    already run the new config, so the daemon adopts it and answers 409
+    reload_incomplete naming the failure and what was applied, never 500."""
+    import gatewayd.carrier.pool as pool_module
+
+    a = await smsc(receipt_delay_s=0.01)
+    b = await smsc(receipt_delay_s=0.01)
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True)
+    async with running_daemon(load(path)) as daemon:
+        errors = reloads("error")
+        real = pool_module.CarrierPool._retire
+
+        async def retire(self: Any, engine: Any, links: Any) -> None:
+            await real(self, engine, links)
+            raise RuntimeError("unbind went wrong")
+
+        monkeypatch.setattr(pool_module.CarrierPool, "_retire", retire)
+        write_config(tmp_path, redis_url=redis_url, sim_port=b.port, http=True)
+        status, body = await post_reload(daemon)
+        assert status == 409, body
+        assert body["error"]["code"] == "reload_incomplete"
+        assert "unbind went wrong" in body["message"] and "carriers changed: sim" in body["message"]
+        assert body["carriers"]["changed"] == ["sim"]
+        assert reloads("error") == errors + 1
+        assert daemon.cfg.carrier[0].port == b.port
+        await send(redis, keys, {"moved": "+8613800000002"})
+        rec = await wait_final(redis, keys, ["moved"], timeout_s=20)
+    assert rec["moved"]["state"] == "delivered"
+    assert b.texts_to("8613800000002") == ["moved"] and not a.texts_to("8613800000002")
