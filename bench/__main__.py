@@ -1,12 +1,10 @@
 """`python -m bench [--quick] [NAME ...] [-- extra args]`: run the benchmarks in turn.
 
-Names: e2e, priority, soak, policy, sim_throughput, receipt_path, redirect, fanout,
-         "intake", "http_floor", "http_priority", "cmpp_e2e", "webhooks", "redis_pool",
-         "cluster_path"]
-NAMED_ONLY = ["kannel"]  # not in the default run: needs software CI does not install
---quick runs each with small N and one run (the whole suite in about two minutes);
-without it `make bench` takes roughly ten minutes on a 2-core machine. Each benchmark
-prints its table and writes bench/results/<name>.json. Exit status: the first failure's.
+Names: ORDER below (the default run, in that order), and NAMED_ONLY (run only when
+named: they need software CI does not install). --quick runs each with small N and one
+run (the whole suite in a few minutes); without it `make bench` takes 30-40 minutes on
+a 2-core machine (README "How to reproduce"). Each benchmark prints its table and writes
+bench/results/<name>.json. Exit status: the first failure's.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from collections.abc import Callable
 from bench import (
     campaign_cost,
     campaign_priority,
+    client_intake,
     cluster_path,
     cmpp_e2e,
     consent,
@@ -29,6 +28,7 @@ from bench import (
     http_priority,
     intake,
     kannel,
+    message_cost,
     priority,
     receipt_path,
     redirect,
@@ -53,11 +53,12 @@ MAINS: dict[str, Callable[[list[str]], int]] = {
     "http_priority": http_priority.main, "cmpp_e2e": cmpp_e2e.main,
     "webhooks": webhooks.main,
     "redis_pool": redis_pool.main, "cluster_path": cluster_path.main, "kannel": kannel.main,
+    "client_intake": client_intake.main, "message_cost": message_cost.main,
 }
 ORDER = ["e2e", "priority", "soak", "policy", "sim_throughput", "receipt_path", "redirect",
          "fanout", "campaign_cost", "campaign_priority", "stragglers", "throttle", "consent",
          "intake", "http_floor", "http_priority", "cmpp_e2e", "webhooks", "redis_pool",
-         "cluster_path"]
+         "cluster_path", "client_intake", "message_cost"]
 NAMED_ONLY = ["kannel"]  # not in the default run: needs software CI does not install
 
 

@@ -30,27 +30,23 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench import harness
-from bench.common import write_result
+from bench.common import redis_cpu_s, write_result
 from gatewayd.client import Client
 from gatewayd.config import QueueConfig
 from gatewayd.pipeline.intake import parse_message, to_fields
-
-
-async def _redis_cpu(r: aioredis.Redis) -> float:
-    info = await r.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 async def _phase(url: str, name: str, items: list[dict[str, Any]]) -> dict[str, float]:
     r = aioredis.from_url(url)
     await r.flushdb()
     qcfg = QueueConfig()
+    fields: list[tuple[str, dict[str, str]]] = []
     async with Client(url, queue=qcfg) as c:
         if name == "xadd":  # the floor: entries made ahead, pipelined XADDs only
             msgs = [parse_message(i, classes=qcfg.classes, max_segments=qcfg.max_segments)
                     for i in items]
             fields = [(c.keys.queue(m.category), to_fields(m)) for m in msgs]
-        r0, c0, t0 = await _redis_cpu(r), time.process_time(), time.perf_counter()
+        r0, c0, t0 = await redis_cpu_s(r), time.process_time(), time.perf_counter()
         if name == "send":
             out = await c.send(items)
         elif name == "send_many":
@@ -63,7 +59,7 @@ async def _phase(url: str, name: str, items: list[dict[str, Any]]) -> dict[str, 
                     await pipe.execute()
             out = [("", False)] * len(items)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rcpu = await _redis_cpu(r) - r0
+        rcpu = await redis_cpu_s(r) - r0
     n = len(items)
     queued = sum([await r.xlen(c.keys.queue(k)) for k in qcfg.classes])
     await r.aclose()

@@ -29,11 +29,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from bench.common import summary, write_result
+from bench.common import redis_cpu_s, summary, write_result
 from bench.harness import bench_redis_server, private_redis
 from bench.local_cluster import LocalCluster
 from gatewayd.config import Config
@@ -50,15 +50,6 @@ def _msgs(n: int, tag: str) -> list[OutboundMessage]:
     return [OutboundMessage(id=f"{tag}-{i}", to=f"+86138{i:08d}", text=f"bench {i}",
                             category=CLASSES[i % 3], enqueued_at=time.time())
             for i in range(n)]
-
-
-async def _redis_cpu(nodes: list[Redis]) -> float:
-    """CPU seconds the Redis servers have used (user + system, every node)."""
-    total = 0.0
-    for node in nodes:
-        info = await node.info("cpu")
-        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return total
 
 
 async def _intake(qs: QueueStore, n: int, tag: str) -> tuple[float, float, int]:
@@ -80,7 +71,8 @@ async def _dispatch(qs: QueueStore, n: int, batch: int, tag: str,
     await qs.ensure_groups()
     entries = []
     for klass in CLASSES:
-        got = await redis.xreadgroup(GROUP, "bench", {qs.streams[klass]: ">"}, count=n)
+        got = cast(list[tuple[str, list[tuple[str, Any]]]], await redis.xreadgroup(
+            GROUP, "bench", {qs.streams[klass]: ">"}, count=n))
         entries += [(klass, eid) for _, items in got for eid, _ in items]
     msgs = {f"{tag}-{i}": m for i, m in enumerate(_msgs(len(entries), tag))}
     w0, c0 = time.perf_counter(), time.process_time()
@@ -164,17 +156,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     # pipeline of correlation keys, records and acks at dispatch.
                     qs.cluster = ordered
                     tag = f"r{r}"
-                    r0 = await _redis_cpu(nodes)
+                    r0 = await redis_cpu_s(*nodes)
                     rate, cpu, queued = await _intake(qs, args.n, tag)
-                    r1 = await _redis_cpu(nodes)
+                    r1 = await redis_cpu_s(*nodes)
                     note(f"intake {name}", rate, cpu, (r1 - r0) / args.n * 1e6)
                     rate, cpu, done = await _dispatch(qs, args.n, args.batch, tag, ordered)
-                    r2 = await _redis_cpu(nodes)
+                    r2 = await redis_cpu_s(*nodes)
                     note(f"dispatch {name}", rate, cpu, (r2 - r1) / max(1, done) * 1e6)
                     counts.setdefault(name, []).extend((queued, done))
                     if name != PATHS[1]:  # receipts take one path a topology
                         rate, cpu, left = await _receipts(qs, tag, done)
-                        r3 = await _redis_cpu(nodes)
+                        r3 = await redis_cpu_s(*nodes)
                         note(f"receipts {name}", rate, cpu, (r3 - r2) / max(1, done) * 1e6)
                         counts[name].append(left)
             for node in (*single_nodes, *cluster_nodes):

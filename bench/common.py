@@ -6,11 +6,14 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from redis.asyncio import Redis
 
 # GATEWAYD_BENCH_RESULTS: another folder (the smoke test keeps real results untouched).
 RESULTS = Path(os.environ.get("GATEWAYD_BENCH_RESULTS")
@@ -53,6 +56,43 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / _TICKS
+
+
+async def redis_cpu_s(*nodes: Redis) -> float:
+    """CPU seconds the Redis servers have used (INFO cpu: user + system, summed over
+    the nodes): also for a server whose process this one cannot read in /proc."""
+    total = 0.0
+    for node in nodes:
+        info = await node.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
+_WRK_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+_WRK_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def wrk_figures(out: str) -> dict[str, float]:
+    """wrk's summary (run with ``--latency``): requests, wall_s, rps, p50_ms, p90_ms,
+    p99_ms, non_2xx (its "Non-2xx or 3xx responses") and socket_errors (1: it
+    reported some)."""
+    def ms(v: str) -> float:
+        m = re.match(r"([\d.]+)(\w+)", v)
+        if m is None:
+            raise ValueError(f"wrk latency {v!r}")
+        return float(m.group(1)) * _WRK_MS[m.group(2)]
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE))
+    done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if done is None or rps is None or not {"50", "90", "99"} <= lat.keys():
+        raise ValueError(f"not wrk --latency output: {out[-2000:]}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": int(done.group(1)),
+            "wall_s": float(done.group(2)) * _WRK_S[done.group(3)],
+            "rps": float(rps.group(1)),
+            "p50_ms": ms(lat["50"]), "p90_ms": ms(lat["90"]), "p99_ms": ms(lat["99"]),
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": 1 if re.search(r"Socket errors: ", out) else 0}
 
 
 def rss_bytes(pid: int) -> int:

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from bench.common import ProcSampler, summary, table, write_result
-from bench.intake import _parse_wrk, _wait_http, gw_pids
+from bench.common import ProcSampler, summary, table, write_result, wrk_figures
+from bench.intake import _wait_http, gw_pids
 from gatewayd.store.embedded import free_port
 
 STACKS = ["aiohttp-app", "aiohttp-app-mw3", "aiohttp-server", "granian-asgi",
@@ -283,7 +283,7 @@ def one(stack: str, wrk: str, script: Path, duration: float, connections: int
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    r = _parse_wrk(out)
+    r = wrk_figures(out)
     if not r["requests"]:
         raise SystemExit(f"http_floor: {stack} answered no request: {out[-500:]}")
     n = r["requests"]

@@ -41,19 +41,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import redis.asyncio as aioredis
 
 from bench import harness
-from bench.common import bucket_quantile, cpu_seconds, histogram, summary, table, write_result
+from bench.common import (
+    bucket_quantile,
+    cpu_seconds,
+    histogram,
+    summary,
+    table,
+    write_result,
+    wrk_figures,
+)
 from bench.intake import (
     _WRK_LUA,
     API_KEY,
     _all_statuses,
     _config,
-    _parse_wrk,
     _stop,
     _wait_http,
     gw_pids,
@@ -129,7 +136,8 @@ def _queued_ms(rig: harness.Rig, ids: list[str]) -> dict[str, float]:
         start = "-"
         try:
             while True:
-                got = await r.xrange(f"{harness.PREFIX}events", min=start, count=5000)
+                got = cast(list[tuple[str, dict[str, str]]], await r.xrange(
+                    f"{harness.PREFIX}events", min=start, count=5000))
                 for eid, f in got:
                     if f.get("state") == "queued" and f.get("id") in want:
                         out.setdefault(f["id"], float(eid.split("-")[0]))
@@ -190,9 +198,10 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=60)
         lag1 = histogram(lag_url, "gatewayd_loop_lag_seconds")
-        w = _parse_wrk(out)
+        w = wrk_figures(out)
         # The codes were all answered; wait for them to be submitted (a few ms).
         deadline = time.monotonic() + 60
+        st: list[dict[str, str]] = []
         while time.monotonic() < deadline:
             st = rig.statuses(ids)
             if all(s.get("submitted_at") for s in st):

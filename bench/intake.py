@@ -54,7 +54,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from bench import harness
-from bench.common import ProcSampler, summary, table, write_result
+from bench.common import ProcSampler, summary, table, write_result, wrk_figures
 from bench.e2e import analyse
 from gatewayd.accounts.model import Limits
 from gatewayd.config import QueueConfig
@@ -180,20 +180,6 @@ def _wait_http(port: int, timeout_s: float = 30.0) -> None:
     raise SystemExit("gatewayd's HTTP listener did not come up")
 
 
-def _parse_wrk(out: str) -> dict[str, float]:
-    def ms(v: str) -> float:
-        num, unit = re.match(r"([\d.]+)(\w+)", v).groups()  # type: ignore[union-attr]
-        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
-    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    assert m, out
-    secs = float(m.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(3)]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests": int(m.group(1)), "wall_s": secs,
-            "p50_ms": ms(lat["50"]), "p99_ms": ms(lat["99"]),
-            "non_2xx": int(bad.group(1)) if bad else 0}
-
-
 def _account_key(rig: harness.Rig) -> str:
     """An account with limits that never refuse the bench (checked all the same)."""
     from gatewayd.accounts.store import AccountStore
@@ -236,7 +222,7 @@ def _drive(rig: harness.Rig, wrk: str, port: int, bodies: list[str], connections
             out, _ = proc.communicate(timeout=60)
         for g in gws:
             g.__exit__()
-    r = _parse_wrk(out)
+    r: dict[str, Any] = dict(wrk_figures(out))
     if marker.exists():  # status -> count, e.g. {"202": 39990, "503": 10}
         r["statuses"] = dict(line.split() for line in marker.read_text().splitlines())
     r.update(gw_cpu_s=sum(g.cpu_s for g in gws), redis_cpu_s=red.cpu_s if rig.redis_pid else 0.0,

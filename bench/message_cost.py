@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these steps (and those they need), e.g. for callgrind")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions a message of each step (valgrind; load-independent)")
+    ap.add_argument("--quick", action="store_true", help="n=2000, one run")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.runs = 2000, 1
     if args.callgrind:
         return callgrind(args.n, args.countries)
     items = messages(args.n, args.countries)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.common import ProcSampler, summary, table, write_result
+from bench.common import ProcSampler, summary, table, write_result, wrk_figures
 from bench.harness import ROOT, bench_redis_server
 from gatewayd.store.embedded import EmbeddedRedis, free_port
 
@@ -92,21 +91,6 @@ async def _make_links(redis_url: str, n: int) -> list[str]:
         await pipe.execute()
     await r.aclose()
     return codes
-
-
-def _parse_wrk(out: str) -> dict[str, float]:
-    def ms(v: str) -> float:
-        num, unit = re.match(r"([\d.]+)(\w+)", v).groups()  # type: ignore[union-attr]
-        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": ms(lat["50"]), "p90_ms": ms(lat["90"]),
-            "p99_ms": ms(lat["99"]), "requests": total,
-            "non_3xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": 1 if errors else 0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                     wcmd = [wrk, "-t", "1", "-c", str(args.connections), "-d",
                             f"{secs}s", "--latency", "-s", str(script),
                             f"http://127.0.0.1:{port}"]
-                    with ProcSampler(proc.pid) as s:
+                    with ProcSampler(proc.pid) as sampler:
                         out = subprocess.run((["taskset", "-c", "1"] if pin else []) + wcmd,
                                              capture_output=True, text=True, check=True).stdout
-                    r = _parse_wrk(out)
-                    r["cpu_pct"] = s.cpu_percent
-                    r["cpu_us_per_req"] = 1e6 * s.cpu_s / max(1, r["requests"])
+                    r: dict[str, Any] = dict(wrk_figures(out))
+                    # A redirect answers 302: wrk's "Non-2xx or 3xx", under this name here.
+                    r["non_3xx"] = r.pop("non_2xx")
+                    r["cpu_pct"] = sampler.cpu_percent
+                    r["cpu_us_per_req"] = 1e6 * sampler.cpu_s / max(1, r["requests"])
                     r["load_1m"] = os.getloadavg()[0]
                     r["mode"] = mode
                     if mode == "calibrate":

@@ -202,10 +202,10 @@ def main() -> int:
         line = sim.stdout.readline().split()
         if not line or line[0] != "listening":
             raise SystemExit(f"simulator did not start: {line}")
-        host, port = line[1].rsplit(":", 1)
+        host, port_text = line[1].rsplit(":", 1)
         runs = []
         for i in range(args.runs):
-            r = _one_run(host, int(port), sim.pid, args.n, args.clients, args.window)
+            r = _one_run(host, int(port_text), sim.pid, args.n, args.clients, args.window)
             runs.append(r)
             print(
                 f"run {i + 1}: {r['msgs_per_s']:,.0f} msgs/s, {r['e2e_per_s']:,.0f} e2e/s "

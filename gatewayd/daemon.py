@@ -130,8 +130,11 @@ class Daemon:
 
     async def reload(self) -> tuple[bool, str, dict[str, Any]]:
         """Reload the config file and the policy (SIGHUP, POST /admin/reload), one at a
-        time: (ok, message, what changed). A file that fails check-config's checks
-        changes nothing: the running configuration stays whole."""
+        time: (ok, message, what changed; on failure ``{"error": code}``). A file that
+        fails check-config's checks changes nothing (``reload_failed``), nor does one
+        that cannot be applied (``reload_not_applied``): the running configuration
+        stays whole. A failure after the carriers switched (``reload_incomplete``)
+        leaves the new configuration running, and says so."""
         async with self._reload_lock:
             return await self._reload()
 
@@ -141,31 +144,28 @@ class Daemon:
             new, engine = await reloading.read_new(
                 running, self.load_policy, "daemon")
         except ConfigError as e:
-            return False, str(e), {}
+            return False, str(e), {"error": reloading.FAILED}
         plan = reloading.diff(running, new)
         cfg = reloading.adopt(running, new)
+        previous = self._engine
         self._engine = engine
-        reloading.policy_taken()
         if self.http is not None and plan.http:
             reloading.apply_http(self.http, cfg)
-        if plan.carriers or plan.routing:
-            metrics.zero_known(cfg.queue.classes, [c.name for c in cfg.carrier])
-            # Before the pool: a submit answered on a new carrier is recorded, and a
-            # receipt arriving on its binds is correlated, from the first one.
-            if self.dispatcher is not None:
-                self.dispatcher.learn_carriers(cfg)
-            if self.inbound is not None:
-                self.inbound.learn_carriers(cfg)
-            if self.pool is not None:
-                await self.pool.apply_carriers(
-                    cfg, changed=plan.changed, retuned=plan.retuned,
-                    bind_wait_s=_BIND_WAIT_S)
-        self.cfg = cfg
-        if self.http is not None:  # the routes that read the config: its live keys
-            if self.http.campaigns is not None:
-                self.http.campaigns.cfg = cfg
-            if self.http.carriers is not None:
-                self.http.carriers.cfg = cfg
+        try:
+            if plan.carriers or plan.routing:
+                await self._apply_carriers(cfg, plan)
+        except Exception as e:
+            # The pool builds every new engine before it changes anything: until it has
+            # taken the new config, undoing the policy and [http] undoes the reload.
+            if self.pool is None or self.pool.cfg is not cfg:
+                self._engine = previous
+                if self.http is not None and plan.http:
+                    reloading.apply_http(self.http, running)
+                return reloading.not_applied("daemon", e)
+            self._adopted(cfg)
+            return reloading.incomplete("daemon", plan, e)
+        reloading.policy_taken()
+        self._adopted(cfg)
         metrics.CONFIG_RELOADS.labels("ok").inc()
         message = plan.message()
         log.info(message, extra=plan.summary())
@@ -173,6 +173,28 @@ class Daemon:
             log.warning("reload: these keys changed but need a restart to apply; they "
                         "keep their running values: %s", ", ".join(plan.restart))
         return True, message, plan.summary()
+
+    async def _apply_carriers(self, cfg: Config, plan: reloading.Plan) -> None:
+        metrics.zero_known(cfg.queue.classes, [c.name for c in cfg.carrier])
+        # Before the pool: a submit answered on a new carrier is recorded, and a
+        # receipt arriving on its binds is correlated, from the first one (both only
+        # learn names: harmless if the pool then refuses the config).
+        if self.dispatcher is not None:
+            self.dispatcher.learn_carriers(cfg)
+        if self.inbound is not None:
+            self.inbound.learn_carriers(cfg)
+        if self.pool is not None:
+            await self.pool.apply_carriers(
+                cfg, changed=plan.changed, retuned=plan.retuned,
+                bind_wait_s=_BIND_WAIT_S)
+
+    def _adopted(self, cfg: Config) -> None:
+        self.cfg = cfg
+        if self.http is not None:  # the routes that read the config: its live keys
+            if self.http.campaigns is not None:
+                self.http.campaigns.cfg = cfg
+            if self.http.carriers is not None:
+                self.http.carriers.cfg = cfg
 
     # Run ----------------------------------------------------------------------------
     async def run(self) -> int:

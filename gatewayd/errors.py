@@ -13,6 +13,11 @@ class ConfigError(GatewayError, ValueError):
     """A configuration (or policy) file is wrong; the message names file, key and fix."""
 
 
+class ApplyError(GatewayError):
+    """A reloaded configuration passed its checks but could not be applied (a carrier's
+    engine could not be built, ...); nothing of it was applied."""
+
+
 class QueueFull(GatewayError):
     """Intake refused messages because their class's queue holds ``depth`` messages,
     at or past its ``queue.max_queued`` (``limit``): back-pressure, not a fault of the

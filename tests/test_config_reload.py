@@ -359,3 +359,93 @@ async def test_a_carrier_switched_from_smpp_to_cmpp_exports_only_its_new_protoco
         await send(redis, keys, {"over-cmpp": "+8613800000009"})
         rec = await wait_final(redis, keys, ["over-cmpp"], timeout_s=20)
     assert rec["over-cmpp"]["state"] == "delivered"
+
+
+async def test_a_reload_that_cannot_be_applied_keeps_the_running_config_and_says_why(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A file that passes the checks but whose carriers cannot be set up (an engine
+    that fails to build: injected, as a valid file cannot provoke one): 409 with the
+    reason, never 500; the metric and the log say so; the running configuration
+    (carriers, routing, policy, [http] keys) stays in force and keeps sending."""
+    import gatewayd.carrier.pool as pool_module
+
+    a = await smsc(receipt_delay_s=0.01)
+    b = await smsc(receipt_delay_s=0.01)
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True)
+    async with running_daemon(load(path)) as daemon:
+        assert daemon.http is not None and daemon.pool is not None
+        running, engine, hashes = daemon.cfg, daemon.policy(), list(daemon.http._hashes)
+        errors = reloads("error")
+        real = pool_module.engine_for
+
+        def broken(c: Any, *args: Any) -> Any:
+            if c.name == "b":
+                raise OSError(24, "Too many open files")
+            return real(c, *args)
+
+        monkeypatch.setattr(pool_module, "engine_for", broken)
+        admin = "reload-apply-admin-key"
+        write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True,
+                     extra_carrier=carrier("b", b.port),
+                     extra='[routing]\ndefault = ["b", "sim"]\n')
+        text = path.read_text(encoding="utf-8").replace(
+            "[http]", f'[http]\napi_keys = ["{hash_key(admin)}"]', 1)
+        path.write_text(text, encoding="utf-8")
+        with caplog.at_level(logging.ERROR, logger="gatewayd.daemon"):
+            status, body = await post_reload(daemon)
+        assert status == 409, body
+        assert body["ok"] is False and body["error"]["code"] == "reload_not_applied"
+        assert "Too many open files" in body["message"] and "b" in body["message"]
+        assert "running configuration stays" in body["message"]
+        assert reloads("error") == errors + 1
+        assert any("reload not applied" in r.getMessage() for r in caplog.records)
+        # Nothing of the new file is in force: no key (the listener stays open), the
+        # old routes, carriers and policy.
+        assert daemon.cfg is running and daemon.policy() is engine
+        assert daemon.http._hashes == hashes
+        assert sorted(daemon.pool._engines) == ["sim"]
+        await send(redis, keys, {"kept": "+8613800000001"})
+        rec = await wait_final(redis, keys, ["kept"], timeout_s=20)
+        # Once the fault is gone the same file applies.
+        monkeypatch.setattr(pool_module, "engine_for", real)
+        status, body = await post_reload(daemon, admin)
+        assert status == 200 and body["carriers"]["added"] == ["b"], body
+    assert rec["kept"]["state"] == "delivered" and rec["kept"]["carrier"] == "sim"
+    assert not b.texts_to("8613800000001")
+
+
+async def test_a_failure_after_the_carriers_switched_says_the_new_config_runs(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Draining the old binds fails (injected, after they are drained): the carriers
+    already run the new config, so the daemon adopts it and answers 409
+    reload_incomplete naming the failure and what was applied, never 500."""
+    import gatewayd.carrier.pool as pool_module
+
+    a = await smsc(receipt_delay_s=0.01)
+    b = await smsc(receipt_delay_s=0.01)
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=a.port, http=True)
+    async with running_daemon(load(path)) as daemon:
+        errors = reloads("error")
+        real = pool_module.CarrierPool._retire
+
+        async def retire(self: Any, engine: Any, links: Any) -> None:
+            await real(self, engine, links)
+            raise RuntimeError("unbind went wrong")
+
+        monkeypatch.setattr(pool_module.CarrierPool, "_retire", retire)
+        write_config(tmp_path, redis_url=redis_url, sim_port=b.port, http=True)
+        status, body = await post_reload(daemon)
+        assert status == 409, body
+        assert body["error"]["code"] == "reload_incomplete"
+        assert "unbind went wrong" in body["message"] and "carriers changed: sim" in body["message"]
+        assert body["carriers"]["changed"] == ["sim"]
+        assert reloads("error") == errors + 1
+        assert daemon.cfg.carrier[0].port == b.port
+        await send(redis, keys, {"moved": "+8613800000002"})
+        rec = await wait_final(redis, keys, ["moved"], timeout_s=20)
+    assert rec["moved"]["state"] == "delivered"
+    assert b.texts_to("8613800000002") == ["moved"] and not a.texts_to("8613800000002")

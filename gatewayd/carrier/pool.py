@@ -63,6 +63,7 @@ from gatewayd.carrier.protocols import NOT_SENT, Engine, Link, Unsendable
 from gatewayd.carrier.routing import Router
 from gatewayd.carrier.throttle import LocalRateGate, ThrottleMeter
 from gatewayd.config import CarrierConfig, Config, account_names
+from gatewayd.errors import ApplyError
 from gatewayd.ops import metrics as M
 
 log = logging.getLogger("gatewayd.carrier")
@@ -207,11 +208,23 @@ class CarrierPool:
         receipts and MO are still taken for a while (_RECEIPT_LINGER_S), then they
         unbind. Returns when they have. ``retuned`` entries (tps, window) change in
         place. Operator overrides (suspension, tps, window) are kept by carrier name,
-        so they survive."""
+        so they survive.
+
+        The new engines are built before anything changes: one that cannot be built
+        raises ApplyError naming its carrier, and the pool runs on as it was."""
         new = {c.name: c for c in cfg.carrier}
         added = [n for n in new if n not in self._engines]
         removed = [n for n in self._engines if n not in new]
         replaced = [n for n in changed if n in self._engines and n in new]
+        built: dict[str, Engine] = {}
+        for name in [*added, *replaced]:
+            c = new[name]
+            try:
+                built[name] = engine_for(c, cfg.carrier_password(c), self._handler,
+                                         self._clock)
+            except Exception as e:
+                raise ApplyError(f"carrier {name}: cannot set up its binds: "
+                                 f"{type(e).__name__}: {e}") from e
         self.cfg = cfg
         self._carriers.update(new)  # removed entries' too: their stragglers need them
         self._accounts.update(account_names(cfg))
@@ -221,10 +234,8 @@ class CarrierPool:
                 self._apply(name)
         old: dict[str, tuple[Engine, list[Link]]] = {}
         fresh: list[Link] = []
-        for name in [*added, *replaced]:
-            c = new[name]
+        for name, engine in built.items():
             previous = (self._engines[name], self._binds[name]) if name in replaced else None
-            engine = engine_for(c, cfg.carrier_password(c), self._handler, self._clock)
             self._adopt(name, engine)
             fresh += engine.links
             if previous is not None:

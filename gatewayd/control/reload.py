@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import msgspec
 
 from gatewayd.config import CarrierConfig, Config, load_config
-from gatewayd.errors import ConfigError
+from gatewayd.errors import ConfigError, GatewayError
 from gatewayd.ops import metrics
 from gatewayd.policy.engine import PolicyEngine
 
@@ -173,6 +173,31 @@ async def read_new(running: Config, load_policy: Callable[[], PolicyEngine],
         metrics.POLICY_RELOAD_FAILED.set(1)
         log.error("%s: reload failed; the running configuration stays: %s", who, e)
         raise
+
+
+# The error codes of a failed reload (the answer's error.code; the HTTP status each
+# gets is gatewayd.http.server's).
+FAILED = "reload_failed"  # the file fails its checks: nothing changed
+NOT_APPLIED = "reload_not_applied"  # valid, but could not be applied: nothing changed
+INCOMPLETE = "reload_incomplete"  # the carriers switched, then a later step failed
+
+
+def not_applied(who: str, e: Exception) -> tuple[bool, str, dict[str, Any]]:
+    """A file that passed its checks but could not be applied, undone by the caller."""
+    metrics.CONFIG_RELOADS.labels("error").inc()
+    message = (f"reload not applied; the running configuration stays: "
+               f"{type(e).__name__ + ': ' if not isinstance(e, GatewayError) else ''}{e}")
+    log.error("%s: %s", who, message, exc_info=not isinstance(e, GatewayError))
+    return False, message, {"error": NOT_APPLIED}
+
+
+def incomplete(who: str, plan: Plan, e: Exception) -> tuple[bool, str, dict[str, Any]]:
+    """A failure after the carriers took the new config: it runs, the rest is said."""
+    metrics.CONFIG_RELOADS.labels("error").inc()
+    message = (f"reload incomplete: the new carrier configuration runs, but finishing "
+               f"the reload failed: {type(e).__name__}: {e} ({plan.message()})")
+    log.error("%s: %s", who, message, exc_info=True)
+    return False, message, {"error": INCOMPLETE, **plan.summary()}
 
 
 def policy_taken() -> None:

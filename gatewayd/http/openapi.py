@@ -922,6 +922,11 @@ def openapi_spec(
                     "422": _json_body(_ref("Reload"),
                                       "The file fails its checks; the running "
                                       "configuration stays (message says why)"),
+                    "409": _json_body(_ref("Reload"),
+                                      "The file passes its checks but cannot be "
+                                      "applied: reload_not_applied (the running "
+                                      "configuration stays) or reload_incomplete "
+                                      "(the new carriers run; message says what failed)"),
                 },
             }},
             **_campaign_paths(auth_errors),

@@ -59,6 +59,7 @@ from gatewayd.accounts.cache import Principal
 from gatewayd.accounts.quota import QuotaExceeded
 from gatewayd.accounts.store import KEY_PREFIX
 from gatewayd.consent.records import encode
+from gatewayd.control import reload as reloading
 from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http import carriers as carrier_routes
@@ -539,13 +540,17 @@ class HttpServer:
     # Admin and operations -----------------------------------------------------------
     async def admin_reload(self, request: web.Request) -> web.Response:
         """Reload the config and policy files (like SIGHUP). A file that fails its
-        checks changes nothing: 422 with the reason (the file, the key, the fix)."""
+        checks changes nothing: 422 with the reason (the file, the key, the fix). One
+        that passes them but cannot be applied to the running daemon: 409 (nothing
+        changed, or, ``reload_incomplete``, what runs said)."""
         ok, message, *more = await self.backend.reload()
-        details = more[0] if more else {}
+        details = dict(more[0]) if more else {}
         if ok:
             return _json(200, {"ok": True, "message": message, **details})
-        return _json(422, {"ok": False, "message": message,
-                           "error": {"code": "reload_failed", "message": message}})
+        code = details.pop("error", reloading.FAILED)
+        return _json(422 if code == reloading.FAILED else 409,
+                     {"ok": False, "message": message, **details,
+                      "error": {"code": code, "message": message}})
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(self.registry))

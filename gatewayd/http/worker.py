@@ -149,7 +149,7 @@ class IntakeWorker:
             new, engine = await reloading.read_new(
                 running, policy_again, f"http worker {self.index}")
         except ConfigError as e:
-            return False, str(e), {}
+            return False, str(e), {"error": reloading.FAILED}
         plan = reloading.diff(running, new)
         cfg = reloading.adopt(running, new)
         self._engine = engine
