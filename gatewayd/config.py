@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import phonenumbers
@@ -855,9 +855,28 @@ def _listen_ok(listen: str) -> bool:
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
+def cluster_seed_urls(url: str) -> list[str]:
+    """A cluster URL's seed nodes, one URL each: ``redis+cluster://u:pw@h1:7000,h2:7000/0``
+    names several (comma-separated, IPv6 in brackets), so a client starts while any one
+    of them answers; any other URL is its own only seed."""
+    parts = urlsplit(url)
+    if not parts.scheme.endswith("+cluster") or "," not in parts.netloc:
+        return [url]
+    user, at, hosts = parts.netloc.rpartition("@")
+    return [urlunsplit(parts._replace(netloc=f"{user}{at}{host.strip()}"))
+            for host in hosts.split(",")]
+
+
 def _redis_url_problem(url: str) -> str:
     """Why a Redis URL cannot work ("" when it may): caught by check-config, not at
     the daemon's first connection attempt."""
+    seeds = cluster_seed_urls(url)
+    if len(seeds) > 1:
+        for n, seed in enumerate(seeds, 1):
+            problem = _redis_url_problem(seed)
+            if problem:
+                return f"seed {n} of {len(seeds)}: {problem}"
+        return ""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -866,7 +885,7 @@ def _redis_url_problem(url: str) -> str:
     if parts.scheme not in _REDIS_SCHEMES:
         return (f"scheme {parts.scheme + '://' if parts.scheme else '(none)'} is not Redis's: "
                 "use redis://host:port/db, rediss:// (TLS), unix:///path/redis.sock or "
-                "redis+cluster://host:port")
+                "redis+cluster://host:port[,host:port...]")
     if parts.scheme == "unix":
         return "" if parts.path else "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
     if not parts.hostname:

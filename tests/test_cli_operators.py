@@ -225,14 +225,28 @@ def test_check_config_refuses_impossible_ports(tmp_path: Path, redis_url: str, e
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "127.0.0.1:6379",
-                                 "redis://:6379/0", "redis://127.0.0.1:99999/0"])
+                                 "redis://:6379/0", "redis://127.0.0.1:99999/0",
+                                 "redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:x/0",
+                                 "redis+cluster://10.0.0.1:7000,/0"])
 def test_check_config_refuses_a_redis_url_that_is_not_redis(tmp_path: Path, url: str) -> None:
     cfg = write_config(tmp_path, redis_url=url, sim_port=1)
     r = subprocess.run(_gatewayd("check-config", "-c", str(cfg)), capture_output=True,
                        text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
     assert r.returncode == 2
-    assert "redis.url: " in _one_line(r.stderr)
+    line = _one_line(r.stderr)
+    assert "redis.url: " in line
+    if "," in url:
+        assert "seed 2 of 2: " in line
+
+
+def test_check_config_takes_several_cluster_seeds(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, redis_url="redis+cluster://10.0.0.1:7000,[::1]:7001/0",
+                       sim_port=1)
+    r = subprocess.run(_gatewayd("check-config", "-c", str(cfg)), capture_output=True,
+                       text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "REDIS_URL"})
+    assert r.returncode == 0, r.stderr
 
 
 def test_demo_with_its_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:

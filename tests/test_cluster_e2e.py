@@ -43,6 +43,7 @@ from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.redischecks import RedisBatch
 from gatewayd.sim.smpp.smsc import SimSettings, SmscSimulator
 from gatewayd.store.connection import connect, is_cluster, script_source, split_cluster_url
+from gatewayd.store.embedded import free_port
 from gatewayd.store.keys import GROUP, Keys
 from tests.cluster_helpers import LocalCluster, redis_cli_binary
 from tests.e2e_helpers import events_by_id, load, running_daemon, wait_final, write_config
@@ -117,6 +118,45 @@ async def test_the_client_is_a_cluster_client(cluster: aioredis.Redis, cluster_u
     keys = Keys()
     slots = {await cluster.cluster_keyslot(keys.queue(k)) for k in ("otp", "marketing")}
     assert len(slots) == 2  # the classes really live in different slots
+
+
+async def test_a_cluster_url_may_name_several_seeds(
+    cluster: aioredis.Redis, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`redis+cluster://user:pw@seed1,seed2/0`: with the first seed down (nothing
+    listens there) the client starts from the second, and so does a daemon started
+    with only that URL. With one seed down, neither could start at all."""
+    dead = free_port()
+    url = local_cluster.user_url.replace(
+        f"@127.0.0.1:{local_cluster.ports[0]}/",
+        f"@127.0.0.1:{dead},127.0.0.1:{local_cluster.ports[1]}/")
+    assert url.count(",") == 1
+    client = connect(url)
+    try:
+        assert is_cluster(client)
+        await client.set("gw:seeds:probe", "1")
+        assert await client.get("gw:seeds:probe") == "1"
+    finally:
+        await client.aclose()
+    sim = SmscSimulator(SimSettings(port=0, receipt_delay_s=0.01))
+    port = await sim.start()
+    try:
+        cfg = daemon_config(tmp_path, "seeds", redis_url=url, sim_port=port, tps=1000,
+                            source_addr="1069001", read_batch=16)
+        text = cfg.read_text()
+        cfg.write_text(text.replace("\n[redis]\n", "\n[redis]\nstartup_wait_s = 0\n", 1))
+        proc = await spawn(cfg, "seeds", tmp_path, burst=False)
+        try:
+            async with Client(url) as c:
+                ids = [i for i, _ in await c.send(
+                    [{"to": f"+86134{n:08d}", "text": f"seed {n}"} for n in range(20)])]
+            records = await wait_final(cluster, Keys(), ids, timeout_s=60)
+            assert {r.get("state") for r in records.values()} == {"delivered"}, \
+                proc.log_text()[-2000:]
+        finally:
+            await stop_all([proc])
+    finally:
+        await sim.stop()
 
 
 @pytest.mark.parametrize(("spec", "recipients"), [("1000:1000", 7), ("5:5", 1000)])

@@ -5,10 +5,10 @@ Script objects reload them transparently after a Redis restart).
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; ``redis.tls_ca``,
 ``tls_cert``, ``tls_key`` name the CA and the client certificate), ``unix://path``.
-Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` (any one node; the client
-discovers the rest) or ``[redis] cluster = true``; the client is then redis-py's
-``RedisCluster``, which speaks the same command API. Two things differ on a cluster
-and every caller goes through the helpers here for them: redis-py refuses Script
+Redis Cluster: ``redis+cluster://`` / ``rediss+cluster://`` (any one node, or several
+comma-separated seeds; the client discovers the rest) or ``[redis] cluster = true``; the
+client is then redis-py's ``RedisCluster``, which speaks the same command API. Two things
+differ on a cluster and every caller goes through the helpers here for them: redis-py refuses Script
 objects inside a cluster pipeline (``pipe_script`` queues a plain EVAL, routed by its
 first key, instead), and commands over several keys must keep them in one slot
 (``is_cluster`` lets callers split such calls; see keys.py for the hash tags).
@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -39,7 +39,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gatewayd.config import Config
+from gatewayd.config import Config, cluster_seed_urls
 from gatewayd.errors import ConfigError, StoreError
 from gatewayd.store.embedded import EmbeddedRedis
 
@@ -222,6 +222,9 @@ def connect(
     flood that failed dispatch batches and receipts (issue 14). The cluster client has
     no waiting pool: it keeps ``max_connections`` per node and raises past them.
     """
+    # Several seeds (comma-separated): the client starts while any one answers; one
+    # seed, down at start, would keep the daemon from starting at all.
+    url, *others = cluster_seed_urls(url)
     url, from_scheme = split_cluster_url(url)
     cluster = cluster or from_scheme
     if any((tls_ca, tls_cert, tls_key)):
@@ -237,6 +240,9 @@ def connect(
             options["ssl_keyfile"] = tls_key
     if cluster:
         options.pop("retry_on_timeout", None)  # the cluster client retries on its own
+        if others:
+            options["startup_nodes"] = [ClusterNode(p.hostname or "", p.port or 6379)
+                                        for p in map(urlsplit, others)]
         return cast(Redis, RedisCluster.from_url(url, decode_responses=True,
                                                  max_connections=max_connections, **options))
     pool = WaitingPool.from_url(
