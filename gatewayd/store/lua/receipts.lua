@@ -127,7 +127,7 @@ if ngone > 0 then
   -- unpack's limit (LUAI_MAXCSTACK, 8000) is far above a call's receipts (<= 256).
   rcall('ZREM', awaiting, unpack(gone, 1, ngone))
 end
-if not ok then error(failure) end
+if not ok then error(failure, 0) end  -- as raised: no position added to a text
 for fk, per in pairs(funnels) do
   for field, c in pairs(per) do rcall('HINCRBY', fk, field, c) end
 end
