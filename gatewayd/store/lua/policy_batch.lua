@@ -1,7 +1,8 @@
 -- The Redis-backed policy checks of one batch, in one atomic call (gatewayd.policy.redischecks).
 -- Per message, in order: optout, duplicate, freq_cap, tenant_rate. The first failing check
--- decides; counters (duplicate marker, frequency ZSET, tenant tokens) are written only for a
--- message that passes every check, so nothing rejected or deferred consumes anything.
+-- decides; counters (duplicate marker, frequency ZSET, tenant tokens) are kept only for a
+-- message that passes every check, so nothing rejected or deferred consumes anything (the
+-- duplicate marker is written at its check and put back when the message fails later).
 -- Messages are handled in order, so two messages of one batch see each other's counts, and
 -- the script is atomic, so batches from several gatewayd processes do too.
 --
