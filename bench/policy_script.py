@@ -44,8 +44,7 @@ local now = ARGV[1]
 for i = 2, #ARGV, 10 do
   if ARGV[i + 1] ~= '' then redis.call('HGET', ARGV[i + 1], '*') end
   if ARGV[i + 3] ~= '' then
-    redis.call('GET', ARGV[i + 3])
-    redis.call('SET', ARGV[i + 3], now .. ' ' .. ARGV[i + 5], 'PX', ARGV[i + 4])
+    redis.call('SET', ARGV[i + 3], now .. ' ' .. ARGV[i + 5], 'PX', ARGV[i + 4], 'GET')
   end
   if ARGV[i + 6] ~= '' then
     redis.call('ZRANGE', ARGV[i + 6], '0', '-1', 'WITHSCORES')

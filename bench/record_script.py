@@ -53,7 +53,7 @@ CHUNK = 256  # inbound._SCRIPT_CHUNK
 # without any of its logic: the floor.
 RECEIPTS_COMMANDS = """
 local now, maxlen, pre, suf = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local out, a, k = {}, 6, 3
+local out, a, k, gone = {}, 6, 3, {}
 for _ = 1, tonumber(ARGV[5]) do
   local st = ARGV[a]
   local id = string.sub(redis.call('GET', KEYS[k]), 1, -3)
@@ -64,11 +64,12 @@ for _ = 1, tonumber(ARGV[5]) do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'id', id, 'state', st, 'at', now,
     'category', f[3], 'carrier', f[4], 'carrier_id', f[5], 'segments', f[2], 'ref', f[6],
     'tenant', f[7], 'to', f[8])
-  redis.call('ZREM', KEYS[2], id)
+  gone[#gone + 1] = id
   for _, v in ipairs({'final', id, st, f[4], f[9], 1}) do out[#out + 1] = v end
   k = k + tonumber(ARGV[a + 2])
   a = a + 3
 end
+if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
 return out
 """
 

@@ -234,3 +234,30 @@ async def test_a_sweeper_killed_after_its_claim_is_replaced_after_the_lease(
     await survivor.expire_awaiting()
     await survivor.on_receipts([rcpt("z1")])  # a receipt after all: nothing more
     assert len(await finals(redis, keys)) == 1
+
+
+async def test_a_receipt_failing_half_way_leaves_no_published_final_awaiting(
+    redis: aioredis.Redis, keys: Keys, handler: InboundHandler
+) -> None:
+    """receipts.lua removes a call's published finals from `awaiting` in one ZREM at
+    the end: a later receipt of the same call that fails (a status key of the wrong
+    type) must not keep the earlier ones there, or the sweep would publish them again."""
+    if handler._receipts is None:
+        pytest.skip("the cluster path publishes after its steps, not in one script")
+    await submitted(redis, keys, "w1", ["f1"])
+    await submitted(redis, keys, "w3", ["f3"])
+    await redis.set(keys.correlation("cm", "f2"), "w2 0")
+    await redis.set(keys.status("w2"), "not a hash")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        await handler.on_receipts([rcpt("f1"), rcpt("f2"), rcpt("f3")])
+    assert await redis.hget(keys.status("w1"), "state") == "delivered"
+    assert [e["id"] for e in await finals(redis, keys)] == ["w1"]
+    assert await redis.zscore(keys.awaiting_receipt, "w1") is None
+    assert await redis.zscore(keys.awaiting_receipt, "w3") is not None  # never reached
+    sweeper = InboundHandler(redis, keys, handler.cfg, lambda: None,
+                             clock=lambda: NOW + 3600 + 1)
+    sweeper._receipts = handler._receipts
+    await sweeper.expire_awaiting()
+    events = await finals(redis, keys)
+    assert sorted((e["id"], e["state"]) for e in events) == [("w1", "delivered"),
+                                                               ("w3", "expired")]

@@ -150,6 +150,33 @@ async def test_rejected_or_deferred_messages_consume_nothing(
         "send"
 
 
+async def test_a_message_stopped_after_the_duplicate_check_leaves_its_marker_as_it_was(
+    tmp_path: Path, redis: aioredis.Redis, keys: Keys
+) -> None:
+    """policy_batch.lua writes the duplicate marker at the duplicate check (SET ... GET)
+    and puts it back when a later check stops the message: a capped message neither
+    sets a marker nor replaces an older one, and a duplicate keeps the first's time."""
+    e = load(tmp_path, "[category.transactional]\ncaps = [{ limit = 1, window_s = 3600 }]\n")
+    a, b = "【京东】订单A已发货", "【京东】订单B已发货"
+    assert (await one(e, redis, keys, txn(text=a, msg_id="first"), T0))[0] == "send"
+    [marker] = [k async for k in redis.scan_iter(match="*:dup:*")]
+    first = await redis.get(marker)
+    assert first is not None and first.endswith(" first")
+    # Outside the 30 s window, so not a duplicate, but capped: the old marker stays.
+    assert (await one(e, redis, keys, txn(text=a), T0 + 31))[1] == \
+        "freq_cap:transactional:1/3600s"
+    assert await redis.get(marker) == first
+    # Another text, capped: no marker of its own.
+    assert (await one(e, redis, keys, txn(text=b), T0 + 32))[1] == \
+        "freq_cap:transactional:1/3600s"
+    assert [k async for k in redis.scan_iter(match="*:dup:*")] == [marker]
+    # A duplicate leaves the first marker's time: the window still ends at T0 + 30.
+    other = "+8613900000003"
+    assert (await one(e, redis, keys, txn(to=other, text=a), T0))[0] == "send"
+    assert (await one(e, redis, keys, txn(to=other, text=a), T0 + 20))[1] == "duplicate"
+    assert (await one(e, redis, keys, txn(to=other, text=a), T0 + 30))[1] != "duplicate"
+
+
 async def test_quiet_hours_deferral_consumes_no_cap(redis: aioredis.Redis, keys: Keys) -> None:
     e = load()
     night = datetime(2024, 6, 10, 23, 0, tzinfo=SH).timestamp()

@@ -1,7 +1,8 @@
 -- The Redis-backed policy checks of one batch, in one atomic call (gatewayd.policy.redischecks).
 -- Per message, in order: optout, duplicate, freq_cap, tenant_rate. The first failing check
--- decides; counters (duplicate marker, frequency ZSET, tenant tokens) are written only for a
--- message that passes every check, so nothing rejected or deferred consumes anything.
+-- decides; counters (duplicate marker, frequency ZSET, tenant tokens) are kept only for a
+-- message that passes every check, so nothing rejected or deferred consumes anything (the
+-- duplicate marker is written at its check and put back when the message fails later).
 -- Messages are handled in order, so two messages of one batch see each other's counts, and
 -- the script is atomic, so batches from several gatewayd processes do too.
 --
@@ -39,7 +40,7 @@ do
     end
   end
   local refused = acl_refused(acl_key, 'HMGET', 'HGET', 'GET', 'ZRANGE', 'SET',
-    'ZREMRANGEBYSCORE', 'ZADD', 'PEXPIRE', 'HSET')
+    'ZREMRANGEBYSCORE', 'ZADD', 'PEXPIRE', 'HSET', 'DEL')
   if refused then return refused end
 end
 local rcall, find, sub, format, unpack = redis.call, string.find, string.sub, string.format,
@@ -133,6 +134,7 @@ while pos <= len + 1 do
   local tkey, tspec = sub(blob, j8 + 1, j9 - 1), sub(blob, j9 + 1, e - 1)
   pos = e + 1
   local failed = false
+  local dup_set, dup_prev = false, nil  -- the marker written by the duplicate check
 
   -- optout: the first of the fields present decides (its name is the detail)
   local check, detail, untl = 'send', '', 0
@@ -163,7 +165,17 @@ while pos <= len + 1 do
     if dkey ~= '' then
       -- "<time> <message id>": the time, not the key's TTL, decides (explicit clock);
       -- the TTL only collects the key. The same id again is a redelivery, not a duplicate.
-      local prev = rcall('GET', dkey)
+      -- Outside a dry run the marker is written here, reading the one it replaces (SET
+      -- ... GET: one command instead of a GET now and a SET at the end), and put back
+      -- as it was (below) when this message does not pass: the script is atomic, so
+      -- nothing sees the marker in between.
+      local prev
+      if dry then
+        prev = rcall('GET', dkey)
+      else
+        prev = rcall('SET', dkey, dup_prefix .. member, 'PX', dwin, 'GET')
+        dup_set, dup_prev = true, prev
+      end
       if prev then
         local sp = find(prev, ' ', 1, true)
         local at = tonumber(sub(prev, 1, sp - 1))
@@ -241,11 +253,16 @@ while pos <= len + 1 do
     if dry or check ~= 'send' then emit(check, detail, untl) end
   end
 
+  if dup_set and failed then
+    -- The marker it replaced, back (with a fresh TTL: the time in it decides), or none.
+    if dup_prev then
+      rcall('SET', dkey, dup_prev, 'PX', dwin)
+    else
+      rcall('DEL', dkey)
+    end
+  end
   if mode == 'f' and not failed then
     if not dry then
-      if dkey ~= '' then
-        rcall('SET', dkey, dup_prefix .. member, 'PX', dwin)
-      end
       if caps then
         if stale > 0 then
           rcall('ZREMRANGEBYSCORE', fkey, '-inf', now - caps.maxw)

@@ -29,82 +29,105 @@ local now, maxlen, pre, suf = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[5])
 local events, awaiting = KEYS[1], KEYS[2]
 -- The reply, filled in order (o values so far): one table for the whole call.
-local out, o = {}, 0
+local out = {}
 -- The final event: id, state and at, then every other value that is not ''; entries
 -- past m are a longer earlier event's, never sent (unpack(ev, 1, m)).
 local ev = {'id', '', 'state', '', 'at', now}
 -- A receipt's candidate count is one of a few texts ("1", "2", "3"): each converted once.
 local counts = {}
-local a, k = 6, 3
+-- The ids whose final event this call published, removed from the awaiting set by ONE
+-- ZREM at the end (a ZREM a receipt was a Redis command a message); gone[id] answers a
+-- later receipt of the same id in this call as the removal would have.
+local gone, ngone = {}, 0
 local funnels = {}  -- funnel key -> field -> count (campaign and template messages)
 local usage = {}  -- tenant -> "<state>:<category>" -> count
-for _ = 1, n do
-  local pstate, err = ARGV[a], ARGV[a + 1]
-  local nc = counts[ARGV[a + 2]]
-  if not nc then
-    nc = tonumber(ARGV[a + 2])
-    counts[ARGV[a + 2]] = nc
-  end
-  a = a + 3
-  local hit = false
-  for c = k, k + nc - 1 do
-    hit = rcall('GET', KEYS[c])
-    if hit then break end
-  end
-  k = k + nc
-  if not hit then
-    out[o + 1] = 'unmatched'; out[o + 2] = ''; out[o + 3] = ''
-    out[o + 4] = ''; out[o + 5] = ''; out[o + 6] = 0
-  else
-    local id, part = hit, '0'
-    local sp = find(hit, ' ', 1, true)
-    if sp then
-      id, part = sub(hit, 1, sp - 1), sub(hit, sp + 1)
+-- The receipts, in a function so that an error half-way (a status key of the wrong
+-- type) still removes what was published before it: pcall below, then the ZREM.
+local function apply_all()
+  local a, k, o = 6, 3, 0  -- ARGV and KEYS positions, values in the reply so far
+  for _ = 1, n do
+    local pstate, err = ARGV[a], ARGV[a + 1]
+    local nc = counts[ARGV[a + 2]]
+    if not nc then
+      nc = tonumber(ARGV[a + 2])
+      counts[ARGV[a + 2]] = nc
     end
-    local kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
-      submitted_at, e, fk, fv = apply_receipt(pre .. id .. suf, part, pstate, now, err)
-    if kind == 'final' and fk ~= '' then
-      -- A campaign or template message: its funnel counts the outcome in this call
-      -- (summed per funnel field, written once at the end).
-      local per = funnels[fk]
-      if not per then per = {}; funnels[fk] = per end
-      per[state] = (per[state] or 0) + 1
-      if fv ~= '' then
-        local f2 = state .. '|' .. fv
-        per[f2] = (per[f2] or 0) + 1
-      end
+    a = a + 3
+    local hit = false
+    for c = k, k + nc - 1 do
+      hit = rcall('GET', KEYS[c])
+      if hit then break end
     end
-    local published = 0
-    if kind == 'final' or (kind == 'late' and rcall('ZSCORE', awaiting, id)) then
-      ev[2], ev[4] = id, state
-      local m = 6
-      -- Written out (the values are locals, not a table to loop over), in the events'
-      -- order: category, carrier, carrier_id, segments, ref, tenant, to, err.
-      if category ~= '' then ev[m + 1] = 'category'; ev[m + 2] = category; m = m + 2 end
-      if carrier ~= '' then ev[m + 1] = 'carrier'; ev[m + 2] = carrier; m = m + 2 end
-      if carrier_id ~= '' then
-        ev[m + 1] = 'carrier_id'; ev[m + 2] = carrier_id; m = m + 2
+    k = k + nc
+    if not hit then
+      out[o + 1] = 'unmatched'; out[o + 2] = ''; out[o + 3] = ''
+      out[o + 4] = ''; out[o + 5] = ''; out[o + 6] = 0
+    else
+      local id, part = hit, '0'
+      local sp = find(hit, ' ', 1, true)
+      if sp then
+        id, part = sub(hit, 1, sp - 1), sub(hit, sp + 1)
       end
-      if segments ~= '' then ev[m + 1] = 'segments'; ev[m + 2] = segments; m = m + 2 end
-      if ref ~= '' then ev[m + 1] = 'ref'; ev[m + 2] = ref; m = m + 2 end
-      if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
-      if to ~= '' then ev[m + 1] = 'to'; ev[m + 2] = to; m = m + 2 end
-      if e ~= '' then ev[m + 1] = 'err'; ev[m + 2] = e; m = m + 2 end
-      rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
-      rcall('ZREM', awaiting, id)
-      published = 1
-      if tenant ~= '' then
-        local per = usage[tenant]
-        if not per then per = {}; usage[tenant] = per end
-        local f = state .. ':' .. (category ~= '' and category or '?')
-        per[f] = (per[f] or 0) + 1
+      local kind, state, category, carrier, carrier_id, segments, ref, tenant, to,
+        submitted_at, e, fk, fv = apply_receipt(pre .. id .. suf, part, pstate, now, err)
+      if kind == 'final' and fk ~= '' then
+        -- A campaign or template message: its funnel counts the outcome in this call
+        -- (summed per funnel field, written once at the end).
+        local per = funnels[fk]
+        if not per then per = {}; funnels[fk] = per end
+        per[state] = (per[state] or 0) + 1
+        if fv ~= '' then
+          local f2 = state .. '|' .. fv
+          per[f2] = (per[f2] or 0) + 1
+        end
       end
+      local published = 0
+      if kind == 'final' or (kind == 'late' and not gone[id]
+                             and rcall('ZSCORE', awaiting, id)) then
+        ev[2], ev[4] = id, state
+        local m = 6
+        -- Written out (the values are locals, not a table to loop over), in the events'
+        -- order: category, carrier, carrier_id, segments, ref, tenant, to, err.
+        if category ~= '' then ev[m + 1] = 'category'; ev[m + 2] = category; m = m + 2 end
+        if carrier ~= '' then ev[m + 1] = 'carrier'; ev[m + 2] = carrier; m = m + 2 end
+        if carrier_id ~= '' then
+          ev[m + 1] = 'carrier_id'; ev[m + 2] = carrier_id; m = m + 2
+        end
+        if segments ~= '' then ev[m + 1] = 'segments'; ev[m + 2] = segments; m = m + 2 end
+        if ref ~= '' then ev[m + 1] = 'ref'; ev[m + 2] = ref; m = m + 2 end
+        if tenant ~= '' then ev[m + 1] = 'tenant'; ev[m + 2] = tenant; m = m + 2 end
+        if to ~= '' then ev[m + 1] = 'to'; ev[m + 2] = to; m = m + 2 end
+        if e ~= '' then ev[m + 1] = 'err'; ev[m + 2] = e; m = m + 2 end
+        rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
+        if not gone[id] then
+          ngone = ngone + 1
+          gone[ngone] = id
+          gone[id] = true
+        end
+        published = 1
+        if tenant ~= '' then
+          local per = usage[tenant]
+          if not per then per = {}; usage[tenant] = per end
+          local f = state .. ':' .. (category ~= '' and category or '?')
+          per[f] = (per[f] or 0) + 1
+        end
+      end
+      out[o + 1] = kind; out[o + 2] = id; out[o + 3] = state or ''
+      out[o + 4] = carrier or ''; out[o + 5] = submitted_at or ''; out[o + 6] = published
     end
-    out[o + 1] = kind; out[o + 2] = id; out[o + 3] = state or ''
-    out[o + 4] = carrier or ''; out[o + 5] = submitted_at or ''; out[o + 6] = published
+    o = o + 6
   end
-  o = o + 6
 end
+-- A published final event and its id in the awaiting set must not outlive each other:
+-- the expiry sweep (and a retried chunk's 'late' receipt) publishes again whatever is
+-- still awaiting. So the removal runs even when a receipt's command failed half-way
+-- (the error is raised after it, as before). ZREM is not refused under maxmemory.
+local ok, failure = pcall(apply_all)
+if ngone > 0 then
+  -- unpack's limit (LUAI_MAXCSTACK, 8000) is far above a call's receipts (<= 256).
+  rcall('ZREM', awaiting, unpack(gone, 1, ngone))
+end
+if not ok then error(failure, 0) end  -- as raised: no position added to a text
 for fk, per in pairs(funnels) do
   for field, c in pairs(per) do rcall('HINCRBY', fk, field, c) end
 end
