@@ -21,6 +21,7 @@ so a big takeover never starves the heartbeat.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -70,6 +71,7 @@ from gatewayd.store.connection import (
     redacted,
 )
 from gatewayd.store.keys import keys_for
+from gatewayd.webhooks import process as webhook_process
 from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
@@ -111,7 +113,9 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
-        self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
+        self.webhooks: WebhookRunner | None = None  # webhooks.sender = "inline": in here
+        # webhooks.sender = "process" (the default): the sender as a supervised child.
+        self.webhook_sender: webhook_process.SenderProcess | None = None
         self.links: LinkServer | None = None
         self.workers: WorkerPool | None = None  # http.workers > 1: intake-only processes
         self.redis_ok = False
@@ -145,6 +149,10 @@ class Daemon:
         except ConfigError as e:
             return False, str(e), {}
         plan = reloading.diff(running, new)
+        if self.webhook_sender is not None:  # the sender process applies these itself
+            live = tuple(f"webhooks.{k}" for k in webhook_process.LIVE)
+            plan = dataclasses.replace(plan, restart=tuple(
+                k for k in plan.restart if not k.startswith(live)))
         cfg = reloading.adopt(running, new)
         self._engine = engine
         reloading.policy_taken()
@@ -252,8 +260,13 @@ class Daemon:
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
         if cfg.webhooks.enabled:
-            self.webhooks = WebhookRunner(redis, self.keys, cfg)
-            await self.webhooks.prepare()
+            runner = WebhookRunner(redis, self.keys, cfg)
+            await runner.prepare()  # the cursor before the first dispatch
+            if cfg.webhooks.sender == "inline":
+                self.webhooks = runner
+            else:  # its own process: ~30 us a message not taken from dispatch's loop
+                self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
+                self.webhook_sender.start()
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake
@@ -314,6 +327,8 @@ class Daemon:
                 except (asyncio.CancelledError, Exception):
                     pass
                 await self.control.close()
+            if self.webhook_sender is not None:  # it saves its cursor and stops
+                self.webhook_sender.drain()
             if hooks is not None:  # unacknowledged events are sent again by the next run
                 hooks.cancel()
                 try:
@@ -355,6 +370,8 @@ class Daemon:
                 pass
         if self.workers is not None:
             await self.workers.stop(self.cfg.daemon.shutdown_timeout_s)
+        if self.webhook_sender is not None:  # before Redis: it saves its cursor there
+            await self.webhook_sender.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -405,6 +422,8 @@ class Daemon:
         self.notifier.reloading()
         if self.workers is not None:
             self.workers.hup()  # each intake worker reloads its own copy of the file
+        if self.webhook_sender is not None:
+            self.webhook_sender.hup()  # it reloads its endpoints (webhooks.process.LIVE)
         try:
             await self.reload()
             await self.load_templates()
