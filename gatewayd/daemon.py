@@ -222,6 +222,12 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.cfg
         self._lock_state_dir()
+        hooks = cfg.webhooks
+        if hooks.enabled and hooks.sender == "process" and self.store.url:
+            # First (with a configured Redis URL): its ~0.4 s of imports and connecting
+            # overlap the daemon's own start instead of its first seconds of dispatch.
+            self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
+            self.webhook_sender.start()
         self.spool = Spool(Path(self.state_dir) / "spool")
         await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
@@ -235,6 +241,14 @@ class Daemon:
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
         await self.queue.ensure_groups()
         await self._heartbeat()
+        if cfg.webhooks.enabled:
+            runner = WebhookRunner(redis, self.keys, cfg)
+            await runner.prepare()  # the cursor before the first dispatch
+            if cfg.webhooks.sender == "inline":
+                self.webhooks = runner
+            elif self.webhook_sender is None:  # an embedded Redis: its URL known now
+                self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
+                self.webhook_sender.start()
         if cfg.simulator.enabled:
             s = cfg.simulator
             self.sim = SmscSimulator(SimSettings(
@@ -259,14 +273,6 @@ class Daemon:
         await self.load_templates()
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
-        if cfg.webhooks.enabled:
-            runner = WebhookRunner(redis, self.keys, cfg)
-            await runner.prepare()  # the cursor before the first dispatch
-            if cfg.webhooks.sender == "inline":
-                self.webhooks = runner
-            else:  # its own process: ~30 us a message not taken from dispatch's loop
-                self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
-                self.webhook_sender.start()
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake
