@@ -1,10 +1,12 @@
 """Lifecycle: start order, the housekeeping tick, signals, graceful drain.
 
 Start: the state directory (locked: one daemon each; it holds the spool and names the
-consumer) -> Redis (or the embedded server) -> consumer groups -> policies -> simulator
-(demo only) -> carrier binds -> HTTP -> READY=1. Signal handlers only set flags; the loops do
-the work. TERM/INT drain: stop HTTP intake and reading, let in-flight batches finish
-(bounded by shutdown_timeout_s), unbind, close Redis. A second TERM/INT forces exit.
+consumer) -> the webhook sender process (webhooks.sender = "process": started first, its
+start-up overlaps ours; gatewayd.webhooks.process) -> Redis (or the embedded server) ->
+consumer groups -> policies -> simulator (demo only) -> carrier binds -> HTTP -> READY=1.
+Signal handlers only set flags; the loops do the work. TERM/INT drain: stop HTTP intake
+and reading, let in-flight batches finish (bounded by shutdown_timeout_s), unbind, stop
+the webhook sender process, close Redis. A second TERM/INT forces exit.
 HUP (and ``POST /admin/reload``) reloads the config file and the policy files: carriers,
 routing and the [http] limits and keys change live, keys that cannot (Redis, the listen
 address, ...) are reported as needing a restart (gatewayd.control.reload); a file that
