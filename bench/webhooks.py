@@ -8,14 +8,15 @@
    receiver's CPU.
 2. e2e cost: bench.e2e's run (pre-queued messages, every policy on, the simulator with
    receipts) without webhooks, and with one endpoint that wants every state ("*"),
-   with the sender in the daemon (webhooks.enabled) and as a separate process,
-   alternated in each round. Figures: final/s of each and its ratio to the run without
-   in the same round (target: >= 0.85); the stricter "until all pushed": messages a
-   second from the first submit until the receiver had every event (the receiver's own
-   time of its last request: not when a poll after the daemon's shutdown saw it; a
-   burst daemon that stops before its sender caught up leaves the tail to a `gatewayd
-   webhooks run`); daemon (+ sender) CPU per message in the steady part; events a
-   request.
+   with the sender as the daemon's child process (webhooks.sender = "process", the
+   default), in the daemon's loop ("inline") and as a process started by hand
+   (`gatewayd webhooks run`), the first two alternated in each round. Figures: final/s
+   of each and its ratio to the run without in the same round (target: >= 0.85); the
+   stricter "until all pushed": messages a second from the first submit until the
+   receiver had every event (the receiver's own time of its last request: not when a
+   poll after the daemon's shutdown saw it; a burst daemon that stops before its sender
+   caught up leaves the tail to a `gatewayd webhooks run`); daemon (+ sender) CPU per
+   message in the steady part; events a request.
 
 3. the sender fed at e2e rates (--paced-rate, 20,000 events/s): --events state-change
    events appended at that rate while ``gatewayd webhooks run`` sends them to 1
@@ -38,6 +39,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -122,10 +124,13 @@ BATCH = [100]
 
 
 def webhooks_section(recv: ReceiverProc, endpoints: int, *, enabled: bool,
-                     events: str = '["*"]', per_tenant: bool = False) -> str:
+                     events: str = '["*"]', per_tenant: bool = False,
+                     sender: str = "process") -> str:
     out = [f"""
 [webhooks]
 enabled = {'true' if enabled else 'false'}
+sender = "{sender}"
+metrics_listen = "off"
 allow_private = true
 batch = {BATCH[0]}
 """]
@@ -263,9 +268,13 @@ def paced(rig: harness.Rig, recv: ReceiverProc, n: int, rate: float) -> dict[str
 
 def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             ) -> dict[str, Any]:
-    """One bench.e2e run; mode "off", "daemon" (sender inside) or "apart"."""
+    """One bench.e2e run; mode "off", "daemon" (sender inside: webhooks.sender =
+    "inline"), "child" (the daemon's sender process: "process", the default) or "apart"
+    (`gatewayd webhooks run` started by hand)."""
     rig.flush()
-    extra = "" if mode == "off" else webhooks_section(recv, 1, enabled=mode == "daemon")
+    extra = "" if mode == "off" else webhooks_section(
+        recv, 1, enabled=mode in ("daemon", "child"),
+        sender="inline" if mode == "daemon" else "process")
     if mode != "off":
         asyncio.run(_prepare_cursor(rig.redis_url))
     items = harness.make_messages(n, run=run)
@@ -273,6 +282,7 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     cfg = _config(rig, harness.GatewaydOptions(), extra)
     base, base_requests = recv.counts()
     sender = _sender(cfg) if mode == "apart" else None
+    child = _ChildSampler(cfg) if mode == "child" else None
     try:
         with ProcSampler(sender.pid if sender else os.getpid()) as sp:
             out = harness.run_gatewayd(rig, cfg, timeout_s=max(120.0, n / 500))
@@ -283,7 +293,7 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             if mode == "apart":
                 got, t_pushed = _wait_count(recv, base + want, 120)
                 got -= base
-            elif mode == "daemon":
+            elif mode in ("daemon", "child"):
                 got = recv.count() - base
                 if got < want:  # the burst daemon stopped first: a sender finishes the tail
                     tail = _sender(cfg)
@@ -303,7 +313,8 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     # CPU in the steady part (first submit .. last final), as bench.e2e's "steady".
     t0, t1 = res["first_submit_at"], res["last_final_at"]
     steady = max(1, res["final"])
-    sender_cpu = sp.cpu_between(t0, t1) if sender is not None else 0.0
+    sender_cpu = (sp.cpu_between(t0, t1) if sender is not None else
+                  child.cpu_between(t0, t1) if child is not None else 0.0)
     pushed_per_s = (res["final"] / (t_pushed - t0) if t_pushed > t0 else 0.0)
     return {"mode": mode, "final_per_s": res["final_per_s"], "states": res["states"],
             # Messages a second until every event of every message was pushed.
@@ -313,6 +324,45 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             "events": want, "pushed": got,
             # Fewer, fuller requests cost the sender less an event.
             "events_per_request": want / requests if requests else 0.0}
+
+
+class _ChildSampler:
+    """CPU of the daemon's sender process (``webhooks run -c CFG --child``), found in
+    /proc once the daemon starts it, sampled until it exits."""
+
+    def __init__(self, cfg: Path) -> None:
+        self.cfg = str(cfg).encode()
+        self.sampler: ProcSampler | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _find(self) -> int:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        argv = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if b"--child" in argv and self.cfg in argv:
+                    return int(d)
+        return 0
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid = self._find()
+            if pid:
+                self.sampler = ProcSampler(pid).__enter__()
+                return
+            time.sleep(0.02)
+
+    def cpu_between(self, t0: float, t1: float) -> float:
+        self._thread.join(1.0)
+        if self.sampler is None:
+            return 0.0
+        self.sampler.__exit__()
+        return self.sampler.cpu_between(t0, t1)
 
 
 async def _xlen(url: str) -> int:
@@ -344,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.events, args.runs = min(args.n, 2000), min(args.events, 5000), 1
     BATCH[0] = args.batch
-    modes = ["off", "daemon", "apart"]
+    modes = ["off", "child", "daemon", "apart"]
     if args.against:
         modes += ["daemon@against", "apart@against"]
     result: dict[str, Any] = {"n": args.n, "events": args.events, "batch": args.batch}
@@ -394,9 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                 # With --against: each mode with both trees in the same minute, in turn
                 # first (the machine's other work moves the rates more than a change).
                 turns = ["off"]
+                # The default deployment and the inline sender next to each other, in
+                # turn first.
+                turns += ["child", "daemon"] if i % 2 == 0 else ["daemon", "child"]
                 for m in ("daemon", "apart"):
                     pair = [m, f"{m}@against"] if args.against else [m]
-                    turns += pair if i % 2 == 0 else pair[::-1]
+                    turns += pair[1:] if m == "daemon" else \
+                        (pair if i % 2 == 0 else pair[::-1])
                 for mode in turns:
                     harness.ROOT = Path(args.against) if mode.endswith("@against") else own
                     try:
@@ -428,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
             result[f"ratio_pushed_{mode}"] = summary(
                 [r["pushed_per_s"] / o["final_per_s"]
                  for r, o in zip(rs, e2e_runs["off"], strict=True)])
-    labels = {"off": "no webhooks", "daemon": "sender in the daemon", "apart": "sender apart"}
+    labels = {"off": "no webhooks", "child": "sender process (default)",
+              "daemon": "sender inline", "apart": "sender apart (by hand)"}
     for mode in modes:
         label = labels[mode.split("@")[0]] + (" (--against)" if "@" in mode else "")
         e = result[f"e2e_{mode}"]
         line = (f"{e['final_per_s']['median']:,.0f} final/s; gatewayd "
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
-        if mode.startswith("apart"):
+        if mode.startswith(("apart", "child")):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
         if mode != "off":
             r = result[f"ratio_{mode}"]

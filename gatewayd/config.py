@@ -357,8 +357,16 @@ class WebhookEndpointConfig(_Section, kw_only=True, frozen=True):
 class WebhooksConfig(_Section, kw_only=True, frozen=True):
     """Signed webhooks (gatewayd.webhooks): state changes and MO pushed to apps."""
 
-    # Run the sender inside `gatewayd run` (else run `gatewayd webhooks run` apart).
+    # `gatewayd run` runs the sender (else run `gatewayd webhooks run` apart).
     enabled: bool = False
+    # Where the daemon runs it: "process", a child process it starts and supervises
+    # (restarted if it dies, HUP forwarded, stopped with it; gatewayd.webhooks.child),
+    # so its CPU is not taken from the dispatching loop; "inline": in the daemon's loop.
+    sender: Literal["process", "inline"] = "process"
+    # The sender process's /metrics (and /healthz); "" = http.listen's host, port
+    # http.worker_metrics_port (or http.listen's port + 1000) + http.workers, the next
+    # own port after the intake workers'; "off" = none.
+    metrics_listen: str = ""
     batch: int = 100
     # Retry a failing endpoint for this long (exponential back-off with jitter between
     # backoff_min_s and backoff_max_s), then its events go to its dead-letter stream.
@@ -788,6 +796,8 @@ WEBHOOK_KINDS = frozenset({"queued", "deferred", "submitted", "delivered", "unde
 
 def _validate_webhooks(cfg: Config, bad: Any) -> None:
     w = cfg.webhooks
+    if w.metrics_listen not in ("", "off") and not _listen_ok(w.metrics_listen):
+        raise bad("webhooks.metrics_listen", f"{w.metrics_listen!r}: HOST:PORT, or \"off\"")
     if not 1 <= w.batch <= 1000:
         raise bad("webhooks.batch", "must be 1-1000")
     if w.retry_for_s <= 0 or w.backoff_min_s <= 0 or w.backoff_max_s < w.backoff_min_s:

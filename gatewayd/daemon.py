@@ -1,10 +1,12 @@
 """Lifecycle: start order, the housekeeping tick, signals, graceful drain.
 
 Start: the state directory (locked: one daemon each; it holds the spool and names the
-consumer) -> Redis (or the embedded server) -> consumer groups -> policies -> simulator
-(demo only) -> carrier binds -> HTTP -> READY=1. Signal handlers only set flags; the loops do
-the work. TERM/INT drain: stop HTTP intake and reading, let in-flight batches finish
-(bounded by shutdown_timeout_s), unbind, close Redis. A second TERM/INT forces exit.
+consumer) -> the webhook sender process (webhooks.sender = "process": started first, its
+start-up overlaps ours; gatewayd.webhooks.process) -> Redis (or the embedded server) ->
+consumer groups -> policies -> simulator (demo only) -> carrier binds -> HTTP -> READY=1.
+Signal handlers only set flags; the loops do the work. TERM/INT drain: stop HTTP intake
+and reading, let in-flight batches finish (bounded by shutdown_timeout_s), unbind, stop
+the webhook sender process, close Redis. A second TERM/INT forces exit.
 HUP (and ``POST /admin/reload``) reloads the config file and the policy files: carriers,
 routing and the [http] limits and keys change live, keys that cannot (Redis, the listen
 address, ...) are reported as needing a restart (gatewayd.control.reload); a file that
@@ -21,6 +23,7 @@ so a big takeover never starves the heartbeat.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -68,6 +71,7 @@ from gatewayd.store.connection import (
     while_unavailable,
 )
 from gatewayd.store.keys import keys_for
+from gatewayd.webhooks import process as webhook_process
 from gatewayd.webhooks.runner import WebhookRunner
 
 log = logging.getLogger("gatewayd.daemon")
@@ -109,7 +113,9 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
-        self.webhooks: WebhookRunner | None = None  # webhooks.enabled: the sender in here
+        self.webhooks: WebhookRunner | None = None  # webhooks.sender = "inline": in here
+        # webhooks.sender = "process" (the default): the sender as a supervised child.
+        self.webhook_sender: webhook_process.SenderProcess | None = None
         self.links: LinkServer | None = None
         self.workers: WorkerPool | None = None  # http.workers > 1: intake-only processes
         self.redis_ok = False
@@ -146,6 +152,10 @@ class Daemon:
         except ConfigError as e:
             return False, str(e), {"error": reloading.FAILED}
         plan = reloading.diff(running, new)
+        if self.webhook_sender is not None:  # the sender process applies these itself
+            live = tuple(f"webhooks.{k}" for k in webhook_process.LIVE)
+            plan = dataclasses.replace(plan, restart=tuple(
+                k for k in plan.restart if not k.startswith(live)))
         cfg = reloading.adopt(running, new)
         previous = self._engine
         self._engine = engine
@@ -234,6 +244,12 @@ class Daemon:
     async def _start(self) -> None:
         cfg = self.cfg
         self._lock_state_dir()
+        hooks = cfg.webhooks
+        if hooks.enabled and hooks.sender == "process" and self.store.url:
+            # First (with a configured Redis URL): its ~0.4 s of imports and connecting
+            # overlap the daemon's own start instead of its first seconds of dispatch.
+            self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
+            self.webhook_sender.start()
         self.spool = Spool(Path(self.state_dir) / "spool")
         await asyncio.to_thread(self.spool.open)
         redis = await self.store.open()
@@ -254,6 +270,14 @@ class Daemon:
         self.queue = QueueStore(redis, self.keys, cfg, self.consumer)
         await on_redis("consumer groups", self.queue.ensure_groups)
         await on_redis("heartbeat", self._heartbeat)
+        if cfg.webhooks.enabled:
+            runner = WebhookRunner(redis, self.keys, cfg)
+            await on_redis("webhooks", runner.prepare)  # the cursor before the first dispatch
+            if cfg.webhooks.sender == "inline":
+                self.webhooks = runner
+            elif self.webhook_sender is None:  # an embedded Redis: its URL known now
+                self.webhook_sender = webhook_process.SenderProcess(cfg, self.store.url)
+                self.webhook_sender.start()
         if cfg.simulator.enabled:
             s = cfg.simulator
             self.sim = SmscSimulator(SimSettings(
@@ -278,9 +302,6 @@ class Daemon:
         await on_redis("templates", self.load_templates)
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
             self.campaigns = CampaignRunner(redis, self.keys, cfg)
-        if cfg.webhooks.enabled:
-            self.webhooks = WebhookRunner(redis, self.keys, cfg)
-            await on_redis("webhooks", self.webhooks.prepare)
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake
@@ -341,6 +362,8 @@ class Daemon:
                 except (asyncio.CancelledError, Exception):
                     pass
                 await self.control.close()
+            if self.webhook_sender is not None:  # it saves its cursor and stops
+                self.webhook_sender.drain()
             if hooks is not None:  # unacknowledged events are sent again by the next run
                 hooks.cancel()
                 try:
@@ -382,6 +405,8 @@ class Daemon:
                 pass
         if self.workers is not None:
             await self.workers.stop(self.cfg.daemon.shutdown_timeout_s)
+        if self.webhook_sender is not None:  # before Redis: it saves its cursor there
+            await self.webhook_sender.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -432,6 +457,8 @@ class Daemon:
         self.notifier.reloading()
         if self.workers is not None:
             self.workers.hup()  # each intake worker reloads its own copy of the file
+        if self.webhook_sender is not None:
+            self.webhook_sender.hup()  # it reloads its endpoints (webhooks.process.LIVE)
         try:
             await self.reload()
             await self.load_templates()

@@ -24,9 +24,13 @@ def test_bench_webhooks_quick_writes_its_result(tmp_path: Path) -> None:
     for eps in (1, 10, 100):
         run = data[f"endpoints_{eps}"]["runs"][0]
         assert run["delivered"] > 0 and run["events"] == 400, run
-    for mode in ("off", "daemon", "apart"):
+    for mode in ("off", "child", "daemon", "apart"):
         (run,) = data[f"e2e_{mode}"]["runs"]
         assert run["states"].get("delivered", 0) > 0, run
     (apart,) = data["e2e_apart"]["runs"]
     assert apart["pushed"] == apart["events"] > 0  # every event reached the receiver
     assert {"median", "min", "max", "runs"} <= set(data["ratio_daemon"])
+    # The default, the daemon's sender process: a run this short may end before it sent
+    # anything (the tail is sent after), but every event is pushed in the end.
+    (child,) = data["e2e_child"]["runs"]
+    assert child["events"] > 0 and child["pushed_per_s"] > 0, child

@@ -122,10 +122,14 @@ async def wait_for(cond: Any, timeout_s: float = 60.0) -> bool:
     return True
 
 
-def webhooks_toml(receiver: Receiver, *, endpoints: str, extra: str = "") -> str:
+def webhooks_toml(receiver: Receiver, *, endpoints: str, extra: str = "",
+                  sender: str = "inline") -> str:
+    """``sender``: "inline" (the runner in the test's daemon object: its state can be
+    looked at) unless a test is about the sender process (tests/test_webhooks_process.py)."""
     return f"""
 [webhooks]
 enabled = true
+sender = "{sender}"
 allow_private = true
 backoff_min_s = 0.05
 backoff_max_s = 0.3

@@ -12,8 +12,9 @@ the daemon's first), and /metrics on the shared port is the daemon's.
 intake flood then never runs in the dispatching loop) and serves its whole API on its
 own port instead of the probes alone. ``http.workers_nice``: the workers' niceness.
 
-Supervision: a worker that exits while the daemon runs is started again (after 0.5 s,
-doubling to 10 s while it keeps dying within 10 s of its start) and counted
+Supervision (gatewayd.ops.children, shared with the webhook sender's process): a worker
+that exits while the daemon runs is started again (after 0.5 s, doubling to 10 s while
+it keeps dying within 10 s of its start) and counted
 (``gatewayd_http_worker_restarts_total``); SIGHUP is forwarded; stopping the daemon
 sends TERM (the worker drains like the daemon's listener) and after
 ``daemon.shutdown_timeout_s`` KILL. Workers also die with the daemon (the kernel's
@@ -23,11 +24,8 @@ parent-death signal), so a killed daemon leaves no intake process behind.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -44,21 +42,9 @@ from gatewayd.http.worker import (
     start_probes,
 )
 from gatewayd.ops import metrics
+from gatewayd.ops.children import Children
 
 log = logging.getLogger("gatewayd.http.workers")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(nice: int) -> None:  # pragma: no cover - runs in the child before exec
-    """Die with the daemon, and run at ``http.workers_nice`` (the kernel then gives the
-    dispatching daemon the CPU first when the cores are contended)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the worker's own watch of its parent stops it
-    if nice:
-        os.nice(nice)
 
 
 class WorkerPool:
@@ -72,9 +58,10 @@ class WorkerPool:
         self.consumer = consumer
         self.http = http
         self._probes: web.AppRunner | None = None
-        self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self.children = Children("http worker", nice=cfg.http.workers_nice,
+                                 running=metrics.HTTP_WORKERS,
+                                 restarts=metrics.HTTP_WORKER_RESTARTS)
+        self.procs = self.children.procs
 
     async def start(self) -> None:
         """Serve the daemon's own metrics port and start every worker; their start is
@@ -83,8 +70,9 @@ class WorkerPool:
         if daemon_listens(self.cfg):  # else its whole API is on that port already
             self._probes = await start_probes(self.cfg, 0, self.http)
         for i in range(1, self.count + 1):
-            self._tasks.append(asyncio.create_task(self._keep(i), name=f"http-worker-{i}"))
-        self._tasks.append(asyncio.create_task(self._ready(20.0), name="http-workers-ready"))
+            self.children.keep(i, [sys.executable, "-m", "gatewayd", "run", "-c",
+                                   self.cfg.source, "--intake-worker", str(i)], self._env)
+        self.children.task(asyncio.create_task(self._ready(20.0), name="http-workers-ready"))
 
     async def _ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -97,72 +85,25 @@ class WorkerPool:
                 await asyncio.sleep(0.05)
         log.info("http workers listening", extra={"workers": self.count})
 
-    async def _spawn(self, i: int) -> asyncio.subprocess.Process:
-        env = {**os.environ, ENV_REDIS_URL: self.redis_url, ENV_CONSUMER: self.consumer}
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gatewayd", "run", "-c", self.cfg.source,
-            "--intake-worker", str(i), env=env, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_child_setup, self.cfg.http.workers_nice))
-
-    async def _keep(self, i: int) -> None:
-        backoff = 0.5
-        while not self.stopping():
-            started = time.monotonic()
-            try:
-                proc = await self._spawn(i)
-            except OSError as e:
-                log.error("http worker %d could not start: %s", i, e)
-            else:
-                self.procs[i] = proc
-                metrics.HTTP_WORKERS.inc()
-                try:
-                    code = await proc.wait()
-                finally:
-                    metrics.HTTP_WORKERS.dec()
-                    self.procs.pop(i, None)
-                if self.stopping():
-                    return
-                metrics.HTTP_WORKER_RESTARTS.inc()
-                log.error("http worker %d exited (%s); starting it again", i, code)
-            backoff = 0.5 if time.monotonic() - started > 10 else min(backoff * 2, 10.0)
-            await asyncio.sleep(backoff)
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, ENV_REDIS_URL: self.redis_url, ENV_CONSUMER: self.consumer}
 
     def stopping(self) -> bool:
-        return self._stopping
+        return self.children.stopping()
 
     def signal(self, sig: int) -> None:
-        for proc in list(self.procs.values()):
-            if proc.returncode is None:
-                try:
-                    proc.send_signal(sig)
-                except ProcessLookupError:
-                    pass
+        self.children.signal(sig)
 
     def hup(self) -> None:
         """Forward a reload: each worker reloads its policy files."""
-        self.signal(signal.SIGHUP)
+        self.children.hup()
 
     def drain(self) -> None:
         """TERM: each worker answers intake 503 and stops; not started again."""
-        self._stopping = True
-        self.signal(signal.SIGTERM)
+        self.children.drain()
 
     async def stop(self, timeout_s: float) -> None:
-        self.drain()
-        procs = list(self.procs.values())
-        if procs:
-            waits = [asyncio.ensure_future(p.wait()) for p in procs]
-            _done, pending = await asyncio.wait(waits, timeout=timeout_s)
-            if pending:
-                self.signal(signal.SIGKILL)
-                await asyncio.wait(pending, timeout=5.0)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self.children.stop(timeout_s)
         if self._probes is not None:
             await self._probes.cleanup()
             self._probes = None

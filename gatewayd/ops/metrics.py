@@ -386,6 +386,15 @@ HTTP_WORKER_RESTARTS = Counter(
     "gatewayd_http_worker_restarts_total", "Intake worker processes that exited while the "
     "daemon ran and were started again", registry=REGISTRY,
 )
+WEBHOOK_SENDERS = Gauge(
+    "gatewayd_webhook_sender_processes", "Webhook sender processes the daemon runs "
+    "(webhooks.sender = \"process\": 1 when up); it serves its own /metrics "
+    "(webhooks.metrics_listen)", registry=REGISTRY,
+)
+WEBHOOK_SENDER_RESTARTS = Counter(
+    "gatewayd_webhook_sender_restarts_total", "Webhook sender processes that exited while "
+    "the daemon ran and were started again", registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,

@@ -2,10 +2,11 @@
 (wired by gatewayd.cli).
 
 run: the sender as a process of its own (instead of ``webhooks.enabled`` in the daemon),
-with /metrics on ``--metrics-listen``. add/remove: endpoints kept in Redis, read by every
-sender within a second (config endpoints are changed in the config). test: one signed
-test event to an endpoint, now, printing its answer. replay: an endpoint's dead letters
-back into its retry queue.
+with /metrics on ``--metrics-listen`` (the daemon's own sender process, ``webhooks.sender
+= "process"``, is this with ``--child``: gatewayd.webhooks.process). add/remove:
+endpoints kept in Redis, read by every sender within a second (config endpoints are
+changed in the config). test: one signed test event to an endpoint, now, printing its
+answer. replay: an endpoint's dead letters back into its retry queue.
 
 Exit codes: 0 done; 1 the test request failed or nothing matched; 2 usage/config error.
 """
@@ -15,12 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from typing import Any
 
 from gatewayd.config import Config
-from gatewayd.ops import metrics
 from gatewayd.ops.gctune import tune_gc
 from gatewayd.store.connection import Redis, client_url, connect_config
 from gatewayd.store.keys import keys_for
@@ -35,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     p.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
                    help="serve /metrics here (e.g. 127.0.0.1:8782)")
+    # webhooks.sender = "process": the daemon starts its sender with this (not for users).
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p = sub.add_parser("list", help="endpoints (config and Redis) with backlog and state")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
     p = sub.add_parser("add", help="add or replace an endpoint kept in Redis")
@@ -70,7 +71,10 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
         setup_logging(cfg.daemon.log_level)
         _as_the_daemon_runs()
-        return asyncio.run(_serve(cfg, args.metrics_listen))
+        from gatewayd.webhooks import process
+
+        listen = args.metrics_listen or (process.metrics_listen(cfg) if args.child else "")
+        return asyncio.run(process.serve(cfg, listen, child=args.child))
     return asyncio.run(_admin(args, cfg))
 
 
@@ -86,40 +90,6 @@ def _as_the_daemon_runs() -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     tune_gc()
-
-
-async def _serve(cfg: Config, listen: str) -> int:
-    from aiohttp import web
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    from gatewayd.store.connection import Store
-    from gatewayd.webhooks.runner import WebhookRunner
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    store = Store(cfg)
-    redis = await store.open()
-    site_runner = None
-    if listen:
-        async def get_metrics(_request: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(metrics.REGISTRY),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        app = web.Application()
-        app.router.add_get("/metrics", get_metrics)
-        site_runner = web.AppRunner(app)
-        await site_runner.setup()
-        host, _, port = listen.rpartition(":")
-        await web.TCPSite(site_runner, host or "127.0.0.1", int(port)).start()
-    try:
-        await WebhookRunner(redis, keys_for(cfg), cfg).run(stop)
-    finally:
-        if site_runner is not None:
-            await site_runner.cleanup()
-        await store.close()
-    return 0
 
 
 async def _admin(args: argparse.Namespace, cfg: Config) -> int:
