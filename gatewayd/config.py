@@ -365,7 +365,8 @@ class WebhooksConfig(_Section, kw_only=True, frozen=True):
     sender: Literal["process", "inline"] = "process"
     # The sender process's /metrics (and /healthz); "" = http.listen's host, port
     # http.worker_metrics_port (or http.listen's port + 1000) + http.workers, the next
-    # own port after the intake workers'; "off" = none.
+    # own port after the intake workers'; "off" = none. The daemon reads it at each
+    # scrape of its own /metrics and adds the sender's series (webhooks.process).
     metrics_listen: str = ""
     batch: int = 100
     # Retry a failing endpoint for this long (exponential back-off with jitter between

@@ -323,6 +323,8 @@ class Daemon:
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE, reuse_port=shared and cfg.http.workers > 1,
             )
+            if self.webhook_sender is not None:  # its series in the daemon's /metrics
+                self.http.exposition = self.webhook_sender.exposition
             await self.http.start()
             if cfg.http.workers > 1:
                 self.workers = WorkerPool(cfg, self.store.url, self.consumer, self.http)

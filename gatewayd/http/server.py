@@ -191,6 +191,9 @@ class HttpServer:
         self._cap: ConnectionCap | None = None
         # (route, method, status) -> the metrics' children: labels() costs ~1 us a call
         self._observed: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # The registry's exposition -> what /metrics serves: the daemon adds its webhook
+        # sender process's series (gatewayd.webhooks.process.SenderProcess.exposition).
+        self.exposition: Callable[[bytes], Awaitable[bytes]] | None = None
         self.app = self._build_app()
 
     # Lifecycle ----------------------------------------------------------------------
@@ -553,7 +556,14 @@ class HttpServer:
                       "error": {"code": code, "message": message}})
 
     async def get_metrics(self, request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(self.registry))
+        return await self.own_metrics(request)
+
+    async def own_metrics(self, request: web.Request) -> web.Response:
+        """This process's /metrics (on the API port, or its own port: start_probes)."""
+        body = generate_latest(self.registry)
+        if self.exposition is not None:
+            body = await self.exposition(body)
+        resp = web.Response(body=body)
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 

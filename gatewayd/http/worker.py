@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gatewayd import __version__
 from gatewayd.config import Config
@@ -73,13 +73,9 @@ def daemon_listens(cfg: Config) -> bool:
 async def start_probes(cfg: Config, index: int, http: HttpServer) -> web.AppRunner:
     """/metrics, /healthz, /readyz of this process on its own port."""
 
-    async def get_metrics(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(metrics.REGISTRY))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
-
     app = web.Application()
-    app.router.add_get("/metrics", get_metrics)
+    # Its own series (a worker's /metrics on the API port forwards to the daemon's).
+    app.router.add_get("/metrics", http.own_metrics)
     app.router.add_get("/healthz", http.healthz)
     app.router.add_get("/readyz", http.readyz)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)

@@ -395,6 +395,14 @@ WEBHOOK_SENDER_RESTARTS = Counter(
     "gatewayd_webhook_sender_restarts_total", "Webhook sender processes that exited while "
     "the daemon ran and were started again", registry=REGISTRY,
 )
+# Not a collector of this registry: written into the daemon's /metrics at each scrape,
+# after the sender process's series read from its /metrics (gatewayd.webhooks.process).
+WEBHOOK_SENDER_UP = (
+    "gatewayd_webhook_sender_up",
+    "1 when the daemon read its webhook sender process's /metrics at this scrape (its "
+    "gatewayd_webhook_* series are in this exposition); 0: it did not answer (stopped, "
+    "restarting, hung) and they are missing",
+)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,

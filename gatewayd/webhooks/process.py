@@ -13,6 +13,11 @@ done), plus: the daemon's Redis URL from the environment (an embedded server's i
 only to it), a watch of its parent, HUP re-reads the config file's ``[webhooks]`` (a
 file that fails its checks changes nothing), and /metrics and /healthz on a port of its
 own (metrics_listen), like each intake worker.
+
+The daemon's /metrics carries the sender's ``gatewayd_webhook_*`` series too: at each
+scrape it reads the child's /metrics over loopback (SCRAPE_TIMEOUT_S) and adds them
+(SenderProcess.exposition), so a Prometheus that scrapes the daemon alone keeps its
+webhook series and alerts; ``gatewayd_webhook_sender_up`` says whether they are there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import signal
 import sys
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +38,7 @@ from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.ops.children import Children
+from gatewayd.ops.exposition import merge
 from gatewayd.store.connection import Store
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
@@ -43,6 +50,10 @@ ENV_REDIS_URL = "GATEWAYD_WEBHOOKS_REDIS_URL"
 # [webhooks] keys a HUP applies in the running sender process; the rest need a restart.
 LIVE = ("endpoints", "callback_prefixes", "callback_secret_env", "batch", "retry_for_s",
         "backoff_min_s", "backoff_max_s")
+# The daemon's wait for its sender's /metrics at a scrape: a local process answers in
+# milliseconds; a hung one must not make the daemon's own scrape time out (Prometheus'
+# default scrape_timeout is 10 s).
+SCRAPE_TIMEOUT_S = 2.0
 
 
 def metrics_listen(cfg: Config) -> str:
@@ -62,6 +73,29 @@ def metrics_listen(cfg: Config) -> str:
     return f"{host}:{base + cfg.http.workers}"
 
 
+def scrape_url(listen: str) -> str:
+    """The URL the daemon reads its sender's /metrics at ("" for none): a wildcard
+    address (all interfaces) is reached on loopback."""
+    if not listen:
+        return ""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/metrics" if ":" in host else \
+        f"http://{host}:{port}/metrics"
+
+
+def _sender_series(name: bytes) -> bool:
+    """The families the sender process owns: gatewayd_webhook_*, but not the daemon's
+    own gatewayd_webhook_sender_* (its processes, restarts and up: the child exports
+    the first two at 0)."""
+    return name.startswith(b"gatewayd_webhook_") and \
+        not name.startswith(b"gatewayd_webhook_sender_")
+
+
 class SenderProcess:
     """The daemon's side: one supervised child running the sender."""
 
@@ -74,6 +108,39 @@ class SenderProcess:
         self.redis_url = redis_url
         self.children = Children("webhook sender", running=metrics.WEBHOOK_SENDERS,
                                  restarts=metrics.WEBHOOK_SENDER_RESTARTS)
+        self.metrics_url = scrape_url(metrics_listen(cfg))
+        self._up: bool | None = None  # the last scrape's answer, for the log
+
+    async def exposition(self, own: bytes) -> bytes:
+        """The daemon's exposition ``own`` with the sender's gatewayd_webhook_* series
+        (read from its /metrics now) and gatewayd_webhook_sender_up; without them, and
+        up 0, if it does not answer within SCRAPE_TIMEOUT_S (stopped, restarting,
+        hung). Unchanged when the sender serves no /metrics (metrics_listen "off")."""
+        if not self.metrics_url:
+            return own
+        other = b""
+        try:
+            async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as s, \
+                    s.get(self.metrics_url) as r:
+                if r.status == 200:
+                    other = await r.read()
+                why = f"HTTP {r.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            why = type(e).__name__
+        up = bool(other)
+        if up != self._up:
+            if up:
+                log.info("webhook sender: /metrics read", extra={"url": self.metrics_url})
+            else:
+                log.warning("webhook sender: its /metrics at %s did not answer (%s): the "
+                            "daemon's /metrics has no gatewayd_webhook_* series now",
+                            self.metrics_url, why)
+            self._up = up
+        name, help_ = metrics.WEBHOOK_SENDER_UP
+        gauge = (f"# HELP {name} {help_}\n# TYPE {name} gauge\n"
+                 f"{name} {1.0 if up else 0.0}\n").encode()
+        return merge(own, other, _sender_series) + gauge
 
     def pid(self) -> int | None:
         proc = self.children.procs.get(0)
