@@ -39,6 +39,7 @@ from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.ops.children import Children
 from gatewayd.ops.exposition import merge
+from gatewayd.ops.top import url_from_listen
 from gatewayd.store.connection import Store
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
@@ -75,17 +76,8 @@ def metrics_listen(cfg: Config) -> str:
 
 def scrape_url(listen: str) -> str:
     """The URL the daemon reads its sender's /metrics at ("" for none): a wildcard
-    address (all interfaces) is reached on loopback."""
-    if not listen:
-        return ""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}/metrics" if ":" in host else \
-        f"http://{host}:{port}/metrics"
+    address (all interfaces) is reached on loopback, as `gatewayd top` does."""
+    return url_from_listen(listen) if listen else ""
 
 
 def _sender_series(name: bytes) -> bool:
