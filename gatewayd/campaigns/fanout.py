@@ -343,13 +343,21 @@ class CampaignRunner:
     """One per daemon: starts, fans out, brakes and measures campaigns."""
 
     def __init__(self, redis: Redis, keys: Keys, cfg: Config,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, fan: bool = True,
+                 manage: bool = True, token: str = "") -> None:
+        """``fan``: fan campaigns out here (else another process does: the fan-out
+        child, gatewayd.campaigns.worker); ``manage``: start scheduled campaigns, brake
+        and keep the metrics (the daemon's part). ``token``: this fan-out's lease
+        holder name; a stable one (the fan-out child's) lets a restarted holder take
+        its campaigns back at once instead of after the dead one's lease ran out."""
         self.redis = redis
         self.keys = keys
         self.cfg = cfg
         self.clock = clock
+        self.fan = fan
+        self.manage = manage
         self.fanout = FanOut(redis, keys, cfg, clock)
-        self.token = uuid.uuid4().hex
+        self.token = token or uuid.uuid4().hex
         self._lease = load_script(redis, "lease")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stop = asyncio.Event()
@@ -385,15 +393,15 @@ class CampaignRunner:
             if c is None:
                 await self.redis.srem(self.keys.campaigns_active, cid)
                 continue
-            if c.status == "scheduled" and c.start_at <= now:
+            if self.manage and c.status == "scheduled" and c.start_at <= now:
                 try:
                     c = await model.change(self.redis, self.keys, cid, "run", now=now)
                     log.info("campaign started", extra={"campaign": cid})
                 except ValueError:
                     continue
-            if c.status == "running":
+            if self.manage and c.status == "running":
                 await self._brake(c)
-            if c.status == "running" and cid not in self.tasks:
+            if self.fan and c.status == "running" and cid not in self.tasks:
                 if await self._hold(cid):
                     self.tasks[cid] = asyncio.create_task(self._fan(cid), name=f"fanout-{cid}")
         for cid, t in list(self.tasks.items()):
@@ -402,7 +410,8 @@ class CampaignRunner:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("campaign fan-out failed: %s", t.exception(),
                               extra={"campaign": cid})
-        await self._metrics()
+        if self.manage:
+            await self._metrics()
 
     async def _hold(self, cid: str) -> bool:
         return bool(await self._lease(keys=[self.keys.lease(f"camp:{cid}")],

@@ -23,7 +23,6 @@ parent-death signal), so a killed daemon leaves no intake process behind.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import logging
 import os
@@ -44,21 +43,9 @@ from gatewayd.http.worker import (
     start_probes,
 )
 from gatewayd.ops import metrics
+from gatewayd.ops.children import child_setup
 
 log = logging.getLogger("gatewayd.http.workers")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(nice: int) -> None:  # pragma: no cover - runs in the child before exec
-    """Die with the daemon, and run at ``http.workers_nice`` (the kernel then gives the
-    dispatching daemon the CPU first when the cores are contended)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the worker's own watch of its parent stops it
-    if nice:
-        os.nice(nice)
 
 
 class WorkerPool:
@@ -102,7 +89,7 @@ class WorkerPool:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gatewayd", "run", "-c", self.cfg.source,
             "--intake-worker", str(i), env=env, stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_child_setup, self.cfg.http.workers_nice))
+            preexec_fn=functools.partial(child_setup, self.cfg.http.workers_nice))
 
     async def _keep(self, i: int) -> None:
         backoff = 0.5

@@ -386,6 +386,11 @@ HTTP_WORKER_RESTARTS = Counter(
     "gatewayd_http_worker_restarts_total", "Intake worker processes that exited while the "
     "daemon ran and were started again", registry=REGISTRY,
 )
+FANOUT_RESTARTS = Counter(
+    "gatewayd_campaign_fanout_restarts_total", "Fan-out child processes "
+    "(campaigns.fanout_process) that exited while the daemon ran and were started again",
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,
