@@ -6,9 +6,11 @@ and the campaign's cursor in one atomic call, which refuses a slice whose cursor
 (so a slice is queued once, whichever daemon or retry sends it) or a campaign that is no
 longer running (pause and cancel take effect at the next slice).
 
-``CampaignRunner`` (one per daemon) starts scheduled campaigns when due and fans out the
-running ones, each in one daemon at a time (a Redis lease per campaign, renewed every
-slice; another daemon takes over from the cursor when its holder dies). Pace: a slice is
+``CampaignRunner`` (one per daemon; with ``campaigns.fanout_process`` its fan-out half
+runs in the daemon's child process, gatewayd.campaigns.worker) starts scheduled
+campaigns when due and fans out the running ones, each in one daemon at a time (a
+Redis lease per campaign, renewed every slice; another daemon takes over from the
+cursor when its holder dies). Pace: a slice is
 queued only while the campaign's class stream holds fewer than ``campaigns.max_backlog``
 entries, so the dispatchers (codes first, on their own stream) set the speed and Redis
 never holds more than that of a campaign; and at most ``rate`` recipients a second when
