@@ -10,6 +10,7 @@ import asyncio
 import collections
 import os
 import signal
+import sys
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -117,3 +118,64 @@ async def test_the_child_fans_out_exactly_once_through_kill_9_pause_and_cancel(
 
 async def _ok(value: object) -> bool:
     return bool(value)
+
+
+def _fanout_child(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return 0
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                if b"--fanout-worker" in f.read():
+                    return k
+        except OSError:
+            continue
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+async def test_the_child_is_niced_stops_with_the_daemon_and_dies_with_a_killed_one(
+        redis_url: str, tmp_path: Path, smsc: Smsc) -> None:
+    sim = await smsc()
+    path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port,
+                        extra="[campaigns]\nfanout_nice = 7\n")
+    for how in ("term", "kill"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gatewayd", "run", "-c", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=dict(os.environ))
+        try:
+            async def up(pid: int = proc.pid) -> bool:
+                return _fanout_child(pid) != 0
+            await _until("the fan-out child", up)
+            child = _fanout_child(proc.pid)
+            assert _nice(child) - _nice(proc.pid) == 7  # os.nice adds to the parent's
+            if how == "term":
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+            else:
+                proc.kill()
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+        async def gone(pid: int = child) -> bool:
+            return not _alive(pid)
+        await _until(f"the child gone after {how}", gone, timeout_s=20)
