@@ -154,9 +154,16 @@ async def _drive(url: str, cid: str, n: int, rate: float, run: int, pid: int
     return ids, rss
 
 
+async def _flush(url: str) -> None:
+    r = aioredis.from_url(url)
+    await r.flushdb(asynchronous=True)
+    await r.aclose()
+
+
 def one_run(rig: harness.Rig, n: int, rate: float, run: int, in_loop: bool = False
             ) -> dict[str, Any]:
-    rig.flush()
+    # FLUSHDB ASYNC: after a 1M run a blocking FLUSHDB outlasted the client's read.
+    asyncio.run(_flush(rig.redis_url))
     t = time.monotonic()
     cid = asyncio.run(_setup(rig.redis_url, n, run))
     upload_s = time.monotonic() - t
