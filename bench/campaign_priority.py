@@ -5,14 +5,19 @@ link), starts it, and starts one ``gatewayd run`` (not burst) that fans it out i
 (the daemon's CampaignRunner: slices queued while the marketing stream holds fewer than
 campaigns.max_backlog entries) and sends it; meanwhile codes are queued through
 gatewayd.client at --otp-rate a second until every campaign message is final. Then
-SIGTERM. Figures: OTP queue->submit p50/p99/max, marketing final/s, and gatewayd's RSS
-at 10 % of the fan-out and at its end (flat: the daemon never holds the recipients).
+SIGTERM. Figures: OTP queue->submit p50/p99/max, marketing final/s, and the RSS of
+gatewayd and of its fan-out child at 10 % of the fan-out and at its end (flat: neither
+holds the recipients), and their CPU a campaign message.
+The fan-out runs in the daemon's child process (campaigns.fanout_process = true, set by
+the bench); --in-loop runs it in the dispatching daemon's loop instead (the default), for
+interleaved comparisons (--pairs: child and in-loop alternately).
 The daemon's loop lag over the run (gatewayd_loop_lag_seconds, bucket bounds; its API
 listener is on, idle, for /metrics). Median of --runs with min and max; writes
 bench/results/campaign_priority.json.
 Target: OTP p99 <= 50 ms during a 1M fan-out.
 
     python -m bench campaign_priority [--quick] [-n 1000000] [--otp-rate 200] [--runs 1]
+        [--in-loop | --pairs]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -28,7 +34,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench import harness
-from bench.common import bucket_quantile, histogram, rss_bytes, summary, table, write_result
+from bench.common import (
+    bucket_quantile,
+    cpu_seconds,
+    histogram,
+    rss_bytes,
+    summary,
+    table,
+    write_result,
+)
 from bench.e2e import _fmt, analyse
 from gatewayd.campaigns import model, registry
 from gatewayd.campaigns.model import Campaign, Variant
@@ -70,9 +84,33 @@ async def _setup(url: str, n: int, run: int) -> str:
     return cid
 
 
+def fanout_child(pid: int) -> int:
+    """The daemon's fan-out child's pid (0: none, the fan-out runs in the daemon)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return 0
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                if b"--fanout-worker" in f.read():
+                    return k
+        except OSError:
+            continue
+    return 0
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        return rss_bytes(pid) / 1e6 if pid else 0.0
+    except OSError:
+        return 0.0
+
+
 async def _drive(url: str, cid: str, n: int, rate: float, run: int, pid: int
                  ) -> tuple[list[str], dict[str, float]]:
-    """Codes at `rate`/s until every campaign message is final; RSS samples."""
+    """Codes at `rate`/s until every campaign message is final; RSS and CPU samples."""
     r = aioredis.from_url(url, decode_responses=True)
     keys = Keys(harness.PREFIX)
     rss: dict[str, float] = {}
@@ -80,6 +118,8 @@ async def _drive(url: str, cid: str, n: int, rate: float, run: int, pid: int
     # Codes start once the fan-out has begun (the daemon's start-up is not the point).
     while int(await r.hget(keys.campaign(cid), "produced") or 0) == 0:
         await asyncio.sleep(0.05)
+    child = fanout_child(pid)
+    cpu0 = (cpu_seconds(pid), cpu_seconds(child) if child else 0.0)
     async with Client(url, prefix=harness.PREFIX) as c:
         t0, sent, tick = time.monotonic(), 0, 0
         while True:
@@ -94,19 +134,36 @@ async def _drive(url: str, cid: str, n: int, rate: float, run: int, pid: int
             if tick % 20 == 0:
                 produced = int(await r.hget(keys.campaign(cid), "produced") or 0)
                 if "rss_10pct_mb" not in rss and produced >= n // 10:
-                    rss["rss_10pct_mb"] = rss_bytes(pid) / 1e6
+                    rss["rss_10pct_mb"] = _rss_mb(pid)
+                    rss["child_rss_10pct_mb"] = _rss_mb(child)
                 delivered = int(await r.hget(keys.funnel(cid), "delivered") or 0)
                 if produced >= n and "rss_fanned_mb" not in rss:
-                    rss["rss_fanned_mb"] = rss_bytes(pid) / 1e6
+                    rss["rss_fanned_mb"] = _rss_mb(pid)
+                    rss["child_rss_fanned_mb"] = _rss_mb(child)
                 if delivered >= n:
+                    rss["gw_cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0[0]) / n
+                    if child:
+                        try:
+                            rss["child_cpu_us"] = 1e6 * (cpu_seconds(child) - cpu0[1]) / n
+                        except OSError:  # started again meanwhile: not comparable
+                            pass
+                    rss["load_1m"] = os.getloadavg()[0]
                     break
             await asyncio.sleep(0.01)
     await r.aclose()
     return ids, rss
 
 
-def one_run(rig: harness.Rig, n: int, rate: float, run: int) -> dict[str, Any]:
-    rig.flush()
+async def _flush(url: str) -> None:
+    r = aioredis.from_url(url)
+    await r.flushdb(asynchronous=True)
+    await r.aclose()
+
+
+def one_run(rig: harness.Rig, n: int, rate: float, run: int, in_loop: bool = False
+            ) -> dict[str, Any]:
+    # FLUSHDB ASYNC: after a 1M run a blocking FLUSHDB outlasted the client's read.
+    asyncio.run(_flush(rig.redis_url))
     t = time.monotonic()
     cid = asyncio.run(_setup(rig.redis_url, n, run))
     upload_s = time.monotonic() - t
@@ -119,6 +176,7 @@ def one_run(rig: harness.Rig, n: int, rate: float, run: int) -> dict[str, Any]:
     with open(cfg, "a", encoding="utf-8") as f:
         f.write('\n[links]\nenabled = true\nbase_url = "https://s.example.cn/"\n'
                 'listen = "127.0.0.1:0"\n')
+        f.write(f"\n[campaigns]\nfanout_process = {'false' if in_loop else 'true'}\n")
     proc = rig.gatewayd(cfg, timeout_s=0, burst=False)
     try:
         otp_ids, rss = asyncio.run(_drive(rig.redis_url, cid, n, rate, run, proc.pid))
@@ -135,7 +193,8 @@ def one_run(rig: harness.Rig, n: int, rate: float, run: int) -> dict[str, Any]:
     lat = sorted(float(s["submitted_at"]) - float(s["enqueued_at"])
                  for s in otp if s.get("submitted_at") and s.get("enqueued_at"))
     mk = analyse(rig.statuses([f"{cid}.{i}" for i in range(1, n + 1)]))
-    return {"n": n, "upload_s": upload_s, "otp_sent": len(otp_ids), "otp_submitted": len(lat),
+    return {"n": n, "fanout": "in-loop" if in_loop else "child", "upload_s": upload_s,
+            "otp_sent": len(otp_ids), "otp_submitted": len(lat),
             "otp_p50_ms": 1000 * harness.percentile(lat, 50),
             "otp_p99_ms": 1000 * harness.percentile(lat, 99),
             "otp_max_ms": 1000 * (lat[-1] if lat else 0.0),
@@ -153,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--otp-rate", type=float, default=200.0)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="-n 20000")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--in-loop", action="store_true",
+                     help="fan out in the dispatching daemon's loop (fanout_process = false)")
+    how.add_argument("--pairs", action="store_true",
+                     help="each run twice: child then in-loop (interleaved pairs)")
     args = ap.parse_args(argv)
     if args.quick and args.n == 1_000_000:
         args.n = 20_000
@@ -160,25 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     with harness.Rig() as rig:
         print(f"campaign_priority: a {args.n:,}-recipient campaign fanned out and sent by "
               f"the daemon, OTP at {args.otp_rate:.0f}/s", flush=True)
-        for i in range(args.runs):
-            r = one_run(rig, args.n, args.otp_rate, i)
+        modes = [False, True] if args.pairs else [args.in_loop]
+        for i in range(args.runs * len(modes)):
+            r = one_run(rig, args.n, args.otp_rate, i, modes[i % len(modes)])
             runs.append(r)
-            print(f"run {i + 1}: OTP p50 {r['otp_p50_ms']:.1f} ms, p99 {r['otp_p99_ms']:.1f} ms, "
+            print(f"run {i + 1} ({r['fanout']}, load {r.get('load_1m', 0):.1f}): "
+                  f"OTP p50 {r['otp_p50_ms']:.1f} ms, p99 {r['otp_p99_ms']:.1f} ms, "
                   f"max {r['otp_max_ms']:.1f} ms ({r['otp_submitted']}/{r['otp_sent']} codes); "
                   f"daemon loop lag p50/p90/p99 <= {r['loop_lag_p50_ms']:g}/"
                   f"{r['loop_lag_p90_ms']:g}/{r['loop_lag_p99_ms']:g} ms; "
                   f"campaign {r['marketing_final_per_s']:,.0f} final/s, states "
                   f"{r['marketing_states']}; gatewayd RSS {r.get('rss_10pct_mb', 0):.0f} MB "
-                  f"at 10 % -> {r.get('rss_fanned_mb', 0):.0f} MB fanned out", flush=True)
+                  f"at 10 % -> {r.get('rss_fanned_mb', 0):.0f} MB fanned out, fan-out child "
+                  f"{r.get('child_rss_10pct_mb', 0):.0f} -> "
+                  f"{r.get('child_rss_fanned_mb', 0):.0f} MB; CPU a campaign message: "
+                  f"gatewayd {r.get('gw_cpu_us', 0):.1f} us, child "
+                  f"{r.get('child_cpu_us', 0):.1f} us", flush=True)
+
+    mine = [r for r in runs if r["fanout"] == ("in-loop" if args.in_loop else "child")]
 
     def s(key: str) -> dict[str, float]:
-        return summary([float(r.get(key, 0.0)) for r in runs])
+        return summary([float(r.get(key, 0.0)) for r in mine])
 
     result = {"n": args.n, "otp_rate": args.otp_rate, "otp_p50_ms": s("otp_p50_ms"),
               "otp_p99_ms": s("otp_p99_ms"), "otp_max_ms": s("otp_max_ms"),
               "marketing_final_per_s": s("marketing_final_per_s"),
               "rss_10pct_mb": s("rss_10pct_mb"), "rss_fanned_mb": s("rss_fanned_mb"),
-              "runs": runs}
+              "child_rss_10pct_mb": s("child_rss_10pct_mb"),
+              "child_rss_fanned_mb": s("child_rss_fanned_mb"), "runs": runs}
+    if args.pairs:
+        other = [r for r in runs if r["fanout"] == "in-loop"]
+        result["in_loop_otp_p99_ms"] = summary([float(r["otp_p99_ms"]) for r in other])
     path = write_result("campaign_priority", result)
     print(table([
         ("OTP queue->submit p50", _fmt(result["otp_p50_ms"], " ms", digits=1)),
@@ -186,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         ("campaign final/s meanwhile", _fmt(result["marketing_final_per_s"])),
         ("gatewayd RSS at 10 % / fanned out", f"{result['rss_10pct_mb']['median']:.0f} / "
          f"{result['rss_fanned_mb']['median']:.0f} MB"),
+        ("fan-out child RSS at 10 % / fanned out",
+         f"{result['child_rss_10pct_mb']['median']:.0f} / "
+         f"{result['child_rss_fanned_mb']['median']:.0f} MB"),
+        *([("in-loop OTP p99 (the pairs' other half)",
+            _fmt(result["in_loop_otp_p99_ms"], " ms", digits=1))] if args.pairs else []),
     ]))
     print(f"-> {path}")
     return 0

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --burst: stop after S seconds even if work is left")
     # http.workers: the daemon starts its intake-only processes with this (not for users).
     p.add_argument("--intake-worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--fanout-worker", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("check-config", help="validate a config file and its policy file")
     _add_config(p)
@@ -262,6 +263,10 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         from gatewayd.http.worker import IntakeWorker
 
         runner: Any = IntakeWorker(cfg, args.intake_worker)
+    elif args.fanout_worker:
+        from gatewayd.campaigns.worker import FanoutWorker
+
+        runner = FanoutWorker(cfg)
     else:
         runner = Daemon(cfg, burst=args.burst, burst_timeout_s=args.burst_timeout)
     try:

@@ -296,6 +296,14 @@ class CampaignsConfig(_Section, kw_only=True, frozen=True):
     # a million-recipient campaign never sits in Redis at once and the dispatchers
     # (codes first) set the pace.
     max_backlog: int = 20_000
+    # Fan out in a child process of the daemon's (gatewayd.campaigns.worker), not in the
+    # loop that dispatches codes: rendering a slice is ~1-2 ms of CPU. Needs the daemon
+    # run with -c FILE (the child reads it); a config made in code fans out in-loop.
+    # Off by default: no gain in codes' p99 was shown on 2 shared cores yet, and the
+    # child's gatewayd_campaign_recipients_total is not on the daemon's /metrics.
+    fanout_process: bool = False
+    # Niceness (0-19) of that child: on contended cores the dispatching daemon first.
+    fanout_nice: int = 5
     # Write each campaign message's "queued" status record and event at fan-out (off:
     # a million-recipient campaign would push a million "queued" events through the
     # capped events stream and triple the fan-out's Redis work; the campaign's funnel
@@ -765,6 +773,8 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
         raise bad("campaigns.fanout_batch", "must be 1-5000")
     if c.max_backlog < c.fanout_batch:
         raise bad("campaigns.max_backlog", "must be at least campaigns.fanout_batch")
+    if not 0 <= c.fanout_nice <= 19:
+        raise bad("campaigns.fanout_nice", f"{c.fanout_nice}: a niceness of 0-19")
     for key, v in (("optout_window_days", c.optout_window_days),
                    ("recipient_ttl_days", c.recipient_ttl_days)):
         if v <= 0:

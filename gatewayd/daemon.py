@@ -38,6 +38,7 @@ from typing import Any
 from gatewayd import __version__
 from gatewayd.campaigns import registry as templates
 from gatewayd.campaigns.fanout import CampaignRunner
+from gatewayd.campaigns.supervisor import FanoutProcess
 from gatewayd.carrier import CarrierPool
 from gatewayd.config import Config, holds_secrets, warn_if_world_readable
 from gatewayd.control import reload as reloading
@@ -113,6 +114,7 @@ class Daemon:
         self.inbound: InboundHandler | None = None
         self.http: HttpServer | None = None
         self.campaigns: CampaignRunner | None = None
+        self.fanout: FanoutProcess | None = None  # campaigns.fanout_process: the child
         self.webhooks: WebhookRunner | None = None  # webhooks.sender = "inline": in here
         # webhooks.sender = "process" (the default): the sender as a supervised child.
         self.webhook_sender: webhook_process.SenderProcess | None = None
@@ -301,7 +303,12 @@ class Daemon:
         self.dispatcher = Dispatcher(redis, self.keys, cfg, self.queue, self.pool, self.policy)
         await on_redis("templates", self.load_templates)
         if not is_cluster(redis):  # the fan-out's slices are single-Redis scripts
-            self.campaigns = CampaignRunner(redis, self.keys, cfg)
+            # campaigns.fanout_process: a child fans out; this loop dispatches.
+            child = cfg.campaigns.fanout_process and bool(cfg.source) and not self.burst
+            self.campaigns = CampaignRunner(redis, self.keys, cfg, fan=not child)
+            if child:
+                self.fanout = FanoutProcess(cfg, self.store.url, self.consumer)
+                self.fanout.start()
         # The edge (HTTP API, redirector) has its own Redis connections: a request flood
         # waits for those (then answers 503), never for the core's (Store's docstring).
         edge = self.store.intake
@@ -409,6 +416,8 @@ class Daemon:
             await self.workers.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.webhook_sender is not None:  # before Redis: it saves its cursor there
             await self.webhook_sender.stop(self.cfg.daemon.shutdown_timeout_s)
+        if self.fanout is not None:
+            await self.fanout.stop(self.cfg.daemon.shutdown_timeout_s)
         if self.http is not None:
             await self.http.stop()
         if self.links is not None:
@@ -445,6 +454,8 @@ class Daemon:
             self.http.drain()  # intake and /readyz answer 503 from now on
         if self.workers is not None:
             self.workers.drain()  # so do the intake workers', then they stop
+        if self.fanout is not None:
+            self.fanout.drain()
         self.stop_event.set()
 
     def _on_hup(self) -> None:

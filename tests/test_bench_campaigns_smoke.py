@@ -33,6 +33,7 @@ def test_fanout(tmp_path: Path) -> None:
     data, out = bench(tmp_path, "fanout", "-n", "1500")
     assert data["n"] == 1500 and {"median", "min", "max"} <= set(data["per_s"])
     assert data["runs"][0]["rss_end_mb"] > 0 and "recipients/s" in out
+    assert data["runs"][0]["redis_calls"] > 0
 
 
 def test_campaign_cost(tmp_path: Path) -> None:
@@ -47,6 +48,8 @@ def test_campaign_priority(tmp_path: Path) -> None:
     (run,) = data["runs"]
     assert run["marketing_states"] == {"delivered": 1000}
     assert run["otp_submitted"] == run["otp_sent"] > 0
+    # The fan-out ran in the daemon's child process (campaigns.fanout_process).
+    assert run["fanout"] == "child" and run["child_rss_fanned_mb"] > 0
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None,

@@ -45,11 +45,21 @@ def _free_run(n: int) -> int:
 
 
 def _children(pid: int) -> set[int]:
+    """The daemon's intake workers (not its other children: the fan-out process)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return {int(p) for p in f.read().split()}
+            kids = {int(p) for p in f.read().split()}
     except OSError:
         return set()
+    out = set()
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                if b"--intake-worker" in f.read():
+                    out.add(k)
+        except OSError:
+            continue
+    return out
 
 
 def _alive(pid: int) -> bool:

@@ -6,9 +6,11 @@ and the campaign's cursor in one atomic call, which refuses a slice whose cursor
 (so a slice is queued once, whichever daemon or retry sends it) or a campaign that is no
 longer running (pause and cancel take effect at the next slice).
 
-``CampaignRunner`` (one per daemon) starts scheduled campaigns when due and fans out the
-running ones, each in one daemon at a time (a Redis lease per campaign, renewed every
-slice; another daemon takes over from the cursor when its holder dies). Pace: a slice is
+``CampaignRunner`` (one per daemon; with ``campaigns.fanout_process`` its fan-out half
+runs in the daemon's child process, gatewayd.campaigns.worker) starts scheduled
+campaigns when due and fans out the running ones, each in one daemon at a time (a
+Redis lease per campaign, renewed every slice; another daemon takes over from the
+cursor when its holder dies). Pace: a slice is
 queued only while the campaign's class stream holds fewer than ``campaigns.max_backlog``
 entries, so the dispatchers (codes first, on their own stream) set the speed and Redis
 never holds more than that of a campaign; and at most ``rate`` recipients a second when
@@ -343,13 +345,21 @@ class CampaignRunner:
     """One per daemon: starts, fans out, brakes and measures campaigns."""
 
     def __init__(self, redis: Redis, keys: Keys, cfg: Config,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, fan: bool = True,
+                 manage: bool = True, token: str = "") -> None:
+        """``fan``: fan campaigns out here (else another process does: the fan-out
+        child, gatewayd.campaigns.worker); ``manage``: start scheduled campaigns, brake
+        and keep the metrics (the daemon's part). ``token``: this fan-out's lease
+        holder name; a stable one (the fan-out child's) lets a restarted holder take
+        its campaigns back at once instead of after the dead one's lease ran out."""
         self.redis = redis
         self.keys = keys
         self.cfg = cfg
         self.clock = clock
+        self.fan = fan
+        self.manage = manage
         self.fanout = FanOut(redis, keys, cfg, clock)
-        self.token = uuid.uuid4().hex
+        self.token = token or uuid.uuid4().hex
         self._lease = load_script(redis, "lease")
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stop = asyncio.Event()
@@ -385,15 +395,15 @@ class CampaignRunner:
             if c is None:
                 await self.redis.srem(self.keys.campaigns_active, cid)
                 continue
-            if c.status == "scheduled" and c.start_at <= now:
+            if self.manage and c.status == "scheduled" and c.start_at <= now:
                 try:
                     c = await model.change(self.redis, self.keys, cid, "run", now=now)
                     log.info("campaign started", extra={"campaign": cid})
                 except ValueError:
                     continue
-            if c.status == "running":
+            if self.manage and c.status == "running":
                 await self._brake(c)
-            if c.status == "running" and cid not in self.tasks:
+            if self.fan and c.status == "running" and cid not in self.tasks:
                 if await self._hold(cid):
                     self.tasks[cid] = asyncio.create_task(self._fan(cid), name=f"fanout-{cid}")
         for cid, t in list(self.tasks.items()):
@@ -402,7 +412,8 @@ class CampaignRunner:
                 if not t.cancelled() and t.exception() is not None:
                     log.error("campaign fan-out failed: %s", t.exception(),
                               extra={"campaign": cid})
-        await self._metrics()
+        if self.manage:
+            await self._metrics()
 
     async def _hold(self, cid: str) -> bool:
         return bool(await self._lease(keys=[self.keys.lease(f"camp:{cid}")],

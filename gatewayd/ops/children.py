@@ -1,5 +1,6 @@
 """Child processes the daemon starts and keeps: the ``http.workers`` intake processes
-(gatewayd.http.workers) and the webhook sender (``webhooks.sender = "process"``).
+(gatewayd.http.workers), the webhook sender (``webhooks.sender = "process"``) and the
+campaigns' fan-out (``campaigns.fanout_process``, gatewayd.campaigns.supervisor).
 
 One machinery for both. A child that exits while the daemon runs is started again
 (after 0.5 s, doubling to 10 s while it keeps dying within 10 s of its start) and
@@ -82,6 +83,8 @@ class Children:
             else:
                 self.procs[key] = proc
                 self.started[key] = self.started.get(key, 0) + 1
+                if self.stopping():  # drained while it was being started: TERM it too
+                    self.signal(signal.SIGTERM)
                 if self.running is not None:
                     self.running.inc()
                 try:

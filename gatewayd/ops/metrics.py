@@ -403,6 +403,11 @@ WEBHOOK_SENDER_UP = (
     "gatewayd_webhook_* series are in this exposition); 0: it did not answer (stopped, "
     "restarting, hung) and they are missing",
 )
+FANOUT_RESTARTS = Counter(
+    "gatewayd_campaign_fanout_restarts_total", "Fan-out child processes "
+    "(campaigns.fanout_process) that exited while the daemon ran and were started again",
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "gatewayd_http_requests_total", "HTTP API requests by route template, method and status",
     ["route", "method", "status"], registry=REGISTRY,
