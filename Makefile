@@ -18,6 +18,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gatewayd tests bench
 	$(BIN)/mypy --strict gatewayd
+	$(BIN)/mypy --strict bench
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

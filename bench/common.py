@@ -51,7 +51,7 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (and its reaped children)."""
+    """User + system CPU seconds of a process itself (not its children: read theirs apart)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
