@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 from bench import harness
 from bench.common import (
     bucket_quantile,
+    child_pids,
     cpu_seconds,
     histogram,
     rss_bytes,
@@ -86,19 +87,7 @@ async def _setup(url: str, n: int, run: int) -> str:
 
 def fanout_child(pid: int) -> int:
     """The daemon's fan-out child's pid (0: none, the fan-out runs in the daemon)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return 0
-    for k in kids:
-        try:
-            with open(f"/proc/{k}/cmdline", "rb") as f:
-                if b"--fanout-worker" in f.read():
-                    return k
-        except OSError:
-            continue
-    return 0
+    return next(iter(child_pids(pid, b"--fanout-worker")), 0)
 
 
 def _rss_mb(pid: int) -> float:

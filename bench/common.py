@@ -50,6 +50,34 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def child_pids(pid: int, flag: bytes) -> list[int]:
+    """The children of ``pid`` whose command line holds ``flag`` (e.g. the daemon's
+    ``--fanout-worker`` or ``--intake-worker`` processes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return []
+    out = []
+    for k in kids:
+        try:
+            with open(f"/proc/{k}/cmdline", "rb") as f:
+                if flag in f.read():
+                    out.append(k)
+        except OSError:
+            continue
+    return out
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process itself (not its children: read theirs apart)."""
     with open(f"/proc/{pid}/stat") as f:

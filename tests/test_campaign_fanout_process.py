@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bench.common import alive, child_pids
 from gatewayd.campaigns import funnel, model
 from gatewayd.config import load_config
 from gatewayd.daemon import Daemon
@@ -122,27 +123,7 @@ async def _ok(value: object) -> bool:
 
 
 def _fanout_child(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return 0
-    for k in kids:
-        try:
-            with open(f"/proc/{k}/cmdline", "rb") as f:
-                if b"--fanout-worker" in f.read():
-                    return k
-        except OSError:
-            continue
-    return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return next(iter(child_pids(pid, b"--fanout-worker")), 0)
 
 
 def _nice(pid: int) -> int:
@@ -178,5 +159,5 @@ async def test_the_child_is_niced_stops_with_the_daemon_and_dies_with_a_killed_o
                 await proc.wait()
 
         async def gone(pid: int = child) -> bool:
-            return not _alive(pid)
+            return not alive(pid)
         await _until(f"the child gone after {how}", gone, timeout_s=20)

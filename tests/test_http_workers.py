@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import redis.asyncio as aioredis
 
+from bench.common import alive, child_pids
 from gatewayd.store.embedded import free_port
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, wait_final, write_config
@@ -46,28 +47,7 @@ def _free_run(n: int) -> int:
 
 def _children(pid: int) -> set[int]:
     """The daemon's intake workers (not its other children: the fan-out process)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = {int(p) for p in f.read().split()}
-    except OSError:
-        return set()
-    out = set()
-    for k in kids:
-        try:
-            with open(f"/proc/{k}/cmdline", "rb") as f:
-                if b"--intake-worker" in f.read():
-                    out.add(k)
-        except OSError:
-            continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return set(child_pids(pid, b"--intake-worker"))
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -208,7 +188,7 @@ async def test_workers_share_the_port_queue_once_restart_and_stop(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
-    assert not any(_alive(p) for p in last | workers)  # stop leaves no process
+    assert not any(alive(p) for p in last | workers)  # stop leaves no process
     assert (await wait_final(redis, keys, ["w-after"], timeout_s=1))  # queued, once
     assert await redis.exists(keys.status("w-after"))
 
@@ -228,10 +208,10 @@ async def test_a_killed_daemon_takes_its_workers_with_it(
         proc.kill()
         await proc.wait()
     for _ in range(200):
-        if not any(_alive(p) for p in workers):
+        if not any(alive(p) for p in workers):
             break
         await asyncio.sleep(0.05)
-    assert not any(_alive(p) for p in workers)
+    assert not any(alive(p) for p in workers)
 
 
 def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
@@ -314,7 +294,7 @@ async def test_a_daemon_that_does_not_listen_leaves_intake_to_niced_workers(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
-    assert not any(_alive(p) for p in workers)
+    assert not any(alive(p) for p in workers)
 
 
 def test_daemon_listens_and_workers_nice_are_checked(tmp_path: Path) -> None:
