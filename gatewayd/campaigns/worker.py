@@ -26,9 +26,9 @@ import signal
 
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.config import Config
-from gatewayd.errors import StoreError
 from gatewayd.ops.gctune import tune_gc
-from gatewayd.store.connection import UNAVAILABLE, Store, redacted
+from gatewayd.ops.startup import redis_answers
+from gatewayd.store.connection import Store
 from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.campaigns.worker")
@@ -60,11 +60,10 @@ class FanoutWorker:
         parent = os.getppid()
         redis = await self.store.open()
         try:
-            try:
-                await redis.ping()
-            except UNAVAILABLE as e:
-                raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}"
-                                 ) from e
+            # Waits out a Redis that cannot answer yet, as the daemon's start does.
+            if not await redis_answers(redis, self.cfg, self.store.url, stop=self.stop_event,
+                                       what="fan-out process"):
+                return 0
             runner = CampaignRunner(redis, keys_for(self.cfg), self.cfg, manage=False,
                                     token=self.token)
             tune_gc()

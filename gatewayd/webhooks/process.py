@@ -39,6 +39,7 @@ from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.ops.children import Children
 from gatewayd.ops.exposition import merge
+from gatewayd.ops.startup import redis_answers
 from gatewayd.ops.top import url_from_listen
 from gatewayd.store.connection import Store
 from gatewayd.store.keys import keys_for
@@ -167,6 +168,16 @@ async def serve(cfg: Config, listen: str, *, child: bool) -> int:
     if child and os.environ.get(ENV_REDIS_URL):
         store.url = os.environ[ENV_REDIS_URL]
     redis = await store.open()
+    # Waits out a Redis that cannot answer yet, as the daemon's start does (its runner
+    # would try for ever, a warning a second); past it: exit 3, one line.
+    up = False
+    try:
+        up = await redis_answers(redis, cfg, store.url, stop=stop, what="webhook sender")
+    finally:
+        if not up:  # stopped while waiting, or waited in vain
+            await store.close()
+    if not up:
+        return 0
     runner = WebhookRunner(redis, keys_for(cfg), cfg)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(runner))
     site = None
