@@ -37,10 +37,9 @@ from gatewayd.http.service import DaemonBackend
 from gatewayd.http.webhooks import WebhookApi
 from gatewayd.ops import metrics
 from gatewayd.ops.gctune import tune_gc
-from gatewayd.ops.startup import redis_answers
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.engine import PolicyEngine
-from gatewayd.store.connection import UNAVAILABLE, Store
+from gatewayd.store.connection import UNAVAILABLE, Store, redis_answers
 from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.http.worker")
