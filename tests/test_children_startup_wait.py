@@ -1,5 +1,6 @@
 """The daemon's children, and the sender run by hand, wait out a Redis that is not up yet
-(``redis.startup_wait_s``, as the daemon's own start does; gatewayd.store.connection.redis_answers).
+(``redis.startup_wait_s``, as the daemon's own start does: gatewayd.store.connection.
+redis_answers).
 
 Each process is started as the daemon starts it (``gatewayd run --intake-worker 1``,
 ``gatewayd run --fanout-worker``) or as an operator does (``gatewayd webhooks run``),

@@ -28,7 +28,7 @@ from gatewayd.store.connection import Redis, client_url, connect_config
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks import admin
 
-EXIT_PROBLEM, EXIT_CONFIG = 1, 2
+EXIT_PROBLEM, EXIT_CONFIG, EXIT_STARTUP = 1, 2, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         try:
             return asyncio.run(process.serve(cfg, listen, child=args.child))
         except GatewayError as e:  # Redis unreachable past redis.startup_wait_s
-            from gatewayd.cli import EXIT_STARTUP, startup_error
-
-            logging.getLogger("gatewayd").error("startup failed: %s", startup_error(e))
+            # The line `gatewayd run` logs for it (gatewayd.cli._run), the same exit code.
+            logging.getLogger("gatewayd").error("startup failed: %s",
+                                                str(e).splitlines()[0] or type(e).__name__)
             return EXIT_STARTUP
     return asyncio.run(_admin(args, cfg))
 
