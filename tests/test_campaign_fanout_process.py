@@ -11,6 +11,7 @@ import collections
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -22,12 +23,14 @@ from gatewayd.campaigns.worker import fanout_metrics_listen
 from gatewayd.config import load_config
 from gatewayd.daemon import Daemon
 from gatewayd.ops import metrics
+from gatewayd.ops.exposition import SCRAPE_TIMEOUT_S
 from gatewayd.store.embedded import free_port
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import Smsc, running_daemon, wait_final, write_config
 from tests.test_campaign_fanout import LINKS, compiled, rows, setup_ab
 from tests.test_http_workers import _free_run
-from tests.test_webhooks_process import scrape
+from tests.test_webhooks_process import default_sender, scrape, sender_up
+from tests.webhook_helpers import Receiver, webhooks_toml
 
 
 async def _until(what: str, check: object, timeout_s: float = 60.0) -> None:
@@ -182,12 +185,15 @@ async def test_the_childs_recipients_counter_is_on_the_daemons_metrics(
     daemon's /metrics carries it (read from the child's own port at the scrape, its
     default one: after the webhook sender's) with gatewayd_campaign_fanout_up 1, and
     this process's registry (the daemon's) counted none of it. A hung child (SIGSTOP):
-    up 0 and the daemon's own series, still 200; back (SIGCONT): up 1 again."""
+    up 0 and the daemon's own series, still 200, the webhook sender's series read all the
+    same; back (SIGCONT): up 1 again."""
     n = 300
     sim = await smsc(receipt_delay_s=0.01)
     port, base = free_port(), _free_run(3)
+    # The webhook sender process too: the daemon merges both children's series.
     path = write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, http=True,
-                        extra=LINKS + "[campaigns]\nfanout_process = true\nfanout_batch = 50\n")
+                        extra=LINKS + "[campaigns]\nfanout_process = true\nfanout_batch = 50\n"
+                        + default_sender(webhooks_toml(Receiver(), endpoints="")))
     path.write_text(path.read_text(encoding="utf-8").replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nworker_metrics_port = {base}',
         1), encoding="utf-8")  # [http]'s, not [links]'s
@@ -217,6 +223,7 @@ async def test_the_childs_recipients_counter_is_on_the_daemons_metrics(
             return _value(text, queued) == n
         await _until("the child's count on the daemon's /metrics", counted)
         assert _value(text, up) == 1.0
+        assert sender_up(text) == 1.0  # both children read (scrape: each name once)
         assert metrics.FANOUT.labels("queued")._value.get() == own_before  # not this loop
         # The child's own port answers with the token the daemon gave it.
         async with aiohttp.ClientSession() as s, \
@@ -226,9 +233,12 @@ async def test_the_childs_recipients_counter_is_on_the_daemons_metrics(
 
         os.kill(child, signal.SIGSTOP)  # hung: its port accepts, nothing answers
         try:
+            began = time.monotonic()
             text = await scrape(d.http.port)
             assert _value(text, up) == 0.0
             assert _value(text, queued) == own_before  # the daemon's own series
+            assert sender_up(text) == 1.0  # the other child read meanwhile, not after
+            assert time.monotonic() - began < 2 * SCRAPE_TIMEOUT_S
         finally:
             os.kill(child, signal.SIGCONT)
         text = await scrape(d.http.port)
