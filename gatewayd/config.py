@@ -68,7 +68,8 @@ class RedisConfig(_Section, kw_only=True, frozen=True):
     intake_connections: int = 16
     # At start, how long the daemon keeps trying a Redis that cannot answer (not up yet,
     # a cluster master failing over, loading its data) before it gives up with exit 3
-    # (systemd then restarts it); 0: give up at the first failure.
+    # (systemd then restarts it); 0: give up at the first failure. The processes it
+    # starts and `gatewayd webhooks run` wait the same (store.connection.redis_answers).
     startup_wait_s: float = 20.0
 
 
