@@ -15,6 +15,7 @@ child the daemon starts again takes its campaigns back at once.
 
 Its /metrics (gatewayd_campaign_recipients_total, counted here) on its own port
 (fanout_metrics_listen), read by the daemon at each scrape of its own.
+
 TERM/INT: finish the group in flight and stop; HUP: ignored (campaign keys need a
 restart, as in the daemon); the daemon going away (even killed): stop too.
 """

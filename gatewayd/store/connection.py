@@ -387,9 +387,14 @@ async def redis_answers(client: Redis, cfg: Config, url: str, *, what: str,
         deadline=time.monotonic() + cfg.redis.startup_wait_s, said=said))
     if stop is not None:
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((step, stopped), return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not step.done():
+        try:
+            await asyncio.wait((step, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this task cancelled: neither wait is left behind
+            step.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if not step.done():  # stopped first
             step.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await step
