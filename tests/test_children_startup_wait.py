@@ -220,3 +220,69 @@ async def test_a_term_while_waiting_stops_it_at_once(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_child_started_again_during_a_redis_restart_waits_for_it(
+        tmp_path: Path, smsc: Smsc, capfd: pytest.CaptureFixture[str]) -> None:
+    """The case the wait is for: Redis restarts under a running daemon and its fan-out
+    child dies meanwhile (kill -9 here). The daemon starts it again at once; it waits
+    for Redis instead of exiting 3 and being started again and again (one restart
+    counted, the same process throughout), and fans out once Redis is back."""
+    from gatewayd.ops import metrics
+    from tests.test_campaign_fanout_process import _child_pid
+
+    server = EmbeddedRedis(tmp_path / "r", port=free_port(), persist=True)
+    url = server.start()
+    sim = await smsc(receipt_delay_s=0.01)
+    path = write_config(tmp_path, redis_url=url, sim_port=sim.port,
+                        extra=LINKS + "[campaigns]\nfanout_process = true\n")
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "\n[redis]\n", "\n[redis]\nstartup_wait_s = 60\n", 1), encoding="utf-8")
+    cfg = load_config(path)
+    try:
+        async with running_daemon(cfg) as d:
+            assert await wait_for(lambda: _child_pid(d) != 0, 30)
+            first = _child_pid(d)
+            restarts = metrics.FANOUT_RESTARTS._value.get()
+            await asyncio.to_thread(server.stop)
+            os.kill(first, signal.SIGKILL)
+            assert await wait_for(lambda: _child_pid(d) not in (0, first), 20)
+            second = _child_pid(d)
+            out = ""  # the children's log lines (their stdout is this process's)
+            deadline = time.monotonic() + 30
+            while f"{WAITING} (fan-out process: " not in out:
+                assert time.monotonic() < deadline, out
+                await asyncio.sleep(0.1)
+                out += capfd.readouterr().out
+            await asyncio.sleep(2.0)  # Redis still down: it waits, it does not exit
+            out += capfd.readouterr().out
+            assert "startup failed" not in out, out
+            assert _child_pid(d) == second
+            assert metrics.FANOUT_RESTARTS._value.get() == restarts + 1
+            await asyncio.to_thread(server.start)
+            await _fanout_works_with_the_daemon(url, cfg)
+            assert _child_pid(d) == second
+    finally:
+        server.stop()
+
+
+async def _fanout_works_with_the_daemon(url: str, cfg: object) -> None:
+    n = 60
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    keys = keys_for(cfg)  # type: ignore[arg-type]
+    try:
+        c = await setup_ab(r, keys)
+        await model.upload(r, keys, c, await compiled(r, keys, "A", "B"), iter(rows(n)),
+                           fmt="jsonl", link_sample="https://s.example.cn/0000abcdefg",
+                           max_segments=5)
+        await model.change(r, keys, "c1", "start")  # the daemon runs it, the child fans out
+        deadline = time.monotonic() + 60
+        while True:
+            got = await model.get(r, keys, "c1")
+            assert got is not None
+            if got.produced == n:
+                break
+            assert time.monotonic() < deadline, got.produced
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
