@@ -340,8 +340,13 @@ class Rig:
     def flush(self) -> None:
         async def go() -> None:
             r = aioredis.from_url(self.redis_url, decode_responses=True)
-            await r.flushdb()
-            await r.aclose()
+            try:
+                # ASYNC: the keys are gone at once and their memory is freed by a
+                # background thread; a blocking FLUSHDB after a run of millions of
+                # keys held Redis (and this call) past the client's timeout.
+                await r.flushdb(asynchronous=True)
+            finally:
+                await r.aclose()
         asyncio.run(go())
 
     def reset_commandstats(self) -> None:

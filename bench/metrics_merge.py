@@ -2,9 +2,10 @@
 
 Renders the registry (three classes, four carriers and five webhook endpoints with
 samples: ~37 KB), times its rendering and the merge of a sender's exposition the same
-size (on the daemon's loop), then SenderProcess.exposition against a real sender
-/metrics site in its own process (the read over loopback, waited off the loop, plus the
-merge). Medians; no target (the figures are in README "Webhooks").
+size (on the daemon's loop), then the daemon's read of a real sender /metrics site in
+its own process (gatewayd.ops.exposition.ChildMetrics, as SenderProcess uses it: the
+read over loopback with its token check, waited off the loop, plus the merge).
+Medians; no target (the figures are in README "Webhooks").
 
     python -m bench.metrics_merge [--n 300]
 """
@@ -22,19 +23,19 @@ import time
 from prometheus_client import generate_latest
 
 from gatewayd.ops import metrics
-from gatewayd.ops.exposition import merge
+from gatewayd.ops.exposition import ChildMetrics, merge
 from gatewayd.store.embedded import free_port
-from gatewayd.webhooks.process import SenderProcess, _sender_series, scrape_url
+from gatewayd.webhooks.process import _sender_series, scrape_url
 
 _CHILD = """
 import asyncio, sys
 from gatewayd.ops import metrics
-from gatewayd.webhooks.process import _metrics_site
+from gatewayd.ops.exposition import serve_metrics
 for e in range(5):
     metrics.WEBHOOK_DELIVERED.labels(f"ep{e}").inc(5)
     metrics.WEBHOOK_LATENCY.labels(f"ep{e}").observe(0.02)
 async def main() -> None:
-    await _metrics_site(sys.argv[1])
+    await serve_metrics(sys.argv[1], metrics.REGISTRY)
     await asyncio.sleep(3600)
 asyncio.run(main())
 """
@@ -57,9 +58,7 @@ def _time(fn: object, n: int) -> float:
     return statistics.median(ts)
 
 
-async def _fetches(own: bytes, listen: str, n: int) -> float:
-    sender = SenderProcess.__new__(SenderProcess)  # the scrape side only: no child kept
-    sender.metrics_url, sender._up = scrape_url(listen), None
+async def _fetches(own: bytes, sender: ChildMetrics, n: int) -> float:
     for _ in range(100):  # the site up
         if b"gatewayd_webhook_sender_up 1.0" in await sender.exposition(own):
             break
@@ -79,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     _fill()
     own = generate_latest(metrics.REGISTRY)
     listen = f"127.0.0.1:{free_port()}"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, listen], env=dict(os.environ))
+    sender = ChildMetrics("webhook sender", scrape_url(listen), _sender_series,
+                          metrics.WEBHOOK_SENDER_UP, "gatewayd_webhook_*")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, listen],
+                             env={**os.environ, **sender.env()})
     try:
         render = _time(lambda: generate_latest(metrics.REGISTRY), args.n)
         merged = _time(lambda: merge(own, own, _sender_series), args.n)
-        fetched = asyncio.run(_fetches(own, listen, args.n))
+        fetched = asyncio.run(_fetches(own, sender, args.n))
     finally:
         child.terminate()
         child.wait()

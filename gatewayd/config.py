@@ -68,7 +68,8 @@ class RedisConfig(_Section, kw_only=True, frozen=True):
     intake_connections: int = 16
     # At start, how long the daemon keeps trying a Redis that cannot answer (not up yet,
     # a cluster master failing over, loading its data) before it gives up with exit 3
-    # (systemd then restarts it); 0: give up at the first failure.
+    # (systemd then restarts it); 0: give up at the first failure. The processes it
+    # starts and `gatewayd webhooks run` wait the same (store.connection.redis_answers).
     startup_wait_s: float = 20.0
 
 
@@ -299,11 +300,15 @@ class CampaignsConfig(_Section, kw_only=True, frozen=True):
     # Fan out in a child process of the daemon's (gatewayd.campaigns.worker), not in the
     # loop that dispatches codes: rendering a slice is ~1-2 ms of CPU. Needs the daemon
     # run with -c FILE (the child reads it); a config made in code fans out in-loop.
-    # Off by default: no gain in codes' p99 was shown on 2 shared cores yet, and the
-    # child's gatewayd_campaign_recipients_total is not on the daemon's /metrics.
+    # Off by default: no gain in codes' p99 was shown on 2 shared cores yet.
     fanout_process: bool = False
     # Niceness (0-19) of that child: on contended cores the dispatching daemon first.
     fanout_nice: int = 5
+    # HOST:PORT of that child's /metrics; "" = the own port after the webhook sender's
+    # (http.worker_metrics_port or http.listen's port + 1000, + http.workers + 1) when
+    # http.listen has a fixed port; "off" = none. The daemon reads it at each scrape of
+    # its own /metrics and adds gatewayd_campaign_recipients_total (campaigns.supervisor).
+    fanout_metrics_listen: str = ""
     # Write each campaign message's "queued" status record and event at fan-out (off:
     # a million-recipient campaign would push a million "queued" events through the
     # capped events stream and triple the fan-out's Redis work; the campaign's funnel
@@ -775,6 +780,9 @@ def _validate_campaigns(cfg: Config, bad: Any) -> None:
         raise bad("campaigns.max_backlog", "must be at least campaigns.fanout_batch")
     if not 0 <= c.fanout_nice <= 19:
         raise bad("campaigns.fanout_nice", f"{c.fanout_nice}: a niceness of 0-19")
+    if c.fanout_metrics_listen not in ("", "off") and not _listen_ok(c.fanout_metrics_listen):
+        raise bad("campaigns.fanout_metrics_listen",
+                  f"{c.fanout_metrics_listen!r}: HOST:PORT, or \"off\"")
     for key, v in (("optout_window_days", c.optout_window_days),
                    ("recipient_ttl_days", c.recipient_ttl_days)):
         if v <= 0:

@@ -54,6 +54,7 @@ from gatewayd.http.webhooks import WebhookApi
 from gatewayd.http.worker import daemon_listens, own_listen
 from gatewayd.http.workers import WorkerPool
 from gatewayd.ops import looplag, metrics
+from gatewayd.ops.exposition import combined
 from gatewayd.ops.gctune import tune_gc
 from gatewayd.ops.sdnotify import Notifier
 from gatewayd.pipeline.dispatch import Dispatcher
@@ -330,8 +331,11 @@ class Daemon:
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE, reuse_port=shared and cfg.http.workers > 1,
             )
-            if self.webhook_sender is not None:  # its series in the daemon's /metrics
-                self.http.exposition = self.webhook_sender.exposition
+            # The children's series in the daemon's /metrics (read at each scrape).
+            scraped = [c.metrics for c in (self.webhook_sender, self.fanout)
+                       if c is not None and c.metrics.url]
+            if scraped:
+                self.http.exposition = combined(scraped)
             await self.http.start()
             if cfg.http.workers > 1:
                 self.workers = WorkerPool(cfg, self.store.url, self.consumer, self.http)

@@ -46,6 +46,7 @@ def exported() -> dict[str, set[str]]:
                 out[family.name + suffix] = labels
     # Written into the daemon's /metrics at each scrape, not a collector of the registry.
     out[metrics.WEBHOOK_SENDER_UP[0]] = set()
+    out[metrics.FANOUT_UP[0]] = set()
     return out
 
 

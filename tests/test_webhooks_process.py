@@ -9,6 +9,7 @@ leaves it behind."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.ops import metrics
@@ -269,4 +272,81 @@ async def test_the_senders_series_on_the_daemons_own_port_and_the_shared_one(
                 assert delivered(text, "proc-own-port") == answered >= 60, at
                 assert sender_up(text) == 1.0, at
     finally:
+        await recv.stop()
+
+
+async def test_a_foreign_server_on_the_senders_port_is_not_merged(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys, smsc: Smsc,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process holds the sender's metrics port (a second daemon's sender with the
+    same ports, a stale server) and answers /metrics 200 with webhook series of its own:
+    the daemon merges only an answer carrying the token it gave the child it started, so
+    its /metrics has none of the foreign series and says the sender's are missing (up 0,
+    one warning naming the cause). The sender sends all the same; once the port is free
+    and the sender started again, its own series are merged."""
+    recv = Receiver()
+    await recv.start()
+    mport = free_port()
+
+    async def foreign_metrics(_request: web.Request) -> web.Response:
+        return web.Response(
+            body=b"# HELP gatewayd_webhook_events_delivered_total x\n"
+                 b"# TYPE gatewayd_webhook_events_delivered_total counter\n"
+                 b'gatewayd_webhook_events_delivered_total{endpoint="foreign"} 999.0\n',
+            headers={"Content-Type": "text/plain; version=0.0.4",
+                     "X-Gatewayd-Child": "another-daemons-token"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", foreign_metrics)
+    foreign = web.AppRunner(app, access_log=None)
+    await foreign.setup()
+    await web.TCPSite(foreign, "127.0.0.1", mport).start()
+    caplog.set_level(logging.INFO, logger="gatewayd")
+    try:
+        sim = await smsc(receipt_delay_s=0.02)
+        eps = endpoint_toml(recv, "proc-own", "/own", tenant="*", batch=20)
+        cfg = load(write_config(tmp_path, redis_url=redis_url, sim_port=sim.port, http=True,
+                                extra=default_sender(webhooks_toml(
+                                    recv, endpoints=eps,
+                                    extra=f'metrics_listen = "127.0.0.1:{mport}"'))))
+        async with running_daemon(cfg) as daemon:
+            sender = daemon.webhook_sender
+            assert sender is not None and daemon.http is not None
+            dport = daemon.http.port
+            assert await wait_for(lambda: sender.pid() is not None, 10)
+            first = sender.pid()
+            ids = await send(redis_url, cfg, 30)
+            await wait_final(redis, keys, ids, timeout_s=60)
+            assert await wait_for(lambda: complete(recv, "/own", ids), 60)  # sent anyway
+            text = await scrape(dport)
+            assert 'endpoint="foreign"' not in text
+            assert sender_up(text) == 0.0
+            assert delivered(text, "proc-own") == 0.0  # the daemon's own series only
+            said = [r.getMessage() for r in caplog.records
+                    if "another process answers there" in r.getMessage()]
+            assert len(said) == 1, said  # once, not at every scrape
+            assert "not this daemon's webhook sender" in said[0]
+
+            # The port free, the sender started again (a new token): its own series.
+            await foreign.cleanup()
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            assert await wait_for(lambda: sender.pid() not in (None, first), 20)
+            answered = float(len(recv.events["/own"]))
+            more = await send(redis_url, cfg, 10, prefix="86135")
+            await wait_final(redis, keys, more, timeout_s=60)
+            assert await wait_for(lambda: complete(recv, "/own", ids + more), 60)
+            since = 0.0  # events the new sender delivered: its counter, in the daemon's
+            for _ in range(200):
+                since = float(len(recv.events["/own"])) - answered
+                text = await scrape(dport)
+                if sender_up(text) == 1.0 and delivered(text, "proc-own") == since:
+                    break
+                await asyncio.sleep(0.05)
+            assert sender_up(text) == 1.0
+            assert delivered(text, "proc-own") == since >= 20
+            assert 'endpoint="foreign"' not in text
+    finally:
+        await foreign.cleanup()
         await recv.stop()

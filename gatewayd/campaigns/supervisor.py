@@ -8,6 +8,13 @@ machinery (gatewayd.ops.children): one that exits while the daemon runs is start
 one is reaped, so two never hold the same lease token at once. Stopping the daemon sends
 TERM and after ``daemon.shutdown_timeout_s`` KILL; the child also dies with the daemon
 (the kernel's parent-death signal).
+
+The child counts ``gatewayd_campaign_recipients_total`` and serves it on its own port
+(fanout_metrics_listen); the daemon reads it there at each scrape of its own /metrics
+and adds it, with ``gatewayd_campaign_fanout_up``, by the machinery that adds its
+webhook sender's series (gatewayd.ops.exposition.ChildMetrics: only from the child it
+started, by its per-start token), so a fan-out in the child keeps the dashboard's
+fan-out rate.
 """
 
 from __future__ import annotations
@@ -16,11 +23,18 @@ import asyncio
 import os
 import sys
 
-from gatewayd.campaigns.worker import ENV_CONSUMER, ENV_REDIS_URL
+from gatewayd.campaigns.worker import ENV_CONSUMER, ENV_REDIS_URL, fanout_metrics_listen
 from gatewayd.config import Config
 from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.ops.children import Children
+from gatewayd.ops.exposition import ChildMetrics
+from gatewayd.ops.top import url_from_listen
+
+
+def _fanout_series(name: bytes) -> bool:
+    """The child's family (its _total and _created blocks): the daemon's own stays 0."""
+    return name.startswith(b"gatewayd_campaign_recipients_")
 
 
 class FanoutProcess:
@@ -33,6 +47,10 @@ class FanoutProcess:
         self.consumer = consumer
         self.children = Children("fan-out process", nice=cfg.campaigns.fanout_nice,
                                  restarts=metrics.FANOUT_RESTARTS)
+        listen = fanout_metrics_listen(cfg)
+        self.metrics = ChildMetrics("fan-out process", url_from_listen(listen) if listen else "",
+                                    _fanout_series, metrics.FANOUT_UP,
+                                    "gatewayd_campaign_recipients_total")
 
     @property
     def proc(self) -> asyncio.subprocess.Process | None:
@@ -45,7 +63,8 @@ class FanoutProcess:
                                self.cfg.source, "--fanout-worker"], self._env)
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, ENV_REDIS_URL: self.redis_url, ENV_CONSUMER: self.consumer}
+        return {**os.environ, ENV_REDIS_URL: self.redis_url, ENV_CONSUMER: self.consumer,
+                **self.metrics.env()}
 
     def drain(self) -> None:
         """TERM: the child finishes its group in flight and stops; not started again."""

@@ -13,6 +13,9 @@ either queued with its cursor moved or not at all, and the next holder starts fr
 cursor. Its lease token is stable (the daemon's consumer name + "-fanout"), so the
 child the daemon starts again takes its campaigns back at once.
 
+Its /metrics (gatewayd_campaign_recipients_total, counted here) on its own port
+(fanout_metrics_listen), read by the daemon at each scrape of its own.
+
 TERM/INT: finish the group in flight and stop; HUP: ignored (campaign keys need a
 restart, as in the daemon); the daemon going away (even killed): stop too.
 """
@@ -24,11 +27,14 @@ import logging
 import os
 import signal
 
+from aiohttp import web
+
 from gatewayd.campaigns.fanout import CampaignRunner
 from gatewayd.config import Config
-from gatewayd.errors import StoreError
+from gatewayd.ops import metrics
+from gatewayd.ops.exposition import serve_metrics
 from gatewayd.ops.gctune import tune_gc
-from gatewayd.store.connection import UNAVAILABLE, Store, redacted
+from gatewayd.store.connection import Store, redis_answers
 from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.campaigns.worker")
@@ -37,6 +43,23 @@ log = logging.getLogger("gatewayd.campaigns.worker")
 # it) and its consumer name (the child's lease token derives from it).
 ENV_REDIS_URL = "GATEWAYD_FANOUT_REDIS_URL"
 ENV_CONSUMER = "GATEWAYD_FANOUT_CONSUMER"
+
+
+def fanout_metrics_listen(cfg: Config) -> str:
+    """``host:port`` of the fan-out child's /metrics, or "" for none: campaigns.
+    fanout_metrics_listen, else the own port after the webhook sender's (http.listen's
+    host, http.worker_metrics_port or its port + 1000, + http.workers + 1) when
+    http.listen has a fixed port."""
+    w = cfg.campaigns.fanout_metrics_listen
+    if w == "off":
+        return ""
+    if w:
+        return w
+    host, _, port = cfg.http.listen.rpartition(":")
+    if not cfg.http.enabled or not port.isdigit() or int(port) == 0:
+        return ""
+    base = cfg.http.worker_metrics_port or int(port) + 1000
+    return f"{host}:{base + cfg.http.workers + 1}"
 
 
 def lease_token(consumer: str) -> str:
@@ -60,22 +83,39 @@ class FanoutWorker:
         parent = os.getppid()
         redis = await self.store.open()
         try:
-            try:
-                await redis.ping()
-            except UNAVAILABLE as e:
-                raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}"
-                                 ) from e
+            # Waits out a Redis that cannot answer yet, as the daemon's start does.
+            if not await redis_answers(redis, self.cfg, self.store.url, stop=self.stop_event,
+                                       what="fan-out process"):
+                return 0
+            site = await self._serve_metrics()
             runner = CampaignRunner(redis, keys_for(self.cfg), self.cfg, manage=False,
                                     token=self.token)
             tune_gc()
             log.info("fan-out process started", extra={"pid": os.getpid()})
             watch = asyncio.create_task(self._watch(parent), name="watch")
-            await runner.run(self.stop_event, interval_s=0.2)
-            watch.cancel()
+            try:
+                await runner.run(self.stop_event, interval_s=0.2)
+            finally:
+                watch.cancel()
+                if site is not None:
+                    await site.cleanup()
         finally:
             await self.store.close()
         log.info("fan-out process stopped")
         return 0
+
+    async def _serve_metrics(self) -> web.AppRunner | None:
+        """Its gatewayd_campaign_recipients_total for the daemon's /metrics
+        (fanout_metrics_listen); a port it cannot take is said, and the fan-out goes on:
+        queuing matters more than its figures."""
+        listen = fanout_metrics_listen(self.cfg)
+        if not listen:
+            return None
+        try:
+            return await serve_metrics(listen, metrics.REGISTRY)
+        except OSError as e:
+            log.error("fan-out process: cannot serve /metrics on %s: %s", listen, e)
+            return None
 
     async def _watch(self, parent: int) -> None:
         """Stop when the daemon is gone (the parent-death signal covers a killed daemon;

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gatewayd import __version__
 from gatewayd.config import Config
 from gatewayd.control import reload as reloading
-from gatewayd.errors import ConfigError, StoreError
+from gatewayd.errors import ConfigError
 from gatewayd.http.accounts import AccountApi
 from gatewayd.http.campaigns import CampaignApi
 from gatewayd.http.server import HttpServer, error, parse_listen
@@ -39,7 +39,7 @@ from gatewayd.ops import metrics
 from gatewayd.ops.gctune import tune_gc
 from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.engine import PolicyEngine
-from gatewayd.store.connection import UNAVAILABLE, Store, redacted
+from gatewayd.store.connection import UNAVAILABLE, Store, redis_answers
 from gatewayd.store.keys import keys_for
 
 log = logging.getLogger("gatewayd.http.worker")
@@ -197,10 +197,10 @@ class IntakeWorker:
         cfg = self.cfg
         await self.store.open()
         edge = self.store.intake
-        try:
-            await edge.ping()
-        except UNAVAILABLE as e:
-            raise StoreError(f"cannot reach Redis at {redacted(self.store.url)}: {e}") from e
+        # Waits out a Redis that cannot answer yet, as the daemon's start does.
+        if not await redis_answers(edge, cfg, self.store.url, stop=self.stop_event,
+                                   what=f"http worker {self.index}"):
+            return
         self.redis_ok = True
         metrics.REDIS_UP.set(1)
         queue = QueueStore(edge, self.keys, cfg, self.consumer)

@@ -277,7 +277,8 @@ CAMPAIGNS = Gauge(
 )
 FANOUT = Counter(
     "gatewayd_campaign_recipients_total",
-    "Campaign recipients fanned out by this process: queued, or invalid (skipped)",
+    "Campaign recipients fanned out: queued, or invalid (skipped); with "
+    "campaigns.fanout_process, the fan-out child's (read from it at the scrape)",
     ["result"], registry=REGISTRY,
 )
 LINK_REQUESTS = Counter(
@@ -402,6 +403,14 @@ WEBHOOK_SENDER_UP = (
     "1 when the daemon read its webhook sender process's /metrics at this scrape (its "
     "gatewayd_webhook_* series are in this exposition); 0: it did not answer (stopped, "
     "restarting, hung) and they are missing",
+)
+# Not a collector either: written into the daemon's /metrics at each scrape, after the
+# fan-out child's gatewayd_campaign_recipients_total (gatewayd.campaigns.supervisor).
+FANOUT_UP = (
+    "gatewayd_campaign_fanout_up",
+    "1 when the daemon read its fan-out child's /metrics (campaigns.fanout_process) at "
+    "this scrape (its gatewayd_campaign_recipients_total is in this exposition); 0: it "
+    "did not answer (stopped, restarting, hung) and that series is the daemon's own (0)",
 )
 FANOUT_RESTARTS = Counter(
     "gatewayd_campaign_fanout_restarts_total", "Fan-out child processes "

@@ -17,6 +17,7 @@ first key, instead), and commands over several keys must keep them in one slot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -367,6 +368,41 @@ async def while_unavailable(step: Callable[[], Awaitable[T]], *, what: str, url:
                             "redis.startup_wait_s has passed", what, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def redis_answers(client: Redis, cfg: Config, url: str, *, what: str,
+                        stop: asyncio.Event | None = None) -> bool:
+    """True once ``client`` answers a PING; False if ``stop`` is set first (a TERM while
+    waiting: the process stops at once rather than after the wait); StoreError once
+    redis.startup_wait_s has passed (0: at the first failure). ``what``: the process,
+    named in the one waiting line ("http worker 1", "fan-out process").
+
+    The daemon's wait, for the processes it starts (the http.workers intake processes,
+    the webhook sender, the fan-out child) and ``gatewayd webhooks run`` by hand: one
+    started again during a Redis restart used to exit at the first refused connection
+    and be started again and again (backing off to 10 s) until Redis was back."""
+    said: list[str] = []
+    step = asyncio.ensure_future(while_unavailable(
+        client.ping, what=what, url=url,
+        deadline=time.monotonic() + cfg.redis.startup_wait_s, said=said))
+    if stop is not None:
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((step, stopped), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this task cancelled: neither wait is left behind
+            step.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if not step.done():  # stopped first
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await step
+            return False
+    await step
+    if said:
+        log.info("start-up: Redis answers (%s)", what, extra={"url": redacted(url)})
+    return True
 
 
 def redacted(url: str) -> str:

@@ -8,7 +8,8 @@ endpoints kept in Redis, read by every sender within a second (config endpoints 
 changed in the config). test: one signed test event to an endpoint, now, printing its
 answer. replay: an endpoint's dead letters back into its retry queue.
 
-Exit codes: 0 done; 1 the test request failed or nothing matched; 2 usage/config error.
+Exit codes: 0 done; 1 the test request failed or nothing matched; 2 usage/config error;
+3 (run) Redis unreachable past ``redis.startup_wait_s``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from typing import Any
 
 from gatewayd.config import Config
+from gatewayd.errors import GatewayError
 from gatewayd.ops.gctune import tune_gc
 from gatewayd.store.connection import Redis, client_url, connect_config
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks import admin
 
-EXIT_PROBLEM, EXIT_CONFIG = 1, 2
+EXIT_PROBLEM, EXIT_CONFIG, EXIT_STARTUP = 1, 2, 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +77,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         from gatewayd.webhooks import process
 
         listen = args.metrics_listen or (process.metrics_listen(cfg) if args.child else "")
-        return asyncio.run(process.serve(cfg, listen, child=args.child))
+        try:
+            return asyncio.run(process.serve(cfg, listen, child=args.child))
+        except GatewayError as e:  # Redis unreachable past redis.startup_wait_s
+            # The line `gatewayd run` logs for it (gatewayd.cli._run), the same exit code.
+            logging.getLogger("gatewayd").error("startup failed: %s",
+                                                str(e).splitlines()[0] or type(e).__name__)
+            return EXIT_STARTUP
     return asyncio.run(_admin(args, cfg))
 
 

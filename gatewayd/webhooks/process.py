@@ -15,9 +15,11 @@ file that fails its checks changes nothing), and /metrics and /healthz on a port
 own (metrics_listen), like each intake worker.
 
 The daemon's /metrics carries the sender's ``gatewayd_webhook_*`` series too: at each
-scrape it reads the child's /metrics over loopback (SCRAPE_TIMEOUT_S) and adds them
-(SenderProcess.exposition), so a Prometheus that scrapes the daemon alone keeps its
-webhook series and alerts; ``gatewayd_webhook_sender_up`` says whether they are there.
+scrape it reads the child's /metrics over loopback and adds them (gatewayd.ops.
+exposition.ChildMetrics: only an answer carrying the token this daemon gave its current
+child, never another process on that port), so a Prometheus that scrapes the daemon
+alone keeps its webhook series and alerts; ``gatewayd_webhook_sender_up`` says whether
+they are there.
 """
 
 from __future__ import annotations
@@ -29,18 +31,15 @@ import signal
 import sys
 from typing import Any
 
-import aiohttp
 import msgspec
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatewayd.config import Config, load_config
 from gatewayd.errors import ConfigError
 from gatewayd.ops import metrics
 from gatewayd.ops.children import Children
-from gatewayd.ops.exposition import merge
+from gatewayd.ops.exposition import ChildMetrics, serve_metrics
 from gatewayd.ops.top import url_from_listen
-from gatewayd.store.connection import Store
+from gatewayd.store.connection import Store, redis_answers
 from gatewayd.store.keys import keys_for
 from gatewayd.webhooks.runner import WebhookRunner
 
@@ -51,10 +50,6 @@ ENV_REDIS_URL = "GATEWAYD_WEBHOOKS_REDIS_URL"
 # [webhooks] keys a HUP applies in the running sender process; the rest need a restart.
 LIVE = ("endpoints", "callback_prefixes", "callback_secret_env", "batch", "retry_for_s",
         "backoff_min_s", "backoff_max_s")
-# The daemon's wait for its sender's /metrics at a scrape: a local process answers in
-# milliseconds; a hung one must not make the daemon's own scrape time out (Prometheus'
-# default scrape_timeout is 10 s).
-SCRAPE_TIMEOUT_S = 2.0
 
 
 def metrics_listen(cfg: Config) -> str:
@@ -100,39 +95,17 @@ class SenderProcess:
         self.redis_url = redis_url
         self.children = Children("webhook sender", running=metrics.WEBHOOK_SENDERS,
                                  restarts=metrics.WEBHOOK_SENDER_RESTARTS)
-        self.metrics_url = scrape_url(metrics_listen(cfg))
-        self._up: bool | None = None  # the last scrape's answer, for the log
+        self.metrics = ChildMetrics("webhook sender", scrape_url(metrics_listen(cfg)),
+                                    _sender_series, metrics.WEBHOOK_SENDER_UP,
+                                    "gatewayd_webhook_*")
 
     async def exposition(self, own: bytes) -> bytes:
         """The daemon's exposition ``own`` with the sender's gatewayd_webhook_* series
-        (read from its /metrics now) and gatewayd_webhook_sender_up; without them, and
-        up 0, if it does not answer within SCRAPE_TIMEOUT_S (stopped, restarting,
-        hung). Unchanged when the sender serves no /metrics (metrics_listen "off")."""
-        if not self.metrics_url:
-            return own
-        other = b""
-        try:
-            async with aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as s, \
-                    s.get(self.metrics_url) as r:
-                if r.status == 200:
-                    other = await r.read()
-                why = f"HTTP {r.status}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            why = type(e).__name__
-        up = bool(other)
-        if up != self._up:
-            if up:
-                log.info("webhook sender: /metrics read", extra={"url": self.metrics_url})
-            else:
-                log.warning("webhook sender: its /metrics at %s did not answer (%s): the "
-                            "daemon's /metrics has no gatewayd_webhook_* series now",
-                            self.metrics_url, why)
-            self._up = up
-        name, help_ = metrics.WEBHOOK_SENDER_UP
-        gauge = (f"# HELP {name} {help_}\n# TYPE {name} gauge\n"
-                 f"{name} {1.0 if up else 0.0}\n").encode()
-        return merge(own, other, _sender_series) + gauge
+        (read from its /metrics now, if it is this daemon's sender: its token) and
+        gatewayd_webhook_sender_up; without them, and up 0, if it does not answer within
+        SCRAPE_TIMEOUT_S (stopped, restarting, hung) or another process answers there.
+        Unchanged when the sender serves no /metrics (metrics_listen "off")."""
+        return await self.metrics.exposition(own)
 
     def pid(self) -> int | None:
         proc = self.children.procs.get(0)
@@ -143,7 +116,7 @@ class SenderProcess:
                                self.cfg.source, "--child"], self._env)
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, ENV_REDIS_URL: self.redis_url}
+        return {**os.environ, ENV_REDIS_URL: self.redis_url, **self.metrics.env()}
 
     def hup(self) -> None:
         self.children.hup()
@@ -167,12 +140,22 @@ async def serve(cfg: Config, listen: str, *, child: bool) -> int:
     if child and os.environ.get(ENV_REDIS_URL):
         store.url = os.environ[ENV_REDIS_URL]
     redis = await store.open()
+    # Waits out a Redis that cannot answer yet, as the daemon's start does (its runner
+    # would try for ever, a warning a second); past it: exit 3, one line.
+    up = False
+    try:
+        up = await redis_answers(redis, cfg, store.url, stop=stop, what="webhook sender")
+    finally:
+        if not up:  # stopped while waiting, or waited in vain
+            await store.close()
+    if not up:
+        return 0
     runner = WebhookRunner(redis, keys_for(cfg), cfg)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(runner))
     site = None
     if listen:
         try:
-            site = await _metrics_site(listen)
+            site = await serve_metrics(listen, metrics.REGISTRY)
         except OSError as e:  # sending matters more than its figures: said, and on
             log.error("webhook sender: cannot serve /metrics on %s: %s", listen, e)
     watch = asyncio.create_task(_watch(os.getppid(), stop)) if child else None
@@ -204,29 +187,6 @@ def _reload(runner: WebhookRunner) -> None:
         running, webhooks=msgspec.structs.replace(running.webhooks, **live))
     log.info("webhook sender: reloaded",
              extra={"endpoints": [e.name for e in new.webhooks.endpoints]})
-
-
-async def _metrics_site(listen: str) -> web.AppRunner:
-    async def get_metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.REGISTRY),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "pid": os.getpid()})
-
-    app = web.Application()
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/healthz", healthz)
-    site = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await site.setup()
-    host, _, port = listen.rpartition(":")
-    try:
-        await web.TCPSite(site, host.strip("[]") or "127.0.0.1", int(port),
-                          reuse_address=True).start()
-    except OSError:
-        await site.cleanup()
-        raise
-    return site
 
 
 async def _watch(parent: int, stop: asyncio.Event) -> None:
