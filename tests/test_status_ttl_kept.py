@@ -137,3 +137,57 @@ async def test_every_queued_writer_gives_the_slack(redis: aioredis.Redis, keys: 
     for k in ("many-1", "one", "raw", "q1"):
         assert await redis.ttl(keys.status(k)) > TTL
 
+
+async def test_usage_keys_expire_when_a_field_is_new(redis: aioredis.Redis,
+                                                     keys: Keys) -> None:
+    """receipts.lua counts each published final in the tenant's usage key of the day
+    and sets its TTL only when one of the fields it counts was new: a key is never
+    left without a TTL, and a call that only adds to existing fields runs no EXPIRE."""
+    led = Ledger(keys, cfg(), redis)
+    script = load_script(redis, "receipts")
+    day_ttl = 40 * 86400
+    usage = keys.account_day("acme", "20261207")
+    n = 0
+
+    async def receipts(states: list[str]) -> int:
+        """The EXPIREs the receipts' call ran."""
+        nonlocal n
+        book = led.book()
+        names = []
+        for _ in states:
+            n += 1
+            m = parse_message({"id": f"u{n}", "to": "+8613800138000", "text": "x",
+                               "category": "otp", "tenant": "acme"}, classes=CLASSES,
+                              max_segments=10, now=1000.0)
+            led.record(book, m, "submitted", 1000.0, carrier="cm", carrier_id=f"c{n}",
+                       segments=1)
+            book.correlate(keys.correlation("cm", f"c{n}"), f"u{n} 0")
+            names.append(f"c{n}")
+        pipe = redis.pipeline(transaction=False)
+        book.flush(pipe)
+        await fastpipe.execute(pipe)
+        ks = [keys.events, keys.awaiting_receipt,
+              *(keys.correlation("cm", c) for c in names)]
+        args: list[object] = ["1800000005.5", "1000", *keys.status("\x00").split("\x00"),
+                              len(states)]
+        for state in states:
+            args += [state, "", 1]
+        args += [*usage.replace("acme", "\x00").split("\x00"), day_ttl]
+        before = await expires(redis)
+        reply = await script(keys=ks, args=args)
+        assert [reply[i] for i in range(0, len(reply), 6)] == ["final"] * len(states)
+        return await expires(redis) - before
+
+    assert await receipts(["delivered", "delivered"]) == 1  # the key made: its TTL set
+    assert day_ttl - 10 < await redis.ttl(usage) <= day_ttl
+    assert await receipts(["delivered"]) == 0  # only an existing field: no EXPIRE
+    assert await redis.hgetall(usage) == {"delivered:otp": "3"}
+    assert await receipts(["expired", "delivered"]) == 1  # a new field: the TTL again
+    assert await redis.hgetall(usage) == {"delivered:otp": "4", "expired:otp": "1"}
+    # A key made by another writer without a TTL (a refund's bare HINCRBY of "sent:"):
+    # the receipts' first field in it is new, so it gets one.
+    await redis.delete(usage)
+    await redis.hincrby(usage, "sent:otp", -1)
+    assert await redis.ttl(usage) == -1
+    assert await receipts(["delivered"]) == 1
+    assert day_ttl - 10 < await redis.ttl(usage) <= day_ttl
