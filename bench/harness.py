@@ -439,11 +439,6 @@ class Outcome:
 
 def run_gatewayd(rig: Rig, cfg: Path, timeout_s: float) -> Outcome:
     """One daemon run until it drains and stops (burst mode)."""
-    if os.environ.get("BENCH_REDIS_CALLGRIND") and rig.redis_pid:
-        # A REDIS_URL server run under valgrind --tool=callgrind --instr-atstart=no: its
-        # instructions counted from here (the daemon's run), not during the enqueue.
-        subprocess.run(["callgrind_control", "-i", "on", str(rig.redis_pid)], check=True,
-                       capture_output=True)
     proc = rig.gatewayd(cfg, timeout_s=timeout_s)
     assert rig.sim is not None
     with ProcSampler(proc.pid) as gw, ProcSampler(rig.sim.pid) as sim, \
