@@ -6,7 +6,8 @@ that follows within QUEUED_RECENT_S of it (updated_at) keeps that TTL instead of
 EXPIRE of its own; any other transition refreshes the TTL as before. Both record
 paths: the batch script (lua/record.lua, single Redis) and the per-command one
 (lua/status.lua, the cluster's), and the queued writers (queued.lua through
-QueueStore.enqueue, enqueue_many.lua, claim.lua).
+QueueStore.enqueue, enqueue_many.lua, claim.lua). Last, the accounts' usage keys, which
+receipts.lua now expires only when a field it counts is new.
 """
 
 from __future__ import annotations
