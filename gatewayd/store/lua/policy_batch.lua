@@ -284,15 +284,16 @@ end
 -- A bucket's key must outlive its refill to full (an absent bucket is full) by a
 -- second. Its PEXPIRE gives it BUCKET_SLACK_MS more than that needs at most (a full
 -- refill from empty), and is left out while the TTL it set (x) still covers the
--- refill from what is left now, plus that second for the writers' clocks: one PEXPIRE
--- a tenant every ~10 s instead of every batch (~0.6 Redis commands a message in
--- bench e2e, 50 tenants). x and xs go in the same HSET, no command of their own.
-local BUCKET_SLACK_MS = 10000
+-- refill from what is left now plus BUCKET_SKEW_S (x is in the clock of the daemon
+-- that set it, now in this one's: they may differ by that much): one PEXPIRE a tenant
+-- every ~5 s instead of every batch (~0.6 Redis commands a message in bench e2e, 50
+-- tenants). x and xs go in the same HSET, no command of their own.
+local BUCKET_SLACK_MS, BUCKET_SKEW_S = 10000, 5
 if not dry then
   for key, b in pairs(buckets) do
     if b.dirty then
       local ts = format('%.17g', b.ts)
-      if b.x and b.x >= now + (b.burst - b.tokens) / b.rate + 1 then
+      if b.x and b.x >= now + (b.burst - b.tokens) / b.rate + BUCKET_SKEW_S then
         rcall('HSET', key, 't', format('%.17g', b.tokens), 'ts', ts, 'xs', ts)
       else
         local life = math.ceil(b.burst / b.rate * 1000) + 1000 + BUCKET_SLACK_MS
