@@ -413,9 +413,23 @@ class Rig:
             rate = os.environ.get("BENCH_PROFILE_RATE", "200")  # samples a second
             cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "-r", rate,
                    "-f", "raw", "-o", profile, *idle, "--", *cmd]
+        cprofile = os.environ.get("BENCH_CPROFILE", "")
+        if cprofile:
+            # Every Python call counted (deterministic; its times are inflated by the
+            # profiler's own cost a call): pstats reads the file.
+            cmd = [cmd[0], "-m", "cProfile", "-o", cprofile, *cmd[1:]]
+        env = None
+        callgrind = os.environ.get("BENCH_CALLGRIND", "")
+        if callgrind:
+            # Instructions, which the machine's load does not move (valgrind's
+            # callgrind; a fixed hash seed so that dict layouts match from run to run):
+            # the total is in the file's "summary:" line.
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}",
+                   *cmd]
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
         return subprocess.Popen(
             cmd,
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
         )
 
 

@@ -19,7 +19,7 @@ files (variants of the Lua; --#include is resolved beside the file first) are me
 interleaved with the shipped ones.
 
     python -m bench.record_script [--port P] [-n 64000] [--runs 5] [--record x.lua]
-        [--receipts y.lua] [--only record|receipts]
+        [--receipts y.lua] [--only record|receipts] [--queued]
 
 The server must be a throwaway one on this host: the bench writes keys to it.
 """
@@ -101,8 +101,18 @@ def messages(first: int, n: int) -> list[tuple[OutboundMessage, str]]:
 
 
 async def record(r: aioredis.Redis, led: Ledger, keys: Keys, msgs: list[Any],
-                 size: int, pid: int) -> float:
-    """Write the messages as submitted, a Book per batch; Redis CPU us a message."""
+                 size: int, pid: int, queued: bool = False) -> float:
+    """Write the messages as submitted, a Book per batch; Redis CPU us a message.
+    ``queued``: each message has its "queued" record first (as intake writes it, not
+    measured), as in e2e; else the "submitted" record is the first."""
+    if queued:
+        now = time.time()
+        pipe = r.pipeline(transaction=False)
+        for m, _sid in msgs:
+            key, status = led.build(m, "queued", now, text=True)
+            pipe.hset(key, mapping=status)
+            pipe.expire(key, led.status_ttl + 3600)  # lua/queued_ttl_lib.lua's slack
+        await fastpipe.execute(pipe)
     books = []
     for start in range(0, len(msgs), size):
         book = led.book()
@@ -183,7 +193,7 @@ async def main_async(a: argparse.Namespace) -> int:
         for name, led in ledgers.items():
             msgs = messages(first, a.n)
             first += a.n
-            us = await record(r, led, keys, msgs, a.batch, pid)
+            us = await record(r, led, keys, msgs, a.batch, pid, a.queued)
             if run:
                 results[name].append(us)
             await forget(r, keys, msgs)
@@ -229,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--receipts", action="append", default=[], type=Path,
                     help="another version of receipts.lua to measure too")
     ap.add_argument("--only", choices=("record", "receipts"), help="measure one script")
+    ap.add_argument("--queued", action="store_true",
+                    help="records written over the messages' 'queued' records (as in e2e)")
     a = ap.parse_args(argv)
     with private_redis(a.port) as port:
         a.port = port

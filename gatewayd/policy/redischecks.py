@@ -23,7 +23,9 @@ keys share a hash slot:
   (a redelivery that passed before) is not counted twice. On a hit the verdict's
   ``until`` is when the binding window frees a slot.
 - tenant buckets: ``tb:{tenant:<name>}`` HASH (tokens, ts), shared with
-  gatewayd.policy.ratelimit's format.
+  gatewayd.policy.ratelimit's format, plus ``x`` (when the TTL its last PEXPIRE set
+  runs out) and ``xs`` (the ts written with it): the PEXPIRE only when that no longer
+  covers the refill to full plus a second (see the script).
 
 Redis Cluster: a batch touches many recipients' slots, so on a cluster (``run`` sees
 a RedisCluster client) it runs as one script call per slot, concurrently, each routed

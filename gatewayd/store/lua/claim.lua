@@ -7,6 +7,7 @@
 -- earlier claim, read again after a crash: the state it reached), {0, ''} when another
 -- message holds it.
 --#include acl_lib
+--#include queued_ttl_lib
 do
   local refused = acl_refused(KEYS[1], 'EXISTS', 'HGET', 'HSET', 'EXPIRE')
   if refused then return refused end
@@ -19,5 +20,5 @@ if cur or redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, ''}
 end
 redis.call('HSET', KEYS[1], 'entry', ARGV[1], 'state', 'queued', 'updated_at', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2] + QUEUED_SLACK_S)  -- (queued_ttl_lib)
 return {1, 'queued'}

@@ -22,6 +22,7 @@
 -- Returns one reply a message: 1 queued, 0 id taken, the owner's id (a string), or
 -- -1 - depth: refused, its stream holds depth entries (queue.max_queued).
 --#include acl_lib
+--#include queued_ttl_lib
 do
   local refused = acl_refused(KEYS[1], 'GET', 'EXISTS', 'XLEN', 'HSET', 'EXPIRE', 'SET',
     'XADD')
@@ -31,7 +32,8 @@ local rcall, unpack = redis.call, unpack
 local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
   done_at = true, fk = true, receipts = true, sent_parts = true}
 local msgs = cmsgpack.unpack(ARGV[1])
-local ttl, ittl, maxlen = ARGV[2], ARGV[3], ARGV[4]
+-- The record's TTL holds queued_ttl_lib's slack.
+local ttl, ittl, maxlen = tostring(ARGV[2] + QUEUED_SLACK_S), ARGV[3], ARGV[4]
 local events = KEYS[1]
 local limits = cmsgpack.unpack(ARGV[5])
 local depths = {}  -- stream -> entries, once read (XLEN), counting this call's own

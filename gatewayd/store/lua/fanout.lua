@@ -25,6 +25,7 @@
 -- Returns {1, queued, skipped} when queued, {0, status} when the campaign is not running,
 -- {2, cursor, offset} when the cursor moved on meanwhile.
 --#include acl_lib
+--#include queued_ttl_lib
 do
   local refused = acl_refused(KEYS[1], 'HMGET', 'EXISTS', 'SET', 'HSET', 'EXPIRE', 'XADD',
     'HINCRBY')
@@ -39,7 +40,8 @@ end
 if (c[2] or '0-0') ~= ARGV[1] or (c[3] or '0') ~= ARGV[2] then
   return {2, c[2] or '0-0', c[3] or '0'}
 end
-local now, sttl, maxlen, lttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+-- sttl: the records' TTL, with queued_ttl_lib's slack.
+local now, sttl, maxlen, lttl = ARGV[5], tostring(ARGV[6] + QUEUED_SLACK_S), ARGV[7], ARGV[8]
 local spre, ssuf, lpre, lsuf = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local category, tenant, cid, sender = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
 local n, nv, nk = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[22])

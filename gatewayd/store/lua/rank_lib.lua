@@ -15,3 +15,20 @@ local function may_write(current, new)
   local old = RANK[current] or 0
   return old < 4 and (RANK[new] or 0) >= old
 end
+
+--#include queued_ttl_lib
+-- Whether a transition written at `now` over a record in state `current` last written
+-- at `at` (both updated_at texts, `now` nil when the transition has none) keeps the
+-- record's TTL instead of an EXPIRE: only over a "queued" record written within
+-- QUEUED_RECENT_S, whose TTL holds the slack (queued_ttl_lib).
+local function keeps_ttl(current, at, now)
+  if current ~= 'queued' or type(at) ~= 'string' or type(now) ~= 'string' then
+    return false
+  end
+  local t0, t1 = tonumber(at), tonumber(now)
+  if not t0 or not t1 then
+    return false
+  end
+  local d = t1 - t0
+  return d < QUEUED_RECENT_S and d > -QUEUED_RECENT_S
+end

@@ -131,10 +131,18 @@ if not ok then error(failure, 0) end  -- as raised: no position added to a text
 for fk, per in pairs(funnels) do
   for field, c in pairs(per) do rcall('HINCRBY', fk, field, c) end
 end
+-- A usage key's EXPIRE only when one of its fields was new (HINCRBY answered its own
+-- increment): every call that creates one of these fields sets the TTL in the same
+-- atomic call, and nothing takes a TTL away, so a key whose fields all existed has its
+-- TTL already (an EXPIRE a tenant a call was ~0.4 Redis commands a message). A new
+-- field (a tenant's first final state of a kind that day) still sets it.
 local na = #ARGV
 for tenant, per in pairs(usage) do
   local uk = ARGV[na - 2] .. tenant .. ARGV[na - 1]
-  for field, c in pairs(per) do rcall('HINCRBY', uk, field, c) end
-  rcall('EXPIRE', uk, ARGV[na])
+  local fresh = false
+  for field, c in pairs(per) do
+    if rcall('HINCRBY', uk, field, c) == c then fresh = true end
+  end
+  if fresh then rcall('EXPIRE', uk, ARGV[na]) end
 end
 return out

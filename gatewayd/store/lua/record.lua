@@ -29,7 +29,7 @@
 local n, c, s = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 do
   -- (A key pattern refusing one of KEYS, e.g. gw:smsc:*, refuses the EVAL itself.)
-  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD', 'SET', 'XDEL',
+  local refused = acl_refused(KEYS[1], 'HMGET', 'HSET', 'EXPIRE', 'XADD', 'SET', 'XDEL',
                               'XACK')
   if refused then return refused end
 end
@@ -61,10 +61,18 @@ for i = 1, n do
     counts[ARGV[a + 1]] = ns
   end
   local first, last = a + 2, a + 1 + ns
-  -- ARGV[first] is "state" (Ledger.build puts it first).
-  if may_write(rcall('HGET', key, 'state'), ARGV[first + 1]) then
+  -- ARGV[first] is "state", then "updated_at" (Ledger.build puts them first). One read
+  -- serves both: never backwards, and whether the TTL stays (rank_lib.keeps_ttl: the
+  -- EXPIRE after a fresh "queued" record, one command a message, is not needed).
+  local cur = rcall('HMGET', key, 'state', 'updated_at')
+  if may_write(cur[1], ARGV[first + 1]) then
     rcall('HSET', key, unpack(ARGV, first, last))
-    rcall('EXPIRE', key, ttl)
+    if ARGV[first + 1] == 'queued' then
+      rcall('EXPIRE', key, ttl + QUEUED_SLACK_S)  -- as every "queued" writer
+    elseif not keeps_ttl(cur[1], cur[2], ARGV[first + 2] == 'updated_at'
+                         and ARGV[first + 3] or nil) then
+      rcall('EXPIRE', key, ttl)
+    end
     ev[2] = ARGV[a]
     local m = 2
     for j = first, last, 2 do

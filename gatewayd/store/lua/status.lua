@@ -9,16 +9,22 @@
 -- Returns 1 when written, 0 when the record is further along.
 --#include acl_lib
 do
-  local refused = acl_refused(KEYS[1], 'HGET', 'HSET', 'EXPIRE', 'XADD')
+  local refused = acl_refused(KEYS[1], 'HMGET', 'HSET', 'EXPIRE', 'XADD')
   if refused then return refused end
 end
 --#include rank_lib
 local new = ARGV[5]
-if not may_write(redis.call('HGET', KEYS[1], 'state'), new) then
+-- One read: never backwards, and whether the TTL stays (rank_lib.keeps_ttl).
+local cur = redis.call('HMGET', KEYS[1], 'state', 'updated_at')
+if not may_write(cur[1], new) then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+if new == 'queued' then
+  redis.call('EXPIRE', KEYS[1], ARGV[1] + QUEUED_SLACK_S)  -- as every "queued" writer
+elseif not keeps_ttl(cur[1], cur[2], ARGV[6] == 'updated_at' and ARGV[7] or nil) then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
 if KEYS[2] then
   local ev = {'id', ARGV[3]}
   for j = 4, #ARGV, 2 do
