@@ -329,6 +329,7 @@ class Daemon:
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE, reuse_port=shared and cfg.http.workers > 1,
+                fast_intake=cfg.http.fast_intake,
             )
             if self.webhook_sender is not None:  # its series in the daemon's /metrics
                 self.http.exposition = self.webhook_sender.exposition
