@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -344,3 +345,23 @@ async def test_stop_answers_a_request_in_hand(start: Start) -> None:
     assert await closed(idle_r, 1.0)
     writer.close()
     idle_w.close()
+
+
+def test_config_key_and_its_reload(tmp_path: Path) -> None:
+    """``http.fast_intake``: true by default, false accepted by check-config's loader,
+    and a reload that changes it says it needs a restart (the listener keeps its lane)."""
+    from gatewayd.config import load_config
+    from gatewayd.control.reload import diff
+
+    def config(extra: str) -> Any:
+        p = tmp_path / "gw.toml"
+        p.write_text(f'[http]\n{extra}\n\n[[carrier]]\nname = "a"\nhost = "127.0.0.1"\n'
+                     'system_id = "acme"\npassword = "secret"\nmo_country_code = "86"\n',
+                     encoding="utf-8")
+        p.chmod(0o600)
+        return load_config(p)
+
+    on, off = config(""), config("fast_intake = false")
+    assert on.http.fast_intake is True and off.http.fast_intake is False
+    plan = diff(on, off)
+    assert "http.fast_intake" in plan.restart and "fast_intake" not in plan.http

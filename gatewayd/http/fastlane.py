@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 # aiohttp refuses a request line or header line longer than this (its parser's
 # max_line_size / max_field_size): a longer head goes to aiohttp, which answers it.
 _MAX_HEAD: Final = 8190
+_MAX_HEADERS: Final = 128  # aiohttp's max_headers: more, and aiohttp answers 400
 _PATH: Final = INTAKE_ROUTE.encode()
 # Headers that make a request aiohttp's (see the module docstring), by lower-case name.
 _NOT_OURS: Final = frozenset({b"transfer-encoding", b"upgrade", b"expect",
@@ -117,6 +118,7 @@ class FastLane(asyncio.Protocol):
         self.auth = b""
         self.length = 0
         self.ours = True
+        self.headers = 0
         self.keep = True
         self.version = b"1.1"
 
@@ -130,6 +132,7 @@ class FastLane(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lanes.discard(self)
         self.transport = None
+        self.parser = None  # type: ignore[assignment]  # (a cycle: it holds self)
         if self.timer is not None:
             self.timer.cancel()
         if self.body_wait is not None and not self.body_wait.done():
@@ -192,6 +195,9 @@ class FastLane(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers += 1
+        if self.headers > _MAX_HEADERS:
+            self.ours = False
         n = name.lower()
         if n == b"authorization":
             if not self.auth:  # the first, as aiohttp's headers.get gives it
@@ -216,6 +222,9 @@ class FastLane(asyncio.Protocol):
             if t is None or t.is_closing():
                 return
             buf = self.buf
+            if self.read_paused and len(buf) <= self.server.max_body_bytes + 65536:
+                self.read_paused = False
+                t.resume_reading()
             if not buf:
                 return
             end = buf.find(b"\r\n\r\n")
@@ -229,7 +238,7 @@ class FastLane(asyncio.Protocol):
             if end > _MAX_HEAD:
                 self._hand_off()
                 return
-            self.url, self.auth, self.length, self.ours = b"", b"", 0, True
+            self.url, self.auth, self.length, self.ours, self.headers = b"", b"", 0, True, 0
             try:
                 self.parser.feed_data(buf[:end] if end < len(buf) else buf)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError):
@@ -283,7 +292,7 @@ class FastLane(asyncio.Protocol):
                 raise ConnectionResetError("connection lost before the body")
         buf = self.buf
         body, self.buf = (buf, b"") if len(buf) == n else (buf[:n], buf[n:])
-        if n:
+        if n and self.parser is not None:
             self.parser.feed_data(body)  # llhttp's state: the message ends with it
         if self.read_paused and self.transport is not None:
             self.read_paused = False
