@@ -365,3 +365,22 @@ def test_config_key_and_its_reload(tmp_path: Path) -> None:
     assert on.http.fast_intake is True and off.http.fast_intake is False
     plan = diff(on, off)
     assert "http.fast_intake" in plan.restart and "fast_intake" not in plan.http
+
+
+async def test_trickled_request_is_served(start: Start, redis: aioredis.Redis,
+                                          keys: Keys) -> None:
+    """A head and a body arriving in small pieces: one request, served whole."""
+    server = await start(body_timeout_s=10.0, idle_timeout_s=10.0)
+    raw = post(js([dict(MSG, ref=f"t{i}") for i in range(40)]))
+    assert 3000 < len(raw) < 8192
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i in range(0, len(raw), 61):
+            writer.write(raw[i:i + 61])
+            await writer.drain()
+            await asyncio.sleep(0)
+        a = await read_answer(reader)
+    finally:
+        writer.close()
+    assert a is not None and a.status == 202 and len(a.doc()["results"]) == 40
+    assert await redis.xlen(keys.queue("otp")) == 40

@@ -105,7 +105,11 @@ class FastLane(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.inner: asyncio.Protocol | None = None  # aiohttp's handler once handed off
-        self.buf = b""  # received, not yet taken by a request
+        # Received, not yet taken by a request: the chunk itself while it is the only
+        # one (the usual request: one chunk), a bytearray once chunks must be joined
+        # (appending and taking from its front cost no copy of the rest: a body
+        # trickled a byte at a time must not cost a copy of the whole per byte).
+        self.buf: bytes | bytearray = b""
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False  # a request is being served
         self.closing = False  # close once the request being served is answered
@@ -144,7 +148,13 @@ class FastLane(asyncio.Protocol):
         if self.inner is not None:
             self.inner.data_received(data)
             return
-        self.buf = self.buf + data if self.buf else data
+        buf = self.buf
+        if not buf:
+            self.buf = data
+        elif isinstance(buf, bytearray):
+            buf += data
+        else:
+            self.buf = bytearray(buf) + data
         if self.busy:
             wait = self.body_wait
             if wait is not None and len(self.buf) >= self.length and not wait.done():
@@ -250,7 +260,7 @@ class FastLane(asyncio.Protocol):
                 self.timer.cancel()
                 self.timer = None
             self.busy = True
-            self.buf = buf[end:]
+            self._drop(end)
             # Held: the loop keeps only weak references to its tasks.
             self.task = asyncio.get_running_loop().create_task(
                 self._serve(self.keep, self.version))
@@ -274,7 +284,17 @@ class FastLane(asyncio.Protocol):
         if self.write_paused:
             inner.pause_writing()
         if buf:
-            inner.data_received(buf)
+            inner.data_received(bytes(buf))
+
+    def _drop(self, n: int) -> None:
+        """Take the first ``n`` bytes off the buffer."""
+        buf = self.buf
+        if n >= len(buf):
+            self.buf = b""
+        elif isinstance(buf, bytearray):
+            del buf[:n]  # CPython moves the start, not the rest
+        else:
+            self.buf = buf[n:]
 
     async def _body(self) -> bytes:
         """This request's body: ``self.length`` bytes, within http.body_timeout_s."""
@@ -291,7 +311,8 @@ class FastLane(asyncio.Protocol):
             if len(self.buf) < n:
                 raise ConnectionResetError("connection lost before the body")
         buf = self.buf
-        body, self.buf = (buf, b"") if len(buf) == n else (buf[:n], buf[n:])
+        body = buf if len(buf) == n and isinstance(buf, bytes) else bytes(buf[:n])
+        self._drop(n)
         if n and self.parser is not None:
             self.parser.feed_data(body)  # llhttp's state: the message ends with it
         if self.read_paused and self.transport is not None:
