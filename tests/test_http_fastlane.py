@@ -384,3 +384,24 @@ async def test_trickled_request_is_served(start: Start, redis: aioredis.Redis,
         writer.close()
     assert a is not None and a.status == 202 and len(a.doc()["results"]) == 40
     assert await redis.xlen(keys.queue("otp")) == 40
+
+
+async def test_revoked_key_refused_on_an_open_connection(start: Start) -> None:
+    """A reload that drops a key: the next request on a keep-alive connection that was
+    let in with it is refused (the lane's cache of the checked header is dropped)."""
+    server = await start(max_body_bytes=8192)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(post(js(MSG)))
+        ok = await read_answer(reader)
+        assert ok is not None and ok.status == 202
+        writer.write(post(js(MSG)))
+        again = await read_answer(reader)
+        assert again is not None and again.status == 202
+        server.configure(api_key_hashes=[hash_key("another-key")], max_body_bytes=8192,
+                         max_connections=1024, idle_timeout_s=15.0, body_timeout_s=30.0)
+        writer.write(post(js(MSG)))
+        refused = await read_answer(reader)
+        assert refused is not None and refused.status == 401
+    finally:
+        writer.close()

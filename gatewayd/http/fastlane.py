@@ -111,6 +111,13 @@ class FastLane(asyncio.Protocol):
         # trickled a byte at a time must not cost a copy of the whole per byte).
         self.buf: bytes | bytearray = b""
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # a complete request head by then (loop time)
+        # The Authorization header this connection last sent that was an admin key's,
+        # and the key set it was checked against (HttpServer.keys_generation): the same
+        # bytes again need no new hash (nothing secret in comparing them: they are the
+        # client's own, as it sent them before on this connection).
+        self.admin_auth = b""
+        self.admin_gen = -1
         self.busy = False  # a request is being served
         self.closing = False  # close once the request being served is answered
         self.write_paused = False
@@ -188,16 +195,22 @@ class FastLane(asyncio.Protocol):
     # Timers ----------------------------------------------------------------------------
     def _arm(self) -> None:
         """A complete request head within http.idle_timeout_s, from now (aiohttp's
-        keep-alive time-out: from the connection's start or its previous answer)."""
-        if self.timer is not None:
-            self.timer.cancel()
-        timeout = self.server.idle_timeout_s
-        self.timer = (asyncio.get_running_loop().call_later(timeout, self._idle)
-                      if timeout > 0 else None)
+        keep-alive time-out: from the connection's start or its previous answer). One
+        timer a connection, moved on lazily (as aiohttp does): a request costs a
+        deadline, not a timer made and cancelled."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.server.idle_timeout_s
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._idle)
 
     def _idle(self) -> None:
         self.timer = None
-        if not self.busy and self.inner is None and self.transport is not None:
+        if self.busy or self.inner is not None or self.transport is None:
+            return  # being served (armed again after its answer), or aiohttp's
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:
+            self.timer = loop.call_at(self.deadline, self._idle)
+        else:
             self.transport.close()
 
     # httptools callbacks (the head of the request being looked at) ---------------------
@@ -256,10 +269,7 @@ class FastLane(asyncio.Protocol):
             if not self.ours or self.length > self.server.max_body_bytes:
                 self._hand_off()
                 return
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            self.busy = True
+            self.busy = True  # the head is whole: the idle timer lets it be
             self._drop(end)
             # Held: the loop keeps only weak references to its tasks.
             self.task = asyncio.get_running_loop().create_task(
@@ -326,11 +336,15 @@ class FastLane(asyncio.Protocol):
         answer: Answer | None = None
         taken = False  # the body read (else it is read past after the answer)
         try:
-            header = self.auth.decode("utf-8", "surrogateescape")
+            raw = self.auth
             principal = None
-            if not srv._authorized(header):
-                principal, answer = await srv.as_account(
-                    "POST", INTAKE_ROUTE, header, INTAKE_ROUTE, self.transport)
+            if not (raw and raw == self.admin_auth and self.admin_gen == srv.keys_generation):
+                header = raw.decode("utf-8", "surrogateescape")
+                if srv._authorized(header):
+                    self.admin_auth, self.admin_gen = raw, srv.keys_generation
+                else:
+                    principal, answer = await srv.as_account(
+                        "POST", INTAKE_ROUTE, header, INTAKE_ROUTE, self.transport)
             if answer is None:
                 if srv.draining:
                     answer = DRAINING

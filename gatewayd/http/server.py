@@ -199,6 +199,7 @@ class HttpServer:
         self.max_body_bytes = max_body_bytes
         self.classes = list(classes) if classes else None  # for /openapi.json only
         self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self.keys_generation = 0  # bumped when the keys change (the fast lane's cache)
         self._loopback = is_loopback(self.host)
         self.draining = False
         self._runner: web.AppRunner | None = None
@@ -260,6 +261,7 @@ class HttpServer:
         open connections keep their idle time-out; new ones get the new one. The
         listen address is the listener's: it changes with a restart only."""
         self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self.keys_generation += 1
         self.max_body_bytes = max_body_bytes
         # aiohttp reads both per request and per connection from these (no public
         # setter): the size cap of the next request's body, the next connection's
