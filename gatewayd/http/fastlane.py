@@ -310,6 +310,8 @@ class FastLane(asyncio.Protocol):
         """This request's body: ``self.length`` bytes, within http.body_timeout_s."""
         n = self.length
         if len(self.buf) < n:
+            if self.transport is None:  # gone while its sender was looked up
+                raise ConnectionResetError("connection lost before the body")
             wait = self.body_wait = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(self.server.body_timeout_s):
