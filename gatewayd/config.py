@@ -159,6 +159,10 @@ class HttpConfig(_Section, kw_only=True, frozen=True):
     # Niceness (0-19) the intake workers run at: when the cores are contended the
     # kernel runs the dispatching daemon first, and intake takes what is left.
     workers_nice: int = 0
+    # POST /v1/messages served by httptools under a plain asyncio protocol on the API's
+    # port (gatewayd.http.fastlane), every other request by aiohttp on the same
+    # connection; false: aiohttp serves every request. Applies with a restart.
+    fast_intake: bool = True
 
 
 class PolicyConfig(_Section, kw_only=True, frozen=True):

@@ -87,6 +87,11 @@ _PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/readyz/carriers
                             "/openapi.json"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# An answer before it is a web.Response: status, the JSON document, extra headers. The
+# intake's core returns these so that aiohttp's handler and the fast lane
+# (gatewayd.http.fastlane) answer from the same code.
+Answer = tuple[int, Any, "dict[str, str] | None"]
+INTAKE_ROUTE: Final = "/v1/messages"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -118,11 +123,16 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
     )
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-          **extra: Any) -> web.Response:
+def err(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+        **extra: Any) -> Answer:
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="gatewayd"'}
-    return _json(status, {"error": {"code": code, "message": message}, **extra}, headers)
+    return status, {"error": {"code": code, "message": message}, **extra}, headers
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+          **extra: Any) -> web.Response:
+    return _json(*err(status, code, message, headers, **extra))
 
 
 class _ParserLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -165,9 +175,14 @@ class HttpServer:
         body_timeout_s: float = 30.0,
         unavailable: tuple[type[BaseException], ...] = (),
         reuse_port: bool = False,
+        fast_intake: bool = True,
     ) -> None:
         self.host, self._port = parse_listen(listen)
         self.reuse_port = reuse_port  # http.workers: processes sharing the port
+        # http.fast_intake: POST /v1/messages served by gatewayd.http.fastlane (read
+        # for each new connection; the config key itself changes with a restart).
+        self.fast_intake = fast_intake
+        self._lanes: Any = None  # gatewayd.http.fastlane.FastLanes once started
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -184,6 +199,7 @@ class HttpServer:
         self.max_body_bytes = max_body_bytes
         self.classes = list(classes) if classes else None  # for /openapi.json only
         self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self.keys_generation = 0  # bumped when the keys change (the fast lane's cache)
         self._loopback = is_loopback(self.host)
         self.draining = False
         self._runner: web.AppRunner | None = None
@@ -223,8 +239,11 @@ class HttpServer:
                                                  self.limited))
         await runner.setup()
         assert runner.server is not None
-        # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory.
-        self._cap = ConnectionCap(runner.server, self.max_connections, "api")
+        # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory,
+        # behind the fast lane (imported here: it imports this module).
+        from gatewayd.http.fastlane import FastLanes
+        self._lanes = FastLanes(self, runner.server)
+        self._cap = ConnectionCap(self._lanes, self.max_connections, "api")
         try:
             self._server = await asyncio.get_running_loop().create_server(
                 self._cap,
@@ -242,6 +261,7 @@ class HttpServer:
         open connections keep their idle time-out; new ones get the new one. The
         listen address is the listener's: it changes with a restart only."""
         self._hashes = [h.lower().encode("ascii") for h in api_key_hashes]
+        self.keys_generation += 1
         self.max_body_bytes = max_body_bytes
         # aiohttp reads both per request and per connection from these (no public
         # setter): the size cap of the next request's body, the next connection's
@@ -264,9 +284,15 @@ class HttpServer:
         if self._server is not None:
             server, self._server = self._server, None
             server.close()  # no new connections; the open ones finish below
+        # The fast lane's connections and aiohttp's, each given up to 5 s for the
+        # requests in hand, side by side (not 5 s and then 5 s more).
+        closing: list[Awaitable[Any]] = []
+        if self._lanes is not None:
+            closing.append(self._lanes.close(5.0))
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await runner.cleanup()
+            closing.append(runner.cleanup())
+        await asyncio.gather(*closing)
 
     # Application --------------------------------------------------------------------
     def _build_app(self) -> web.Application:
@@ -316,8 +342,13 @@ class HttpServer:
             self._observe(request, status, started)
 
     def _observe(self, request: web.Request, status: int, started: float) -> None:
-        route = _route_of(request)
-        method = request.method
+        self.count(_route_of(request), request.method, status, started, request.path,
+                   request.transport)
+
+    def count(self, route: str, method: str, status: int, started: float, path: str,
+              transport: asyncio.BaseTransport | None) -> None:
+        """A request's metrics (and its DEBUG line): aiohttp's requests and the fast
+        lane's alike."""
         observed = self._observed.get((route, method, status))
         if observed is None:
             observed = (metrics.HTTP_REQUESTS.labels(route, method, str(status)),
@@ -328,8 +359,8 @@ class HttpServer:
         observed[1].observe(time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("http request", extra={
-                "method": method, "path": request.path, "status": status,
-                "remote": request.remote or "",
+                "method": method, "path": path, "status": status,
+                "remote": remote_of(transport),
             })
 
     def _error_answer(self, request: web.Request, exc: Exception) -> web.StreamResponse:
@@ -342,45 +373,65 @@ class HttpServer:
             return error(exc.status, _AIOHTTP_CODES.get(exc.status, "http_error"), exc.reason,
                          headers={"Allow": allow} if allow is not None else None)
         if isinstance(exc, BodyTimeout):
-            self.limited.warning("body_timeout", "http: request body too slow",
-                                 path=request.path, remote=request.remote or "")
-            resp = error(408, "timeout", f"the request body did not arrive within "
-                         f"{self.body_timeout_s:g} s")
+            resp = _json(*self.body_timeout(request.path, request.remote or ""))
             resp.force_close()
             return resp
+        return _json(*self.failure(exc, request.path))
+
+    def body_timeout(self, path: str, remote: str) -> Answer:
+        """408: the body did not arrive in time (the caller closes the connection)."""
+        self.limited.warning("body_timeout", "http: request body too slow",
+                             path=path, remote=remote)
+        return err(408, "timeout", f"the request body did not arrive within "
+                   f"{self.body_timeout_s:g} s")
+
+    def failure(self, exc: Exception, path: str) -> Answer:
+        """The answer for what a handler raised, other than aiohttp's own HTTP errors
+        (called in the ``except`` that caught it: log.exception reads it from there)."""
         if isinstance(exc, self.unavailable):
             self.limited.warning("unavailable", f"http: answered 503: {type(exc).__name__}: "
-                                 f"{exc}", path=request.path)
-            return error(503, "unavailable", "the gateway's store is busy or unreachable; "
-                         "retry shortly", headers={"Retry-After": "1"})
+                                 f"{exc}", path=path)
+            return err(503, "unavailable", "the gateway's store is busy or unreachable; "
+                       "retry shortly", headers={"Retry-After": "1"})
         if denied(exc):
             # The Redis ACL refused a command (a deployment's ACL lacking one the README
             # lists): not the caller's fault and not ours to retry at once.
             metrics.REDIS_DENIED.labels("http").inc()
             self.limited.warning("store_denied", f"http: Redis ACL refused: {exc}",
-                                 path=request.path)
-            return error(503, "store_denied", "the gateway's Redis user may not run a "
-                         "command this request needs (see the README's minimal ACL); "
-                         "retry later", headers={"Retry-After": "5"})
-        log.exception("http: unhandled error", extra={"path": request.path})
-        return error(500, "internal", "internal error; see the gateway's log")
+                                 path=path)
+            return err(503, "store_denied", "the gateway's Redis user may not run a "
+                       "command this request needs (see the README's minimal ACL); "
+                       "retry later", headers={"Retry-After": "5"})
+        log.exception("http: unhandled error", extra={"path": path})
+        return err(500, "internal", "internal error; see the gateway's log")
 
     async def _as_account(self, request: web.Request, handler: Handler
                           ) -> web.StreamResponse:
         """Not the admin role: an account's key on one of its routes, or 401/403."""
-        header = request.headers.get("Authorization", "")
+        principal, refusal = await self.as_account(
+            request.method, _route_of(request), request.headers.get("Authorization", ""),
+            request.path, request.transport)
+        if refusal is not None or principal is None:
+            return _json(*(refusal or err(401, "unauthorized", "no account")))
+        request[account_routes.PRINCIPAL] = principal
+        return await handler(request)
+
+    async def as_account(self, method: str, route: str, header: str, path: str,
+                         transport: asyncio.BaseTransport | None
+                         ) -> tuple[Principal | None, Answer | None]:
+        """The account a request sends as, or the refusal (401/403) to answer."""
         principal = await self._account(header)
         if principal is None:
             self.limited.warning("unauthorized", "http: unauthorized request",
-                                 path=request.path, remote=request.remote or "")
-            return error(401, "unauthorized", "missing or wrong 'Authorization: Bearer <key>'")
-        if (request.method, _route_of(request)) not in account_routes.ACCOUNT_ROUTES:
-            return error(403, "forbidden", "an account's key may not use this route "
-                         "(it needs an admin key)")
+                                 path=path, remote=remote_of(transport))
+            return None, err(401, "unauthorized",
+                             "missing or wrong 'Authorization: Bearer <key>'")
+        if (method, route) not in account_routes.ACCOUNT_ROUTES:
+            return None, err(403, "forbidden", "an account's key may not use this route "
+                             "(it needs an admin key)")
         if principal.account.suspended:
-            return error(403, "suspended", f"account {principal.tenant!r} is suspended")
-        request[account_routes.PRINCIPAL] = principal
-        return await handler(request)
+            return None, err(403, "suspended", f"account {principal.tenant!r} is suspended")
+        return principal, None
 
     def _authorized(self, header: str) -> bool:
         """The admin role: a key in http.api_keys (or no keys on a loopback listener,
@@ -416,38 +467,42 @@ class HttpServer:
     # Intake -------------------------------------------------------------------------
     async def post_messages(self, request: web.Request) -> web.Response:
         if self.draining:
-            return error(503, "draining",
-                         "the gateway is shutting down; retry on another instance")
+            return _json(*DRAINING)
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return _too_large(self.max_body_bytes)
         try:
             body = await read_body(request, self.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return _too_large(self.max_body_bytes)
+        return _json(*await self.intake(body, request.get(account_routes.PRINCIPAL),
+                                        request.path))
+
+    async def intake(self, body: bytes, principal: Principal | None, path: str) -> Answer:
+        """``POST /v1/messages`` once its body is read and its sender known: the answer
+        of aiohttp's handler and of the fast lane (gatewayd.http.fastlane)."""
         if not body.strip():
-            return error(400, "bad_json", "empty body; send a JSON object or array")
+            return err(400, "bad_json", "empty body; send a JSON object or array")
         try:
             doc = msgspec.json.decode(body)
         except msgspec.DecodeError as e:
             self.limited.warning("bad_json", f"http: body is not valid JSON: {e}",
-                                 path=request.path)
-            return error(400, "bad_json", f"body is not valid JSON: {e}")
+                                 path=path)
+            return err(400, "bad_json", f"body is not valid JSON: {e}")
         except RecursionError:
             self.limited.warning("bad_json", "http: JSON body nested too deep",
-                                 path=request.path)
-            return error(400, "bad_json", "body is nested too deep")
+                                 path=path)
+            return err(400, "bad_json", "body is nested too deep")
         if isinstance(doc, dict):
             items: list[Any] = [doc]
         elif isinstance(doc, list):
             items = doc
         else:
-            return error(400, "bad_json", "send one message object or an array of them")
+            return err(400, "bad_json", "send one message object or an array of them")
         if not items:
-            return error(400, "empty", "the array holds no messages")
+            return err(400, "empty", "the array holds no messages")
         if len(items) > MAX_ITEMS:
-            return error(413, "too_many_items",
-                         f"{len(items)} messages in one request; the limit is {MAX_ITEMS}")
-        principal: Principal | None = request.get(account_routes.PRINCIPAL)
+            return err(413, "too_many_items",
+                       f"{len(items)} messages in one request; the limit is {MAX_ITEMS}")
         try:
             if principal is None:
                 results = await self.backend.enqueue(items, source="http")
@@ -455,9 +510,9 @@ class HttpServer:
                 results = await self.backend.enqueue(items, source="http", account=principal)
         except QuotaExceeded as e:
             r = e.refusal
-            return error(429, "rate_limited" if r.limit in ("rate", "burst") else "quota_exceeded",
-                         str(e), headers={"Retry-After": account_routes.retry_after(
-                             r.resets_at)}, limit=r.body())
+            return err(429, "rate_limited" if r.limit in ("rate", "burst") else "quota_exceeded",
+                       str(e), headers={"Retry-After": account_routes.retry_after(
+                           r.resets_at)}, limit=r.body())
         return _enqueue_answer(results, len(items))
 
     async def get_message(self, request: web.Request) -> web.Response:
@@ -624,11 +679,25 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def remote_of(transport: asyncio.BaseTransport | None) -> str:
+    """The peer's address, as aiohttp's ``request.remote`` gives it ("" if unknown)."""
+    if transport is None:
+        return ""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, (list, tuple)) and peer:
+        return str(peer[0])
+    return "" if peer is None else str(peer)
+
+
+DRAINING: Final[Answer] = err(503, "draining",
+                              "the gateway is shutting down; retry on another instance")
+
+
 def _too_large(limit: int) -> web.Response:
     return error(413, "too_large", f"request body larger than {limit} bytes")
 
 
-def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
+def _enqueue_answer(results: list[EnqueueResult], count: int) -> Answer:
     by_index = {r.index: r for r in results}
     out: list[dict[str, Any]] = []
     bad = 0
@@ -644,25 +713,23 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
         else:
             out.append({"index": i, "id": r.id, "duplicate": r.duplicate})
     if not bad:
-        return _json(202, {"results": out})
+        return 202, {"results": out}, None
     queued = count - bad
     unqueued = sum(1 for r in results
                    if any(e.reason.startswith("not_queued") for e in r.errors))
     if unqueued:
         # Redis (a cluster failing over) past the intake's retries: the caller retries
         # the items without an id in "results" (with idempotency keys: safe to resend).
-        resp = _json(503, {
+        return (503, {
             "error": {"code": "not_queued",
                       "message": f"{unqueued} of {count} messages could not be queued "
                                  f"(Redis unavailable); the {queued} with an id were"},
             "accepted": queued, "rejected": bad, "results": out,
-        })
-        resp.headers["Retry-After"] = "5"
-        return resp
+        }, {"Retry-After": "5"})
     full = [r.depth for r in results if r.depth]
     if len(full) == bad:
         # Only items refused for their queue's depth (queue.max_queued): back-pressure.
-        return _json(429, {
+        return (429, {
             "error": {"code": QUEUE_FULL,
                       "message": f"{bad} of {count} messages refused: their queue holds "
                                  f"{max(full)} messages (queue.max_queued); the {queued} "
@@ -672,15 +739,15 @@ def _enqueue_answer(results: list[EnqueueResult], count: int) -> web.Response:
     if all(e["field"] == "id" and e["reason"].startswith(DUPLICATE_ID)
            for r in out for e in r.get("errors", ())):
         # Only ids already used by other messages: a conflict, not a malformed request.
-        return _json(409, {
+        return (409, {
             "error": {"code": DUPLICATE_ID,
                       "message": f"{bad} of {count} messages reuse an id already used by "
                                  f"another message; the {queued} others were queued"},
             "accepted": queued, "rejected": bad, "results": out,
-        })
-    return _json(422, {
+        }, None)
+    return (422, {
         "error": {"code": "invalid_items",
                   "message": f"{bad} of {count} messages are invalid; "
                              f"the {queued} valid ones were queued"},
         "accepted": queued, "rejected": bad, "results": out,
-    })
+    }, None)
