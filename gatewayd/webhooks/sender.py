@@ -131,7 +131,10 @@ class EndpointSender:
         self.slow = False
         self.live: deque[Item] = deque()
         self.incoming: list[Item] = []  # put here by the reader, taken once a read
-        self.busy: dict[str, int] = {}  # message id -> its events in flight
+        # Messages with events in flight. A message is in one request at a time (its later
+        # events wait while it is in flight), so a set, added to and taken from a whole
+        # request at once (C loops, not one of ours an event).
+        self.busy: set[str] = set()
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
         self.fed = False  # the reader's last read brought it events
@@ -316,8 +319,7 @@ class EndpointSender:
             self.wake.clear()
             await self.wake.wait()
             return
-        for m in seen:
-            busy[m] = busy.get(m, 0) + 1
+        busy.update(seen)
         self.in_flight += len(batch)
         flight = Flight(batch)
         t = asyncio.create_task(self._fly(flight, seen))
@@ -349,12 +351,7 @@ class EndpointSender:
                 await self._store_until_done()
         finally:
             self.in_flight -= len(batch)
-            for m in msgs:
-                n = self.busy[m] - 1
-                if n:
-                    self.busy[m] = n
-                else:
-                    del self.busy[m]
+            self.busy.difference_update(msgs)
             self.sem.release()
             self.wake.set()
 
