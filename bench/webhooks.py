@@ -22,10 +22,23 @@
    events appended at that rate while ``gatewayd webhooks run`` sends them to 1
    endpoint as they come (not from a backlog, as in 1.): its CPU an event.
 
+   --warm: the same modes with the daemon (not --burst) and its sender started first and
+   warm (binds up, the webhook lease held, a second more), the messages queued through
+   gatewayd.client while it runs, the figures over the steady part (the finals between
+   their 10th and 90th percentile): a cold start's backlog is neither inside nor outside
+   the window by accident. "by CPU": the CPU a message of every process of the run
+   (daemon, sender, Redis, simulator, receiver) without webhooks over with, in the same
+   round: the rate ratio on cores these processes fill, which the machine's other work
+   moves much less than the rates.
+
+4. --instructions N (with --sender-only): the sender's instructions an event under
+   valgrind's callgrind (load does not move them), N events from a backlog, 1 endpoint.
+
 Median of --runs with min and max; writes bench/results/webhooks.json.
 
     python -m bench webhooks [--quick] [-n 20000] [--events 60000] [--runs 3]
-                             [--batch 100] [--e2e-only] [--against DIR]
+                             [--batch 100] [--e2e-only] [--warm] [--against DIR]
+    python -m bench webhooks --sender-only [--instructions 10000] [--against DIR]
 
 --against DIR pairs each e2e mode with the same mode run by the gatewayd in DIR (a
 before/after comparison: the rounds alternate which goes first); compare the CPU a
@@ -319,7 +332,8 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     sender = _sender(cfg) if mode == "apart" else None
     child = _ChildSampler(cfg) if mode == "child" else None
     try:
-        with ProcSampler(sender.pid if sender else os.getpid()) as sp:
+        with ProcSampler(sender.pid if sender else os.getpid()) as sp, \
+                ProcSampler(recv.proc.pid) as rcv:
             out = harness.run_gatewayd(rig, cfg, timeout_s=max(120.0, n / 500))
             if out.code != 0:
                 raise SystemExit(f"gatewayd exited {out.code}: {out.stderr}")
@@ -351,7 +365,12 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     sender_cpu = (sp.cpu_between(t0, t1) if sender is not None else
                   child.cpu_between(t0, t1) if child is not None else 0.0)
     pushed_per_s = (res["final"] / (t_pushed - t0) if t_pushed > t0 else 0.0)
+    machine = out.gw.cpu_between(t0, t1) + sender_cpu + out.sim.cpu_between(t0, t1) + \
+        rcv.cpu_between(t0, t1) + (out.redis.cpu_between(t0, t1) if out.redis else 0.0)
     return {"mode": mode, "final_per_s": res["final_per_s"], "states": res["states"],
+            # Every process of the run (daemon, sender, Redis, simulator, receiver): on
+            # a machine whose cores they fill, the rate goes as its inverse.
+            "machine_cpu_us_per_msg": 1e6 * machine / steady,
             # Messages a second until every event of every message was pushed.
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
             "gw_cpu_us_per_msg": 1e6 * out.gw.cpu_between(t0, t1) / steady,
@@ -386,8 +405,11 @@ def e2e_warm(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     proc = rig.gatewayd(cfg, timeout_s=timeout_s, burst=False)
     got, want, t_pushed = 0, 0, 0.0
     try:
+        assert rig.sim is not None
         with ProcSampler(proc.pid) as gw, \
-                ProcSampler(sender.pid if sender else os.getpid()) as sp:
+                ProcSampler(sender.pid if sender else os.getpid()) as sp, \
+                ProcSampler(rig.sim.pid) as sim, ProcSampler(recv.proc.pid) as rcv, \
+                ProcSampler(rig.redis_pid or proc.pid) as red:
             asyncio.run(_warm(rig.redis_url, proc, lease=mode != "off"))
             ids = rig.enqueue(items)
             deadline = time.monotonic() + timeout_s
@@ -415,11 +437,14 @@ def e2e_warm(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
                   child.cpu_between(lo, hi) if child is not None else 0.0)
     pushed_per_s = (res["final"] / (t_pushed - res["first_submit_at"])
                     if t_pushed > res["first_submit_at"] else 0.0)
+    gw_cpu = gw.cpu_between(lo, hi)
+    others = sum(p.cpu_between(lo, hi) for p in (sim, rcv, red) if p.pid != proc.pid)
     return {"mode": mode, "final_per_s": steady / (hi - lo) if hi > lo else 0.0,
             "all_final_per_s": res["final_per_s"], "states": res["states"],
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
-            "gw_cpu_us_per_msg": 1e6 * gw.cpu_between(lo, hi) / steady,
+            "gw_cpu_us_per_msg": 1e6 * gw_cpu / steady,
             "sender_cpu_us_per_msg": 1e6 * sender_cpu / steady,
+            "machine_cpu_us_per_msg": 1e6 * (gw_cpu + sender_cpu + others) / steady,
             "events": want, "pushed": got,
             "events_per_request": want / requests if requests else 0.0}
 
@@ -617,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                     e2e_runs[mode].append(r)
                     print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
-                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, events pushed "
+                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, all processes "
+                          f"{r['machine_cpu_us_per_msg']:.0f} us/msg, events pushed "
                           f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
                           f"pushed at {r['pushed_per_s']:,.0f} msg/s, "
                           f"{r['events_per_request']:.0f} events a request", flush=True)
@@ -629,12 +655,20 @@ def main(argv: list[str] | None = None) -> int:
             "final_per_s": summary([r["final_per_s"] for r in rs]),
             "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
             "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
+            "machine_cpu_us_per_msg": summary([r["machine_cpu_us_per_msg"] for r in rs]),
             "events_per_request": summary([r.get("events_per_request", 0.0) for r in rs]),
             "runs": rs}
         if mode != "off":
             ratios = [r["final_per_s"] / o["final_per_s"]
                       for r, o in zip(rs, e2e_runs["off"], strict=True)]
             result[f"ratio_{mode}"] = summary(ratios)
+            # What the rate would be on cores these processes fill: the CPU a message of
+            # every process without webhooks over with (the same round), a figure the
+            # machine's other work moves much less than the rates.
+            result[f"cpu_ratio_{mode}"] = summary(
+                [o["machine_cpu_us_per_msg"] / r["machine_cpu_us_per_msg"]
+                 for r, o in zip(rs, e2e_runs["off"], strict=True)
+                 if r["machine_cpu_us_per_msg"]])
             # Stricter: until every event was pushed, against the rate without webhooks.
             result[f"ratio_pushed_{mode}"] = summary(
                 [r["pushed_per_s"] / o["final_per_s"]
@@ -648,11 +682,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode.startswith(("apart", "child")):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
+        line += f"; all processes {e['machine_cpu_us_per_msg']['median']:.0f} us/msg"
         if mode != "off":
             r = result[f"ratio_{mode}"]
             p = result[f"ratio_pushed_{mode}"]
+            c = result[f"cpu_ratio_{mode}"]
             line += (f"; ratio {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}); "
-                     f"until all pushed {p['median']:.2f}")
+                     f"until all pushed {p['median']:.2f}; by CPU {c['median']:.2f} "
+                     f"(min {c['min']:.2f}, max {c['max']:.2f})")
         rows.append((f"e2e, {label}", line))
     path = write_result("webhooks", result)
     print(table(rows))
