@@ -22,10 +22,23 @@
    events appended at that rate while ``gatewayd webhooks run`` sends them to 1
    endpoint as they come (not from a backlog, as in 1.): its CPU an event.
 
+   --warm: the same modes with the daemon (not --burst) and its sender started first and
+   warm (binds up, the webhook lease held, a second more), the messages queued through
+   gatewayd.client while it runs, the figures over the steady part (the finals between
+   their 10th and 90th percentile): a cold start's backlog is neither inside nor outside
+   the window by accident. "by CPU": the CPU a message of every process of the run
+   (daemon, sender, Redis, simulator, receiver) without webhooks over with, in the same
+   round: the rate ratio on cores these processes fill, which the machine's other work
+   moves much less than the rates.
+
+4. --instructions N (with --sender-only): the sender's instructions an event under
+   valgrind's callgrind (load does not move them), N events from a backlog, 1 endpoint.
+
 Median of --runs with min and max; writes bench/results/webhooks.json.
 
     python -m bench webhooks [--quick] [-n 20000] [--events 60000] [--runs 3]
-                             [--batch 100] [--e2e-only] [--against DIR]
+                             [--batch 100] [--e2e-only] [--warm] [--against DIR]
+    python -m bench webhooks --sender-only [--instructions 10000] [--against DIR]
 
 --against DIR pairs each e2e mode with the same mode run by the gatewayd in DIR (a
 before/after comparison: the rounds alternate which goes first); compare the CPU a
@@ -36,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +57,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -108,7 +122,7 @@ class ReceiverProc:
 
     def _get(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/count", timeout=5) as r:
-            return dict(__import__("json").loads(r.read()))
+            return dict(json.loads(r.read()))
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -266,6 +280,40 @@ def paced(rig: harness.Rig, recv: ReceiverProc, n: int, rate: float) -> dict[str
             "sender_cpu_us_per_event": 1e6 * cpu / max(1, n)}
 
 
+def instructions(rig: harness.Rig, recv: ReceiverProc, n: int) -> dict[str, Any]:
+    """The sender's instructions an event under valgrind's callgrind, which the machine's
+    other work does not move (CPU time does, by 2x on the shared cores): n events queued
+    as a backlog (full reads), `gatewayd webhooks run` sends them to 1 endpoint; counted
+    from its first request (start-up left out: --instr-atstart=no, switched on then)."""
+    rig.flush()
+    asyncio.run(_prepare_cursor(rig.redis_url))
+    asyncio.run(_fill(rig.redis_url, n, 1))
+    cfg = _config(rig, harness.GatewaydOptions(), webhooks_section(recv, 1, enabled=False))
+    out = rig.dir / "callgrind.out"
+    base = recv.count()
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+         sys.executable, "-m", "gatewayd", "webhooks", "run", "-c", str(cfg)],
+        cwd=harness.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_count(recv, base + 1, 600)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = recv.count()
+        got, _t = _wait_count(recv, base + n, 1200)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    total = 0
+    for line in out.read_text(encoding="utf-8").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            total = max(total, int(line.split()[1]))
+    done = got - first
+    return {"events": n, "counted": done, "instructions_per_event": total / max(1, done)}
+
+
 def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             ) -> dict[str, Any]:
     """One bench.e2e run; mode "off", "daemon" (sender inside: webhooks.sender =
@@ -284,7 +332,8 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     sender = _sender(cfg) if mode == "apart" else None
     child = _ChildSampler(cfg) if mode == "child" else None
     try:
-        with ProcSampler(sender.pid if sender else os.getpid()) as sp:
+        with ProcSampler(sender.pid if sender else os.getpid()) as sp, \
+                ProcSampler(recv.proc.pid) as rcv:
             out = harness.run_gatewayd(rig, cfg, timeout_s=max(120.0, n / 500))
             if out.code != 0:
                 raise SystemExit(f"gatewayd exited {out.code}: {out.stderr}")
@@ -316,7 +365,12 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     sender_cpu = (sp.cpu_between(t0, t1) if sender is not None else
                   child.cpu_between(t0, t1) if child is not None else 0.0)
     pushed_per_s = (res["final"] / (t_pushed - t0) if t_pushed > t0 else 0.0)
+    machine = out.gw.cpu_between(t0, t1) + sender_cpu + out.sim.cpu_between(t0, t1) + \
+        rcv.cpu_between(t0, t1) + (out.redis.cpu_between(t0, t1) if out.redis else 0.0)
     return {"mode": mode, "final_per_s": res["final_per_s"], "states": res["states"],
+            # Every process of the run (daemon, sender, Redis, simulator, receiver): on
+            # a machine whose cores they fill, the rate goes as its inverse.
+            "machine_cpu_us_per_msg": 1e6 * machine / steady,
             # Messages a second until every event of every message was pushed.
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
             "gw_cpu_us_per_msg": 1e6 * out.gw.cpu_between(t0, t1) / steady,
@@ -324,6 +378,105 @@ def e2e_run(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
             "events": want, "pushed": got,
             # Fewer, fuller requests cost the sender less an event.
             "events_per_request": want / requests if requests else 0.0}
+
+
+def e2e_warm(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
+             ) -> dict[str, Any]:
+    """One e2e run with everything started and warm first (as a daemon that has been up):
+    the daemon (not --burst), its sender (the child, inline, or `gatewayd webhooks run`
+    started before it), each holding what it needs (the carrier's binds; the sender's
+    lease) plus a second; then the N messages are queued through gatewayd.client while it
+    runs, and the figures are taken over the steady part: the finals between the 10th
+    and the 90th percentile of their times (no ramp-up, no tail; the `queued` events
+    of every mode inside the same stretch). The sender's backlog from a cold start is
+    neither inside nor outside the window by accident."""
+    rig.flush()
+    extra = "" if mode == "off" else webhooks_section(
+        recv, 1, enabled=mode in ("daemon", "child"),
+        sender="inline" if mode == "daemon" else "process")
+    if mode != "off":
+        asyncio.run(_prepare_cursor(rig.redis_url))
+    items = harness.make_messages(n, run=run)
+    cfg = _config(rig, harness.GatewaydOptions(), extra)
+    base, base_requests = recv.counts()
+    sender = _sender(cfg) if mode == "apart" else None
+    child = _ChildSampler(cfg) if mode == "child" else None
+    timeout_s = max(120.0, n / 500)
+    proc = rig.gatewayd(cfg, timeout_s=timeout_s, burst=False)
+    got, want, t_pushed = 0, 0, 0.0
+    try:
+        assert rig.sim is not None
+        with ProcSampler(proc.pid) as gw, \
+                ProcSampler(sender.pid if sender else os.getpid()) as sp, \
+                ProcSampler(rig.sim.pid) as sim, ProcSampler(recv.proc.pid) as rcv, \
+                ProcSampler(rig.redis_pid or proc.pid) as red:
+            asyncio.run(_warm(rig.redis_url, proc, lease=mode != "off"))
+            ids = rig.enqueue(items)
+            deadline = time.monotonic() + timeout_s
+            while rig.backlog() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if mode != "off":
+                want = asyncio.run(_xlen(rig.redis_url))
+                got, t_pushed = _wait_count(recv, base + want, 120)
+                got -= base
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        if sender is not None:
+            sender.terminate()
+            sender.wait(10)
+    if proc.returncode not in (0, -15):
+        raise SystemExit(f"gatewayd exited {proc.returncode}: {err.decode()[-2000:]}")
+    requests = recv.counts()[1] - base_requests
+    statuses = rig.statuses(ids)
+    res = e2e.analyse(statuses)
+    done = sorted(float(s["done_at"]) for s in statuses if s.get("done_at"))
+    lo, hi = done[len(done) // 10], done[(9 * len(done)) // 10]
+    steady = max(1, (9 * len(done)) // 10 - len(done) // 10)
+    sender_cpu = (sp.cpu_between(lo, hi) if sender is not None else
+                  child.cpu_between(lo, hi) if child is not None else 0.0)
+    pushed_per_s = (res["final"] / (t_pushed - res["first_submit_at"])
+                    if t_pushed > res["first_submit_at"] else 0.0)
+    gw_cpu = gw.cpu_between(lo, hi)
+    others = sum(p.cpu_between(lo, hi) for p in (sim, rcv, red) if p.pid != proc.pid)
+    return {"mode": mode, "final_per_s": steady / (hi - lo) if hi > lo else 0.0,
+            "all_final_per_s": res["final_per_s"], "states": res["states"],
+            "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
+            "gw_cpu_us_per_msg": 1e6 * gw_cpu / steady,
+            "sender_cpu_us_per_msg": 1e6 * sender_cpu / steady,
+            "machine_cpu_us_per_msg": 1e6 * (gw_cpu + sender_cpu + others) / steady,
+            "events": want, "pushed": got,
+            "events_per_request": want / requests if requests else 0.0}
+
+
+async def _warm(url: str, proc: subprocess.Popen[bytes], *, lease: bool) -> None:
+    """Until the daemon has its carrier binds up and (``lease``) a sender holds the
+    webhook lease, then a second more (the sender's first reads, imports done)."""
+    r = aioredis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"gatewayd exited {proc.returncode} while starting")
+            binds = cast(list[str], await r.hvals(f"{PREFIX}carrier:binds"))
+            up = any(_binds_up(v) for v in binds)
+            if up and (not lease or await r.exists(f"{PREFIX}lease:webhooks")):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("gatewayd not up (binds, webhook lease) within 60 s")
+        await asyncio.sleep(1.0)
+    finally:
+        await r.aclose()
+
+
+def _binds_up(doc: str) -> bool:
+    """A daemon's published binds (Keys.carrier_binds): has it any bind up?"""
+    try:
+        binds = json.loads(doc).get("binds")
+    except ValueError:
+        return False
+    return bool(binds)
 
 
 class _ChildSampler:
@@ -380,11 +533,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=100, help="events a request (webhooks.batch)")
     ap.add_argument("--e2e-only", action="store_true", help="skip the deliveries/s runs")
+    ap.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="with --sender-only: also the sender's instructions an event "
+                         "under valgrind (callgrind), N events from a backlog, each run")
+    ap.add_argument("--sender-only", action="store_true",
+                    help="only the sender fed at --paced-rate (its CPU an event; paired "
+                         "with --against's in each run): no deliveries/s, no e2e")
     ap.add_argument("--paced-rate", type=float, default=20_000.0,
                     help="events a second for the paced run (as they come in e2e)")
     ap.add_argument("--against", default="", metavar="DIR",
                     help="also run the e2e modes with the gatewayd in DIR (e.g. `git archive "
                          "main | tar -x -C DIR`), paired with this tree's in each round")
+    ap.add_argument("--warm", action="store_true",
+                    help="e2e with the daemon and its sender started and warm first, the "
+                         "messages queued while it runs, figures over the steady part "
+                         "(finals' 10th-90th percentile); default: pre-queued, --burst")
     ap.add_argument("--quick", action="store_true", help="-n 2000 --events 5000 --runs 1")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -394,15 +557,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.events, args.runs = min(args.n, 2000), min(args.events, 5000), 1
     BATCH[0] = args.batch
-    modes = ["off", "child", "daemon", "apart"]
-    if args.against:
+    modes = [] if args.sender_only else ["off", "child", "daemon", "apart"]
+    if args.against and modes:
         modes += ["daemon@against", "apart@against"]
-    result: dict[str, Any] = {"n": args.n, "events": args.events, "batch": args.batch}
+    result: dict[str, Any] = {"n": args.n, "events": args.events, "batch": args.batch,
+                              "warm": args.warm}
     rows: list[tuple[str, str]] = []
     with harness.Rig(0.2) as rig:
         recv = ReceiverProc()
         try:
-            for eps in () if args.e2e_only else (1, 10, 100):
+            for eps in () if args.e2e_only or args.sender_only else (1, 10, 100):
                 runs = [deliveries(rig, recv, args.events, eps) for _ in range(args.runs)]
                 key = f"endpoints_{eps}"
                 result[key] = {"per_s": summary([r["per_s"] for r in runs]),
@@ -432,6 +596,23 @@ def main(argv: list[str] | None = None) -> int:
                     paced_runs[tag].append(pr)
                     print(f"paced{tag} {args.paced_rate:,.0f} events/s: sender "
                           f"{pr['sender_cpu_us_per_event']:.1f} us/event", flush=True)
+            if args.instructions:
+                ins: dict[str, list[float]] = {t: [] for t in tags}
+                for i in range(args.runs):
+                    for tag in tags if i % 2 == 0 else tags[::-1]:
+                        harness.ROOT = Path(args.against) if tag else own
+                        try:
+                            ir = instructions(rig, recv, args.instructions)
+                        finally:
+                            harness.ROOT = own
+                        ins[tag].append(ir["instructions_per_event"])
+                        print(f"instructions{tag}: {ir['instructions_per_event']:,.0f} an "
+                              f"event ({ir['counted']:,} events)", flush=True)
+                for tag, xs in ins.items():
+                    result[f"instructions{tag}"] = summary(xs)
+                    rows.append((f"sender instructions an event{tag}",
+                                 f"{summary(xs)['median']:,.0f} (min {min(xs):,.0f}, "
+                                 f"max {max(xs):,.0f})"))
             for tag, prs in paced_runs.items():
                 cpu = summary([r["sender_cpu_us_per_event"] for r in prs])
                 result[f"paced{tag}"] = {"rate": args.paced_rate, "sender_cpu_us_per_event": cpu,
@@ -440,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{cpu['median']:.1f} us/event (min {cpu['min']:.1f}, "
                              f"max {cpu['max']:.1f})"))
             e2e_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-            for i in range(args.runs):
+            for i in range(0 if args.sender_only else args.runs):
                 # With --against: each mode with both trees in the same minute, in turn
                 # first (the machine's other work moves the rates more than a change).
                 turns = ["off"]
@@ -454,13 +635,15 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in turns:
                     harness.ROOT = Path(args.against) if mode.endswith("@against") else own
                     try:
-                        r = e2e_run(rig, recv, args.n, i, mode.split("@")[0])
+                        r = (e2e_warm if args.warm else e2e_run)(
+                            rig, recv, args.n, i, mode.split("@")[0])
                     finally:
                         harness.ROOT = own
                     e2e_runs[mode].append(r)
                     print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
-                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, events pushed "
+                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, all processes "
+                          f"{r['machine_cpu_us_per_msg']:.0f} us/msg, events pushed "
                           f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
                           f"pushed at {r['pushed_per_s']:,.0f} msg/s, "
                           f"{r['events_per_request']:.0f} events a request", flush=True)
@@ -472,12 +655,20 @@ def main(argv: list[str] | None = None) -> int:
             "final_per_s": summary([r["final_per_s"] for r in rs]),
             "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
             "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
+            "machine_cpu_us_per_msg": summary([r["machine_cpu_us_per_msg"] for r in rs]),
             "events_per_request": summary([r.get("events_per_request", 0.0) for r in rs]),
             "runs": rs}
         if mode != "off":
             ratios = [r["final_per_s"] / o["final_per_s"]
                       for r, o in zip(rs, e2e_runs["off"], strict=True)]
             result[f"ratio_{mode}"] = summary(ratios)
+            # What the rate would be on cores these processes fill: the CPU a message of
+            # every process without webhooks over with (the same round), a figure the
+            # machine's other work moves much less than the rates.
+            result[f"cpu_ratio_{mode}"] = summary(
+                [o["machine_cpu_us_per_msg"] / r["machine_cpu_us_per_msg"]
+                 for r, o in zip(rs, e2e_runs["off"], strict=True)
+                 if r["machine_cpu_us_per_msg"]])
             # Stricter: until every event was pushed, against the rate without webhooks.
             result[f"ratio_pushed_{mode}"] = summary(
                 [r["pushed_per_s"] / o["final_per_s"]
@@ -491,11 +682,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode.startswith(("apart", "child")):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
+        line += f"; all processes {e['machine_cpu_us_per_msg']['median']:.0f} us/msg"
         if mode != "off":
             r = result[f"ratio_{mode}"]
             p = result[f"ratio_pushed_{mode}"]
+            c = result[f"cpu_ratio_{mode}"]
             line += (f"; ratio {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}); "
-                     f"until all pushed {p['median']:.2f}")
+                     f"until all pushed {p['median']:.2f}; by CPU {c['median']:.2f} "
+                     f"(min {c['min']:.2f}, max {c['max']:.2f})")
         rows.append((f"e2e, {label}", line))
     path = write_result("webhooks", result)
     print(table(rows))

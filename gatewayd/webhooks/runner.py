@@ -187,7 +187,8 @@ class WebhookRunner:
         # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
         # senders' inboxes (each sender takes its inbox once a read, not an event a call);
         # each entry's event made straight from its field list (bodies.new_event inline:
-        # one dict an event, not redis-py's dict and then ours).
+        # one dict an event, not redis-py's dict and then ours); Entry and Item are
+        # Structs made in C.
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
@@ -200,8 +201,10 @@ class WebhookRunner:
         prefix = "m" if mo else "e"
         for entry_id, flat in rows:
             it = iter(flat or ())
-            event: dict[str, Any] = {"event_id": prefix + entry_id, "kind": ""}
-            event.update(zip(it, it, strict=False))
+            # Made at its size from the pairs, then the two of ours (a third less CPU
+            # than a literal grown by update(); ours win over a field of the same name).
+            event: dict[str, Any] = dict(zip(it, it, strict=False))
+            event["event_id"] = prefix + entry_id
             if mo:
                 kind = event["kind"] = "mo"
             else:
@@ -407,7 +410,11 @@ class WebhookRunner:
         self.session = aiohttp.ClientSession(
             connector=targets.connector(self.cfg.webhooks.allow_private, self.resolver,
                                         limit=0, ttl_dns_cache=60),
-            json_serialize=lambda o: msgspec.json.encode(o).decode())
+            json_serialize=lambda o: msgspec.json.encode(o).decode(),
+            # No cookies kept from one endpoint's answers to send back with later
+            # requests: a webhook is not a session (and the jar's filtering of every
+            # request and answer is work for nothing).
+            cookie_jar=aiohttp.DummyCookieJar())
         try:
             await self._run(stop)
         finally:

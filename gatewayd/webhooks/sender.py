@@ -59,44 +59,47 @@ def score_of(entry_id: str) -> float:
     return float(int(ms) * SEQ + min(int(seq or 0), SEQ - 1))
 
 
-class Entry:
-    """One stream entry; done once every endpoint it went to is done with it (the
-    runner's cursor passes it then)."""
+class Entry(msgspec.Struct, gc=False):
+    """One stream entry; done once every endpoint it went to is done with it (``left``
+    0: the runner's cursor passes it then). A msgspec Struct, not a class with an
+    ``__init__``: one is made for every event read, and a Struct is made in C (~5x
+    less CPU) and, with gc=False, never walked by the collector (it holds no cycle)."""
 
-    __slots__ = ("id", "left")
-
-    def __init__(self, entry_id: str, left: int) -> None:
-        self.id, self.left = entry_id, left
-
-    def done(self) -> None:
-        self.left -= 1
+    id: str
+    left: int
 
 
-class Item:
-    """One event on its way to one endpoint (``entry`` None: read from its retry queue;
-    ``score`` 0 until it is needed, computed from ``sid``, its stream entry id)."""
+class Item(msgspec.Struct, gc=False):
+    """One event on its way to one endpoint (``entry`` None: read from its retry queue,
+    or done with; ``score`` 0 until it is needed, computed from ``sid``, its stream entry
+    id). A Struct for the reason Entry is one: one is made an event an endpoint."""
 
-    __slots__ = ("body", "entry", "event", "msg", "score", "sid")
-
-    def __init__(self, entry: Entry | None, body: bytes, msg: str, sid: str,
-                 event: dict[str, Any] | None, score: float = 0.0) -> None:
-        self.entry, self.body, self.msg, self.sid, self.event = entry, body, msg, sid, event
-        self.score = score
+    entry: Entry | None
+    body: bytes
+    msg: str
+    sid: str
+    event: dict[str, Any] | None
+    score: float = 0.0
 
     def position(self) -> float:
         if not self.score:
             self.score = score_of(self.sid)
         return self.score
 
-    def finish(self) -> None:
-        if self.entry is not None:
-            self.entry.done()
-            self.entry = None
-
     def decoded(self) -> dict[str, Any]:
         if self.event is None:
             self.event = _decode(self.body)
         return self.event
+
+
+def finish_all(items: list[Item]) -> None:
+    """Each item done with: its entry's count down once (a loop, not a method call an
+    event: it runs for every event sent)."""
+    for i in items:
+        e = i.entry
+        if e is not None:
+            e.left -= 1
+            i.entry = None
 
 
 class Flight:
@@ -128,7 +131,10 @@ class EndpointSender:
         self.slow = False
         self.live: deque[Item] = deque()
         self.incoming: list[Item] = []  # put here by the reader, taken once a read
-        self.busy: dict[str, int] = {}  # message id -> its events in flight
+        # Messages with events in flight. A message is in one request at a time (its later
+        # events wait while it is in flight), so a set, added to and taken from a whole
+        # request at once (C loops, not one of ours an event).
+        self.busy: set[str] = set()
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
         self.fed = False  # the reader's last read brought it events
@@ -210,8 +216,7 @@ class EndpointSender:
         finally:
             self.spilling -= 1
         self.stored += len(items)
-        for i in items:
-            i.finish()
+        finish_all(items)
 
     def holds(self, entry: Entry) -> bool:
         return any(i.entry is entry for i in self.live) or any(
@@ -235,8 +240,7 @@ class EndpointSender:
                 self.stored += len(items)
                 for f in flights:
                     f.secured = True
-                for i in items:
-                    i.finish()
+                finish_all(items)
         await self.store_spill()
 
     def backlog(self) -> int:
@@ -315,8 +319,7 @@ class EndpointSender:
             self.wake.clear()
             await self.wake.wait()
             return
-        for m in seen:
-            busy[m] = busy.get(m, 0) + 1
+        busy.update(seen)
         self.in_flight += len(batch)
         flight = Flight(batch)
         t = asyncio.create_task(self._fly(flight, seen))
@@ -334,8 +337,7 @@ class EndpointSender:
                 flight.landed = True
                 copies = [i.body for i in batch] if flight.secured else None
             if outcome == Outcome.OK:
-                for i in batch:
-                    i.finish()
+                finish_all(batch)
                 if copies:
                     await self._drop_copies(copies)
             elif outcome == Outcome.DEAD:
@@ -349,12 +351,7 @@ class EndpointSender:
                 await self._store_until_done()
         finally:
             self.in_flight -= len(batch)
-            for m in msgs:
-                n = self.busy[m] - 1
-                if n:
-                    self.busy[m] = n
-                else:
-                    del self.busy[m]
+            self.busy.difference_update(msgs)
             self.sem.release()
             self.wake.set()
 
@@ -454,8 +451,7 @@ class EndpointSender:
         metrics.WEBHOOK_DEAD.labels(self.label).inc(len(batch))
         log.warning("webhook %s: %d event(s) to its dead-letter stream: %s",
                     self.ep.name, len(batch), error)
-        for i in batch:
-            i.finish()
+        finish_all(batch)
 
     # The request ---------------------------------------------------------------------
     async def _post(self, batch: list[Item]) -> tuple[str, str]:

@@ -15,8 +15,11 @@ EVENT_ID_HEADER = "X-Gatewayd-Event-Id"
 
 
 def sign(secret: bytes, body: bytes, at: int) -> str:
-    mac = hmac.new(secret, b"%d." % at + body, hashlib.sha256).hexdigest()
-    return f"t={at},v1={mac}"
+    # The prefix and the body fed in turn: not joined first (a copy of each request's
+    # body, ~24 KB at 100 events).
+    mac = hmac.new(secret, b"%d." % at, hashlib.sha256)
+    mac.update(body)
+    return f"t={at},v1={mac.hexdigest()}"
 
 
 def verify(secret: str | bytes, body: bytes, header: str, *, tolerance_s: float = 300.0,
