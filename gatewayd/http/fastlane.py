@@ -45,18 +45,46 @@ import asyncio
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 import msgspec
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
+from gatewayd.http.answers import DRAINING, INTAKE_ROUTE, Answer, remote_of
 from gatewayd.http.limits import BodyTimeout
-from gatewayd.http.server import DRAINING, INTAKE_ROUTE, Answer, remote_of
 
 if TYPE_CHECKING:
-    from gatewayd.http.server import HttpServer
+    from gatewayd.accounts.cache import Principal
+
+
+class HttpServer(Protocol):
+    """What the lane uses of gatewayd.http.server.HttpServer (which builds the lanes:
+    the two modules do not import each other)."""
+
+    fast_intake: bool
+    max_body_bytes: int
+    idle_timeout_s: float
+    body_timeout_s: float
+    keys_generation: int
+    draining: bool
+
+    def _authorized(self, header: str) -> bool: ...
+
+    async def as_account(self, method: str, route: str, header: str, path: str,
+                         transport: asyncio.BaseTransport | None
+                         ) -> tuple[Principal | None, Answer | None]: ...
+
+    async def intake(self, body: bytes, principal: Principal | None, path: str
+                     ) -> Answer: ...
+
+    def body_timeout(self, path: str, remote: str) -> Answer: ...
+
+    def failure(self, exc: Exception, path: str) -> Answer: ...
+
+    def count(self, route: str, method: str, status: int, started: float, path: str,
+              transport: asyncio.BaseTransport | None) -> None: ...
 
 # aiohttp refuses a request line or header line longer than this (its parser's
 # max_line_size / max_field_size): a longer head goes to aiohttp, which answers it.

@@ -64,6 +64,7 @@ from gatewayd.http import accounts as account_routes
 from gatewayd.http import campaigns as campaign_routes
 from gatewayd.http import carriers as carrier_routes
 from gatewayd.http import webhooks as webhook_routes
+from gatewayd.http.answers import DRAINING, Answer, err, remote_of
 from gatewayd.http.backend import (
     DUPLICATE_ID,
     QUEUE_FULL,
@@ -71,6 +72,7 @@ from gatewayd.http.backend import (
     EnqueueResult,
     OptoutAction,
 )
+from gatewayd.http.fastlane import FastLanes
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
@@ -87,11 +89,6 @@ _PUBLIC: Final = frozenset({"/metrics", "/healthz", "/readyz", "/readyz/carriers
                             "/openapi.json"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# An answer before it is a web.Response: status, the JSON document, extra headers. The
-# intake's core returns these so that aiohttp's handler and the fast lane
-# (gatewayd.http.fastlane) answer from the same code.
-Answer = tuple[int, Any, "dict[str, str] | None"]
-INTAKE_ROUTE: Final = "/v1/messages"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -121,13 +118,6 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.
         status=status, body=msgspec.json.encode(body), content_type="application/json",
         headers=headers,
     )
-
-
-def err(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-        **extra: Any) -> Answer:
-    if status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="gatewayd"'}
-    return status, {"error": {"code": code, "message": message}, **extra}, headers
 
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
@@ -182,7 +172,7 @@ class HttpServer:
         # http.fast_intake: POST /v1/messages served by gatewayd.http.fastlane (read
         # for each new connection; the config key itself changes with a restart).
         self.fast_intake = fast_intake
-        self._lanes: Any = None  # gatewayd.http.fastlane.FastLanes once started
+        self._lanes: FastLanes | None = None  # once started
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.body_timeout_s = body_timeout_s
@@ -240,8 +230,7 @@ class HttpServer:
         await runner.setup()
         assert runner.server is not None
         # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory,
-        # behind the fast lane (imported here: it imports this module).
-        from gatewayd.http.fastlane import FastLanes
+        # behind the fast lane.
         self._lanes = FastLanes(self, runner.server)
         self._cap = ConnectionCap(self._lanes, self.max_connections, "api")
         try:
@@ -679,18 +668,6 @@ def _route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def remote_of(transport: asyncio.BaseTransport | None) -> str:
-    """The peer's address, as aiohttp's ``request.remote`` gives it ("" if unknown)."""
-    if transport is None:
-        return ""
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, (list, tuple)) and peer:
-        return str(peer[0])
-    return "" if peer is None else str(peer)
-
-
-DRAINING: Final[Answer] = err(503, "draining",
-                              "the gateway is shutting down; retry on another instance")
 
 
 def _too_large(limit: int) -> web.Response:
