@@ -25,12 +25,17 @@ and max; writes bench/results/intake.json. Targets (issue 17): gatewayd <= 60 us
 message one a request, <= 10 us in batches of 100, Redis no more via HTTP than via the
 client; e2e over HTTP >= 6,700/s.
 
+With --against-aiohttp, http-1 and http-100 run a second time right after, in the same
+run, with ``http.fast_intake = false`` (every request through aiohttp, as before the fast
+lane): "http-1-aiohttp", "http-100-aiohttp", and the fast lane's ratio to them, a
+baseline measured in the same run on the same machine.
+
 With --workers N the daemon runs with ``http.workers = N`` (N-1 intake-only processes
 sharing the port); "gatewayd" CPU is then the daemon's and its workers' together.
 
     python -m bench intake [--quick] [-n 40000] [--runs 3] [--connections 200] [--accounts]
                            [--workers N] [--phases client,http-1,http-100,e2e-http]
-                           [--no-codes]
+                           [--no-codes] [--against-aiohttp]
 """
 
 from __future__ import annotations
@@ -276,7 +281,8 @@ def _per_msg(r: dict[str, Any], n: int) -> dict[str, Any]:
 
 def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
             accounts: bool = False, workers: int = 1,
-            only: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+            only: frozenset[str] = frozenset(),
+            against_aiohttp: bool = False) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
 
     def wanted(tag: str) -> bool:
@@ -291,13 +297,20 @@ def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int,
     if accounts:
         phases = [phases[0], ("http-1-acct", 1, connections, True),
                   phases[1], ("http-100-acct", 100, 8, True)]
+    if against_aiohttp:  # each right after its fast-lane twin, the same bodies
+        phases = [p for ph in phases
+                  for p in ([ph, (f"{ph[0]}-aiohttp", *ph[1:])] if not ph[3] else [ph])]
     for tag, batch, conns, acct in phases:
-        if not wanted(tag):
+        if not wanted(tag.removesuffix("-aiohttp")):
             continue
         rig.flush()
         key = _account_key(rig) if acct else API_KEY
         port = free_port()
         cfg = with_workers(_config(rig, port, free_port(), "intake"), workers)
+        if tag.endswith("-aiohttp"):
+            cfg.write_text(cfg.read_text(encoding="utf-8").replace(
+                "[http]\nenabled = true\n", "[http]\nenabled = true\nfast_intake = false\n"),
+                encoding="utf-8")
         gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
         try:
             _wait_http(port)
@@ -365,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-codes", action="store_true",
                     help="no otp messages in the HTTP phases (each request of codes makes "
                          "its own Redis call; the others share one a loop turn)")
+    ap.add_argument("--against-aiohttp", action="store_true",
+                    help="also http-1 and http-100 with http.fast_intake = false, each "
+                         "right after its fast-lane twin, and the ratios")
     ap.add_argument("--phases", default="",
                     help="comma-separated subset, e.g. http-1,http-100 (default: all)")
     args = ap.parse_args(argv)
@@ -386,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Redis {rig.redis_version()}", flush=True)
         for i in range(args.runs):
             r = one_run(rig, wrk, args.n, i, args.connections, args.accounts, args.workers,
-                        only)
+                        only, args.against_aiohttp)
             runs.append(r)
             for tag, f in r.items():
                 extra = (f", {f['final_per_s']:,.0f} final/s ({f['final']:,.0f} final)"
@@ -408,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.accounts:
         tags[2:2] = ["http-1-acct"]
         tags[4:4] = ["http-100-acct"]
+    if args.against_aiohttp:
+        tags = [p for t in tags for p in (t, f"{t}-aiohttp")]
     tags = [t for t in tags if t in runs[0]]
     for tag in tags:
         result[tag] = {k: s(tag, k) for k in runs[0][tag] if k != "statuses"}
@@ -436,6 +454,16 @@ def main(argv: list[str] | None = None) -> int:
 
             rows.append((f"{base}-acct / {base}: gatewayd, Redis CPU a message; msg/s",
                          f"{ratio('gw_us')}, {ratio('redis_us')}; {ratio('msg_per_s')}"))
+    for base in ("http-1", "http-100"):
+        twin = f"{base}-aiohttp"
+        if base in result and twin in result:
+            fast, aio = result[base], result[twin]
+
+            def rel(k: str, fast: dict[str, Any] = fast, aio: dict[str, Any] = aio) -> str:
+                return f"{fast[k]['median'] / max(1e-9, aio[k]['median']):.2f}"
+
+            rows.append((f"{base} fast lane / aiohttp: gatewayd, Redis CPU a message; msg/s",
+                         f"{rel('gw_us')}, {rel('redis_us')}; {rel('msg_per_s')}"))
     path = write_result("intake", result)
     print(table(rows))
     print(f"-> {path}")

@@ -90,7 +90,7 @@ def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
     env["GATEWAYD_BENCH_RESULTS"] = str(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "intake", "--quick", "-n", "400", "--connections", "16",
-         "--accounts"],
+         "--accounts", "--against-aiohttp"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -99,8 +99,10 @@ def test_bench_intake_quick_writes_its_result(tmp_path: Path) -> None:
     # Every request of a phase was accepted (202: none refused), each phase queued every
     # message (and the few sent while wrk was being stopped), and the end-to-end phase
     # took every one it queued to a final state.
-    # With --accounts, the same through an account's key (issue 21).
-    for tag in ("http-1", "http-100", "e2e-http", "http-1-acct", "http-100-acct"):
+    # With --accounts, the same through an account's key (issue 21); with
+    # --against-aiohttp, the same with the fast lane off (http.fast_intake = false).
+    for tag in ("http-1", "http-100", "e2e-http", "http-1-acct", "http-100-acct",
+                "http-1-aiohttp", "http-100-aiohttp"):
         assert set(run[tag]["statuses"]) == {"202"}, (tag, run[tag]["statuses"])
         assert run[tag]["queued"] >= 400, tag
     assert run["e2e-http"]["final"] == run["e2e-http"]["queued"]

@@ -12,6 +12,12 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from gatewayd.config import Config, QueueConfig
+from gatewayd.model import OutboundMessage
+from gatewayd.ops import metrics
+from gatewayd.pipeline.coalesce import Coalescer
+from gatewayd.pipeline.intake import parse_message
+from gatewayd.pipeline.queue import DUPLICATE, QUEUED, QueueStore
 from gatewayd.store.embedded import free_port
 from gatewayd.store.keys import Keys
 from tests.e2e_helpers import load, running_daemon, write_config
@@ -147,3 +153,43 @@ async def test_codes_skip_the_coalescer_and_are_queued_at_once(
     shared = metric(m1, "gatewayd_intake_batched_requests_total") - metric(
         m0, "gatewayd_intake_batched_requests_total")
     assert shared == n  # the marketing requests only
+
+
+async def test_a_call_in_flight_gathers_the_next_requests(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """With max_in_flight calls out, the requests of the next turns wait for one to come
+    back and then share one call (a flood shares a call a round trip, not a turn), each
+    still answered exactly, in order; a lone request goes at the end of its turn."""
+    q = QueueStore(redis, keys, Config(queue=QueueConfig()), "c1")
+    co = Coalescer(q, max_in_flight=1)
+    n = 60
+
+    def msgs(i: int) -> list[OutboundMessage]:
+        raw = {"id": f"m-{i}", "to": f"+86137{i:08d}", "text": f"hello {i}",
+               "ref": f"r-{i}", "idempotency_key": f"k-{i // 2}"}  # pairs share a key
+        return [parse_message(raw, classes=("otp", "transactional", "marketing"),
+                              max_segments=10, now=1000.0)]
+
+    batches0 = metrics.INTAKE_BATCHES._value.get()
+    tasks = []
+    for i in range(n):  # one request a loop turn, as a flood of connections brings them
+        tasks.append(asyncio.ensure_future(co.enqueue_each(msgs(i), source="http")))
+        await asyncio.sleep(0)
+    answers = await asyncio.gather(*tasks)
+    calls = metrics.INTAKE_BATCHES._value.get() - batches0
+    # Unbounded, each turn made its own call (n calls); a real round trip spans turns.
+    assert 2 <= calls < n // 2, calls
+    for i, [(mid, outcome)] in enumerate(answers):
+        # The first of each pair queues, the second is its duplicate: the calls kept
+        # the requests' order, across calls too.
+        assert (mid, outcome) == ((f"m-{i}", QUEUED) if i % 2 == 0 else
+                                  (f"m-{i - 1}", DUPLICATE)), (i, mid, outcome)
+    assert await redis.xlen(keys.queue("marketing")) + await redis.xlen(
+        keys.queue("transactional")) + await redis.xlen(keys.queue("otp")) == n // 2
+
+    # Nothing in flight: a lone request is not held back.
+    batches0 = metrics.INTAKE_BATCHES._value.get()
+    [(mid, outcome)] = await asyncio.wait_for(co.enqueue_each(msgs(n), source="http"), 5)
+    assert (mid, outcome) == (f"m-{n}", QUEUED)
+    assert metrics.INTAKE_BATCHES._value.get() - batches0 == 1
