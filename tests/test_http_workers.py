@@ -207,7 +207,10 @@ async def test_a_killed_daemon_takes_its_workers_with_it(
     finally:
         proc.kill()
         await proc.wait()
-    for _ in range(200):
+    # A bound, not a speed: each worker gets SIGTERM from the kernel (parent-death
+    # signal) and stops its listener and Redis pool; on a loaded 2-core machine that
+    # once took longer than the 10 s this allowed.
+    for _ in range(600):
         if not any(alive(p) for p in workers):
             break
         await asyncio.sleep(0.05)
