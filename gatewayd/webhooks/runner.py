@@ -31,6 +31,7 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 from aiohttp.abc import AbstractResolver
+from redis.asyncio import ConnectionPool
 
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
@@ -83,6 +84,7 @@ class WebhookRunner:
         self._lease = load_script(redis, "lease")
         self._release = load_script(redis, "lease_release")
         self._reader = _raw_reader(redis)
+        self._read_script = load_script(self._reader or redis, "webhook_read")
         self._token = uuid.uuid4().hex
         self.holding = False
         self.backlog_reading = False
@@ -182,66 +184,91 @@ class WebhookRunner:
                 await self.redis.hdel(self.keys.webhook_callback_urls, name)
 
     # Reading -------------------------------------------------------------------------
-    def route(self, s: str, rows: list[Any]) -> None:
-        """Route XREAD's entries as Redis sent them: [entry id, [field, value, ...]]."""
+    def route(self, s: str, flat: list[Any]) -> None:
+        """Route a read's entries, six items each as the read script hands them over
+        (lua/webhook_read.lua): entry id, kind, tenant, message id, callback URL, the
+        event's JSON; bytes as Redis sent them. Where the script left an entry to us the
+        sixth is its field list instead, and the event is made here (``_made``)."""
         # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
-        # senders' inboxes (each sender takes its inbox once a read, not an event a call);
-        # each entry's event made straight from its field list (bodies.new_event inline:
-        # one dict an event, not redis-py's dict and then ours); Entry and Item are
-        # Structs made in C.
+        # senders' inboxes (each sender takes its inbox once a read, not an event a call),
+        # keyed by the bytes as read (decoded only to fill the cache); no dict, no field
+        # strings and no encoding an event (the script made the JSON); Entry and Item
+        # are Structs made in C.
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
         targets = self._targets
         order = self.order[s]
         callbacks = self.callbacks
-        finish = bodies.finish_event
-        encode = bodies.encode
-        mo = s == "m"
-        prefix = "m" if mo else "e"
-        for entry_id, flat in rows:
-            it = iter(flat or ())
-            # Made at its size from the pairs, then the two of ours (a third less CPU
-            # than a literal grown by update(); ours win over a field of the same name).
-            event: dict[str, Any] = dict(zip(it, it, strict=False))
-            event["event_id"] = prefix + entry_id
-            if mo:
-                kind = event["kind"] = "mo"
-            else:
-                kind = event["kind"] = event.get("state", "")
-            tenant = event.get("tenant", "")
+        entry_id = ""
+        it = iter(flat)
+        for raw_id, kind, tenant, msg, cb, data in zip(it, it, it, it, it, it, strict=True):
+            entry_id = raw_id.decode()
+            if type(data) is not bytes:
+                made = self._made(s, entry_id, data)
+                if made is None:  # malformed: skipped (logged), done with
+                    kind = tenant = None
+                else:
+                    kind, tenant, msg, cb, data = made
             inboxes = targets.get((tenant, kind))
             if inboxes is None:
-                inboxes = targets[(tenant, kind)] = tuple(
-                    self.senders[ep.name].incoming for ep in self.router.route(tenant, kind))
-            if callbacks or "callback" in event:
-                cb = self._callback(s, event, kind)
-                if cb is not None:
-                    inboxes = (*inboxes, cb.incoming)
+                if kind is None:
+                    inboxes = ()
+                else:
+                    t = tenant if type(tenant) is str else tenant.decode()
+                    k = kind if type(kind) is str else kind.decode()
+                    inboxes = targets[(tenant, kind)] = tuple(
+                        self.senders[ep.name].incoming for ep in self.router.route(t, k))
+            msg = msg if type(msg) is str else msg.decode()
+            if cb or (callbacks and msg):
+                url = cb if type(cb) is str else cb.decode()
+                t = tenant if type(tenant) is str else tenant.decode()
+                k = kind if type(kind) is str else kind.decode()
+                snd = self._callback(s, msg, url, t, k)
+                if snd is not None:
+                    inboxes = (*inboxes, snd.incoming)
             if not inboxes:
                 if order:
                     order.append(Entry(entry_id, 0))
                 else:
                     self.cursor[s] = entry_id  # nothing before it is waiting
                 continue
-            msg = "" if mo else event.get("id", "")
-            data = encode(finish(s, event))
             entry = Entry(entry_id, len(inboxes))
             order.append(entry)
             for inbox in inboxes:
-                inbox.append(Item(entry, data, msg, entry_id, event))
+                inbox.append(Item(entry, data, msg, entry_id, None))
         for snd in (*self.senders.values(), *self.callback_senders.values()):
             snd.take()
-        if rows:
-            self.read_pos[s] = rows[-1][0]
+        if entry_id:
+            self.read_pos[s] = entry_id
 
-    def _callback(self, s: str, fields: dict[str, Any], kind: str) -> EndpointSender | None:
-        """The sender of the message's own callback_url, if it has one its tenant may
-        name (webhooks.callback_prefixes); remembers it until the final event."""
+    def _made(self, s: str, entry_id: str, fields: list[Any]
+              ) -> tuple[str, str, str, str, bytes] | None:
+        """(kind, tenant, message id, callback URL, JSON) of an entry the read script
+        left to us, made by body.py as every event was before the script; None for one
+        that cannot be made (logged with the reason and skipped: one entry never fails
+        its read)."""
+        try:
+            pairs = [f if type(f) is str else f.decode() for f in fields]
+            it = iter(pairs)
+            event = bodies.new_event(s, entry_id, zip(it, it, strict=True))
+            kind = event["kind"]
+            tenant = event.get("tenant", "")
+            msg = "" if s == "m" else event.get("id", "")
+            cb = "" if s == "m" else event.get("callback", "")
+            return kind, tenant, msg, cb, bodies.encode(bodies.finish_event(s, event))
+        except Exception as e:
+            log.error("webhooks: %s entry %s skipped, it cannot be sent: %s: %s",
+                      _NAMES[s], entry_id, type(e).__name__, e)
+            return None
+
+    def _callback(self, s: str, msg: str, url: str, tenant: str, kind: str
+                  ) -> EndpointSender | None:
+        """The sender of the message's own callback_url (``url``: the event's, "" when it
+        carries none), if it has one its tenant may name (webhooks.callback_prefixes);
+        remembers it until the final event."""
         if s != "e":
             return None
-        msg = fields.get("id", "")
-        url = fields.get("callback", "")
         if url:
             if msg and self.callbacks.get(msg) != url and kind not in FINAL_STATES:
                 self.callbacks[msg] = url
@@ -253,7 +280,7 @@ class WebhookRunner:
         if kind in FINAL_STATES and msg in self.callbacks:
             del self.callbacks[msg]
             self._callback_writes.append((msg, ""))
-        if not subs.callback_allowed(url, fields.get("tenant", ""), self.cfg):
+        if not subs.callback_allowed(url, tenant, self.cfg):
             metrics.WEBHOOK_FAILED.labels("callback", "refused").inc()
             return None
         return self._callback_sender(url)
@@ -269,41 +296,55 @@ class WebhookRunner:
         return sender
 
     async def _read(self, block: int | None) -> int:
-        replies: list[Any]
-        if self._reader is None:  # a cluster: one slot a call; entries made flat as sent
-            replies = []
+        replies: list[tuple[str, list[Any]]] = []
+        if self._reader is None:  # a cluster: one slot a call; entries as the script's
             for s in self.streams:
                 r = cast(list[Any], await self.redis.xread(
                     {self.streams[s]: self.read_pos[s]}, count=self.read_count, block=None))
-                for stream, rows in r or []:
-                    replies.append((stream, [
-                        (i, [x for kv in (f or {}).items() for x in kv]) for i, f in rows]))
+                for _stream, rows in r or []:
+                    # Left to route()'s Python path (the script reads both streams in
+                    # one call, which a cluster's slots do not allow).
+                    flat: list[Any] = []
+                    for i, f in rows:
+                        flat += (i.encode(), "", "", "", "",
+                                 [x for kv in (f or {}).items() for x in kv])
+                    replies.append((s, flat))
             if not replies and block:
                 await asyncio.sleep(block / 1000)
         else:
-            streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
-            reply: Any = await self._reader.xread(streams, count=self.read_count, block=block)
-            # RESP3 answers a map, RESP2 (Redis 6 without HELLO 3) a list of pairs.
-            replies = list(reply.items()) if isinstance(reply, dict) else list(reply or [])
-        tag = {v: k for k, v in self.streams.items()}
+            replies = await self._read_ready()
+            if not replies and block:
+                # Idle: wait for the first new entry (or block ms), then read it ready.
+                streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
+                if await self._reader.xread(streams, count=1, block=block):
+                    replies = await self._read_ready()
         now_ms = time.time() * 1000
         n = 0
         if replies:
             for snd in (*self.senders.values(), *self.callback_senders.values()):
                 snd.fed = False
-        for stream, rows in replies:
-            s = tag[stream if isinstance(stream, str) else stream.decode()]
-            if rows:
-                full = len(rows) >= self.read_count
-                lag = (now_ms - _id(rows[0][0])[0]) / 1000 if full else 0.0
-                metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
-            self.route(s, rows)
-            n += len(rows)
+        for s, flat in replies:
+            rows = len(flat) // 6
+            full = rows >= self.read_count
+            lag = (now_ms - _id(flat[0].decode())[0]) / 1000 if full else 0.0
+            metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
+            self.route(s, flat)
+            n += rows
         self.backlog_reading = n >= self.read_count
         if not replies:
             for name in _NAMES.values():
                 metrics.WEBHOOK_LAG.labels(name).set(0.0)
         return n
+
+    async def _read_ready(self) -> list[tuple[str, list[Any]]]:
+        """Both streams' new entries, each event's JSON made by Redis (the read script);
+        (stream tag, the script's flat list) for each stream that had any."""
+        assert self._reader is not None
+        reply = cast(list[list[Any]], await self._read_script(
+            keys=[self.streams["e"], self.streams["m"]],
+            args=[self.read_pos["e"], self.read_pos["m"], self.read_count],
+            client=self._reader))
+        return [(s, flat) for s, flat in zip(("e", "m"), reply, strict=True) if flat]
 
     async def _flush(self) -> None:
         if self._callback_writes:
@@ -431,6 +472,8 @@ class WebhookRunner:
             except Exception:  # Redis away: the lease expires on its own
                 pass
             await self.session.close()
+            if self._reader is not None:
+                await self._reader.connection_pool.disconnect()
 
     async def _run(self, stop: asyncio.Event) -> None:
         last_tick = 0.0
@@ -475,13 +518,17 @@ class WebhookRunner:
 
 
 def _raw_reader(redis: Redis) -> Redis | None:
-    """A client on ``redis``'s connections whose XREAD answers the reply as sent
-    (hiredis's lists), not redis-py's (id, dict) tuples: ~1 us an event less, and route()
-    makes its own dict of each entry anyway. None on a cluster (its clients are per
-    node; _read converts its answers instead)."""
+    """A client of its own (one connection: the reader is one task) that leaves replies
+    as bytes: the read script's JSON goes out as it came, entry ids and message ids are
+    decoded, tenants and kinds only to fill the routing cache. Its XREAD (the idle wait)
+    answers the reply as sent. None on a cluster (its clients are per node; _read reads
+    each stream apart there)."""
     if is_cluster(redis):
         return None
-    raw = Redis(connection_pool=redis.connection_pool)
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    raw = Redis(connection_pool=ConnectionPool(
+        connection_class=pool.connection_class, max_connections=2, **kwargs))
     raw.set_response_callback("XREAD", _as_sent)
     return raw
 
