@@ -1,7 +1,7 @@
-"""The webhook sender's read script (lua/webhook_read.lua) against body.py: for every
-kind of entry the JSON Redis hands over is byte for byte what body.py makes of it (the
-sender's only way before the script), and one malformed entry among good ones is
-skipped with its reason while the others go."""
+"""The webhook sender's JSON made from an entry's bytes by its shape's template
+(body.shape_of / body.ready) against body.py's event_of: for every kind of entry it is
+byte for byte what event_of and the encoder make (the sender's only way before), and
+one malformed entry among good ones is skipped with its reason while the others go."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from gatewayd.store.connection import connect, load_script
+from gatewayd.store.connection import connect
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
 from gatewayd.webhooks.runner import WebhookRunner
@@ -49,6 +49,9 @@ STATES: list[Fields] = [
     {"id": "m12", "state": "delivered", "at": "0.00001", "segments": ""},
     {"id": "m13", "state": "delivered", "at": "1765143600.25", "to": "+86\u200b138"},
     {"id": "m14", "state": "optout", "at": "1765143600.25", "to": "+86138****8000"},
+    {"id": "m16", "state": "delivered", "at": "0.0", "until": "-1.5", "%s": "%d%%"},
+    {"id": "m17", "state": "delivered", "at": "1765143600.25", "segments": "3",
+     "carrier": "a\u00e9", "ref": "r"},
     {"id": "m15", "state": "clicked", "at": "1765143600.25", "template": "t-1",
      "from_enc": "kept for events", "parts": "3"},
 ]
@@ -59,6 +62,8 @@ MO: list[Fields] = [
      "parts": "02", "id": "mo-1", "callback": "stays in an MO"},
     {"from": "x", "text": "", "at": "abc", "parts": "", "until": "1.5"},
     {"from": "x", "text": "y", "at": "1765143600.5", "parts": "\u00b2"},  # int() refuses
+    {"from": "%s%d", "text": "100%", "at": "-0.0", "parts": "0"},
+    {"from_enc": "only"},
 ]
 
 
@@ -72,16 +77,6 @@ def reference(stream: str, entry_id: str, flat: list[bytes]) -> tuple[bytes | No
         return bodies.encode(bodies.finish_event(stream, event)), ""
     except Exception as e:
         return None, type(e).__name__
-
-
-async def read_all(redis_url: str, keys: Keys) -> list[tuple[str, list[Any]]]:
-    raw = aioredis.from_url(redis_url)  # bytes, as the sender's reader has them
-    try:
-        script = load_script(raw, "webhook_read")
-        reply = await script(keys=[keys.events, keys.inbound], args=["0-0", "0-0", 10000])
-    finally:
-        await raw.aclose()
-    return list(zip(("e", "m"), reply, strict=True))
 
 
 async def add(redis_url: str, stream: str, entries: list[Fields]) -> None:
@@ -108,38 +103,42 @@ async def test_the_scripts_json_is_body_pys_byte_for_byte(
                       "segments": str(rnd.randrange(1, 5)), "until": repr(round(x, 3))})
     await add(redis_url, keys.events, [*STATES, *extra])
     await add(redis_url, keys.inbound, MO)
-    ready = fallback = seen = 0
-    daemon_like = 0
-    raw = aioredis.from_url(redis_url)
-    for stream, flat in await read_all(redis_url, keys):
-        it = iter(flat)
-        for rid, kind, tenant, msg, cb, data in zip(it, it, it, it, it, it, strict=True):
+    ready = fallback = seen = daemon_like = 0
+    raw = aioredis.from_url(redis_url)  # bytes, as the sender's reader has them
+    shapes: dict[tuple[str, tuple[bytes, ...]], bodies.Shape | None] = {}
+    for stream, key in (("e", keys.events), ("m", keys.inbound)):
+        for rid, f in await raw.xrange(key):
             seen += 1
             entry_id = rid.decode()
-            key = keys.events if stream == "e" else keys.inbound
-            row = await raw.xrange(key, entry_id, entry_id)
-            fields = [x for kv in row[0][1].items() for x in kv]
+            fields = [x for kv in f.items() for x in kv]
             want, _err = reference(stream, entry_id, fields)
-            if type(data) is bytes:
-                ready += 1
-                daemon_like += msg.startswith(b"d")
-                assert data == want, (stream, fields)
-                event = msgspec.json.decode(want)
-                assert kind.decode() == event["kind"]
-                source = dict(zip(fields[::2], fields[1::2], strict=True))
-                assert tenant == source.get(b"tenant", b"")
-                if stream == "e":
-                    assert msg == source.get(b"id", b"")
-                    assert cb == source.get(b"callback", b"")
-                else:
-                    assert msg == b"" and cb == b""
-            else:  # left to the sender: its fields as they are
+            names = tuple(fields[0::2])
+            if (stream, names) not in shapes:
+                shapes[(stream, names)] = bodies.shape_of(stream, names)
+            shape = shapes[(stream, names)]
+            flat = list(fields)
+            data = None if shape is None else bodies.ready(shape, rid, flat)
+            if data is None:  # left to event_of, untouched
                 fallback += 1
-                assert data == fields
+                assert flat == fields
+                continue
+            assert shape is not None
+            ready += 1
+            daemon_like += entry_id != "" and f.get(b"id", b"").startswith(b"d")
+            assert data == want, (stream, fields)
+            event = msgspec.json.decode(want)
+            tenant, kind, msg, cb = shape.route(flat)
+            assert kind.decode() == ("mo" if stream == "m" else f.get(b"state", b"").decode())
+            assert kind.decode() == event["kind"]
+            assert tenant == f.get(b"tenant", b"")
+            if stream == "e":
+                assert msg == f.get(b"id", b"") and cb == f.get(b"callback", b"")
+            else:
+                assert msg == b"" and cb == b""
     await raw.aclose()
     assert seen == len(STATES) + len(extra) + len(MO)
-    assert daemon_like == 2000
-    assert ready + fallback == seen and ready > 4000
+    assert daemon_like == 2000  # what the daemon writes: every one made by its template
+    assert ready > 4000 and fallback > 20
 
 
 async def test_the_runner_sends_what_body_py_made_and_skips_a_malformed_entry(

@@ -44,6 +44,7 @@ from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
+_UNKNOWN: Any = object()  # a shape not seen yet
 _NAMES = {"e": "events", "m": "mo"}
 # An endpoint whose in-memory queue stays above its high-water mark this long is slow:
 # its later events wait in its retry queue instead of holding the reader back.
@@ -84,7 +85,10 @@ class WebhookRunner:
         self._lease = load_script(redis, "lease")
         self._release = load_script(redis, "lease_release")
         self._reader = _raw_reader(redis)
-        self._read_script = load_script(self._reader or redis, "webhook_read")
+        # Per stream: field names as read -> how such entries become JSON (None: by
+        # body.py's event_of); a handful of shapes.
+        self._shapes: dict[str, dict[tuple[bytes, ...], bodies.Shape | None]] = {
+            "e": {}, "m": {}}
         self._token = uuid.uuid4().hex
         self.holding = False
         self.backlog_reading = False
@@ -184,41 +188,48 @@ class WebhookRunner:
                 await self.redis.hdel(self.keys.webhook_callback_urls, name)
 
     # Reading -------------------------------------------------------------------------
-    def route(self, s: str, flat: list[Any]) -> None:
-        """Route a read's entries, six items each as the read script hands them over
-        (lua/webhook_read.lua): entry id, kind, tenant, message id, callback URL, the
-        event's JSON; bytes as Redis sent them. Where the script left an entry to us the
-        sixth is its field list instead, and the event is made here (``_made``)."""
+    def route(self, s: str, rows: list[Any]) -> None:
+        """Route XREAD's entries as Redis sent them: [entry id, [field, value, ...]],
+        bytes (the reader's connection does not decode)."""
         # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
         # senders' inboxes (each sender takes its inbox once a read, not an event a call),
-        # keyed by the bytes as read (decoded only to fill the cache); no dict, no field
-        # strings and no encoding an event (the script made the JSON); Entry and Item
-        # are Structs made in C.
+        # keyed by the bytes as read (decoded only to fill the cache). Each entry's JSON
+        # made by its shape's template from the values as read (bodies.ready: no dict,
+        # no str of each field, no encoder), the unusual ones by body.py (``_made``);
+        # Entry and Item are Structs made in C.
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
         targets = self._targets
+        shapes = self._shapes[s]
         order = self.order[s]
         callbacks = self.callbacks
+        ready = bodies.ready
         entry_id = ""
-        it = iter(flat)
-        for raw_id, kind, tenant, msg, cb, data in zip(it, it, it, it, it, it, strict=True):
-            entry_id = raw_id.decode()
-            if type(data) is not bytes:
-                made = self._made(s, entry_id, data)
+        for rid, flat in rows:
+            entry_id = rid.decode()
+            names = tuple(flat[0::2])
+            shape = shapes.get(names, _UNKNOWN)
+            if shape is _UNKNOWN:
+                shape = shapes[names] = bodies.shape_of(s, names)
+            data = None if shape is None else ready(shape, rid, flat)
+            if data is not None and shape is not None:
+                tenant, kind, msg, cb = shape.route(flat)
+            else:
+                made = self._made(s, entry_id, flat[:len(names) * 2])
                 if made is None:  # malformed: skipped (logged), done with
-                    kind = tenant = None
-                else:
-                    kind, tenant, msg, cb, data = made
+                    if order:
+                        order.append(Entry(entry_id, 0))
+                    else:
+                        self.cursor[s] = entry_id
+                    continue
+                kind, tenant, msg, cb, data = made
             inboxes = targets.get((tenant, kind))
             if inboxes is None:
-                if kind is None:
-                    inboxes = ()
-                else:
-                    t = tenant if type(tenant) is str else tenant.decode()
-                    k = kind if type(kind) is str else kind.decode()
-                    inboxes = targets[(tenant, kind)] = tuple(
-                        self.senders[ep.name].incoming for ep in self.router.route(t, k))
+                t = tenant if type(tenant) is str else tenant.decode()
+                k = kind if type(kind) is str else kind.decode()
+                inboxes = targets[(tenant, kind)] = tuple(
+                    self.senders[ep.name].incoming for ep in self.router.route(t, k))
             msg = msg if type(msg) is str else msg.decode()
             if cb or (callbacks and msg):
                 url = cb if type(cb) is str else cb.decode()
@@ -244,10 +255,10 @@ class WebhookRunner:
 
     def _made(self, s: str, entry_id: str, fields: list[Any]
               ) -> tuple[str, str, str, str, bytes] | None:
-        """(kind, tenant, message id, callback URL, JSON) of an entry the read script
-        left to us, made by body.py as every event was before the script; None for one
-        that cannot be made (logged with the reason and skipped: one entry never fails
-        its read)."""
+        """(kind, tenant, message id, callback URL, JSON) of an entry its shape's
+        template does not make, made by body.py's event_of (every event's way before
+        the templates); None for one that cannot be made (logged with the reason and
+        skipped: one entry never fails its read)."""
         try:
             pairs = [f if type(f) is str else f.decode() for f in fields]
             it = iter(pairs)
@@ -296,55 +307,43 @@ class WebhookRunner:
         return sender
 
     async def _read(self, block: int | None) -> int:
-        replies: list[tuple[str, list[Any]]] = []
-        if self._reader is None:  # a cluster: one slot a call; entries as the script's
+        replies: list[Any]
+        if self._reader is None:  # a cluster: one slot a call; entries made flat as sent
+            replies = []
             for s in self.streams:
                 r = cast(list[Any], await self.redis.xread(
                     {self.streams[s]: self.read_pos[s]}, count=self.read_count, block=None))
-                for _stream, rows in r or []:
-                    # Left to route()'s Python path (the script reads both streams in
-                    # one call, which a cluster's slots do not allow).
-                    flat: list[Any] = []
-                    for i, f in rows:
-                        flat += (i.encode(), "", "", "", "",
-                                 [x for kv in (f or {}).items() for x in kv])
-                    replies.append((s, flat))
+                for stream, rows in r or []:
+                    # As the reader's connection has them: bytes (made JSON as there).
+                    replies.append((stream, [
+                        (i.encode(), [x.encode() for kv in (f or {}).items() for x in kv])
+                        for i, f in rows]))
             if not replies and block:
                 await asyncio.sleep(block / 1000)
         else:
-            replies = await self._read_ready()
-            if not replies and block:
-                # Idle: wait for the first new entry (or block ms), then read it ready.
-                streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
-                if await self._reader.xread(streams, count=1, block=block):
-                    replies = await self._read_ready()
+            streams: Any = {self.streams[s]: self.read_pos[s] for s in self.streams}
+            reply: Any = await self._reader.xread(streams, count=self.read_count, block=block)
+            # RESP3 answers a map, RESP2 (Redis 6 without HELLO 3) a list of pairs.
+            replies = list(reply.items()) if isinstance(reply, dict) else list(reply or [])
+        tag = {v: k for k, v in self.streams.items()}
         now_ms = time.time() * 1000
         n = 0
         if replies:
             for snd in (*self.senders.values(), *self.callback_senders.values()):
                 snd.fed = False
-        for s, flat in replies:
-            rows = len(flat) // 6
-            full = rows >= self.read_count
-            lag = (now_ms - _id(flat[0].decode())[0]) / 1000 if full else 0.0
-            metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
-            self.route(s, flat)
-            n += rows
+        for stream, rows in replies:
+            s = tag[stream if isinstance(stream, str) else stream.decode()]
+            if rows:
+                full = len(rows) >= self.read_count
+                lag = (now_ms - _id(rows[0][0].decode())[0]) / 1000 if full else 0.0
+                metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
+            self.route(s, rows)
+            n += len(rows)
         self.backlog_reading = n >= self.read_count
         if not replies:
             for name in _NAMES.values():
                 metrics.WEBHOOK_LAG.labels(name).set(0.0)
         return n
-
-    async def _read_ready(self) -> list[tuple[str, list[Any]]]:
-        """Both streams' new entries, each event's JSON made by Redis (the read script);
-        (stream tag, the script's flat list) for each stream that had any."""
-        assert self._reader is not None
-        reply = cast(list[list[Any]], await self._read_script(
-            keys=[self.streams["e"], self.streams["m"]],
-            args=[self.read_pos["e"], self.read_pos["m"], self.read_count],
-            client=self._reader))
-        return [(s, flat) for s, flat in zip(("e", "m"), reply, strict=True) if flat]
 
     async def _flush(self) -> None:
         if self._callback_writes:
@@ -518,11 +517,11 @@ class WebhookRunner:
 
 
 def _raw_reader(redis: Redis) -> Redis | None:
-    """A client of its own (one connection: the reader is one task) that leaves replies
-    as bytes: the read script's JSON goes out as it came, entry ids and message ids are
-    decoded, tenants and kinds only to fill the routing cache. Its XREAD (the idle wait)
-    answers the reply as sent. None on a cluster (its clients are per node; _read reads
-    each stream apart there)."""
+    """A client of its own (one connection: the reader is one task) whose XREAD answers
+    the reply as hiredis made it, bytes: no str made of each field (route() makes the
+    JSON from the bytes; entry and message ids are decoded, tenants and kinds only to
+    fill the routing cache), nor redis-py's per-entry tuples and dicts. None on a
+    cluster (its clients are per node; _read converts its answers instead)."""
     if is_cluster(redis):
         return None
     pool = redis.connection_pool
