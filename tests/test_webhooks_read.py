@@ -88,7 +88,7 @@ async def add(redis_url: str, stream: str, entries: list[Fields]) -> None:
         await raw.aclose()
 
 
-async def test_the_scripts_json_is_body_pys_byte_for_byte(
+async def test_the_templates_json_is_event_ofs_byte_for_byte(
         redis_url: str, redis: aioredis.Redis, keys: Keys) -> None:
     rnd = random.Random(18)
     extra: list[Fields] = []
@@ -138,7 +138,7 @@ async def test_the_scripts_json_is_body_pys_byte_for_byte(
     await raw.aclose()
     assert seen == len(STATES) + len(extra) + len(MO)
     assert daemon_like == 2000  # what the daemon writes: every one made by its template
-    assert ready > 4000 and fallback > 20
+    assert ready > 4000 and fallback >= 10  # the unusual ones above
 
 
 async def test_the_runner_sends_what_body_py_made_and_skips_a_malformed_entry(
