@@ -152,14 +152,14 @@ _PLAIN: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 _as_float: Final = msgspec.json.Decoder(float).decode
 
 
-def ready(shape: Shape, entry_id: bytes, flat: list[Any]) -> bytes | None:
-    """The JSON of an entry (its field list as read, bytes) by its Shape, byte for byte
-    what event_of and ``encode`` make of it; None where that is not certain (a value to
-    escape or not ASCII, a time or count not in the form the daemon writes): then
-    event_of makes it. Its numbers are put in ``flat`` as they are sent (event_of reads
-    them back the same: float(encode(x)) is x), then the entry id, b"" and b"mo" (what
-    the shape's getters take besides the values). Written for speed: it runs for every
-    event."""
+def ready(shape: Shape, flat: list[Any]) -> bytes | None:
+    """The JSON of an entry by its Shape (``flat``: its field list as read, bytes, with
+    its entry id, b"" and b"mo" appended: what the shape's getters take besides the
+    values), byte for byte what event_of and ``encode`` make of it; None where that is
+    not certain (a value to escape or not ASCII, a time or count not in the form the
+    daemon writes): then event_of makes it (of ``flat`` without the three). Its numbers
+    are put in ``flat`` as they are sent (event_of reads them back the same:
+    float(encode(x)) is x). Written for speed: it runs for every event."""
     if b"".join(flat).translate(None, _PLAIN):
         return None
     if shape.need_id >= 0 and not flat[shape.need_id]:
@@ -178,7 +178,6 @@ def ready(shape: Shape, entry_id: bytes, flat: list[Any]) -> bytes | None:
             flat[i] = encode(_as_float(v))
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
-    flat += (entry_id, b"", b"mo")
     buf = shape.buf
     buf[1::2] = shape.args(flat)
     return b"".join(buf)

@@ -193,10 +193,11 @@ class WebhookRunner:
         bytes (the reader's connection does not decode)."""
         # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
         # senders' inboxes (each sender takes its inbox once a read, not an event a call),
-        # keyed by the bytes as read (decoded only to fill the cache). Each entry's JSON
-        # made by its shape's template from the values as read (bodies.ready: no dict,
-        # no str of each field, no encoder), the unusual ones by body.py (``_made``);
-        # Entry and Item are Structs made in C.
+        # keyed by the bytes as read (decoded only to fill the cache). Each entry routed
+        # from its values as read (its shape's getters), then, only if it goes anywhere,
+        # its JSON joined from its shape's pieces and those values (bodies.ready: no
+        # dict, no str of each field, no encoder); the unusual ones by body.py
+        # (``_made``). Entry and Item are Structs made in C.
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
@@ -212,16 +213,14 @@ class WebhookRunner:
             shape = shapes.get(names, _UNKNOWN)
             if shape is _UNKNOWN:
                 shape = shapes[names] = bodies.shape_of(s, names)
-            data = None if shape is None else ready(shape, rid, flat)
-            if data is not None and shape is not None:
+            data: bytes | None = None
+            if shape is not None:  # routed from the bytes; JSON only if it goes anywhere
+                flat += (rid, b"", b"mo")
                 tenant, kind, msg, cb = shape.route(flat)
             else:
-                made = self._made(s, entry_id, flat[:len(names) * 2])
+                made = self._made(s, entry_id, flat)
                 if made is None:  # malformed: skipped (logged), done with
-                    if order:
-                        order.append(Entry(entry_id, 0))
-                    else:
-                        self.cursor[s] = entry_id
+                    self._done(s, order, entry_id)
                     continue
                 kind, tenant, msg, cb, data = made
             inboxes = targets.get((tenant, kind))
@@ -239,11 +238,16 @@ class WebhookRunner:
                 if snd is not None:
                     inboxes = (*inboxes, snd.incoming)
             if not inboxes:
-                if order:
-                    order.append(Entry(entry_id, 0))
-                else:
-                    self.cursor[s] = entry_id  # nothing before it is waiting
+                self._done(s, order, entry_id)
                 continue
+            if data is None:
+                data = ready(shape, flat)
+                if data is None:  # an unusual value: event_of's way
+                    made = self._made(s, entry_id, flat[:-3])
+                    if made is None:
+                        self._done(s, order, entry_id)
+                        continue
+                    data = made[4]
             entry = Entry(entry_id, len(inboxes))
             order.append(entry)
             for inbox in inboxes:
@@ -252,6 +256,13 @@ class WebhookRunner:
             snd.take()
         if entry_id:
             self.read_pos[s] = entry_id
+
+    def _done(self, s: str, order: deque[Entry], entry_id: str) -> None:
+        """An entry that goes nowhere (or is skipped): done as soon as it is read."""
+        if order:
+            order.append(Entry(entry_id, 0))
+        else:
+            self.cursor[s] = entry_id  # nothing before it is waiting
 
     def _made(self, s: str, entry_id: str, fields: list[Any]
               ) -> tuple[str, str, str, str, bytes] | None:
