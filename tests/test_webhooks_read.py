@@ -163,6 +163,11 @@ async def test_the_runner_sends_what_body_py_made_and_skips_a_malformed_entry(
                {"id": "bad2", "state": "delivered", "segments": "\u00b2"}]
         await add(redis_url, keys.events, [STATES[0], bad[0], *STATES[1:9], bad[1],
                                            *STATES[9:]])
+        # Names holding a NUL (no shape of their own) next to the names they join like.
+        await add(redis_url, keys.events, [
+            {"id": "n1", "state": "delivered", "te": "1", "nant": "2"},
+            {"id": "n2", "state": "delivered", "te\0nant": "3"},
+            {"id": "n3", "state": "delivered", "te\0nant": "4", "x": "5"}])
         await add(redis_url, keys.inbound, MO[:3])
         raw = aioredis.from_url(redis_url)
         want: dict[str, Any] = {}

@@ -89,8 +89,11 @@ _OURS: Final = frozenset({"event_id", "kind"})
 
 def shape_of(stream: str, names: tuple[bytes, ...]) -> Shape | None:
     """The Shape of entries with these field names (events: ``stream`` "e", MO: "m"), or
-    None when they go through event_of (a name twice, or one of ours, or not UTF-8).
+    None when they go through event_of (a name twice, or one of ours, or not UTF-8, or
+    holding a NUL byte).
     Indices are into the entry's field list with its entry id, b"" and b"mo" appended."""
+    if any(b"\0" in n for n in names):
+        return None  # (and the reader's key for a shape relies on this: see route())
     try:
         keys = [n.decode() for n in names]
     except UnicodeDecodeError:
@@ -172,7 +175,9 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
             flat[i] = b"%d" % int(v)
     for i in shape.floats:
         v = flat[i]
-        if b"." not in v and not (v.isdigit() and len(v) <= 15):
+        # find(), not `in`: bytes' `in` tries the operand as an int first and raises
+        # and clears a TypeError inside (~1,600 instructions an event).
+        if v.find(b".") < 0 and not (v.isdigit() and len(v) <= 15):
             return None
         try:
             flat[i] = encode(_as_float(v))

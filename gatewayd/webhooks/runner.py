@@ -87,7 +87,7 @@ class WebhookRunner:
         self._reader = _raw_reader(redis)
         # Per stream: field names as read -> how such entries become JSON (None: by
         # body.py's event_of); a handful of shapes.
-        self._shapes: dict[str, dict[tuple[bytes, ...], bodies.Shape | None]] = {
+        self._shapes: dict[str, dict[tuple[int, bytes], bodies.Shape | None]] = {
             "e": {}, "m": {}}
         self._token = uuid.uuid4().hex
         self.holding = False
@@ -209,10 +209,13 @@ class WebhookRunner:
         entry_id = ""
         for rid, flat in rows:
             entry_id = rid.decode()
-            names = tuple(flat[0::2])
-            shape = shapes.get(names, _UNKNOWN)
+            # The shape's key: the names joined by NUL, and how many (one hash and one
+            # compare, not one a name). Exact: names holding a NUL have no shape, and
+            # such a list joins like one of more names without NULs, never as many.
+            key = (len(flat), b"\0".join(flat[0::2]))
+            shape = shapes.get(key, _UNKNOWN)
             if shape is _UNKNOWN:
-                shape = shapes[names] = bodies.shape_of(s, names)
+                shape = shapes[key] = bodies.shape_of(s, tuple(flat[0::2]))
             data: bytes | None = None
             if shape is not None:  # routed from the bytes; JSON only if it goes anywhere
                 flat += (rid, b"", b"mo")
