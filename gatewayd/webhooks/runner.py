@@ -209,6 +209,8 @@ class WebhookRunner:
         entry_id = ""
         for rid, flat in rows:
             entry_id = rid.decode()
+            if flat is None:  # no fields: an event of ours alone, as event_of makes it
+                flat = []
             # The shape's key: the names joined by NUL, and how many (one hash and one
             # compare, not one a name). Exact: names holding a NUL have no shape, and
             # such a list joins like one of more names without NULs, never as many.
