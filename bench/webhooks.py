@@ -62,7 +62,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from bench import e2e, harness
-from bench.common import ProcSampler, cpu_seconds, summary, table, write_result
+from bench.common import ProcSampler, cpu_seconds, redis_cpu_s, summary, table, write_result
 from gatewayd.store.embedded import free_port
 
 PREFIX = harness.PREFIX
@@ -269,15 +269,32 @@ def paced(rig: harness.Rig, recv: ReceiverProc, n: int, rate: float) -> dict[str
     try:
         asyncio.run(_feed(rig.redis_url, 1, rate))  # started and reading: its first event
         _wait_count(recv, base + 1, 60)
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, r_cpu0 = cpu_seconds(proc.pid), asyncio.run(_redis_cpu(rig.redis_url))
+        rig.reset_commandstats()
         asyncio.run(_feed(rig.redis_url, n, rate))
         got, _t1 = _wait_count(recv, base + 1 + n, max(60.0, n / 500))
         cpu = cpu_seconds(proc.pid) - cpu0
+        r_cpu = asyncio.run(_redis_cpu(rig.redis_url)) - r_cpu0
+        stats = rig.commandstats()
     finally:
         proc.terminate()
         proc.wait(10)
+    # The sender's reads in Redis (its XREADs, or its read script and idle XREADs; the
+    # script's XRANGEs are inside its EVALSHA's time), and all of Redis's CPU over the
+    # window (the feeder's XADDs too: the same in a before/after pair).
+    read_us = sum(stats.get(c, (0, 0))[1] for c in ("xread", "evalsha", "eval"))
     return {"rate": rate, "events": n, "delivered": got - base - 1,
-            "sender_cpu_us_per_event": 1e6 * cpu / max(1, n)}
+            "sender_cpu_us_per_event": 1e6 * cpu / max(1, n),
+            "redis_cpu_us_per_event": 1e6 * r_cpu / max(1, n),
+            "redis_read_us_per_event": read_us / max(1, n)}
+
+
+async def _redis_cpu(url: str) -> float:
+    r = aioredis.from_url(url, decode_responses=True)
+    try:
+        return await redis_cpu_s(r)
+    finally:
+        await r.aclose()
 
 
 def instructions(rig: harness.Rig, recv: ReceiverProc, n: int) -> dict[str, Any]:
@@ -595,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
                         harness.ROOT = own
                     paced_runs[tag].append(pr)
                     print(f"paced{tag} {args.paced_rate:,.0f} events/s: sender "
-                          f"{pr['sender_cpu_us_per_event']:.1f} us/event", flush=True)
+                          f"{pr['sender_cpu_us_per_event']:.1f} us/event, Redis "
+                          f"{pr['redis_cpu_us_per_event']:.1f} (its reads "
+                          f"{pr['redis_read_us_per_event']:.2f})", flush=True)
             if args.instructions:
                 ins: dict[str, list[float]] = {t: [] for t in tags}
                 for i in range(args.runs):
@@ -615,11 +634,15 @@ def main(argv: list[str] | None = None) -> int:
                                  f"max {max(xs):,.0f})"))
             for tag, prs in paced_runs.items():
                 cpu = summary([r["sender_cpu_us_per_event"] for r in prs])
+                rcpu = summary([r["redis_cpu_us_per_event"] for r in prs])
+                rread = summary([r["redis_read_us_per_event"] for r in prs])
                 result[f"paced{tag}"] = {"rate": args.paced_rate, "sender_cpu_us_per_event": cpu,
-                                         "runs": prs}
+                                         "redis_cpu_us_per_event": rcpu,
+                                         "redis_read_us_per_event": rread, "runs": prs}
                 rows.append((f"sender fed {args.paced_rate:,.0f} events/s{tag}",
                              f"{cpu['median']:.1f} us/event (min {cpu['min']:.1f}, "
-                             f"max {cpu['max']:.1f})"))
+                             f"max {cpu['max']:.1f}); Redis {rcpu['median']:.1f} us/event "
+                             f"(its reads {rread['median']:.2f})"))
             e2e_runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
             for i in range(0 if args.sender_only else args.runs):
                 # With --against: each mode with both trees in the same minute, in turn

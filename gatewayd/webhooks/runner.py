@@ -31,6 +31,7 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 from aiohttp.abc import AbstractResolver
+from redis.asyncio import ConnectionPool
 
 from gatewayd.config import Config
 from gatewayd.model import FINAL_STATES
@@ -43,6 +44,7 @@ from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
+_UNKNOWN: Any = object()  # a shape not seen yet
 _NAMES = {"e": "events", "m": "mo"}
 # An endpoint whose in-memory queue stays above its high-water mark this long is slow:
 # its later events wait in its retry queue instead of holding the reader back.
@@ -83,6 +85,10 @@ class WebhookRunner:
         self._lease = load_script(redis, "lease")
         self._release = load_script(redis, "lease_release")
         self._reader = _raw_reader(redis)
+        # Per stream: field names as read -> how such entries become JSON (None: by
+        # body.py's event_of); a handful of shapes.
+        self._shapes: dict[str, dict[tuple[int, bytes], bodies.Shape | None]] = {
+            "e": {}, "m": {}}
         self._token = uuid.uuid4().hex
         self.holding = False
         self.backlog_reading = False
@@ -183,65 +189,113 @@ class WebhookRunner:
 
     # Reading -------------------------------------------------------------------------
     def route(self, s: str, rows: list[Any]) -> None:
-        """Route XREAD's entries as Redis sent them: [entry id, [field, value, ...]]."""
+        """Route XREAD's entries as Redis sent them: [entry id, [field, value, ...]],
+        bytes (the reader's connection does not decode)."""
         # Runs for every event: locals; the endpoints of a (tenant, kind) cached as their
-        # senders' inboxes (each sender takes its inbox once a read, not an event a call);
-        # each entry's event made straight from its field list (bodies.new_event inline:
-        # one dict an event, not redis-py's dict and then ours); Entry and Item are
-        # Structs made in C.
+        # senders' inboxes (each sender takes its inbox once a read, not an event a call),
+        # keyed by the bytes as read (decoded only to fill the cache). Each entry routed
+        # from its values as read (its shape's getters), then, only if it goes anywhere,
+        # its JSON joined from its shape's pieces and those values (bodies.ready: no
+        # dict, no str of each field, no encoder); the unusual ones by body.py
+        # (``_made``). Entry and Item are Structs made in C.
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
         targets = self._targets
+        shapes = self._shapes[s]
         order = self.order[s]
         callbacks = self.callbacks
-        finish = bodies.finish_event
-        encode = bodies.encode
-        mo = s == "m"
-        prefix = "m" if mo else "e"
-        for entry_id, flat in rows:
-            it = iter(flat or ())
-            # Made at its size from the pairs, then the two of ours (a third less CPU
-            # than a literal grown by update(); ours win over a field of the same name).
-            event: dict[str, Any] = dict(zip(it, it, strict=False))
-            event["event_id"] = prefix + entry_id
-            if mo:
-                kind = event["kind"] = "mo"
+        ready = bodies.ready
+        entry_id = ""
+        for rid, flat in rows:
+            entry_id = rid.decode()
+            if flat is None:  # no fields: an event of ours alone, as event_of makes it
+                flat = []
+            # The shape's key: the names joined by NUL, and how many (one hash and one
+            # compare, not one a name). Exact: names holding a NUL have no shape, and
+            # such a list joins like one of more names without NULs, never as many.
+            key = (len(flat), b"\0".join(flat[0::2]))
+            shape = shapes.get(key, _UNKNOWN)
+            if shape is _UNKNOWN:
+                shape = shapes[key] = bodies.shape_of(s, tuple(flat[0::2]))
+            data: bytes | None = None
+            if shape is not None:  # routed from the bytes; JSON only if it goes anywhere
+                flat += (rid, b"", b"mo")
+                tenant, kind, msg, cb = shape.route(flat)
             else:
-                kind = event["kind"] = event.get("state", "")
-            tenant = event.get("tenant", "")
+                made = self._made(s, entry_id, flat)
+                if made is None:  # malformed: skipped (logged), done with
+                    self._done(s, order, entry_id)
+                    continue
+                kind, tenant, msg, cb, data = made
             inboxes = targets.get((tenant, kind))
             if inboxes is None:
+                t = tenant if type(tenant) is str else tenant.decode()
+                k = kind if type(kind) is str else kind.decode()
                 inboxes = targets[(tenant, kind)] = tuple(
-                    self.senders[ep.name].incoming for ep in self.router.route(tenant, kind))
-            if callbacks or "callback" in event:
-                cb = self._callback(s, event, kind)
-                if cb is not None:
-                    inboxes = (*inboxes, cb.incoming)
+                    self.senders[ep.name].incoming for ep in self.router.route(t, k))
+            msg = msg if type(msg) is str else msg.decode()
+            if cb or (callbacks and msg):
+                url = cb if type(cb) is str else cb.decode()
+                t = tenant if type(tenant) is str else tenant.decode()
+                k = kind if type(kind) is str else kind.decode()
+                snd = self._callback(s, msg, url, t, k)
+                if snd is not None:
+                    inboxes = (*inboxes, snd.incoming)
             if not inboxes:
-                if order:
-                    order.append(Entry(entry_id, 0))
-                else:
-                    self.cursor[s] = entry_id  # nothing before it is waiting
+                self._done(s, order, entry_id)
                 continue
-            msg = "" if mo else event.get("id", "")
-            data = encode(finish(s, event))
+            if data is None:
+                data = ready(shape, flat)
+                if data is None:  # an unusual value: event_of's way
+                    made = self._made(s, entry_id, flat[:-3])
+                    if made is None:
+                        self._done(s, order, entry_id)
+                        continue
+                    data = made[4]
             entry = Entry(entry_id, len(inboxes))
             order.append(entry)
             for inbox in inboxes:
-                inbox.append(Item(entry, data, msg, entry_id, event))
+                inbox.append(Item(entry, data, msg, entry_id, None))
         for snd in (*self.senders.values(), *self.callback_senders.values()):
             snd.take()
-        if rows:
-            self.read_pos[s] = rows[-1][0]
+        if entry_id:
+            self.read_pos[s] = entry_id
 
-    def _callback(self, s: str, fields: dict[str, Any], kind: str) -> EndpointSender | None:
-        """The sender of the message's own callback_url, if it has one its tenant may
-        name (webhooks.callback_prefixes); remembers it until the final event."""
+    def _done(self, s: str, order: deque[Entry], entry_id: str) -> None:
+        """An entry that goes nowhere (or is skipped): done as soon as it is read."""
+        if order:
+            order.append(Entry(entry_id, 0))
+        else:
+            self.cursor[s] = entry_id  # nothing before it is waiting
+
+    def _made(self, s: str, entry_id: str, fields: list[Any]
+              ) -> tuple[str, str, str, str, bytes] | None:
+        """(kind, tenant, message id, callback URL, JSON) of an entry its shape's
+        template does not make, made by body.py's event_of (every event's way before
+        the templates); None for one that cannot be made (logged with the reason and
+        skipped: one entry never fails its read)."""
+        try:
+            pairs = [f if type(f) is str else f.decode() for f in fields]
+            it = iter(pairs)
+            event = bodies.new_event(s, entry_id, zip(it, it, strict=True))
+            kind = event["kind"]
+            tenant = event.get("tenant", "")
+            msg = "" if s == "m" else event.get("id", "")
+            cb = "" if s == "m" else event.get("callback", "")
+            return kind, tenant, msg, cb, bodies.encode(bodies.finish_event(s, event))
+        except Exception as e:
+            log.error("webhooks: %s entry %s skipped, it cannot be sent: %s: %s",
+                      _NAMES[s], entry_id, type(e).__name__, e)
+            return None
+
+    def _callback(self, s: str, msg: str, url: str, tenant: str, kind: str
+                  ) -> EndpointSender | None:
+        """The sender of the message's own callback_url (``url``: the event's, "" when it
+        carries none), if it has one its tenant may name (webhooks.callback_prefixes);
+        remembers it until the final event."""
         if s != "e":
             return None
-        msg = fields.get("id", "")
-        url = fields.get("callback", "")
         if url:
             if msg and self.callbacks.get(msg) != url and kind not in FINAL_STATES:
                 self.callbacks[msg] = url
@@ -253,7 +307,7 @@ class WebhookRunner:
         if kind in FINAL_STATES and msg in self.callbacks:
             del self.callbacks[msg]
             self._callback_writes.append((msg, ""))
-        if not subs.callback_allowed(url, fields.get("tenant", ""), self.cfg):
+        if not subs.callback_allowed(url, tenant, self.cfg):
             metrics.WEBHOOK_FAILED.labels("callback", "refused").inc()
             return None
         return self._callback_sender(url)
@@ -276,8 +330,10 @@ class WebhookRunner:
                 r = cast(list[Any], await self.redis.xread(
                     {self.streams[s]: self.read_pos[s]}, count=self.read_count, block=None))
                 for stream, rows in r or []:
+                    # As the reader's connection has them: bytes (made JSON as there).
                     replies.append((stream, [
-                        (i, [x for kv in (f or {}).items() for x in kv]) for i, f in rows]))
+                        (i.encode(), [x.encode() for kv in (f or {}).items() for x in kv])
+                        for i, f in rows]))
             if not replies and block:
                 await asyncio.sleep(block / 1000)
         else:
@@ -295,7 +351,7 @@ class WebhookRunner:
             s = tag[stream if isinstance(stream, str) else stream.decode()]
             if rows:
                 full = len(rows) >= self.read_count
-                lag = (now_ms - _id(rows[0][0])[0]) / 1000 if full else 0.0
+                lag = (now_ms - _id(rows[0][0].decode())[0]) / 1000 if full else 0.0
                 metrics.WEBHOOK_LAG.labels(_NAMES[s]).set(max(0.0, lag))
             self.route(s, rows)
             n += len(rows)
@@ -431,6 +487,8 @@ class WebhookRunner:
             except Exception:  # Redis away: the lease expires on its own
                 pass
             await self.session.close()
+            if self._reader is not None:
+                await self._reader.connection_pool.disconnect()
 
     async def _run(self, stop: asyncio.Event) -> None:
         last_tick = 0.0
@@ -475,13 +533,17 @@ class WebhookRunner:
 
 
 def _raw_reader(redis: Redis) -> Redis | None:
-    """A client on ``redis``'s connections whose XREAD answers the reply as sent
-    (hiredis's lists), not redis-py's (id, dict) tuples: ~1 us an event less, and route()
-    makes its own dict of each entry anyway. None on a cluster (its clients are per
-    node; _read converts its answers instead)."""
+    """A client of its own (one connection: the reader is one task) whose XREAD answers
+    the reply as hiredis made it, bytes: no str made of each field (route() makes the
+    JSON from the bytes; entry and message ids are decoded, tenants and kinds only to
+    fill the routing cache), nor redis-py's per-entry tuples and dicts. None on a
+    cluster (its clients are per node; _read converts its answers instead)."""
     if is_cluster(redis):
         return None
-    raw = Redis(connection_pool=redis.connection_pool)
+    pool = redis.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    raw = Redis(connection_pool=ConnectionPool(
+        connection_class=pool.connection_class, max_connections=2, **kwargs))
     raw.set_response_callback("XREAD", _as_sent)
     return raw
 
