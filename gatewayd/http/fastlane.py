@@ -96,30 +96,41 @@ _NOT_OURS: Final = frozenset({b"transfer-encoding", b"upgrade", b"expect",
                               b"content-encoding"})
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _CT: Final = b"Content-Type: application/json\r\n"
-_statuses: dict[tuple[bytes, int], bytes] = {}
+# The fixed parts of an answer, made once: the status line with Content-Type, by
+# (HTTP version, status); and, for the current second, Date, Server, Connection and
+# the blank line, by (version, keep-alive). An answer is then one join of five pieces.
+_heads: dict[tuple[bytes, int], bytes] = {}
+_tails: dict[tuple[bytes, bool], bytes] = {}
+_tails_second = -1
 
 
 def encode_answer(answer: Answer, version: bytes, keep: bool) -> bytes:
     """The bytes of an answer, as aiohttp writes a JSON ``web.Response``."""
+    global _tails_second
     status, doc, headers = answer
-    line = _statuses.get((version, status))
-    if line is None:
-        line = b"HTTP/%s %d %s\r\n" % (version, status, HTTPStatus(status).phrase.encode())
-        _statuses[(version, status)] = line
+    head = _heads.get((version, status))
+    if head is None:
+        head = b"HTTP/%s %d %s\r\n%s" % (version, status,
+                                         HTTPStatus(status).phrase.encode(), _CT)
+        _heads[(version, status)] = head
+    second = int(time.time())  # aiohttp's Date changes with the second too
+    if second != _tails_second:
+        _tails.clear()
+        _tails_second = second
+    tail = _tails.get((version, keep))
+    if tail is None:
+        parts = [f"Date: {rfc822_formatted_time()}\r\n".encode(), _SERVER]
+        if keep:
+            if version == b"1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+        elif version == b"1.1":
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        tail = _tails[(version, keep)] = b"".join(parts)
     body = msgspec.json.encode(doc)
-    parts = [line, _CT, b"Content-Length: %d\r\n" % len(body)]
-    if headers:
-        parts.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
-    parts.append(f"Date: {rfc822_formatted_time()}\r\n".encode())
-    parts.append(_SERVER)
-    if keep:
-        if version == b"1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-    elif version == b"1.1":
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+    extra = b"".join(f"{k}: {v}\r\n".encode("latin-1")
+                     for k, v in headers.items()) if headers else b""
+    return b"".join((head, b"Content-Length: %d\r\n" % len(body), extra, tail, body))
 
 
 class FastLane(asyncio.Protocol):
@@ -132,6 +143,8 @@ class FastLane(asyncio.Protocol):
         self.lanes = lanes
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        # Its loop (asyncio.get_running_loop() is a getpid() system call on 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.inner: asyncio.Protocol | None = None  # aiohttp's handler once handed off
         # Received, not yet taken by a request: the chunk itself while it is the only
         # one (the usual request: one chunk), a bytearray once chunks must be joined
@@ -165,6 +178,7 @@ class FastLane(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
         self.lanes.add(self)
         self._arm()
 
@@ -226,7 +240,8 @@ class FastLane(asyncio.Protocol):
         keep-alive time-out: from the connection's start or its previous answer). One
         timer a connection, moved on lazily (as aiohttp does): a request costs a
         deadline, not a timer made and cancelled."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         self.deadline = loop.time() + self.server.idle_timeout_s
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._idle)
@@ -235,7 +250,8 @@ class FastLane(asyncio.Protocol):
         self.timer = None
         if self.busy or self.inner is not None or self.transport is None:
             return  # being served (armed again after its answer), or aiohttp's
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         if loop.time() < self.deadline:
             self.timer = loop.call_at(self.deadline, self._idle)
         else:
@@ -300,7 +316,8 @@ class FastLane(asyncio.Protocol):
             self.busy = True  # the head is whole: the idle timer lets it be
             self._drop(end)
             # Held: the loop keeps only weak references to its tasks.
-            self.task = asyncio.get_running_loop().create_task(
+            assert self.loop is not None
+            self.task = self.loop.create_task(
                 self._serve(self.keep, self.version))
 
     def _hand_off(self) -> None:
@@ -340,7 +357,8 @@ class FastLane(asyncio.Protocol):
         if len(self.buf) < n:
             if self.transport is None:  # gone while its sender was looked up
                 raise ConnectionResetError("connection lost before the body")
-            wait = self.body_wait = asyncio.get_running_loop().create_future()
+            assert self.loop is not None
+            wait = self.body_wait = self.loop.create_future()
             try:
                 async with asyncio.timeout(self.server.body_timeout_s):
                     await wait
