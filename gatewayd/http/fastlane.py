@@ -133,14 +133,49 @@ def encode_answer(answer: Answer, version: bytes, keep: bool) -> bytes:
     return b"".join((head, b"Content-Length: %d\r\n" % len(body), extra, tail, body))
 
 
+class Writes:
+    """The answers of one loop turn, written together at its end.
+
+    Why: the requests that shared a Redis call are answered in one turn, each after
+    ~10 us of Python; written as each is ready, every write to loopback wakes the
+    client's thread anew (on a VM an inter-processor interrupt, dear: README "HTTP
+    intake: where a request's CPU goes"); written back to back, the first wakes it
+    and the others find it awake. One ``call_soon`` a turn, none a request. An answer
+    that ends its connection closes it right after its bytes."""
+
+    __slots__ = ("pending", "scheduled")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[asyncio.Transport, bytes, bool]] = []
+        self.scheduled = False
+
+    def send(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+             data: bytes, close: bool) -> None:
+        self.pending.append((transport, data, close))
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for t, data, close in pending:
+            if not t.is_closing():
+                if data:
+                    t.write(data)
+                if close:
+                    t.close()
+
+
 class FastLane(asyncio.Protocol):
     """One API connection: intake served here, anything else handed to aiohttp."""
 
     def __init__(self, server: HttpServer, aiohttp_factory: Callable[[], asyncio.Protocol],
-                 lanes: set[FastLane]) -> None:
+                 lanes: set[FastLane], writes: Writes | None = None) -> None:
         self.server = server
         self.aiohttp_factory = aiohttp_factory
         self.lanes = lanes
+        self.writes = writes if writes is not None else Writes()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         # Its loop (asyncio.get_running_loop() is a getpid() system call on 3.11).
@@ -355,6 +390,12 @@ class FastLane(asyncio.Protocol):
         """This request's body: ``self.length`` bytes, within http.body_timeout_s."""
         n = self.length
         if len(self.buf) < n:
+            await self._body_wait(n)
+        return self._take(n)
+
+    async def _body_wait(self, n: int) -> None:
+        """Until ``n`` bytes are in, within http.body_timeout_s."""
+        if len(self.buf) < n:
             if self.transport is None:  # gone while its sender was looked up
                 raise ConnectionResetError("connection lost before the body")
             assert self.loop is not None
@@ -368,6 +409,9 @@ class FastLane(asyncio.Protocol):
                 self.body_wait = None
             if len(self.buf) < n:
                 raise ConnectionResetError("connection lost before the body")
+
+    def _take(self, n: int) -> bytes:
+        """The body, once it is in (the usual request: with its head, in one chunk)."""
         buf = self.buf
         body = buf if len(buf) == n and isinstance(buf, bytes) else bytes(buf[:n])
         self._drop(n)
@@ -397,7 +441,10 @@ class FastLane(asyncio.Protocol):
                 if srv.draining:
                     answer = DRAINING
                 else:
-                    body = await self._body()
+                    n = self.length
+                    if len(self.buf) < n:  # (no coroutine a request when it is in)
+                        await self._body_wait(n)
+                    body = self._take(n)
                     taken = True
                     answer = await srv.intake(body, principal, INTAKE_ROUTE)
         except BodyTimeout:
@@ -414,18 +461,24 @@ class FastLane(asyncio.Protocol):
             self.busy = False
             return
         keep = keep and not self.closing
-        t.write(encode_answer(answer, version, keep))
-        if keep and not taken and self.length:
+        assert self.loop is not None
+        # Written at the turn's end with the turn's other answers (Writes); the next
+        # request on this connection starts in a later turn (a new task), so the
+        # answers of a connection still go in order and one at a time.
+        self.writes.send(self.loop, t, encode_answer(answer, version, keep), not keep)
+        if not keep:
+            self.busy = False
+            return  # closed once its answer is written (Writes.flush)
+        if not taken and self.length:
             # Answered before its body (401/403, draining): read past the body, as
             # aiohttp does after such an answer, before the next request.
             try:
                 await self._body()
             except (BodyTimeout, ConnectionResetError):
-                keep = False
+                self.busy = False
+                self.writes.send(self.loop, t, b"", True)  # after its answer
+                return
         self.busy = False
-        if not keep:
-            t.close()
-            return
         self._arm()
         if self.buf:
             self._next()
@@ -440,15 +493,17 @@ class FastLanes:
         self.server = server
         self.aiohttp_factory = aiohttp_factory
         self.lanes: set[FastLane] = set()
+        self.writes = Writes()
 
     def __call__(self) -> asyncio.Protocol:
         if not self.server.fast_intake:
             return self.aiohttp_factory()
-        return FastLane(self.server, self.aiohttp_factory, self.lanes)
+        return FastLane(self.server, self.aiohttp_factory, self.lanes, self.writes)
 
     async def close(self, timeout_s: float) -> None:
         """At stop: idle fast connections closed now, the ones serving a request once
         it is answered (within ``timeout_s``), as aiohttp's shutdown does for its own."""
+        self.writes.flush()  # answers of this turn first: an idle lane may have one due
         for lane in list(self.lanes):
             lane.closing = True
             if not lane.busy and lane.transport is not None:
@@ -456,6 +511,7 @@ class FastLanes:
         serving = [lane.task for lane in self.lanes if lane.busy and lane.task is not None]
         if serving:
             await asyncio.wait(serving, timeout=timeout_s)
+        self.writes.flush()  # their answers, before their connections close
         for lane in list(self.lanes):
             if lane.transport is not None:
                 lane.transport.close()

@@ -168,7 +168,8 @@ class DaemonBackend:
                                                  duplicate=outcome == DUPLICATE))
         if account is not None and unqueued and self._charger is not None:
             await self._charger.refund(account.tenant, unqueued, now)
-        results.sort(key=lambda r: r.index)
+        if len(results) > 1:
+            results.sort(key=lambda r: r.index)
         return results
 
     async def _refund_quietly(self, tenant: str, categories: list[str], now: float) -> None:
