@@ -160,11 +160,16 @@ class Writes:
         self.scheduled = False
         pending, self.pending = self.pending, []
         for t, data, close in pending:
-            if not t.is_closing():
+            if t.is_closing():
+                continue
+            try:
                 if data:
                     t.write(data)
-                if close:
-                    t.close()
+            except Exception:  # one connection's failure is not the others' (nor a lost
+                t.abort()      # answer taken for sent: the client sees the connection go)
+                continue
+            if close:
+                t.close()
 
 
 class FastLane(asyncio.Protocol):
