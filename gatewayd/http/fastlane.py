@@ -143,10 +143,13 @@ class Writes:
     and the others find it awake. One ``call_soon`` a turn, none a request. An answer
     that ends its connection closes it right after its bytes."""
 
-    __slots__ = ("pending", "scheduled")
+    __slots__ = ("pending", "resume", "scheduled")
 
     def __init__(self) -> None:
         self.pending: list[tuple[asyncio.Transport, bytes, bool]] = []
+        # Lanes with a (pipelined) request waiting: started once their answers are
+        # written, so that a full transport buffer (pause_writing) is known first.
+        self.resume: list[FastLane] = []
         self.scheduled = False
 
     def send(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
@@ -159,6 +162,7 @@ class Writes:
     def flush(self) -> None:
         self.scheduled = False
         pending, self.pending = self.pending, []
+        resume, self.resume = self.resume, []
         for t, data, close in pending:
             if t.is_closing():
                 continue
@@ -170,6 +174,9 @@ class Writes:
                 continue
             if close:
                 t.close()
+        for lane in resume:
+            if not lane.busy and not lane.closing:
+                lane._next()
 
 
 class FastLane(asyncio.Protocol):
@@ -486,7 +493,10 @@ class FastLane(asyncio.Protocol):
         self.busy = False
         self._arm()
         if self.buf:
-            self._next()
+            if self.writes.scheduled:  # its answer not written yet: the next after it
+                self.writes.resume.append(self)
+            else:
+                self._next()
 
 
 class FastLanes:
@@ -508,9 +518,10 @@ class FastLanes:
     async def close(self, timeout_s: float) -> None:
         """At stop: idle fast connections closed now, the ones serving a request once
         it is answered (within ``timeout_s``), as aiohttp's shutdown does for its own."""
+        for lane in self.lanes:
+            lane.closing = True
         self.writes.flush()  # answers of this turn first: an idle lane may have one due
         for lane in list(self.lanes):
-            lane.closing = True
             if not lane.busy and lane.transport is not None:
                 lane.transport.close()
         serving = [lane.task for lane in self.lanes if lane.busy and lane.task is not None]
