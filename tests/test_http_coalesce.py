@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from gatewayd.config import Config, QueueConfig
@@ -123,8 +124,9 @@ async def test_concurrent_requests_share_calls_and_keep_their_answers(
 async def test_codes_skip_the_coalescer_and_are_queued_at_once(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis, keys: Keys
 ) -> None:
-    """A request of express-class messages only (otp) makes its own call instead of
-    waiting for the turn's shared one (issue 17 item 6); the others still share."""
+    """A request of express-class messages only (otp) does not wait for the turn's
+    shared call (issue 17 item 6): codes share calls with codes only (an eager
+    coalescer, not counted in the shared call's metrics); the others still share."""
     p = write_config(tmp_path, redis_url=redis_url, sim_port=free_port(), http=True)
     n = 40
     conn = aiohttp.TCPConnector(limit=2 * n)
@@ -155,14 +157,16 @@ async def test_codes_skip_the_coalescer_and_are_queued_at_once(
     assert shared == n  # the marketing requests only
 
 
+@pytest.mark.parametrize("eager", [False, True])
 async def test_a_call_in_flight_gathers_the_next_requests(
-    redis: aioredis.Redis, keys: Keys
+    redis: aioredis.Redis, keys: Keys, eager: bool
 ) -> None:
     """With max_in_flight calls out, the requests of the next turns wait for one to come
     back and then share one call (a flood shares a call a round trip, not a turn), each
-    still answered exactly, in order; a lone request goes at the end of its turn."""
+    still answered exactly, in order; a lone request goes at the end of its turn (eager:
+    at once)."""
     q = QueueStore(redis, keys, Config(queue=QueueConfig()), "c1")
-    co = Coalescer(q, max_in_flight=1)
+    co = Coalescer(q, max_in_flight=1, eager=eager)
     n = 60
 
     def msgs(i: int) -> list[OutboundMessage]:
@@ -193,3 +197,40 @@ async def test_a_call_in_flight_gathers_the_next_requests(
     [(mid, outcome)] = await asyncio.wait_for(co.enqueue_each(msgs(n), source="http"), 5)
     assert (mid, outcome) == (f"m-{n}", QUEUED)
     assert metrics.INTAKE_BATCHES._value.get() - batches0 == 1
+
+
+async def test_eager_goes_before_the_turn_ends_and_gathers_the_rest(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Three requests of one turn, one call out at most: the turn coalescer sends them in
+    one call at the turn's end; the eager one (the codes') sends the first at once, in
+    its own task, and the two that came while it was out together once it is back.
+    Answers exact and in order across the calls (a key shared by the first two: the
+    first queues it, the second is its duplicate)."""
+    q = QueueStore(redis, keys, Config(queue=QueueConfig()), "c1")
+
+    def msgs(i: int, key: str) -> list[OutboundMessage]:
+        raw = {"id": f"e-{i}", "to": f"+86135{i:08d}", "text": f"code {i}",
+               "category": "otp", "idempotency_key": key}
+        return [parse_message(raw, classes=("otp", "transactional", "marketing"),
+                              max_segments=10, now=1000.0)]
+
+    for eager, want_calls in ((False, 1), (True, 2)):
+        co = Coalescer(q, max_in_flight=1, eager=eager)
+        base = 10 * int(eager)
+        b0 = metrics.INTAKE_BATCHES._value.get()
+        tasks = [asyncio.ensure_future(co.enqueue_each(
+            msgs(base + i, f"k{eager}" if i < 2 else f"own-{base + i}"),
+            source="http")) for i in range(3)]
+        answers = await asyncio.gather(*tasks)
+        assert metrics.INTAKE_BATCHES._value.get() - b0 == want_calls, eager
+        assert answers == [[(f"e-{base}", QUEUED)], [(f"e-{base}", DUPLICATE)],
+                           [(f"e-{base + 2}", QUEUED)]]
+    assert await redis.xlen(keys.queue("otp")) == 4
+
+    # Not counted: the codes' calls are not the turn's shared ones (metrics' meaning).
+    co = Coalescer(q, eager=True, counted=False)
+    b0 = metrics.INTAKE_BATCHES._value.get()
+    [(mid, outcome)] = await co.enqueue_each(msgs(99, "own-99"), source="http")
+    assert (mid, outcome) == ("e-99", QUEUED)
+    assert metrics.INTAKE_BATCHES._value.get() == b0

@@ -300,6 +300,19 @@ async def test_slow_body_gets_408_and_close(start: Start, redis: aioredis.Redis,
     assert await redis.exists(keys.queue("otp")) == 0
 
 
+async def test_refused_before_a_body_that_never_comes(start: Start) -> None:
+    """401 answers at once (before the body); the lane then reads past the body, which
+    never comes: the connection closes after its answer, which is not lost (answers
+    are written at the turn's end, a close after them)."""
+    server = await start(body_timeout_s=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(post(js(MSG), auth=b"Authorization: Bearer nope\r\n")[:-5])
+    a = await read_answer(reader)
+    assert a is not None and a.status == 401 and "connection" not in a.headers
+    assert await closed(reader)
+    writer.close()
+
+
 async def test_malformed_and_cap(start: Start) -> None:
     server = await start(max_connections=3)
     a, shut = await exchange(server, b"POST /v1/messages HTTP/1.1\r\nHost x\r\n\r\n")

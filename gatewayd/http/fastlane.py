@@ -96,42 +96,102 @@ _NOT_OURS: Final = frozenset({b"transfer-encoding", b"upgrade", b"expect",
                               b"content-encoding"})
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _CT: Final = b"Content-Type: application/json\r\n"
-_statuses: dict[tuple[bytes, int], bytes] = {}
+# The fixed parts of an answer, made once: the status line with Content-Type, by
+# (HTTP version, status); and, for the current second, Date, Server, Connection and
+# the blank line, by (version, keep-alive). An answer is then one join of five pieces.
+_heads: dict[tuple[bytes, int], bytes] = {}
+_tails: dict[tuple[bytes, bool], bytes] = {}
+_tails_second = -1
 
 
 def encode_answer(answer: Answer, version: bytes, keep: bool) -> bytes:
     """The bytes of an answer, as aiohttp writes a JSON ``web.Response``."""
+    global _tails_second
     status, doc, headers = answer
-    line = _statuses.get((version, status))
-    if line is None:
-        line = b"HTTP/%s %d %s\r\n" % (version, status, HTTPStatus(status).phrase.encode())
-        _statuses[(version, status)] = line
+    head = _heads.get((version, status))
+    if head is None:
+        head = b"HTTP/%s %d %s\r\n%s" % (version, status,
+                                         HTTPStatus(status).phrase.encode(), _CT)
+        _heads[(version, status)] = head
+    second = int(time.time())  # aiohttp's Date changes with the second too
+    if second != _tails_second:
+        _tails.clear()
+        _tails_second = second
+    tail = _tails.get((version, keep))
+    if tail is None:
+        parts = [f"Date: {rfc822_formatted_time()}\r\n".encode(), _SERVER]
+        if keep:
+            if version == b"1.0":
+                parts.append(b"Connection: keep-alive\r\n")
+        elif version == b"1.1":
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        tail = _tails[(version, keep)] = b"".join(parts)
     body = msgspec.json.encode(doc)
-    parts = [line, _CT, b"Content-Length: %d\r\n" % len(body)]
-    if headers:
-        parts.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items())
-    parts.append(f"Date: {rfc822_formatted_time()}\r\n".encode())
-    parts.append(_SERVER)
-    if keep:
-        if version == b"1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-    elif version == b"1.1":
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    parts.append(body)
-    return b"".join(parts)
+    extra = b"".join(f"{k}: {v}\r\n".encode("latin-1")
+                     for k, v in headers.items()) if headers else b""
+    return b"".join((head, b"Content-Length: %d\r\n" % len(body), extra, tail, body))
+
+
+class Writes:
+    """The answers of one loop turn, written together at its end.
+
+    Why: the requests that shared a Redis call are answered in one turn, each after
+    ~10 us of Python; written as each is ready, every write to loopback wakes the
+    client's thread anew (on a VM an inter-processor interrupt, dear: README "HTTP
+    intake: where a request's CPU goes"); written back to back, the first wakes it
+    and the others find it awake. One ``call_soon`` a turn, none a request. An answer
+    that ends its connection closes it right after its bytes."""
+
+    __slots__ = ("pending", "resume", "scheduled")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[asyncio.Transport, bytes, bool]] = []
+        # Lanes with a (pipelined) request waiting: started once their answers are
+        # written, so that a full transport buffer (pause_writing) is known first.
+        self.resume: list[FastLane] = []
+        self.scheduled = False
+
+    def send(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+             data: bytes, close: bool) -> None:
+        self.pending.append((transport, data, close))
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        resume, self.resume = self.resume, []
+        for t, data, close in pending:
+            if t.is_closing():
+                continue
+            try:
+                if data:
+                    t.write(data)
+            except Exception:  # one connection's failure is not the others' (nor a lost
+                t.abort()      # answer taken for sent: the client sees the connection go)
+                continue
+            if close:
+                t.close()
+        for lane in resume:
+            if not lane.busy and not lane.closing:
+                lane._next()
 
 
 class FastLane(asyncio.Protocol):
     """One API connection: intake served here, anything else handed to aiohttp."""
 
     def __init__(self, server: HttpServer, aiohttp_factory: Callable[[], asyncio.Protocol],
-                 lanes: set[FastLane]) -> None:
+                 lanes: set[FastLane], writes: Writes | None = None) -> None:
         self.server = server
         self.aiohttp_factory = aiohttp_factory
         self.lanes = lanes
+        self.writes = writes if writes is not None else Writes()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        # Its loop (asyncio.get_running_loop() is a getpid() system call on 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.inner: asyncio.Protocol | None = None  # aiohttp's handler once handed off
         # Received, not yet taken by a request: the chunk itself while it is the only
         # one (the usual request: one chunk), a bytearray once chunks must be joined
@@ -165,6 +225,7 @@ class FastLane(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
         self.lanes.add(self)
         self._arm()
 
@@ -226,7 +287,8 @@ class FastLane(asyncio.Protocol):
         keep-alive time-out: from the connection's start or its previous answer). One
         timer a connection, moved on lazily (as aiohttp does): a request costs a
         deadline, not a timer made and cancelled."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         self.deadline = loop.time() + self.server.idle_timeout_s
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._idle)
@@ -235,7 +297,8 @@ class FastLane(asyncio.Protocol):
         self.timer = None
         if self.busy or self.inner is not None or self.transport is None:
             return  # being served (armed again after its answer), or aiohttp's
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None
         if loop.time() < self.deadline:
             self.timer = loop.call_at(self.deadline, self._idle)
         else:
@@ -300,7 +363,8 @@ class FastLane(asyncio.Protocol):
             self.busy = True  # the head is whole: the idle timer lets it be
             self._drop(end)
             # Held: the loop keeps only weak references to its tasks.
-            self.task = asyncio.get_running_loop().create_task(
+            assert self.loop is not None
+            self.task = self.loop.create_task(
                 self._serve(self.keep, self.version))
 
     def _hand_off(self) -> None:
@@ -338,9 +402,16 @@ class FastLane(asyncio.Protocol):
         """This request's body: ``self.length`` bytes, within http.body_timeout_s."""
         n = self.length
         if len(self.buf) < n:
+            await self._body_wait(n)
+        return self._take(n)
+
+    async def _body_wait(self, n: int) -> None:
+        """Until ``n`` bytes are in, within http.body_timeout_s."""
+        if len(self.buf) < n:
             if self.transport is None:  # gone while its sender was looked up
                 raise ConnectionResetError("connection lost before the body")
-            wait = self.body_wait = asyncio.get_running_loop().create_future()
+            assert self.loop is not None
+            wait = self.body_wait = self.loop.create_future()
             try:
                 async with asyncio.timeout(self.server.body_timeout_s):
                     await wait
@@ -350,6 +421,9 @@ class FastLane(asyncio.Protocol):
                 self.body_wait = None
             if len(self.buf) < n:
                 raise ConnectionResetError("connection lost before the body")
+
+    def _take(self, n: int) -> bytes:
+        """The body, once it is in (the usual request: with its head, in one chunk)."""
         buf = self.buf
         body = buf if len(buf) == n and isinstance(buf, bytes) else bytes(buf[:n])
         self._drop(n)
@@ -379,7 +453,10 @@ class FastLane(asyncio.Protocol):
                 if srv.draining:
                     answer = DRAINING
                 else:
-                    body = await self._body()
+                    n = self.length
+                    if len(self.buf) < n:  # (no coroutine a request when it is in)
+                        await self._body_wait(n)
+                    body = self._take(n)
                     taken = True
                     answer = await srv.intake(body, principal, INTAKE_ROUTE)
         except BodyTimeout:
@@ -396,21 +473,30 @@ class FastLane(asyncio.Protocol):
             self.busy = False
             return
         keep = keep and not self.closing
-        t.write(encode_answer(answer, version, keep))
-        if keep and not taken and self.length:
+        assert self.loop is not None
+        # Written at the turn's end with the turn's other answers (Writes); the next
+        # request on this connection starts in a later turn (a new task), so the
+        # answers of a connection still go in order and one at a time.
+        self.writes.send(self.loop, t, encode_answer(answer, version, keep), not keep)
+        if not keep:
+            self.busy = False
+            return  # closed once its answer is written (Writes.flush)
+        if not taken and self.length:
             # Answered before its body (401/403, draining): read past the body, as
             # aiohttp does after such an answer, before the next request.
             try:
                 await self._body()
             except (BodyTimeout, ConnectionResetError):
-                keep = False
+                self.busy = False
+                self.writes.send(self.loop, t, b"", True)  # after its answer
+                return
         self.busy = False
-        if not keep:
-            t.close()
-            return
         self._arm()
         if self.buf:
-            self._next()
+            if self.writes.scheduled:  # its answer not written yet: the next after it
+                self.writes.resume.append(self)
+            else:
+                self._next()
 
 
 class FastLanes:
@@ -422,22 +508,26 @@ class FastLanes:
         self.server = server
         self.aiohttp_factory = aiohttp_factory
         self.lanes: set[FastLane] = set()
+        self.writes = Writes()
 
     def __call__(self) -> asyncio.Protocol:
         if not self.server.fast_intake:
             return self.aiohttp_factory()
-        return FastLane(self.server, self.aiohttp_factory, self.lanes)
+        return FastLane(self.server, self.aiohttp_factory, self.lanes, self.writes)
 
     async def close(self, timeout_s: float) -> None:
         """At stop: idle fast connections closed now, the ones serving a request once
         it is answered (within ``timeout_s``), as aiohttp's shutdown does for its own."""
-        for lane in list(self.lanes):
+        for lane in self.lanes:
             lane.closing = True
+        self.writes.flush()  # answers of this turn first: an idle lane may have one due
+        for lane in list(self.lanes):
             if not lane.busy and lane.transport is not None:
                 lane.transport.close()
         serving = [lane.task for lane in self.lanes if lane.busy and lane.task is not None]
         if serving:
             await asyncio.wait(serving, timeout=timeout_s)
+        self.writes.flush()  # their answers, before their connections close
         for lane in list(self.lanes):
             if lane.transport is not None:
                 lane.transport.close()

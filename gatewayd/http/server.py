@@ -469,11 +469,11 @@ class HttpServer:
     async def intake(self, body: bytes, principal: Principal | None, path: str) -> Answer:
         """``POST /v1/messages`` once its body is read and its sender known: the answer
         of aiohttp's handler and of the fast lane (gatewayd.http.fastlane)."""
-        if not body.strip():
-            return err(400, "bad_json", "empty body; send a JSON object or array")
         try:
             doc = msgspec.json.decode(body)
         except msgspec.DecodeError as e:
+            if not body.strip():  # (looked at once decoding failed: no copy a request)
+                return err(400, "bad_json", "empty body; send a JSON object or array")
             self.limited.warning("bad_json", f"http: body is not valid JSON: {e}",
                                  path=path)
             return err(400, "bad_json", f"body is not valid JSON: {e}")
@@ -675,6 +675,11 @@ def _too_large(limit: int) -> web.Response:
 
 
 def _enqueue_answer(results: list[EnqueueResult], count: int) -> Answer:
+    if count == 1 and len(results) == 1:  # one message, queued: most requests
+        one = results[0]
+        if one.index == 0 and not one.errors:
+            return 202, {"results": [{"index": 0, "id": one.id,
+                                      "duplicate": one.duplicate}]}, None
     by_index = {r.index: r for r in results}
     out: list[dict[str, Any]] = []
     bad = 0

@@ -57,9 +57,13 @@ class DaemonBackend:
         self.queue = queue
         self.coalescer = Coalescer(queue)
         # A request of codes only (queue.classes[0], read by the express worker) skips
-        # the coalescer: under a flood the shared call waits a loop turn and carries
+        # the turn's shared call: under a flood that call waits a loop turn and carries
         # ~200 messages; alone it goes to Redis now (bench/http_priority: OTP p99
-        # 181 -> 141 ms, medians of 5 interleaved pairs; README Performance).
+        # 181 -> 141 ms, medians of 5 interleaved pairs; README Performance). Codes
+        # share calls with each other only, eagerly: a code goes at once while fewer
+        # than two calls of codes are out, and those arriving meanwhile go together
+        # when one comes back (not counted in the turn coalescer's metrics).
+        self.codes = Coalescer(queue, eager=True, counted=False)
         q = daemon.cfg.queue
         self.express = q.classes[0] if q.express_batch and len(q.classes) > 1 else ""
         self._intake: TemplateIntake | None = None
@@ -109,13 +113,20 @@ class DaemonBackend:
         if valid:
             msgs = [m for _, m in valid]
             failed: dict[int, str] = {}
+            # Plain messages (no campaign, template or links) share calls: codes only
+            # with codes (self.codes), the rest with the loop turn's others.
+            plain = not links and not self.queue.cluster
+            codes = bool(self.express)
+            for m in msgs:  # (a loop, not two generators: most requests hold one)
+                if m.campaign or m.template:
+                    plain = False
+                    break
+                if codes and m.category != self.express:
+                    codes = False
             try:
-                if (not self.queue.cluster and not links
-                        and not any(m.campaign or m.template for m in msgs)
-                        and not (self.express and all(m.category == self.express
-                                                      for m in msgs))):
-                    # shared with the other requests of this loop turn: one Redis call
-                    got = await self.coalescer.enqueue_each(msgs, source=source)
+                if plain:
+                    got = await (self.codes if codes else self.coalescer).enqueue_each(
+                        msgs, source=source)
                 else:
                     got = await self.queue.enqueue_each(msgs, source=source, now=now,
                                                         links=links,
@@ -157,7 +168,8 @@ class DaemonBackend:
                                                  duplicate=outcome == DUPLICATE))
         if account is not None and unqueued and self._charger is not None:
             await self._charger.refund(account.tenant, unqueued, now)
-        results.sort(key=lambda r: r.index)
+        if len(results) > 1:
+            results.sort(key=lambda r: r.index)
         return results
 
     async def _refund_quietly(self, tenant: str, categories: list[str], now: float) -> None:
