@@ -28,8 +28,6 @@ import uuid
 from collections import deque
 from typing import Any, cast
 
-import aiohttp
-import msgspec
 from aiohttp.abc import AbstractResolver
 from redis.asyncio import ConnectionPool
 
@@ -78,10 +76,11 @@ class WebhookRunner:
         # Per router: (tenant, kind) -> the ``incoming`` lists of the senders it goes to.
         self._targets: dict[tuple[str, str], tuple[list[Item], ...]] = {}
         self._targets_of: subs.Router | None = None
-        self.session: aiohttp.ClientSession
         # Names to addresses (None: the system's resolver); every connection's addresses
-        # are checked on the way (targets.GuardedResolver) and used as they were checked.
+        # are checked on the way (``guard``) and used as they were checked.
         self.resolver = resolver
+        self.guard: AbstractResolver = targets.GuardedResolver(
+            resolver, allow_private=cfg.webhooks.allow_private)
         self._lease = load_script(redis, "lease")
         self._release = load_script(redis, "lease_release")
         self._reader = _raw_reader(redis)
@@ -463,14 +462,8 @@ class WebhookRunner:
             self._gap_seen[tag] = gap
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=targets.connector(self.cfg.webhooks.allow_private, self.resolver,
-                                        limit=0, ttl_dns_cache=60),
-            json_serialize=lambda o: msgspec.json.encode(o).decode(),
-            # No cookies kept from one endpoint's answers to send back with later
-            # requests: a webhook is not a session (and the jar's filtering of every
-            # request and answer is work for nothing).
-            cookie_jar=aiohttp.DummyCookieJar())
+        # Each endpoint's sender has its own connections (gatewayd.webhooks.transport:
+        # no cookies, no proxy, redirects not followed), made through ``guard``.
         try:
             await self._run(stop)
         finally:
@@ -486,7 +479,8 @@ class WebhookRunner:
                     self.holding = False
             except Exception:  # Redis away: the lease expires on its own
                 pass
-            await self.session.close()
+            if self.resolver is None:  # ours (a given one is its owner's to close)
+                await self.guard.close()
             if self._reader is not None:
                 await self._reader.connection_pool.disconnect()
 

@@ -21,17 +21,15 @@ import time
 from collections import deque
 from typing import Any, Protocol, cast
 
-import aiohttp
 import msgspec
 from aiohttp.abc import AbstractResolver
-from yarl import URL
 
 from gatewayd.config import Config
 from gatewayd.ops import metrics
 from gatewayd.store.connection import Redis
 from gatewayd.store.keys import Keys
 from gatewayd.webhooks import body as bodies
-from gatewayd.webhooks import targets
+from gatewayd.webhooks import targets, transport
 from gatewayd.webhooks.signing import EVENT_ID_HEADER, HEADER, sign
 from gatewayd.webhooks.subscriptions import Endpoint, TargetRefused, check_target
 
@@ -42,11 +40,14 @@ class Host(Protocol):
     redis: Redis
     keys: Keys
     cfg: Config
-    session: aiohttp.ClientSession
+    # Names to addresses for connections, every answer checked (targets.GuardedResolver).
+    guard: AbstractResolver
     resolver: AbstractResolver | None  # names to addresses (None: the system's)
     backlog_reading: bool  # the last read was a full one: more events are coming
 
 log = logging.getLogger("gatewayd.webhooks")
+# Every request's Content-Type (a Kannel GET's too, as before).
+_JSON = {"Content-Type": "application/json"}
 _decode = msgspec.json.decode
 # How long a partial batch waits for more while the reader has a backlog.
 LINGER_S = 0.02
@@ -154,10 +155,12 @@ class EndpointSender:
         self.sem = asyncio.Semaphore(ep.concurrency)
         self.qkey = runner.keys.webhook_queue(ep.name)
         self.dkey = runner.keys.webhook_dead(ep.name)
-        # Made once, not per request: the URL, the timeout and the labelled metrics.
-        self.url: URL | None = None
-        self.timeout = aiohttp.ClientTimeout(total=ep.timeout_s)
-        self.ssl = targets.tls_for(ep.ca_file)
+        # Made once, not per request: the connections, the request's head up to what
+        # changes (signature, length) and the labelled metrics.
+        self.http = transport.Client(size=ep.concurrency, resolver=runner.guard,
+                                     ca_file=ep.ca_file)
+        self.origin: transport.Origin | None = None
+        self.head = b""
         self.m_delivered = metrics.WEBHOOK_DELIVERED.labels(self.label)
         self.m_latency = metrics.WEBHOOK_LATENCY.labels(self.label)
         self.closed = False
@@ -465,35 +468,36 @@ class EndpointSender:
                 return Outcome.DEAD, f"refused: {e}"
             self.target_ok = True
         at = int(time.time())
+        http = self.http
         if ep.format == "kannel":
-            method, data = "GET", b""
             text, signed = bodies.kannel_request(ep.url, batch[0].decoded())
-            url = URL(text, encoded=True)
+            origin = transport.Origin(text)
+            head = http.head("GET", origin, signed.decode(), _JSON).encode()
+            data = b""
         else:
-            if self.url is None:
-                self.url = URL(ep.url, encoded=True)
-            method, url = "POST", self.url
+            if self.origin is None:
+                self.origin = transport.Origin(ep.url)
+                self.head = http.head("POST", self.origin, transport.target_of(ep.url),
+                                      _JSON).encode()
+            origin, head = self.origin, self.head
             data = signed = bodies.batch_body([i.body for i in batch])
-        headers = {"Content-Type": "application/json", "User-Agent": "gatewayd-webhooks"}
+        extra = f"Content-Length: {len(data)}\r\n" if data else ""
         if ep.secret:
-            headers[HEADER] = sign(ep.secret, signed, at)
+            extra += f"{HEADER}: {sign(ep.secret, signed, at)}\r\n"
         if len(batch) == 1:
-            headers[EVENT_ID_HEADER] = str(batch[0].decoded().get("event_id", ""))
+            extra += f"{EVENT_ID_HEADER}: {batch[0].decoded().get('event_id', '')}\r\n"
         t0 = time.perf_counter()
         try:
-            async with self.runner.session.request(
-                    method, url, data=data or None, headers=headers,
-                    allow_redirects=False, timeout=self.timeout, ssl=self.ssl) as resp:
-                status = resp.status
-                await resp.read()
+            async with asyncio.timeout(ep.timeout_s):
+                status = await http.pool(origin).request(
+                    b"".join((head, extra.encode(), b"\r\n", data)))
         except TimeoutError:
             metrics.WEBHOOK_FAILED.labels(self.label, "timeout").inc()
             return Outcome.RETRY, f"timeout after {ep.timeout_s:g} s"
-        except (aiohttp.ClientError, OSError) as e:
-            bad = targets.refused(e)
-            if bad is not None:  # the name now resolves to a private address: refused
+        except (transport.ClientError, OSError) as e:
+            if isinstance(e, targets.PrivateTarget):  # resolves to a private address now
                 metrics.WEBHOOK_FAILED.labels(self.label, "refused").inc()
-                return Outcome.DEAD, f"refused: {bad}"
+                return Outcome.DEAD, f"refused: {e}"
             metrics.WEBHOOK_FAILED.labels(self.label, "connection").inc()
             return Outcome.RETRY, f"{type(e).__name__}: {e}"
         self.m_latency.observe(time.perf_counter() - t0)
@@ -512,3 +516,4 @@ class EndpointSender:
         for t in list(self.flights):
             t.cancel()
         await asyncio.gather(self.task, *self.flights, return_exceptions=True)
+        self.http.close()
