@@ -29,6 +29,7 @@ from gatewayd.model import OutboundMessage, Receipt
 from gatewayd.pipeline.events import Ledger
 from gatewayd.pipeline.inbound import InboundHandler
 from gatewayd.pipeline.intake import parse_message
+from gatewayd.pipeline.queue import QueueStore
 from gatewayd.policy.redischecks import RedisBatch
 from gatewayd.sim.smpp.smsc import SmscSimulator
 from gatewayd.store import fastpipe
@@ -91,7 +92,7 @@ async def snapshot(admin: aioredis.Redis) -> dict[str, object]:
 ITEMS = [{"to": f"+86135{n:08d}", "text": f"parcel {n}"} for n in range(3)]
 
 
-@pytest.mark.parametrize("without", ["xadd", "expire"])
+@pytest.mark.parametrize("without", ["xadd", "expire", "xtrim"])
 async def test_an_enqueue_refused_late_writes_nothing(
     admin: aioredis.Redis, server: EmbeddedRedis, without: str
 ) -> None:
@@ -112,6 +113,41 @@ async def test_an_enqueue_refused_late_writes_nothing(
     keys = Keys("gw:")
     for mid, _ in sent:
         assert (await admin.hget(keys.status(mid), "state")) == "queued"
+
+
+async def test_an_enqueue_checks_set_only_when_a_message_has_an_idempotency_key(
+    admin: aioredis.Redis, server: EmbeddedRedis
+) -> None:
+    """enqueue_many.lua checks GET and SET only for a call with a keyed message (a
+    check a command costs every call): for a user without +set, a call of plain
+    messages queues them, and a call with a keyed one (last in the call) is refused
+    before it writes anything. (The arguments are made by a full user's QueueStore:
+    the client itself needs SET for the seal.)"""
+    cfg = Config()
+    keys = Keys("gw:")
+    q = QueueStore(admin, keys, cfg, "acl")
+    seal = await q.sealer()
+    q_ = cfg.queue
+
+    def msgs(items: list[dict[str, str]]) -> list[OutboundMessage]:
+        return [parse_message(i, classes=q_.classes, max_segments=q_.max_segments,
+                              now=time.time()) for i in items]
+
+    limited = aioredis.from_url(await user_url(admin, server, "set"),
+                                decode_responses=True)
+    try:
+        script = limited.register_script(q._enqueue_many.script)
+        plain = q.script_args(msgs(ITEMS), seal, "test", time.time())
+        assert await script(keys=[plain[1]], args=plain[2:]) == [1, 1, 1]
+        before = await snapshot(admin)
+        keyed = [{"to": "+8613500000008", "text": "plain"},
+                 {"to": "+8613500000009", "text": "keyed", "idempotency_key": "k1"}]
+        args = q.script_args(msgs(keyed), seal, "test", time.time())
+        with pytest.raises(NoPermissionError, match="'set'"):
+            await script(keys=[args[1]], args=args[2:])
+    finally:
+        await limited.aclose()
+    assert await snapshot(admin) == before
 
 
 async def test_an_http_enqueue_refused_late_answers_503_and_writes_nothing(

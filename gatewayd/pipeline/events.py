@@ -352,5 +352,36 @@ class Ledger:
             status["done_at"] = at
         return self.keys.status(msg.id), status
 
+    def queued_row(self, msg: OutboundMessage, now: float) -> tuple[list[str], int]:
+        """``build(msg, "queued", now, text=True)``'s fields as lua/enqueue_many.lua takes
+        them: flat [field, value, ...], the ``nv`` strings its event repeats first
+        (``event_of``'s fields but "id" and "at"), then "updated_at" (the event's
+        "at"), then the fields the event leaves out. Returns (row, nv)."""
+        if now != self._now:
+            self._now, self._now_text = now, repr(now)
+        at = self._now_text
+        row = ["state", "queued", "category", msg.category, "to", mask_number(msg.to)]
+        if msg.ref:
+            row += ("ref", msg.ref)
+        if msg.tenant:
+            row += ("tenant", msg.tenant)
+        if msg.callback_url:
+            row += ("callback", msg.callback_url)
+        fk = ""
+        if msg.campaign or msg.template:
+            if msg.campaign:
+                row += ("campaign", msg.campaign)
+            if msg.variant:
+                row += ("variant", msg.variant)
+            if msg.template:
+                row += ("template", msg.template)
+            fk = self.keys.funnel(funnel_name(msg.campaign, msg.template, msg.tenant))
+        nv = len(row)
+        row += ("updated_at", at, "attempts", str(msg.attempts))
+        if fk:
+            row += ("fk", fk)
+        row += ("enqueued_at", _str(msg.enqueued_at) if msg.enqueued_at else at)
+        return row, nv
+
     def event_only(self, pipe: Pipeline, event: dict[Any, Any]) -> None:
         pipe.xadd(self.keys.events, event, maxlen=self.events_maxlen, approximate=True)

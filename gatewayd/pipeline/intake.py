@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from itertools import compress
 from typing import Any, Final, Protocol, cast
 
 import msgspec
+from msgspec.structs import astuple
 
 from gatewayd import smstext
 from gatewayd.campaigns.links import LinkMaker, NewLink
@@ -360,6 +362,28 @@ def to_fields(msg: OutboundMessage, seal: Seal | None = None) -> dict[str, str]:
             out[field] = repr(value) if isinstance(value, float) else str(value)
     if internal and seal is not None:
         out[SEAL_FIELD] = seal.seal(out, internal)
+    return out
+
+
+def to_flat(msg: OutboundMessage, seal: Seal | None = None) -> list[str]:
+    """``to_fields`` as [field, value, ...], the same fields in the same order with the
+    same values and seal: what lua/enqueue_many.lua passes to XADD as it is (a dict
+    flattened afterwards cost the client ~5 % of its instructions a message)."""
+    out: list[str] = []
+    internal: dict[str, Any] = {}
+    # The set fields only, picked in C (compress: the values' truth, as ``not value``
+    # in to_fields): a loop over all ~20 fields with a getattr each was ~half of this.
+    values = astuple(msg)
+    for (name, field, inside), value in zip(compress(_WIRE, values),
+                                            compress(values, values), strict=True):
+        if inside:
+            internal[name] = value
+        elif type(value) is str:
+            out += (field, value)
+        else:
+            out += (field, repr(value) if isinstance(value, float) else str(value))
+    if internal and seal is not None:
+        out += (SEAL_FIELD, seal.seal_flat(out, internal))
     return out
 
 

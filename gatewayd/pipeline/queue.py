@@ -30,7 +30,7 @@ from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline import staging
 from gatewayd.pipeline.events import Ledger, count_state, event_of
-from gatewayd.pipeline.intake import to_fields
+from gatewayd.pipeline.intake import to_fields, to_flat
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import (
     Redis,
@@ -368,17 +368,7 @@ class QueueStore:
         """One lua/enqueue_many.lua call for all of ``msgs`` (one round trip); the
         arguments go as one msgpack blob, packed by msgspec (cheaper than redis-py or
         hiredis packing ~30 arguments a message)."""
-        led, keys, streams = self.ledger, self.keys, self.streams
-        rows: list[list[Any]] = []
-        for m in msgs:
-            m.intake = source  # sealed: who queued it (gatewayd_messages_enqueued_total)
-            # strings only: Lua would print a float short
-            key, status = led.build(m, "queued", now, text=True)
-            ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
-            rows.append([key, m.id, ikey, streams[m.category], status, to_fields(m, seal)])
-        args = (1, keys.events, msgspec.msgpack.encode(rows), led.status_ttl,
-                IDEMPOTENCY_TTL_S, led.events_maxlen, msgspec.msgpack.encode(self.limits))
-        replies = await self._call_enqueue_many(args)
+        replies = await self._call_enqueue_many(self.script_args(msgs, seal, source, now))
         outcomes: list[tuple[str, str]] = []
         queued: dict[str, int] = {}
         for m, r in zip(msgs, replies, strict=True):
@@ -398,6 +388,25 @@ class QueueStore:
                 for klass, n in queued.items():
                     metrics.MESSAGES_ENQUEUED.labels(klass, source).inc(n)
         return outcomes
+
+    def script_args(self, msgs: list[OutboundMessage], seal: Seal, source: str,
+                    now: float) -> tuple[Any, ...]:
+        """lua/enqueue_many.lua's numkeys, keys and arguments for ``msgs`` (also what
+        bench/enqueue_script.py sends)."""
+        led, keys, streams = self.ledger, self.keys, self.streams
+        flat: list[Any] = []
+        for m in msgs:
+            m.intake = source  # sealed: who queued it (gatewayd_messages_enqueued_total)
+            # strings only: Lua would print a float short
+            status, nv = led.queued_row(m, now)
+            entry = to_flat(m, seal)
+            ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
+            flat += (keys.status(m.id), m.id, ikey, streams[m.category], nv, len(status),
+                     len(entry))
+            flat += status
+            flat += entry
+        return (1, keys.events, msgspec.msgpack.encode(flat), led.status_ttl,
+                IDEMPOTENCY_TTL_S, led.events_maxlen, msgspec.msgpack.encode(self.limits))
 
     async def _call_enqueue_many(self, args: tuple[Any, ...]) -> list[Any]:
         """lua/enqueue_many.lua by EVALSHA, not EVAL with the source (as

@@ -35,12 +35,15 @@ class SealError(ValueError):
 
 
 class Seal:
-    __slots__ = ("_mac0",)
+    __slots__ = ("_cache", "_mac0")
 
     def __init__(self, secret: str) -> None:
         # The keyed state made once; each MAC starts from a copy of it.
         self._mac0 = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(),
                                      digest_size=_MAC_HEX // 2)
+        # seal_flat's last internal fields' JSON and the keyed state over the MAC
+        # input's head (one tuple, swapped whole: a Seal may be shared by threads)
+        self._cache: tuple[str, Any] | None = None
 
     def _mac(self, payload: str, others: Mapping[str, str]) -> str:
         h = self._mac0.copy()
@@ -55,6 +58,24 @@ class Seal:
             others.pop(FIELD, None)
             fields = others
         return self._mac(payload, fields) + payload
+
+    def seal_flat(self, flat: Sequence[str], internal: Mapping[str, Any]) -> str:
+        """``seal`` for an entry given as [field, value, ...] without ``_gw`` (names
+        unique): the same MAC over the same bytes. The MAC input's head (the internal
+        fields' JSON) is hashed once for a run of entries with equal internal fields:
+        a batch's messages share theirs (``enqueued_at``, ``intake``)."""
+        # Keyed by the JSON itself: equal values may print apart (0.0 and -0.0, 1 and 1.0).
+        payload = _enc.encode(internal).decode()
+        cache = self._cache
+        if cache is None or cache[0] != payload:
+            h0 = self._mac0.copy()
+            h0.update(_enc.encode([payload, []])[:-3])  # '["<payload>",' (less '[]]')
+            cache = self._cache = (payload, h0)
+        h = cache[1].copy()
+        it = iter(flat)
+        h.update(_enc.encode(sorted(zip(it, it))))  # noqa: B905 - one iterator: pairs
+        h.update(b"]")
+        return h.hexdigest() + payload
 
     def prepared(self, internal: Mapping[str, Any], fixed: Mapping[str, str],
                  varying: Sequence[str]) -> Prepared:

@@ -10,12 +10,16 @@
 -- A repeat later in the same chunk sees the key an earlier one set (step 1).
 -- Single Redis only (the keys of a chunk span slots): a cluster takes the pipelined path.
 -- KEYS[1] events stream
--- ARGV[1] msgpack [[status key, id, idempotency key or "", stream, {status field:
---                   value}, {entry field: value}], ...] (every value a string; maps,
---                   not lists: packing Python's dicts as they are costs the client a
---                   fifth of flattening them). Each event is derived from its status
---                   fields as events.event_of (and lua/record.lua) do: "id" first,
---                   "updated_at" renamed "at", NOT_IN_EVENT left out.
+-- ARGV[1] msgpack: one flat array of strings and counts, message after message:
+--           status key, id, idempotency key or "", stream, nv, ns, ne,
+--           ns strings: the status record's field/value pairs, its event's fields first
+--             (nv strings: every field the event repeats, as events.event_of keeps
+--             them), then "updated_at" and its value (the event's "at"), then the
+--             fields the event leaves out (NOT_IN_EVENT),
+--           ne strings: the stream entry's field/value pairs.
+--         Flat and ready for unpack(): per message Lua copies no field and builds no
+--         table (decoding maps and a loop a field building the three commands' tables
+--         were a third of Redis's instructions a message: bench/enqueue_script.py).
 -- ARGV[2] status TTL (s), ARGV[3] idempotency TTL (s), ARGV[4] events MAXLEN (~)
 -- ARGV[5] msgpack {stream: max_queued} (back-pressure: a message whose stream holds
 --         that many entries is refused; checked after the two refusals above)
@@ -23,63 +27,70 @@
 -- -1 - depth: refused, its stream holds depth entries (queue.max_queued).
 --#include acl_lib
 --#include queued_ttl_lib
+local rcall, unpack = redis.call, unpack
+local a = cmsgpack.unpack(ARGV[1])
+local limits = ARGV[5] ~= '\128' and cmsgpack.unpack(ARGV[5]) or {}  -- (\128: {})
 do
-  local refused = acl_refused(KEYS[1], 'GET', 'EXISTS', 'XLEN', 'HSET', 'EXPIRE', 'SET',
-    'XADD')
+  -- Only the commands this call can run are checked: GET and SET with an idempotency
+  -- key, XLEN with a queue.max_queued (a check is ~3,500 instructions; eight were an
+  -- eighth of a one-message call's, and HTTP's calls carry a few messages).
+  local keyed, i = false, 1
+  while i <= #a do
+    if a[i + 2] ~= '' then
+      keyed = true
+      break
+    end
+    i = i + 7 + a[i + 5] + a[i + 6]
+  end
+  local refused = acl_refused(KEYS[1], 'EXISTS', 'HSET', 'EXPIRE', 'XADD', 'XTRIM')
+    or (keyed and acl_refused(KEYS[1], 'GET', 'SET'))
+    or (next(limits) and acl_refused(KEYS[1], 'XLEN'))
   if refused then return refused end
 end
-local rcall, unpack = redis.call, unpack
-local NOT_IN_EVENT = {attempts = true, enqueued_at = true, submitted_at = true,
-  done_at = true, fk = true, receipts = true, sent_parts = true}
-local msgs = cmsgpack.unpack(ARGV[1])
 -- The record's TTL holds queued_ttl_lib's slack.
 local ttl, ittl, maxlen = tostring(ARGV[2] + QUEUED_SLACK_S), ARGV[3], ARGV[4]
 local events = KEYS[1]
-local limits = cmsgpack.unpack(ARGV[5])
 local depths = {}  -- stream -> entries, once read (XLEN), counting this call's own
-local out = {}
-for i = 1, #msgs do
-  local m = msgs[i]
-  local skey, id, ikey = m[1], m[2], m[3]
+local out, k, added = {}, 0, 0
+local i, last = 1, #a
+while i <= last do
+  local skey, id, ikey, stream, nv, ns, ne = unpack(a, i, i + 6)
+  local s0 = i + 7  -- the record's first string
+  local e0 = s0 + ns  -- the entry's first string
+  i = e0 + ne
+  k = k + 1
   local owner = false
   if ikey ~= '' then
     owner = rcall('GET', ikey)
   end
   if owner then
-    out[i] = owner
+    out[k] = owner
   elseif rcall('EXISTS', skey) == 1 then
-    out[i] = 0
-  elseif limits[m[4]] and (depths[m[4]] or rcall('XLEN', m[4])) >= limits[m[4]] then
-    local d = depths[m[4]] or rcall('XLEN', m[4])
-    depths[m[4]] = d
-    out[i] = -1 - d
+    out[k] = 0
+  elseif limits[stream] and (depths[stream] or rcall('XLEN', stream)) >= limits[stream] then
+    local d = depths[stream] or rcall('XLEN', stream)
+    depths[stream] = d
+    out[k] = -1 - d
   else
-    if limits[m[4]] then
-      depths[m[4]] = (depths[m[4]] or rcall('XLEN', m[4])) + 1
+    if limits[stream] then
+      depths[stream] = (depths[stream] or rcall('XLEN', stream)) + 1
     end
-    local st, ev, n = {}, {'id', id}, 2
-    local k = 0
-    for f, v in pairs(m[5]) do
-      st[k + 1], st[k + 2], k = f, v, k + 2
-      if f == 'updated_at' then
-        ev[n + 1], ev[n + 2], n = 'at', v, n + 2
-      elseif not NOT_IN_EVENT[f] then
-        ev[n + 1], ev[n + 2], n = f, v, n + 2
-      end
-    end
-    rcall('HSET', skey, unpack(st, 1, k))
+    rcall('HSET', skey, unpack(a, s0, e0 - 1))
     rcall('EXPIRE', skey, ttl)
     if ikey ~= '' then
       rcall('SET', ikey, id, 'EX', ittl)
     end
-    local en = {}
-    k = 0
-    for f, v in pairs(m[6]) do
-      en[k + 1], en[k + 2], k = f, v, k + 2
-    end
-    rcall('XADD', m[4], '*', unpack(en, 1, k))
-    rcall('XADD', events, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, n))
-    out[i] = 1
+    rcall('XADD', stream, '*', unpack(a, e0, i - 1))
+    rcall('XADD', events, '*', 'id', id, 'at', a[s0 + nv + 1], unpack(a, s0, s0 + nv - 1))
+    added = added + 1
+    out[k] = 1
   end
+end
+-- The events stream trimmed once a call, not by each XADD (3.5 % of Redis's
+-- instructions a message); the call is atomic, so no reader sees it longer. Up to 10,000
+-- entries an event added, what each XADD's own MAXLEN ~ could trim (Redis's default
+-- LIMIT): a stream far over a lowered events_maxlen shrinks as fast as before.
+if added > 0 then
+  rcall('XTRIM', events, 'MAXLEN', '~', maxlen, 'LIMIT', 10000 * added)
 end
 return out
