@@ -49,6 +49,7 @@ from gatewayd.model import OutboundMessage
 from gatewayd.pipeline.intake import parse_message, to_fields
 from gatewayd.pipeline.queue import IDEMPOTENCY_TTL_S, QueueStore
 from gatewayd.store import fastpipe
+from gatewayd.store.embedded import free_port
 from gatewayd.store.keys import Keys
 from gatewayd.store.seal import Seal
 
@@ -122,7 +123,7 @@ class _Callgrind:
 @contextmanager
 def _callgrind_redis() -> Iterator[tuple[int, _Callgrind]]:
     with tempfile.TemporaryDirectory(prefix="gw-bench-cg-") as d:
-        port = harness.free_port()
+        port = free_port()
         out = f"{d}/redis.cg"
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
@@ -196,8 +197,8 @@ async def main_async(a: argparse.Namespace, cg: _Callgrind | None) -> int:
             msgs = [parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
                                   horizon_s=q.horizon_s) for i in items]
             chunks = [msgs[s:s + a.chunk] for s in range(0, len(msgs), a.chunk)]
+            calls: list[Any] = []
             if script is None:
-                calls = []
                 for part in chunks:
                     pipe = r.pipeline(transaction=False)
                     _commands(pipe, qs, part, seal, now)

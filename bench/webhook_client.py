@@ -75,7 +75,7 @@ def client(kind: str, port: int, n: int) -> None:
                     await r.read()
                     return r.status
         elif kind == "httpcore":
-            import httpcore
+            import httpcore  # type: ignore[import-not-found,unused-ignore]  # optional
             hc = httpcore.AsyncConnectionPool(max_connections=CONCURRENCY)
             pairs = list(headers.items())
 
