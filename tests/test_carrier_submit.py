@@ -355,7 +355,7 @@ async def test_rate_gate_is_asked_for_every_part(smsc: PySmsc) -> None:
             self.parts: dict[str, int] = {}
             self.caps: dict[str, float] = {}
 
-        async def acquire(self, carrier: str, n: int) -> None:
+        async def acquire(self, carrier: str, n: int, urgent: bool = False) -> None:
             self.parts[carrier] = self.parts.get(carrier, 0) + n
 
         async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:

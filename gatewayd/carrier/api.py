@@ -109,7 +109,9 @@ class RateGate(Protocol):
     """The send rate of a carrier's SMSC account, shared by every bind (and, kept in
     Redis, by every process), learned from the SMSC's throttling (carrier/throttle.py)."""
 
-    async def acquire(self, carrier: str, n: int) -> None: ...
+    async def acquire(self, carrier: str, n: int, urgent: bool = False) -> None:
+        """Wait until ``n`` tokens of the carrier's account are ours. ``urgent`` (codes):
+        served before bulk waiters, never queued behind them."""
 
     async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:
         """A window of answers from the carrier's account, some of them throttled."""

@@ -426,9 +426,12 @@ class CarrierPool:
         sub = await self.submit(reqs)
         return [o for o in sub.outcomes if o is not None]
 
-    async def submit(self, reqs: list[SubmitRequest], *, detach: bool = False) -> Submitted:
+    async def submit(self, reqs: list[SubmitRequest], *, detach: bool = False,
+                     urgent: bool = False) -> Submitted:
         """Submit a batch. With ``detach``, outcomes not known a grace after the last
-        write (no answer yet, or refused parts to resend) come later from ``later``."""
+        write (no answer yet, or refused parts to resend) come later from ``later``.
+        ``urgent`` (a batch of codes): its parts take window slots and tokens before
+        bulk's, and the window's last tenth is theirs (carrier/linkops.py)."""
         loop = asyncio.get_running_loop()
         outcomes: list[SubmitOutcome | None] = [None] * len(reqs)
         planned: list[Planned] = []
@@ -472,10 +475,10 @@ class CarrierPool:
         waiter = Waiter(loop, slot)
         if len(groups) == 1:
             ((bind, items),) = groups.items()
-            await self._send_group(bind, items, waiter)
+            await self._send_group(bind, items, waiter, urgent)
         elif groups:
             await asyncio.gather(
-                *(self._send_group(b, items, waiter) for b, items in groups.items())
+                *(self._send_group(b, items, waiter, urgent) for b, items in groups.items())
             )
         if not detach:
             await waiter.future
@@ -619,17 +622,18 @@ class CarrierPool:
         raise Unsendable("retry", "NO_BOUND_CARRIER",
                        f"no bound transmitting bind on {', '.join(chain)}")
 
-    async def _send_group(self, bind: Link, items: list[tuple[int, bytes]], waiter: Waiter) -> None:
+    async def _send_group(self, bind: Link, items: list[tuple[int, bytes]], waiter: Waiter,
+                          urgent: bool = False) -> None:
         gate = self._gate
         i = 0
         total = len(items)
         try:
             while i < total:
-                n = await bind.reserve(total - i)
+                n = await bind.reserve(total - i, urgent)
                 if n == 0:
                     break
                 try:
-                    await gate.acquire(bind.carrier, n)
+                    await gate.acquire(bind.carrier, n, urgent)
                 except BaseException:
                     bind.release(n)
                     raise

@@ -136,8 +136,9 @@ class Link(Protocol):
     def show_limit(self, share: float) -> None:
         """The link's share of its account's learned rate (gauge and status)."""
 
-    async def reserve(self, want: int) -> int:
-        """Wait for window space and tokens; how many submits may go now (0: link down)."""
+    async def reserve(self, want: int, urgent: bool = False) -> int:
+        """Wait for window space and tokens; how many submits may go now (0: link down).
+        ``urgent`` (codes): the whole window, before bulk (carrier/linkops.py)."""
 
     def release(self, n: int) -> None: ...
 

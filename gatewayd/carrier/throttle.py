@@ -119,7 +119,7 @@ class ThrottleMeter:
 class _Learned:
     """One account's learned rate and token bucket, in-process."""
 
-    __slots__ = ("cap", "cut_at", "k", "probed_at", "rate", "tokens", "tokens_at")
+    __slots__ = ("cap", "cut_at", "k", "probed_at", "rate", "tokens", "tokens_at", "urgent")
 
     def __init__(self, cap: float, now: float, k: Learning) -> None:
         self.cap = cap
@@ -129,6 +129,7 @@ class _Learned:
         self.probed_at = now
         self.tokens = max(1.0, cap / 10)
         self.tokens_at = now
+        self.urgent = 0  # urgent acquires waiting: bulk takes no token meanwhile
 
     def advance(self, now: float) -> None:
         if now > self.probed_at:
@@ -168,16 +169,23 @@ class LocalRateGate:
         except KeyError:
             raise KeyError(f"no rate limit for carrier {carrier!r}: not in the config") from None
 
-    async def acquire(self, carrier: str, n: int) -> None:
+    async def acquire(self, carrier: str, n: int, urgent: bool = False) -> None:
         st = self._of(carrier)
-        while n > 0:
-            st.advance(self._clock())
-            got = min(n, int(st.tokens + 1e-9))
-            if got:
-                st.tokens -= got
-                n -= got
-                continue
-            await asyncio.sleep(max(0.001, (1.0 - st.tokens) / st.rate))
+        if urgent:
+            st.urgent += 1
+        try:
+            while n > 0:
+                st.advance(self._clock())
+                # While a code waits for tokens, bulk leaves them to it.
+                got = min(n, int(st.tokens + 1e-9)) if urgent or not st.urgent else 0
+                if got:
+                    st.tokens -= got
+                    n -= got
+                    continue
+                await asyncio.sleep(max(0.001, (1.0 - st.tokens) / st.rate))
+        finally:
+            if urgent:
+                st.urgent -= 1
 
     async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:
         st = self._of(carrier)

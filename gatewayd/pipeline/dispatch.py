@@ -112,7 +112,8 @@ def _child(cache: dict[Any, Any], metric: Any, *values: str) -> Any:
 class Submitter(Protocol):
     """What the dispatcher needs of the carrier pool (CarrierPool satisfies it)."""
 
-    async def submit(self, reqs: list[SubmitRequest], *, detach: bool = False) -> Submitted: ...
+    async def submit(self, reqs: list[SubmitRequest], *, detach: bool = False,
+                     urgent: bool = False) -> Submitted: ...
 
     def ready(self) -> bool: ...
 
@@ -338,7 +339,11 @@ class Dispatcher:
                 sendable.append(it)
         reqs, to_submit = await self._apply_policies(pipe, book, acks, sendable, now)
         if reqs:
-            sub = await self.pool.submit(reqs, detach=True)
+            # Codes (the highest of several classes) go before bulk for window slots
+            # and tokens.
+            top = q.classes[0]
+            urgent = len(q.classes) > 1 and all(it.entry.klass == top for it in to_submit)
+            sub = await self.pool.submit(reqs, detach=True, urgent=urgent)
             self._record_outcomes(pipe, book, acks, to_submit, reqs, sub.outcomes)
             if sub.later is not None:
                 self._detach(sub.later, to_submit, reqs, sub.outcomes, book.streaks)

@@ -82,6 +82,10 @@ class SharedTokenBucket:
         self._reserved_at = 0.0
         self.granted = 0  # tokens handed out by acquire (for metrics and tests)
         self._lock = asyncio.Lock()
+        # Urgent acquires (codes) in progress; bulk takes no token while there are any.
+        self._urgent = 0
+        self._calm = asyncio.Event()
+        self._calm.set()
 
     async def take(self, want: int) -> tuple[int, float]:
         """One round trip: (tokens granted, 0..want; seconds until the next token)."""
@@ -89,16 +93,28 @@ class SharedTokenBucket:
                              [repr(self.rate), repr(self.burst), repr(self.clock()), want])
         return int(reply[0]), float(text(reply[1]))
 
-    async def acquire(self, n: int = 1) -> None:
-        """Wait until n tokens are ours. Callers are served in arrival order."""
+    def _fresh_reserve(self) -> int:
+        if (self.reserve and self.max_hold_s is not None
+                and self.clock() - self._reserved_at > self.max_hold_s):
+            self.reserve = 0  # granted too long ago to be spent inside the bound
+        return self.reserve
+
+    async def acquire(self, n: int = 1, urgent: bool = False) -> None:
+        """Wait until n tokens are ours. Callers are served in arrival order, except
+        ``urgent`` ones (codes): they take the reserve's tokens at once, or their own
+        from Redis without queueing behind bulk callers, and bulk takes none while an
+        urgent caller waits. Every token still comes from the shared bucket."""
         if n <= 0:
+            return
+        if urgent:
+            await self._acquire_urgent(n)
             return
         async with self._lock:
             need = n
             while True:
-                if (self.reserve and self.max_hold_s is not None
-                        and self.clock() - self._reserved_at > self.max_hold_s):
-                    self.reserve = 0  # granted too long ago to be spent inside the bound
+                if self._urgent:
+                    await self._calm.wait()
+                self._fresh_reserve()
                 used = min(need, self.reserve)
                 self.reserve -= used
                 need -= used
@@ -110,6 +126,31 @@ class SharedTokenBucket:
                 self._reserved_at = self.clock()
                 if got == 0:
                     await self.sleep(max(wait, 0.001))
+
+    async def _acquire_urgent(self, n: int) -> None:
+        self._urgent += 1
+        self._calm.clear()
+        try:
+            need = n
+            while True:
+                used = min(need, self._fresh_reserve())
+                self.reserve -= used
+                need -= used
+                if need == 0:
+                    self.granted += n
+                    return
+                # Exactly what is missing: an urgent caller keeps no reserve of its own.
+                got, wait = await self.take(need)
+                need -= got
+                if need == 0:
+                    self.granted += n
+                    return
+                if got == 0:
+                    await self.sleep(max(wait, 0.001))
+        finally:
+            self._urgent -= 1
+            if not self._urgent:
+                self._calm.set()
 
 
 class LearnedBucket(SharedTokenBucket):
@@ -174,8 +215,8 @@ class CarrierRateGate:
         except KeyError:
             raise KeyError(f"no rate limit for carrier {carrier!r}: not in the config") from None
 
-    async def acquire(self, carrier: str, n: int) -> None:
-        await self._bucket(carrier).acquire(n)
+    async def acquire(self, carrier: str, n: int, urgent: bool = False) -> None:
+        await self._bucket(carrier).acquire(n, urgent)
 
     async def throttled(self, carrier: str, accepted: int, throttled: int) -> None:
         bucket = self._bucket(carrier)

@@ -79,6 +79,8 @@ class CmppBind(OperatorOps):
         self.ismg_version = 0
         self.session: Session | None = None
         self.reserved = 0
+        self._urgent = 0
+        self._urgent_at = -1e18
         self.base_rate = carrier.tps / carrier.binds
         self.rate = self.base_rate
         self.limit = self.base_rate  # shown: min(own rate, share of the learned rate)
@@ -300,34 +302,6 @@ class CmppBind(OperatorOps):
         session.write(P.pdu(P.ACTIVE_TEST, seq))
 
     # -- sending -------------------------------------------------------------------------------
-    async def reserve(self, want: int) -> int:
-        """Wait for window space and tokens; return how many SUBMITs may go now (0: down)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            s = self.session
-            if not self.can_submit or s is None:
-                return 0
-            space = self.window - len(s.pending) - self.reserved
-            if space <= 0:
-                self.space.clear()
-                await self.space.wait()
-                continue
-            now = loop.time()
-            tokens = min(self.burst, self.tokens + (now - self._t_tokens) * self.rate)
-            self.tokens = tokens
-            self._t_tokens = now
-            n = min(want, space, int(tokens))
-            if n >= 1:
-                self.tokens = tokens - n
-                self.reserved += n
-                return n
-            need = min(want, space, max(1, int(self.burst / 4)))
-            await asyncio.sleep((need - tokens) / self.rate)
-
-    def release(self, n: int) -> None:
-        self.reserved -= n
-        self.space.set()
-
     def send(self, items: list[tuple[int, bytes]], waiter: Waiter) -> None:
         """Write reserved SUBMIT bodies in one go; each (slot, body) resolves ``waiter``."""
         self.reserved -= len(items)

@@ -61,6 +61,8 @@ class Bind(OperatorOps):
         self.submitted = 0
         self.session: Session | None = None
         self.reserved = 0
+        self._urgent = 0
+        self._urgent_at = -1e18
         self.base_rate = carrier.tps / carrier.binds
         self.rate = self.base_rate
         self.limit = self.base_rate  # shown: min(own rate, share of the learned rate)
@@ -269,37 +271,6 @@ class Bind(OperatorOps):
         self._m_window.set(0)
 
     # -- sending ---------------------------------------------------------------------------
-    async def reserve(self, want: int) -> int:
-        """Wait for window space and tokens; return how many PDUs may go now (0: bind down)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            s = self.session
-            if not self.can_submit or s is None:
-                return 0
-            space = self.window - len(s.pending) - self.reserved
-            if space <= 0:
-                self.space.clear()
-                await self.space.wait()
-                continue
-            now = loop.time()
-            tokens = self.tokens + (now - self._t_tokens) * self.rate
-            if tokens > self.burst:
-                tokens = self.burst
-            self.tokens = tokens
-            self._t_tokens = now
-            n = min(want, space, int(tokens))
-            if n >= 1:
-                self.tokens = tokens - n
-                self.reserved += n
-                return n
-            need = min(want, space, max(1, int(self.burst / 4)))
-            await asyncio.sleep((need - tokens) / self.rate)
-
-    def release(self, n: int) -> None:
-        """Give back reserved slots that will not be used."""
-        self.reserved -= n
-        self.space.set()
-
     def send(self, items: list[tuple[int, bytes]], waiter: Waiter) -> None:
         """Write reserved submit_sm bodies in one go; each (slot, body) resolves ``waiter``."""
         self.reserved -= len(items)
