@@ -95,6 +95,12 @@ _PATH: Final = INTAKE_ROUTE.encode()
 _NOT_OURS: Final = frozenset({b"transfer-encoding", b"upgrade", b"expect",
                               b"content-encoding"})
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+# Requests started in one loop turn at most; the others start in the next turns, in
+# order (Writes.turn). Why: a flood from a few hundred keep-alive connections otherwise
+# starts them all in one turn (~100 us of Python each), and everything else in the
+# daemon's loop, codes on their way to the SMSC first, waits out that turn at each of
+# its round trips (README "Where a code's time goes under the HTTP flood").
+TURN_REQUESTS: Final = 32
 _CT: Final = b"Content-Type: application/json\r\n"
 # The fixed parts of an answer, made once: the status line with Content-Type, by
 # (HTTP version, status); and, for the current second, Date, Server, Connection and
@@ -143,26 +149,48 @@ class Writes:
     and the others find it awake. One ``call_soon`` a turn, none a request. An answer
     that ends its connection closes it right after its bytes."""
 
-    __slots__ = ("pending", "resume", "scheduled")
+    __slots__ = ("deferred", "pending", "resume", "scheduled", "started", "turn")
 
-    def __init__(self) -> None:
+    def __init__(self, turn: int = TURN_REQUESTS) -> None:
         self.pending: list[tuple[asyncio.Transport, bytes, bool]] = []
         # Lanes with a (pipelined) request waiting: started once their answers are
         # written, so that a full transport buffer (pause_writing) is known first.
         self.resume: list[FastLane] = []
         self.scheduled = False
+        # The turn's budget: requests started since the last flush, at most ``turn``
+        # (0: no bound); lanes whose request must wait for a later turn, in order.
+        self.turn = turn
+        self.started = 0
+        self.deferred: list[FastLane] = []
 
-    def send(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
-             data: bytes, close: bool) -> None:
-        self.pending.append((transport, data, close))
+    def start(self, loop: asyncio.AbstractEventLoop, lane: FastLane) -> bool:
+        """Whether ``lane`` may start a request in this turn; if not, it is started in
+        a later one (flush), after the lanes deferred before it."""
+        if self.turn and (self.started >= self.turn or self.deferred):
+            lane.busy = True  # its bytes wait in its buffer, its idle timer lets it be
+            self.deferred.append(lane)
+            self._schedule(loop)
+            return False
+        self.started += 1
+        self._schedule(loop)
+        return True
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.scheduled:
             self.scheduled = True
             loop.call_soon(self.flush)
 
+    def send(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport,
+             data: bytes, close: bool) -> None:
+        self.pending.append((transport, data, close))
+        self._schedule(loop)
+
     def flush(self) -> None:
         self.scheduled = False
+        self.started = 0
         pending, self.pending = self.pending, []
         resume, self.resume = self.resume, []
+        deferred, self.deferred = self.deferred, []
         for t, data, close in pending:
             if t.is_closing():
                 continue
@@ -177,6 +205,9 @@ class Writes:
         for lane in resume:
             if not lane.busy and not lane.closing:
                 lane._next()
+        for lane in deferred:  # this turn's budget, then the next turn's
+            lane.busy = False
+            lane._next()
 
 
 class FastLane(asyncio.Protocol):
@@ -341,6 +372,9 @@ class FastLane(asyncio.Protocol):
                 t.resume_reading()
             if not buf:
                 return
+            assert self.loop is not None
+            if not self.writes.start(self.loop, self):
+                return  # started in a later turn
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 # Not a head we take whole (too long, or lines ended by bare LF):
@@ -520,6 +554,7 @@ class FastLanes:
         it is answered (within ``timeout_s``), as aiohttp's shutdown does for its own."""
         for lane in self.lanes:
             lane.closing = True
+        self.writes.turn = 0  # every request received is started now, to be answered
         self.writes.flush()  # answers of this turn first: an idle lane may have one due
         for lane in list(self.lanes):
             if not lane.busy and lane.transport is not None:
