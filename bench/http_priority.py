@@ -21,11 +21,14 @@ bench/results/http_priority.json. Target: OTP p99 <= 50 ms.
 
 --workers-only (http.daemon_listens = false) and --nice N (http.workers_nice) try the
 core's own resources; --codes-to-daemon sends the codes to the daemon's own port (its
-whole API, where no flood arrives once it does not listen on the shared port).
+whole API, where no flood arrives once it does not listen on the shared port);
+--turn-requests N sets http.turn_requests (0: the fast lane starts every request
+received in a turn, as before it had the bound; default: the daemon's, 32).
 
     python -m bench http_priority [--quick] [-n 40000] [--otp-rate 200] [--runs 3]
                                   [--connections 200] [--workers 1]
                                   [--workers-only] [--nice 0] [--codes-to-daemon]
+                                  [--turn-requests N]
 """
 
 from __future__ import annotations
@@ -150,11 +153,16 @@ def _queued_ms(rig: harness.Rig, ids: list[str]) -> dict[str, float]:
 
 
 def one_run(rig: harness.Rig, wrk: str, n: int, run: int, connections: int, rate: float,
-            workers: int = 1, extra: str = "", codes_to_daemon: bool = False
-            ) -> dict[str, Any]:
+            workers: int = 1, extra: str = "", codes_to_daemon: bool = False,
+            turn_requests: int = -1) -> dict[str, Any]:
     rig.flush()
     port = free_port()
     cfg = with_workers(_config(rig, port, rig.sim_port, "http-priority"), workers, extra)
+    if turn_requests >= 0:
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text(text.replace("[http]\nenabled = true\n",
+                                    f"[http]\nenabled = true\nturn_requests = {turn_requests}\n"),
+                       encoding="utf-8")
     gw = rig.gatewayd(cfg, timeout_s=0, burst=False)
     tag = f"hp-{run}"
     try:
@@ -263,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nice", type=int, default=0, help="http.workers_nice")
     ap.add_argument("--codes-to-daemon", action="store_true",
                     help="POST the codes to the daemon's own port (worker_metrics_port)")
+    ap.add_argument("--turn-requests", type=int, default=-1,
+                    help="http.turn_requests (-1: the daemon's default)")
     ap.add_argument("--quick", action="store_true", help="-n 3000 --runs 1 unless given")
     ap.add_argument("--name", default="http_priority", help="result file name")
     args = ap.parse_args(argv)
@@ -283,12 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     with harness.Rig() as rig:
         print(f"http_priority: {args.n:,} marketing over HTTP ({args.connections} "
               f"connections, http.workers {args.workers}"
+              f"{f', http.turn_requests {args.turn_requests}' if args.turn_requests >= 0 else ''}"
               f"{', ' + extra.strip().replace(chr(10), ', ') if extra else ''}) + OTP at "
               f"{args.otp_rate:.0f}/s "
               f"x {args.runs} runs; Redis {rig.redis_version()}", flush=True)
         for i in range(args.runs):
             r = one_run(rig, wrk, args.n, i, args.connections, args.otp_rate, args.workers,
-                        extra, args.codes_to_daemon)
+                        extra, args.codes_to_daemon, args.turn_requests)
             runs.append(r)
             print(f"run {i + 1}: flood {r['flood_msg_per_s']:,.0f} msg/s; OTP queue->submit "
                   f"p50/p99/max {r['otp_p50_ms']:.1f}/{r['otp_p99_ms']:.1f}/"
@@ -305,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                               "connections": args.connections, "workers": args.workers,
                               "workers_only": args.workers_only, "nice": args.nice,
                               "codes_to_daemon": args.codes_to_daemon,
+                              "turn_requests": args.turn_requests,
                               **{k: summary([float(r[k]) for r in runs]) for k in KEYS},
                               "runs": runs}
     path = write_result(args.name, result)

@@ -163,6 +163,10 @@ class HttpConfig(_Section, kw_only=True, frozen=True):
     # port (gatewayd.http.fastlane), every other request by aiohttp on the same
     # connection; false: aiohttp serves every request. Applies with a restart.
     fast_intake: bool = True
+    # The fast lane starts at most this many requests a loop turn, the others in the
+    # next turns in order, so the process's other work (in the daemon: codes on their
+    # way to the SMSC) does not wait out a whole flood's turn; 0: no bound.
+    turn_requests: int = 32
 
 
 class PolicyConfig(_Section, kw_only=True, frozen=True):
@@ -705,6 +709,8 @@ def validate(cfg: Config, *, need_secrets: bool = True) -> None:
             raise bad(key, f"{n}: must be 1-1000000 (keep it under the daemon's file limit)")
     if not 1 <= cfg.http.workers <= 64:
         raise bad("http.workers", f"{cfg.http.workers}: must be 1-64 processes")
+    if cfg.http.turn_requests < 0:
+        raise bad("http.turn_requests", f"{cfg.http.turn_requests}: 0 (no bound) or more")
     if not 0 <= cfg.http.workers_nice <= 19:
         raise bad("http.workers_nice", f"{cfg.http.workers_nice}: a niceness of 0-19")
     if cfg.http.enabled and not cfg.http.daemon_listens and cfg.http.workers < 2:

@@ -330,7 +330,7 @@ class Daemon:
                 max_connections=cfg.http.max_connections,
                 idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
                 unavailable=UNAVAILABLE, reuse_port=shared and cfg.http.workers > 1,
-                fast_intake=cfg.http.fast_intake,
+                fast_intake=cfg.http.fast_intake, turn_requests=cfg.http.turn_requests,
             )
             # The children's series in the daemon's /metrics (read at each scrape).
             scraped = [c.metrics for c in (self.webhook_sender, self.fanout)

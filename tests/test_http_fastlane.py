@@ -418,3 +418,43 @@ async def test_revoked_key_refused_on_an_open_connection(start: Start) -> None:
         assert refused is not None and refused.status == 401
     finally:
         writer.close()
+
+
+async def test_a_flood_starts_a_bounded_number_a_turn_and_answers_all_in_order(
+    start: Start, redis: aioredis.Redis, keys: Keys
+) -> None:
+    from gatewayd.http.fastlane import TURN_REQUESTS
+
+    server = await start()
+    lanes = server._lanes
+    assert lanes is not None
+    conns = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(100)]
+    # How many requests each turn starts, seen by a callback that runs once a turn.
+    loop = asyncio.get_running_loop()
+    most = 0
+    done = False
+
+    def probe() -> None:
+        nonlocal most
+        most = max(most, lanes.writes.started)
+        if not done:
+            loop.call_soon(probe)
+
+    probe()
+    try:
+        for i, (_, w) in enumerate(conns):  # two pipelined requests on each, at once
+            w.write(post(js(dict(MSG, ref=f"c{i}-0"))) + post(js(dict(MSG, ref=f"c{i}-1"))))
+        answers = [[await read_answer(r) for _ in range(2)] for r, _ in conns]
+    finally:
+        done = True
+        for _, w in conns:
+            w.close()
+    assert all(a is not None and a.status == 202 for pair in answers for a in pair)
+    assert lanes.writes.deferrals > 0  # the flood did not all start in one turn
+    assert 0 < most <= TURN_REQUESTS
+    # Every request accepted once: none lost or doubled by being put off.
+    entries = await redis.xrange(keys.queue("otp"))
+    assert len(entries) == 200
+    ids = {f"c{i}-{k}": answers[i][k].doc()["results"][0]["id"]  # type: ignore[union-attr]
+           for i in range(100) for k in range(2)}
+    assert len(set(ids.values())) == 200

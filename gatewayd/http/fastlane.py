@@ -95,11 +95,12 @@ _PATH: Final = INTAKE_ROUTE.encode()
 _NOT_OURS: Final = frozenset({b"transfer-encoding", b"upgrade", b"expect",
                               b"content-encoding"})
 _SERVER: Final = f"Server: {SERVER_SOFTWARE}\r\n".encode()
-# Requests started in one loop turn at most; the others start in the next turns, in
-# order (Writes.turn). Why: a flood from a few hundred keep-alive connections otherwise
-# starts them all in one turn (~100 us of Python each), and everything else in the
-# daemon's loop, codes on their way to the SMSC first, waits out that turn at each of
-# its round trips (README "Where a code's time goes under the HTTP flood").
+# http.turn_requests' default: requests started in one loop turn at most; the others
+# start in the next turns, in order (Writes.start). Why: a flood from a few hundred
+# keep-alive connections otherwise starts them all in one turn (~50-100 us of Python
+# each), and everything else in the daemon's loop, codes on their way to the SMSC
+# first, waits out that turn at each of its round trips (README "Where a code's time
+# goes under the HTTP flood").
 TURN_REQUESTS: Final = 32
 _CT: Final = b"Content-Type: application/json\r\n"
 # The fixed parts of an answer, made once: the status line with Content-Type, by
@@ -149,7 +150,8 @@ class Writes:
     and the others find it awake. One ``call_soon`` a turn, none a request. An answer
     that ends its connection closes it right after its bytes."""
 
-    __slots__ = ("deferred", "pending", "resume", "scheduled", "started", "turn")
+    __slots__ = ("deferrals", "deferred", "pending", "resume", "scheduled", "started",
+                 "turn")
 
     def __init__(self, turn: int = TURN_REQUESTS) -> None:
         self.pending: list[tuple[asyncio.Transport, bytes, bool]] = []
@@ -162,6 +164,7 @@ class Writes:
         self.turn = turn
         self.started = 0
         self.deferred: list[FastLane] = []
+        self.deferrals = 0  # requests put off to a later turn, ever (tests, diagnosis)
 
     def start(self, loop: asyncio.AbstractEventLoop, lane: FastLane) -> bool:
         """Whether ``lane`` may start a request in this turn; if not, it is started in
@@ -169,6 +172,7 @@ class Writes:
         if self.turn and (self.started >= self.turn or self.deferred):
             lane.busy = True  # its bytes wait in its buffer, its idle timer lets it be
             self.deferred.append(lane)
+            self.deferrals += 1
             self._schedule(loop)
             return False
         self.started += 1
@@ -537,12 +541,12 @@ class FastLanes:
     """The API listener's protocol factory (inside the connection cap): a fast lane a
     connection while ``http.fast_intake`` is on, aiohttp's handler otherwise."""
 
-    def __init__(self, server: HttpServer, aiohttp_factory: Callable[[], asyncio.Protocol]
-                 ) -> None:
+    def __init__(self, server: HttpServer, aiohttp_factory: Callable[[], asyncio.Protocol],
+                 turn: int = TURN_REQUESTS) -> None:
         self.server = server
         self.aiohttp_factory = aiohttp_factory
         self.lanes: set[FastLane] = set()
-        self.writes = Writes()
+        self.writes = Writes(turn)
 
     def __call__(self) -> asyncio.Protocol:
         if not self.server.fast_intake:

@@ -72,7 +72,7 @@ from gatewayd.http.backend import (
     EnqueueResult,
     OptoutAction,
 )
-from gatewayd.http.fastlane import FastLanes
+from gatewayd.http.fastlane import TURN_REQUESTS, FastLanes
 from gatewayd.http.limits import BodyTimeout, ConnectionCap, RateLimitedLog, read_body
 from gatewayd.http.openapi import openapi_spec
 from gatewayd.ops import metrics
@@ -166,12 +166,14 @@ class HttpServer:
         unavailable: tuple[type[BaseException], ...] = (),
         reuse_port: bool = False,
         fast_intake: bool = True,
+        turn_requests: int = TURN_REQUESTS,
     ) -> None:
         self.host, self._port = parse_listen(listen)
         self.reuse_port = reuse_port  # http.workers: processes sharing the port
         # http.fast_intake: POST /v1/messages served by gatewayd.http.fastlane (read
         # for each new connection; the config key itself changes with a restart).
         self.fast_intake = fast_intake
+        self.turn_requests = turn_requests  # http.turn_requests (0: no bound)
         self._lanes: FastLanes | None = None  # once started
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
@@ -231,7 +233,7 @@ class HttpServer:
         assert runner.server is not None
         # Our own listener (not a TCPSite) so the connection cap wraps aiohttp's factory,
         # behind the fast lane.
-        self._lanes = FastLanes(self, runner.server)
+        self._lanes = FastLanes(self, runner.server, self.turn_requests)
         self._cap = ConnectionCap(self._lanes, self.max_connections, "api")
         try:
             self._server = await asyncio.get_running_loop().create_server(

@@ -214,7 +214,7 @@ class IntakeWorker:
             max_connections=cfg.http.max_connections,
             idle_timeout_s=cfg.http.idle_timeout_s, body_timeout_s=cfg.http.body_timeout_s,
             unavailable=UNAVAILABLE, reuse_port=True,
-            fast_intake=cfg.http.fast_intake,
+            fast_intake=cfg.http.fast_intake, turn_requests=cfg.http.turn_requests,
         )
         host = parse_listen(cfg.http.listen)[0] or "127.0.0.1"
         self.http.daemon_metrics = f"http://{host}:{metrics_port(cfg, 0)}/metrics"
