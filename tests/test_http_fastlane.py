@@ -378,6 +378,15 @@ def test_config_key_and_its_reload(tmp_path: Path) -> None:
     assert on.http.fast_intake is True and off.http.fast_intake is False
     plan = diff(on, off)
     assert "http.fast_intake" in plan.restart and "fast_intake" not in plan.http
+    # http.turn_requests: 32 by default, 0 (no bound) accepted, a negative refused; a
+    # reload that changes it needs a restart too.
+    from gatewayd.errors import ConfigError
+    assert on.http.turn_requests == 32
+    unbounded = config("turn_requests = 0")
+    assert unbounded.http.turn_requests == 0
+    assert "http.turn_requests" in diff(on, unbounded).restart
+    with pytest.raises(ConfigError, match="turn_requests"):
+        config("turn_requests = -1")
 
 
 async def test_trickled_request_is_served(start: Start, redis: aioredis.Redis,
