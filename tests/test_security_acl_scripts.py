@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from gatewayd.client import Client
 from gatewayd.config import Config, load_config
@@ -148,6 +148,63 @@ async def test_an_enqueue_checks_set_only_when_a_message_has_an_idempotency_key(
     finally:
         await limited.aclose()
     assert await snapshot(admin) == before
+
+
+@pytest.mark.parametrize("without", ["exists", "hset"])
+async def test_an_enqueue_refused_its_first_commands_writes_nothing(
+    admin: aioredis.Redis, server: EmbeddedRedis, without: str
+) -> None:
+    """enqueue_many.lua asks no check for EXISTS and HSET (a check a command costs every
+    call): EXISTS runs before any message's first write and HSET is the call's first
+    write, so Redis's own refusal of either comes before anything is written. (Redis
+    7.0's refusal inside a script names no command: "can't run this command", which
+    denied() knows, so the callers' handling is the same.)"""
+    async with Client(await user_url(admin, server, without)) as client:
+        before = await snapshot(admin)  # (the client's seal, written at connect)
+        with pytest.raises(IntakeError) as e:
+            await client.send(ITEMS)
+    assert e.value.results == [None] * len(ITEMS)
+    assert denied(e.value) and "can't run this command" in e.value.reasons[0]
+    assert await snapshot(admin) == before
+
+
+async def test_an_enqueue_checks_get_unless_its_first_message_is_keyed(
+    admin: aioredis.Redis, server: EmbeddedRedis
+) -> None:
+    """For a user without +get: a call whose first message has an idempotency key is
+    refused by Redis at that GET, the call's first command; one whose keyed message
+    follows a plain one is refused by the check before the plain one is written. Either
+    way nothing is written."""
+    cfg = Config()
+    keys = Keys("gw:")
+    q = QueueStore(admin, keys, cfg, "acl")
+    seal = await q.sealer()
+    q_ = cfg.queue
+
+    def args(items: list[dict[str, str]]) -> tuple[object, ...]:
+        return q.script_args([parse_message(i, classes=q_.classes,
+                                            max_segments=q_.max_segments, now=time.time())
+                              for i in items], seal, "test", time.time())
+
+    limited = aioredis.from_url(await user_url(admin, server, "get"),
+                                decode_responses=True)
+    try:
+        script = limited.register_script(q._enqueue_many.script)
+        before = await snapshot(admin)
+        plain = {"to": "+8613500000007", "text": "plain"}
+        keyed = {"to": "+8613500000008", "text": "keyed", "idempotency_key": "k2"}
+        for items, refusal in (([keyed, plain], "can't run this command"),
+                               ([plain, keyed], "'get' command on 'gw:events' (checked")):
+            a = args(items)
+            with pytest.raises(ResponseError, match=re.escape(refusal)) as e:
+                await script(keys=[a[1]], args=a[2:])
+            assert denied(e.value)
+            assert await snapshot(admin) == before
+        # plain messages alone need no GET
+        a = args([plain])
+        assert await script(keys=[a[1]], args=a[2:]) == [1]
+    finally:
+        await limited.aclose()
 
 
 async def test_an_http_enqueue_refused_late_answers_503_and_writes_nothing(
@@ -348,6 +405,26 @@ async def test_policy_checks_refused_late_consume_nothing(
     assert len(await admin.keys("gw:*")) == 7  # 3 duplicate, 3 cap, 1 bucket
 
 
+def _acl_arities() -> dict[str, tuple[str, ...]]:
+    """acl_lib's acl_args: each command and the arguments after its key."""
+    from gatewayd.store.connection import script_source
+
+    out: dict[str, tuple[str, ...]] = {}
+    for cmds, values in re.findall(r"if ((?:cmd == '\w+'(?: or )?)+) then\s+return([^\n]*)",
+                                   script_source("acl_lib")):
+        for cmd in re.findall(r"'(\w+)'", cmds):
+            out[cmd] = tuple(re.findall(r"'([^']*)'", values))
+    return out
+
+
+def test_acl_lib_knows_each_commands_arity() -> None:
+    """The arities the static check below compares against are acl_lib's own."""
+    known = _acl_arities()
+    assert len(known) == 26
+    assert known["GET"] == () and known["XADD"] == ("*", "f", "v")
+    assert known["ZRANGEBYSCORE"] == ("0", "1") and known["HSETNX"] == ("f", "v")
+
+
 def test_every_writing_script_checks_what_it_runs() -> None:
     """Each script that writes names, in its acl_refused call, every command it runs
     (a new command added without it would be unchecked)."""
@@ -358,9 +435,12 @@ def test_every_writing_script_checks_what_it_runs() -> None:
     # a refusal there writes nothing, so these need no check.
     single = {"claims_settle", "convert", "expire_submitted", "lease", "lease_release",
               "mark_published"}
+    # Commands that run before a script's first write on every path (EXISTS), or are
+    # its first write and only repeated after it (HSET): refused, they write nothing.
+    first = {"enqueue_many": {"EXISTS", "HSET"}}
     writes = re.compile(r"^(?:H(?:SET|SETNX|DEL|INCRBY)|SET|DEL|P?EXPIRE|X(?:ADD|ACK|DEL|TRIM)"
                         r"|Z(?:ADD|REM|REMRANGEBYSCORE)|INCRBY|S(?:ADD|REM))$")
-    known = set(re.findall(r"(\w+) = \{", script_source("acl_lib")))
+    known = _acl_arities()
     for path in sorted(lua.glob("*.lua")):
         name = path.stem
         if name.endswith("_lib"):
@@ -374,12 +454,20 @@ def test_every_writing_script_checks_what_it_runs() -> None:
             continue
         body = src.partition("local function acl_refused")[2]
         calls = re.findall(r"acl_refused\([^,)]+,([^)]*)\)", body)
-        assert calls, f"{name}.lua writes but checks no command first"
+        # ... or asks redis.acl_check_cmd itself (enqueue_many.lua: cheaper), with the
+        # same full arity as acl_lib's acl_args
+        direct = re.findall(r"check\('(\w+)', \w+((?:, '[^']*')*)\)", body)
+        assert calls or direct, f"{name}.lua writes but checks no command first"
+        for cmd, args in direct:
+            assert tuple(re.findall(r"'([^']*)'", args)) == known.get(cmd), (
+                f"{name}.lua checks {cmd} with arguments {args!r}, not acl_lib's")
         # (record.lua asks once a kind of key, each with its own first key)
         checked = {c for call in calls for c in re.findall(r"'(\w+)'", call)}
+        checked |= {cmd for cmd, _ in direct} | first.get(name, set())
         assert used <= checked, f"{name}.lua runs {sorted(used - checked)} unchecked"
         # ... each with its arity in acl_lib (a short argv crashes Redis 7.0's check)
-        assert checked - {"TIME"} <= known, f"acl_lib has no arguments for {checked - known}"
+        unknown = checked - {"TIME"} - set(known)
+        assert not unknown, f"acl_lib has no arguments for {unknown}"
 
 
 def test_the_readme_acl_has_every_command_a_script_runs() -> None:
