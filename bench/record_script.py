@@ -167,7 +167,8 @@ end""")
 
 
 async def main_async(a: argparse.Namespace) -> int:
-    r = aioredis.Redis(port=a.port, decode_responses=True)
+    r = aioredis.Redis(port=a.port, decode_responses=True,
+                       socket_timeout=600)  # a server under valgrind (bench.redis_instr)
     pid = int((await r.info("server"))["process_id"])
     keys, cfg = Keys("bench:"), Config()
     await prefill(r, keys, a.prefill, cfg.queue.events_maxlen)

@@ -63,11 +63,11 @@ async def test_record_writes_exactly_these_fields(redis: aioredis.Redis, keys: K
     await flush(redis, led, fill)
     assert await hash_of(redis, keys.status("m-a")) == [
         ("state", "submitted"), ("updated_at", "1001.5"), ("category", "otp"), ("to", TO),
-        ("attempts", "0"), ("carrier", "cmcc"), ("carrier_id", "a1b"), ("segments", "2"),
-        ("ref", "r-7"), ("tenant", "acme"), ("submitted_at", "1001.5")]
+        ("carrier", "cmcc"), ("carrier_id", "a1b"), ("segments", "2"),
+        ("ref", "r-7"), ("tenant", "acme"), ("attempts", "0"), ("submitted_at", "1001.5")]
     assert await hash_of(redis, keys.status("m-b")) == [
         ("state", "rejected"), ("updated_at", "1002.0"), ("category", "marketing"),
-        ("to", TO), ("attempts", "0"), ("reason", "keyword:block:x"), ("until", "2000.0"),
+        ("to", TO), ("reason", "keyword:block:x"), ("until", "2000.0"), ("attempts", "0"),
         ("done_at", "1002.0")]
     assert await events(redis, keys) == [
         [("id", "m-a"), ("state", "submitted"), ("at", "1001.5"), ("category", "otp"),
@@ -145,20 +145,20 @@ async def test_receipts_replies_and_final_events(redis: aioredis.Redis, keys: Ke
         [("id", "d"), ("state", "delivered"), at, ("category", "otp"), ("carrier", "cm"),
          ("carrier_id", "d0"), ("segments", "1"), ("to", TO), ("err", "001")]]
     assert await redis.zrange(keys.awaiting_receipt, 0, -1) == []
-    common = [("category", "otp"), ("to", TO), ("attempts", "0"), ("carrier", "cm")]
+    common = [("category", "otp"), ("to", TO), ("carrier", "cm")]
+    att = ("attempts", "0")  # after the event's fields (Ledger.build)
     assert await hash_of(redis, keys.status("a")) == [
-        ("state", "delivered"), ("updated_at", now), common[0],
-        common[1], common[2], common[3], ("carrier_id", "a0"), ("segments", "1"),
-        ("ref", "r-1"), ("tenant", "acme"), ("submitted_at", "1001.5"),
-        ("p0", "delivered"), ("done_at", now)]
+        ("state", "delivered"), ("updated_at", now), *common, ("carrier_id", "a0"),
+        ("segments", "1"), ("ref", "r-1"), ("tenant", "acme"), att,
+        ("submitted_at", "1001.5"), ("p0", "delivered"), ("done_at", now)]
     assert await hash_of(redis, keys.status("b")) == [
         ("state", "undeliverable"), ("updated_at", now), ("category", "marketing"),
-        common[1], common[2], common[3], ("carrier_id", "b0"), ("segments", "1"),
+        common[1], common[2], ("carrier_id", "b0"), ("segments", "1"), att,
         ("submitted_at", "1001.5"), ("p0", "undeliverable"), ("e0", "034"), ("err", "034"),
         ("done_at", now)]
     assert await hash_of(redis, keys.status("c")) == [
         ("state", "expired"), ("updated_at", now), *common, ("carrier_id", "c0"),
-        ("segments", "2"), ("submitted_at", "1001.5"), ("p0", "delivered"),
+        ("segments", "2"), att, ("submitted_at", "1001.5"), ("p0", "delivered"),
         ("p1", "expired"), ("done_at", now)]
 
 

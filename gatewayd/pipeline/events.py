@@ -243,6 +243,10 @@ class Ledger:
                                  err=err)
         if extra:
             status.update(extra)
+            # The NOT_IN_EVENT fields last again (see build): an extra may add an event
+            # field after them ("segments" after "sent_parts").
+            for f in [f for f in status if f in NOT_IN_EVENT]:
+                status[f] = status.pop(f)
         if isinstance(target, Book):
             target.records.append((msg.id, key, status))
             k = (state, reason)
@@ -312,7 +316,6 @@ class Ledger:
             "updated_at": at,
             "category": msg.category,
             "to": mask_number(msg.to),
-            "attempts": str(msg.attempts) if text else msg.attempts,
         }
         # Only the fields that have a value (written out: this runs for every transition).
         if reason:
@@ -340,6 +343,10 @@ class Ledger:
                 status["variant"] = msg.variant
             if msg.template:
                 status["template"] = msg.template
+        # The event's fields first, then those it leaves out (NOT_IN_EVENT): lua/record.lua
+        # sends the event as one range of the record's arguments, no loop over its fields.
+        status["attempts"] = str(msg.attempts) if text else msg.attempts
+        if msg.campaign or msg.template:
             # The funnel's key, for the receipt and conversion scripts (not an event field).
             status["fk"] = self.keys.funnel(funnel_name(msg.campaign, msg.template,
                                                         msg.tenant))

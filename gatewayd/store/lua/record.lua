@@ -10,6 +10,8 @@
 -- status field/value pairs; then one value per correlation key; then per stream: the
 -- count of its entry ids, the ids. Each record's event is derived from its status fields
 -- as events.event_of does: "id" first, "updated_at" renamed "at", NOT_IN_EVENT left out.
+-- The pairs come as Ledger.build orders them: "state", "updated_at", the event's other
+-- fields, then the NOT_IN_EVENT ones (the script relies on it: tests/test_record_event_order.py).
 --
 -- Order (issue 15, the same rule as the cluster path): correlation keys first, then the
 -- records, then XDEL and XACK. Redis never rolls a script back, so a write that fails
@@ -49,9 +51,6 @@ end
 local acks = a
 -- A record's field count is one of a few texts ("20", "22"...): each converted once.
 local counts = {}
--- The event: "id", the id, then the kept fields; entries past m are a longer earlier
--- event's, never sent (unpack(ev, 1, m)).
-local ev = {'id'}
 a = 8
 for i = 1, n do
   local key = KEYS[1 + i]
@@ -73,21 +72,13 @@ for i = 1, n do
                          and ARGV[first + 3] or nil) then
       rcall('EXPIRE', key, ttl)
     end
-    ev[2] = ARGV[a]
-    local m = 2
-    for j = first, last, 2 do
-      local f = ARGV[j]
-      if f == 'updated_at' then
-        ev[m + 1] = 'at'
-        ev[m + 2] = ARGV[j + 1]
-        m = m + 2
-      elseif not NOT_IN_EVENT[f] then
-        ev[m + 1] = f
-        ev[m + 2] = ARGV[j + 1]
-        m = m + 2
-      end
-    end
-    rcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ev, 1, m))
+    -- The event: Ledger.build / Ledger.record put the fields it leaves out
+    -- (NOT_IN_EVENT) after all of its own, so it is "id", "state", "at" and one range
+    -- of the arguments: only those last few fields are looked at, not every field.
+    local k = last - 1
+    while k > first + 2 and NOT_IN_EVENT[ARGV[k]] do k = k - 2 end
+    rcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'id', ARGV[a], 'state',
+          ARGV[first + 1], 'at', ARGV[first + 3], unpack(ARGV, first + 4, k + 1))
   end
   a = last + 1
 end
