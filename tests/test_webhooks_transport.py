@@ -368,7 +368,8 @@ def _items(n: int, start: int = 0) -> list[Item]:
     for i in range(start, start + n):
         sid = f"{1700000000000 + i}-0"
         event = {"event_id": f"e{sid}", "kind": "submitted", "message_id": f"m{i}"}
-        out.append(Item(Entry(sid, 1), bodies.encode(event), f"m{i}", sid, event))
+        out.append(Item(Entry(sid.encode(), 1), bodies.encode(event), f"m{i}".encode(),
+                        sid.encode(), event))
     return out
 
 
@@ -393,7 +394,7 @@ async def test_the_sender_loses_nothing_to_a_server_closing_kept_connections(
             for i in items[chunk:chunk + 20]:
                 sender.offer(i)
             await server.until(lambda c=chunk: len(set(_ids(server))) >= c + 20)  # type: ignore[misc]
-        assert set(_ids(server)) == {f"e{i.sid}" for i in items}
+        assert set(_ids(server)) == {f"e{i.sid.decode()}" for i in items}
         assert not sender.failing and await redis.zcard(keys.webhook_queue("idle")) == 0
         assert all(r.headers["x-gatewayd-signature"].startswith("t=")
                    for r in server.requests)
@@ -436,7 +437,7 @@ async def test_a_stalled_server_times_out_and_the_request_is_retried(
             await asyncio.sleep(0.05)
         assert not sender.failing and sender.attempts == 0
         assert sender.last_error == "timeout after 0.3 s"
-        assert set(_ids(server)[-3:]) == {f"e{i.sid}" for i in batch}
+        assert set(_ids(server)[-3:]) == {f"e{i.sid.decode()}" for i in batch}
     finally:
         await sender.close()
         await host.redis.aclose()
@@ -454,7 +455,7 @@ async def test_kannel_requests_are_gets_of_the_template(
     try:
         event = {"event_id": "e1-0", "kind": "delivered", "message_id": "ab c",
                  "state": "delivered"}
-        item = Item(None, bodies.encode(event), "ab c", "1-0", event)
+        item = Item(None, bodies.encode(event), b"ab c", b"1-0", event)
         assert await sender._post([item]) == (Outcome.OK, "")
         (r,) = server.requests
         assert (r.method, r.target, r.body) == ("GET", "/dlr?id=ab%20c&d=1", b"")

@@ -162,9 +162,9 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
     not certain (a value to escape or not ASCII, a time or count not in the form the
     daemon writes): then event_of makes it (of ``flat`` without the three). Its numbers
     are put in ``flat`` as they are sent (event_of reads them back the same:
-    float(encode(x)) is x). Written for speed: it runs for every event."""
-    if b"".join(flat).translate(None, _PLAIN):
-        return None
+    float(encode(x)) is x). Only the values that go into the JSON are checked (joined
+    once, the names were checked by shape_of): a field it leaves out (``callback``, an
+    MO's ``from_enc``) is not what is sent. Written for speed: it runs for every event."""
     if shape.need_id >= 0 and not flat[shape.need_id]:
         return None  # an empty "id": no message_id (event_of's way)
     for i in shape.ints:
@@ -183,8 +183,11 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
             flat[i] = encode(_as_float(v))
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
+    values = shape.args(flat)
+    if b"".join(values).translate(None, _PLAIN):
+        return None
     buf = shape.buf
-    buf[1::2] = shape.args(flat)
+    buf[1::2] = values
     return b"".join(buf)
 
 
