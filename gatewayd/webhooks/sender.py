@@ -298,22 +298,38 @@ class EndpointSender:
         except BaseException:
             self.sem.release()
             raise
-        batch: list[Item] = []
-        held: list[Item] = []
-        seen: set[bytes] = set()
         limit = self.ep.batch
         busy = self.busy
-        while self.live and len(batch) < limit:
-            item = self.live.popleft()
-            m = item.msg
-            if m and m in busy and m not in seen:
-                held.append(item)  # an earlier event of its message is in flight
-                if len(held) > 4 * limit:
-                    break
-                continue
-            if m:
-                seen.add(m)
-            batch.append(item)
+        live = self.live
+        # The common case in two comprehensions and one set operation (C loops, not a
+        # loop of ours an event): the next ``limit`` events, none of whose messages is
+        # in flight. Else they are gone through one by one: an event whose message is
+        # in flight is held (with every later one of that message), the batch filled
+        # from further on.
+        pop = live.popleft
+        batch = [pop() for _ in range(min(limit, len(live)))]
+        seen = {i.msg for i in batch}
+        seen.discard(b"")
+        held: list[Item] = []
+        if not busy.isdisjoint(seen):
+            chunk, batch, seen = batch, [], set()
+            for item in chunk:
+                m = item.msg
+                if m and m in busy:
+                    held.append(item)  # an earlier event of its message is in flight
+                    continue
+                if m:
+                    seen.add(m)
+                batch.append(item)
+            while live and len(batch) < limit and len(held) <= 4 * limit:
+                item = pop()
+                m = item.msg
+                if m and m in busy:
+                    held.append(item)
+                    continue
+                if m:
+                    seen.add(m)
+                batch.append(item)
         if held:
             self.live.extendleft(reversed(held))
             # Items behind a held one of the same message must stay behind it.
