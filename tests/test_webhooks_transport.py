@@ -466,3 +466,66 @@ async def test_kannel_requests_are_gets_of_the_template(
         await sender.close()
         await host.redis.aclose()
         await server.stop()
+
+
+def _of(pairs: list[tuple[str, str]]) -> list[Item]:
+    """Items of (message id, state), in stream order."""
+    out = []
+    for n, (msg, state) in enumerate(pairs):
+        sid = f"{1700000000000 + n}-0"
+        event = {"event_id": f"e{sid}", "kind": state, "message_id": msg}
+        out.append(Item(Entry(sid.encode(), 1), bodies.encode(event), msg.encode(),
+                        sid.encode(), event))
+    return out
+
+
+async def _until(ok: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not ok():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_batch_leaves_out_the_events_of_a_message_in_flight(
+        redis_url: str, keys: Keys) -> None:
+    """How a request's batch is taken: the next ``batch`` events when none of their
+    messages is in flight (one request, in stream order); else an event of a message in
+    flight is held, with every later one of that message, in order, the batch filled
+    from further on, and the held ones go once that message has landed."""
+    server = Server()
+    await server.start()
+    host = _Host(redis_url, keys)
+    sender = EndpointSender(Endpoint("pick", server.url(), batch=4, concurrency=4), host)
+    sender.task.cancel()  # its loop not running: the test takes each batch itself
+    try:
+        items = _of([("a", "queued"), ("b", "queued"), ("c", "queued"), ("d", "queued"),
+                     ("e", "queued")])
+        sender.live.extend(items)
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 1)
+        assert _ids(server) == [f"e{i.sid.decode()}" for i in items[:4]]
+        await _until(lambda: not sender.busy)  # it landed
+        assert [i.msg for i in sender.live] == [b"e"]
+        sender.live.clear()
+
+        # "m" in flight (as if its submitted were in a request not yet answered).
+        sender.busy.add(b"m")
+        later = _of([("m", "delivered"), ("x", "queued"), ("m", "expired"), ("y", "queued"),
+                     ("z", "queued"), ("w", "queued"), ("v", "queued")])
+        sender.live.extend(later)
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 2)
+        second = json.loads(server.requests[1].body)["events"]
+        assert [e["message_id"] for e in second] == ["x", "y", "z", "w"]
+        assert [(i.msg, i.event and i.event["kind"]) for i in sender.live] == [
+            (b"m", "delivered"), (b"m", "expired"), (b"v", "queued")]
+        await _until(lambda: sender.busy == {b"m"})  # the second request landed
+        sender.busy.discard(b"m")  # the first request of "m" landed
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 3)
+        third = json.loads(server.requests[2].body)["events"]
+        assert [(e["message_id"], e["kind"]) for e in third] == [
+            ("m", "delivered"), ("m", "expired"), ("v", "queued")]
+    finally:
+        await sender.close()
+        await host.redis.aclose()
+        await server.stop()
