@@ -457,8 +457,10 @@ def e2e_warm(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
     gw_cpu = gw.cpu_between(lo, hi)
     others = sum(p.cpu_between(lo, hi) for p in (sim, rcv, red) if p.pid != proc.pid)
     redis_cpu = red.cpu_between(lo, hi) if red.pid != proc.pid else 0.0
+    receiver_cpu = rcv.cpu_between(lo, hi) if mode != "off" else 0.0
     return {"mode": mode, "final_per_s": steady / (hi - lo) if hi > lo else 0.0,
             "redis_cpu_us_per_msg": 1e6 * redis_cpu / steady,
+            "receiver_cpu_us_per_msg": 1e6 * receiver_cpu / steady,
             "all_final_per_s": res["final_per_s"], "states": res["states"],
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
             "gw_cpu_us_per_msg": 1e6 * gw_cpu / steady,
@@ -673,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
                           f"{r['sender_cpu_us_per_msg']:.0f} us/msg, Redis "
-                          f"{r.get('redis_cpu_us_per_msg', 0.0):.1f} us/msg, all processes "
+                          f"{r.get('redis_cpu_us_per_msg', 0.0):.1f} us/msg, receiver "
+                          f"{r.get('receiver_cpu_us_per_msg', 0.0):.1f} us/msg, all processes "
                           f"{r['machine_cpu_us_per_msg']:.0f} us/msg, events pushed "
                           f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
                           f"pushed at {r['pushed_per_s']:,.0f} msg/s, "
@@ -687,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
             "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
             "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
             "redis_cpu_us_per_msg": summary([r.get("redis_cpu_us_per_msg", 0.0) for r in rs]),
+            "receiver_cpu_us_per_msg": summary(
+                [r.get("receiver_cpu_us_per_msg", 0.0) for r in rs]),
             "machine_cpu_us_per_msg": summary([r["machine_cpu_us_per_msg"] for r in rs]),
             "events_per_request": summary([r.get("events_per_request", 0.0) for r in rs]),
             "runs": rs}
@@ -714,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode.startswith(("apart", "child")):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
+        if mode != "off":
+            line += f"; receiver {e['receiver_cpu_us_per_msg']['median']:.1f} us/msg"
         line += (f"; Redis {e['redis_cpu_us_per_msg']['median']:.1f} us/msg; all processes "
                  f"{e['machine_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode != "off":

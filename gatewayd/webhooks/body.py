@@ -149,6 +149,8 @@ def shape_of(stream: str, names: tuple[bytes, ...]) -> Shape | None:
 # that JSON escapes. Anything else (to escape, or not ASCII: valid UTF-8 would go as it
 # is, but only event_of's decoding checks that) sends the entry to event_of.
 _PLAIN: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+# Each byte that is not plain made a '"' (itself one): ready() looks for one.
+_TO_QUOTE: Final = bytes(c if c in _PLAIN else 0x22 for c in range(256))
 # A number as event_of sends it: float() then msgspec's encoding. msgspec's own parse
 # reads the same float where both accept the text (a JSON number with a fraction, or a
 # short integer: "-0" would not be -0.0); anything else goes to event_of.
@@ -184,7 +186,9 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
     values = shape.args(flat)
-    if b"".join(values).translate(None, _PLAIN):
+    # Any byte that is not plain made a '"' and looked for (a table, no deletions: no
+    # 256-entry table built a call, and the values returned as they are when plain).
+    if b"".join(values).translate(_TO_QUOTE).find(b'"') >= 0:
         return None
     buf = shape.buf
     buf[1::2] = values
