@@ -93,7 +93,7 @@ def shape_of(stream: str, names: tuple[bytes, ...]) -> Shape | None:
     holding a NUL byte).
     Indices are into the entry's field list with its entry id, b"" and b"mo" appended."""
     if any(b"\0" in n for n in names):
-        return None  # (and the reader's key for a shape relies on this: see route())
+        return None  # event_of's way, as always (no JSON name made of a NUL here)
     try:
         keys = [n.decode() for n in names]
     except UnicodeDecodeError:

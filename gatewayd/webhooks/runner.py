@@ -42,7 +42,6 @@ from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
-_UNKNOWN: Any = object()  # a shape not seen yet
 _NAMES = {"e": "events", "m": "mo"}
 # An endpoint whose in-memory queue stays above its high-water mark this long is slow:
 # its later events wait in its retry queue instead of holding the reader back.
