@@ -29,7 +29,9 @@
    the window by accident. "by CPU": the CPU a message of every process of the run
    (daemon, sender, Redis, simulator, receiver) without webhooks over with, in the same
    round: the rate ratio on cores these processes fill, which the machine's other work
-   moves much less than the rates.
+   moves much less than the rates; "without the receiver": the same leaving out the
+   receiver's CPU (the bench's app: on an app's own machine in a deployment, on the
+   gateway's 2 cores here).
 
 4. --instructions N (with --sender-only): the sender's instructions an event under
    valgrind's callgrind (load does not move them), N events from a backlog, 1 endpoint.
@@ -456,7 +458,11 @@ def e2e_warm(rig: harness.Rig, recv: ReceiverProc, n: int, run: int, mode: str
                     if t_pushed > res["first_submit_at"] else 0.0)
     gw_cpu = gw.cpu_between(lo, hi)
     others = sum(p.cpu_between(lo, hi) for p in (sim, rcv, red) if p.pid != proc.pid)
+    redis_cpu = red.cpu_between(lo, hi) if red.pid != proc.pid else 0.0
+    receiver_cpu = rcv.cpu_between(lo, hi) if mode != "off" else 0.0
     return {"mode": mode, "final_per_s": steady / (hi - lo) if hi > lo else 0.0,
+            "redis_cpu_us_per_msg": 1e6 * redis_cpu / steady,
+            "receiver_cpu_us_per_msg": 1e6 * receiver_cpu / steady,
             "all_final_per_s": res["final_per_s"], "states": res["states"],
             "pushed_per_s": pushed_per_s if mode != "off" else res["final_per_s"],
             "gw_cpu_us_per_msg": 1e6 * gw_cpu / steady,
@@ -565,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="e2e with the daemon and its sender started and warm first, the "
                          "messages queued while it runs, figures over the steady part "
                          "(finals' 10th-90th percentile); default: pre-queued, --burst")
+    ap.add_argument("--modes", default="child,daemon,apart",
+                    help="the e2e modes with webhooks to run (each round also runs 'off')")
     ap.add_argument("--quick", action="store_true", help="-n 2000 --events 5000 --runs 1")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -574,9 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.events, args.runs = min(args.n, 2000), min(args.events, 5000), 1
     BATCH[0] = args.batch
-    modes = [] if args.sender_only else ["off", "child", "daemon", "apart"]
+    chosen = [m for m in args.modes.split(",") if m in ("child", "daemon", "apart")]
+    modes = [] if args.sender_only else ["off", *chosen]
     if args.against and modes:
-        modes += ["daemon@against", "apart@against"]
+        modes += [f"{m}@against" for m in ("daemon", "apart") if m in chosen]
     result: dict[str, Any] = {"n": args.n, "events": args.events, "batch": args.batch,
                               "warm": args.warm}
     rows: list[tuple[str, str]] = []
@@ -656,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
                     turns += pair[1:] if m == "daemon" else \
                         (pair if i % 2 == 0 else pair[::-1])
                 for mode in turns:
+                    if mode not in e2e_runs:
+                        continue
                     harness.ROOT = Path(args.against) if mode.endswith("@against") else own
                     try:
                         r = (e2e_warm if args.warm else e2e_run)(
@@ -665,7 +676,9 @@ def main(argv: list[str] | None = None) -> int:
                     e2e_runs[mode].append(r)
                     print(f"e2e round {i + 1} {mode}: {r['final_per_s']:,.0f} final/s, "
                           f"gatewayd {r['gw_cpu_us_per_msg']:.0f} us/msg, sender "
-                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, all processes "
+                          f"{r['sender_cpu_us_per_msg']:.0f} us/msg, Redis "
+                          f"{r.get('redis_cpu_us_per_msg', 0.0):.1f} us/msg, receiver "
+                          f"{r.get('receiver_cpu_us_per_msg', 0.0):.1f} us/msg, all processes "
                           f"{r['machine_cpu_us_per_msg']:.0f} us/msg, events pushed "
                           f"{r['pushed']:,}/{r['events']:,} by the end of dispatch, all "
                           f"pushed at {r['pushed_per_s']:,.0f} msg/s, "
@@ -678,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
             "final_per_s": summary([r["final_per_s"] for r in rs]),
             "gw_cpu_us_per_msg": summary([r["gw_cpu_us_per_msg"] for r in rs]),
             "sender_cpu_us_per_msg": summary([r["sender_cpu_us_per_msg"] for r in rs]),
+            "redis_cpu_us_per_msg": summary([r.get("redis_cpu_us_per_msg", 0.0) for r in rs]),
+            "receiver_cpu_us_per_msg": summary(
+                [r.get("receiver_cpu_us_per_msg", 0.0) for r in rs]),
             "machine_cpu_us_per_msg": summary([r["machine_cpu_us_per_msg"] for r in rs]),
             "events_per_request": summary([r.get("events_per_request", 0.0) for r in rs]),
             "runs": rs}
@@ -690,6 +706,13 @@ def main(argv: list[str] | None = None) -> int:
             # machine's other work moves much less than the rates.
             result[f"cpu_ratio_{mode}"] = summary(
                 [o["machine_cpu_us_per_msg"] / r["machine_cpu_us_per_msg"]
+                 for r, o in zip(rs, e2e_runs["off"], strict=True)
+                 if r["machine_cpu_us_per_msg"]])
+            # The same without the receiver's CPU (the bench's app, on the gateway's cores
+            # here; an app's own machine in a deployment).
+            result[f"cpu_ratio_gateway_{mode}"] = summary(
+                [o["machine_cpu_us_per_msg"] / (r["machine_cpu_us_per_msg"]
+                                                - r.get("receiver_cpu_us_per_msg", 0.0))
                  for r, o in zip(rs, e2e_runs["off"], strict=True)
                  if r["machine_cpu_us_per_msg"]])
             # Stricter: until every event was pushed, against the rate without webhooks.
@@ -705,14 +728,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['gw_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode.startswith(("apart", "child")):
             line += f" + sender {e['sender_cpu_us_per_msg']['median']:.0f} us/msg"
-        line += f"; all processes {e['machine_cpu_us_per_msg']['median']:.0f} us/msg"
+        if mode != "off":
+            line += f"; receiver {e['receiver_cpu_us_per_msg']['median']:.1f} us/msg"
+        line += (f"; Redis {e['redis_cpu_us_per_msg']['median']:.1f} us/msg; all processes "
+                 f"{e['machine_cpu_us_per_msg']['median']:.0f} us/msg")
         if mode != "off":
             r = result[f"ratio_{mode}"]
             p = result[f"ratio_pushed_{mode}"]
             c = result[f"cpu_ratio_{mode}"]
+            g = result[f"cpu_ratio_gateway_{mode}"]
             line += (f"; ratio {r['median']:.2f} (min {r['min']:.2f}, max {r['max']:.2f}); "
                      f"until all pushed {p['median']:.2f}; by CPU {c['median']:.2f} "
-                     f"(min {c['min']:.2f}, max {c['max']:.2f})")
+                     f"(min {c['min']:.2f}, max {c['max']:.2f}); by CPU without the "
+                     f"receiver {g['median']:.2f}")
         rows.append((f"e2e, {label}", line))
     path = write_result("webhooks", result)
     print(table(rows))

@@ -368,7 +368,8 @@ def _items(n: int, start: int = 0) -> list[Item]:
     for i in range(start, start + n):
         sid = f"{1700000000000 + i}-0"
         event = {"event_id": f"e{sid}", "kind": "submitted", "message_id": f"m{i}"}
-        out.append(Item(Entry(sid, 1), bodies.encode(event), f"m{i}", sid, event))
+        out.append(Item(Entry(sid.encode(), 1), bodies.encode(event), f"m{i}".encode(),
+                        sid.encode(), event))
     return out
 
 
@@ -393,7 +394,7 @@ async def test_the_sender_loses_nothing_to_a_server_closing_kept_connections(
             for i in items[chunk:chunk + 20]:
                 sender.offer(i)
             await server.until(lambda c=chunk: len(set(_ids(server))) >= c + 20)  # type: ignore[misc]
-        assert set(_ids(server)) == {f"e{i.sid}" for i in items}
+        assert set(_ids(server)) == {f"e{i.sid.decode()}" for i in items}
         assert not sender.failing and await redis.zcard(keys.webhook_queue("idle")) == 0
         assert all(r.headers["x-gatewayd-signature"].startswith("t=")
                    for r in server.requests)
@@ -436,7 +437,7 @@ async def test_a_stalled_server_times_out_and_the_request_is_retried(
             await asyncio.sleep(0.05)
         assert not sender.failing and sender.attempts == 0
         assert sender.last_error == "timeout after 0.3 s"
-        assert set(_ids(server)[-3:]) == {f"e{i.sid}" for i in batch}
+        assert set(_ids(server)[-3:]) == {f"e{i.sid.decode()}" for i in batch}
     finally:
         await sender.close()
         await host.redis.aclose()
@@ -454,13 +455,76 @@ async def test_kannel_requests_are_gets_of_the_template(
     try:
         event = {"event_id": "e1-0", "kind": "delivered", "message_id": "ab c",
                  "state": "delivered"}
-        item = Item(None, bodies.encode(event), "ab c", "1-0", event)
+        item = Item(None, bodies.encode(event), b"ab c", b"1-0", event)
         assert await sender._post([item]) == (Outcome.OK, "")
         (r,) = server.requests
         assert (r.method, r.target, r.body) == ("GET", "/dlr?id=ab%20c&d=1", b"")
         assert r.headers["host"] == f"localhost:{server.port}"
         assert r.headers["x-gatewayd-event-id"] == "e1-0"
         assert "content-length" not in r.headers
+    finally:
+        await sender.close()
+        await host.redis.aclose()
+        await server.stop()
+
+
+def _of(pairs: list[tuple[str, str]]) -> list[Item]:
+    """Items of (message id, state), in stream order."""
+    out = []
+    for n, (msg, state) in enumerate(pairs):
+        sid = f"{1700000000000 + n}-0"
+        event = {"event_id": f"e{sid}", "kind": state, "message_id": msg}
+        out.append(Item(Entry(sid.encode(), 1), bodies.encode(event), msg.encode(),
+                        sid.encode(), event))
+    return out
+
+
+async def _until(ok: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not ok():
+            await asyncio.sleep(0.005)
+
+
+async def test_a_batch_leaves_out_the_events_of_a_message_in_flight(
+        redis_url: str, keys: Keys) -> None:
+    """How a request's batch is taken: the next ``batch`` events when none of their
+    messages is in flight (one request, in stream order); else an event of a message in
+    flight is held, with every later one of that message, in order, the batch filled
+    from further on, and the held ones go once that message has landed."""
+    server = Server()
+    await server.start()
+    host = _Host(redis_url, keys)
+    sender = EndpointSender(Endpoint("pick", server.url(), batch=4, concurrency=4), host)
+    sender.task.cancel()  # its loop not running: the test takes each batch itself
+    try:
+        items = _of([("a", "queued"), ("b", "queued"), ("c", "queued"), ("d", "queued"),
+                     ("e", "queued")])
+        sender.live.extend(items)
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 1)
+        assert _ids(server) == [f"e{i.sid.decode()}" for i in items[:4]]
+        await _until(lambda: not sender.busy)  # it landed
+        assert [i.msg for i in sender.live] == [b"e"]
+        sender.live.clear()
+
+        # "m" in flight (as if its submitted were in a request not yet answered).
+        sender.busy.add(b"m")
+        later = _of([("m", "delivered"), ("x", "queued"), ("m", "expired"), ("y", "queued"),
+                     ("z", "queued"), ("w", "queued"), ("v", "queued")])
+        sender.live.extend(later)
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 2)
+        second = json.loads(server.requests[1].body)["events"]
+        assert [e["message_id"] for e in second] == ["x", "y", "z", "w"]
+        assert [(i.msg, i.event and i.event["kind"]) for i in sender.live] == [
+            (b"m", "delivered"), (b"m", "expired"), (b"v", "queued")]
+        await _until(lambda: sender.busy == {b"m"})  # the second request landed
+        sender.busy.discard(b"m")  # the first request of "m" landed
+        await sender._send_live()
+        await server.until(lambda: len(server.requests) == 3)
+        third = json.loads(server.requests[2].body)["events"]
+        assert [(e["message_id"], e["kind"]) for e in third] == [
+            ("m", "delivered"), ("m", "expired"), ("v", "queued")]
     finally:
         await sender.close()
         await host.redis.aclose()

@@ -93,7 +93,7 @@ def shape_of(stream: str, names: tuple[bytes, ...]) -> Shape | None:
     holding a NUL byte).
     Indices are into the entry's field list with its entry id, b"" and b"mo" appended."""
     if any(b"\0" in n for n in names):
-        return None  # (and the reader's key for a shape relies on this: see route())
+        return None  # event_of's way, as always (no JSON name made of a NUL here)
     try:
         keys = [n.decode() for n in names]
     except UnicodeDecodeError:
@@ -149,6 +149,8 @@ def shape_of(stream: str, names: tuple[bytes, ...]) -> Shape | None:
 # that JSON escapes. Anything else (to escape, or not ASCII: valid UTF-8 would go as it
 # is, but only event_of's decoding checks that) sends the entry to event_of.
 _PLAIN: Final = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+# Each byte that is not plain made a '"' (itself one): ready() looks for one.
+_TO_QUOTE: Final = bytes(c if c in _PLAIN else 0x22 for c in range(256))
 # A number as event_of sends it: float() then msgspec's encoding. msgspec's own parse
 # reads the same float where both accept the text (a JSON number with a fraction, or a
 # short integer: "-0" would not be -0.0); anything else goes to event_of.
@@ -162,9 +164,9 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
     not certain (a value to escape or not ASCII, a time or count not in the form the
     daemon writes): then event_of makes it (of ``flat`` without the three). Its numbers
     are put in ``flat`` as they are sent (event_of reads them back the same:
-    float(encode(x)) is x). Written for speed: it runs for every event."""
-    if b"".join(flat).translate(None, _PLAIN):
-        return None
+    float(encode(x)) is x). Only the values that go into the JSON are checked (joined
+    once, the names were checked by shape_of): a field it leaves out (``callback``, an
+    MO's ``from_enc``) is not what is sent. Written for speed: it runs for every event."""
     if shape.need_id >= 0 and not flat[shape.need_id]:
         return None  # an empty "id": no message_id (event_of's way)
     for i in shape.ints:
@@ -183,8 +185,13 @@ def ready(shape: Shape, flat: list[Any]) -> bytes | None:
             flat[i] = encode(_as_float(v))
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None
+    values = shape.args(flat)
+    # Any byte that is not plain made a '"' and looked for (a table, no deletions: no
+    # 256-entry table built a call, and the values returned as they are when plain).
+    if b"".join(values).translate(_TO_QUOTE).find(b'"') >= 0:
+        return None
     buf = shape.buf
-    buf[1::2] = shape.args(flat)
+    buf[1::2] = values
     return b"".join(buf)
 
 

@@ -42,7 +42,6 @@ from gatewayd.webhooks import targets
 from gatewayd.webhooks.sender import EndpointSender, Entry, Item
 
 log = logging.getLogger("gatewayd.webhooks")
-_UNKNOWN: Any = object()  # a shape not seen yet
 _NAMES = {"e": "events", "m": "mo"}
 # An endpoint whose in-memory queue stays above its high-water mark this long is slow:
 # its later events wait in its retry queue instead of holding the reader back.
@@ -84,9 +83,9 @@ class WebhookRunner:
         self._lease = load_script(redis, "lease")
         self._release = load_script(redis, "lease_release")
         self._reader = _raw_reader(redis)
-        # Per stream: field names as read -> how such entries become JSON (None: by
-        # body.py's event_of); a handful of shapes.
-        self._shapes: dict[str, dict[tuple[int, bytes], bodies.Shape | None]] = {
+        # Per stream, per length of an entry's field list: (field names as read, how
+        # such entries become JSON (None: by body.py's event_of)); a handful of shapes.
+        self._shapes: dict[str, dict[int, list[tuple[list[bytes], bodies.Shape | None]]]] = {
             "e": {}, "m": {}}
         self._token = uuid.uuid4().hex
         self.holding = False
@@ -141,7 +140,7 @@ class WebhookRunner:
             while order and order[0].left <= 0:
                 last = order.popleft().id
             if last is not None:
-                self.cursor[s] = last
+                self.cursor[s] = last.decode()
             if self.cursor.get(s) and self.cursor[s] != self._saved.get(s):
                 changed[_NAMES[s]] = self.cursor[s]
         if changed:
@@ -196,7 +195,8 @@ class WebhookRunner:
         # from its values as read (its shape's getters), then, only if it goes anywhere,
         # its JSON joined from its shape's pieces and those values (bodies.ready: no
         # dict, no str of each field, no encoder); the unusual ones by body.py
-        # (``_made``). Entry and Item are Structs made in C.
+        # (``_made``). Entry and Item are Structs made in C. Entry ids and message ids
+        # stay bytes (the cursor's id is decoded once a read, when it moves).
         if self._targets_of is not self.router:  # (tenant, kind) -> its senders' inboxes
             self._targets_of = self.router
             self._targets.clear()
@@ -205,26 +205,29 @@ class WebhookRunner:
         order = self.order[s]
         callbacks = self.callbacks
         ready = bodies.ready
-        entry_id = ""
+        rid = b""
+        shape: Any  # a Shape where ready() is called (None: made by _made)
         for rid, flat in rows:
-            entry_id = rid.decode()
             if flat is None:  # no fields: an event of ours alone, as event_of makes it
                 flat = []
-            # The shape's key: the names joined by NUL, and how many (one hash and one
-            # compare, not one a name). Exact: names holding a NUL have no shape, and
-            # such a list joins like one of more names without NULs, never as many.
-            key = (len(flat), b"\0".join(flat[0::2]))
-            shape = shapes.get(key, _UNKNOWN)
-            if shape is _UNKNOWN:
-                shape = shapes[key] = bodies.shape_of(s, tuple(flat[0::2]))
+            # The shape: the entries of a length's shapes (a handful), their names
+            # compared as a list (one slice and an element-wise compare: no join, no
+            # hash of the names an entry).
+            names = flat[0::2]
+            for known, shape in shapes.get(len(flat), ()):  # noqa: B007 (used after break)
+                if known == names:
+                    break
+            else:
+                shape = bodies.shape_of(s, tuple(names))
+                shapes.setdefault(len(flat), []).append((names, shape))
             data: bytes | None = None
             if shape is not None:  # routed from the bytes; JSON only if it goes anywhere
                 flat += (rid, b"", b"mo")
                 tenant, kind, msg, cb = shape.route(flat)
             else:
-                made = self._made(s, entry_id, flat)
+                made = self._made(s, rid.decode(), flat)
                 if made is None:  # malformed: skipped (logged), done with
-                    self._done(s, order, entry_id)
+                    self._done(s, order, rid)
                     continue
                 kind, tenant, msg, cb, data = made
             inboxes = targets.get((tenant, kind))
@@ -233,44 +236,44 @@ class WebhookRunner:
                 k = kind if type(kind) is str else kind.decode()
                 inboxes = targets[(tenant, kind)] = tuple(
                     self.senders[ep.name].incoming for ep in self.router.route(t, k))
-            msg = msg if type(msg) is str else msg.decode()
             if cb or (callbacks and msg):
                 url = cb if type(cb) is str else cb.decode()
                 t = tenant if type(tenant) is str else tenant.decode()
                 k = kind if type(kind) is str else kind.decode()
-                snd = self._callback(s, msg, url, t, k)
+                snd = self._callback(s, msg.decode(), url, t, k)
                 if snd is not None:
                     inboxes = (*inboxes, snd.incoming)
             if not inboxes:
-                self._done(s, order, entry_id)
+                self._done(s, order, rid)
                 continue
             if data is None:
                 data = ready(shape, flat)
                 if data is None:  # an unusual value: event_of's way
-                    made = self._made(s, entry_id, flat[:-3])
+                    made = self._made(s, rid.decode(), flat[:-3])
                     if made is None:
-                        self._done(s, order, entry_id)
+                        self._done(s, order, rid)
                         continue
                     data = made[4]
-            entry = Entry(entry_id, len(inboxes))
+            entry = Entry(rid, len(inboxes))
             order.append(entry)
             for inbox in inboxes:
-                inbox.append(Item(entry, data, msg, entry_id, None))
+                inbox.append(Item(entry, data, msg, rid, None))
         for snd in (*self.senders.values(), *self.callback_senders.values()):
             snd.take()
-        if entry_id:
-            self.read_pos[s] = entry_id
+        if rid:
+            self.read_pos[s] = rid.decode()
 
-    def _done(self, s: str, order: deque[Entry], entry_id: str) -> None:
+    def _done(self, s: str, order: deque[Entry], entry_id: bytes) -> None:
         """An entry that goes nowhere (or is skipped): done as soon as it is read."""
         if order:
             order.append(Entry(entry_id, 0))
         else:
-            self.cursor[s] = entry_id  # nothing before it is waiting
+            self.cursor[s] = entry_id.decode()  # nothing before it is waiting
 
     def _made(self, s: str, entry_id: str, fields: list[Any]
-              ) -> tuple[str, str, str, str, bytes] | None:
-        """(kind, tenant, message id, callback URL, JSON) of an entry its shape's
+              ) -> tuple[str, str, bytes, str, bytes] | None:
+        """(kind, tenant, message id (bytes, as the shapes' entries have it: the sender's
+        ordering compares them), callback URL, JSON) of an entry its shape's
         template does not make, made by body.py's event_of (every event's way before
         the templates); None for one that cannot be made (logged with the reason and
         skipped: one entry never fails its read)."""
@@ -282,7 +285,8 @@ class WebhookRunner:
             tenant = event.get("tenant", "")
             msg = "" if s == "m" else event.get("id", "")
             cb = "" if s == "m" else event.get("callback", "")
-            return kind, tenant, msg, cb, bodies.encode(bodies.finish_event(s, event))
+            return (kind, tenant, msg.encode(), cb,
+                    bodies.encode(bodies.finish_event(s, event)))
         except Exception as e:
             log.error("webhooks: %s entry %s skipped, it cannot be sent: %s: %s",
                       _NAMES[s], entry_id, type(e).__name__, e)

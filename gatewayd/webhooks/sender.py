@@ -55,8 +55,8 @@ LINGER_S = 0.02
 SEQ = 4096
 
 
-def score_of(entry_id: str) -> float:
-    ms, _, seq = entry_id.partition("-")
+def score_of(entry_id: str | bytes) -> float:
+    ms, _, seq = (entry_id if isinstance(entry_id, str) else entry_id.decode()).partition("-")
     return float(int(ms) * SEQ + min(int(seq or 0), SEQ - 1))
 
 
@@ -64,21 +64,23 @@ class Entry(msgspec.Struct, gc=False):
     """One stream entry; done once every endpoint it went to is done with it (``left``
     0: the runner's cursor passes it then). A msgspec Struct, not a class with an
     ``__init__``: one is made for every event read, and a Struct is made in C (~5x
-    less CPU) and, with gc=False, never walked by the collector (it holds no cycle)."""
+    less CPU) and, with gc=False, never walked by the collector (it holds no cycle).
+    ``id``: the entry id as read (bytes; decoded only for the cursor)."""
 
-    id: str
+    id: bytes
     left: int
 
 
 class Item(msgspec.Struct, gc=False):
     """One event on its way to one endpoint (``entry`` None: read from its retry queue,
     or done with; ``score`` 0 until it is needed, computed from ``sid``, its stream entry
-    id). A Struct for the reason Entry is one: one is made an event an endpoint."""
+    id; ``msg`` its message id, b"" for none, and ``sid`` as read: bytes). A Struct for
+    the reason Entry is one: one is made an event an endpoint."""
 
     entry: Entry | None
     body: bytes
-    msg: str
-    sid: str
+    msg: bytes
+    sid: bytes
     event: dict[str, Any] | None
     score: float = 0.0
 
@@ -135,7 +137,7 @@ class EndpointSender:
         # Messages with events in flight. A message is in one request at a time (its later
         # events wait while it is in flight), so a set, added to and taken from a whole
         # request at once (C loops, not one of ours an event).
-        self.busy: set[str] = set()
+        self.busy: set[bytes] = set()
         self.flights: dict[asyncio.Task[None], Flight] = {}
         self.secure_lock = asyncio.Lock()  # copies written before a finished flight drops them
         self.fed = False  # the reader's last read brought it events
@@ -296,22 +298,38 @@ class EndpointSender:
         except BaseException:
             self.sem.release()
             raise
-        batch: list[Item] = []
-        held: list[Item] = []
-        seen: set[str] = set()
         limit = self.ep.batch
         busy = self.busy
-        while self.live and len(batch) < limit:
-            item = self.live.popleft()
-            m = item.msg
-            if m and m in busy and m not in seen:
-                held.append(item)  # an earlier event of its message is in flight
-                if len(held) > 4 * limit:
-                    break
-                continue
-            if m:
-                seen.add(m)
-            batch.append(item)
+        live = self.live
+        # The common case in two comprehensions and one set operation (C loops, not a
+        # loop of ours an event): the next ``limit`` events, none of whose messages is
+        # in flight. Else they are gone through one by one: an event whose message is
+        # in flight is held (with every later one of that message), the batch filled
+        # from further on.
+        pop = live.popleft
+        batch = [pop() for _ in range(min(limit, len(live)))]
+        seen = {i.msg for i in batch}
+        seen.discard(b"")
+        held: list[Item] = []
+        if not busy.isdisjoint(seen):
+            chunk, batch, seen = batch, [], set()
+            for item in chunk:
+                m = item.msg
+                if m and m in busy:
+                    held.append(item)  # an earlier event of its message is in flight
+                    continue
+                if m:
+                    seen.add(m)
+                batch.append(item)
+            while live and len(batch) < limit and len(held) <= 4 * limit:
+                item = pop()
+                m = item.msg
+                if m and m in busy:
+                    held.append(item)
+                    continue
+                if m:
+                    seen.add(m)
+                batch.append(item)
         if held:
             self.live.extendleft(reversed(held))
             # Items behind a held one of the same message must stay behind it.
@@ -332,7 +350,7 @@ class EndpointSender:
     def _landed(self, t: asyncio.Task[None]) -> None:
         self.flights.pop(t, None)
 
-    async def _fly(self, flight: Flight, msgs: set[str]) -> None:
+    async def _fly(self, flight: Flight, msgs: set[bytes]) -> None:
         batch = flight.items
         try:
             outcome, error = await self._post(batch)
@@ -406,7 +424,7 @@ class EndpointSender:
                 self.stored = 0
                 metrics.WEBHOOK_OPEN.labels(self.label).set(0)
             return
-        batch = [Item(None, b.encode() if isinstance(b, str) else b, "", "", None, s)
+        batch = [Item(None, b.encode() if isinstance(b, str) else b, b"", b"", None, s)
                  for b, s in rows]
         self.in_flight += len(batch)
         try:
