@@ -160,9 +160,12 @@ async def test_the_runner_sends_what_body_py_made_and_skips_a_malformed_entry(
     try:
         await asyncio.wait_for(runner.ready.wait(), 10)
         bad = [{"id": "bad1", "state": "delivered", "text": b"\xff\xfe not UTF-8"},
-               {"id": "bad2", "state": "delivered", "segments": "\u00b2"}]
+               {"id": "bad2", "state": "delivered", "segments": "\u00b2"},
+               # Values the route reads (not the JSON): a callback, a tenant not UTF-8.
+               {"id": "bad3", "state": "delivered", "callback": b"http://\xff/x"},
+               {"id": "bad4", "state": "delivered", "tenant": b"t\xfe"}]
         await add(redis_url, keys.events, [STATES[0], bad[0], *STATES[1:9], bad[1],
-                                           *STATES[9:]])
+                                           bad[2], bad[3], *STATES[9:]])
         # Names holding a NUL (no shape of their own) next to the names they join like.
         await add(redis_url, keys.events, [
             {"id": "n1", "state": "delivered", "te": "1", "nant": "2"},
@@ -182,7 +185,7 @@ async def test_the_runner_sends_what_body_py_made_and_skips_a_malformed_entry(
                 else:
                     want[stream + entry_id] = msgspec.json.decode(body)
         await raw.aclose()
-        assert len(skipped) == 2
+        assert len(skipped) == 4
         with caplog.at_level(logging.ERROR, logger="gatewayd.webhooks"):
             assert await wait_for(lambda: len(recv.events["/all"]) >= len(want), 30)
             assert await wait_for(lambda: all(

@@ -230,19 +230,25 @@ class WebhookRunner:
                     self._done(s, order, rid)
                     continue
                 kind, tenant, msg, cb, data = made
-            inboxes = targets.get((tenant, kind))
-            if inboxes is None:
-                t = tenant if type(tenant) is str else tenant.decode()
-                k = kind if type(kind) is str else kind.decode()
-                inboxes = targets[(tenant, kind)] = tuple(
-                    self.senders[ep.name].incoming for ep in self.router.route(t, k))
-            if cb or (callbacks and msg):
-                url = cb if type(cb) is str else cb.decode()
-                t = tenant if type(tenant) is str else tenant.decode()
-                k = kind if type(kind) is str else kind.decode()
-                snd = self._callback(s, msg.decode(), url, t, k)
-                if snd is not None:
-                    inboxes = (*inboxes, snd.incoming)
+            try:  # (zero cost unless raised: one bad value skips its entry, not the read)
+                inboxes = targets.get((tenant, kind))
+                if inboxes is None:
+                    t = tenant if type(tenant) is str else tenant.decode()
+                    k = kind if type(kind) is str else kind.decode()
+                    inboxes = targets[(tenant, kind)] = tuple(
+                        self.senders[ep.name].incoming for ep in self.router.route(t, k))
+                if cb or (callbacks and msg):
+                    url = cb if type(cb) is str else cb.decode()
+                    t = tenant if type(tenant) is str else tenant.decode()
+                    k = kind if type(kind) is str else kind.decode()
+                    snd = self._callback(s, msg.decode(), url, t, k)
+                    if snd is not None:
+                        inboxes = (*inboxes, snd.incoming)
+            except UnicodeDecodeError as e:  # a tenant, kind, id or callback not UTF-8
+                log.error("webhooks: %s entry %s skipped, it cannot be sent: %s: %s",
+                          _NAMES[s], rid.decode(), type(e).__name__, e)
+                self._done(s, order, rid)
+                continue
             if not inboxes:
                 self._done(s, order, rid)
                 continue
