@@ -95,8 +95,11 @@ class Client:
         raw = [dict(i) for i in items]
         if any("params" in i for i in raw):
             return await self._send_templated(raw, source, chunk, now)
-        msgs = [parse_message(i, classes=self.qcfg.classes, max_segments=self.qcfg.max_segments,
-                              now=now, horizon_s=self.qcfg.horizon_s) for i in raw]
+        q = self.qcfg
+        classes = frozenset(q.classes)
+        msgs = [parse_plain(i, classes, q.max_segments, now)
+                or parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
+                                 horizon_s=q.horizon_s) for i in raw]
         out: list[tuple[str, bool] | None] = []
         for start in range(0, len(msgs), chunk):
             part = msgs[start:start + chunk]
