@@ -11,7 +11,7 @@ packing, redis-py and the event loop). Redis (a private redis-server, bench/harn
 runs outside valgrind and is emptied before each round. ``--keyed`` gives every
 message an idempotency_key.
 
-    python -m bench.client_cost [-n 2000] [--rounds 1] [--keyed]
+    python -m bench client_cost [-n 2000] [--rounds 1] [--keyed]   (needs valgrind)
 """
 
 from __future__ import annotations
@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=1, help="warm-up rounds before the counted one")
     ap.add_argument("--keyed", action="store_true", help="every message has an idempotency_key")
+    ap.add_argument("--quick", action="store_true", help="n=500")
     ap.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.n = 500
     if args.child:
         _child(args.child, _items(args.n, args.rounds + 1, args.keyed))
         return 0
