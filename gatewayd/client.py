@@ -18,7 +18,7 @@ from gatewayd.campaigns.links import NewLink
 from gatewayd.config import Config, QueueConfig
 from gatewayd.errors import IntakeError, MessageError
 from gatewayd.model import OutboundMessage
-from gatewayd.pipeline.intake import TemplateIntake, parse_message
+from gatewayd.pipeline.intake import TemplateIntake, parse_message, parse_plain
 from gatewayd.pipeline.queue import DUPLICATE, ID_TAKEN, QueueStore
 from gatewayd.pipeline.status import read_status
 from gatewayd.store.connection import connect, connect_config
@@ -95,8 +95,11 @@ class Client:
         raw = [dict(i) for i in items]
         if any("params" in i for i in raw):
             return await self._send_templated(raw, source, chunk, now)
-        msgs = [parse_message(i, classes=self.qcfg.classes, max_segments=self.qcfg.max_segments,
-                              now=now, horizon_s=self.qcfg.horizon_s) for i in raw]
+        q = self.qcfg
+        classes = frozenset(q.classes)
+        msgs = [parse_plain(i, classes, q.max_segments, now)
+                or parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
+                                 horizon_s=q.horizon_s) for i in raw]
         out: list[tuple[str, bool] | None] = []
         for start in range(0, len(msgs), chunk):
             part = msgs[start:start + chunk]
@@ -120,8 +123,16 @@ class Client:
         if any("params" in i for i in raw):
             return await self._send_templated([dict(i) for i in raw], source, chunk, now)
         q = self.qcfg
-        msgs = [parse_message(i, classes=q.classes, max_segments=q.max_segments, now=now,
-                              horizon_s=q.horizon_s) for i in raw]
+        classes = frozenset(q.classes)
+        msgs: list[OutboundMessage] = []
+        for i in raw:
+            # Plain items the short way; the others, and any it refuses, the general way
+            # (which gives the exact error).
+            m = parse_plain(i, classes, q.max_segments, now)
+            if m is None:
+                m = parse_message(i, classes=q.classes, max_segments=q.max_segments,
+                                  now=now, horizon_s=q.horizon_s)
+            msgs.append(m)
         chunks = [msgs[s:s + chunk] for s in range(0, len(msgs), chunk)]
         return await self._enqueue_chunks(chunks, source, now)
 

@@ -11,9 +11,8 @@ import json
 import math
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from itertools import compress
 from typing import Any, Final, Protocol, cast
@@ -98,39 +97,45 @@ def render(data: dict[str, Any], templates: Templates | None,
         data["links"] = len(targets)
 
 
-class _Random:
-    """Random hex from os.urandom, 4,096 ids' worth at a time: uuid4() read the kernel
-    once an id (~10 % of the client's CPU a message in bench/client_intake). Under a
-    lock (a client shared by threads must not hand out one slice twice); refilled in
-    a forked child, which would otherwise hand out its parent's next ids."""
-
-    __slots__ = ("buf", "lock", "pos")
-
-    def __init__(self) -> None:
-        self.buf, self.pos = "", 0
-        self.lock = threading.Lock()
-
-    def hex12(self) -> str:
-        with self.lock:
-            pos = self.pos
-            if pos >= len(self.buf):
-                self.buf, pos = os.urandom(24576).hex(), 0
-            self.pos = pos + 12
-            return self.buf[pos:pos + 12]
-
-    def reset(self) -> None:
-        self.buf, self.pos = "", 0
-        self.lock = threading.Lock()
+# Random hex from os.urandom, 4,096 ids' worth at a time (uuid4() read the kernel once
+# an id: ~10 % of the client's CPU a message in bench/client_intake), cut into 12-digit
+# slices in C (``bytes.hex`` with a separator, then ``split``) and handed out by a list
+# iterator: ``next`` on it is one C call, atomic under the GIL, so threads sharing a
+# client never get the same slice, without a lock a call (two threads refilling at once
+# each take a fresh buffer: a slice is never handed out twice). Emptied in a forked
+# child, which would otherwise hand out its parent's next ids.
+_hex12: Iterator[str] = iter(())
 
 
-_random = _Random()
-os.register_at_fork(after_in_child=_random.reset)
+def _refill() -> str:
+    global _hex12
+    it = _hex12 = iter(os.urandom(24576).hex(" ", 6).split())
+    return next(it)
+
+
+def _forget_ids() -> None:
+    global _hex12
+    _hex12 = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_ids)
+# The id's head for the current millisecond, made once a millisecond (a tuple swapped
+# whole: threads may share it).
+_ms_head: tuple[int, str] = (-1, "")
 
 
 def new_id() -> str:
     """Time-ordered, unique, URL-safe: sorts by creation like a stream id (48 random
     bits a millisecond)."""
-    return f"{time.time_ns() // 1_000_000:x}-{_random.hex12()}"
+    global _ms_head
+    ms = time.time_ns() // 1_000_000
+    head = _ms_head
+    if head[0] != ms:
+        head = _ms_head = (ms, f"{ms:x}-")
+    try:
+        return head[1] + next(_hex12)
+    except StopIteration:
+        return head[1] + _refill()
 
 
 def _finite(field: str, t: float) -> float:
@@ -310,6 +315,70 @@ def parse_message(
     return msg
 
 
+# The fields of a plain client item (no times, templates or internal fields): what
+# ``parse_plain`` takes, all of them str.
+PLAIN_FIELDS: Final = frozenset({"id", "to", "text", "category", "from", "tenant", "ref",
+                                 "callback_url", "idempotency_key", "carrier"})
+# A lone surrogate (refused) or a character outside the BMP (two UCS-2 units: the
+# short-text rule below does not hold): such items take parse_message.
+_NOT_PLAIN_TEXT: Final = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+
+
+def parse_plain(raw: Any, classes: frozenset[str] | set[str] | list[str], max_segments: int,
+                now: float) -> OutboundMessage | None:
+    """``parse_message(raw, ...)`` for a plain item (a dict of str values of
+    PLAIN_FIELDS), made without its general steps (the copy, the field loops, msgspec's
+    conversion), or None: not plain, or refused. The caller then calls parse_message,
+    which accepts or refuses it with its exact error (this only ever accepts what
+    parse_message accepts, as it would: tests/test_parse_plain.py compares the two).
+    ``classes``: a set for a look-up by hash."""
+    if type(raw) is not dict or not PLAIN_FIELDS.issuperset(raw):
+        return None
+    try:
+        joined = "".join(raw.values())  # (and a TypeError when a value is not a str)
+    except TypeError:
+        return None
+    if not joined.isascii() and _NOT_PLAIN_TEXT.search(joined):
+        return None
+    get = raw.get
+    to = get("to")
+    text = get("text")
+    if to is None or text is None or not text or not _NUMBER_RE.fullmatch(to):
+        return None
+    # No character outside the BMP (above): in UCS-2 a text of n characters takes one
+    # part up to 70 and ceil(n / 67) beyond, and in GSM-7 (two septets at most a
+    # character, an escape never split from its character) no more; the exact count
+    # only when that bound is past the limit.
+    n = len(text)
+    bound = 1 if n <= 70 else (n + 66) // 67
+    if bound > max_segments and (n > MAX_TEXT_CHARS or max_segments < 1
+                                 or smstext.segments(text).parts > max_segments):
+        return None
+    if n > MAX_TEXT_CHARS:
+        return None
+    category = get("category", "transactional")
+    if category not in classes:
+        return None
+    msg_id = get("id", "")
+    if msg_id and not _ID_RE.fullmatch(msg_id):
+        return None
+    sender = get("from", "")
+    tenant = get("tenant", "")
+    ref = get("ref", "")
+    callback_url = get("callback_url", "")
+    idempotency_key = get("idempotency_key", "")
+    if (len(sender) > 20 or len(idempotency_key) > 128 or len(ref) > 128
+            or len(tenant) > 64):
+        return None
+    if callback_url and (len(callback_url) > 512
+                         or not _CALLBACK_RE.fullmatch(callback_url)):
+        return None
+    return OutboundMessage(id=msg_id or new_id(), to=to, text=text, category=category,
+                           sender=sender, tenant=tenant, ref=ref, callback_url=callback_url,
+                           idempotency_key=idempotency_key, carrier=get("carrier", ""),
+                           enqueued_at=now)
+
+
 class Resume(msgspec.Struct, frozen=True):
     """Where a partly accepted long message stands (the ``resume`` field, JSON): its
     carrier, concatenation reference and accepted parts (part index -> SMSC id). Its
@@ -401,6 +470,7 @@ class TemplateIntake:
         self.link_ttl_s = int(lk.ttl_s)
         q = cfg.queue
         self.classes, self.max_segments = list(q.classes), q.max_segments
+        self.class_set = frozenset(self.classes)
         self.horizon_s = q.horizon_s
 
     @staticmethod
@@ -419,6 +489,9 @@ class TemplateIntake:
                 await self.links.reserve(MAX_URL_VARS * len(codes))
 
     def parse(self, item: Any, now: float) -> tuple[OutboundMessage, list[NewLink]]:
+        msg = parse_plain(item, self.class_set, self.max_segments, now)
+        if msg is not None:  # a plain item (the usual one): no template, no links
+            return msg, []
         pending: list[NewLink] = []
         maker = self.links
 

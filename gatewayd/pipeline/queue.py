@@ -30,7 +30,8 @@ from gatewayd.model import OutboundMessage, mask_number
 from gatewayd.ops import metrics
 from gatewayd.pipeline import staging
 from gatewayd.pipeline.events import Ledger, count_state, event_of
-from gatewayd.pipeline.intake import to_fields, to_flat
+from gatewayd.pipeline.intake import to_fields
+from gatewayd.pipeline.packing import Packer
 from gatewayd.store import fastpipe
 from gatewayd.store.connection import (
     Redis,
@@ -194,6 +195,7 @@ class QueueStore:
         # on a cluster client, whatever ``cluster`` (the ordering choice) is set to.
         self._one_node = not self.cluster
         self.ledger = Ledger(keys, cfg, redis)
+        self.packer = Packer(keys, self.ledger, self.streams)
         # The deployment's seal for internal fields (``sealer()`` loads it once).
         self.seal: Seal | None = None
         self._seal_loaded = 0.0
@@ -392,20 +394,11 @@ class QueueStore:
     def script_args(self, msgs: list[OutboundMessage], seal: Seal, source: str,
                     now: float) -> tuple[Any, ...]:
         """lua/enqueue_many.lua's numkeys, keys and arguments for ``msgs`` (also what
-        bench/enqueue_script.py sends)."""
-        led, keys, streams = self.ledger, self.keys, self.streams
-        flat: list[Any] = []
-        for m in msgs:
-            m.intake = source  # sealed: who queued it (gatewayd_messages_enqueued_total)
-            # strings only: Lua would print a float short
-            status, nv = led.queued_row(m, now)
-            entry = to_flat(m, seal)
-            ikey = keys.idempotency(m.category, m.idempotency_key) if m.idempotency_key else ""
-            flat += (keys.status(m.id), m.id, ikey, streams[m.category], nv, len(status),
-                     len(entry))
-            flat += status
-            flat += entry
-        return (1, keys.events, msgspec.msgpack.encode(flat), led.status_ttl,
+        bench/enqueue_script.py sends): each message's strings by its shape
+        (gatewayd.pipeline.packing), packed as one msgpack array."""
+        led = self.ledger
+        flat = self.packer.rows(msgs, seal, source, now)
+        return (1, self.keys.events, msgspec.msgpack.encode(flat), led.status_ttl,
                 IDEMPOTENCY_TTL_S, led.events_maxlen, msgspec.msgpack.encode(self.limits))
 
     async def _call_enqueue_many(self, args: tuple[Any, ...]) -> list[Any]:

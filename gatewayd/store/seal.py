@@ -77,6 +77,25 @@ class Seal:
         h.update(b"]")
         return h.hexdigest() + payload
 
+    @staticmethod
+    def payload(internal: Mapping[str, Any]) -> str:
+        """The JSON a ``_gw`` value carries after its MAC."""
+        return _enc.encode(internal).decode()
+
+    def seal_sorted(self, payload: str, pairs: list[tuple[str, str]]) -> str:
+        """``seal_flat`` for an entry given as its (name, value) pairs already sorted by
+        name (gatewayd.pipeline.packing lays them out so), with its ``payload``: no
+        sort and no payload JSON a message. Shares seal_flat's cached head."""
+        cache = self._cache
+        if cache is None or cache[0] != payload:
+            h0 = self._mac0.copy()
+            h0.update(_enc.encode([payload, []])[:-3])  # '["<payload>",' (less '[]]')
+            cache = self._cache = (payload, h0)
+        h = cache[1].copy()
+        h.update(_enc.encode(pairs))
+        h.update(b"]")
+        return h.hexdigest() + payload
+
     def prepared(self, internal: Mapping[str, Any], fixed: Mapping[str, str],
                  varying: Sequence[str]) -> Prepared:
         """A sealer for many entries that carry the same ``internal`` fields and the same
